@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - create the environment if needed, then run the pipeline on a built-in demo survey
+#   make test   - create the environment if needed, then run ruff and the test suite
+# The environment is made once (.venv) and reused; `feat_extract_env` and `clustering_env`
+# (the guide's two environments) are links to it: one environment serves every step.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.astrocurate-installed
+# A CPU build of torch keeps the environment small; override on GPU machines, e.g.
+#   make TORCH_SPEC="torch" demo
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	ln -sfn $(VENV) feat_extract_env
+	ln -sfn $(VENV) clustering_env
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/astrocurate demo
+
+test: $(STAMP) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src scripts tests
+	$(VENV)/bin/ruff format --check src scripts tests
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src scripts tests
+	$(VENV)/bin/ruff check --fix src scripts tests
+
+clean:
+	rm -rf $(VENV) feat_extract_env clustering_env demo mlflow.db mlruns mlartifacts outputs

@@ -1,0 +1,3 @@
+"""astrocurate."""
+
+__version__ = "0.1.0"

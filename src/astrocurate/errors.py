@@ -1,0 +1,29 @@
+"""Exception types raised by astrocurate.
+
+Every error a user can cause derives from :class:`AstrocurateError`, so the
+command line can turn it into one clear line and exit status 1. Each type also
+subclasses the built-in exception it refines, so library users can catch
+``ValueError`` or ``LookupError`` as usual.
+"""
+
+from __future__ import annotations
+
+
+class AstrocurateError(Exception):
+    """Base class of the errors that astrocurate reports to its users."""
+
+
+class RunNotFoundError(AstrocurateError, LookupError):
+    """No tracked run matches an ID or a set of filters."""
+
+
+class InvalidRunError(AstrocurateError, ValueError):
+    """A run exists but cannot be used here (wrong step, unfinished, outputs missing)."""
+
+
+class InvalidArgumentError(AstrocurateError, ValueError):
+    """A parameter given by the user is out of range or malformed."""
+
+
+class StepInterrupted(KeyboardInterrupt):
+    """A step received SIGTERM or SIGINT; its run is marked KILLED."""

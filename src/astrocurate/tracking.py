@@ -1,0 +1,748 @@
+"""MLflow tracking: one run per pipeline step, chained by run IDs.
+
+Every stage records itself through :func:`tracked_step`, which gives each run
+
+- the step's run name from the user's guide (``cutting_out``, ...),
+- all parameters, the IDs of its input runs, the random seed,
+- the package version and git commit, the host and process,
+- its output directory (one directory per run, the contract between steps),
+- a content hash of the outputs and a per-file listing (artifact ``outputs.json``),
+- a ``metadata.json`` artifact describing the run.
+
+A run is FINISHED only after its outputs are complete. An exception marks it
+FAILED, SIGTERM/SIGINT mark it KILLED. Running a step again with the same
+inputs and parameters reuses the finished run, or resumes the unfinished one
+in the same output directory.
+
+The lookup half of the module (:func:`get_run`, :func:`require_run`,
+:func:`find_runs`) is what the next step and ``find_run`` use.
+
+The store is ``MLFLOW_TRACKING_URI`` when set, otherwise the embedded
+``sqlite:///mlflow.db`` of the current directory (what ``mlflow ui`` opens when
+started there). The path is made absolute so that a step started from another
+directory (``run.sh`` in a clustering directory) writes to the same store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import getpass
+import hashlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from astrocurate import __version__
+from astrocurate.errors import InvalidRunError, RunNotFoundError, StepInterrupted
+
+log = logging.getLogger(__name__)
+
+#: Run names of the pipeline steps, in pipeline order (the guide's names).
+STEP_NAMES: tuple[str, ...] = (
+    "cutting_out",
+    "merge_cutouts",
+    "feature_extraction",
+    "clustering",
+    "curated_sampling",
+)
+
+DEFAULT_EXPERIMENT = "astrocurate"
+TAG_STEP = "astrocurate.step"
+TAG_OUTPUT_DIR = "astrocurate.output_dir"
+TAG_INPUTS = "astrocurate.input_run_ids"
+TAG_RUN_KEY = "astrocurate.run_key"
+TAG_CONTENT_HASH = "astrocurate.content_hash"
+TAG_VERSION = "astrocurate.version"
+TAG_HOST = "astrocurate.host"
+TAG_PID = "astrocurate.pid"
+TAG_ERROR = "astrocurate.error"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_SOURCE = "mlflow.source.name"
+TAG_USER = "mlflow.user"
+TAG_NOTE = "mlflow.note.content"
+
+LOCK_NAME = ".astrocurate.lock"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_FINISHED = "FINISHED"
+
+
+# --------------------------------------------------------------------------- store
+
+
+def tracking_uri() -> str:
+    """Return the tracking URI every step uses.
+
+    Returns
+    -------
+    str
+        ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<cwd>/mlflow.db``.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def experiment_name() -> str:
+    """Return the MLflow experiment name (``MLFLOW_EXPERIMENT_NAME`` or ``astrocurate``)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
+
+
+def client() -> Any:
+    """Return an ``MlflowClient`` on :func:`tracking_uri` (imported lazily: mlflow is slow)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def _experiment_id(mlflow_client: Any, create: bool) -> str | None:
+    """Return the experiment's ID, creating it when asked (safe against a concurrent create)."""
+    name = experiment_name()
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    if not create:
+        return None
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # another process created it between our two calls
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the pipeline needs to know about one tracked run.
+
+    Attributes
+    ----------
+    run_id, name, status : str
+        MLflow run ID, run name (the step) and status (``FINISHED``, ``RUNNING``, ...).
+    start_time : int
+        Start time in milliseconds since the epoch.
+    params, tags : dict of str to str
+        The run's parameters and tags as MLflow stores them.
+    """
+
+    run_id: str
+    name: str
+    status: str
+    start_time: int
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_mlflow(cls, run: Any) -> RunRecord:
+        """Build a record from an ``mlflow.entities.Run``."""
+        return cls(
+            run_id=run.info.run_id,
+            name=run.info.run_name or run.data.tags.get("mlflow.runName", ""),
+            status=run.info.status,
+            start_time=int(run.info.start_time or 0),
+            params=dict(run.data.params),
+            tags=dict(run.data.tags),
+        )
+
+    @property
+    def step(self) -> str:
+        """Return the pipeline step that produced the run."""
+        return self.tags.get(TAG_STEP, self.name)
+
+    @property
+    def output_dir(self) -> Path | None:
+        """Return the run's output directory, if it recorded one."""
+        value = self.tags.get(TAG_OUTPUT_DIR)
+        return Path(value) if value else None
+
+    @property
+    def input_run_ids(self) -> list[str]:
+        """Return the IDs of the runs this run read from."""
+        return json.loads(self.tags.get(TAG_INPUTS, "[]"))
+
+    @property
+    def finished(self) -> bool:
+        """Return whether the run completed successfully."""
+        return self.status == _FINISHED
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def parse_run_id(value: str, argument: str = "run ID") -> str:
+    """Check that ``value`` is an MLflow run ID and return it normalised.
+
+    Parameters
+    ----------
+    value : str
+        Text given by the user.
+    argument : str
+        Name of the command-line argument, for the message.
+
+    Raises
+    ------
+    RunNotFoundError
+        If the text is not 32 hexadecimal characters. A placeholder such as the
+        guide's ``CUTOUTS_RUN_ID_64`` gets a hint to write ``$CUTOUTS_RUN_ID_64``.
+    """
+    text = str(value).strip()
+    if _RUN_ID.match(text.lower()):
+        return text.lower()
+    if not text:
+        raise RunNotFoundError(
+            f"{argument}: got an empty run ID (did the command that should have produced it fail?)"
+        )
+    hint = ""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        hint = f'; if {text} is a shell variable, write ${text} (or "${text}")'
+    raise RunNotFoundError(
+        f"{argument}: {text!r} is not an MLflow run ID (expected 32 hexadecimal characters){hint}"
+    )
+
+
+def get_run(run_id: str, argument: str = "run ID") -> RunRecord:
+    """Return the record of one run.
+
+    Raises
+    ------
+    RunNotFoundError
+        If ``run_id`` is malformed or names no run in the tracking store.
+    """
+    run_id = parse_run_id(run_id, argument)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client().get_run(run_id)
+    except MlflowException as exc:
+        raise RunNotFoundError(
+            f"{argument}: no run {run_id} in the tracking store {tracking_uri()}"
+        ) from exc
+    return RunRecord.from_mlflow(run)
+
+
+def require_run(run_id: str, step: str, argument: str = "run ID") -> RunRecord:
+    """Return a finished run of ``step`` whose output directory exists.
+
+    Parameters
+    ----------
+    run_id : str
+        The run ID given by the user.
+    step : str
+        The step the run must come from, e.g. ``"cutting_out"``.
+    argument : str
+        The command-line argument, named in messages.
+
+    Raises
+    ------
+    RunNotFoundError
+        If there is no such run.
+    InvalidRunError
+        If it is from another step, did not finish, or its outputs are gone.
+    """
+    record = get_run(run_id, argument)
+    if record.step != step:
+        raise InvalidRunError(
+            f"{argument}: run {record.run_id} is a {record.step!r} run, expected a {step!r} run"
+        )
+    if not record.finished:
+        raise InvalidRunError(
+            f"{argument}: {step} run {record.run_id} is {record.status}, not FINISHED; "
+            f"rerun the {step} step (the same command resumes it) and wait for it to finish"
+        )
+    out = record.output_dir
+    if out is None or not out.is_dir():
+        raise InvalidRunError(
+            f"{argument}: output directory {out} of {step} run {record.run_id} is missing "
+            "(moved or deleted?); restore it or rerun that step"
+        )
+    return record
+
+
+def find_runs(
+    step: str | None = None,
+    *,
+    params: Mapping[str, str] | None = None,
+    input_run_ids: Iterable[str] | None = None,
+    run_key: str | None = None,
+    include_unfinished: bool = False,
+) -> list[RunRecord]:
+    """Return matching runs, most recent first.
+
+    Parameters
+    ----------
+    step : str, optional
+        Run name to match.
+    params : mapping, optional
+        Parameter filters; values match as text or as equal numbers (``0.5 == .5``).
+    input_run_ids : iterable of str, optional
+        Match runs whose set of input runs is exactly this set (order-insensitive).
+    run_key : str, optional
+        Match runs with this reuse key (same step, inputs and parameters).
+    include_unfinished : bool
+        Also return runs that are RUNNING, FAILED or KILLED.
+
+    Returns
+    -------
+    list of RunRecord
+    """
+    mlflow_client = client()
+    experiment_id = _experiment_id(mlflow_client, create=False)
+    if experiment_id is None:
+        return []
+    clauses = []
+    if step:
+        clauses.append(f"attributes.run_name = '{step}'")
+    if run_key:
+        clauses.append(f"tags.`{TAG_RUN_KEY}` = '{run_key}'")
+    if not include_unfinished:
+        clauses.append(f"attributes.status = '{_FINISHED}'")
+    runs = _search_all(mlflow_client, experiment_id, " and ".join(clauses))
+    records = [RunRecord.from_mlflow(run) for run in runs]
+    wanted_inputs = set(input_run_ids) if input_run_ids is not None else None
+    return [
+        r
+        for r in records
+        if params_match(r.params, params or {})
+        and (wanted_inputs is None or set(r.input_run_ids) == wanted_inputs)
+    ]
+
+
+def _search_all(mlflow_client: Any, experiment_id: str, filter_string: str) -> list[Any]:
+    """Return every run matching the filter, newest first (follows page tokens)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = mlflow_client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=5000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def params_match(stored: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    """Return whether every wanted parameter equals the stored one (as text or number)."""
+    for key, value in wanted.items():
+        if key not in stored:
+            return False
+        if stored[key] == str(value):
+            continue
+        try:
+            if float(stored[key]) != float(value):
+                return False
+        except ValueError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+def _sha256_file(path: Path) -> str:
+    """Return the SHA-256 of a file, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def output_files(directory: Path) -> list[Path]:
+    """Return the files that make up a run's output, sorted (lock and temp files excluded)."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != LOCK_NAME and not p.name.startswith(".tmp")
+    )
+
+
+def hash_outputs(directory: Path, workers: int = 2) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Hash every output file of a run.
+
+    Parameters
+    ----------
+    directory : Path
+        The run's output directory.
+    workers : int
+        Files hashed in parallel (hashlib releases the GIL).
+
+    Returns
+    -------
+    content_hash : str
+        SHA-256 over the sorted listing of (relative path, size, file hash).
+    listing : dict
+        ``{relative_path: {"size": int, "sha256": str}}``.
+    """
+    files = output_files(directory)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        digests = list(pool.map(_sha256_file, files))
+    listing = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": d}
+        for p, d in zip(files, digests, strict=True)
+    }
+    canonical = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest(), listing
+
+
+# --------------------------------------------------------------------------- recording
+
+
+def run_key(step: str, params: Mapping[str, Any], input_run_ids: Iterable[str]) -> str:
+    """Return the reuse key of a step: a hash of its name, parameters and input runs."""
+    payload = {
+        "step": step,
+        "params": {k: _param_text(v) for k, v in sorted(params.items())},
+        "inputs": sorted(input_run_ids),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _param_text(value: Any) -> str:
+    """Return the text MLflow stores for a parameter value (lists as JSON)."""
+    if isinstance(value, (list, tuple)):
+        return json.dumps([_param_text(v) if isinstance(v, Path) else v for v in value])
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def git_commit() -> str | None:
+    """Return the git commit of the astrocurate source tree, if it is a checkout."""
+    source = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and _is_hex(commit) else None
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass
+class StepRun:
+    """Handle on the run of a step in progress, given by :func:`tracked_step`.
+
+    Attributes
+    ----------
+    run_id : str
+        The MLflow run ID.
+    step : str
+        The run name.
+    output_dir : Path
+        Where the step writes its outputs.
+    reused : bool
+        True when an identical finished run exists: the step has nothing to do.
+    resumed : bool
+        True when an interrupted run with the same inputs was reopened: the step
+        continues from the work already in ``output_dir``.
+    """
+
+    run_id: str
+    step: str
+    output_dir: Path
+    reused: bool = False
+    resumed: bool = False
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log numeric metrics to the run."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for start in range(0, len(batch), 1000):
+            client().log_batch(self.run_id, metrics=batch[start : start + 1000])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log extra parameters (discovered during the run, e.g. the number of mosaics)."""
+        _log_params(client(), self.run_id, params)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set tags on the run."""
+        from mlflow.entities import RunTag
+
+        client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        """Log a JSON-serialisable object as an artifact file ``name``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+            client().log_artifact(self.run_id, str(path))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy a small file into the run's artifacts (never large arrays)."""
+        client().log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _log_params(mlflow_client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    batch = [Param(k, _param_text(v)) for k, v in params.items()]
+    for start in range(0, len(batch), 100):
+        mlflow_client.log_batch(run_id, params=batch[start : start + 100])
+
+
+def default_output_root() -> Path:
+    """Return where steps without an explicit output path write (``ASTROCURATE_DATA_DIR``)."""
+    return Path(os.environ.get("ASTROCURATE_DATA_DIR", "outputs")).resolve()
+
+
+@contextlib.contextmanager
+def tracked_step(
+    step: str,
+    params: Mapping[str, Any],
+    *,
+    input_run_ids: Iterable[str] = (),
+    seed: int | None = None,
+    output_root: Path | None = None,
+    volatile_params: Iterable[str] = (),
+    force: bool = False,
+) -> Iterator[StepRun]:
+    """Record one pipeline step as one MLflow run.
+
+    The output directory is ``<output_root>/<step>/<run_id>``. The body of the
+    ``with`` block does the work and writes there; on normal exit the outputs are
+    hashed and the run is marked FINISHED.
+
+    Parameters
+    ----------
+    step : str
+        Run name, one of :data:`STEP_NAMES`.
+    params : mapping
+        Every parameter of the step (logged).
+    input_run_ids : iterable of str
+        IDs of the runs the step reads.
+    seed : int, optional
+        Random seed (logged as parameter ``seed``).
+    output_root : Path, optional
+        Parent of the step directories; default :func:`default_output_root`.
+    volatile_params : iterable of str
+        Parameters that do not change the outputs (workers, progress display):
+        logged, but left out of the reuse key.
+    force : bool
+        Never reuse a finished run: compute into a new one.
+
+    Yields
+    ------
+    StepRun
+        If ``reused`` is true the caller must not write anything.
+    """
+    inputs = sorted(dict.fromkeys(input_run_ids))
+    all_params = dict(params)
+    if seed is not None:
+        all_params["seed"] = seed
+    volatile = set(volatile_params)
+    key = run_key(step, {k: v for k, v in all_params.items() if k not in volatile}, inputs)
+    root = Path(output_root).resolve() if output_root else default_output_root()
+
+    mlflow_client = client()
+    experiment_id = _experiment_id(mlflow_client, create=True)
+    previous = None if force else _latest_with_key(step, key)
+    if previous is not None and previous.finished and _outputs_present(previous):
+        log.info("reusing finished %s run %s (same inputs and parameters)", step, previous.run_id)
+        yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
+        return
+
+    with contextlib.ExitStack() as stack:
+        lock = None
+        if previous is not None and not previous.finished and previous.output_dir is not None:
+            lock = _try_lock(previous.output_dir)
+        if lock is not None:
+            run_id, out, resumed = previous.run_id, previous.output_dir, True  # type: ignore[union-attr]
+            mlflow_client.update_run(run_id, status="RUNNING")
+            log.info("resuming interrupted %s run %s in %s", step, run_id, out)
+        else:
+            run_id = _create_run(mlflow_client, experiment_id, step, key, inputs)
+            out, resumed = root / step / run_id, False
+            out.mkdir(parents=True, exist_ok=True)
+            lock = _try_lock(out)
+        stack.callback(lock.close)  # type: ignore[union-attr]
+        _record_start(mlflow_client, run_id, all_params, inputs, out)
+        handle = StepRun(run_id, step, out, resumed=resumed)
+        with _terminate_raises(), _status_on_exit(mlflow_client, run_id):
+            yield handle
+            _finish(mlflow_client, handle, all_params, inputs)
+
+
+def _latest_with_key(step: str, key: str) -> RunRecord | None:
+    runs = find_runs(step, run_key=key, include_unfinished=True)
+    finished = [r for r in runs if r.finished and _outputs_present(r)]
+    if finished:
+        return finished[0]
+    return runs[0] if runs else None
+
+
+def _outputs_present(record: RunRecord) -> bool:
+    return record.output_dir is not None and record.output_dir.is_dir()
+
+
+def _create_run(
+    mlflow_client: Any, experiment_id: str, step: str, key: str, inputs: list[str]
+) -> str:
+    """Create the MLflow run with the tags that identify it."""
+    import sys
+
+    tags = {
+        "mlflow.runName": step,
+        TAG_STEP: step,
+        TAG_RUN_KEY: key,
+        TAG_INPUTS: json.dumps(inputs),
+        TAG_VERSION: __version__,
+        TAG_SOURCE: Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
+        TAG_USER: _user(),
+    }
+    commit = git_commit()
+    if commit:
+        tags[TAG_GIT_COMMIT] = commit
+    if inputs:
+        tags[TAG_NOTE] = f"{step} run; inputs: " + ", ".join(inputs)
+    run = mlflow_client.create_run(experiment_id, run_name=step, tags=tags)
+    return run.info.run_id
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _record_start(
+    mlflow_client: Any, run_id: str, params: Mapping[str, Any], inputs: list[str], out: Path
+) -> None:
+    """Log parameters and the tags that may change when a run is resumed."""
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    existing = mlflow_client.get_run(run_id).data.params
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    if "input_run_ids" not in existing:
+        fresh["input_run_ids"] = inputs
+    if "output_dir" not in existing:
+        fresh["output_dir"] = str(out)
+    try:
+        _log_params(mlflow_client, run_id, fresh)
+    except MlflowException as exc:  # a parameter changed value: not the same run
+        raise InvalidRunError(f"cannot resume run {run_id}: {exc}") from exc
+    tags = {TAG_OUTPUT_DIR: str(out), TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
+    mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def _finish(
+    mlflow_client: Any, handle: StepRun, params: Mapping[str, Any], inputs: list[str]
+) -> None:
+    """Hash the outputs, log metadata, and mark the run FINISHED."""
+    from mlflow.entities import RunTag
+
+    started = time.time()
+    content_hash, listing = hash_outputs(handle.output_dir)
+    mlflow_client.log_batch(handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, content_hash)])
+    handle.log_dict(listing, "outputs.json")
+    handle.log_dict(
+        {
+            "run_id": handle.run_id,
+            "step": handle.step,
+            "params": {k: _param_text(v) for k, v in params.items()},
+            "input_run_ids": inputs,
+            "output_dir": str(handle.output_dir),
+            "content_hash": content_hash,
+            "n_output_files": len(listing),
+            "output_bytes": sum(v["size"] for v in listing.values()),
+            "astrocurate_version": __version__,
+            "git_commit": git_commit(),
+            "tracking_uri": tracking_uri(),
+        },
+        "metadata.json",
+    )
+    handle.log_metrics({"hash_seconds": time.time() - started})
+    mlflow_client.set_terminated(handle.run_id, status=_FINISHED)
+
+
+@contextlib.contextmanager
+def _status_on_exit(mlflow_client: Any, run_id: str) -> Iterator[None]:
+    """Mark the run FAILED on an exception, KILLED on an interrupt, then re-raise."""
+    from mlflow.entities import RunTag
+
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+        with contextlib.suppress(Exception):
+            mlflow_client.log_batch(run_id, tags=[RunTag(TAG_ERROR, message)])
+        with contextlib.suppress(Exception):
+            mlflow_client.set_terminated(run_id, status=status)
+        raise
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`StepInterrupted` while a step runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise StepInterrupted(f"interrupted by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _DirectoryLock:
+    """An exclusive ``flock`` on a run directory, held while a process works in it."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+def _try_lock(directory: Path) -> _DirectoryLock | None:
+    """Lock ``directory`` for this process; None if another process holds it."""
+    if not directory.is_dir():
+        return None
+    handle = open(directory / LOCK_NAME, "a+")  # noqa: SIM115 - held until the step ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return _DirectoryLock(handle)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from astrocurate import __version__
 from astrocurate.errors import AstrocurateError, InvalidArgumentError, StepInterrupted
@@ -58,6 +60,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def configure_logging(quiet: bool = False) -> None:
     """Send astrocurate's messages to stderr, quieten MLflow's database chatter."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(name)s: %(message)s",
@@ -177,3 +180,206 @@ def _parse_extra_filters(extra: Sequence[str]) -> dict[str, str]:
             value = tokens.pop(0)
         filters[key] = value
     return filters
+
+
+# --------------------------------------------------------------------------- cutouts
+
+
+def _cutouts_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mosaics_path", "--mosaics-path", required=True, help="directory of FITS mosaics"
+    )
+    parser.add_argument(
+        "--output_path",
+        "--output-path",
+        required=True,
+        help="parent directory; the run writes OUTPUT_PATH/cutting_out/RUN_ID/",
+    )
+    parser.add_argument(
+        "--window_size", "--window-size", required=True, type=int, help="cutout side in pixels"
+    )
+    parser.add_argument(
+        "--overlap", type=float, default=0.5, help="fractional overlap of windows (default 0.5)"
+    )
+    parser.add_argument(
+        "--max-nan-fraction",
+        "--max_nan_fraction",
+        type=float,
+        default=0.0,
+        help="keep windows up to this blank fraction, NaN filled with 0 (default 0: skip any NaN)",
+    )
+    parser.add_argument(
+        "--store",
+        choices=["copy", "virtual"],
+        default="copy",
+        help="copy pixels into per-mosaic arrays (default) or reference the mosaics (virtual)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="parallel mosaics (default: cores)"
+    )
+    _common_step_arguments(parser)
+
+
+def _common_step_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force", action="store_true", help="recompute even if an identical finished run exists"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal)",
+    )
+
+
+@command("cutouts", "Cut FITS mosaics into sliding-window cutouts (step 1).", _cutouts_arguments)
+def _cutouts(args: argparse.Namespace) -> int:
+    from astrocurate.cutouts import CutoutOptions, make_cutouts
+
+    options = CutoutOptions(args.window_size, args.overlap, args.max_nan_fraction, args.store)
+    run = make_cutouts(
+        Path(args.mosaics_path),
+        Path(args.output_path),
+        options,
+        workers=args.workers,
+        force=args.force,
+        progress=args.progress,
+    )
+    _announce(run)
+    return 0
+
+
+def _announce(run) -> None:
+    """Say which run holds the result: the ID on stdout, the story on stderr."""
+    verb = "reused finished" if run.reused else "finished"
+    log.info("%s %s run %s; outputs in %s", verb, run.step, run.run_id, run.output_dir)
+    print(run.run_id)
+
+
+# --------------------------------------------------------------------------- merge
+
+
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cutouts-id",
+        "--cutouts_id",
+        required=True,
+        nargs="+",
+        metavar="ID",
+        help='IDs of finished cutting_out runs (several words, A,B or "[A, B]")',
+    )
+    parser.add_argument(
+        "--dedup-sky",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="drop cutouts of the same sky from overlapping mosaics (default: on with sky coords)",
+    )
+    parser.add_argument(
+        "--output_path",
+        "--output-path",
+        default=None,
+        help="parent directory (default: the inputs')",
+    )
+    _common_step_arguments(parser)
+
+
+@command("merge", "Merge cutout runs into one manifest (step 2).", _merge_arguments)
+def _merge(args: argparse.Namespace) -> int:
+    from astrocurate.lookup import parse_run_id_list
+    from astrocurate.merge import merge_cutouts
+
+    ids = parse_run_id_list(args.cutouts_id, "--cutouts-id")
+    run = merge_cutouts(
+        ids,
+        dedup_sky=args.dedup_sky,
+        output_path=Path(args.output_path) if args.output_path else None,
+        force=args.force,
+    )
+    _announce(run)
+    return 0
+
+
+# --------------------------------------------------------------------------- make-survey
+
+
+def _survey_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="directory to write the survey into")
+    parser.add_argument("--mosaics", type=int, default=4, help="number of mosaics (default 4)")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="mosaic side in pixels (default 1024)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--noise-rms", type=float, default=1e-4, help="noise rms in Jy/beam (default 1e-4)"
+    )
+    parser.add_argument(
+        "--class-fractions",
+        default=None,
+        metavar="CLASS=F,...",
+        help="source class mix, e.g. point=0.85,double=0.1,diffuse=0.04,artefact=0.01",
+    )
+    parser.add_argument(
+        "--layout", choices=["lotss", "flat"], default="lotss", help="file layout (default lotss)"
+    )
+
+
+@command(
+    "make-survey",
+    "Write a synthetic LoTSS-like radio survey with a truth catalogue.",
+    _survey_arguments,
+)
+def _make_survey(args: argparse.Namespace) -> int:
+    from astrocurate.survey import make_survey
+
+    fractions = None
+    if args.class_fractions:
+        fractions = {
+            k: float(v)
+            for k, v in _parse_key_values(args.class_fractions.split(","), "--class-fractions")
+        }
+    try:
+        info = make_survey(
+            args.output_dir,
+            n_mosaics=args.mosaics,
+            mosaic_size=args.size,
+            noise_rms_jy=args.noise_rms,
+            class_fractions=fractions,
+            seed=args.seed,
+            layout=args.layout,
+        )
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
+    log.info(
+        "wrote %d mosaics with %d sources (%s) to %s",
+        len(info.mosaic_paths),
+        info.n_sources,
+        ", ".join(f"{k} {v}" for k, v in info.class_counts.items()),
+        info.output_dir,
+    )
+    print(info.output_dir)
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mosaics",
+        default=None,
+        help="use this directory of mosaics instead of a synthetic survey",
+    )
+    parser.add_argument(
+        "--workdir", default="demo", help="where the survey and outputs go (default ./demo)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic survey")
+
+
+@command("demo", "Run the pipeline on a built-in synthetic survey.", _demo_arguments)
+def _demo(args: argparse.Namespace) -> int:
+    from astrocurate.demo import run_demo
+
+    run_demo(
+        Path(args.workdir), mosaics=Path(args.mosaics) if args.mosaics else None, seed=args.seed
+    )
+    return 0

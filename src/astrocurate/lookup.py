@@ -28,7 +28,7 @@ def parse_run_id_list(tokens: Sequence[str], argument: str = "--cutout-ids") -> 
     Returns
     -------
     list of str
-        The run IDs in the order given, without duplicates.
+        The run IDs in the order given.
 
     Raises
     ------
@@ -40,7 +40,7 @@ def parse_run_id_list(tokens: Sequence[str], argument: str = "--cutout-ids") -> 
     items = [t for t in items if t]
     if not items:
         raise RunNotFoundError(f"{argument}: expected one or more run IDs, got {text!r}")
-    return list(dict.fromkeys(parse_run_id(item, argument) for item in items))
+    return [parse_run_id(item, argument) for item in items]
 
 
 def find_run(

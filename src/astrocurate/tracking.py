@@ -483,6 +483,15 @@ class StepRun:
         for start in range(0, len(batch), 1000):
             client().log_batch(self.run_id, metrics=batch[start : start + 1000])
 
+    def log_metric_series(self, name: str, values: Iterable[float]) -> None:
+        """Log one metric as a series, value ``i`` at step ``i`` (plotted by ``mlflow ui``)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(name, float(v), now, i) for i, v in enumerate(values)]
+        for start in range(0, len(batch), 1000):
+            client().log_batch(self.run_id, metrics=batch[start : start + 1000])
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log extra parameters (discovered during the run, e.g. the number of mosaics)."""
         _log_params(client(), self.run_id, params)

@@ -27,12 +27,18 @@ def demo_survey(directory: Path, seed: int = 0) -> Path:
     from astrocurate.survey import METADATA_NAME, make_survey
 
     metadata = directory / METADATA_NAME
-    if metadata.is_file() and json.loads(metadata.read_text()).get("seed") == seed:
+    wanted = {**DEMO_SURVEY, "seed": seed}
+    if metadata.is_file() and _same_parameters(json.loads(metadata.read_text()), wanted):
         log.info("using the demo survey in %s", directory)
         return directory
     log.info("generating the demo survey in %s", directory)
     make_survey(directory, seed=seed, **DEMO_SURVEY)
     return directory
+
+
+def _same_parameters(metadata: dict, wanted: dict) -> bool:
+    recorded = metadata.get("parameters", {})
+    return all(recorded.get(k) == v for k, v in wanted.items())
 
 
 def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[str, StepRun]:

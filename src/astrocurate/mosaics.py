@@ -1,0 +1,1044 @@
+"""Find and read FITS survey mosaics: files in, float32 row bands and sky positions out.
+
+This is the data layer under the cutouts stage. It knows nothing of MLflow or the
+command line.
+
+* :func:`scan_mosaics` / :func:`discover_mosaics` find FITS images under a directory.
+* :func:`open_mosaic` opens one mosaic as a :class:`Mosaic`: the first HDU holding a 2-D
+  image (degenerate radio axes squeezed), its celestial WCS, and bounded-memory reads of
+  bands of rows with BSCALE/BZERO/BLANK applied.
+* :func:`file_fingerprint` is a cheap content checksum to detect a changed or moved file.
+
+Pixel convention: arrays are in numpy order, ``data[y, x]``; ``x`` is the 0-based column
+(FITS axis 1) and ``y`` the 0-based row (FITS axis 2).
+
+How each storage form is read (a band is rows ``y0:y1`` at full width):
+
+* plain ``.fits``: each band is read by position into a new buffer (one ``readinto``;
+  float32 is byte-swapped in place). Only the band's bytes are read and memory stays
+  bounded by the band: a memory map would also read only those bytes, but every page
+  read stays mapped and counts in the process's resident memory until the file is
+  closed (a whole 400 MB mosaic after a full pass; measured: 357 vs 102 MiB peak RSS on
+  a 256 MiB mosaic). :meth:`Mosaic.read_region` (random windows) uses the memory map.
+* tile-compressed (``CompImageHDU``, e.g. ``.fz``): astropy's ``section`` decompresses
+  only the tiles crossing the band.
+* gzip (``.fits.gz``): astropy's ``fits.open`` already decompresses through the image
+  data (it seeks past it), and its ``section`` rewinds the gzip stream on every read, so
+  each band would cost a decompression from the start of the file. Bands are therefore
+  read here with a forward stream reader: bands in increasing ``y0`` decompress the file
+  once more, i.e. about twice the gunzip time per mosaic in all.
+* For gzip and tile-compressed sources the last band read is kept, so overlapping bands
+  (sliding windows with overlap) do not decompress the same rows twice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import math
+import os
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+from astropy import units as u
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales
+
+from astrocurate.errors import AstrocurateError
+
+__all__ = [
+    "FITS_SUFFIXES",
+    "LOTSS_FILE_STEMS",
+    "InvalidMosaicError",
+    "Mosaic",
+    "MosaicFile",
+    "MosaicScan",
+    "UnsupportedCubeError",
+    "discover_mosaics",
+    "file_fingerprint",
+    "fingerprint_mismatch",
+    "fits_problem",
+    "is_fits_file",
+    "is_fits_name",
+    "mosaic_name",
+    "open_mosaic",
+    "scan_mosaics",
+    "strip_fits_suffix",
+]
+
+#: File-name endings recognised as FITS images (matched case-insensitively).
+FITS_SUFFIXES: tuple[str, ...] = (
+    ".fits.fz",
+    ".fits.gz",
+    ".fit.gz",
+    ".fts.gz",
+    ".fits",
+    ".fit",
+    ".fts",
+    ".fz",
+)
+#: File stems of the LoTSS layout ``<mosaic>/mosaic-blanked.fits``: named after the folder.
+LOTSS_FILE_STEMS: frozenset[str] = frozenset({"mosaic", "mosaic-blanked"})
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_FITS_MAGIC = b"SIMPLE  ="
+_BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_FINGERPRINT_VERSION = b"astrocurate-fingerprint-v1"
+
+
+class InvalidMosaicError(AstrocurateError, ValueError):
+    """A file that cannot be used as a mosaic; the message names the file and why."""
+
+
+class UnsupportedCubeError(InvalidMosaicError):
+    """A FITS image with more than two non-degenerate axes (a real cube)."""
+
+
+# --------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MosaicFile:
+    """A FITS file found by discovery.
+
+    Attributes
+    ----------
+    path : Path
+        Absolute path of the file.
+    name : str
+        Mosaic name, unique within one discovery (see :func:`scan_mosaics`).
+    relative_path : str
+        POSIX path of the file relative to the discovery root.
+    """
+
+    path: Path
+    name: str
+    relative_path: str
+
+
+@dataclass(frozen=True)
+class MosaicScan:
+    """Result of :func:`scan_mosaics`.
+
+    Attributes
+    ----------
+    root : Path
+        Absolute discovery root.
+    mosaics : tuple of MosaicFile
+        FITS-named files, sorted by relative path.
+    ignored : tuple of Path
+        Files skipped because their name is not a FITS name (or is hidden), sorted.
+    unreadable : tuple of Path
+        Sub-directories that could not be listed and FITS-named entries that are not
+        regular files (e.g. broken links), sorted.
+    """
+
+    root: Path
+    mosaics: tuple[MosaicFile, ...]
+    ignored: tuple[Path, ...]
+    unreadable: tuple[Path, ...]
+
+    def describe_ignored(self, max_examples: int = 3) -> str:
+        """Summarise the ignored files, e.g. ``"12 other files, e.g. a.txt, b.png"``.
+
+        Parameters
+        ----------
+        max_examples : int
+            How many file names (relative to the root) to quote.
+
+        Returns
+        -------
+        str
+            The summary; ``"no other files"`` when nothing was ignored.
+        """
+        n = len(self.ignored)
+        if n == 0:
+            return "no other files"
+        examples = ", ".join(
+            p.relative_to(self.root).as_posix() for p in self.ignored[:max_examples]
+        )
+        noun = "file" if n == 1 else "files"
+        return f"{n} other {noun}, e.g. {examples}"
+
+
+def strip_fits_suffix(filename: str) -> str | None:
+    """Return ``filename`` without its FITS suffix, or None if it has none.
+
+    Parameters
+    ----------
+    filename : str
+        A file name (no directory part).
+
+    Returns
+    -------
+    str or None
+        The stem, e.g. ``"P000+23"`` for ``"P000+23.fits.gz"``.
+    """
+    lower = filename.lower()
+    for suffix in FITS_SUFFIXES:  # longest first where one is a suffix of another
+        if lower.endswith(suffix) and len(filename) > len(suffix):
+            return filename[: -len(suffix)]
+    return None
+
+
+def is_fits_name(filename: str) -> bool:
+    """Whether ``filename`` ends with one of :data:`FITS_SUFFIXES` (case-insensitive)."""
+    return strip_fits_suffix(filename) is not None
+
+
+def mosaic_name(path: str | os.PathLike[str]) -> str:
+    """Name of a mosaic from its path, before any disambiguation.
+
+    The file stem without FITS suffixes; for the LoTSS layout ``<mosaic>/mosaic.fits`` and
+    ``<mosaic>/mosaic-blanked.fits`` (any FITS suffix) the parent folder's name.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Path of the file.
+
+    Returns
+    -------
+    str
+        The mosaic name.
+    """
+    p = Path(os.path.abspath(os.fspath(path)))
+    stem = strip_fits_suffix(p.name) or p.name
+    if stem.lower() in LOTSS_FILE_STEMS and p.parent.name:
+        return p.parent.name
+    return stem
+
+
+def _relative_name(relative_path: str, keep_suffix: bool) -> str:
+    """Relative path made into a name: ``a/b/x.fits`` -> ``a__b__x`` (or ``a__b__x.fits``)."""
+    rel = PurePosixPath(relative_path)
+    stem = strip_fits_suffix(rel.name) or rel.name
+    if keep_suffix:
+        parts = rel.parts
+    elif stem.lower() in LOTSS_FILE_STEMS and len(rel.parts) > 1:
+        parts = rel.parts[:-1]
+    else:
+        parts = (*rel.parts[:-1], stem)
+    return "__".join(parts)
+
+
+def _unique_names(root: Path, relative_paths: Sequence[str]) -> list[str]:
+    """Assign unique mosaic names, renaming only the files whose names clash.
+
+    Clashing names are replaced, in turn, by the relative path without FITS suffix
+    (``/`` -> ``__``), then with the suffix kept, then by appending ``~1``, ``~2``, ... in
+    sorted-path order. Names that do not clash are never changed.
+    """
+    names = [mosaic_name(root / rel) for rel in relative_paths]
+    renamers: list[Callable[[str], str]] = [
+        lambda rel: _relative_name(rel, keep_suffix=False),
+        lambda rel: _relative_name(rel, keep_suffix=True),
+    ]
+    for rename in renamers:
+        clashing = {n for n, c in Counter(names).items() if c > 1}
+        if not clashing:
+            return names
+        names = [
+            rename(rel) if n in clashing else n
+            for rel, n in zip(relative_paths, names, strict=True)
+        ]
+    seen: Counter[str] = Counter()
+    counts = Counter(names)
+    unique = []
+    for n in names:
+        if counts[n] > 1:
+            seen[n] += 1
+            n = f"{n}~{seen[n]}"
+        unique.append(n)
+    return unique
+
+
+def _check_root(root: str | os.PathLike[str]) -> Path:
+    """Absolute, normalised root; raise a clear OSError when it cannot be listed."""
+    path = Path(os.path.abspath(os.fspath(root)))
+    if not path.exists():
+        raise FileNotFoundError(f"mosaics path {path} does not exist")
+    if not path.is_dir():
+        raise NotADirectoryError(f"mosaics path {path} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise PermissionError(f"mosaics path {path} is not readable (permission denied)")
+    return path
+
+
+def _walk_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """All non-hidden-directory files under ``root`` (following links, once per dir)."""
+    files: list[Path] = []
+    unreadable: list[Path] = []
+    visited: set[str] = set()
+
+    def on_error(exc: OSError) -> None:
+        unreadable.append(Path(exc.filename) if exc.filename else root)
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # symlink loop or a directory reached twice
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(Path(dirpath) / f for f in filenames)
+    return files, unreadable
+
+
+def scan_mosaics(root: str | os.PathLike[str]) -> MosaicScan:
+    """Find every FITS image under ``root``, recursively, by file name.
+
+    FITS names end with one of :data:`FITS_SUFFIXES` (case-insensitive). Hidden files and
+    directories (name starting with ``.``) are skipped; symbolic links are followed.
+
+    Mosaic names are the file stem without FITS suffixes, or for the LoTSS layout
+    ``<mosaic>/mosaic-blanked.fits`` the folder name. When several files would get the same
+    name, each of those files is named after its relative path instead, with ``/``
+    replaced by ``__`` and the FITS suffix dropped (``dr2/P000+23/mosaic.fits`` ->
+    ``dr2__P000+23``; ``a/x.fits`` -> ``a__x``); if that still clashes (``x.fits`` beside
+    ``x.fits.gz``) the suffix is kept (``x.fits``, ``x.fits.gz``); any remaining clash gets
+    ``~1``, ``~2``, ... in path order.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        Directory to search.
+
+    Returns
+    -------
+    MosaicScan
+        Mosaics sorted by relative path, and the files that were ignored.
+
+    Raises
+    ------
+    FileNotFoundError, NotADirectoryError, PermissionError
+        If ``root`` does not exist, is not a directory or cannot be listed; the message
+        names the path.
+    """
+    root_path = _check_root(root)
+    files, unreadable = _walk_files(root_path)
+    if root_path in unreadable:
+        raise PermissionError(f"mosaics path {root_path} could not be listed")
+    candidates: list[tuple[str, Path]] = []
+    ignored: list[Path] = []
+    for path in files:
+        if path.name.startswith(".") or not is_fits_name(path.name):
+            ignored.append(path)
+        elif not path.is_file():
+            unreadable.append(path)
+        else:
+            candidates.append((path.relative_to(root_path).as_posix(), path))
+    candidates.sort(key=lambda c: c[0])
+    rels = [rel for rel, _ in candidates]
+    names = _unique_names(root_path, rels)
+    mosaics = tuple(
+        MosaicFile(path=path, name=name, relative_path=rel)
+        for (rel, path), name in zip(candidates, names, strict=True)
+    )
+    return MosaicScan(root_path, mosaics, tuple(sorted(ignored)), tuple(sorted(unreadable)))
+
+
+def discover_mosaics(root: str | os.PathLike[str]) -> list[MosaicFile]:
+    """Find every FITS image under ``root``; see :func:`scan_mosaics` for the rules.
+
+    Parameters
+    ----------
+    root : str or PathLike
+        Directory to search.
+
+    Returns
+    -------
+    list of MosaicFile
+        Sorted by relative path, with unique names.
+    """
+    return list(scan_mosaics(root).mosaics)
+
+
+# --------------------------------------------------------------------------------------
+# File checks
+# --------------------------------------------------------------------------------------
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def fits_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` is not a FITS file, or None if it starts like one.
+
+    Checks the ``SIMPLE  =`` card at the start of the file, through gzip when the file is
+    gzip-compressed. Does not check the rest of the file.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        File to check.
+
+    Returns
+    -------
+    str or None
+        A short reason (``"empty file"``, ``"not a FITS file ..."``), or None.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "empty file"
+        if _is_gzip(path):
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(len(_FITS_MAGIC))
+            if not head:
+                return "empty gzip stream"
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(len(_FITS_MAGIC))
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"cannot read file: {exc}"
+    if head != _FITS_MAGIC:
+        return f"not a FITS file (starts with {head[:9]!r}, not 'SIMPLE  =')"
+    return None
+
+
+def is_fits_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` starts with a FITS ``SIMPLE`` card (read through gzip)."""
+    return fits_problem(path) is None
+
+
+def _fingerprint_offsets(size: int, head_tail: int, n_samples: int, sample: int) -> list[tuple]:
+    """(offset, length) of the blocks hashed by :func:`file_fingerprint`."""
+    blocks = [(0, min(head_tail, size)), (max(0, size - head_tail), min(head_tail, size))]
+    for i in range(1, n_samples + 1):
+        offset = (size * i // (n_samples + 1)) // 4096 * 4096
+        blocks.append((offset, min(sample, size - offset)))
+    return sorted(set(blocks))
+
+
+def file_fingerprint(
+    path: str | os.PathLike[str],
+    *,
+    head_tail_bytes: int = 1 << 20,
+    n_samples: int = 16,
+    sample_bytes: int = 1 << 16,
+) -> dict[str, Any]:
+    """Cheap content fingerprint of a (large) file.
+
+    SHA-256 of the size, the first and last ``head_tail_bytes`` and ``n_samples`` evenly
+    spaced blocks of ``sample_bytes`` (about 3 MiB read with the defaults, whatever the
+    file size). A changed header, a truncated, re-written or replaced file changes it; an
+    edit confined to unsampled bytes does not (that is the price of not reading 400 MB).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        File to fingerprint.
+    head_tail_bytes, n_samples, sample_bytes : int
+        Sampling; keep the defaults so that fingerprints compare.
+
+    Returns
+    -------
+    dict
+        ``size`` (bytes, int), ``mtime_ns`` (int; informative, not part of the digest) and
+        ``sha256_sampled`` (hex str).
+    """
+    path = Path(path)
+    st = path.stat()
+    digest = hashlib.sha256(_FINGERPRINT_VERSION)
+    digest.update(st.st_size.to_bytes(8, "little"))
+    with open(path, "rb") as fh:
+        for offset, length in _fingerprint_offsets(
+            st.st_size, head_tail_bytes, n_samples, sample_bytes
+        ):
+            fh.seek(offset)
+            digest.update(offset.to_bytes(8, "little"))
+            digest.update(fh.read(length))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_sampled": digest.hexdigest()}
+
+
+def fingerprint_mismatch(path: str | os.PathLike[str], expected: dict[str, Any]) -> str | None:
+    """Why ``path`` no longer matches a fingerprint, or None if it matches.
+
+    Compares size and sampled digest (not the modification time, which a copy changes).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The file as it is now.
+    expected : dict
+        A fingerprint from :func:`file_fingerprint`.
+
+    Returns
+    -------
+    str or None
+        A one-line reason naming the file, or None.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return f"{path}: file no longer exists"
+    now = file_fingerprint(path)
+    if now["size"] != expected["size"]:
+        return f"{path}: size changed from {expected['size']} to {now['size']} bytes"
+    if now["sha256_sampled"] != expected["sha256_sampled"]:
+        return f"{path}: content changed (sampled checksum differs)"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Opening a mosaic
+# --------------------------------------------------------------------------------------
+
+
+_IMAGE_HDU_TYPES = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
+
+
+@dataclass(frozen=True)
+class _ImageChoice:
+    """The HDU chosen as the mosaic image and how its axes map to (ny, nx)."""
+
+    index: int
+    full_shape: tuple[int, ...]  # numpy order, degenerate axes included
+    image_axes: tuple[int, int]  # numpy axes of (y, x) in full_shape
+
+
+def _hdu_label(hdu: Any) -> str:
+    shape = "x".join(str(n) for n in getattr(hdu, "shape", ()) or ()) or "empty"
+    return f"{type(hdu).__name__} ({shape})"
+
+
+def _choose_image_hdu(hdul: fits.HDUList, path: Path) -> _ImageChoice:
+    """First HDU with exactly two axes longer than 1; explain when there is none."""
+    seen: list[str] = []
+    cube: str | None = None
+    zero_size: str | None = None
+    for index, hdu in enumerate(hdul):
+        seen.append(_hdu_label(hdu))
+        if not isinstance(hdu, _IMAGE_HDU_TYPES) or isinstance(hdu, fits.GroupsHDU):
+            continue
+        shape = tuple(int(n) for n in (hdu.shape or ()))
+        if not shape:
+            continue
+        if 0 in shape:
+            zero_size = zero_size or f"HDU {index} is a zero-size image (shape {shape})"
+            continue
+        long_axes = tuple(i for i, n in enumerate(shape) if n > 1)
+        if len(long_axes) == 2:
+            return _ImageChoice(index, shape, (long_axes[0], long_axes[1]))
+        if len(long_axes) > 2 and cube is None:
+            cube = f"HDU {index} has shape {shape}: {len(long_axes)} axes longer than 1"
+    if cube is not None:
+        raise UnsupportedCubeError(f"{path}: unsupported cube, {cube}; need a 2-D image")
+    if zero_size is not None:
+        raise InvalidMosaicError(f"{path}: {zero_size}")
+    raise InvalidMosaicError(f"{path}: no 2-D image HDU (found {', '.join(seen) or 'none'})")
+
+
+def _build_wcs(header: fits.Header, axes: list[int] | None = None) -> WCS:
+    """WCS of a header (optionally only FITS ``axes``, 1-based), set up and checked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header) if axes is None else WCS(header, naxis=axes)
+        wcs.wcs.set()
+    return wcs
+
+
+def _celestial_wcs(header: fits.Header, choice: _ImageChoice) -> tuple[WCS | None, str | None]:
+    """2-D celestial WCS matching the image axes, or (None, reason).
+
+    The full WCS is built first, so that celestial axes which are not the image axes
+    are noticed. If it is invalid as a whole (e.g. CDELT = 0 on a degenerate FREQ axis,
+    which makes the matrix singular), the image axes alone are tried.
+    """
+    naxis = len(choice.full_shape)
+    # numpy axis i is FITS axis naxis - i (1-based); FITS axis order is (x, y).
+    image_axes = sorted(naxis - i for i in choice.image_axes)
+    try:
+        full = _build_wcs(header)
+    except Exception as exc:  # astropy raises many types for bad headers
+        try:
+            celestial = _build_wcs(header, image_axes)
+        except Exception:
+            return None, f"invalid WCS ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        if not (celestial.has_celestial and celestial.naxis == 2):
+            return None, "no celestial WCS for the image axes"
+    else:
+        if not full.has_celestial:
+            return None, "no celestial WCS in the header"
+        celestial_axes = sorted((full.wcs.lng + 1, full.wcs.lat + 1))
+        if image_axes != celestial_axes:
+            return None, f"celestial WCS axes {celestial_axes} are not the image axes {image_axes}"
+        celestial = full.sub(image_axes)
+    try:
+        ny, nx = (choice.full_shape[a] for a in choice.image_axes)
+        _world_to_icrs(celestial, np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2]))
+    except Exception as exc:
+        return None, f"celestial WCS not usable ({type(exc).__name__}: {exc})"
+    return celestial, None
+
+
+def _world_to_icrs(wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ICRS (ra, dec) in degrees of 0-based pixel positions under a 2-D celestial WCS."""
+    coords = wcs.pixel_to_world(x, y)
+    if coords.frame.name != "icrs":
+        coords = coords.icrs
+    return (
+        np.asarray(coords.ra.deg, dtype=np.float64),
+        np.asarray(coords.dec.deg, dtype=np.float64),
+    )
+
+
+def _pixel_scale_arcsec(wcs: WCS | None) -> float:
+    """Geometric mean of the two projection-plane pixel scales, in arcsec (NaN if none)."""
+    if wcs is None:
+        return math.nan
+    scales = proj_plane_pixel_scales(wcs)
+    units = [str(c) or "deg" for c in wcs.wcs.cunit]
+    try:
+        arcsec = [
+            float(u.Quantity(s, unit).to_value(u.arcsec))
+            for s, unit in zip(scales, units, strict=True)
+        ]
+    except (u.UnitsError, ValueError):
+        return math.nan
+    return math.sqrt(abs(arcsec[0] * arcsec[1]))
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    """BSCALE/BZERO/BLANK of the stored values (FITS: physical = BZERO + BSCALE * stored)."""
+
+    bscale: float
+    bzero: float
+    blank: int | None
+
+    @classmethod
+    def from_header(cls, header: fits.Header) -> _Scaling:
+        blank = header.get("BLANK")
+        is_int = int(header.get("BITPIX", -32)) > 0
+        return cls(
+            bscale=float(header.get("BSCALE", 1.0)),
+            bzero=float(header.get("BZERO", 0.0)),
+            blank=int(blank) if blank is not None and is_int else None,
+        )
+
+    def apply(self, raw: np.ndarray, owned: bool = False) -> np.ndarray:
+        """Convert stored values (any dtype) to a new float32 array with blanks as NaN.
+
+        With ``owned=True`` (``raw`` is a new array nobody else holds) float32 values are
+        byte-swapped in place and returned: no second band-sized allocation.
+        """
+        if self.bscale == 1.0 and self.bzero == 0.0:
+            if owned and raw.dtype.kind == "f" and raw.dtype.itemsize == 4:
+                if raw.dtype.isnative:
+                    return raw
+                return raw.byteswap(inplace=True).view(raw.dtype.newbyteorder())
+            out = np.array(raw, dtype=np.float32)
+        else:  # float64 so that 32-bit integers scale exactly before the final rounding
+            out = (raw.astype(np.float64) * self.bscale + self.bzero).astype(np.float32)
+        if self.blank is not None and raw.dtype.kind in "iu":
+            out[raw == self.blank] = np.nan
+        return out
+
+
+class _RowReader:
+    """Read rows of a plain (not tile-compressed) image from a stream, by position.
+
+    Works on a raw file and on a gzip stream (forward seeks decompress and skip; a
+    backward seek restarts the stream). Length-1 axes do not change the byte layout, so
+    row ``y`` of the squeezed ``(ny, nx)`` image is ``nx`` values at ``y * nx`` from the
+    start of the data.
+    """
+
+    def __init__(self, path: Path, gzipped: bool, data_offset: int, nx: int, dtype: str):
+        opener = gzip.open if gzipped else open
+        self._fh = opener(path, "rb")  # closed by close()
+        self._offset = data_offset
+        self._nx = nx
+        self._dtype = np.dtype(dtype)
+        self._row_bytes = nx * self._dtype.itemsize
+
+    def __call__(self, y0: int, y1: int) -> np.ndarray:
+        """Read the stored values of rows y0:y1 into a new array of shape (y1 - y0, nx)."""
+        start = self._offset + y0 * self._row_bytes
+        if self._fh.tell() != start:
+            self._fh.seek(start)
+        out = np.empty((y1 - y0, self._nx), dtype=self._dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        filled = 0
+        while filled < len(view):
+            n = self._fh.readinto(view[filled:])
+            if not n:
+                missing = len(view) - filled
+                raise EOFError(f"data ended {missing} bytes early in rows {y0}:{y1}")
+            filled += n
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+_Compression = Literal["gzip", "tile"] | None
+_READ_ERRORS = (OSError, EOFError, ValueError, TypeError, IndexError, zlib.error)
+
+
+class Mosaic:
+    """An open FITS mosaic; use :func:`open_mosaic` to create one.
+
+    Attributes
+    ----------
+    name : str
+        Mosaic name.
+    path : Path
+        Absolute path of the file.
+    shape : tuple of int
+        ``(ny, nx)`` of the 2-D image (degenerate axes squeezed away).
+    hdu_index : int
+        Index of the image HDU in the file (0 = primary).
+    header : astropy.io.fits.Header
+        Header of the image HDU (for tile-compressed files: the image header). It still
+        holds BSCALE/BZERO/BLANK, which :meth:`read_rows` has already applied.
+    wcs : astropy.wcs.WCS or None
+        2-D celestial WCS of the image, or None (see ``wcs_problem``).
+    wcs_problem : str or None
+        Why ``wcs`` is None (for one warning per mosaic), else None.
+    pixel_scale_arcsec : float
+        Geometric mean pixel scale in arcsec, NaN without a celestial WCS.
+    stored_dtype : numpy.dtype
+        Data type of the stored values (before scaling).
+    compression : {"gzip", "tile", None}
+        How the data are stored on disk.
+    open_warnings : tuple of str
+        Warnings astropy emitted while opening the file (FITS verification etc.).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        hdul: fits.HDUList,
+        choice: _ImageChoice,
+        compression: _Compression,
+        open_warnings: Iterable[str] = (),
+    ) -> None:
+        hdu = hdul[choice.index]
+        self.path = path
+        self.name = name
+        self.hdu_index = choice.index
+        self.header: fits.Header = hdu.header
+        ny, nx = (choice.full_shape[a] for a in choice.image_axes)
+        self.shape: tuple[int, int] = (ny, nx)
+        self.compression = compression
+        self.stored_dtype = np.dtype(_BITPIX_DTYPES[int(hdu.header["BITPIX"])])
+        self.open_warnings = tuple(open_warnings)
+        self.wcs, self.wcs_problem = _celestial_wcs(hdu.header, choice)
+        self.pixel_scale_arcsec = _pixel_scale_arcsec(self.wcs)
+        self._hdul = hdul
+        self._choice = choice
+        self._scaling = _Scaling.from_header(hdu.header)
+        self._cache: tuple[int, int, np.ndarray] | None = None  # last band (gzip / tile)
+        self._row_reader: _RowReader | None = None
+        self._memmap: np.ndarray | None = None  # plain files: for read_region
+        self._read_raw = self._make_raw_reader(hdu)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _make_raw_reader(self, hdu: Any) -> Callable[[int, int], np.ndarray]:
+        """Build the function (y0, y1) -> stored values of rows y0:y1, shape (y1 - y0, nx)."""
+        ny, nx = self.shape
+        if isinstance(hdu, fits.CompImageHDU):
+            return self._read_section
+        # Plain image, raw or in gzip: read bands by position into a new buffer (memory
+        # stays bounded by the band; a memory map would keep every page read resident).
+        offset = int(hdu.fileinfo()["datLoc"])
+        gzipped = self.compression == "gzip"
+        self._row_reader = _RowReader(self.path, gzipped, offset, nx, self.stored_dtype.str)
+        if not gzipped:  # opened with memmap=True and without scaling: a view, no read
+            self._memmap = hdu.data.reshape(ny, nx)
+        return self._row_reader
+
+    def _read_section(self, y0: int, y1: int) -> np.ndarray:
+        """Rows through astropy's ``section`` (decompresses only the tiles needed)."""
+        key: list[int | slice] = [0] * len(self._choice.full_shape)
+        ay, ax = self._choice.image_axes
+        key[ay] = slice(y0, y1)
+        key[ax] = slice(None)
+        return np.asarray(self._hdul[self.hdu_index].section[tuple(key)])
+
+    def _read_band(self, y0: int, y1: int) -> np.ndarray:
+        """Rows y0:y1 as float32, reusing the cached previous band for compressed files."""
+        if self.compression is None:
+            return self._scaling.apply(self._read_raw(y0, y1), owned=True)
+        cached = self._cache
+        if cached is not None and cached[0] <= y0 and y1 <= cached[1]:
+            return cached[2][y0 - cached[0] : y1 - cached[0]].copy()
+        if cached is not None and cached[0] <= y0 < cached[1] < y1:
+            head = cached[2][y0 - cached[0] :]
+            tail = self._scaling.apply(self._read_raw(cached[1], y1))
+            band = np.concatenate([head, tail])
+        else:
+            band = self._scaling.apply(self._read_raw(y0, y1))
+        self._cache = (y0, y1, band.copy())
+        return band
+
+    def _check_rows(self, y0: int, y1: int) -> tuple[int, int]:
+        ny = self.shape[0]
+        y0, y1 = int(y0), int(y1)
+        if not 0 <= y0 <= y1 <= ny:
+            raise IndexError(f"rows {y0}:{y1} outside 0:{ny} of mosaic {self.name}")
+        return y0, y1
+
+    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+        """Read a band of rows at full width.
+
+        Only these rows are read from an uncompressed file; gzip and tile-compressed files
+        decompress what they must (see the module notes). BSCALE/BZERO are applied and
+        BLANK pixels of integer images become NaN.
+
+        Parameters
+        ----------
+        y0, y1 : int
+            Row range, ``0 <= y0 <= y1 <= ny``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape ``(y1 - y0, nx)``, a new array owned by the caller.
+
+        Raises
+        ------
+        IndexError
+            If the rows are outside the image.
+        InvalidMosaicError
+            If the file cannot be read (corrupt or truncated data).
+        """
+        y0, y1 = self._check_rows(y0, y1)
+        if self._hdul is None:
+            raise ValueError(f"mosaic {self.name} is closed")
+        try:
+            return self._read_band(y0, y1)
+        except _READ_ERRORS as exc:
+            raise InvalidMosaicError(
+                f"{self.path}: cannot read rows {y0}:{y1} ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Read ``data[y0:y1, x0:x1]`` as float32 (see :meth:`read_rows`).
+
+        For an uncompressed file only the pixels of the region are read.
+
+        Parameters
+        ----------
+        y0, y1, x0, x1 : int
+            Row and column ranges inside the image.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape ``(y1 - y0, x1 - x0)``.
+        """
+        nx = self.shape[1]
+        if not 0 <= int(x0) <= int(x1) <= nx:
+            raise IndexError(f"columns {x0}:{x1} outside 0:{nx} of mosaic {self.name}")
+        if self._memmap is not None:
+            y0, y1 = self._check_rows(y0, y1)
+            return self._scaling.apply(self._memmap[y0:y1, int(x0) : int(x1)])
+        return np.ascontiguousarray(self.read_rows(y0, y1)[:, int(x0) : int(x1)])
+
+    # -- coordinates --------------------------------------------------------------------
+
+    def pixel_to_icrs(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Sky position of pixel positions.
+
+        Parameters
+        ----------
+        x, y : array_like
+            0-based column and row positions (numpy order), broadcastable.
+
+        Returns
+        -------
+        ra, dec : numpy.ndarray
+            float64 degrees in ICRS, broadcast shape of ``x`` and ``y``; all NaN when the
+            mosaic has no celestial WCS. Galactic, FK5, FK4, ... frames are converted.
+        """
+        xb, yb = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, np.float64))
+        if self.wcs is None:
+            nan = np.full(xb.shape, np.nan)
+            return nan, nan.copy()
+        return _world_to_icrs(self.wcs, xb, yb)
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._memmap = None
+        self._cache = None
+        if self._row_reader is not None:
+            self._row_reader.close()
+            self._row_reader = None
+        if self._hdul is not None:
+            self._hdul.close()
+            self._hdul = None
+
+    def __enter__(self) -> Mosaic:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        ny, nx = self.shape
+        wcs = "no WCS" if self.wcs is None else f'{self.pixel_scale_arcsec:.3g}"/px'
+        return f"Mosaic({self.name!r}, {ny}x{nx}, HDU {self.hdu_index}, {wcs}, {self.path})"
+
+
+def _open_image_hdu(path: Path) -> tuple[fits.HDUList, _ImageChoice, list[str]]:
+    """Open lazily, memory-mapped, without astropy's scaling; choose the image HDU.
+
+    Returns the open HDU list, the choice and the warnings astropy emitted (truncation
+    warnings left out: truncation is checked separately and is an error).
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hdul = fits.open(
+                path,
+                mode="readonly",
+                memmap=True,
+                do_not_scale_image_data=True,
+                lazy_load_hdus=True,
+            )
+        except Exception as exc:  # astropy raises OSError, VerifyError, ValueError, ...
+            raise InvalidMosaicError(_corrupt(path, exc)) from exc
+        try:
+            choice = _choose_image_hdu(hdul, path)
+        except Exception as exc:
+            hdul.close()
+            if isinstance(exc, InvalidMosaicError):
+                raise
+            raise InvalidMosaicError(_corrupt(path, exc)) from exc
+    messages = [
+        str(w.message)
+        for w in caught
+        if not issubclass(w.category, ResourceWarning) and "truncated" not in str(w.message)
+    ]
+    return hdul, choice, messages
+
+
+def _corrupt(path: Path, exc: BaseException) -> str:
+    return f"{path}: corrupt FITS file ({type(exc).__name__}: {exc})"
+
+
+def _stored_nbytes(header: fits.Header, choice: _ImageChoice) -> int:
+    return abs(int(header["BITPIX"])) // 8 * math.prod(choice.full_shape)
+
+
+def _check_plain_size(path: Path, hdu: Any, choice: _ImageChoice) -> None:
+    """Raise InvalidMosaicError if an uncompressed file ends before its image data do.
+
+    The padding of the data to a multiple of 2880 bytes may be missing.
+    """
+    end = int(hdu.fileinfo()["datLoc"]) + _stored_nbytes(hdu.header, choice)
+    size = path.stat().st_size
+    if size < end:
+        raise InvalidMosaicError(
+            f"{path}: truncated file ({size} bytes, the image data need {end} bytes)"
+        )
+
+
+def _check_compressed_complete(mosaic: Mosaic, hdu: Any) -> None:
+    """Raise InvalidMosaicError if the image data of a gzip/tile-compressed file are cut.
+
+    gzip: the gzip trailer (ISIZE = uncompressed size mod 2**32) must equal the end of
+    the image HDU; otherwise (HDU not last in the file, multi-member gzip, truncation) the
+    last row is read, which decompresses the whole file. Tile-compressed: the last row is
+    read (one row of tiles).
+    """
+    if mosaic.compression == "gzip" and not isinstance(hdu, fits.CompImageHDU):
+        info = hdu.fileinfo()
+        start = int(info["datLoc"])
+        ends = {start + int(info["datSpan"]), start + _stored_nbytes(hdu.header, mosaic._choice)}
+        with open(mosaic.path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(fh.read(4), "little")
+        if isize in {e % 2**32 for e in ends}:
+            return
+    ny = mosaic.shape[0]
+    mosaic.read_rows(ny - 1, ny)  # raises InvalidMosaicError when truncated or corrupt
+
+
+def open_mosaic(
+    source: str | os.PathLike[str] | MosaicFile,
+    name: str | None = None,
+) -> Mosaic:
+    """Open a FITS mosaic for reading by bands of rows.
+
+    The image is the first HDU (primary or extension, tile-compressed included) whose
+    image has exactly two axes longer than 1; length-1 axes (radio FREQ/STOKES) are
+    squeezed and the WCS reduced to its celestial part. The file is checked for
+    truncation on opening.
+
+    Parameters
+    ----------
+    source : str, PathLike or MosaicFile
+        The FITS file.
+    name : str, optional
+        Mosaic name; defaults to the MosaicFile's name or :func:`mosaic_name`.
+
+    Returns
+    -------
+    Mosaic
+        Open mosaic; use as a context manager or call :meth:`Mosaic.close`.
+
+    Raises
+    ------
+    InvalidMosaicError
+        One line naming the file and why: missing or unreadable, not a FITS file,
+        corrupt or truncated, no 2-D image, zero-size image.
+    UnsupportedCubeError
+        If the only images are cubes (more than two axes longer than 1).
+    """
+    if isinstance(source, MosaicFile):
+        path, name = source.path, name or source.name
+    else:
+        path = Path(os.path.abspath(os.fspath(source)))
+    name = name or mosaic_name(path)
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise InvalidMosaicError(f"{path}: file {what}")
+    problem = fits_problem(path)
+    if problem is not None:
+        raise InvalidMosaicError(f"{path}: {problem}")
+    compression: _Compression = "gzip" if _is_gzip(path) else None
+    hdul, choice, messages = _open_image_hdu(path)
+    hdu = hdul[choice.index]
+    if isinstance(hdu, fits.CompImageHDU) and compression is None:
+        compression = "tile"
+    mosaic = None
+    try:
+        if compression is None:
+            _check_plain_size(path, hdu, choice)
+        mosaic = Mosaic(path, name, hdul, choice, compression, messages)
+        if compression is not None:
+            _check_compressed_complete(mosaic, hdu)
+    except Exception as exc:
+        if mosaic is not None:
+            mosaic.close()
+        else:
+            hdul.close()
+        if isinstance(exc, InvalidMosaicError):
+            raise
+        raise InvalidMosaicError(_corrupt(path, exc)) from exc
+    return mosaic

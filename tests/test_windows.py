@@ -1,0 +1,302 @@
+"""Tests of astrocurate.windows: window origins, extraction, statistics, NaN filling."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.nddata import Cutout2D
+
+from astrocurate import windows
+from astrocurate.windows import (
+    DEFAULT_FILL_VALUE,
+    cutout_statistics,
+    extract_windows,
+    fill_nan,
+    row_bands,
+    window_centres,
+    window_origins,
+    window_stride,
+)
+
+pytestmark = pytest.mark.filterwarnings("error")
+
+RNG = np.random.default_rng(7)
+
+
+# -- origins ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "w", "overlap", "x0", "y0"),
+    [
+        ((5, 5), 2, 0.0, [0, 2, 0, 2], [0, 0, 2, 2]),
+        ((4, 6), 4, 0.5, [0, 2], [0, 0]),
+        ((6, 4), 4, 0.5, [0, 0], [0, 2]),
+        ((5, 11), 5, 0.5, [0, 3, 6], [0, 0, 0]),  # 2.5 rounds half up to 3
+        ((3, 5), 3, 0.9, [0, 1, 2], [0, 0, 0]),  # 0.3 rounds to 0 -> stride 1
+        ((4, 4), 4, 0.5, [0], [0]),  # exactly one window
+        ((3, 10), 4, 0.5, [], []),  # image lower than the window
+        ((10, 3), 4, 0.0, [], []),  # image narrower than the window
+        ((0, 0), 1, 0.0, [], []),
+        ((3, 7), 3, 1 / 3, [0, 2, 4], [0, 0, 0]),
+    ],
+    ids=[
+        "no-overlap",
+        "half-overlap-wide",
+        "half-overlap-tall",
+        "stride-rounds-half-up",
+        "stride-at-least-one",
+        "image-equals-window",
+        "image-too-low",
+        "image-too-narrow",
+        "empty-image",
+        "third-overlap",
+    ],
+)
+def test_window_origins_by_hand(shape, w, overlap, x0, y0):
+    got_x0, got_y0 = window_origins(shape, w, overlap)
+    assert got_x0.dtype == np.int64 and got_y0.dtype == np.int64
+    assert got_x0.tolist() == x0
+    assert got_y0.tolist() == y0
+
+
+def test_window_origins_are_row_major_and_inside():
+    x0, y0 = window_origins((300, 200), 64, 0.5)
+    assert np.all(np.diff(y0 * 1000 + x0) > 0)  # sorted by y then x
+    assert x0.max() + 64 <= 200 and y0.max() + 64 <= 300
+    assert len(x0) == len(range(0, 300 - 63, 32)) * len(range(0, 200 - 63, 32))
+
+
+@pytest.mark.parametrize(
+    ("w", "overlap", "stride"),
+    [(128, 0.5, 64), (256, 0.5, 128), (64, 0.0, 64), (5, 0.5, 3), (3, 0.5, 2), (10, 0.75, 3)],
+    ids=["128-half", "256-half", "no-overlap", "5-half", "3-half", "10-three-quarters"],
+)
+def test_window_stride(w, overlap, stride):
+    assert window_stride(w, overlap) == stride
+
+
+@pytest.mark.parametrize(
+    ("w", "overlap", "argument"),
+    [
+        (0, 0.5, "window_size"),
+        (-4, 0.5, "window_size"),
+        (2.5, 0.5, "window_size"),
+        (True, 0.5, "window_size"),
+        ("4", 0.5, "window_size"),
+        (4, -0.1, "overlap"),
+        (4, 1.0, "overlap"),
+        (4, 1.5, "overlap"),
+        (4, math.nan, "overlap"),
+        (4, "0.5", "overlap"),
+    ],
+    ids=[
+        "size-zero",
+        "size-negative",
+        "size-float",
+        "size-bool",
+        "size-str",
+        "overlap-negative",
+        "overlap-one",
+        "overlap-above-one",
+        "overlap-nan",
+        "overlap-str",
+    ],
+)
+def test_invalid_arguments_name_the_argument(w, overlap, argument):
+    with pytest.raises(ValueError, match=argument):
+        window_origins((10, 10), w, overlap)
+
+
+def test_numpy_integer_window_size_is_accepted():
+    x0, _ = window_origins((8, 8), np.int32(4), 0.5)
+    assert x0.tolist() == [0, 2, 4] * 3
+
+
+@pytest.mark.parametrize("shape", [(5,), (-1, 4), ("a", 3)], ids=["one-axis", "negative", "str"])
+def test_invalid_shape(shape):
+    with pytest.raises(ValueError, match="shape"):
+        window_origins(shape, 2, 0.5)
+
+
+# -- centres, extraction, bands -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("w", [4, 5], ids=["even", "odd"])
+def test_windows_equal_cutout2d_at_their_centres(w):
+    data = RNG.normal(size=(23, 19)).astype(np.float32)
+    x0, y0 = window_origins(data.shape, w, 0.5)
+    xc, yc = window_centres(x0, y0, w)
+    stack = extract_windows(data, x0, y0, w)
+    assert stack.shape == (len(x0), w, w) and stack.flags.c_contiguous
+    for i in range(len(x0)):
+        cut = Cutout2D(data, (xc[i], yc[i]), w, mode="strict")
+        np.testing.assert_array_equal(stack[i], cut.data)
+        np.testing.assert_array_equal(stack[i], data[y0[i] : y0[i] + w, x0[i] : x0[i] + w])
+
+
+def test_window_centres_by_hand():
+    xc, yc = window_centres(np.array([0, 10]), np.array([4, 0]), 4)
+    assert xc.tolist() == [1.5, 11.5] and yc.tolist() == [5.5, 1.5]
+
+
+def test_extract_windows_rejects_windows_outside():
+    with pytest.raises(ValueError, match="outside"):
+        extract_windows(np.zeros((4, 4)), np.array([1]), np.array([0]), 4)
+    assert extract_windows(np.zeros((4, 4)), np.array([], int), np.array([], int), 3).shape == (
+        0,
+        3,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("starts", "w", "max_rows", "expected"),
+    [
+        ([0, 2, 4, 6], 4, 8, [(0, 8), (6, 10)]),
+        ([0, 2, 4, 6], 4, 100, [(0, 10)]),
+        ([0, 2, 4, 6], 4, 2, [(0, 4), (2, 6), (4, 8), (6, 10)]),  # at least one window row
+        ([4, 0, 0, 4], 4, 8, [(0, 8)]),  # repeats and order do not matter
+        ([], 4, 8, []),
+    ],
+    ids=["two-bands", "one-band", "max-below-window", "repeats", "none"],
+)
+def test_row_bands_by_hand(starts, w, max_rows, expected):
+    assert row_bands(starts, w, max_rows) == expected
+
+
+def test_every_window_is_in_exactly_one_band():
+    w = 16
+    _, y0 = window_origins((200, 50), w, 0.5)
+    bands = row_bands(y0, w, 50)
+    member = np.array([[lo <= y and y + w <= hi for lo, hi in bands] for y in y0])
+    assert np.all(member.sum(axis=1) == 1)
+    assert all(hi - lo <= 50 for lo, hi in bands)
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+NAN = np.nan
+
+
+def test_statistics_by_hand():
+    stack = np.array(
+        [
+            [[1, 2], [3, 4]],
+            [[NAN, 1], [2, 10]],
+            [[NAN, NAN], [NAN, NAN]],
+            [[5, 5], [5, 5]],
+            [[0, 0], [0, 7]],
+        ],
+        dtype=np.float32,
+    )
+    stats = cutout_statistics(stack)
+    assert set(stats) == {
+        "nan_fraction",
+        "mean",
+        "std",
+        "max",
+        "median",
+        "noise_mad",
+        "peak_snr",
+    }
+    assert all(v.dtype == np.float64 and v.shape == (5,) for v in stats.values())
+    s = 1.4826
+    expected = {
+        "nan_fraction": [0.0, 0.25, 1.0, 0.0, 0.0],
+        "mean": [2.5, 13 / 3, NAN, 5.0, 1.75],
+        "std": [
+            math.sqrt(1.25),
+            math.sqrt(((1 - 13 / 3) ** 2 + (2 - 13 / 3) ** 2 + (10 - 13 / 3) ** 2) / 3),
+            NAN,
+            0.0,
+            math.sqrt(3 * 1.75**2 + 5.25**2) / 2,
+        ],
+        "max": [4.0, 10.0, NAN, 5.0, 7.0],
+        "median": [2.5, 2.0, NAN, 5.0, 0.0],
+        # |v - median|: [1.5, .5, .5, 1.5] -> 1; [1, 0, 8] -> 1; [0]*4 -> 0; [0, 0, 0, 7] -> 0
+        "noise_mad": [s, s, NAN, 0.0, 0.0],
+        "peak_snr": [1.5 / s, 8 / s, NAN, NAN, NAN],  # NaN where the noise is 0
+    }
+    for key, values in expected.items():
+        rtol = 1e-6 if key == "std" else 1e-12  # deviations from the mean are float32
+        np.testing.assert_allclose(stats[key], values, rtol=rtol, atol=0, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    ("hw", "nan_probability"),
+    [((7, 9), 0.2), ((6, 8), 0.2), ((7, 9), 0.0), ((6, 8), 0.0)],
+    ids=["odd-with-nan", "even-with-nan", "odd-no-nan", "even-no-nan"],
+)
+def test_statistics_match_numpy_reference(monkeypatch, hw, nan_probability):
+    monkeypatch.setattr(windows, "_CHUNK_ELEMENTS", 100)  # several chunks
+    stack = RNG.normal(3.0, 2.0, size=(40, *hw)).astype(np.float32)
+    stack[RNG.random(stack.shape) < nan_probability] = np.nan
+    stack[5] = np.nan
+    stack[6, 0, 0] = np.nan
+    stats = cutout_statistics(stack)
+    flat = stack.reshape(40, -1).astype(np.float64)
+    ok = np.ones(40, bool)
+    ok[5] = False
+    median = np.nanmedian(flat[ok], axis=1)
+    mad = np.nanmedian(np.abs(flat[ok] - median[:, None]), axis=1)
+    np.testing.assert_allclose(stats["nan_fraction"], np.isnan(flat).mean(axis=1))
+    np.testing.assert_allclose(stats["mean"][ok], np.nanmean(flat[ok], axis=1), rtol=1e-12)
+    # deviations are formed in float32: ~1e-7 relative error in std and noise
+    np.testing.assert_allclose(stats["std"][ok], np.nanstd(flat[ok], axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(stats["max"][ok], np.nanmax(flat[ok], axis=1))
+    np.testing.assert_allclose(stats["median"][ok], median, rtol=1e-12)
+    np.testing.assert_allclose(stats["noise_mad"][ok], 1.4826 * mad, rtol=1e-6)
+    np.testing.assert_allclose(
+        stats["peak_snr"][ok], (np.nanmax(flat[ok], axis=1) - median) / (1.4826 * mad), rtol=1e-6
+    )
+    assert all(np.isnan(v[5]) for k, v in stats.items() if k != "nan_fraction")
+
+
+@pytest.mark.parametrize("n_pixels", [(4, 4), (3, 5)], ids=["even-count", "odd-count"])
+def test_median_without_nan_uses_both_middle_values(n_pixels):
+    stack = RNG.permutation(np.arange(np.prod(n_pixels), dtype=np.float32)).reshape(1, *n_pixels)
+    assert cutout_statistics(stack)["median"][0] == np.median(stack)
+
+
+def test_statistics_of_an_empty_stack():
+    stats = cutout_statistics(np.zeros((0, 4, 4), np.float32))
+    assert all(v.shape == (0,) for v in stats.values())
+
+
+def test_statistics_reject_a_2d_array():
+    with pytest.raises(ValueError, match="stack"):
+        cutout_statistics(np.zeros((4, 4), np.float32))
+
+
+def test_statistics_accumulate_in_float64():
+    stack = np.full((1, 64, 64), 1e4, np.float32) + np.float32(0.1)
+    assert cutout_statistics(stack)["std"][0] == 0.0
+
+
+# -- filling ------------------------------------------------------------------------------
+
+
+def test_fill_nan_copies_by_default():
+    stack = np.array([[[NAN, 1.0], [np.inf, NAN]]], np.float32)
+    out = fill_nan(stack)
+    assert DEFAULT_FILL_VALUE == 0.0
+    np.testing.assert_array_equal(out, [[[0.0, 1.0], [np.inf, 0.0]]])
+    assert np.isnan(stack).sum() == 2 and out.dtype == np.float32
+
+
+def test_fill_nan_in_place_with_value():
+    stack = np.array([[[NAN, 1.0]]], np.float32)
+    out = fill_nan(stack, -2.5, copy=False)
+    assert out is stack
+    np.testing.assert_array_equal(stack, [[[-2.5, 1.0]]])
+
+
+@pytest.mark.parametrize(
+    "value", [math.nan, math.inf, "0", None], ids=["nan", "inf", "str", "none"]
+)
+def test_fill_nan_rejects_bad_values(value):
+    with pytest.raises(ValueError, match="value"):
+        fill_nan(np.zeros((1, 2, 2), np.float32), value)

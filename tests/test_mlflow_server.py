@@ -155,7 +155,7 @@ def test_ui_serves_run_artifacts(demo_project, mlflow_ui) -> None:
 
 def test_steps_log_through_the_server(demo_project, mlflow_ui, tmp_path) -> None:
     """``MLFLOW_TRACKING_URI`` switches a step, its artifacts and find_run to the server."""
-    workdir, runs = demo_project
+    workdir, _ = demo_project
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_ui, "MLFLOW_EXPERIMENT_NAME": "astrocurate"}
     cut = subprocess.run(

@@ -1,0 +1,169 @@
+"""Per-cutout intensity normalisations for astronomical images (pure tensor functions).
+
+Radio and optical cutouts span many orders of magnitude and carry blanks; a
+network pre-trained on natural images expects values of order one. Every
+function maps a batch ``(B, H, W)`` float tensor to a normalised batch of the
+same shape, computed per cutout, so a cutout's result never depends on the
+batch it is in.
+
+NaN rule (all methods): statistics ignore NaN pixels; after normalisation NaN
+pixels are set to 0, which is the background level for ``zscore`` and
+``fixed`` and the bottom of the range for ``minmax``, ``asinh`` and ``sigma_clip``.
+A cutout that is entirely NaN or constant becomes all zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from astrocurate.errors import InvalidArgumentError
+
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class NormalizationConfig:
+    """A normalisation method and its parameters (all logged with the run).
+
+    Attributes
+    ----------
+    method : str
+        One of :data:`METHODS`.
+    low_percentile, high_percentile : float
+        Clipping percentiles for ``asinh`` (in [0, 100]).
+    asinh_softening : float
+        Softening ``a`` of ``asinh(x / a) / asinh(1 / a)`` after scaling to [0, 1];
+        smaller values stretch faint emission more.
+    sigma : float
+        Clipping threshold in standard deviations for ``sigma_clip``.
+    sigma_iters : int
+        Iterations of the clipping loop.
+    mean, std : float
+        Fixed (e.g. survey-wide) statistics for ``fixed``.
+    """
+
+    method: str = "asinh"
+    low_percentile: float = 1.0
+    high_percentile: float = 99.5
+    asinh_softening: float = 0.1
+    sigma: float = 3.0
+    sigma_iters: int = 5
+    mean: float = 0.0
+    std: float = 1.0
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidArgumentError` for an unknown method or bad parameters."""
+        if self.method not in METHODS:
+            raise InvalidArgumentError(
+                f"--normalization: unknown method {self.method!r}; "
+                f"valid methods: {', '.join(sorted(METHODS))}"
+            )
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise InvalidArgumentError(
+                f"percentiles must satisfy 0 <= low < high <= 100, got "
+                f"{self.low_percentile}, {self.high_percentile}"
+            )
+        for name in ("asinh_softening", "sigma", "std"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgumentError(f"{name}={getattr(self, name)} must be > 0")
+        if self.sigma_iters < 1:
+            raise InvalidArgumentError(f"sigma_iters={self.sigma_iters} must be >= 1")
+
+
+def normalize(batch: torch.Tensor, config: NormalizationConfig) -> torch.Tensor:
+    """Normalise a batch of cutouts.
+
+    Parameters
+    ----------
+    batch : Tensor, shape (B, H, W)
+        Float cutouts, possibly with NaN.
+    config : NormalizationConfig
+        Method and parameters.
+
+    Returns
+    -------
+    Tensor, shape (B, H, W)
+        float32, finite.
+    """
+    config.validate()
+    x = batch.to(torch.float32)
+    flat = x.reshape(len(x), -1)
+    blank = torch.isnan(flat)
+    out = METHODS[config.method](flat, config)
+    out = torch.where(blank | ~torch.isfinite(out), torch.zeros_like(out), out)
+    return out.reshape(x.shape)
+
+
+def _minmax(flat: torch.Tensor, _config: NormalizationConfig) -> torch.Tensor:
+    low = _nan_reduce(flat, torch.amin, torch.inf)
+    high = _nan_reduce(flat, torch.amax, -torch.inf)
+    return (flat - low) / _safe(high - low)
+
+
+def _zscore(flat: torch.Tensor, _config: NormalizationConfig) -> torch.Tensor:
+    mean, std = _nan_mean_std(flat)
+    return (flat - mean) / _safe(std)
+
+
+def _fixed(flat: torch.Tensor, config: NormalizationConfig) -> torch.Tensor:
+    return (flat - config.mean) / config.std
+
+
+def _asinh(flat: torch.Tensor, config: NormalizationConfig) -> torch.Tensor:
+    quantiles = torch.tensor(
+        [config.low_percentile / 100, config.high_percentile / 100], dtype=flat.dtype
+    )
+    bounds = torch.nanquantile(flat, quantiles.to(flat.device), dim=1, keepdim=True)
+    low, high = bounds[0], bounds[1]
+    scaled = ((flat - low) / _safe(high - low)).clamp(0.0, 1.0)
+    a = config.asinh_softening
+    return torch.asinh(scaled / a) / torch.asinh(torch.tensor(1.0 / a))
+
+
+def _sigma_clip(flat: torch.Tensor, config: NormalizationConfig) -> torch.Tensor:
+    """Clip at mean ± sigma·std (iterated on the unclipped pixels), then scale to [0, 1]."""
+    valid = ~torch.isnan(flat)
+    for _ in range(config.sigma_iters):
+        masked = torch.where(valid, flat, torch.nan)
+        mean, std = _nan_mean_std(masked)
+        valid = valid & ((flat - mean).abs() <= config.sigma * std)
+    masked = torch.where(valid, flat, torch.nan)
+    mean, std = _nan_mean_std(masked)
+    low, high = mean - config.sigma * std, mean + config.sigma * std
+    return ((flat - low) / _safe(high - low)).clamp(0.0, 1.0)
+
+
+def _nan_reduce(flat: torch.Tensor, reduce: Callable, fill: float) -> torch.Tensor:
+    filled = torch.where(torch.isnan(flat), torch.full_like(flat, fill), flat)
+    return reduce(filled, dim=1, keepdim=True)
+
+
+def _nan_mean_std(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row mean and population std over non-NaN values, accumulated in float64."""
+    x = flat.to(torch.float64)
+    valid = ~torch.isnan(x)
+    count = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    zeroed = torch.where(valid, x, torch.zeros_like(x))
+    mean = zeroed.sum(dim=1, keepdim=True) / count
+    deviation = torch.where(valid, x - mean, torch.zeros_like(x))
+    std = torch.sqrt((deviation**2).sum(dim=1, keepdim=True) / count)
+    return mean.to(flat.dtype), std.to(flat.dtype)
+
+
+def _safe(span: torch.Tensor) -> torch.Tensor:
+    """Replace zero or non-finite spans by +inf so that constant cutouts map to 0."""
+    return torch.where(
+        torch.isfinite(span) & (span.abs() > _EPS), span, torch.full_like(span, torch.inf)
+    )
+
+
+METHODS: dict[str, Callable[[torch.Tensor, NormalizationConfig], torch.Tensor]] = {
+    "minmax": _minmax,
+    "zscore": _zscore,
+    "asinh": _asinh,
+    "sigma_clip": _sigma_clip,
+    "fixed": _fixed,
+}

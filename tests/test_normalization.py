@@ -1,0 +1,86 @@
+"""Normalisations on hand-checked arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.normalization import METHODS, NormalizationConfig, normalize
+
+
+def _batch(*rows: list[float]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), 1, -1)
+
+
+def _run(batch: torch.Tensor, **kwargs) -> np.ndarray:
+    return normalize(batch, NormalizationConfig(**kwargs)).reshape(len(batch), -1).numpy()
+
+
+def test_minmax_by_hand() -> None:
+    out = _run(_batch([2.0, 4.0, 6.0, math.nan]), method="minmax")
+    np.testing.assert_allclose(out, [[0.0, 0.5, 1.0, 0.0]])
+
+
+def test_zscore_by_hand() -> None:
+    out = _run(_batch([1.0, 3.0, math.nan]), method="zscore")  # mean 2, population std 1
+    np.testing.assert_allclose(out, [[-1.0, 1.0, 0.0]])
+
+
+def test_fixed_uses_given_statistics() -> None:
+    out = _run(_batch([0.5, 1.5]), method="fixed", mean=0.5, std=0.25)
+    np.testing.assert_allclose(out, [[0.0, 4.0]])
+
+
+def test_asinh_clips_and_stretches() -> None:
+    values = [float(v) for v in range(101)]  # percentiles 10 and 90 are 10 and 90
+    out = _run(
+        _batch(values), method="asinh", low_percentile=10, high_percentile=90, asinh_softening=0.5
+    )
+    expected = np.clip((np.array(values) - 10) / 80, 0, 1)
+    expected = np.arcsinh(expected / 0.5) / np.arcsinh(2.0)
+    np.testing.assert_allclose(out[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sigma_clip_rejects_outlier() -> None:
+    row = [0.0, 1.0] * 50 + [1000.0]  # mean 0.5, std 0.5 once the outlier is clipped
+    out = _run(_batch(row), method="sigma_clip", sigma=3.0)
+    low, high = 0.5 - 1.5, 0.5 + 1.5
+    np.testing.assert_allclose(out[0, :2], [(0 - low) / (high - low), (1 - low) / (high - low)])
+    assert out[0, -1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_constant_and_blank_cutouts_are_finite(method: str) -> None:
+    out = _run(_batch([3.0, 3.0, 3.0], [math.nan] * 3), method=method)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out[1], 0.0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_result_independent_of_batch(method: str) -> None:
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.normal(size=(5, 8, 8)).astype(np.float32))
+    whole = normalize(batch, NormalizationConfig(method=method))
+    single = torch.cat(
+        [normalize(batch[i : i + 1], NormalizationConfig(method=method)) for i in range(5)]
+    )
+    torch.testing.assert_close(whole, single)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"method": "log"}, "unknown method 'log'"),
+        ({"low_percentile": 50, "high_percentile": 10}, "low < high"),
+        ({"method": "fixed", "std": 0.0}, "std=0.0 must be > 0"),
+        ({"sigma_iters": 0}, "sigma_iters=0"),
+    ],
+    ids=["unknown", "percentiles", "std", "iters"],
+)
+def test_invalid_configs(kwargs: dict, fragment: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=fragment):
+        normalize(_batch([1.0, 2.0]), NormalizationConfig(**kwargs))

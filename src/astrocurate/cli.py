@@ -383,3 +383,97 @@ def _demo(args: argparse.Namespace) -> int:
         Path(args.workdir), mosaics=Path(args.mosaics) if args.mosaics else None, seed=args.seed
     )
     return 0
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _features_arguments(parser: argparse.ArgumentParser) -> None:
+    # Literal defaults: importing torch here would slow every command (find_run included).
+    defaults = {"method": "asinh", "low": 1.0, "high": 99.5, "soft": 0.1, "sigma": 3.0}
+    parser.add_argument(
+        "--merged-cutouts-id", "--merged_cutouts_id", required=True, help="merge_cutouts run ID"
+    )
+    parser.add_argument(
+        "--model",
+        default="scattering",
+        help="backbone (default scattering; `astrocurate backbones` lists them)",
+    )
+    parser.add_argument("--weights", default=None, help="local weights file (safetensors or .pt)")
+    parser.add_argument("--arch", default=None, help="architecture of an SSL checkpoint")
+    parser.add_argument("--pooling", default=None, help="layer/pooling giving the vector")
+    parser.add_argument("--channels", choices=["repeat", "fold"], default="repeat")
+    parser.add_argument("--resize", type=int, default=None, help="input side (default: model's)")
+    parser.add_argument(
+        "--normalization",
+        default=defaults["method"],
+        help="per-cutout normalisation: minmax, zscore, asinh (default), sigma_clip, fixed",
+    )
+    parser.add_argument("--low-percentile", type=float, default=defaults["low"])
+    parser.add_argument("--high-percentile", type=float, default=defaults["high"])
+    parser.add_argument("--asinh-softening", type=float, default=defaults["soft"])
+    parser.add_argument("--sigma", type=float, default=defaults["sigma"])
+    parser.add_argument("--norm-mean", type=float, default=0.0, help="for 'fixed'")
+    parser.add_argument("--norm-std", type=float, default=1.0, help="for 'fixed'")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--shard-rows", type=int, default=8192, help="rows per resumable shard")
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--output_path", "--output-path", default=None)
+    _common_step_arguments(parser)
+
+
+@command("features", "Compute a feature vector per cutout (step 3).", _features_arguments)
+def _features(args: argparse.Namespace) -> int:
+    from astrocurate.features import FeatureOptions, extract_features
+    from astrocurate.normalization import NormalizationConfig
+
+    normalization = NormalizationConfig(
+        method=args.normalization,
+        low_percentile=args.low_percentile,
+        high_percentile=args.high_percentile,
+        asinh_softening=args.asinh_softening,
+        sigma=args.sigma,
+        mean=args.norm_mean,
+        std=args.norm_std,
+    )
+    options = FeatureOptions(
+        model=args.model,
+        weights=args.weights,
+        arch=args.arch,
+        pooling=args.pooling,
+        channels=args.channels,
+        resize=args.resize,
+        normalization=normalization,
+        precision=args.precision,
+        output_dtype=args.dtype,
+        shard_rows=args.shard_rows,
+    )
+    run = extract_features(
+        args.merged_cutouts_id,
+        options,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        output_path=Path(args.output_path) if args.output_path else None,
+        force=args.force,
+        progress=args.progress,
+    )
+    _announce(run)
+    return 0
+
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+@command("backbones", "List the feature backbones.", _no_arguments)
+def _backbones(args: argparse.Namespace) -> int:
+    from astrocurate.backbones import list_backbones
+
+    del args
+    for line in list_backbones():
+        print(line)
+    return 0

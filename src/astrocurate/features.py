@@ -1,0 +1,492 @@
+"""Step 3: a feature vector per cutout (run name ``feature_extraction``).
+
+The output directory holds::
+
+    features.npy     float32 (or float16) N x D, row i = merged cutout i, memory-mappable
+    features.json    model, weights hash, layer, preprocessing, dimension, dtype
+
+Work is done in shards of ``shard_rows`` rows. The matrix is pre-allocated as
+``features.npy.partial``; after a shard's rows are written and flushed, an
+empty marker ``progress/<shard>.done`` is created atomically. A rerun of the
+same command after an interruption skips the finished shards; the matrix is
+renamed to ``features.npy`` only when every shard is done. Each cutout is
+preprocessed on its own (normalised, resized) so its features do not depend on
+the batch it is in or on the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual torch alias
+
+from astrocurate.cutout_store import CutoutReader, read_manifest
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.normalization import NormalizationConfig, normalize
+from astrocurate.tracking import StepRun, require_run, tracked_step
+
+log = logging.getLogger(__name__)
+
+STEP = "feature_extraction"
+SOURCE_STEP = "merge_cutouts"
+FEATURES = "features.npy"
+SIDECAR = "features.json"
+PROGRESS_DIR = "progress"
+DEFAULT_MODEL = "scattering"
+PRECISIONS = ("fp32", "bf16", "fp16")
+OUTPUT_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """Parameters of a feature-extraction run (all logged).
+
+    Attributes
+    ----------
+    model : str
+        Backbone name (see :func:`astrocurate.backbones.list_backbones`).
+    weights : str, optional
+        Local weights file (safetensors or torch state dict).
+    arch : str, optional
+        Architecture for a self-supervised checkpoint (``resnet18``, ...).
+    pooling : str, optional
+        Which layer/pooling gives the vector; default per backbone.
+    channels : str
+        ``repeat`` the single astronomy channel to 3, or ``fold`` the first convolution.
+    resize : int, optional
+        Side the cutouts are resized to; default the backbone's input size.
+    normalization : NormalizationConfig
+        Per-cutout intensity normalisation.
+    precision : str
+        ``fp32``, or ``bf16``/``fp16`` autocast on GPU.
+    output_dtype : str
+        ``float32`` or ``float16`` feature matrix.
+    shard_rows : int
+        Rows per resumable shard.
+    """
+
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    arch: str | None = None
+    pooling: str | None = None
+    channels: str = "repeat"
+    resize: int | None = None
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    precision: str = "fp32"
+    output_dtype: str = "float32"
+    shard_rows: int = 8192
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidArgumentError` on the first bad option."""
+        self.normalization.validate()
+        if self.precision not in PRECISIONS:
+            raise InvalidArgumentError(
+                f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.output_dtype not in OUTPUT_DTYPES:
+            raise InvalidArgumentError(
+                f"--dtype: expected one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}"
+            )
+        if self.resize is not None and self.resize < 8:
+            raise InvalidArgumentError(
+                f"--resize: expected a side of at least 8, got {self.resize}"
+            )
+        if self.shard_rows < 1:
+            raise InvalidArgumentError(f"--shard-rows: expected >= 1, got {self.shard_rows}")
+        if self.channels not in ("repeat", "fold"):
+            raise InvalidArgumentError(
+                f"--channels: expected repeat or fold, got {self.channels!r}"
+            )
+
+
+def resolve_device(device: str) -> torch.device:
+    """Return the torch device for ``auto``, ``cpu`` or ``cuda[:N]``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidArgumentError("--device: CUDA was requested but no GPU is available")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise InvalidArgumentError(f"--device: expected auto, cpu or cuda, got {device!r}") from exc
+
+
+# --------------------------------------------------------------------------- data
+
+
+class CutoutImages(torch.utils.data.Dataset):
+    """Cutouts of a run directory, normalised and resized one by one.
+
+    Parameters
+    ----------
+    directory : Path
+        A cutout or merge run directory.
+    size : int
+        Output side in pixels.
+    normalization : NormalizationConfig
+        Per-cutout normalisation.
+    indices : ndarray of int, optional
+        Rows to serve (default all).
+
+    Notes
+    -----
+    The reader is opened lazily in each DataLoader worker.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        size: int,
+        normalization: NormalizationConfig,
+        indices: np.ndarray | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.size = int(size)
+        self.normalization = normalization
+        self._reader: CutoutReader | None = None
+        self.indices = indices
+
+    def _get_reader(self) -> CutoutReader:
+        if self._reader is None:
+            self._reader = CutoutReader.from_directory(self.directory)
+        return self._reader
+
+    def __len__(self) -> int:
+        if self.indices is None:
+            self.indices = np.arange(len(self._get_reader()))
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor]:
+        """Return (cutout_id, image of shape (size, size))."""
+        if self.indices is None:
+            len(self)
+        index = int(self.indices[position])
+        image = torch.from_numpy(self._get_reader()[index])
+        return index, prepare_image(image, self.size, self.normalization)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"] = None  # each worker opens its own files
+        return state
+
+
+def prepare_image(image: torch.Tensor, size: int, config: NormalizationConfig) -> torch.Tensor:
+    """Normalise one (H, W) cutout and resize it to (size, size) (bilinear, antialiased)."""
+    out = normalize(image[None], config)
+    if out.shape[-1] != size or out.shape[-2] != size:
+        out = F.interpolate(
+            out[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+    return out[0].contiguous()
+
+
+# --------------------------------------------------------------------------- model
+
+
+class FeatureModel(torch.nn.Module):
+    """Channel handling and standardisation around a backbone: (B, S, S) -> (B, D)."""
+
+    def __init__(self, backbone: Any) -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        prep = backbone.preprocessing
+        self.in_chans = int(prep.in_chans)
+        self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return features of shape (B, D) for images of shape (B, S, S)."""
+        x = images[:, None].expand(-1, self.in_chans, -1, -1)
+        x = (x - self.mean) / self.std
+        return self.backbone(x).flatten(1)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def extract_features(
+    merged_cutouts_id: str,
+    options: FeatureOptions | None = None,
+    *,
+    batch_size: int = 128,
+    workers: int | None = None,
+    device: str = "auto",
+    output_path: Path | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+) -> StepRun:
+    """Compute features for every cutout of a merge run; record one ``feature_extraction`` run.
+
+    Parameters
+    ----------
+    merged_cutouts_id : str
+        ID of a finished ``merge_cutouts`` run.
+    options : FeatureOptions, optional
+        Model and preprocessing; default the offline scattering backbone.
+    batch_size : int
+        Cutouts per forward pass (does not change the features).
+    workers : int, optional
+        DataLoader worker processes; default ``min(4, cores)``.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    output_path : Path, optional
+        Parent directory of the run directory; default the merge run's.
+    force : bool
+        Recompute even if an identical finished run exists.
+    progress : bool, optional
+        Progress bar; default only on a terminal.
+
+    Returns
+    -------
+    StepRun
+    """
+    from astrocurate.backbones import create_backbone
+
+    options = options or FeatureOptions()
+    options.validate()
+    if batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size: expected >= 1, got {batch_size}")
+    merged = require_run(merged_cutouts_id, SOURCE_STEP, "--merged-cutouts-id")
+    n_rows = len(read_manifest(merged.output_dir, ["cutout_id"]))
+    torch_device = resolve_device(device)
+    backbone = create_backbone(
+        options.model,
+        weights=options.weights,
+        arch=options.arch,
+        pooling=options.pooling,
+        channels=options.channels,
+    )
+    size = options.resize or backbone.preprocessing.input_size
+    workers = min(4, os.cpu_count() or 1) if workers is None else max(0, workers)
+    params = _run_params(options, backbone, size, n_rows)
+    params.update(batch_size=batch_size, workers=workers, device=str(torch_device))
+    root = Path(output_path).resolve() if output_path else merged.output_dir.parent.parent
+    with tracked_step(
+        STEP,
+        params,
+        input_run_ids=[merged.run_id],
+        output_root=root,
+        volatile_params=["batch_size", "workers", "device"],
+        force=force,
+    ) as run:
+        if run.reused:
+            return run
+        model = FeatureModel(backbone).to(torch_device).eval()
+        started = time.perf_counter()
+        computed = _compute_all(
+            run.output_dir,
+            merged.output_dir,
+            model,
+            n_rows,
+            backbone.dim,
+            size,
+            options,
+            batch_size,
+            workers,
+            torch_device,
+            _show_progress(progress),
+        )
+        seconds = time.perf_counter() - started
+        _finalise(run.output_dir, params, backbone)
+        run.log_metrics(
+            {
+                "n_features": n_rows,
+                "feature_dim": backbone.dim,
+                "images_per_second": computed / seconds if seconds > 0 else 0.0,
+            }
+        )
+        _log_quality(run, merged.output_dir)
+    return run
+
+
+def _run_params(options: FeatureOptions, backbone: Any, size: int, n_rows: int) -> dict:
+    """Every preprocessing choice as a flat parameter dict."""
+    params = {k: v for k, v in asdict(options).items() if k != "normalization"}
+    params.update({f"norm_{k}": v for k, v in asdict(options.normalization).items()})
+    prep = backbone.preprocessing
+    params.update(
+        input_size=size,
+        model_input_size=prep.input_size,
+        in_chans=prep.in_chans,
+        model_mean=list(prep.mean),
+        model_std=list(prep.std),
+        layer=backbone.layer,
+        feature_dim=backbone.dim,
+        weights_sha256=backbone.weights_sha256 or "none",
+        n_rows=n_rows,
+    )
+    return params
+
+
+def _show_progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+def _open_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> np.memmap:
+    """Open (creating if needed) the pre-allocated partial feature matrix."""
+    path = out_dir / (FEATURES + ".partial")
+    if path.is_file():
+        matrix = np.load(path, mmap_mode="r+")
+        if matrix.shape == (n_rows, dim) and matrix.dtype == np.dtype(dtype):
+            return matrix
+        path.unlink()
+        for marker in (out_dir / PROGRESS_DIR).glob("*.done"):
+            marker.unlink()
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, dim))
+
+
+def _compute_all(
+    out_dir: Path,
+    merged_dir: Path,
+    model: FeatureModel,
+    n_rows: int,
+    dim: int,
+    size: int,
+    options: FeatureOptions,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    progress: bool,
+) -> int:
+    """Compute every unfinished shard; return the number of cutouts computed now."""
+    (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)
+    matrix = _open_matrix(out_dir, n_rows, dim, options.output_dtype)
+    shards = range(0, n_rows, options.shard_rows)
+    todo = [s for s in shards if not _marker(out_dir, s).is_file()]
+    if len(todo) < len(shards):
+        log.info("resuming: %d of %d shards already done", len(shards) - len(todo), len(shards))
+    bar = _progress_bar(n_rows, (len(shards) - len(todo)) * options.shard_rows, progress)
+    computed = 0
+    for start in todo:
+        stop = min(start + options.shard_rows, n_rows)
+        indices = np.arange(start, stop)
+        for ids, feats in _batches(
+            merged_dir, indices, model, size, options, batch_size, workers, device
+        ):
+            matrix[ids] = feats.astype(options.output_dtype)
+            computed += len(ids)
+            if bar is not None:
+                bar.update(len(ids))
+        matrix.flush()
+        _touch_atomic(_marker(out_dir, start))
+    if bar is not None:
+        bar.close()
+    del matrix
+    return computed
+
+
+def _batches(merged_dir, indices, model, size, options, batch_size, workers, device):
+    """Yield (cutout ids, features as float32 numpy) for the given rows."""
+    dataset = CutoutImages(merged_dir, size, options.normalization, indices)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    autocast = _autocast(device, options.precision)
+    with torch.inference_mode():
+        for ids, images in loader:
+            images = images.to(device, non_blocking=True)
+            with autocast:
+                feats = model(images)
+            yield ids.numpy(), feats.float().cpu().numpy()
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        if precision != "fp32":
+            log.warning("--precision %s applies on GPU only; computing in fp32", precision)
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _marker(out_dir: Path, start: int) -> Path:
+    return out_dir / PROGRESS_DIR / f"{start:012d}.done"
+
+
+def _touch_atomic(path: Path) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp.write_text("")
+    os.replace(tmp, path)
+
+
+def _progress_bar(total: int, done: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=min(done, total),
+        unit="img",
+        desc="features",
+        file=sys.stderr,
+        smoothing=0.1,
+    )
+
+
+def _finalise(out_dir: Path, params: dict, backbone: Any) -> None:
+    """Write the sidecar, rename the matrix into place, drop the progress markers."""
+    sidecar = {
+        "model": params["model"],
+        "layer": backbone.layer,
+        "dim": backbone.dim,
+        "dtype": params["output_dtype"],
+        "n_rows": params["n_rows"],
+        "weights": params["weights"],
+        "weights_sha256": backbone.weights_sha256,
+        "preprocessing": {k: v for k, v in params.items() if k.startswith(("norm_", "model_"))}
+        | {"input_size": params["input_size"], "channels": params["channels"]},
+        "description": backbone.description,
+    }
+    tmp = out_dir / f".tmp-{SIDECAR}"
+    tmp.write_text(json.dumps(sidecar, indent=2, default=str))
+    os.replace(tmp, out_dir / SIDECAR)
+    os.replace(out_dir / (FEATURES + ".partial"), out_dir / FEATURES)
+    for marker in (out_dir / PROGRESS_DIR).glob("*"):
+        marker.unlink()
+    (out_dir / PROGRESS_DIR).rmdir()
+
+
+def load_features(directory: Path) -> np.ndarray:
+    """Memory-map the feature matrix of a feature run directory, checking its sidecar."""
+    directory = Path(directory)
+    path = directory / FEATURES
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path}: no feature matrix (is this a feature run?)")
+    matrix = np.load(path, mmap_mode="r")
+    sidecar = json.loads((directory / SIDECAR).read_text())
+    if matrix.shape != (sidecar["n_rows"], sidecar["dim"]):
+        raise InvalidArgumentError(
+            f"{path}: shape {matrix.shape} does not match its sidecar "
+            f"({sidecar['n_rows']} x {sidecar['dim']})"
+        )
+    return matrix
+
+
+def _log_quality(run: StepRun, merged_dir: Path) -> None:
+    """Log kNN balanced accuracy on truth classes, when the survey has a truth catalogue."""
+    from astrocurate.quality import knn_balanced_accuracy
+    from astrocurate.survey import truth_labels_for_manifest
+
+    manifest = read_manifest(merged_dir)
+    labels = truth_labels_for_manifest(manifest)
+    if labels is None:
+        return
+    features = load_features(run.output_dir)
+    score = knn_balanced_accuracy(np.asarray(features, dtype=np.float32), labels)
+    if score is not None:
+        run.log_metrics({"knn_balanced_accuracy": score})
+        log.info("kNN balanced accuracy on the truth classes: %.3f", score)

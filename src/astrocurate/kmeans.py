@@ -1,0 +1,1444 @@
+"""K-means and hierarchical k-means with resampling, as estimators over arrays.
+
+This is the algorithm layer of the clustering step (DESIGN section 4), written from that
+description. It knows no files, no MLflow and no command line: inputs are arrays (numpy
+arrays, ``np.memmap`` included, or torch tensors) and outputs are numpy arrays.
+
+Conventions
+-----------
+* Distances are squared Euclidean. The nearest centroid is found blockwise from
+  ``|c|^2 - 2 x.c`` (``block_size`` rows and ``centroid_block_size`` centroids at a time),
+  so the ``n x k`` distance matrix never exists. The distance to the chosen centroid is
+  then recomputed directly as ``|x - c|^2``, which is exact, non-negative and free of the
+  cancellation of the expanded form.
+* Centroid sums are accumulated in float64 buffers whatever the compute ``dtype``
+  (``index_put_(accumulate=True)`` on the CPU, serial and deterministic, many times faster
+  there than ``index_add_``; ``index_add_`` on CUDA, whose float64 atomics may sum in any
+  order, a difference of ~1e-16 relative); the new centroids are rounded to ``dtype`` once
+  per iteration.
+* Large inputs are read block by block: a ``np.memmap`` in the compute dtype is read in
+  place on the CPU; otherwise an input whose converted copy would exceed
+  ``_PRELOAD_BYTES_CPU`` (CPU) or half the free GPU memory (CUDA) is converted and moved
+  one block of rows at a time on every pass.
+* Randomness: every random choice comes from a :class:`numpy.random.Generator` on the
+  host, built from ``random_state`` (``None``, a non-negative int, a
+  :class:`numpy.random.SeedSequence` or a :class:`numpy.random.Generator`). The same
+  seed therefore draws the same numbers on every device, and on the CPU the same seed
+  gives bit-identical results. :class:`HierarchicalKMeans` derives one independent
+  stream per (level, step) with ``SeedSequence(entropy, spawn_key=...)``, so any level
+  or resampling step can be recomputed (or resumed) on its own.
+* Levels of :class:`HierarchicalKMeans` are numbered from 0: level 0 clusters the input
+  points (the design notes' "level 1"), level ``l + 1`` clusters the centroids of level
+  ``l``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from astrocurate.errors import AstrocurateError, InvalidArgumentError
+
+__all__ = [
+    "HierarchicalKMeans",
+    "KMeans",
+    "KMeansState",
+    "LevelResult",
+    "NotFittedError",
+    "assign",
+    "cluster_level",
+    "n_candidates",
+    "sort_clusters",
+]
+
+VALID_INITS = ("k-means++", "random")
+VALID_STRATEGIES = ("r", "c")
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+#: Rows per block by device type when ``block_size`` is None.
+_DEFAULT_BLOCK_ROWS = {"cpu": 8192, "cuda": 65536}
+#: Largest block of the score matrix (rows x centroids) by device type; ``centroid_block_size``
+#: defaults to ``max(1, this // block_size)``.
+_MAX_SCORE_ELEMENTS = {"cpu": 1 << 23, "cuda": 1 << 28}
+#: Converted copies of the whole input up to this size are made once on the CPU; larger
+#: inputs (that cannot be read in place) are converted block by block on every pass.
+_PRELOAD_BYTES_CPU = 1 << 30
+#: On CUDA the whole input is copied to the device once when it takes at most this
+#: fraction of the free device memory; otherwise row blocks are copied on every pass.
+_PRELOAD_FRACTION_CUDA = 0.5
+
+Array = np.ndarray | torch.Tensor
+
+
+class NotFittedError(AstrocurateError, AttributeError):
+    """An estimator's learned state was used before ``fit``."""
+
+
+# --------------------------------------------------------------------------------------
+# Parameter validation (used at the public boundary only)
+# --------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidArgumentError(f"{name}={value!r} must be an integer >= {minimum}")
+    if value < minimum:
+        raise InvalidArgumentError(f"{name}={value!r} must be >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgumentError(f"{name}={value!r} must be <= {maximum}")
+    return int(value)
+
+
+def _check_choice(name: str, value: Any, options: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in options:
+        valid = ", ".join(repr(o) for o in options)
+        raise InvalidArgumentError(f"{name}={value!r} is not valid; choose one of {valid}")
+    return value
+
+
+def _check_tol(tol: Any) -> float | None:
+    if tol is None:
+        return None
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol):
+        raise InvalidArgumentError(f"tol={tol!r} must be None or a finite number >= 0")
+    if tol < 0:
+        raise InvalidArgumentError(f"tol={tol!r} must be >= 0")
+    return float(tol)
+
+
+def _check_random_state(random_state: Any) -> None:
+    if random_state is None or isinstance(
+        random_state, np.random.Generator | np.random.SeedSequence
+    ):
+        return
+    if isinstance(random_state, bool) or not isinstance(random_state, numbers.Integral):
+        raise InvalidArgumentError(
+            f"random_state={random_state!r} must be None, an integer >= 0, "
+            "a numpy SeedSequence or a numpy Generator"
+        )
+    if random_state < 0:
+        raise InvalidArgumentError(f"random_state={random_state!r} must be >= 0")
+
+
+def _resolve_device(device: Any) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(
+            f"device={device!r} is not a torch device (use 'cpu', 'cuda' or 'cuda:N')"
+        ) from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"device={device!r} is not supported; use 'cpu' or 'cuda'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(f"device={device!r} but CUDA is not available here")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        elif dev.index >= torch.cuda.device_count():
+            raise InvalidArgumentError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA devices exist"
+            )
+    return dev
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    valid = ", ".join(repr(n) for n in _DTYPES)
+    raise InvalidArgumentError(f"dtype={dtype!r} is not valid; choose one of {valid}")
+
+
+def _check_block_size(name: str, value: Any) -> int | None:
+    return None if value is None else _check_int(name, value, 1)
+
+
+def n_candidates(n_clusters: int) -> int:
+    """Candidates drawn per centre by greedy k-means++: ``2 + floor(ln k)``.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of clusters ``k`` (>= 1).
+
+    Returns
+    -------
+    int
+        The number of candidates evaluated for each new centre.
+    """
+    return 2 + int(math.log(n_clusters))
+
+
+def _dist_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of squared distances: at least float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _seed_sequence(random_state: Any) -> np.random.SeedSequence:
+    """Make a SeedSequence from ``random_state`` (drawing one integer from a Generator)."""
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    return np.random.SeedSequence(random_state)
+
+
+def _child_seed(parent: np.random.SeedSequence, *key: int) -> np.random.SeedSequence:
+    """Derive the stream of ``parent`` for ``key``, independent of any other key."""
+    return np.random.SeedSequence(
+        parent.entropy, spawn_key=(*parent.spawn_key, *key), pool_size=parent.pool_size
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Row access: numpy arrays (memmaps included) and tensors, block by block
+# --------------------------------------------------------------------------------------
+
+
+def _tensor_from_numpy(array: np.ndarray) -> torch.Tensor:
+    """Zero-copy tensor over ``array``; read-only arrays (memmaps) are never written to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+class _Rows:
+    """An ``(n, d)`` input read on ``device`` in ``dtype``, whole or one block at a time.
+
+    Parameters
+    ----------
+    X : numpy.ndarray, numpy.memmap or torch.Tensor, shape (n, d)
+        The rows. Integer and floating dtypes are accepted.
+    device : torch.device
+        Where blocks are computed on.
+    dtype : torch.dtype
+        Compute dtype of the blocks.
+    """
+
+    def __init__(self, data: Any, device: torch.device, dtype: torch.dtype) -> None:
+        if not isinstance(data, np.ndarray | torch.Tensor):
+            data = np.asarray(data)
+        kind_ok = (
+            not data.dtype.is_complex and data.dtype != torch.bool
+            if isinstance(data, torch.Tensor)
+            else data.dtype.kind in "fiu"
+        )
+        if not kind_ok:
+            raise InvalidArgumentError(f"X has dtype {data.dtype}; expected a real numeric dtype")
+        if data.ndim != 2:
+            raise InvalidArgumentError(
+                f"X must be 2-D (n_samples, n_features); got shape {tuple(data.shape)}"
+            )
+        if data.shape[0] < 1 or data.shape[1] < 1:
+            raise InvalidArgumentError(
+                f"X must have at least one row and one column; got shape {tuple(data.shape)}"
+            )
+        self.source = data
+        self.n, self.d = int(data.shape[0]), int(data.shape[1])
+        self.device, self.dtype = device, dtype
+        self._np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+        self.full = self._whole()
+        self._sq_norms: torch.Tensor | None = None
+        self._finite_checked = False
+
+    def _whole(self) -> torch.Tensor | None:
+        """Return the whole input as one tensor on the device when that is cheap, else None."""
+        data, dev, dt = self.source, self.device, self.dtype
+        nbytes = self.n * self.d * torch.empty(0, dtype=dt).element_size()
+        if dev.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(dev)
+            budget = int(free * _PRELOAD_FRACTION_CUDA)
+        else:
+            budget = _PRELOAD_BYTES_CPU
+        if isinstance(data, torch.Tensor):
+            if data.device == dev and data.dtype == dt:
+                return data.detach()
+            return data.detach().to(dev, dt) if nbytes <= budget else None
+        if dev.type == "cpu" and data.dtype == self._np_dtype and data.flags.c_contiguous:
+            return _tensor_from_numpy(data)  # in place, memmaps included
+        if (isinstance(data, np.memmap) and dev.type == "cpu") or nbytes > budget:
+            return None
+        whole = torch.empty((self.n, self.d), dtype=dt, device=dev)
+        for start, stop in _spans(self.n, _DEFAULT_BLOCK_ROWS["cpu"]):
+            whole[start:stop] = self._convert(data[start:stop])
+        return whole
+
+    def _convert(self, part: Any) -> torch.Tensor:
+        if isinstance(part, torch.Tensor):
+            return part.detach().to(self.device, self.dtype)
+        part = np.asarray(part)
+        if self._np_dtype is not None and part.dtype == self._np_dtype:
+            tensor = _tensor_from_numpy(np.ascontiguousarray(part))
+        else:
+            tensor = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float64))
+        return tensor.to(self.device, self.dtype)
+
+    def block(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` on the device, shape (stop - start, d)."""
+        if self.full is not None:
+            return self.full[start:stop]
+        return self._convert(self.source[start:stop])
+
+    def blocks(self, block_rows: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield ``(start, stop, rows)`` over consecutive blocks of ``block_rows`` rows."""
+        for start, stop in _spans(self.n, block_rows):
+            yield start, stop, self.block(start, stop)
+
+    def take(self, indices: np.ndarray) -> torch.Tensor:
+        """Rows ``indices`` (any order, repeats allowed) on the device, shape (m, d)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.full is not None:
+            return self.full[torch.from_numpy(indices).to(self.device)]
+        if isinstance(self.source, torch.Tensor):
+            return self._convert(self.source[torch.from_numpy(indices)])
+        order = np.argsort(indices, kind="stable")  # memmaps read fastest in row order
+        rows = self._convert(self.source[indices[order]])
+        inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(self.device)
+        return rows[inverse]
+
+    def sq_norms(self, block_rows: int) -> torch.Tensor:
+        """Squared norms of all rows, shape (n,), computed once."""
+        if self._sq_norms is None:
+            out = torch.empty(self.n, dtype=_dist_dtype(self.dtype), device=self.device)
+            for start, stop, xb in self.blocks(block_rows):
+                xf = xb.to(out.dtype)
+                out[start:stop] = (xf * xf).sum(1)
+            self._sq_norms = out
+        return self._sq_norms
+
+    def check_finite(self, block_rows: int) -> None:
+        """Raise if any value is NaN or infinite (after conversion to the compute dtype)."""
+        if self._finite_checked:
+            return
+        for start, _, xb in self.blocks(block_rows):
+            bad = ~torch.isfinite(xb).all(dim=1)
+            if bool(bad.any()):
+                row = start + int(torch.nonzero(bad)[0, 0])
+                raise InvalidArgumentError(
+                    f"X contains non-finite values (NaN or infinity in {self.dtype}); "
+                    f"the first is in row {row}"
+                )
+        self._finite_checked = True
+
+
+def _spans(n: int, block_rows: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, block_rows):
+        yield start, min(start + block_rows, n)
+
+
+def _block_sizes(
+    device: torch.device, k: int, block_size: int | None, centroid_block_size: int | None
+) -> tuple[int, int]:
+    rows = block_size or _DEFAULT_BLOCK_ROWS[device.type]
+    cols = centroid_block_size or max(1, _MAX_SCORE_ELEMENTS[device.type] // rows)
+    return rows, min(cols, k)
+
+
+# --------------------------------------------------------------------------------------
+# Assignment and accumulation
+# --------------------------------------------------------------------------------------
+
+
+class _Workspace:
+    """Buffers reused by every block of a pass, so that blocks allocate nothing.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Largest block of rows and of centroids.
+    d : int
+        Features.
+    dtype : torch.dtype
+        Compute dtype.
+    device : torch.device
+        Where the buffers live.
+    accumulate : bool
+        Whether to hold a float64 copy of a block for the sums.
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        d: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        accumulate: bool,
+    ) -> None:
+        self.scores = torch.empty(rows * cols, dtype=dtype, device=device)
+        self.diff = torch.empty((rows, d), dtype=dtype, device=device)
+        self.x64 = (
+            torch.empty((rows, d), dtype=torch.float64, device=device) if accumulate else None
+        )
+
+
+def _nearest(
+    xb: torch.Tensor,
+    centers: torch.Tensor,
+    c_sq: torch.Tensor,
+    centroid_block: int,
+    scores: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Index of the nearest centre of each row of ``xb`` (first one on ties), shape (b,).
+
+    ``scores`` is an optional flat buffer of at least ``b * centroid_block`` elements.
+    """
+    b, k = xb.shape[0], centers.shape[0]
+    best_val = best_idx = None
+    for c0 in range(0, k, centroid_block):
+        c1 = min(c0 + centroid_block, k)
+        out = None if scores is None else scores[: b * (c1 - c0)].view(b, c1 - c0)
+        s = torch.addmm(c_sq[c0:c1], xb, centers[c0:c1].T, alpha=-2, out=out)
+        if c1 - c0 == k:
+            return s.argmin(dim=1)
+        val, idx = s.min(dim=1)
+        if best_val is None:
+            best_val, best_idx = val, idx
+        else:
+            better = val < best_val
+            best_val = torch.where(better, val, best_val)
+            best_idx = torch.where(better, idx + c0, best_idx)
+    return best_idx
+
+
+def _sq_dist_to(
+    xb: torch.Tensor,
+    centers: torch.Tensor,
+    labels: torch.Tensor,
+    diff: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact ``|x_i - c_{labels_i}|^2``, shape (b,), in :func:`_dist_dtype`.
+
+    ``diff`` (shape (b, d), dtype of ``xb``) and ``out`` are optional buffers.
+    """
+    diff = torch.index_select(centers, 0, labels, out=diff)
+    diff.sub_(xb)
+    if diff.dtype != _dist_dtype(xb.dtype):
+        diff = diff.to(_dist_dtype(xb.dtype))
+        out = None
+    return torch.sum(diff.square_(), dim=1, out=out)
+
+
+@dataclass
+class _Pass:
+    """Result of one assignment pass over all rows."""
+
+    labels: torch.Tensor  # (n,) int64
+    sq_distances: torch.Tensor  # (n,)
+    sums: torch.Tensor | None  # (k, d) float64
+    counts: torch.Tensor | None  # (k,) int64
+
+    @property
+    def potential(self) -> float:
+        return float(self.sq_distances.sum(dtype=torch.float64))
+
+
+def _assign_pass(
+    rows: _Rows, centers: torch.Tensor, block_rows: int, centroid_block: int, accumulate: bool
+) -> _Pass:
+    """Assign every row to its nearest centre; optionally accumulate float64 sums."""
+    k, dev = centers.shape[0], centers.device
+    c_sq = (centers * centers).sum(dim=1)
+    labels = torch.empty(rows.n, dtype=torch.int64, device=dev)
+    sq = torch.empty(rows.n, dtype=_dist_dtype(centers.dtype), device=dev)
+    sums = torch.zeros((k, rows.d), dtype=torch.float64, device=dev) if accumulate else None
+    counts = torch.zeros(k, dtype=torch.int64, device=dev) if accumulate else None
+    ws = _Workspace(
+        min(block_rows, rows.n), min(centroid_block, k), rows.d, centers.dtype, dev, accumulate
+    )
+    for start, stop, xb in rows.blocks(block_rows):
+        b = stop - start
+        lab = _nearest(xb, centers, c_sq, centroid_block, ws.scores)
+        labels[start:stop] = lab
+        _sq_dist_to(xb, centers, lab, ws.diff[:b], sq[start:stop])
+        if accumulate:
+            x64 = ws.x64[:b]
+            x64.copy_(xb)
+            if dev.type == "cpu":  # serial and deterministic; index_add_ is slow on CPU
+                sums.index_put_((lab,), x64, accumulate=True)
+            else:
+                sums.index_add_(0, lab, x64)
+            counts += torch.bincount(lab, minlength=k)
+    return _Pass(labels, sq, sums, counts)
+
+
+def _update_centers(sums: torch.Tensor, counts: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Means of the clusters (float64, then rounded to ``old.dtype``); empty ones keep ``old``."""
+    nonempty = counts > 0
+    new = old.to(torch.float64)
+    new[nonempty] = sums[nonempty] / counts[nonempty].unsqueeze(1).to(torch.float64)
+    return new.to(old.dtype)
+
+
+def assign(
+    X: Array,  # noqa: N803
+    centroids: Array,
+    *,
+    block_size: int | None = None,
+    centroid_block_size: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Assign each row of ``X`` to its nearest centroid, block by block.
+
+    Parameters
+    ----------
+    X : array or tensor, shape (n, d)
+        Points (a ``np.memmap`` is read block by block).
+    centroids : array or tensor, shape (k, d)
+        Centroids.
+    block_size : int, optional
+        Rows per block (default 8192 on CPU, 65536 on CUDA).
+    centroid_block_size : int, optional
+        Centroids per block (default: so that a block of scores has at most 2**23 elements
+        on CPU, 2**28 on CUDA).
+    device : str or torch.device
+        Where to compute.
+    dtype : str or torch.dtype
+        Compute dtype (float32, float64, float16 or bfloat16).
+
+    Returns
+    -------
+    labels : numpy.ndarray of int64, shape (n,)
+        Index of the nearest centroid (the first one on exact ties).
+    sq_distances : numpy.ndarray, shape (n,)
+        Squared Euclidean distance to that centroid (float32, float64 for float64 input).
+    """
+    dev, dt = _resolve_device(device), _resolve_dtype(dtype)
+    block_size = _check_block_size("block_size", block_size)
+    centroid_block_size = _check_block_size("centroid_block_size", centroid_block_size)
+    rows = _Rows(X, dev, dt)
+    cents = _Rows(centroids, dev, dt)
+    if cents.d != rows.d:
+        raise InvalidArgumentError(
+            f"centroids have {cents.d} features but X has {rows.d}; they must match"
+        )
+    block_rows, centroid_block = _block_sizes(dev, cents.n, block_size, centroid_block_size)
+    rows.check_finite(block_rows)
+    cents.check_finite(block_rows)
+    result = _assign_pass(rows, cents.block(0, cents.n), block_rows, centroid_block, False)
+    return result.labels.cpu().numpy(), result.sq_distances.cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------
+# K-means
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class KMeansState:
+    """Live state of a :class:`KMeans` fit, handed to ``callback`` and accepted by ``fit``.
+
+    The tensors are the ones the fit works on: a callback that keeps them must copy them
+    (:meth:`state_dict` does). ``fit(X, state=...)`` continues from a state, so a
+    checkpoint taken by a callback and restored with :meth:`from_state_dict` resumes the
+    fit and gives the same result as an uninterrupted one.
+
+    Attributes
+    ----------
+    phase : str
+        ``"init"`` while greedy k-means++ picks centres, ``"lloyd"`` during Lloyd
+        iterations, ``"done"`` at the end.
+    step : int
+        Centres chosen so far (``"init"``) or Lloyd updates done (``"lloyd"``).
+    centers : torch.Tensor, shape (k, d)
+        Current centres; during ``"init"`` only the first ``step`` rows are set.
+    center_indices : numpy.ndarray of int64, shape (k,)
+        Input row of each initial centre (-1 where not chosen yet).
+    min_sq_distances : torch.Tensor, shape (n,), or None
+        During ``"init"``: squared distance of every row to its nearest chosen centre.
+    potential_history : list of float
+        ``potential_history[t]`` is the potential (sum of squared distances to the
+        nearest centre) of the centres after ``t`` Lloyd updates.
+    rng : numpy.random.Generator
+        The generator the fit draws from.
+    """
+
+    phase: str
+    step: int
+    centers: torch.Tensor
+    center_indices: np.ndarray
+    min_sq_distances: torch.Tensor | None
+    potential_history: list[float]
+    rng: np.random.Generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copy the state into plain Python and numpy objects (for a checkpoint)."""
+        return {
+            "phase": self.phase,
+            "step": self.step,
+            "centers": self.centers.detach().cpu().to(torch.float64).numpy().copy(),
+            "center_indices": self.center_indices.copy(),
+            "min_sq_distances": (
+                None
+                if self.min_sq_distances is None
+                else self.min_sq_distances.detach().cpu().numpy().copy()
+            ),
+            "potential_history": list(self.potential_history),
+            "rng_state": self.rng.bit_generator.state,
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: dict[str, Any],
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = torch.float32,
+    ) -> KMeansState:
+        """Rebuild a state saved by :meth:`state_dict` on ``device`` in ``dtype``."""
+        dev, dt = _resolve_device(device), _resolve_dtype(dtype)
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = state["rng_state"]
+        d2 = state["min_sq_distances"]
+        return cls(
+            phase=state["phase"],
+            step=int(state["step"]),
+            centers=torch.as_tensor(state["centers"]).to(dev, dt),
+            center_indices=np.asarray(state["center_indices"], dtype=np.int64).copy(),
+            min_sq_distances=None if d2 is None else torch.as_tensor(d2).to(dev),
+            potential_history=list(state["potential_history"]),
+            rng=rng,
+        )
+
+
+class KMeans:
+    """K-means with greedy k-means++ (or random) initialisation and Lloyd iterations.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of clusters ``k`` (1 <= k <= n_samples).
+    init : {"k-means++", "random"}
+        ``"k-means++"``: greedy k-means++ (first centre uniform; each further centre is
+        the best of ``2 + floor(ln k)`` candidates drawn with probability proportional to
+        the squared distance to the nearest chosen centre, "best" meaning the lowest
+        resulting potential). ``"random"``: k distinct input rows, uniformly.
+    n_iters : int
+        Number of Lloyd updates (>= 0).
+    tol : float, optional
+        Stop early once an update lowers the potential by at most ``tol`` times its
+        previous value (``tol=0`` stops when it stops decreasing). None: always run
+        ``n_iters`` updates.
+    random_state : None, int, numpy.random.SeedSequence or numpy.random.Generator
+        Seed of the random choices (drawn on the host, see the module notes).
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    dtype : str or torch.dtype
+        Compute dtype: float32 (default), float64, float16 or bfloat16. Sums are always
+        accumulated in float64.
+    block_size : int, optional
+        Rows per block (default 8192 on CPU, 65536 on CUDA).
+    centroid_block_size : int, optional
+        Centroids per block (default: at most 2**23 scores per block on CPU, 2**28 on CUDA).
+
+    Attributes
+    ----------
+    cluster_centers_ : numpy.ndarray, shape (k, d)
+        Final centres, exactly as used for the final assignment (float32, or float64 when
+        ``dtype`` is float64).
+    labels_ : numpy.ndarray of int64, shape (n,)
+        Nearest final centre of each row.
+    sq_distances_ : numpy.ndarray, shape (n,)
+        Squared distance of each row to its centre.
+    inertia_ : float
+        Sum of ``sq_distances_`` (float64).
+    n_iter_ : int
+        Lloyd updates done.
+    potential_history_ : list of float
+        Potential after 0, 1, ..., ``n_iter_`` updates; non-increasing up to rounding.
+    init_indices_ : numpy.ndarray of int64, shape (k,)
+        Input rows chosen as initial centres.
+    n_features_in_ : int
+        Number of features ``d``.
+
+    Notes
+    -----
+    Checkpointing: ``fit(X, callback=f)`` calls ``f(state)`` after every k-means++ centre
+    and every Lloyd update with the live :class:`KMeansState`; ``f`` may save
+    ``state.state_dict()`` (every N steps, say), and ``fit(X, state=...)`` with the state
+    restored by :meth:`KMeansState.from_state_dict` resumes to the same result. The work is
+    split into small steps over that state (``_init_state``, ``_kmeanspp_step``,
+    ``_lloyd_step``), the places where a distributed version reduces partial potentials,
+    sums and counts across ranks.
+
+    Cost: greedy k-means++ evaluates ``2 + floor(ln k)`` candidates per centre in one pass
+    over the rows, keeping an ``(n, n_candidates)`` buffer of candidate distances; a Lloyd
+    iteration is one pass whose cost is the ``n x k x d`` matrix product, done in blocks.
+    """
+
+    def __init__(
+        self,
+        n_clusters: int,
+        *,
+        init: str = "k-means++",
+        n_iters: int = 20,
+        tol: float | None = None,
+        random_state: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = torch.float32,
+        block_size: int | None = None,
+        centroid_block_size: int | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_iters = n_iters
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.block_size = block_size
+        self.centroid_block_size = centroid_block_size
+
+    # -- public API ---------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: Array,  # noqa: N803
+        *,
+        state: KMeansState | None = None,
+        callback: Callable[[KMeansState], None] | None = None,
+    ) -> KMeans:
+        """Cluster the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array or tensor, shape (n, d)
+            Points; a ``np.memmap`` is read block by block.
+        state : KMeansState, optional
+            Continue a fit from this state (e.g. restored from a checkpoint) instead of
+            starting afresh; it must come from the same parameters and ``X``.
+        callback : callable, optional
+            Called with the live :class:`KMeansState` after each k-means++ centre and after
+            each Lloyd update (e.g. to checkpoint every N steps).
+
+        Returns
+        -------
+        KMeans
+            self, fitted.
+        """
+        self._validate()
+        rows = _Rows(X, self._device, self._dtype)
+        return self._fit_rows(rows, state=state, callback=callback)
+
+    def predict(self, X: Array) -> np.ndarray:  # noqa: N803
+        """Nearest fitted centre of each row of ``X``, shape (n,), int64."""
+        if not hasattr(self, "cluster_centers_"):
+            raise NotFittedError("this KMeans is not fitted yet; call fit(X) first")
+        labels, _ = assign(
+            X,
+            self.cluster_centers_,
+            block_size=self.block_size,
+            centroid_block_size=self.centroid_block_size,
+            device=self._device,
+            dtype=self._dtype,
+        )
+        return labels
+
+    def fit_predict(self, X: Array) -> np.ndarray:  # noqa: N803
+        """Fit on ``X`` and return ``labels_``."""
+        return self.fit(X).labels_
+
+    # -- steps: small, with all their state in a KMeansState (checkpoint / resume) -------
+
+    def _init_state(self, rows: _Rows) -> KMeansState:
+        """Start a fit: draw the random initial centres, or the first k-means++ centre."""
+        k = self.n_clusters
+        rng = np.random.default_rng(self.random_state)
+        state = KMeansState(
+            phase="init",
+            step=0,
+            centers=torch.empty((k, rows.d), dtype=self._dtype, device=self._device),
+            center_indices=np.full(k, -1, dtype=np.int64),
+            min_sq_distances=None,
+            potential_history=[],
+            rng=rng,
+        )
+        if self.init == "random":
+            chosen = np.sort(rng.choice(rows.n, size=k, replace=False)).astype(np.int64)
+            state.centers = rows.take(chosen).clone()
+            state.center_indices = chosen
+            state.phase = "lloyd"
+        else:
+            first = np.array([rng.integers(rows.n)], dtype=np.int64)
+            inf = torch.full((rows.n,), math.inf, dtype=_dist_dtype(self._dtype))
+            self._add_center(rows, state, first, inf.to(self._device))
+        return state
+
+    def _kmeanspp_step(self, rows: _Rows, state: KMeansState) -> None:
+        """Choose the next greedy k-means++ centre (updates ``state`` in place)."""
+        d2 = state.min_sq_distances
+        cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
+        total = float(cums[-1])
+        rng = state.rng
+        if total > 0:
+            u = rng.random(n_candidates(self.n_clusters)) * total
+            u = torch.from_numpy(np.minimum(u, np.nextafter(total, 0.0)))  # u < total
+            cand = torch.searchsorted(cums, u.to(cums.device), right=True)
+            cand = cand.clamp_(max=rows.n - 1).cpu().numpy()
+        else:  # every row coincides with a chosen centre: pick an unchosen row uniformly
+            free = np.ones(rows.n, dtype=bool)
+            free[state.center_indices[: state.step]] = False
+            cand = np.array([rng.choice(np.flatnonzero(free))], dtype=np.int64)
+        self._add_center(rows, state, cand, d2)
+
+    def _add_center(
+        self, rows: _Rows, state: KMeansState, cand: np.ndarray, d2: torch.Tensor
+    ) -> None:
+        """Keep the candidate that most lowers the potential; update D^2."""
+        block_rows, _ = self._blocks(len(cand))
+        if rows.full is not None and self.block_size is None:
+            # few columns: take many rows at once (fewer, larger kernels)
+            block_rows = max(block_rows, _MAX_SCORE_ELEMENTS[rows.device.type] // len(cand))
+        cx = rows.take(cand)
+        cx_sq = (cx.to(d2.dtype) ** 2).sum(dim=1)
+        x_sq = rows.sq_norms(block_rows)
+        new_d2 = torch.empty((rows.n, len(cand)), dtype=d2.dtype, device=d2.device)
+        potentials = torch.zeros(len(cand), dtype=torch.float64, device=d2.device)
+        for start, stop, xb in rows.blocks(block_rows):
+            dist = torch.addmm(cx_sq, xb.to(d2.dtype), cx.to(d2.dtype).T, alpha=-2)
+            dist.add_(x_sq[start:stop, None]).clamp_(min=0)
+            torch.minimum(dist, d2[start:stop, None], out=new_d2[start:stop])
+            potentials += new_d2[start:stop].sum(dim=0, dtype=torch.float64)
+        best = int(torch.argmin(potentials))
+        chosen = int(cand[best])
+        d2 = new_d2[:, best].contiguous()
+        d2[chosen] = 0
+        state.centers[state.step] = cx[best]
+        state.center_indices[state.step] = chosen
+        state.min_sq_distances = d2
+        state.step += 1
+
+    def _lloyd_step(self, rows: _Rows, state: KMeansState) -> _Pass | None:
+        """Run one Lloyd iteration: assign, record the potential, update the centres.
+
+        Returns
+        -------
+        _Pass or None
+            None while iterating; once the fit is complete (``n_iters`` updates done, or
+            early stop) the last assignment pass, which matches ``state.centers``.
+        """
+        block_rows, centroid_block = self._blocks(self.n_clusters)
+        done = state.step >= self.n_iters
+        result = _assign_pass(rows, state.centers, block_rows, centroid_block, not done)
+        history = state.potential_history
+        history.append(result.potential)
+        if not done and self.tol is not None and len(history) >= 2:
+            done = history[-2] - history[-1] <= self.tol * history[-2]
+        if done:
+            return result
+        state.centers = _update_centers(result.sums, result.counts, state.centers)
+        state.step += 1
+        return None
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _validate(self) -> None:
+        _check_int("n_clusters", self.n_clusters, 1)
+        _check_choice("init", self.init, VALID_INITS)
+        _check_int("n_iters", self.n_iters, 0)
+        _check_tol(self.tol)
+        _check_random_state(self.random_state)
+        self._device = _resolve_device(self.device)
+        self._dtype = _resolve_dtype(self.dtype)
+        _check_block_size("block_size", self.block_size)
+        _check_block_size("centroid_block_size", self.centroid_block_size)
+
+    def _blocks(self, k: int) -> tuple[int, int]:
+        return _block_sizes(self._device, k, self.block_size, self.centroid_block_size)
+
+    def _fit_rows(
+        self,
+        rows: _Rows,
+        *,
+        state: KMeansState | None = None,
+        callback: Callable[[KMeansState], None] | None = None,
+    ) -> KMeans:
+        if self.n_clusters > rows.n:
+            raise InvalidArgumentError(
+                f"n_clusters={self.n_clusters} must be <= n_samples={rows.n}"
+            )
+        rows.check_finite(self._blocks(1)[0])
+        if state is None:
+            state = self._init_state(rows)
+            if callback is not None:
+                callback(state)
+        while state.phase == "init" and state.step < self.n_clusters:
+            self._kmeanspp_step(rows, state)
+            if callback is not None:
+                callback(state)
+        if state.phase == "init":
+            state.phase, state.step, state.min_sq_distances = "lloyd", 0, None
+        while (final := self._lloyd_step(rows, state)) is None:
+            if callback is not None:
+                callback(state)
+        state.phase = "done"
+        self.cluster_centers_ = state.centers.cpu().to(_dist_dtype(self._dtype)).numpy()
+        self.labels_ = final.labels.cpu().numpy()
+        self.sq_distances_ = final.sq_distances.cpu().numpy()
+        self.inertia_ = state.potential_history[-1]
+        self.n_iter_ = state.step
+        self.potential_history_ = list(state.potential_history)
+        self.init_indices_ = state.center_indices.copy()
+        self.n_features_in_ = rows.d
+        self._centers_tensor = state.centers
+        if callback is not None:
+            callback(state)
+        return self
+
+
+# --------------------------------------------------------------------------------------
+# Sorted clusters
+# --------------------------------------------------------------------------------------
+
+
+def sort_clusters(
+    labels: np.ndarray, sq_distances: np.ndarray, n_clusters: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group the inputs by cluster, each cluster in ascending distance to its centroid.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray of int, shape (n,)
+        Cluster of each input, in ``[0, n_clusters)``.
+    sq_distances : numpy.ndarray, shape (n,)
+        Squared distance of each input to its centroid.
+    n_clusters : int
+        Number of clusters ``k``.
+
+    Returns
+    -------
+    members : numpy.ndarray of int64, shape (n,)
+        Input indices; cluster ``j`` is ``members[offsets[j]:offsets[j + 1]]``. Equal
+        distances keep ascending index order.
+    offsets : numpy.ndarray of int64, shape (k + 1,)
+        CSR-style offsets (``offsets[0] = 0``, ``offsets[k] = n``).
+    distances : numpy.ndarray, shape (n,)
+        ``sq_distances[members]``.
+    """
+    labels = np.asarray(labels)
+    sq_distances = np.asarray(sq_distances)
+    members = np.lexsort((sq_distances, labels)).astype(np.int64)
+    offsets = np.zeros(n_clusters + 1, dtype=np.int64)
+    np.cumsum(np.bincount(labels, minlength=n_clusters), out=offsets[1:])
+    return members, offsets, sq_distances[members]
+
+
+def _first_per_cluster(labels: np.ndarray, keys: np.ndarray, n_clusters: int, s: int) -> np.ndarray:
+    """Return the ``s`` inputs with the smallest ``keys`` of every cluster (sorted indices)."""
+    members, offsets, _ = sort_clusters(labels, keys, n_clusters)
+    rank = np.arange(len(members)) - np.repeat(offsets[:-1], np.diff(offsets))
+    return np.sort(members[rank < s])
+
+
+# --------------------------------------------------------------------------------------
+# One level: k-means, resampling steps, splits
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LevelResult:
+    """The clustering of one level's inputs.
+
+    Attributes
+    ----------
+    centroids : numpy.ndarray, shape (k, d)
+        Final centroids.
+    labels : numpy.ndarray of int64, shape (n_in,)
+        Cluster of every input of the level.
+    sq_distances : numpy.ndarray, shape (n_in,)
+        Squared distance of every input to its centroid.
+    members, offsets, distances : numpy.ndarray
+        The clusters sorted by distance (see :func:`sort_clusters`).
+    sizes : numpy.ndarray of int64, shape (k,)
+        Inputs per cluster.
+    inertia : float
+        Sum of ``sq_distances``.
+    n_empty : int
+        Clusters without any input.
+    potential_history : list of list of float
+        Lloyd potentials of each k-means run (first the full run, then each resampling
+        step's run on its pool; the split runs are not recorded).
+    """
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    sq_distances: np.ndarray
+    members: np.ndarray
+    offsets: np.ndarray
+    distances: np.ndarray
+    sizes: np.ndarray
+    inertia: float
+    n_empty: int
+    potential_history: list[list[float]] = field(default_factory=list)
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of clusters ``k``."""
+        return int(self.centroids.shape[0])
+
+
+@dataclass(frozen=True)
+class _LevelParams:
+    n_clusters: int
+    n_iters: int
+    n_resampling_steps: int
+    sample_size: int | None
+    sampling_strategy: str
+    n_splits: int
+
+
+def _validate_level(
+    n_clusters: Any,
+    n_iters: Any,
+    n_resampling_steps: Any,
+    sample_size: Any,
+    sampling_strategy: Any,
+    n_splits: Any,
+    where: str = "",
+) -> _LevelParams:
+    """Check one level's parameters; ``where`` is appended to names, e.g. ``"[1]"``."""
+    k = _check_int(f"n_clusters{where}", n_clusters, 1)
+    iters = _check_int(f"n_iters{where}", n_iters, 0)
+    steps = _check_int(f"n_resampling_steps{where}", n_resampling_steps, 1)
+    splits = _check_int(f"n_splits{where}", n_splits, 1)
+    strategy = _check_choice(f"sampling_strategy{where}", sampling_strategy, VALID_STRATEGIES)
+    size = None if sample_size is None else _check_int(f"sample_size{where}", sample_size, 1)
+    if steps > 1 and size is None:
+        raise InvalidArgumentError(
+            f"sample_size{where}=None but n_resampling_steps{where}={steps}; "
+            "resampling needs a sample size (points taken per cluster)"
+        )
+    if steps > 1 and splits > 1:
+        raise InvalidArgumentError(
+            f"n_splits{where}={splits} and n_resampling_steps{where}={steps}: splits and "
+            "resampling cannot be combined at the same level; set one of them to 1"
+        )
+    return _LevelParams(k, iters, steps, size, strategy, splits)
+
+
+def cluster_level(
+    Y: Array,  # noqa: N803
+    n_clusters: int,
+    *,
+    n_iters: int = 20,
+    n_resampling_steps: int = 1,
+    sample_size: int | None = None,
+    sampling_strategy: str = "r",
+    n_splits: int = 1,
+    init: str = "k-means++",
+    tol: float | None = None,
+    random_state: Any = None,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = torch.float32,
+    block_size: int | None = None,
+    centroid_block_size: int | None = None,
+) -> LevelResult:
+    """Cluster one level's inputs with k-means, resampling steps or splits (DESIGN 4).
+
+    1. k-means with ``n_clusters`` on all of ``Y``;
+    2. each further resampling step takes ``sample_size`` members of every cluster
+       (``'c'``: the closest to the centroid, ``'r'``: uniformly at random, the whole
+       cluster if smaller), runs a fresh k-means with ``n_clusters`` on that pool and
+       assigns all of ``Y`` to the new centroids;
+    3. with ``n_splits > 1`` each cluster is then split into up to ``n_splits``
+       sub-clusters by k-means on its members; empty sub-clusters are dropped and
+       every input keeps to a sub-cluster of its own cluster.
+
+    Parameters
+    ----------
+    Y : array or tensor, shape (n_in, d)
+        The level's inputs (points, or the previous level's centroids).
+    n_clusters : int
+        Clusters ``k`` (<= n_in).
+    n_iters : int
+        Lloyd updates of every k-means run.
+    n_resampling_steps : int
+        Steps, counting the first full run (1 = no resampling).
+    sample_size : int, optional
+        Inputs taken per cluster in a resampling step (needed when resampling).
+    sampling_strategy : {"r", "c"}
+        How they are taken.
+    n_splits : int
+        Sub-clusters per cluster (1 = no split); not combined with resampling.
+    init, tol, device, dtype, block_size, centroid_block_size
+        As for :class:`KMeans`.
+    random_state : None, int, numpy.random.SeedSequence or numpy.random.Generator
+        Seed. Run ``s`` uses stream ``(0, s)``, the resampling draw of step ``s`` stream
+        ``(1, s)`` and the split of cluster ``j`` stream ``(2, j)`` of it.
+
+    Returns
+    -------
+    LevelResult
+        Centroids, assignment of every input and the sorted clusters.
+    """
+    p = _validate_level(
+        n_clusters, n_iters, n_resampling_steps, sample_size, sampling_strategy, n_splits
+    )
+    _check_choice("init", init, VALID_INITS)
+    _check_tol(tol)
+    _check_random_state(random_state)
+    dev, dt = _resolve_device(device), _resolve_dtype(dtype)
+    _check_block_size("block_size", block_size)
+    _check_block_size("centroid_block_size", centroid_block_size)
+    rows = Y if isinstance(Y, _Rows) else _Rows(Y, dev, dt)
+    if p.n_clusters > rows.n:
+        raise InvalidArgumentError(f"n_clusters={p.n_clusters} must be <= n_samples={rows.n}")
+    seed = _seed_sequence(random_state)
+
+    def kmeans(k: int, key: tuple[int, ...]) -> KMeans:
+        return KMeans(
+            k,
+            init=init,
+            n_iters=p.n_iters,
+            tol=tol,
+            random_state=_child_seed(seed, *key),
+            device=dev,
+            dtype=dt,
+            block_size=block_size,
+            centroid_block_size=centroid_block_size,
+        )
+
+    km = kmeans(p.n_clusters, (0, 0))
+    km._validate()
+    km._fit_rows(rows)
+    centers, labels, sq = km._centers_tensor, km.labels_, km.sq_distances_
+    histories = [km.potential_history_]
+    block_rows, centroid_block = _block_sizes(dev, p.n_clusters, block_size, centroid_block_size)
+    for step in range(1, p.n_resampling_steps):
+        if p.sampling_strategy == "c":
+            keys = sq
+        else:
+            keys = np.random.default_rng(_child_seed(seed, 1, step)).random(rows.n)
+        pool = _first_per_cluster(labels, keys, p.n_clusters, p.sample_size)
+        if len(pool) < p.n_clusters:
+            raise InvalidArgumentError(
+                f"resampling step {step} pooled only {len(pool)} inputs for "
+                f"n_clusters={p.n_clusters} (empty clusters); increase sample_size="
+                f"{p.sample_size}"
+            )
+        km = kmeans(p.n_clusters, (0, step))
+        km._validate()
+        km._fit_rows(_Rows(rows.take(pool), dev, dt))
+        centers = km._centers_tensor
+        result = _assign_pass(rows, centers, block_rows, centroid_block, False)
+        labels, sq = result.labels.cpu().numpy(), result.sq_distances.cpu().numpy()
+        histories.append(km.potential_history_)
+    centroids = centers.cpu().to(_dist_dtype(dt)).numpy()
+    if p.n_splits > 1:
+        centroids, labels, sq = _split(rows, labels, p, kmeans)
+    return _level_result(centroids, labels, sq, histories)
+
+
+def _split(
+    rows: _Rows,
+    labels: np.ndarray,
+    p: _LevelParams,
+    make_kmeans: Callable[[int, tuple[int, ...]], KMeans],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split every cluster into up to ``n_splits`` sub-clusters; drop empty ones."""
+    members, offsets, _ = sort_clusters(labels, np.zeros(len(labels)), p.n_clusters)
+    new_labels = np.empty(rows.n, dtype=np.int64)
+    new_sq = np.empty(rows.n, dtype=np.float64)
+    centroids: list[np.ndarray] = []
+    for j in range(p.n_clusters):
+        idx = members[offsets[j] : offsets[j + 1]]
+        if len(idx) == 0:
+            continue
+        km = make_kmeans(min(p.n_splits, len(idx)), (2, j))
+        km._validate()
+        km._fit_rows(_Rows(rows.take(idx), rows.device, rows.dtype))
+        used, sub = np.unique(km.labels_, return_inverse=True)
+        new_labels[idx] = len(centroids) + sub
+        new_sq[idx] = km.sq_distances_
+        centroids.extend(km.cluster_centers_[used])
+    return np.stack(centroids), new_labels, new_sq.astype(km.sq_distances_.dtype)
+
+
+def _level_result(
+    centroids: np.ndarray,
+    labels: np.ndarray,
+    sq_distances: np.ndarray,
+    histories: list[list[float]],
+) -> LevelResult:
+    k = centroids.shape[0]
+    members, offsets, distances = sort_clusters(labels, sq_distances, k)
+    sizes = np.diff(offsets)
+    return LevelResult(
+        centroids=centroids,
+        labels=labels.astype(np.int64, copy=False),
+        sq_distances=sq_distances,
+        members=members,
+        offsets=offsets,
+        distances=distances,
+        sizes=sizes,
+        inertia=float(sq_distances.sum(dtype=np.float64)),
+        n_empty=int((sizes == 0).sum()),
+        potential_history=histories,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Hierarchical k-means
+# --------------------------------------------------------------------------------------
+
+
+def _per_level(name: str, value: Any, n_levels: int) -> list[Any]:
+    """Make a per-level list from a list (length checked) or a scalar (repeated)."""
+    if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
+        return [value] * n_levels
+    values = list(value)
+    if len(values) != n_levels:
+        raise InvalidArgumentError(
+            f"{name} has {len(values)} entries ({values!r}) but n_levels={n_levels}; "
+            "give one value per level"
+        )
+    return values
+
+
+class HierarchicalKMeans:
+    """Hierarchical k-means with resampling (Vo et al. 2024; DESIGN section 4).
+
+    Level 0 clusters the input points; level ``l + 1`` clusters the centroids of level
+    ``l`` (unweighted, which flattens the density). Each level runs
+    :func:`cluster_level`. Per-level parameters are lists with one entry per level; a
+    scalar is used for every level.
+
+    Parameters
+    ----------
+    n_clusters : list of int
+        Clusters per level; ``n_clusters[0] <= n_samples`` and each level at most the
+        number of centroids of the level below.
+    n_levels : int, optional
+        Number of levels (default ``len(n_clusters)``; must match it).
+    n_iters : int or list of int
+        Lloyd updates per k-means run.
+    n_resampling_steps : int or list of int
+        Steps per level, counting the first full run (1 = no resampling).
+    sample_size : int or list of int, optional
+        Inputs per cluster taken by a resampling step.
+    sampling_strategy : str or list of str
+        ``'r'`` (random members) or ``'c'`` (closest to the centroid).
+    n_splits : int or list of int
+        Sub-clusters per cluster (1 = no split). Not combined with resampling.
+    init, tol, random_state, device, dtype, block_size, centroid_block_size
+        As for :class:`KMeans`; level ``l`` uses stream ``(l,)`` of ``random_state``.
+
+    Attributes
+    ----------
+    levels_ : list of LevelResult
+        Everything learned, per level.
+    centroids_ : list of numpy.ndarray, shape (k_l, d)
+        Centroids per level.
+    labels_ : list of numpy.ndarray of int64
+        ``labels_[l][i]``: cluster of level-``l`` input ``i`` (a point for ``l = 0``, a
+        level-``l - 1`` centroid otherwise).
+    members_, offsets_, distances_ : list of numpy.ndarray
+        Per level, the clusters sorted by distance to their centroid, as flat CSR arrays
+        (see :func:`sort_clusters`).
+    inertia_ : list of float
+        Per level, sum of squared distances of the level's inputs to their centroids.
+    n_empty_ : list of int
+        Per level, clusters without inputs.
+    cluster_sizes_ : list of numpy.ndarray of int64
+        Per level, inputs per cluster.
+    n_features_in_ : int
+        Feature dimension ``d``.
+    """
+
+    def __init__(
+        self,
+        n_clusters: Sequence[int],
+        *,
+        n_levels: int | None = None,
+        n_iters: int | Sequence[int] = 20,
+        n_resampling_steps: int | Sequence[int] = 1,
+        sample_size: int | Sequence[int] | None = None,
+        sampling_strategy: str | Sequence[str] = "r",
+        n_splits: int | Sequence[int] = 1,
+        init: str = "k-means++",
+        tol: float | None = None,
+        random_state: Any = None,
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = torch.float32,
+        block_size: int | None = None,
+        centroid_block_size: int | None = None,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.n_levels = n_levels
+        self.n_iters = n_iters
+        self.n_resampling_steps = n_resampling_steps
+        self.sample_size = sample_size
+        self.sampling_strategy = sampling_strategy
+        self.n_splits = n_splits
+        self.init = init
+        self.tol = tol
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+        self.block_size = block_size
+        self.centroid_block_size = centroid_block_size
+
+    def level_params(self) -> list[_LevelParams]:
+        """Validate and return the parameters of every level (raises InvalidArgumentError)."""
+        if isinstance(self.n_clusters, str) or not isinstance(
+            self.n_clusters, Sequence | np.ndarray
+        ):
+            raise InvalidArgumentError(
+                f"n_clusters={self.n_clusters!r} must be a list with one integer per level"
+            )
+        n_levels = len(self.n_clusters) if self.n_levels is None else self.n_levels
+        n_levels = _check_int("n_levels", n_levels, 1)
+        lists = {
+            name: _per_level(name, getattr(self, name), n_levels)
+            for name in (
+                "n_clusters",
+                "n_iters",
+                "n_resampling_steps",
+                "sample_size",
+                "sampling_strategy",
+                "n_splits",
+            )
+        }
+        params = [
+            _validate_level(*(lists[name][lvl] for name in lists), where=f"[{lvl}]")
+            for lvl in range(n_levels)
+        ]
+        for lvl in range(1, n_levels):
+            below = params[lvl - 1]
+            if below.n_splits == 1 and params[lvl].n_clusters > below.n_clusters:
+                raise InvalidArgumentError(
+                    f"n_clusters[{lvl}]={params[lvl].n_clusters} must be <= "
+                    f"n_clusters[{lvl - 1}]={below.n_clusters} (the inputs of level {lvl} "
+                    f"are the centroids of level {lvl - 1})"
+                )
+        return params
+
+    def fit(
+        self,
+        X: Array,  # noqa: N803
+        *,
+        completed_levels: Sequence[LevelResult] = (),
+        last_level: int | None = None,
+        level_callback: Callable[[int, LevelResult], None] | None = None,
+    ) -> HierarchicalKMeans:
+        """Cluster ``X`` level by level.
+
+        Parameters
+        ----------
+        X : array or tensor, shape (n, d)
+            Points; a ``np.memmap`` is read block by block. Not read when
+            ``completed_levels`` already holds level 0.
+        completed_levels : sequence of LevelResult, optional
+            Results of the first levels from an earlier fit with the same parameters, data
+            and an integer ``random_state``; fitting continues with the next level and
+            gives what an uninterrupted fit gives.
+        last_level : int, optional
+            Stop after this level (default: the top one, ``n_levels - 1``); with
+            ``completed_levels`` this runs one level at a time, e.g. one SLURM job per level.
+        level_callback : callable, optional
+            Called as ``level_callback(level, result)`` after each level (e.g. to save it).
+
+        Returns
+        -------
+        HierarchicalKMeans
+            self, fitted; the learned lists hold the levels up to ``last_level``.
+        """
+        params = self.level_params()
+        _check_choice("init", self.init, VALID_INITS)
+        _check_tol(self.tol)
+        _check_random_state(self.random_state)
+        dev, dt = _resolve_device(self.device), _resolve_dtype(self.dtype)
+        _check_block_size("block_size", self.block_size)
+        _check_block_size("centroid_block_size", self.centroid_block_size)
+        top = len(params) - 1
+        last = top if last_level is None else _check_int("last_level", last_level, 0, top)
+        levels = list(completed_levels)
+        if len(levels) > last + 1:
+            raise InvalidArgumentError(
+                f"completed_levels has {len(levels)} levels but last_level={last}; "
+                f"give at most {last + 1}"
+            )
+        seed = _seed_sequence(self.random_state)
+        if levels:
+            n_features = levels[0].centroids.shape[1]
+        else:
+            rows = _Rows(X, dev, dt)
+            n_features = rows.d
+            if params[0].n_clusters > rows.n:
+                raise InvalidArgumentError(
+                    f"n_clusters[0]={params[0].n_clusters} must be <= n_samples={rows.n}"
+                )
+        for lvl in range(len(levels), last + 1):
+            inputs = rows if lvl == 0 else _Rows(levels[-1].centroids, dev, dt)
+            p = params[lvl]
+            if p.n_clusters > inputs.n:
+                raise InvalidArgumentError(
+                    f"n_clusters[{lvl}]={p.n_clusters} must be <= {inputs.n}, the number "
+                    f"of centroids of level {lvl - 1}"
+                )
+            result = cluster_level(
+                inputs,
+                p.n_clusters,
+                n_iters=p.n_iters,
+                n_resampling_steps=p.n_resampling_steps,
+                sample_size=p.sample_size,
+                sampling_strategy=p.sampling_strategy,
+                n_splits=p.n_splits,
+                init=self.init,
+                tol=self.tol,
+                random_state=_child_seed(seed, lvl),
+                device=dev,
+                dtype=dt,
+                block_size=self.block_size,
+                centroid_block_size=self.centroid_block_size,
+            )
+            levels.append(result)
+            if level_callback is not None:
+                level_callback(lvl, result)
+        self._set_levels(levels, n_features)
+        return self
+
+    def _set_levels(self, levels: list[LevelResult], n_features: int) -> None:
+        self.levels_ = levels
+        self.centroids_ = [r.centroids for r in levels]
+        self.labels_ = [r.labels for r in levels]
+        self.members_ = [r.members for r in levels]
+        self.offsets_ = [r.offsets for r in levels]
+        self.distances_ = [r.distances for r in levels]
+        self.inertia_ = [r.inertia for r in levels]
+        self.n_empty_ = [r.n_empty for r in levels]
+        self.cluster_sizes_ = [r.sizes for r in levels]
+        self.n_features_in_ = n_features
+
+    def _check_level(self, level: Any) -> int:
+        if not hasattr(self, "levels_"):
+            raise NotFittedError("this HierarchicalKMeans is not fitted yet; call fit(X) first")
+        return _check_int("level", level, 0, len(self.levels_) - 1)
+
+    def point_labels(self, level: int) -> np.ndarray:
+        """Level-``level`` cluster of every original point, shape (n,), int64."""
+        level = self._check_level(level)
+        labels = self.labels_[0]
+        for lvl in range(1, level + 1):
+            labels = self.labels_[lvl][labels]
+        return labels
+
+    def cluster_sizes_in_points(self, level: int) -> np.ndarray:
+        """Original points under each level-``level`` cluster, shape (k_level,), int64."""
+        level = self._check_level(level)
+        k = self.centroids_[level].shape[0]
+        return np.bincount(self.point_labels(level), minlength=k).astype(np.int64)

@@ -8,9 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.astrocurate-installed
-# A CPU build of torch keeps the environment small; override on GPU machines, e.g.
-#   make TORCH_SPEC="torch" demo
-TORCH_SPEC ?= torch==2.13.0
+# torch and torchvision are installed first, as a matching pair (timm needs both);
+# override for another CUDA/CPU build, e.g. make TORCH_SPEC="torch torchvision" demo
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint format clean
@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	ln -sfn $(VENV) feat_extract_env
 	ln -sfn $(VENV) clustering_env

@@ -2,13 +2,35 @@
 
 A cutout run directory holds::
 
-    manifest.parquet     one row per cutout (columns: :data:`MANIFEST_COLUMNS`)
-    mosaics.parquet      one row per mosaic (size, fingerprint, WCS header, counts)
-    pixels/<mosaic>.npy  float32 (n, w, w) per mosaic; absent with ``--store virtual``
+    manifest.parquet           one row per cutout (columns: :data:`MANIFEST_COLUMNS`)
+    mosaics.parquet            one row per mosaic (size, HDU, fingerprint, WCS header,
+                               centre, counts kept/skipped, status and warnings)
+    pixels/<n>-<mosaic>.npy    float32 (n, w, w) per mosaic; absent with ``--store virtual``
 
-Pixel convention: a cutout covers ``data[y0:y0 + w, x0:x0 + w]`` of its mosaic,
-where ``x0`` is the 0-based numpy column and ``y0`` the 0-based numpy row of its
-lower-left pixel (FITS pixel ``(x0 + 1, y0 + 1)``).
+Manifest columns (Arrow types in :data:`MANIFEST_TYPES`, the same for every run):
+
+``cutout_id``
+    Row number, 0..N-1.
+``mosaic``, ``mosaic_path``
+    Mosaic name and absolute path of its FITS file.
+``window_size``, ``x0``, ``y0``
+    The cutout is ``data[y0:y0 + w, x0:x0 + w]`` of its mosaic's 2-D image, where
+    ``x0`` is the 0-based numpy column and ``y0`` the 0-based numpy row of its first
+    pixel: the lower-left corner when the image is shown FITS-style (origin lower),
+    FITS pixel ``(x0 + 1, y0 + 1)``.
+``ra``, ``dec``
+    ICRS degrees of the cutout centre, pixel ``(x0 + (w - 1) / 2, y0 + (w - 1) / 2)``
+    through the mosaic's celestial WCS; NaN without one.
+``pixel_scale_arcsec``
+    Geometric mean pixel scale of the mosaic; NaN without a WCS.
+``nan_fraction``
+    Fraction of blank pixels; those are stored as :data:`NAN_FILL_VALUE`.
+``mean``, ``std``, ``max``, ``noise_mad``, ``peak_snr``
+    Statistics of the non-blank pixels (:func:`astrocurate.windows.cutout_statistics`).
+``store``, ``array_file``, ``array_row``
+    ``"copy"``: row ``array_row`` of the ``.npy`` file ``array_file`` (relative to the
+    run directory; absolute in merged manifests). ``"virtual"``: read from the mosaic
+    itself (``array_file`` null, ``array_row`` -1).
 
 With the ``virtual`` store no pixels are copied: :class:`CutoutReader` reads the
 window from the memory-mapped mosaic, after checking that the mosaic still has
@@ -26,6 +48,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from astrocurate.errors import AstrocurateError
 
@@ -36,26 +60,30 @@ PIXELS_DIR = "pixels"
 #: 0 Jy/beam, the expected background of a radio image.
 NAN_FILL_VALUE = 0.0
 
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "cutout_id",
-    "mosaic",
-    "mosaic_path",
-    "window_size",
-    "x0",
-    "y0",
-    "ra",
-    "dec",
-    "pixel_scale_arcsec",
-    "nan_fraction",
-    "mean",
-    "std",
-    "max",
-    "noise_mad",
-    "peak_snr",
-    "store",
-    "array_file",
-    "array_row",
-)
+#: Arrow type of every manifest column (the same whatever the rows, even with none).
+MANIFEST_TYPES: dict[str, pa.DataType] = {
+    "cutout_id": pa.int64(),
+    "mosaic": pa.string(),
+    "mosaic_path": pa.string(),
+    "window_size": pa.int64(),
+    "x0": pa.int64(),
+    "y0": pa.int64(),
+    "ra": pa.float64(),
+    "dec": pa.float64(),
+    "pixel_scale_arcsec": pa.float64(),
+    "nan_fraction": pa.float64(),
+    "mean": pa.float64(),
+    "std": pa.float64(),
+    "max": pa.float64(),
+    "noise_mad": pa.float64(),
+    "peak_snr": pa.float64(),
+    "store": pa.string(),
+    "array_file": pa.string(),
+    "array_row": pa.int64(),
+}
+
+#: Columns of a cutout manifest, in order.
+MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_TYPES)
 
 _NPY_HEADER_BYTES = 128
 
@@ -67,10 +95,32 @@ class CutoutStoreError(AstrocurateError, ValueError):
 # --------------------------------------------------------------------------- files
 
 
-def write_parquet_atomic(table: pd.DataFrame, path: Path) -> None:
-    """Write a DataFrame to Parquet under a temporary name, then rename it into place."""
+def write_parquet_atomic(
+    table: pd.DataFrame, path: Path, types: dict[str, pa.DataType] | None = None
+) -> None:
+    """Write a DataFrame to Parquet under a temporary name, then rename it into place.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The rows (the index is not written).
+    path : Path
+        Final path.
+    types : dict of str to pyarrow.DataType, optional
+        Arrow types of some columns (e.g. :data:`MANIFEST_TYPES`), so that the file's
+        schema does not depend on the values (all-null or empty columns included).
+    """
+    path = Path(path)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    table.to_parquet(tmp, index=False, compression="zstd")
+    schema = None
+    if types:
+        inferred = pa.Schema.from_pandas(table, preserve_index=False)
+        schema = pa.schema(
+            [pa.field(f.name, types.get(f.name, f.type)) for f in inferred],
+            metadata=inferred.metadata,
+        )
+    arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    pq.write_table(arrow, tmp, compression="zstd")
     os.replace(tmp, path)
 
 
@@ -154,8 +204,11 @@ class CutoutReader:
     """Random access to cutout pixels by row of a manifest.
 
     Works for copied and virtual stores and for merged manifests (whose
-    ``array_file`` paths are absolute). Files are opened lazily and per process,
-    so a reader can be handed to ``torch.utils.data.DataLoader`` workers.
+    ``array_file`` paths are absolute). Files are opened lazily, per process and at
+    most ``max_open`` at a time (least recently used closed first), so a reader can
+    be handed to ``torch.utils.data.DataLoader`` workers (forked or pickled) and
+    read a survey of any number of mosaics. A virtual store's mosaic is checked
+    against its recorded fingerprint when the reader first opens it in a process.
 
     Parameters
     ----------
@@ -166,6 +219,8 @@ class CutoutReader:
         Directory that relative ``array_file`` paths are relative to.
     mosaics : DataFrame, optional
         The mosaics table, to check virtual mosaics against their fingerprints.
+    max_open : int
+        Most pixel files and mosaics held open at once.
     """
 
     def __init__(
@@ -173,7 +228,10 @@ class CutoutReader:
         manifest: pd.DataFrame,
         base_dir: Path | None = None,
         mosaics: pd.DataFrame | None = None,
+        max_open: int = 64,
     ) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open={max_open} must be >= 1")
         self._store = manifest["store"].to_numpy()
         self._array_file = manifest["array_file"].to_numpy()
         self._array_row = manifest["array_row"].to_numpy(dtype=np.int64)
@@ -186,56 +244,92 @@ class CutoutReader:
         )
         self._base = Path(base_dir) if base_dir is not None else None
         self._fingerprints = _fingerprint_index(mosaics)
-        self._open: dict[str, Any] = {}
+        self._max_open = int(max_open)
+        self._open: dict[str, Any] = {}  # insertion order = least recently used first
+        self._verified: set[str] = set()
         self._pid = os.getpid()
 
     @classmethod
-    def from_directory(cls, directory: Path) -> CutoutReader:
+    def from_directory(cls, directory: Path, max_open: int = 64) -> CutoutReader:
         """Open the store of a cutout or merge run directory."""
         directory = Path(directory)
         mosaics_path = directory / MOSAICS
         mosaics = pd.read_parquet(mosaics_path) if mosaics_path.is_file() else None
-        return cls(read_manifest(directory), directory, mosaics)
+        return cls(read_manifest(directory), directory, mosaics, max_open)
 
     def __len__(self) -> int:
         return len(self._store)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without open files (for DataLoader workers started by spawn)."""
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
+
     def __getitem__(self, index: int) -> np.ndarray:
-        """Return cutout ``index`` as a (w, w) float32 array."""
+        """Return cutout ``index`` as a new (w, w) float32 array."""
         if os.getpid() != self._pid:  # forked into a DataLoader worker: reopen files
             self._open, self._pid = {}, os.getpid()
         if not 0 <= index < len(self):
             raise IndexError(f"cutout_id {index} out of range 0..{len(self) - 1}")
         if self._store[index] == "virtual":
             return self._read_virtual(index)
-        array = self._array(str(self._array_file[index]))
-        return np.asarray(array[self._array_row[index]], dtype=np.float32)
+        name = str(self._array_file[index])
+        array = self._handle(name, lambda: self._load_array(name))
+        return np.array(array[self._array_row[index]], dtype=np.float32)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
         """Return cutouts as an (n, w, w) float32 array (all must share one window size)."""
-        return np.stack([self[int(i)] for i in indices]) if len(indices) else np.empty((0, 0, 0))
+        if not len(indices):
+            return np.empty((0, 0, 0), dtype=np.float32)
+        return np.stack([self[int(i)] for i in indices])
+
+    def close(self) -> None:
+        """Close every open file (the reader reopens them when read again)."""
+        while self._open:
+            _close(self._open.pop(next(iter(self._open))))
+
+    def _handle(self, key: str, opener: Any) -> Any:
+        """Return the open file ``key``, opening it (and closing the oldest) if needed."""
+        handle = self._open.pop(key, None)
+        if handle is None:
+            handle = opener()
+            while len(self._open) >= self._max_open:
+                _close(self._open.pop(next(iter(self._open))))
+        self._open[key] = handle
+        return handle
 
     def _path(self, name: str) -> Path:
         path = Path(name)
         return path if path.is_absolute() or self._base is None else self._base / path
 
-    def _array(self, name: str) -> np.ndarray:
-        if name not in self._open:
-            path = self._path(name)
-            if not path.is_file():
-                raise CutoutStoreError(f"{path}: cutout pixel file is missing (moved or deleted?)")
-            self._open[name] = np.load(path, mmap_mode="r")
-        return self._open[name]
+    def _load_array(self, name: str) -> np.ndarray:
+        path = self._path(name)
+        if not path.is_file():
+            raise CutoutStoreError(f"{path}: cutout pixel file is missing (moved or deleted?)")
+        return np.load(path, mmap_mode="r")
+
+    def _open_mosaic(self, name: str) -> Any:
+        expected = None if name in self._verified else self._fingerprints.get(name)
+        mosaic = _open_virtual_mosaic(Path(name), expected)
+        self._verified.add(name)
+        return mosaic
 
     def _read_virtual(self, index: int) -> np.ndarray:
         name = str(self._mosaic_path[index])
-        if name not in self._open:
-            self._open[name] = _open_virtual_mosaic(Path(name), self._fingerprints.get(name))
+        mosaic = self._handle(name, lambda: self._open_mosaic(name))
         x0, y0, w = self._x0[index], self._y0[index], self._size[index]
-        window = np.array(self._open[name].read_region(y0, y0 + w, x0, x0 + w), dtype=np.float32)
+        window = np.array(mosaic.read_region(y0, y0 + w, x0, x0 + w), dtype=np.float32)
         if self._nan_fill is not None and self._nan_fill[index]:
             window[np.isnan(window)] = NAN_FILL_VALUE
         return window
+
+
+def _close(handle: Any) -> None:
+    """Close an open mosaic; a memory-mapped array closes when no longer referenced."""
+    close = getattr(handle, "close", None)
+    if callable(close) and not isinstance(handle, np.ndarray):
+        close()
 
 
 def _fingerprint_index(mosaics: pd.DataFrame | None) -> dict[str, dict[str, Any]]:

@@ -5,11 +5,19 @@ band of rows, so memory stays bounded by ``window_size x mosaic width``. A
 finished mosaic leaves ``parts/<n>.parquet`` (its cutout rows) and
 ``parts/<n>.json`` (its summary, written last); a rerun after an interruption
 skips those mosaics. When every mosaic is done the parts are joined into
-``manifest.parquet`` and ``mosaics.parquet`` (see :mod:`astrocurate.cutout_store`).
+``manifest.parquet`` and ``mosaics.parquet`` (see :mod:`astrocurate.cutout_store`)
+and partial files of interrupted attempts are removed.
+
+Workers return their warnings (bad file, no WCS, nothing to cut) with the
+mosaic's summary; the main process logs them, one per problem and file. Workers
+exit when the main process dies, so a killed run leaves nothing running.
+Mosaics are numbered in discovery order and every output is written per
+mosaic, so the result does not depend on ``workers`` or on interruptions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,9 +26,13 @@ import os
 import re
 import shutil
 import sys
+import threading
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,6 +42,7 @@ from astrocurate import windows
 from astrocurate.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
+    MANIFEST_TYPES,
     MOSAICS,
     NAN_FILL_VALUE,
     PIXELS_DIR,
@@ -44,6 +57,7 @@ log = logging.getLogger(__name__)
 STEP = "cutting_out"
 STORES = ("copy", "virtual")
 PARTS_DIR = "parts"
+_TEXT = ("mosaic", "mosaic_path", "store", "array_file")
 
 
 @dataclass(frozen=True)
@@ -117,10 +131,12 @@ def make_cutouts(
         The run (``reused`` is true when an identical finished run was found).
     """
     validate_options(options)
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise InvalidArgumentError(f"--workers: expected a positive integer, got {workers!r}")
     mosaics_path, output_path = Path(mosaics_path).resolve(), Path(output_path).resolve()
     found = _discover(mosaics_path)
     _check_output_path(output_path, mosaics_path)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = workers or os.cpu_count() or 1
     params = {
         "mosaics_path": str(mosaics_path),
         "output_path": str(output_path),
@@ -135,14 +151,27 @@ def make_cutouts(
         if run.reused:
             log.info("%s run %s already holds these cutouts", STEP, run.run_id)
             return run
-        tasks = [
-            _MosaicTask(i, str(m.path), m.name, str(run.output_dir), options)
-            for i, m in enumerate(found)
-        ]
-        _cut_all(tasks, workers, _show_progress(progress))
-        summaries = _assemble(run.output_dir, tasks)
+        if run.resumed and _assembled(run.output_dir):
+            log.info("resuming: every mosaic is cut and assembled; finishing the run")
+            summaries = pd.read_parquet(run.output_dir / MOSAICS).to_dict("records")
+        else:
+            tasks = [
+                _MosaicTask(i, str(m.path), m.name, str(run.output_dir), options)
+                for i, m in enumerate(found)
+            ]
+            _cut_all(tasks, workers, _show_progress(progress))
+            summaries = _assemble(run.output_dir, tasks)
         _log_summary(run, summaries)
     return run
+
+
+def _assembled(run_dir: Path) -> bool:
+    """Whether an interrupted run got past assembly (tables written, parts removed)."""
+    return (
+        (run_dir / MANIFEST).is_file()
+        and (run_dir / MOSAICS).is_file()
+        and not (run_dir / PARTS_DIR).exists()
+    )
 
 
 def _discover(mosaics_path: Path) -> list:
@@ -153,6 +182,8 @@ def _discover(mosaics_path: Path) -> list:
         raise InvalidArgumentError(f"--mosaics_path: {exc}") from exc
     for path in scan.unreadable:
         log.warning("skipping %s: cannot be read", path)
+    if scan.ignored:
+        log.info("ignoring files without a FITS name: %s", scan.describe_ignored())
     if not scan.mosaics:
         raise InvalidArgumentError(
             f"--mosaics_path: no FITS files (.fits, .fit, .fits.gz, .fz) under {mosaics_path} "
@@ -206,12 +237,45 @@ def _cut_all(tasks: list[_MosaicTask], workers: int, progress: bool) -> None:
         _drain(results, bar)
         return
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-        _drain(pool.map(_cut_mosaic, todo), bar)
+    context.set_forkserver_preload([__name__])  # workers start with the modules imported
+    lifeline, keep_alive = context.Pipe(duplex=False)
+    try:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(todo)),
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(lifeline,),
+        ) as pool:
+            _drain(pool.map(_cut_mosaic, todo), bar)
+    finally:
+        keep_alive.close()
+        lifeline.close()
 
 
-def _drain(results, bar) -> None:
+def _init_worker(lifeline: Connection) -> None:
+    """Make a worker exit as soon as the main process is gone.
+
+    Only the main process holds the writing end of ``lifeline``; when it dies (even by
+    SIGKILL) the pipe reports end-of-file and the worker exits. Without this, pool
+    workers of a killed run would wait forever, and could still be writing into the run
+    directory while a rerun resumes it.
+    """
+    threading.Thread(target=_exit_with_main, args=(lifeline,), daemon=True).start()
+
+
+def _exit_with_main(lifeline: Connection) -> None:
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv()  # nothing is ever sent: returns only at end-of-file
+    os._exit(1)
+
+
+def _drain(results: Iterable[dict], bar: Any) -> None:
+    """Log each mosaic's warnings and counts (in this process) as its summary arrives."""
+    total = 0
     for summary in results:
+        for message in summary.get("warnings", ()):
+            log.warning("%s", message)
+        total += summary["n_kept"]
         if summary["status"] == "ok":
             log.info(
                 "%s: %d cutouts kept, %d skipped (blank)",
@@ -221,7 +285,7 @@ def _drain(results, bar) -> None:
             )
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(cutouts=summary["n_kept"], refresh=False)
+            bar.set_postfix(cutouts=total, refresh=False)
     if bar is not None:
         bar.close()
 
@@ -251,29 +315,43 @@ def _cut_mosaic(task: _MosaicTask) -> dict:
     """Cut one mosaic; write its pixel file, its rows and (last) its summary."""
     parts = Path(task.run_dir) / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
     try:
-        rows, summary = _cut_windows(task)
+        rows, summary = _cut_windows(task, notes)
     except mosaic_io.InvalidMosaicError as exc:
-        log.warning("skipping %s: %s", task.path, exc)
-        rows, summary = _empty_rows(), {"status": "invalid", "reason": str(exc), "n_kept": 0}
+        reason = str(exc)
+        notes.append(_skip_message(task.path, reason))
+        rows, summary = _empty_rows(), {"status": "invalid", "reason": reason, "n_kept": 0}
     summary = {"index": task.index, "mosaic": task.name, "mosaic_path": task.path, **summary}
     summary.setdefault("n_skipped", 0)
+    summary["warnings"] = notes
     write_parquet_atomic(rows, _rows_path(task))
     _write_json_atomic(summary, _summary_path(task))
     return summary
 
 
-def _cut_windows(task: _MosaicTask) -> tuple[pd.DataFrame, dict]:
-    """Slide the window over one mosaic band by band; return its rows and summary."""
+def _skip_message(path: str, reason: str) -> str:
+    """One line naming the skipped file and why (reasons usually start with the path)."""
+    return f"skipping {reason}" if reason.startswith(path) else f"skipping {path}: {reason}"
+
+
+def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict]:
+    """Slide the window over one mosaic band by band; return its rows and summary.
+
+    Warnings for the user are appended to ``notes`` (logged by the main process).
+    """
     opts = task.options
     w = int(opts.window_size)
     with mosaic_io.open_mosaic(task.path) as mosaic:
         x0, y0 = windows.window_origins(mosaic.shape, w, opts.overlap)
         if mosaic.wcs is None:
-            log.warning("%s: no celestial WCS; ra/dec will be NaN", task.path)
+            notes.append(f"{task.path}: {mosaic.wcs_problem or 'no celestial WCS'}; ra/dec are NaN")
         info = _mosaic_info(mosaic, task)
         if len(x0) == 0:
-            log.warning("%s: image %s is smaller than the window %d", task.path, mosaic.shape, w)
+            notes.append(
+                f"{task.path}: image of {mosaic.shape[0]}x{mosaic.shape[1]} pixels is smaller "
+                f"than the window {w}; 0 cutouts"
+            )
         tables = []
         writer = None
         if opts.store == "copy":
@@ -308,8 +386,11 @@ def _cut_windows(task: _MosaicTask) -> tuple[pd.DataFrame, dict]:
         rows["array_row"] = -1
     n_kept = len(rows)
     if n_kept == 0 and len(x0):
-        log.warning("%s: every window is blank beyond --max-nan-fraction; 0 cutouts", task.path)
-    return rows, {"status": "ok", "n_kept": n_kept, "n_skipped": len(x0) - n_kept, **info}
+        notes.append(
+            f"{task.path}: every window is blank beyond --max-nan-fraction "
+            f"{opts.max_nan_fraction}; 0 cutouts"
+        )
+    return rows, {"status": "ok", "n_kept": n_kept, "n_skipped": int(len(x0) - n_kept), **info}
 
 
 def _cut_band(
@@ -379,14 +460,24 @@ def _assemble(run_dir: Path, tasks: list[_MosaicTask]) -> list[dict]:
     manifest["cutout_id"] = np.arange(len(manifest), dtype=np.int64)
     for column in MANIFEST_COLUMNS:
         if column not in manifest:
-            manifest[column] = pd.Series(dtype="float64")
+            manifest[column] = pd.Series(dtype="object" if column in _TEXT else "float64")
     manifest = manifest[list(MANIFEST_COLUMNS)]
     for column in ("x0", "y0", "window_size", "array_row"):
         manifest[column] = manifest[column].astype(np.int64)
-    write_parquet_atomic(pd.DataFrame(summaries), run_dir / MOSAICS)
-    write_parquet_atomic(manifest, run_dir / MANIFEST)
+    mosaics = pd.DataFrame(summaries)
+    mosaics["warnings"] = mosaics["warnings"].map("\n".join)
+    write_parquet_atomic(mosaics, run_dir / MOSAICS)
+    write_parquet_atomic(manifest, run_dir / MANIFEST, MANIFEST_TYPES)
     shutil.rmtree(run_dir / PARTS_DIR, ignore_errors=True)
+    _remove_temporaries(run_dir)
     return summaries
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Delete partial files left by an interrupted earlier attempt (``.tmp-*``)."""
+    for directory in (run_dir, run_dir / PIXELS_DIR):
+        for path in directory.glob(".tmp-*") if directory.is_dir() else ():
+            path.unlink(missing_ok=True)
 
 
 def _log_summary(run: StepRun, summaries: list[dict]) -> None:

@@ -33,12 +33,12 @@ test: $(STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src scripts tests
-	$(VENV)/bin/ruff format --check src scripts tests
+	$(VENV)/bin/ruff check src scripts tests benchmarks
+	$(VENV)/bin/ruff format --check src scripts tests benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format src scripts tests
-	$(VENV)/bin/ruff check --fix src scripts tests
+	$(VENV)/bin/ruff format src scripts tests benchmarks
+	$(VENV)/bin/ruff check --fix src scripts tests benchmarks
 
 clean:
 	rm -rf $(VENV) feat_extract_env clustering_env demo mlflow.db mlruns mlartifacts outputs

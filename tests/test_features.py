@@ -85,8 +85,9 @@ def tracking_metrics(run_id: str) -> dict[str, float]:
 
 def test_features_do_not_depend_on_batch_size_or_workers(env) -> None:
     _, merged_run = env
-    first = extract_features(merged_run.run_id, batch_size=5, workers=0, force=True)
-    second = extract_features(merged_run.run_id, batch_size=64, workers=2, force=True)
+    small = FeatureOptions(resize=32)  # a quarter of the pixels: the test stays quick
+    first = extract_features(merged_run.run_id, small, batch_size=5, workers=0, force=True)
+    second = extract_features(merged_run.run_id, small, batch_size=64, workers=2, force=True)
     assert first.run_id != second.run_id
     assert _bytes(first) == _bytes(second)
 
@@ -120,6 +121,8 @@ def test_kill_and_resume_is_bitwise_identical(env, tmp_path) -> None:
         merged_run.run_id,
         "--shard-rows",
         "8",
+        "--resize",
+        "32",
         "--workers",
         "0",
         "--batch-size",

@@ -279,10 +279,31 @@ class CutoutReader:
         return np.array(array[self._array_row[index]], dtype=np.float32)
 
     def read(self, indices: Sequence[int]) -> np.ndarray:
-        """Return cutouts as an (n, w, w) float32 array (all must share one window size)."""
+        """Return cutouts as an (n, w, w) float32 array (all must share one window size).
+
+        Consecutive rows of one copied pixel file are read as a single slice.
+        """
         if not len(indices):
             return np.empty((0, 0, 0), dtype=np.float32)
-        return np.stack([self[int(i)] for i in indices])
+        ids = np.asarray(indices, dtype=np.int64)
+        if self._contiguous_copy(ids):
+            self[int(ids[0])]  # checks the range, opens the file, handles forks
+            name = str(self._array_file[ids[0]])
+            start = int(self._array_row[ids[0]])
+            array = self._handle(name, lambda: self._load_array(name))
+            return np.array(array[start : start + len(ids)], dtype=np.float32)
+        return np.stack([self[int(i)] for i in ids])
+
+    def _contiguous_copy(self, ids: np.ndarray) -> bool:
+        """Whether ``ids`` are consecutive rows of one copied pixel file."""
+        if ids.min() < 0 or ids.max() >= len(self):
+            return False
+        rows = self._array_row[ids]
+        return bool(
+            (self._store[ids] == "copy").all()
+            and (self._array_file[ids] == self._array_file[ids[0]]).all()
+            and (np.diff(rows) == 1).all()
+        )
 
     def close(self) -> None:
         """Close every open file (the reader reopens them when read again)."""

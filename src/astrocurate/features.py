@@ -108,6 +108,14 @@ class FeatureOptions:
             )
 
 
+def default_workers(device: torch.device) -> int:
+    """Return loader workers that leave the CPU cores to the model on CPU, feed a GPU."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    return 0 if cores <= 2 else min(4, cores // 4)
+
+
 def resolve_device(device: str) -> torch.device:
     """Return the torch device for ``auto``, ``cpu`` or ``cuda[:N]``."""
     if device == "auto":
@@ -123,55 +131,36 @@ def resolve_device(device: str) -> torch.device:
 # --------------------------------------------------------------------------- data
 
 
-class CutoutImages(torch.utils.data.Dataset):
-    """Cutouts of a run directory, normalised and resized one by one.
+class CutoutBatches(torch.utils.data.Dataset):
+    """Raw cutouts served a whole batch at a time: item ``i`` is batch ``i``.
 
     Parameters
     ----------
     directory : Path
         A cutout or merge run directory.
-    size : int
-        Output side in pixels.
-    normalization : NormalizationConfig
-        Per-cutout normalisation.
-    indices : ndarray of int, optional
-        Rows to serve (default all).
+    batches : list of ndarray of int
+        Row indices of each batch; all rows of a batch share one window size.
 
     Notes
     -----
-    The reader is opened lazily in each DataLoader worker.
+    The reader is opened lazily in each DataLoader worker. Consecutive rows of a
+    copied store are read as one slice.
     """
 
-    def __init__(
-        self,
-        directory: Path,
-        size: int,
-        normalization: NormalizationConfig,
-        indices: np.ndarray | None = None,
-    ) -> None:
+    def __init__(self, directory: Path, batches: list[np.ndarray]) -> None:
         self.directory = Path(directory)
-        self.size = int(size)
-        self.normalization = normalization
+        self.batches = batches
         self._reader: CutoutReader | None = None
-        self.indices = indices
-
-    def _get_reader(self) -> CutoutReader:
-        if self._reader is None:
-            self._reader = CutoutReader.from_directory(self.directory)
-        return self._reader
 
     def __len__(self) -> int:
-        if self.indices is None:
-            self.indices = np.arange(len(self._get_reader()))
-        return len(self.indices)
+        return len(self.batches)
 
-    def __getitem__(self, position: int) -> tuple[int, torch.Tensor]:
-        """Return (cutout_id, image of shape (size, size))."""
-        if self.indices is None:
-            len(self)
-        index = int(self.indices[position])
-        image = torch.from_numpy(self._get_reader()[index])
-        return index, prepare_image(image, self.size, self.normalization)
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (cutout ids (B,), raw cutouts (B, w, w) float32)."""
+        if self._reader is None:
+            self._reader = CutoutReader.from_directory(self.directory)
+        ids = self.batches[i]
+        return torch.from_numpy(ids), torch.from_numpy(self._reader.read(ids))
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -179,35 +168,63 @@ class CutoutImages(torch.utils.data.Dataset):
         return state
 
 
-def prepare_image(image: torch.Tensor, size: int, config: NormalizationConfig) -> torch.Tensor:
-    """Normalise one (H, W) cutout and resize it to (size, size) (bilinear, antialiased)."""
-    out = normalize(image[None], config)
-    if out.shape[-1] != size or out.shape[-2] != size:
-        out = F.interpolate(
-            out[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )[0]
-    return out[0].contiguous()
+def plan_batches(window_sizes: np.ndarray, rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Split ``rows`` into batches of at most ``batch_size`` rows of one window size.
+
+    Parameters
+    ----------
+    window_sizes : ndarray of int, shape (n_total,)
+        Window size of every row of the manifest.
+    rows : ndarray of int, shape (n,)
+        Increasing row indices to cover.
+    batch_size : int
+
+    Returns
+    -------
+    list of ndarray of int
+    """
+    sizes = window_sizes[rows]
+    breaks = np.flatnonzero(np.diff(sizes)) + 1
+    batches = []
+    for run in np.split(rows, breaks):
+        batches.extend(np.split(run, range(batch_size, len(run), batch_size)))
+    return [b for b in batches if len(b)]
 
 
 # --------------------------------------------------------------------------- model
 
 
 class FeatureModel(torch.nn.Module):
-    """Channel handling and standardisation around a backbone: (B, S, S) -> (B, D)."""
+    """Astronomy preprocessing around a backbone: raw (B, w, w) cutouts -> (B, D) features.
 
-    def __init__(self, backbone: Any) -> None:
+    Every step is per cutout: normalisation, resizing (bilinear, antialiased),
+    channel handling and the backbone's standardisation, so a cutout's features do
+    not depend on the batch it is in.
+    """
+
+    def __init__(self, backbone: Any, size: int, normalization: NormalizationConfig) -> None:
         super().__init__()
         self.backbone = backbone.module
+        self.size = int(size)
+        self.normalization = normalization
         prep = backbone.preprocessing
         self.in_chans = int(prep.in_chans)
         self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def prepare(self, raw: torch.Tensor) -> torch.Tensor:
+        """Normalise and resize raw cutouts (B, w, w) to model input (B, C, S, S), in float32."""
+        x = normalize(raw, self.normalization)[:, None]
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
+        x = x.expand(-1, self.in_chans, -1, -1)
+        return (x - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Return features of shape (B, D) for images of shape (B, S, S)."""
-        x = images[:, None].expand(-1, self.in_chans, -1, -1)
-        x = (x - self.mean) / self.std
-        return self.backbone(x).flatten(1)
+        """Return features (B, D) for prepared images (B, C, S, S)."""
+        return self.backbone(images).flatten(1)
 
 
 # --------------------------------------------------------------------------- stage
@@ -235,7 +252,7 @@ def extract_features(
     batch_size : int
         Cutouts per forward pass (does not change the features).
     workers : int, optional
-        DataLoader worker processes; default ``min(4, cores)``.
+        DataLoader worker processes; default :func:`default_workers`.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     output_path : Path, optional
@@ -264,9 +281,10 @@ def extract_features(
         arch=options.arch,
         pooling=options.pooling,
         channels=options.channels,
+        input_size=options.resize,
     )
     size = options.resize or backbone.preprocessing.input_size
-    workers = min(4, os.cpu_count() or 1) if workers is None else max(0, workers)
+    workers = default_workers(torch_device) if workers is None else max(0, workers)
     params = _run_params(options, backbone, size, n_rows)
     params.update(batch_size=batch_size, workers=workers, device=str(torch_device))
     root = Path(output_path).resolve() if output_path else merged.output_dir.parent.parent
@@ -280,15 +298,13 @@ def extract_features(
     ) as run:
         if run.reused:
             return run
-        model = FeatureModel(backbone).to(torch_device).eval()
+        model = FeatureModel(backbone, size, options.normalization).to(torch_device).eval()
         started = time.perf_counter()
         computed = _compute_all(
             run.output_dir,
             merged.output_dir,
             model,
-            n_rows,
             backbone.dim,
-            size,
             options,
             batch_size,
             workers,
@@ -348,9 +364,7 @@ def _compute_all(
     out_dir: Path,
     merged_dir: Path,
     model: FeatureModel,
-    n_rows: int,
     dim: int,
-    size: int,
     options: FeatureOptions,
     batch_size: int,
     workers: int,
@@ -358,20 +372,22 @@ def _compute_all(
     progress: bool,
 ) -> int:
     """Compute every unfinished shard; return the number of cutouts computed now."""
+    window_sizes = read_manifest(merged_dir, ["window_size"])["window_size"].to_numpy()
+    n_rows = len(window_sizes)
     (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)
     matrix = _open_matrix(out_dir, n_rows, dim, options.output_dtype)
     shards = range(0, n_rows, options.shard_rows)
     todo = [s for s in shards if not _marker(out_dir, s).is_file()]
     if len(todo) < len(shards):
         log.info("resuming: %d of %d shards already done", len(shards) - len(todo), len(shards))
-    bar = _progress_bar(n_rows, (len(shards) - len(todo)) * options.shard_rows, progress)
+    bar = _progress_bar(
+        n_rows, n_rows - sum(_shard_len(s, options, n_rows) for s in todo), progress
+    )
     computed = 0
     for start in todo:
-        stop = min(start + options.shard_rows, n_rows)
-        indices = np.arange(start, stop)
-        for ids, feats in _batches(
-            merged_dir, indices, model, size, options, batch_size, workers, device
-        ):
+        rows = np.arange(start, start + _shard_len(start, options, n_rows))
+        batches = plan_batches(window_sizes, rows, batch_size)
+        for ids, feats in _features_of(merged_dir, batches, model, options, workers, device):
             matrix[ids] = feats.astype(options.output_dtype)
             computed += len(ids)
             if bar is not None:
@@ -384,20 +400,23 @@ def _compute_all(
     return computed
 
 
-def _batches(merged_dir, indices, model, size, options, batch_size, workers, device):
-    """Yield (cutout ids, features as float32 numpy) for the given rows."""
-    dataset = CutoutImages(merged_dir, size, options.normalization, indices)
+def _shard_len(start: int, options: FeatureOptions, n_rows: int) -> int:
+    return min(options.shard_rows, n_rows - start)
+
+
+def _features_of(merged_dir, batches, model, options, workers, device):
+    """Yield (cutout ids, features as float32 numpy) batch by batch."""
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
+        CutoutBatches(merged_dir, batches),
+        batch_size=None,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
     )
     autocast = _autocast(device, options.precision)
     with torch.inference_mode():
-        for ids, images in loader:
-            images = images.to(device, non_blocking=True)
+        for ids, raw in loader:
+            images = model.prepare(raw.to(device, non_blocking=True))
             with autocast:
                 feats = model(images)
             yield ids.numpy(), feats.float().cpu().numpy()

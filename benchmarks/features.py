@@ -1,0 +1,284 @@
+"""Feature extraction: speed through the pipeline vs the model alone vs a naive loop, and quality.
+
+Speed (``--speed``), per backbone and input size, side by side in one run:
+
+- pipeline: the stage's own loop (DataLoader over the memory-mapped cutouts,
+  batched preprocessing on the device, model, rows written to a memmap);
+- model only: the same model on preprocessed images already in memory (the compute limit);
+- naive: one cutout at a time (read, normalise, resize, forward), as a simple script would.
+
+Quality (``--quality``): kNN balanced accuracy (10-NN, 5 folds) of each backbone on the
+demo survey's truth classes, next to raw pixels reduced by PCA and a random-init ResNet-18.
+
+Usage::
+
+    python benchmarks/features.py --speed --quality            # CPU, on the demo survey
+    python benchmarks/features.py --speed --device cuda --synthetic 200000   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from astrocurate.backbones import create_backbone  # noqa: E402
+from astrocurate.features import FeatureModel, _features_of, plan_batches  # noqa: E402
+from astrocurate.normalization import NormalizationConfig  # noqa: E402
+
+QUALITY_MODELS = (
+    "scattering",
+    "scattering-j4",
+    "scattering-j4-renorm",
+    "scattering-j4-rot-renorm-max",
+    "scattering-spatial",
+)
+
+
+def synthetic_store(directory: Path, n: int, size: int) -> Path:
+    """Write a copied cutout store of ``n`` noise-plus-blob cutouts (no astropy, no MLflow)."""
+    import pandas as pd
+
+    from astrocurate.cutout_store import MANIFEST, NpyStackWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    writer = NpyStackWriter(directory / "pixels.npy", size)
+    yy, xx = np.mgrid[:size, :size]
+    for start in range(0, n, 4096):
+        m = min(4096, n - start)
+        batch = rng.normal(0, 1e-4, (m, size, size)).astype(np.float32)
+        cx, cy = rng.uniform(0, size, (2, m, 1, 1))
+        batch += 1e-3 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 8).astype(np.float32)
+        writer.append(batch)
+    writer.close()
+    manifest = pd.DataFrame(
+        {
+            "cutout_id": np.arange(n),
+            "store": "copy",
+            "array_file": "pixels.npy",
+            "array_row": np.arange(n),
+            "mosaic_path": "synthetic",
+            "x0": 0,
+            "y0": 0,
+            "window_size": size,
+            "nan_fraction": 0.0,
+        }
+    )
+    manifest.to_parquet(directory / MANIFEST)
+    return directory
+
+
+def demo_store(workdir: Path) -> tuple[Path, np.ndarray]:
+    """Run the demo's cutout and merge steps; return the merge directory and truth labels."""
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+    from astrocurate.cutout_store import read_manifest
+    from astrocurate.demo import run_demo
+    from astrocurate.survey import truth_labels_for_manifest
+
+    runs = run_demo(workdir / "demo")
+    merged = runs["merge"].output_dir
+    return merged, truth_labels_for_manifest(read_manifest(merged))
+
+
+def time_pipeline(directory, model, batch_size, workers, device, n_rows) -> float:
+    """Images/s of the stage's inner loop, writing rows into a memmap like the stage does."""
+    from astrocurate.cutout_store import read_manifest
+    from astrocurate.features import FeatureOptions
+
+    sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
+    rows = np.arange(min(n_rows, len(sizes)))
+    batches = plan_batches(sizes, rows, batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = np.lib.format.open_memmap(
+            Path(tmp) / "f.npy", mode="w+", dtype=np.float32, shape=(len(rows), model_dim(model))
+        )
+        options = FeatureOptions(precision="bf16" if device.type == "cuda" else "fp32")
+        warm = batches[: min(3, len(batches))]
+        for _ in _features_of(directory, warm, model, options, 0, device):
+            pass
+        _sync(device)
+        start = time.perf_counter()
+        for ids, feats in _features_of(directory, batches, model, options, workers, device):
+            out[ids] = feats
+        _sync(device)
+        return len(rows) / (time.perf_counter() - start)
+
+
+def model_dim(model: FeatureModel) -> int:
+    with torch.inference_mode():
+        probe = torch.zeros(1, model.size, model.size, device=model.mean.device)
+        return int(model(model.prepare(probe)).shape[1])
+
+
+def time_model_only(directory, model, batch_size, device, n_rows) -> float:
+    """Images/s of the model on prepared images already on the device."""
+    from astrocurate.cutout_store import CutoutReader
+
+    reader = CutoutReader.from_directory(directory)
+    n = min(n_rows, len(reader), 20 * batch_size)
+    raw = torch.from_numpy(reader.read(np.arange(min(batch_size, n))))
+    with torch.inference_mode():
+        images = model.prepare(raw.to(device))
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        with autocast:
+            model(images)
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(max(1, n // len(images))):
+                model(images)
+            _sync(device)
+    return max(1, n // len(images)) * len(images) / (time.perf_counter() - start)
+
+
+def time_naive(directory, model, device, n: int) -> float:
+    """Images/s of a per-image loop: read, normalise, resize and forward one cutout at a time."""
+    from astrocurate.cutout_store import CutoutReader
+
+    reader = CutoutReader.from_directory(directory)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(min(n, len(reader))):
+            image = torch.from_numpy(reader[i])[None].to(device)
+            model(model.prepare(image)).cpu()
+    _sync(device)
+    return min(n, len(reader)) / (time.perf_counter() - start)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build(name: str, size: int, device: torch.device, pretrained: bool = True) -> FeatureModel:
+    kwargs = {} if name.startswith("scattering") else {"pretrained": pretrained}
+    backbone = create_backbone(name, input_size=size, **kwargs)
+    return FeatureModel(backbone, size, NormalizationConfig()).to(device).eval()
+
+
+def speed(args, directory: Path, device: torch.device) -> None:
+    cases = [("scattering", 64), ("timm:resnet18", 64), ("timm:resnet18", 128)]
+    if device.type == "cuda":
+        cases.append(("timm:vit_small_patch14_reg4_dinov2", 126))
+    print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")
+    print(
+        f"{'model':<40}{'size':>5}{'pipeline':>10}{'model only':>12}{'naive':>9}"
+        f"{'pipe/model':>11}{'pipe/naive':>11}"
+    )
+    for name, size in cases:
+        model = build(name, size, device, pretrained=False)
+        pipeline = time_pipeline(directory, model, args.batch_size, args.workers, device, args.rows)
+        alone = time_model_only(directory, model, args.batch_size, device, args.rows)
+        naive = time_naive(directory, model, device, args.naive_rows)
+        print(
+            f"{name:<40}{size:>5}{pipeline:>10.0f}{alone:>12.0f}{naive:>9.0f}"
+            f"{pipeline / alone:>11.2f}{pipeline / naive:>11.1f}"
+        )
+
+
+def features_of(directory: Path, model: FeatureModel, device: torch.device) -> np.ndarray:
+    from astrocurate.cutout_store import read_manifest
+    from astrocurate.features import FeatureOptions
+
+    sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
+    batches = plan_batches(sizes, np.arange(len(sizes)), 128)
+    out = np.zeros((len(sizes), model_dim(model)), dtype=np.float32)
+    for ids, feats in _features_of(directory, batches, model, FeatureOptions(), 0, device):
+        out[ids] = feats
+    return out
+
+
+def raw_pixels(directory: Path, size: int) -> np.ndarray:
+    """Normalised cutouts resized to ``size`` and flattened: the no-model baseline."""
+    import torch.nn.functional as F  # noqa: N812
+
+    from astrocurate.cutout_store import CutoutReader
+    from astrocurate.normalization import normalize
+
+    reader = CutoutReader.from_directory(directory)
+    out = []
+    for i in range(len(reader)):
+        image = normalize(torch.from_numpy(reader[i])[None], NormalizationConfig())[None]
+        out.append(F.interpolate(image, size=(size, size), mode="bilinear", antialias=True))
+    return torch.cat(out).reshape(len(reader), -1).numpy()
+
+
+def quality(directory: Path, labels: np.ndarray, device: torch.device) -> None:
+    from sklearn.decomposition import PCA
+
+    from astrocurate.quality import knn_balanced_accuracy
+
+    classes, counts = np.unique(labels, return_counts=True)
+    print(
+        "\nkNN balanced accuracy on the demo survey's classes "
+        f"({', '.join(f'{c} {n}' for c, n in zip(classes, counts, strict=True))}; "
+        f"chance {1 / len(classes):.2f})"
+    )
+    rows = []
+    for name in QUALITY_MODELS:
+        start = time.perf_counter()
+        feats = features_of(directory, build(name, 64, device), device)
+        rows.append(
+            (
+                name,
+                feats.shape[1],
+                knn_balanced_accuracy(feats, labels),
+                time.perf_counter() - start,
+            )
+        )
+    resnet = features_of(directory, build("timm:resnet18", 64, device, pretrained=False), device)
+    rows.append(
+        (
+            "random-init timm:resnet18 (64 px)",
+            resnet.shape[1],
+            knn_balanced_accuracy(resnet, labels),
+            0.0,
+        )
+    )
+    pixels = raw_pixels(directory, 32)
+    pca = PCA(64, random_state=0).fit_transform(pixels)
+    rows.append(("raw pixels (32 px) + PCA 64", 64, knn_balanced_accuracy(pca, labels), 0.0))
+    print(f"{'features':<40}{'dim':>6}{'bal. acc.':>11}{'seconds':>9}")
+    for name, dim, score, seconds in rows:
+        print(f"{name:<40}{dim:>6}{score:>11.3f}{seconds:>9.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--speed", action="store_true")
+    parser.add_argument("--quality", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic 64-px cutouts")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--rows", type=int, default=4096, help="cutouts timed per case")
+    parser.add_argument("--naive-rows", type=int, default=200)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="astrocurate-features-"))
+    print(
+        f"torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
+    )
+    if args.synthetic:
+        directory, labels = synthetic_store(workdir / "store", args.synthetic, 64), None
+    else:
+        directory, labels = demo_store(workdir)
+    if args.speed:
+        speed(args, directory, device)
+    if args.quality and labels is not None:
+        quality(directory, labels, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,6 +14,11 @@ from collections.abc import Mapping, Sequence
 from astrocurate.errors import InvalidRunError, RunNotFoundError
 from astrocurate.tracking import STEP_NAMES, RunRecord, find_runs, params_match, parse_run_id
 
+#: Tag of a run prepared by one command and completed by a script in its output directory
+#: (clustering: step 4a writes ``run.sh``, step 4b runs it). Until it finishes, such a run
+#: is found like a finished one: running or resuming it means finding its directory first.
+TAG_RUN_SCRIPT = "astrocurate.run_script"
+
 
 def parse_run_id_list(tokens: Sequence[str], argument: str = "--cutout-ids") -> list[str]:
     """Parse a list of run IDs written as ``[a, b]``, ``a,b`` or several words.
@@ -61,7 +66,8 @@ def find_run(
     input_run_ids : sequence of str, optional
         Exact set of input runs (for merge runs: the cutout runs merged).
     include_unfinished : bool
-        Also consider runs that are running, failed or killed.
+        Also consider runs that are running, failed or killed. Runs tagged
+        :data:`TAG_RUN_SCRIPT` (a prepared clustering) are considered in any state.
 
     Raises
     ------
@@ -70,11 +76,9 @@ def find_run(
     """
     params = dict(params or {})
     matches = find_runs(
-        run_name,
-        params=params,
-        input_run_ids=input_run_ids,
-        include_unfinished=include_unfinished,
+        run_name, params=params, input_run_ids=input_run_ids, include_unfinished=True
     )
+    matches = [r for r in matches if include_unfinished or r.finished or TAG_RUN_SCRIPT in r.tags]
     if matches:
         return matches[0]
     named = find_runs(run_name, include_unfinished=True)

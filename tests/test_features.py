@@ -19,6 +19,7 @@ import torch
 from astrocurate.cli import main
 from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.features import (
+    DEFAULT_MODEL,
     FEATURES,
     SIDECAR,
     FeatureOptions,
@@ -71,7 +72,7 @@ def test_default_backbone_writes_matrix_and_sidecar(env) -> None:
     sidecar = json.loads((run.output_dir / SIDECAR).read_text())
     assert features.shape == (n_rows, sidecar["dim"]) and features.dtype == np.float32
     assert np.isfinite(features).all()
-    assert sidecar["model"] == "scattering" and sidecar["weights_sha256"] is None
+    assert sidecar["model"] == DEFAULT_MODEL and sidecar["weights_sha256"] is None
     assert record.params["norm_method"] == "asinh"
     assert not (run.output_dir / "progress").exists()
     assert "knn_balanced_accuracy" in tracking_metrics(run.run_id)

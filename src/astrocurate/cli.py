@@ -396,8 +396,8 @@ def _features_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        default="scattering",
-        help="backbone (default scattering; `astrocurate backbones` lists them)",
+        default="scattering-j4-renorm",
+        help="backbone (default scattering-j4-renorm; `astrocurate backbones` lists them)",
     )
     parser.add_argument("--weights", default=None, help="local weights file (safetensors or .pt)")
     parser.add_argument("--arch", default=None, help="architecture of an SSL checkpoint")

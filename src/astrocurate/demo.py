@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from astrocurate.cutouts import CutoutOptions, make_cutouts
+from astrocurate.features import extract_features
 from astrocurate.merge import merge_cutouts
 from astrocurate.tracking import StepRun, tracking_uri
 
@@ -56,7 +57,7 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     Returns
     -------
     dict of str to StepRun
-        The runs by label (``cutouts_64``, ``cutouts_128``, ``merge``).
+        The runs by label (``cutouts_64``, ``cutouts_128``, ``merge``, ``features``).
     """
     started = time.time()
     workdir = Path(workdir).resolve()
@@ -66,18 +67,35 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     for size in DEMO_WINDOW_SIZES:
         runs[f"cutouts_{size}"] = make_cutouts(survey, outputs, CutoutOptions(window_size=size))
     runs["merge"] = merge_cutouts([runs[f"cutouts_{s}"].run_id for s in DEMO_WINDOW_SIZES])
+    runs["features"] = extract_features(runs["merge"].run_id)
     _print_summary(runs, survey, time.time() - started)
     return runs
 
 
-def _print_summary(runs: dict[str, StepRun], survey: Path, seconds: float) -> None:
+def _describe(run: StepRun) -> str:
+    """Say what a run holds in a few words."""
     from astrocurate.cutout_store import read_manifest
+    from astrocurate.features import load_features
 
+    if run.step == "feature_extraction":
+        rows, dim = load_features(run.output_dir).shape
+        score = _metric(run.run_id, "knn_balanced_accuracy")
+        quality = f", kNN balanced accuracy on the truth classes {score:.2f}" if score else ""
+        return f"{rows} x {dim} features{quality}"
+    return f"{len(read_manifest(run.output_dir, ['cutout_id']))} cutouts"
+
+
+def _metric(run_id: str, name: str) -> float | None:
+    from astrocurate.tracking import client
+
+    return client().get_run(run_id).data.metrics.get(name)
+
+
+def _print_summary(runs: dict[str, StepRun], survey: Path, seconds: float) -> None:
     print(f"\nastrocurate demo finished in {seconds:.0f} s on the survey in {survey}\n")
     for label, run in runs.items():
-        n = len(read_manifest(run.output_dir, ["cutout_id"]))
         state = "reused" if run.reused else "new"
-        print(f"  {label:<12} {run.step:<15} {run.run_id} ({state}, {n} cutouts)")
+        print(f"  {label:<12} {run.step:<19} {run.run_id} ({state}, {_describe(run)})")
         print(f"  {'':<12} {run.output_dir}")
     print(
         f"\nTracking store: {tracking_uri()}\n"

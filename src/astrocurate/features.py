@@ -41,7 +41,7 @@ SOURCE_STEP = "merge_cutouts"
 FEATURES = "features.npy"
 SIDECAR = "features.json"
 PROGRESS_DIR = "progress"
-DEFAULT_MODEL = "scattering"
+DEFAULT_MODEL = "scattering-j4-renorm"
 PRECISIONS = ("fp32", "bf16", "fp16")
 OUTPUT_DTYPES = ("float32", "float16")
 

@@ -129,7 +129,7 @@ def test_locked_run_is_not_resumed(store: Path) -> None:
     """A run another process is still working on gets a new run, not a second writer."""
     with pytest.raises(KeyboardInterrupt), tracked_step("cutting_out", {"window_size": 8}) as run:
         raise KeyboardInterrupt
-    holder = tracking._try_lock(run.output_dir)
+    holder = tracking.try_lock(run.output_dir)
     try:
         with tracked_step("cutting_out", {"window_size": 8}) as other:
             _write(other)

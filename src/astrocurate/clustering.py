@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fcntl
 import json
 import logging
 import os
@@ -79,31 +78,24 @@ from astrocurate.errors import (
 )
 from astrocurate.lookup import TAG_RUN_SCRIPT
 from astrocurate.tracking import (
-    LOCK_NAME,
-    TAG_CONTENT_HASH,
     TAG_ERROR,
-    TAG_GIT_COMMIT,
     TAG_HOST,
-    TAG_INPUTS,
-    TAG_NOTE,
     TAG_OUTPUT_DIR,
     TAG_PID,
-    TAG_RUN_KEY,
-    TAG_SOURCE,
-    TAG_STEP,
-    TAG_USER,
-    TAG_VERSION,
     RunRecord,
     StepRun,
     client,
+    create_run_record,
+    experiment_id,
     experiment_name,
     find_runs,
+    finish_step,
     get_run,
-    git_commit,
-    hash_outputs,
+    mark_terminated,
     require_run,
     run_key,
     tracking_uri,
+    try_lock,
 )
 
 __all__ = [
@@ -877,7 +869,7 @@ def _refresh_prepared(
 ) -> PreparedClustering:
     """Reuse an unfinished run with the same key: rewrite its scripts (resources may differ)."""
     directory: Path = record.output_dir  # type: ignore[assignment] - _reusable checked it
-    lock = _try_lock(directory)
+    lock = try_lock(directory)
     if lock is None:
         log.warning(
             "clustering run %s is running now in %s; left as it is", record.run_id, directory
@@ -1815,40 +1807,14 @@ def _report_missing(handle: StepRun, directory: Path, levels: list[Any]) -> None
 # =========================================================================== run records
 
 
-def _experiment_id(mlflow_client: Any) -> str:
-    name = experiment_name()
-    experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow_client.create_experiment(name)
-    except Exception:  # created by another process meanwhile
-        experiment = mlflow_client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
-
-
 def _create_prepared_run(
     key: str, features_id: str, params: Mapping[str, Any], root: Path
 ) -> tuple[str, Path]:
     """Create the clustering run with the tags :func:`~astrocurate.tracking.tracked_step` sets."""
     mlflow_client = client()
-    tags = {
-        "mlflow.runName": STEP,
-        TAG_STEP: STEP,
-        TAG_RUN_KEY: key,
-        TAG_INPUTS: json.dumps([features_id]),
-        TAG_VERSION: __version__,
-        TAG_SOURCE: Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
-        TAG_USER: _user(),
-        TAG_NOTE: f"{STEP} run; inputs: {features_id}",
-    }
-    commit = git_commit()
-    if commit:
-        tags[TAG_GIT_COMMIT] = commit
-    run = mlflow_client.create_run(_experiment_id(mlflow_client), run_name=STEP, tags=tags)
-    run_id = run.info.run_id
+    run_id = create_run_record(
+        mlflow_client, experiment_id(mlflow_client), STEP, key, [features_id]
+    )
     directory = root / STEP / run_id
     with _fail_on_error(run_id):
         directory.mkdir(parents=True, exist_ok=True)
@@ -1856,15 +1822,6 @@ def _create_prepared_run(
         handle.log_params({**params, "input_run_ids": [features_id], "output_dir": str(directory)})
         handle.set_tags({TAG_OUTPUT_DIR: directory, TAG_HOST: socket.gethostname()})
     return run_id, directory
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _mark_prepared(run_id: str, directory: Path) -> None:
@@ -1884,15 +1841,7 @@ def _fail_on_error(run_id: str) -> Iterator[None]:
 
 
 def _terminate(run_id: str, exc: BaseException) -> None:
-    from mlflow.entities import RunTag
-
-    status = "KILLED" if isinstance(exc, KeyboardInterrupt | SystemExit) else "FAILED"
-    message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-    mlflow_client = client()
-    with contextlib.suppress(Exception):
-        mlflow_client.log_batch(run_id, tags=[RunTag(TAG_ERROR, message)])
-    with contextlib.suppress(Exception):
-        mlflow_client.set_terminated(run_id, status=status)
+    mark_terminated(client(), run_id, exc)
 
 
 @contextlib.contextmanager
@@ -1900,7 +1849,7 @@ def _continue_run(
     run_id: str, directory: Path, finish: bool, info: Mapping[str, Any]
 ) -> Iterator[tuple[StepRun, StopRequest]]:
     """Reopen a prepared run: lock its directory, mark it RUNNING, finish it at the end."""
-    lock = _try_lock(directory)
+    lock = try_lock(directory)
     if lock is None:
         raise InvalidRunError(
             f"{directory} is being clustered by another process now (run.sh or a SLURM job); "
@@ -1934,57 +1883,12 @@ def _continue_run(
 
 def _finish(handle: StepRun, info: Mapping[str, Any]) -> None:
     """Drop the checkpoints, hash the outputs, log metadata and mark the run FINISHED."""
-    from mlflow.entities import RunTag
-
-    started = time.time()
     shutil.rmtree(handle.output_dir / CHECKPOINTS, ignore_errors=True)
     for leftover in handle.output_dir.rglob(".tmp-*"):  # from a process killed mid-write
         leftover.unlink()
-    content_hash, listing = hash_outputs(handle.output_dir)
-    mlflow_client = client()
-    mlflow_client.log_batch(handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, content_hash)])
-    handle.log_dict(listing, "outputs.json")
-    handle.log_dict(
-        {
-            "run_id": handle.run_id,
-            "step": STEP,
-            "params": info["key_params"],
-            "input_run_ids": info["input_run_ids"],
-            "output_dir": str(handle.output_dir),
-            "content_hash": content_hash,
-            "n_output_files": len(listing),
-            "output_bytes": sum(v["size"] for v in listing.values()),
-            "astrocurate_version": __version__,
-            "git_commit": git_commit(),
-            "tracking_uri": tracking_uri(),
-        },
-        "metadata.json",
-    )
     handle.log_artifact(handle.output_dir / CONFIG_FILE)
-    handle.log_metrics({"hash_seconds": time.time() - started})
     handle.set_tags({TAG_PROGRESS: "finished"})
-    mlflow_client.set_terminated(handle.run_id, status="FINISHED")
-
-
-class _Lock:
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
-
-
-def _try_lock(directory: Path) -> _Lock | None:
-    """Lock the directory (the lock file tracking uses); None if another process holds it."""
-    handle = open(directory / LOCK_NAME, "a+")  # noqa: SIM115 - held until the work ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return _Lock(handle)
+    finish_step(client(), handle, info["key_params"], info["input_run_ids"])
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ def client() -> Any:
     return MlflowClient(tracking_uri=tracking_uri())
 
 
-def _experiment_id(mlflow_client: Any, create: bool) -> str | None:
+def experiment_id(mlflow_client: Any, create: bool = True) -> str | None:
     """Return the experiment's ID, creating it when asked (safe against a concurrent create)."""
     name = experiment_name()
     experiment = mlflow_client.get_experiment_by_name(name)
@@ -303,8 +303,8 @@ def find_runs(
     list of RunRecord
     """
     mlflow_client = client()
-    experiment_id = _experiment_id(mlflow_client, create=False)
-    if experiment_id is None:
+    experiment = experiment_id(mlflow_client, create=False)
+    if experiment is None:
         return []
     clauses = []
     if step:
@@ -313,7 +313,7 @@ def find_runs(
         clauses.append(f"tags.`{TAG_RUN_KEY}` = '{run_key}'")
     if not include_unfinished:
         clauses.append(f"attributes.status = '{_FINISHED}'")
-    runs = _search_all(mlflow_client, experiment_id, " and ".join(clauses))
+    runs = _search_all(mlflow_client, experiment, " and ".join(clauses))
     records = [RunRecord.from_mlflow(run) for run in runs]
     wanted_inputs = set(input_run_ids) if input_run_ids is not None else None
     return [
@@ -576,7 +576,7 @@ def tracked_step(
     root = Path(output_root).resolve() if output_root else default_output_root()
 
     mlflow_client = client()
-    experiment_id = _experiment_id(mlflow_client, create=True)
+    experiment = experiment_id(mlflow_client, create=True)
     previous = None if force else _latest_with_key(step, key)
     if previous is not None and previous.finished and _outputs_present(previous):
         log.info("reusing finished %s run %s (same inputs and parameters)", step, previous.run_id)
@@ -586,22 +586,22 @@ def tracked_step(
     with contextlib.ExitStack() as stack:
         lock = None
         if previous is not None and not previous.finished and previous.output_dir is not None:
-            lock = _try_lock(previous.output_dir)
+            lock = try_lock(previous.output_dir)
         if lock is not None:
             run_id, out, resumed = previous.run_id, previous.output_dir, True  # type: ignore[union-attr]
             mlflow_client.update_run(run_id, status="RUNNING")
             log.info("resuming interrupted %s run %s in %s", step, run_id, out)
         else:
-            run_id = _create_run(mlflow_client, experiment_id, step, key, inputs)
+            run_id = create_run_record(mlflow_client, experiment, step, key, inputs)
             out, resumed = root / step / run_id, False
             out.mkdir(parents=True, exist_ok=True)
-            lock = _try_lock(out)
+            lock = try_lock(out)
         stack.callback(lock.close)  # type: ignore[union-attr]
-        _record_start(mlflow_client, run_id, all_params, inputs, out)
+        record_start(mlflow_client, run_id, all_params, inputs, out)
         handle = StepRun(run_id, step, out, resumed=resumed)
         with _terminate_raises(), _status_on_exit(mlflow_client, run_id):
             yield handle
-            _finish(mlflow_client, handle, all_params, inputs)
+            finish_step(mlflow_client, handle, all_params, inputs)
 
 
 def _latest_with_key(step: str, key: str) -> RunRecord | None:
@@ -616,10 +616,10 @@ def _outputs_present(record: RunRecord) -> bool:
     return record.output_dir is not None and record.output_dir.is_dir()
 
 
-def _create_run(
-    mlflow_client: Any, experiment_id: str, step: str, key: str, inputs: list[str]
+def create_run_record(
+    mlflow_client: Any, experiment: str, step: str, key: str, inputs: list[str]
 ) -> str:
-    """Create the MLflow run with the tags that identify it."""
+    """Create the MLflow run of ``step`` in ``experiment`` with the tags that identify it."""
     import sys
 
     tags = {
@@ -636,7 +636,7 @@ def _create_run(
         tags[TAG_GIT_COMMIT] = commit
     if inputs:
         tags[TAG_NOTE] = f"{step} run; inputs: " + ", ".join(inputs)
-    run = mlflow_client.create_run(experiment_id, run_name=step, tags=tags)
+    run = mlflow_client.create_run(experiment, run_name=step, tags=tags)
     return run.info.run_id
 
 
@@ -647,7 +647,7 @@ def _user() -> str:
         return "unknown"
 
 
-def _record_start(
+def record_start(
     mlflow_client: Any, run_id: str, params: Mapping[str, Any], inputs: list[str], out: Path
 ) -> None:
     """Log parameters and the tags that may change when a run is resumed."""
@@ -668,7 +668,7 @@ def _record_start(
     mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def _finish(
+def finish_step(
     mlflow_client: Any, handle: StepRun, params: Mapping[str, Any], inputs: list[str]
 ) -> None:
     """Hash the outputs, log metadata, and mark the run FINISHED."""
@@ -701,18 +701,23 @@ def _finish(
 @contextlib.contextmanager
 def _status_on_exit(mlflow_client: Any, run_id: str) -> Iterator[None]:
     """Mark the run FAILED on an exception, KILLED on an interrupt, then re-raise."""
-    from mlflow.entities import RunTag
-
     try:
         yield
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-        message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-        with contextlib.suppress(Exception):
-            mlflow_client.log_batch(run_id, tags=[RunTag(TAG_ERROR, message)])
-        with contextlib.suppress(Exception):
-            mlflow_client.set_terminated(run_id, status=status)
+        mark_terminated(mlflow_client, run_id, exc)
         raise
+
+
+def mark_terminated(mlflow_client: Any, run_id: str, exc: BaseException) -> None:
+    """Mark a run KILLED (interrupt) or FAILED (error), recording the first line of the error."""
+    from mlflow.entities import RunTag
+
+    status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+    message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    with contextlib.suppress(Exception):
+        mlflow_client.log_batch(run_id, tags=[RunTag(TAG_ERROR, message)])
+    with contextlib.suppress(Exception):
+        mlflow_client.set_terminated(run_id, status=status)
 
 
 @contextlib.contextmanager
@@ -744,7 +749,7 @@ class _DirectoryLock:
         self._handle.close()
 
 
-def _try_lock(directory: Path) -> _DirectoryLock | None:
+def try_lock(directory: Path) -> _DirectoryLock | None:
     """Lock ``directory`` for this process; None if another process holds it."""
     if not directory.is_dir():
         return None

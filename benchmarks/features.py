@@ -32,7 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from astrocurate.backbones import create_backbone  # noqa: E402
-from astrocurate.features import FeatureModel, _features_of, plan_batches  # noqa: E402
+from astrocurate.features import (  # noqa: E402
+    DEFAULT_MODEL,
+    FeatureModel,
+    _features_of,
+    plan_batches,
+)
 from astrocurate.normalization import NormalizationConfig  # noqa: E402
 
 QUALITY_MODELS = (
@@ -166,7 +171,7 @@ def build(name: str, size: int, device: torch.device, pretrained: bool = True) -
 
 
 def speed(args, directory: Path, device: torch.device) -> None:
-    cases = [("scattering", 64), ("timm:resnet18", 64), ("timm:resnet18", 128)]
+    cases = [(DEFAULT_MODEL, 64), ("timm:resnet18", 64), ("timm:resnet18", 128)]
     if device.type == "cuda":
         cases.append(("timm:vit_small_patch14_reg4_dinov2", 126))
     print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")

@@ -1215,17 +1215,11 @@ def _point_labels(
 
 
 def resolve_device(device: str) -> Any:
-    """Return the torch device for ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
-    import torch
+    """Return the torch device for the config key ``device`` (see :func:`kmeans.resolve_device`)."""
+    from astrocurate.kmeans import resolve_device as resolve
 
     _check_device_text(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidArgumentError(
-            f"config key device={device!r} but no CUDA GPU is available here; use auto or cpu"
-        )
-    return torch.device(device)
+    return resolve(device)
 
 
 class StopRequest:

@@ -31,6 +31,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from astrocurate.cutout_store import CutoutReader, read_manifest
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.kmeans import resolve_device
 from astrocurate.normalization import NormalizationConfig, normalize
 from astrocurate.tracking import StepRun, require_run, tracked_step
 
@@ -114,18 +115,6 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, cores)
     return 0 if cores <= 2 else min(4, cores // 4)
-
-
-def resolve_device(device: str) -> torch.device:
-    """Return the torch device for ``auto``, ``cpu`` or ``cuda[:N]``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidArgumentError("--device: CUDA was requested but no GPU is available")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise InvalidArgumentError(f"--device: expected auto, cpu or cuda, got {device!r}") from exc
 
 
 # --------------------------------------------------------------------------- data

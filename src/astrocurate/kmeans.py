@@ -131,6 +131,19 @@ def _check_random_state(random_state: Any) -> None:
         raise InvalidArgumentError(f"random_state={random_state!r} must be >= 0")
 
 
+def resolve_device(device: Any) -> torch.device:
+    """Return the torch device for ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For an unknown device, or CUDA asked for where there is none.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return _resolve_device(device)
+
+
 def _resolve_device(device: Any) -> torch.device:
     try:
         dev = torch.device(device)

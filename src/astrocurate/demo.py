@@ -11,6 +11,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.features import extract_features
 from astrocurate.merge import merge_cutouts
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 #: Demo survey: 4 overlapping LoTSS-like mosaics of 1024 px (a few MB, seconds to make).
 DEMO_SURVEY = {"n_mosaics": 4, "mosaic_size": 1024}
 DEMO_WINDOW_SIZES = (64, 128)
+DEMO_CLUSTERING_CONFIG = "demo_2lvl_64_8.yaml"
 
 
 def demo_survey(directory: Path, seed: int = 0) -> Path:
@@ -57,7 +60,8 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     Returns
     -------
     dict of str to StepRun
-        The runs by label (``cutouts_64``, ``cutouts_128``, ``merge``, ``features``).
+        The runs by label (``cutouts_64``, ``cutouts_128``, ``merge``, ``features``,
+        ``clustering``).
     """
     started = time.time()
     workdir = Path(workdir).resolve()
@@ -68,8 +72,18 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
         runs[f"cutouts_{size}"] = make_cutouts(survey, outputs, CutoutOptions(window_size=size))
     runs["merge"] = merge_cutouts([runs[f"cutouts_{s}"].run_id for s in DEMO_WINDOW_SIZES])
     runs["features"] = extract_features(runs["merge"].run_id)
+    runs["clustering"] = _cluster(runs["features"].run_id)
     _print_summary(runs, survey, time.time() - started)
     return runs
+
+
+def _cluster(features_id: str) -> StepRun:
+    """Run steps 4a and 4b with the small demo configuration, as ``run.sh`` would."""
+    from astrocurate.clustering import load_config, prepare_clustering, run_clustering
+
+    prepared = prepare_clustering(features_id, load_config(DEMO_CLUSTERING_CONFIG))
+    run_clustering(prepared.directory)
+    return StepRun(prepared.run_id, "clustering", prepared.directory, reused=prepared.reused)
 
 
 def _describe(run: StepRun) -> str:
@@ -82,6 +96,9 @@ def _describe(run: StepRun) -> str:
         score = _metric(run.run_id, "knn_balanced_accuracy")
         quality = f", kNN balanced accuracy on the truth classes {score:.2f}" if score else ""
         return f"{rows} x {dim} features{quality}"
+    if run.step == "clustering":
+        sizes = sorted(run.output_dir.glob("level_*/centroids.npy"))
+        return "clusters per level: " + "/".join(str(len(np.load(p))) for p in sizes)
     return f"{len(read_manifest(run.output_dir, ['cutout_id']))} cutouts"
 
 

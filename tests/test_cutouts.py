@@ -437,11 +437,48 @@ def test_statistics(zoo_run, zoo) -> None:
             median = np.median(v)
             mad = 1.4826 * np.median(np.abs(v - median))
             assert row.mean == pytest.approx(v.mean(), rel=1e-9, abs=1e-12)
-            # deviations are formed in float32 (windows.cutout_statistics): ~1e-7 relative
-            assert row.std == pytest.approx(v.std(), rel=1e-6)
+            assert row.std == pytest.approx(v.std(), rel=1e-9)
             assert row.max == v.max()
+            # |v - median| is formed in float32: ~1e-7 relative
             assert row.noise_mad == pytest.approx(mad, rel=1e-6)
             assert row.peak_snr == pytest.approx((v.max() - median) / mad, rel=1e-6)
+
+
+@pytest.mark.parametrize("store_kind", ["copy", "virtual"])
+def test_large_windows_cut_in_several_bands(store, monkeypatch, store_kind) -> None:
+    """w=64 (median and noise on the 32x32 grid), bands of 100 rows: same as by hand."""
+    monkeypatch.setattr(cutouts, "BAND_PIXELS", 100 * 150)
+    monkeypatch.setattr(cutouts, "WRITE_PIXELS", 3 * 64 * 64)  # several writes per band
+    (store / "survey").mkdir()
+    data = _noise((260, 150), 5)
+    data[:70, :40] = np.nan
+    data[200:, 100:] += np.float32(0.05)
+    fits.PrimaryHDU(data, header=_celestial_header(data.shape)).writeto(store / "survey/m.fits")
+    options = CutoutOptions(64, 0.5, 0.3, store_kind)
+    run = make_cutouts(store / "survey", store / "out", options, workers=1)
+    manifest = pd.read_parquet(run.output_dir / MANIFEST)
+    reader = CutoutReader.from_directory(run.output_dir)
+    expected = [
+        (x, y)
+        for x, y in _grid(data.shape, 64, 32)
+        if np.isnan(data[y : y + 64, x : x + 64]).mean() <= 0.3
+    ]
+    assert list(zip(manifest["x0"], manifest["y0"], strict=True)) == expected
+    assert (manifest["nan_fraction"] > 0).any()
+    for row in manifest.itertuples():
+        v = _cutout2d(data, row.x0, row.y0, 64).astype(np.float64)
+        np.testing.assert_array_equal(reader[row.cutout_id], np.nan_to_num(v, nan=NAN_FILL_VALUE))
+        valid = v[~np.isnan(v)]
+        grid = v[::2, ::2]
+        grid = grid[~np.isnan(grid)]
+        median = np.median(grid)
+        mad = 1.4826 * np.median(np.abs(grid - median))
+        assert row.nan_fraction == np.isnan(v).mean()
+        assert row.mean == pytest.approx(valid.mean(), rel=1e-9, abs=1e-15)
+        assert row.std == pytest.approx(valid.std(), rel=1e-9)
+        assert row.max == valid.max()
+        assert row.noise_mad == pytest.approx(mad, rel=1e-6)
+        assert row.peak_snr == pytest.approx((valid.max() - median) / mad, rel=1e-6)
 
 
 def test_mosaics_table(zoo_run, zoo) -> None:

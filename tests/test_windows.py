@@ -14,9 +14,11 @@ from astrocurate.windows import (
     cutout_statistics,
     extract_windows,
     fill_nan,
+    robust_step,
     row_bands,
     window_centres,
     window_origins,
+    window_statistics,
     window_stride,
 )
 
@@ -221,8 +223,7 @@ def test_statistics_by_hand():
         "peak_snr": [1.5 / s, 8 / s, NAN, NAN, NAN],  # NaN where the noise is 0
     }
     for key, values in expected.items():
-        rtol = 1e-6 if key == "std" else 1e-12  # deviations from the mean are float32
-        np.testing.assert_allclose(stats[key], values, rtol=rtol, atol=0, err_msg=key)
+        np.testing.assert_allclose(stats[key], values, rtol=1e-12, atol=0, err_msg=key)
 
 
 @pytest.mark.parametrize(
@@ -244,10 +245,10 @@ def test_statistics_match_numpy_reference(monkeypatch, hw, nan_probability):
     mad = np.nanmedian(np.abs(flat[ok] - median[:, None]), axis=1)
     np.testing.assert_allclose(stats["nan_fraction"], np.isnan(flat).mean(axis=1))
     np.testing.assert_allclose(stats["mean"][ok], np.nanmean(flat[ok], axis=1), rtol=1e-12)
-    # deviations are formed in float32: ~1e-7 relative error in std and noise
-    np.testing.assert_allclose(stats["std"][ok], np.nanstd(flat[ok], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"][ok], np.nanstd(flat[ok], axis=1), rtol=1e-12)
     np.testing.assert_array_equal(stats["max"][ok], np.nanmax(flat[ok], axis=1))
     np.testing.assert_allclose(stats["median"][ok], median, rtol=1e-12)
+    # |v - median| is formed in float32: ~1e-7 relative error in the noise
     np.testing.assert_allclose(stats["noise_mad"][ok], 1.4826 * mad, rtol=1e-6)
     np.testing.assert_allclose(
         stats["peak_snr"][ok], (np.nanmax(flat[ok], axis=1) - median) / (1.4826 * mad), rtol=1e-6
@@ -274,6 +275,170 @@ def test_statistics_reject_a_2d_array():
 def test_statistics_accumulate_in_float64():
     stack = np.full((1, 64, 64), 1e4, np.float32) + np.float32(0.1)
     assert cutout_statistics(stack)["std"][0] == 0.0
+
+
+# -- robust grid --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("w", "k"), [(1, 1), (8, 1), (63, 1), (64, 2), (100, 3), (128, 4), (256, 8)]
+)
+def test_robust_step_by_hand(w, k):
+    assert robust_step(w) == k
+
+
+def _reference(window: np.ndarray) -> dict[str, float]:
+    """Straightforward statistics of one window, in float64, robust ones on the grid."""
+    v = window.astype(np.float64)
+    valid = v[~np.isnan(v)]
+    k = max(1, min(v.shape) // 32)
+    grid = v[::k, ::k]
+    grid = grid[~np.isnan(grid)]
+    if grid.size == 0:  # the grid is blank but the window is not
+        grid = valid
+    median = np.median(grid)
+    noise = 1.4826 * np.median(np.abs(grid - median))
+    return {
+        "mean": valid.mean(),
+        "std": valid.std(),
+        "max": valid.max(),
+        "median": median,
+        "noise_mad": noise,
+        "peak_snr": (valid.max() - median) / noise,
+    }
+
+
+def _assert_reference(stats: dict[str, np.ndarray], stack: np.ndarray) -> None:
+    for i, window in enumerate(stack):
+        expected = _reference(window)
+        for key, value in expected.items():
+            # |v - median| is formed in float32: ~1e-7 relative error in the noise
+            rtol = 1e-6 if key in ("noise_mad", "peak_snr") else 1e-12
+            assert stats[key][i] == pytest.approx(value, rel=rtol, abs=0), (i, key)
+
+
+def test_large_cutouts_take_median_and_noise_on_the_grid():
+    stack = RNG.normal(0.0, 1e-4, size=(6, 128, 100)).astype(np.float32)
+    stack[1, :40, :] = np.nan
+    stack[2, 5, 7] = np.float32(1.0)  # a bright pixel: in max and mean, not on the grid
+    stats = cutout_statistics(stack)
+    _assert_reference(stats, stack)
+    assert stats["max"][2] == 1.0
+    full = stack[0].astype(np.float64)
+    assert stats["median"][0] != np.median(full)  # not every pixel: the 34x34 grid (k=3)
+
+
+def test_blank_grid_falls_back_to_every_pixel():
+    stack = RNG.normal(size=(2, 64, 64)).astype(np.float32)
+    stack[0, ::2, ::2] = np.nan  # the k=2 grid is blank, 3/4 of the pixels are not
+    stats = cutout_statistics(stack)
+    _assert_reference(stats, stack)
+    assert np.isfinite(stats["noise_mad"]).all()
+
+
+def test_grid_noise_is_close_to_the_full_window_noise():
+    """1024 grid pixels of independent Gaussian noise: ~3.5 % scatter, no bias."""
+    stack = RNG.normal(5.0, 2.0, size=(100, 128, 128)).astype(np.float32)
+    flat = stack.reshape(100, -1).astype(np.float64)
+    median = np.median(flat, axis=1)
+    full = 1.4826 * np.median(np.abs(flat - median[:, None]), axis=1)
+    ratio = cutout_statistics(stack)["noise_mad"] / full
+    assert np.all(np.abs(ratio - 1) < 0.15)
+    assert abs(ratio.mean() - 1) < 0.02
+
+
+# -- statistics straight from an image ----------------------------------------------------
+
+
+def _image(shape, level=100.0, noise=2.0, nan_probability=0.0, dtype=np.float32):
+    image = RNG.normal(level, noise, size=shape).astype(dtype)
+    image[RNG.random(shape) < nan_probability] = np.nan
+    image[: shape[0] // 2, : shape[1] // 2] = np.nan  # a blank corner
+    image[shape[0] // 2 :, shape[1] // 2 :][:20, :20] = level  # a flat patch
+    return image
+
+
+def _assert_same_statistics(image, x0, y0, w):
+    """window_statistics == cutout_statistics(extract_windows(...)) within stated rounding."""
+    fast = window_statistics(image, x0, y0, w)
+    slow = cutout_statistics(extract_windows(image, x0, y0, w))
+    assert fast.keys() == slow.keys()
+    for key in ("nan_fraction", "max", "median", "noise_mad", "peak_snr"):
+        np.testing.assert_array_equal(fast[key], slow[key], err_msg=key)
+    np.testing.assert_allclose(fast["mean"], slow["mean"], rtol=1e-13, atol=0)
+    np.testing.assert_allclose(fast["std"], slow["std"], rtol=1e-9, atol=0)
+    return fast
+
+
+@pytest.mark.parametrize(
+    ("shape", "w", "overlap", "nan_probability"),
+    [
+        ((90, 120), 8, 0.5, 0.0),
+        ((90, 121), 9, 0.3, 0.05),
+        ((200, 260), 64, 0.5, 0.01),
+        ((150, 300), 70, 0.9, 0.0),
+        ((40, 40), 10, 0.0, 0.1),
+    ],
+    ids=["w8", "w9-odd-overlap", "w64-grid", "w70-dense", "no-overlap"],
+)
+def test_window_statistics_equal_the_reference(shape, w, overlap, nan_probability):
+    image = _image(shape, nan_probability=nan_probability)
+    x0, y0 = window_origins(shape, w, overlap)
+    stats = _assert_same_statistics(image, x0, y0, w)
+    assert (stats["nan_fraction"] == 1).any()
+    if w <= 10:  # windows inside the flat patch
+        assert (stats["std"] == 0).any()
+
+
+def test_window_statistics_at_any_origins():
+    image = _image((120, 150), nan_probability=0.05)
+    x0 = RNG.integers(0, 150 - 16 + 1, 300)
+    y0 = RNG.integers(0, 120 - 16 + 1, 300)
+    x0[:3], y0[:3] = 0, 0  # repeated windows
+    _assert_same_statistics(image, x0, y0, 16)
+
+
+def test_window_statistics_far_from_the_reference_level(monkeypatch):
+    """Windows 5000 sigma above the image's level are redone with two passes."""
+    image = _image((100, 100), level=1e6, noise=1.0)
+    image[60:, 60:] += np.float32(5e3)
+    x0, y0 = window_origins(image.shape, 20, 0.5)
+    redone = []
+    two_pass = windows._moments_two_pass
+    monkeypatch.setattr(
+        windows, "_moments_two_pass", lambda x: redone.append(len(x)) or two_pass(x)
+    )
+    window_statistics(image, x0, y0, 20)
+    assert redone and redone[0] >= 4  # at least the 2x2 windows inside the bright corner
+    monkeypatch.undo()
+    stats = _assert_same_statistics(image, x0, y0, 20)
+    bright = (x0 >= 60) & (y0 >= 60)
+    np.testing.assert_allclose(stats["std"][bright], 1.0, rtol=0.2)
+
+
+def test_window_statistics_of_integers_and_float64():
+    x0, y0 = window_origins((30, 30), 6, 0.5)
+    ints = RNG.integers(-50, 50, size=(30, 30))
+    _assert_same_statistics(ints, x0, y0, 6)
+    _assert_same_statistics(_image((30, 30), dtype=np.float64), x0, y0, 6)
+
+
+def test_flat_windows_have_zero_std():
+    image = np.full((64, 64), 1e4, np.float32) + np.float32(0.1)
+    x0, y0 = window_origins(image.shape, 16, 0.5)
+    assert (window_statistics(image, x0, y0, 16)["std"] == 0.0).all()
+
+
+def test_window_statistics_without_windows():
+    stats = window_statistics(np.zeros((4, 4), np.float32), [], [], 3)
+    assert all(v.shape == (0,) for v in stats.values())
+
+
+def test_window_statistics_reject_windows_outside():
+    with pytest.raises(ValueError, match="outside"):
+        window_statistics(np.zeros((4, 4), np.float32), [1], [0], 4)
+    with pytest.raises(ValueError, match="2-D"):
+        window_statistics(np.zeros((4, 4, 1), np.float32), [0], [0], 1)
 
 
 # -- filling ------------------------------------------------------------------------------

@@ -1,7 +1,12 @@
 """Step 1: cut FITS mosaics into sliding-window cutouts (run name ``cutting_out``).
 
 Each mosaic is cut on its own, in parallel worker processes, band of rows by
-band of rows, so memory stays bounded by ``window_size x mosaic width``. A
+band of rows (about :data:`BAND_PIXELS` pixels and at least one window row;
+neighbouring bands share the rows of overlapping windows), so memory stays
+bounded whatever the mosaic's size. The
+statistics are computed straight from the band
+(:func:`astrocurate.windows.window_statistics`); only the kept windows of a
+copied store are copied, :data:`WRITE_PIXELS` pixels at a time. A
 finished mosaic leaves ``parts/<n>.parquet`` (its cutout rows) and
 ``parts/<n>.json`` (its summary, written last); a rerun after an interruption
 skips those mosaics. When every mosaic is done the parts are joined into
@@ -58,6 +63,10 @@ STEP = "cutting_out"
 STORES = ("copy", "virtual")
 PARTS_DIR = "parts"
 _TEXT = ("mosaic", "mosaic_path", "store", "array_file")
+#: Pixels of a mosaic read and reduced at once (32 MiB of float32; at least one window row).
+BAND_PIXELS = 1 << 23
+#: Pixels of kept windows copied at once before they are written (16 MiB of float32).
+WRITE_PIXELS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -358,10 +367,10 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
             (Path(task.run_dir) / PIXELS_DIR).mkdir(exist_ok=True)
             writer = NpyStackWriter(Path(task.run_dir) / _pixel_file(task), w)
         try:
-            for row in np.unique(y0):
-                band = mosaic.read_rows(int(row), int(row) + w)
-                xs = x0[y0 == row]
-                tables.append(_cut_band(band, xs, int(row), w, opts, writer))
+            for b0, b1 in windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w)):
+                inside = (y0 >= b0) & (y0 + w <= b1)
+                band = mosaic.read_rows(b0, b1)
+                tables.append(_cut_band(band, x0[inside], y0[inside] - b0, b0, w, opts, writer))
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -393,29 +402,52 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
     return rows, {"status": "ok", "n_kept": n_kept, "n_skipped": int(len(x0) - n_kept), **info}
 
 
+def _band_rows(nx: int, w: int) -> int:
+    """Rows read at once: about :data:`BAND_PIXELS` pixels, at least one window row."""
+    return max(w, BAND_PIXELS // max(nx, 1))
+
+
 def _cut_band(
     band: np.ndarray,
     xs: np.ndarray,
-    y0: int,
+    ys: np.ndarray,
+    band_y0: int,
     w: int,
     opts: CutoutOptions,
     writer: NpyStackWriter | None,
 ) -> pd.DataFrame:
-    """Cut the windows of one band of rows (w, nx); write the kept ones; return their rows."""
-    views = np.lib.stride_tricks.sliding_window_view(band, (w, w))[0]  # (nx - w + 1, w, w)
-    stack = views[xs]
-    stats = windows.cutout_statistics(stack)
+    """Cut the windows of one band of rows; write the kept ones; return their rows.
+
+    ``xs``, ``ys`` are window origins relative to the band, whose first row is row
+    ``band_y0`` of the mosaic. Statistics come straight from the band; only kept
+    windows of a copied store are copied, a bounded number at a time.
+    """
+    stats = windows.window_statistics(band, xs, ys, w)
     nan_fraction = stats["nan_fraction"]
     keep = (nan_fraction <= opts.max_nan_fraction) & (nan_fraction < 1.0)
-    kept = stack[keep]
-    if writer is not None and len(kept):
-        if opts.max_nan_fraction > 0:
-            kept = np.where(np.isnan(kept), np.float32(NAN_FILL_VALUE), kept)
-        writer.append(kept)
+    if writer is not None:
+        _write_windows(band, xs[keep], ys[keep], w, opts, writer)
     table = pd.DataFrame({k: np.asarray(v)[keep] for k, v in stats.items()})
     table.insert(0, "x0", xs[keep].astype(np.int64))
-    table.insert(1, "y0", np.full(int(keep.sum()), y0, dtype=np.int64))
+    table.insert(1, "y0", ys[keep].astype(np.int64) + band_y0)
     return table
+
+
+def _write_windows(
+    band: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    w: int,
+    opts: CutoutOptions,
+    writer: NpyStackWriter,
+) -> None:
+    """Append windows of a band to the pixel file, NaN filled when blanks are allowed."""
+    chunk = max(1, WRITE_PIXELS // (w * w))
+    for i in range(0, len(xs), chunk):
+        stack = windows.extract_windows(band, xs[i : i + chunk], ys[i : i + chunk], w)
+        if opts.max_nan_fraction > 0:
+            windows.fill_nan(stack, NAN_FILL_VALUE, copy=False)
+        writer.append(stack)
 
 
 def _mosaic_info(mosaic, task: _MosaicTask) -> dict:

@@ -19,12 +19,15 @@ import numpy as np
 __all__ = [
     "DEFAULT_FILL_VALUE",
     "MAD_TO_SIGMA",
+    "ROBUST_GRID",
     "cutout_statistics",
     "extract_windows",
     "fill_nan",
+    "robust_step",
     "row_bands",
     "window_centres",
     "window_origins",
+    "window_statistics",
     "window_stride",
 ]
 
@@ -34,8 +37,11 @@ __all__ = [
 DEFAULT_FILL_VALUE = 0.0
 #: Scale from the median absolute deviation to the standard deviation of a Gaussian.
 MAD_TO_SIGMA = 1.4826
-#: float64 elements processed at once by :func:`cutout_statistics` (16 MiB per temporary).
+#: Elements processed at once by the statistics (16 MiB per float64 temporary).
 _CHUNK_ELEMENTS = 1 << 21
+#: The median and MAD of a window of side ``w`` use a grid of about ROBUST_GRID pixels
+#: a side (see :func:`robust_step`).
+ROBUST_GRID = 32
 
 
 def _check_window_size(window_size: Any) -> int:
@@ -215,19 +221,31 @@ def extract_windows(
     """
     w = _check_window_size(window_size)
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {image.shape}")
-    x0 = np.asarray(x0, dtype=np.int64)
-    y0 = np.asarray(y0, dtype=np.int64)
-    if x0.shape != y0.shape or x0.ndim != 1:
-        raise ValueError(f"x0 and y0 must be 1-D of equal length, got {x0.shape}, {y0.shape}")
-    ny, nx = image.shape
+    x0, y0 = _check_origins(image, x0, y0, w)
     if x0.size == 0:
         return np.empty((0, w, w), dtype=image.dtype)
-    if x0.min() < 0 or y0.min() < 0 or x0.max() + w > nx or y0.max() + w > ny:
-        raise ValueError(f"windows of size {w} fall outside the image of shape {image.shape}")
     views = np.lib.stride_tricks.sliding_window_view(image, (w, w))
     return np.ascontiguousarray(views[y0, x0])
+
+
+def robust_step(window_size: int) -> int:
+    """Grid step of the pixels that the median and MAD of a window are taken from.
+
+    ``max(1, w // ROBUST_GRID)``: every pixel for windows narrower than
+    ``2 * ROBUST_GRID`` (64 px), otherwise every ``k``-th pixel of every ``k``-th row,
+    i.e. a grid of 32x32 to 63x63 pixels (e.g. ``w=128``: ``k=4``, 32x32 pixels).
+
+    Parameters
+    ----------
+    window_size : int
+        Window side ``w`` (the shorter side for a rectangular cutout), > 0.
+
+    Returns
+    -------
+    int
+        The step ``k`` >= 1.
+    """
+    return max(1, _check_window_size(window_size) // ROBUST_GRID)
 
 
 def _median_rows(values: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -263,33 +281,46 @@ def _median_rows(values: np.ndarray, count: np.ndarray) -> np.ndarray:
     return median
 
 
-def _statistics_chunk(x: np.ndarray) -> dict[str, np.ndarray]:
-    """Statistics of the rows of ``x`` (shape ``(m, p)``, float, NaN = blank).
+def _median_and_mad(x: np.ndarray, no_nan: np.ndarray | None = None) -> tuple:
+    """Median and ``1.4826 * MAD`` of the rows of ``x`` (shape ``(m, p)``), NaN ignored.
 
-    Sums accumulate in float64; deviations are formed in the input precision, which
-    for float32 pixels costs a relative error of about 1e-7 in std and noise.
+    ``no_nan`` marks rows known to hold no NaN (saves a pass). The absolute deviations
+    are formed in the input precision.
     """
     m, p = x.shape
-    valid = ~np.isnan(x)
-    count = valid.sum(axis=1)
-    any_nan = bool((count < p).any())
-    zeroed = np.where(valid, x, x.dtype.type(0)) if any_nan else x
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = zeroed.sum(axis=1, dtype=np.float64) / count
-        dev = x - mean.astype(x.dtype)[:, None]
-        if any_nan:
-            dev[~valid] = 0
-        np.square(dev, out=dev)
-        std = np.sqrt(dev.sum(axis=1, dtype=np.float64) / count)
-    del dev, zeroed
-    vmax = np.fmax.reduce(x, axis=1).astype(np.float64) if p else np.full(m, np.nan)
+    known = no_nan is not None and bool(no_nan.all())
+    count = np.full(m, p) if known else p - np.isnan(x).sum(axis=1)
     median = _median_rows(x, count)
     absdev = np.abs(x - median.astype(x.dtype)[:, None])
-    noise = MAD_TO_SIGMA * _median_rows(absdev, count)
-    peak_snr = np.full(m, np.nan)
+    return median, MAD_TO_SIGMA * _median_rows(absdev, count)
+
+
+def _robust_of_stack(stack: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD noise of each cutout of ``stack`` (n, h, w) on the robust grid.
+
+    Cutouts whose grid pixels are all blank while other pixels are not use all their
+    pixels instead (only possible with a grid step > 1).
+    """
+    n, h, w = stack.shape
+    k = robust_step(min(h, w)) if h and w else 1
+    grid = stack[:, ::k, ::k]
+    grid = grid.reshape(n, grid.shape[1] * grid.shape[2])
+    median, noise = _median_and_mad(grid, count == h * w)
+    empty = np.isnan(median) & (count > 0)
+    if k > 1 and empty.any():
+        median[empty], noise[empty] = _median_and_mad(stack[empty].reshape(-1, h * w))
+    return median, noise
+
+
+def _finish(
+    p: int, count: np.ndarray, mean: np.ndarray, std: np.ndarray, vmax: np.ndarray, robust: tuple
+) -> dict[str, np.ndarray]:
+    """Assemble the statistics dictionary (peak S/N, blank fraction)."""
+    median, noise = robust
+    peak_snr = np.full(len(count), np.nan)
     ok = noise > 0
     peak_snr[ok] = (vmax[ok] - median[ok]) / noise[ok]
-    nan_fraction = (p - count) / p if p else np.full(m, np.nan)
+    nan_fraction = (p - count) / p if p else np.full(len(count), np.nan)
     return {
         "nan_fraction": np.asarray(nan_fraction, dtype=np.float64),
         "mean": mean,
@@ -301,14 +332,38 @@ def _statistics_chunk(x: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _moments_two_pass(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the valid count, mean and population std of the rows of ``x`` (m, p).
+
+    NaN are ignored. Two passes in float64: the reference definition.
+    """
+    x = x.astype(np.float64)
+    valid = ~np.isnan(x)
+    count = valid.sum(axis=1)
+    zeroed = np.where(valid, x, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = zeroed.sum(axis=1) / count
+        dev = np.where(valid, x - mean[:, None], 0.0)
+        std = np.sqrt(np.square(dev).sum(axis=1) / count)
+    return count, mean, std
+
+
+def _statistics_chunk(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Statistics of the cutouts of ``x`` (shape ``(m, h, w)``, float, NaN = blank)."""
+    m, h, w = x.shape
+    flat = x.reshape(m, h * w)
+    count, mean, std = _moments_two_pass(flat)
+    vmax = np.fmax.reduce(flat, axis=1).astype(np.float64) if h * w else np.full(m, np.nan)
+    return _finish(h * w, count, mean, std, vmax, _robust_of_stack(x, count))
+
+
 def cutout_statistics(stack: np.ndarray) -> dict[str, np.ndarray]:
     """Per-cutout statistics for quality filtering, NaN pixels ignored.
 
-    Vectorised over the stack (processed in chunks of about 2M pixels; sums accumulate
-    in float64, deviations are formed in the input precision). Medians use a
-    linear-time partition for cutouts without NaN and a sort for those with some.
-    Cutouts without any valid pixel get NaN statistics (``nan_fraction``
-    1.0) and no warnings.
+    The reference implementation, vectorised over the stack (processed in chunks of
+    about 2M pixels). :func:`window_statistics` computes the same statistics straight
+    from an image, much faster. Cutouts without any valid pixel get NaN statistics
+    (``nan_fraction`` 1.0) and no warnings.
 
     Parameters
     ----------
@@ -321,10 +376,18 @@ def cutout_statistics(stack: np.ndarray) -> dict[str, np.ndarray]:
         float64 arrays of shape ``(n,)``:
 
         * ``nan_fraction``: fraction of NaN pixels;
-        * ``mean``, ``std`` (population, ddof=0), ``max``, ``median`` of valid pixels;
-        * ``noise_mad``: robust noise, ``1.4826 * median(|v - median(v)|)``;
+        * ``mean``, ``std`` (population, ddof=0), ``max`` of all valid pixels (mean and
+          std in float64, two passes);
+        * ``median``, ``noise_mad``: median ``m`` and robust noise
+          ``1.4826 * median(|v - m|)`` of the valid pixels ``v`` on the grid
+          ``v[::k, ::k]`` from the cutout's first pixel, ``k =``
+          :func:`robust_step` ``(min(h, w))``: all pixels below 64 px, a 32x32 to
+          63x63 grid above (where a grid holds no valid pixel but the cutout does, all
+          pixels). Medians of an even count are the mean of the two middle values;
+          ``|v - m|`` is formed in the input precision;
         * ``peak_snr``: ``(max - median) / noise_mad``; NaN when ``noise_mad`` is 0 (more
-          than half the pixels share one value, e.g. a flat or zero-filled cutout) or NaN.
+          than half the grid pixels share one value, e.g. a flat or zero-filled cutout)
+          or NaN.
 
     Raises
     ------
@@ -334,16 +397,216 @@ def cutout_statistics(stack: np.ndarray) -> dict[str, np.ndarray]:
     stack = np.asarray(stack)
     if stack.ndim != 3:
         raise ValueError(f"stack must have shape (n, h, w), got {stack.shape}")
-    n = stack.shape[0]
-    p = stack.shape[1] * stack.shape[2]
-    flat = stack.reshape(n, p)
-    if flat.dtype.kind != "f":
-        flat = flat.astype(np.float64)
-    chunk = max(1, _CHUNK_ELEMENTS // max(p, 1))
-    parts = [_statistics_chunk(flat[i : i + chunk]) for i in range(0, n, chunk)]
+    if stack.dtype.kind != "f":
+        stack = stack.astype(np.float64)
+    n, h, w = stack.shape
+    chunk = max(1, _CHUNK_ELEMENTS // max(h * w, 1))
+    parts = [_statistics_chunk(stack[i : i + chunk]) for i in range(0, n, chunk)]
     if not parts:
-        parts = [_statistics_chunk(flat)]
+        parts = [_statistics_chunk(stack)]
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+def window_statistics(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, window_size: int
+) -> dict[str, np.ndarray]:
+    """Statistics of square windows of an image, without copying the windows.
+
+    Gives :func:`cutout_statistics` of :func:`extract_windows` ``(image, x0, y0, w)``
+    (same keys and definitions) at a fraction of the cost:
+
+    * ``nan_fraction``, ``max``, ``mean`` and ``std`` come from float64 sums of
+      ``v - c``, ``(v - c)**2`` and the valid count over blocks of rows and columns cut
+      at every window edge, so each pixel is read once whatever the overlap (``c`` is a
+      reference level of the image: the median of a coarse grid of its pixels). The
+      variance is ``E[(v - c)**2] - E[v - c]**2``; where that loses more than six of
+      float64's sixteen digits (``|mean - c| > 1000 * std``, a flat window included)
+      the window is redone with two passes. Relative differences from the reference:
+      about 1e-15 for ``mean``, below 1e-9 for ``std``; ``max`` and ``nan_fraction``
+      are exact.
+    * ``median``, ``noise_mad`` and ``peak_snr`` are computed exactly as the reference
+      does, from the same grid pixels (:func:`robust_step`), gathered straight from the
+      image: identical values.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Shape ``(ny, nx)``, float (NaN = blank); e.g. a band of rows, origins relative
+        to it.
+    x0, y0 : array_like of int
+        Window origins, shape ``(n,)``; each window must lie inside ``image``.
+    window_size : int
+        Window side ``w``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        As :func:`cutout_statistics`, one value per window, in the order of ``x0``.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D or a window falls outside it.
+    """
+    w = _check_window_size(window_size)
+    image = np.asarray(image)
+    if image.dtype.kind != "f":
+        image = image.astype(np.float64)
+    x0, y0 = _check_origins(image, x0, y0, w)
+    if x0.size == 0:
+        return cutout_statistics(np.empty((0, w, w), dtype=image.dtype))
+    level = _reference_level(image)
+    count, s1, s2, vmax = _window_sums(image, x0, y0, w, level)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m1, m2 = s1 / count, s2 / count
+        var = m2 - m1 * m1
+        mean = level + m1
+        # the one-pass variance keeps at least 10 digits where var > 1e-6 * E[(v - c)^2]
+        redo = (count > 0) & ~(var * _WELL_CONDITIONED > m2)
+        std = np.sqrt(np.maximum(var, 0.0))
+    if redo.any():
+        _, mean[redo], std[redo] = _moments_two_pass(
+            extract_windows(image, x0[redo], y0[redo], w).reshape(int(redo.sum()), -1)
+        )
+    robust = _robust_of_windows(image, x0, y0, w, count)
+    return _finish(w * w, count, mean, std, vmax, robust)
+
+
+#: ``var * _WELL_CONDITIONED > E[(v - c)^2]``: the one-pass variance is accurate.
+_WELL_CONDITIONED = 1e6
+#: Pixels converted to float64 at once by :func:`_block_columns` (8 MiB).
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _check_origins(image: np.ndarray, x0: Any, y0: Any, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate window origins against a 2-D image; return them as int64 arrays."""
+    if image.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {image.shape}")
+    x0 = np.asarray(x0, dtype=np.int64)
+    y0 = np.asarray(y0, dtype=np.int64)
+    if x0.shape != y0.shape or x0.ndim != 1:
+        raise ValueError(f"x0 and y0 must be 1-D of equal length, got {x0.shape}, {y0.shape}")
+    ny, nx = image.shape
+    if x0.size and (x0.min() < 0 or y0.min() < 0 or x0.max() + w > nx or y0.max() + w > ny):
+        raise ValueError(f"windows of size {w} fall outside the image of shape {image.shape}")
+    return x0, y0
+
+
+def _reference_level(image: np.ndarray) -> float:
+    """Return a typical pixel value (median of a coarse grid), exact in float32."""
+    step = max(1, int(math.sqrt(image.size / 4096)))
+    sample = image[::step, ::step]
+    sample = sample[~np.isnan(sample)]
+    level = float(np.median(sample)) if sample.size else 0.0
+    return float(np.float32(level)) if math.isfinite(level) else 0.0
+
+
+def _window_sums(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, level: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return each window's valid count, sums of ``v - level`` and its square, and max.
+
+    Rows are cut into blocks at every window's top and bottom edge; each block is
+    reduced to per-column values once; a window row's columns sum its blocks. Columns
+    are then cut the same way at every left and right edge.
+    """
+    rows, row_of = np.unique(y0, return_inverse=True)
+    ybreaks = np.unique(np.concatenate([rows, rows + w]))
+    blocks = _block_columns(image, ybreaks, level)  # 4 arrays of (n_blocks, nx)
+    first = np.searchsorted(ybreaks, rows)
+    stop = np.searchsorted(ybreaks, rows + w)
+    bands = [_range_reduce(b, first, stop, op) for b, op in zip(blocks, _OPS, strict=True)]
+    xbreaks = np.unique(np.concatenate([x0, x0 + w]))
+    n_seg = len(xbreaks) - 1
+    starts = xbreaks[:-1]
+    segs = [
+        op.reduceat(band[:, : xbreaks[-1]], starts, axis=1).ravel()
+        for band, op in zip(bands, _OPS, strict=True)
+    ]
+    first = row_of * n_seg + np.searchsorted(xbreaks, x0)
+    stop = row_of * n_seg + np.searchsorted(xbreaks, x0 + w)
+    count, s1, s2, vmax = (
+        _range_reduce(s, first, stop, op) for s, op in zip(segs, _OPS, strict=True)
+    )
+    return count, s1, s2, vmax.astype(np.float64)
+
+
+_OPS = (np.add, np.add, np.add, np.fmax)
+
+
+def _block_columns(image: np.ndarray, breaks: np.ndarray, level: float) -> list[np.ndarray]:
+    """Per-column count, sum, sum of squares (of ``v - level``) and max of row blocks.
+
+    Block ``i`` is rows ``breaks[i]:breaks[i + 1]``. Returns four arrays of shape
+    ``(len(breaks) - 1, nx)``: float64 for the first three, the image dtype for max.
+    """
+    nx = image.shape[1]
+    n_blocks = len(breaks) - 1
+    count = np.zeros((n_blocks, nx))
+    s1 = np.zeros((n_blocks, nx))
+    s2 = np.zeros((n_blocks, nx))
+    vmax = np.full((n_blocks, nx), np.nan, dtype=image.dtype)
+    step = max(1, _BLOCK_ELEMENTS // max(nx, 1))
+    for i in range(n_blocks):
+        for a in range(int(breaks[i]), int(breaks[i + 1]), step):
+            rows = image[a : min(a + step, int(breaks[i + 1]))]
+            d = rows.astype(np.float64)
+            d -= level
+            blank = np.isnan(d)
+            if blank.any():
+                d[blank] = 0.0
+                count[i] += len(rows) - blank.sum(axis=0)
+            else:
+                count[i] += len(rows)
+            s1[i] += d.sum(axis=0)
+            np.square(d, out=d)
+            s2[i] += d.sum(axis=0)
+            np.fmax(vmax[i], np.fmax.reduce(rows, axis=0), out=vmax[i])
+    return [count, s1, s2, vmax]
+
+
+def _range_reduce(
+    values: np.ndarray, first: np.ndarray, stop: np.ndarray, op: np.ufunc
+) -> np.ndarray:
+    """Reduce ``values[first[i]:stop[i]]`` along axis 0 with ``op`` (add or fmax).
+
+    Ranges are short (a window spans about ``2 * w / stride`` blocks), so this loops
+    over positions within a range, vectorised over ranges.
+    """
+    out = values[first].copy()
+    span = stop - first
+    for k in range(1, int(span.max(initial=1))):
+        active = k < span
+        if op is np.add:
+            out[active] += values[first[active] + k]
+        else:  # repeating a range's last block is harmless for a maximum
+            op(out, values[np.minimum(first + k, stop - 1)], out=out)
+    return out
+
+
+def _robust_of_windows(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Median and MAD noise of each window on the robust grid, gathered in chunks."""
+    k = robust_step(w)
+    grid_views = np.lib.stride_tricks.sliding_window_view(image, (w, w))[:, :, ::k, ::k]
+    side = grid_views.shape[2]
+    chunk = max(1, _CHUNK_ELEMENTS // (side * side))
+    medians, noises = [], []
+    for i in range(0, len(x0), chunk):
+        sl = slice(i, i + chunk)
+        grid = grid_views[y0[sl], x0[sl]].reshape(-1, side * side)
+        median, noise = _median_and_mad(grid, count[sl] == w * w)
+        empty = np.isnan(median) & (count[sl] > 0)
+        if k > 1 and empty.any():  # grid all blank, window not: use every pixel
+            full = extract_windows(image, x0[sl][empty], y0[sl][empty], w)
+            median[empty], noise[empty] = _median_and_mad(full.reshape(-1, w * w))
+        medians.append(median)
+        noises.append(noise)
+    return np.concatenate(medians), np.concatenate(noises)
 
 
 def fill_nan(

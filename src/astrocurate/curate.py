@@ -1,0 +1,432 @@
+"""Step 5: balanced curated sample of a clustering run (MLflow run ``curated_sampling``).
+
+``python scripts/random_sampling.py --clustering-id ID --num-samples 10000`` draws a
+balanced hierarchical sample (:func:`astrocurate.sampling.balanced_sample`) from the pool
+the clustering run clustered, and writes one run directory::
+
+    selected.npy          int64 (m,): sorted merged-manifest rows (= feature rows =
+                          merged ``cutout_id``) of the curated sample
+    baseline_random.npy   int64 (m,): a uniform random sample of the same size and seed,
+                          the baseline every metric is compared with
+    curated.parquet       the merged manifest's rows of the sample, plus ``cluster_l1`` ..
+                          ``cluster_lL`` (cluster at each level) and ``truth_class`` when
+                          the survey has a truth catalogue
+    metrics.json          the metrics logged to the run (balance per level, classes)
+    sampling.json         parameters and the directories of the clustering, feature and
+                          merge runs it came from
+    export/               the curated pixels (``--export``; :mod:`astrocurate.export`)
+    report/index.html     the curation report (:mod:`astrocurate.report`)
+
+``m = min(num_samples, pool)``. With ``baseline="random"`` the selection *is* the uniform
+sample, through the same outputs, so the two can be compared downstream (training).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from astrocurate import sampling
+from astrocurate.cutout_store import MOSAICS, CutoutReader, read_manifest, write_parquet_atomic
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.tracking import StepRun, require_run, tracked_step
+
+log = logging.getLogger(__name__)
+
+STEP = "curated_sampling"
+SELECTED = "selected.npy"
+BASELINE = "baseline_random.npy"
+CURATED = "curated.parquet"
+METRICS = "metrics.json"
+INFO = "sampling.json"
+EXPORT_DIR = "export"
+REPORT_DIR = "report"
+STRATEGIES = ("r", "c", "f")
+BASELINES = ("none", "random")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """What to sample and how.
+
+    Attributes
+    ----------
+    num_samples : int
+        Budget, >= 1; more than the pool gives the whole pool (with a warning).
+    strategy : {'r', 'c', 'f'}
+        Inside a level-1 cluster: uniform (default), closest to, or farthest from the centroid.
+    level : int, optional
+        1-based level whose clusters the budget is first split over; default the top level.
+    baseline : {'none', 'random'}
+        ``'random'`` replaces the balanced sample by a uniform one of the same size.
+    seed : int
+        Seed of the remainder rule, strategy ``'r'`` and the random baseline.
+    export : tuple of str
+        Formats of :data:`astrocurate.export.EXPORT_FORMATS` to write the pixels in.
+    """
+
+    num_samples: int
+    strategy: str = "r"
+    level: int | None = None
+    baseline: str = "none"
+    seed: int = 0
+    export: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self) -> SamplingOptions:
+        """Return a copy with the export formats in canonical order; refuse bad values."""
+        from astrocurate.export import check_formats
+
+        if not _is_int(self.num_samples) or self.num_samples < 1:
+            raise InvalidArgumentError(
+                f"--num-samples: expected a whole number >= 1, got {self.num_samples!r}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise InvalidArgumentError(
+                f"--strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+            )
+        if self.level is not None and (not _is_int(self.level) or self.level < 1):
+            raise InvalidArgumentError(f"--level: expected a level >= 1, got {self.level!r}")
+        if self.baseline not in BASELINES:
+            raise InvalidArgumentError(
+                f"--baseline: expected one of {', '.join(BASELINES)}, got {self.baseline!r}"
+            )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise InvalidArgumentError(f"--seed: expected a whole number >= 0, got {self.seed!r}")
+        return SamplingOptions(**{**asdict(self), "export": check_formats(self.export)})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The runs a sample is drawn from and the clustering's arrays."""
+
+    clustering_id: str
+    clustering_dir: Path
+    features_dir: Path
+    merged_dir: Path
+    clustering: Any  # ClusteringOutputs
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.clustering.levels)
+
+    @property
+    def pool_size(self) -> int:
+        return len(self.clustering.input_indices)
+
+    def point_labels(self) -> list[np.ndarray]:
+        """Cluster of every pool point, per level (index 0 = level 1)."""
+        return [np.asarray(level["point_labels"]) for level in self.clustering.levels]
+
+    def level_one_distances(self) -> np.ndarray:
+        """Squared distance of every pool point to its level-1 centroid."""
+        level = self.clustering.levels[0]
+        distances = np.empty(self.pool_size, dtype=np.float64)
+        distances[np.asarray(level["members"])] = np.asarray(level["distances"])
+        return distances
+
+
+def _resolve_inputs(clustering_id: str) -> _Inputs:
+    """Check the clustering run and follow its lineage to the features and the merge."""
+    from astrocurate.clustering import RUN_FILE, load_clustering, require_clustering_run
+
+    record = require_clustering_run(clustering_id)
+    directory = record.output_dir
+    info = json.loads((directory / RUN_FILE).read_text())
+    features = require_run(info["features_id"], "feature_extraction", "features of this run")
+    merged_ids = features.input_run_ids
+    if len(merged_ids) != 1:
+        raise InvalidRunError(
+            f"feature run {features.run_id} records {len(merged_ids)} input runs, expected "
+            "its one merge_cutouts run"
+        )
+    merged = require_run(merged_ids[0], "merge_cutouts", "cutouts of this run")
+    return _Inputs(
+        record.run_id, directory, features.output_dir, merged.output_dir, load_clustering(directory)
+    )
+
+
+def curated_sample(
+    clustering_id: str,
+    options: SamplingOptions,
+    *,
+    output_path: Path | None = None,
+    force: bool = False,
+    report: bool = True,
+) -> StepRun:
+    """Draw a curated sample from a finished clustering run; record one ``curated_sampling`` run.
+
+    Parameters
+    ----------
+    clustering_id : str
+        ID of a finished ``clustering`` run.
+    options : SamplingOptions
+        Budget, strategy, level, baseline, seed and export formats.
+    output_path : Path, optional
+        Parent of the run directory; default the clustering run's.
+    force : bool
+        Recompute even if an identical finished run exists.
+    report : bool
+        Write the HTML report and log it as artifacts.
+
+    Returns
+    -------
+    StepRun
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a bad option (naming it).
+    RunNotFoundError, InvalidRunError
+        For a clustering ID that is unknown, of another step, unfinished or failed.
+    """
+    options = options.validate()
+    inputs = _resolve_inputs(clustering_id)
+    level = options.level or inputs.n_levels
+    if level > inputs.n_levels:
+        raise InvalidArgumentError(
+            f"--level={level}: clustering run {inputs.clustering_id} has levels 1 to "
+            f"{inputs.n_levels}"
+        )
+    if options.num_samples > inputs.pool_size:
+        log.warning(
+            "--num-samples %d is more than the %d cutouts clustered: taking all of them",
+            options.num_samples,
+            inputs.pool_size,
+        )
+    root = Path(output_path).resolve() if output_path else inputs.clustering_dir.parent.parent
+    params = {**asdict(options), "level": level, "export": ",".join(options.export) or "none"}
+    params.pop("seed")
+    params["output_path"] = str(root)
+    with tracked_step(
+        STEP,
+        params,
+        input_run_ids=[inputs.clustering_id],
+        seed=options.seed,
+        output_root=root,
+        force=force,
+    ) as run:
+        if run.reused:
+            return run
+        _write_sample(run, inputs, options, level)
+        if report:
+            _write_report(run)
+    return run
+
+
+def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level: int) -> None:
+    """Select, describe, measure and export the sample into ``run.output_dir``."""
+    out = run.output_dir
+    curated_rng, baseline_rng = np.random.SeedSequence(options.seed).spawn(2)
+    labels = inputs.point_labels()
+    baseline = sampling.random_sample(inputs.pool_size, options.num_samples, baseline_rng)
+    if options.baseline == "random":
+        chosen = baseline
+    else:
+        chosen = sampling.balanced_sample(
+            labels,
+            options.num_samples,
+            strategy=options.strategy,
+            distances=inputs.level_one_distances() if options.strategy != "r" else None,
+            level=level - 1,
+            random_state=np.random.default_rng(curated_rng),
+        )
+    rows = np.asarray(inputs.clustering.input_indices, dtype=np.int64)
+    manifest = read_manifest(inputs.merged_dir)
+    truth = _truth_classes(manifest)
+    curated = _curated_manifest(manifest, rows, chosen, labels, truth)
+    metrics = sample_metrics(labels, chosen, baseline, None if truth is None else truth[rows])
+    _save_npy(out / SELECTED, rows[chosen])
+    _save_npy(out / BASELINE, rows[baseline])
+    write_parquet_atomic(curated, out / CURATED)
+    _write_json(out / METRICS, metrics)
+    _write_json(out / INFO, _info(inputs, options, level))
+    if options.export:
+        _export(out / EXPORT_DIR, curated, inputs.merged_dir, options.export)
+    run.log_metrics({**metrics, "n_selected": len(chosen), "pool_size": inputs.pool_size})
+    run.log_artifact(out / METRICS)
+    log.info(
+        "selected %d of %d cutouts (%s) into %s",
+        len(chosen),
+        inputs.pool_size,
+        "uniform baseline" if options.baseline == "random" else f"strategy {options.strategy}",
+        out,
+    )
+
+
+def _truth_classes(manifest: pd.DataFrame) -> np.ndarray | None:
+    from astrocurate.survey import truth_labels_for_manifest
+
+    return truth_labels_for_manifest(manifest)
+
+
+def _curated_manifest(
+    manifest: pd.DataFrame,
+    rows: np.ndarray,
+    chosen: np.ndarray,
+    labels: Sequence[np.ndarray],
+    truth: np.ndarray | None,
+) -> pd.DataFrame:
+    """Return the merged manifest's rows of the sample with their clusters (and truth class)."""
+    curated = manifest.iloc[rows[chosen]].reset_index(drop=True)
+    for lvl, level_labels in enumerate(labels, start=1):
+        curated[f"cluster_l{lvl}"] = level_labels[chosen].astype(np.int64)
+    if truth is not None:
+        curated["truth_class"] = truth[rows[chosen]]
+    return curated
+
+
+def sample_metrics(
+    labels: Sequence[np.ndarray],
+    chosen: np.ndarray,
+    baseline: np.ndarray,
+    truth: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Balance of a sample next to the pool and a random sample of the same size.
+
+    Parameters
+    ----------
+    labels : sequence of ndarray of int, each (n,)
+        Cluster of every pool point per level (index 0 = level 1).
+    chosen, baseline : ndarray of int
+        Pool positions of the curated sample and of the random baseline.
+    truth : ndarray of str, shape (n,), optional
+        Truth class of every pool point.
+
+    Returns
+    -------
+    dict of str to float
+        Per level ``L``: ``level_L_entropy_{pool,curated,random}`` (normalised entropy of
+        the cluster histogram over the pool's clusters) and
+        ``level_L_largest_share_{pool,curated,random}``. With ``truth``:
+        ``class_entropy_*``, ``class_share_<class>_*`` and ``class_enrichment_<class>``
+        (curated share over pool share) and ``class_enrichment_random_<class>``.
+    """
+    metrics: dict[str, float] = {}
+    for lvl, level_labels in enumerate(labels, start=1):
+        metrics.update(_balance(f"level_{lvl}", level_labels, chosen, baseline))
+    if truth is not None:
+        metrics.update(_balance("class", truth, chosen, baseline))
+        names, pool_counts, _ = sampling.aligned_counts(truth, truth[chosen])
+        shares = {"pool": pool_counts / pool_counts.sum()}
+        for kind, positions in (("curated", chosen), ("random", baseline)):
+            _, _, counts = sampling.aligned_counts(truth, truth[positions])
+            shares[kind] = counts / counts.sum()
+        for i, name in enumerate(names):
+            for kind, share in shares.items():
+                metrics[f"class_share_{name}_{kind}"] = float(share[i])
+            metrics[f"class_enrichment_{name}"] = float(shares["curated"][i] / shares["pool"][i])
+            metrics[f"class_enrichment_random_{name}"] = float(
+                shares["random"][i] / shares["pool"][i]
+            )
+    return metrics
+
+
+def _balance(
+    prefix: str, categories: np.ndarray, chosen: np.ndarray, baseline: np.ndarray
+) -> dict[str, float]:
+    """Normalised entropy and largest share of the pool, the sample and the baseline."""
+    _, pool_counts, curated_counts = sampling.aligned_counts(categories, categories[chosen])
+    _, _, random_counts = sampling.aligned_counts(categories, categories[baseline])
+    values = {}
+    for kind, counts in (
+        ("pool", pool_counts),
+        ("curated", curated_counts),
+        ("random", random_counts),
+    ):
+        values[f"{prefix}_entropy_{kind}"] = sampling.normalized_entropy(counts)
+        values[f"{prefix}_largest_share_{kind}"] = sampling.largest_share(counts)
+    return values
+
+
+def _info(inputs: _Inputs, options: SamplingOptions, level: int) -> dict[str, Any]:
+    return {
+        "clustering_run_id": inputs.clustering_id,
+        "clustering_dir": str(inputs.clustering_dir),
+        "features_dir": str(inputs.features_dir),
+        "merged_dir": str(inputs.merged_dir),
+        "num_samples": options.num_samples,
+        "strategy": options.strategy,
+        "level": level,
+        "baseline": options.baseline,
+        "seed": options.seed,
+        "export": list(options.export),
+        "n_levels": inputs.n_levels,
+        "pool_size": inputs.pool_size,
+    }
+
+
+def _export(
+    directory: Path, curated: pd.DataFrame, merged_dir: Path, formats: Sequence[str]
+) -> None:
+    from astrocurate.export import export_sample
+
+    mosaics_path = merged_dir / MOSAICS
+    mosaics = pd.read_parquet(mosaics_path) if mosaics_path.is_file() else None
+    reader = CutoutReader.from_directory(merged_dir)
+    written = export_sample(curated, reader, directory, formats, mosaics=mosaics)
+    log.info(
+        "exported %s into %s", ", ".join(f"{k} ({v} files)" for k, v in written.items()), directory
+    )
+
+
+def regenerate_report(run_id: str) -> Path:
+    """Rewrite the report of a finished sampling run and log it again; return its path.
+
+    Parameters
+    ----------
+    run_id : str
+        A finished ``curated_sampling`` run.
+    """
+    from astrocurate.tracking import StepRun as Handle
+
+    record = require_run(run_id, STEP, "RUN_ID")
+    return _write_report(Handle(record.run_id, STEP, record.output_dir))
+
+
+def _write_report(run: StepRun) -> Path:
+    """Write the HTML report into the run directory and log it as artifacts."""
+    from astrocurate.report import write_report
+
+    page = write_report(run.output_dir)
+    for path in sorted(page.parent.iterdir()):
+        if path.is_file():
+            run.log_artifact(path, REPORT_DIR)
+    log.info("report: %s", page)
+    return page
+
+
+def load_sample(directory: Path | str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Read a sampling run directory: its ``sampling.json`` and curated manifest."""
+    directory = Path(directory)
+    info_path = directory / INFO
+    if not info_path.is_file():
+        raise InvalidRunError(
+            f"{directory} is not a curated_sampling run directory (no {INFO}); "
+            "make one with scripts/random_sampling.py"
+        )
+    return json.loads(info_path.read_text()), pd.read_parquet(directory / CURATED)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,373 @@
+"""Step 5, curated sampling: the stage, its outputs, exports, refusals and the Dataset.
+
+One real pipeline (synthetic survey → cutouts 32 and 64 px → merge → scattering features →
+a 2-level clustering) is built once per module; every test samples from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from astrocurate import sampling
+from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
+from astrocurate.curate import (
+    BASELINE,
+    CURATED,
+    INFO,
+    METRICS,
+    SELECTED,
+    SamplingOptions,
+    curated_sample,
+    sample_metrics,
+)
+from astrocurate.cutout_store import CutoutReader, read_manifest
+from astrocurate.cutouts import CutoutOptions, make_cutouts
+from astrocurate.dataset import CuratedDataset
+from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
+from astrocurate.features import extract_features
+from astrocurate.merge import merge_cutouts
+from astrocurate.survey import make_survey
+from astrocurate.tracking import client, get_run
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = {
+    "n_clusters": [12, 4],
+    "n_iters": [10, 10],
+    "n_resampling_steps": [2, 2],
+    "sample_size": [6, 3],
+    "sampling_strategy": ["r", "r"],
+    "ngpus_per_node": 0,
+    "device": "cpu",
+}
+
+
+class Pipeline:
+    """IDs and directories of the module's pipeline runs."""
+
+    def __init__(self, work: Path) -> None:
+        survey = make_survey(work / "survey", n_mosaics=2, mosaic_size=256, seed=5)
+        outputs = work / "outputs"
+        cut = [make_cutouts(survey.output_dir, outputs, CutoutOptions(w)) for w in (32, 64)]
+        self.merged = merge_cutouts([c.run_id for c in cut])
+        self.features = extract_features(self.merged.run_id, progress=False)
+        config = ClusteringConfig.from_mapping(CONFIG)
+        self.prepared = prepare_clustering(self.features.run_id, config)
+        run_clustering(self.prepared.directory)
+        self.clustering_id = self.prepared.run_id
+        self.manifest = read_manifest(self.merged.output_dir)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tracking_db: str, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("curate")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"test-{uuid.uuid4().hex[:12]}")
+        patch.setenv("ASTROCURATE_DATA_DIR", str(work / "outputs"))
+        patch.chdir(work)
+        yield Pipeline(work)
+
+
+def sample(pipeline: Pipeline, num_samples: int, **options) -> Path:
+    """Sample without a report (the report has its own tests) and return the run directory."""
+    force = options.pop("force", False)
+    run = curated_sample(
+        pipeline.clustering_id,
+        SamplingOptions(num_samples, **options),
+        force=force,
+        report=False,
+    )
+    return run.output_dir
+
+
+def clusters(pipeline: Pipeline) -> list[np.ndarray]:
+    """Cluster of every pool point per level, and the level-1 squared distances."""
+    directory = pipeline.prepared.directory
+    return [np.load(directory / f"level_{lvl}" / "point_labels.npy") for lvl in (1, 2)]
+
+
+# --------------------------------------------------------------------------- selection
+
+
+def test_sample_has_exact_size_distinct_rows_and_cluster_columns(pipeline) -> None:
+    out = sample(pipeline, 40)
+    selected = np.load(out / SELECTED)
+    curated = pd.read_parquet(out / CURATED)
+    assert selected.size == 40 and np.unique(selected).size == 40
+    assert (np.diff(selected) > 0).all()
+    assert curated["cutout_id"].tolist() == selected.tolist()
+    labels = clusters(pipeline)
+    assert curated["cluster_l1"].tolist() == labels[0][selected].tolist()
+    assert curated["cluster_l2"].tolist() == labels[1][selected].tolist()
+    manifest = pipeline.manifest.iloc[selected].reset_index(drop=True)
+    pd.testing.assert_frame_equal(curated[manifest.columns], manifest)
+    assert set(curated["truth_class"]) <= {"empty", "point", "double", "diffuse", "artefact"}
+    info = json.loads((out / INFO).read_text())
+    assert info["pool_size"] == len(pipeline.manifest) and info["level"] == 2
+
+
+def test_top_level_allocation_follows_the_largest_t_rule(pipeline) -> None:
+    budget = 30
+    out = sample(pipeline, budget)
+    top = clusters(pipeline)[1]
+    sizes = np.bincount(top)
+    got = np.bincount(top[np.load(out / SELECTED)], minlength=sizes.size)
+    t = max(t for t in range(budget + 1) if np.minimum(sizes, t).sum() <= budget)
+    base = np.minimum(sizes, t)
+    extra = got - base
+    assert got.sum() == budget
+    assert set(extra.tolist()) <= {0, 1}
+    assert (extra[sizes <= t] == 0).all()  # small clusters give everything, no more
+
+
+def test_level_one_sampling_balances_the_finer_clusters(pipeline) -> None:
+    budget = 36
+    out = sample(pipeline, budget, level=1)
+    fine = clusters(pipeline)[0]
+    sizes = np.bincount(fine)
+    got = np.bincount(fine[np.load(out / SELECTED)], minlength=sizes.size)
+    t = max(t for t in range(budget + 1) if np.minimum(sizes, t).sum() <= budget)
+    assert ((got == np.minimum(sizes, t)) | (got == t + 1)).all()
+    assert json.loads((out / INFO).read_text())["level"] == 1
+
+
+def test_same_seed_same_sample_other_seed_other_sample(pipeline) -> None:
+    first = np.load(sample(pipeline, 25, seed=7) / SELECTED)
+    again = np.load(sample(pipeline, 25, seed=7, force=True) / SELECTED)
+    other = np.load(sample(pipeline, 25, seed=8) / SELECTED)
+    assert first.tolist() == again.tolist()
+    assert first.tolist() != other.tolist()
+
+
+def test_a_rerun_reuses_the_finished_run(pipeline) -> None:
+    options = SamplingOptions(22, seed=3)
+    first = curated_sample(pipeline.clustering_id, options, report=False)
+    second = curated_sample(pipeline.clustering_id, options, report=False)
+    assert second.reused and second.run_id == first.run_id
+
+
+@pytest.mark.parametrize("strategy", ["c", "f"])
+def test_closest_and_farthest_take_the_extremes_of_each_level_one_cluster(
+    pipeline, strategy
+) -> None:
+    directory = pipeline.prepared.directory / "level_1"
+    members = np.load(directory / "members.npy")
+    distances = np.empty(members.size)
+    distances[members] = np.load(directory / "distances.npy")
+    selected = np.load(sample(pipeline, 30, strategy=strategy) / SELECTED)
+    fine = clusters(pipeline)[0]
+    for cluster in np.unique(fine[selected]):
+        inside = np.flatnonzero(fine == cluster)
+        chosen = np.intersect1d(inside, selected)
+        rest = np.setdiff1d(inside, chosen)
+        if rest.size:
+            if strategy == "c":
+                assert distances[chosen].max() <= distances[rest].min()
+            else:
+                assert distances[chosen].min() >= distances[rest].max()
+
+
+def test_random_baseline_goes_through_the_same_outputs(pipeline) -> None:
+    out = sample(pipeline, 30, baseline="random")
+    selected = np.load(out / SELECTED)
+    assert selected.tolist() == np.load(out / BASELINE).tolist()
+    balanced = np.load(sample(pipeline, 30) / BASELINE)
+    assert balanced.tolist() == selected.tolist()  # same seed: the same random baseline
+    metrics = json.loads((out / METRICS).read_text())
+    assert metrics["level_2_entropy_curated"] == metrics["level_2_entropy_random"]
+
+
+def test_more_than_the_pool_takes_the_whole_pool_with_a_warning(pipeline, caplog) -> None:
+    n = len(pipeline.manifest)
+    with caplog.at_level(logging.WARNING, logger="astrocurate"):
+        out = sample(pipeline, n + 100)
+    assert np.load(out / SELECTED).tolist() == list(range(n))
+    assert "more than the" in caplog.text
+
+
+def test_metrics_compare_pool_curated_and_random(pipeline) -> None:
+    run = curated_sample(pipeline.clustering_id, SamplingOptions(30), report=False)
+    metrics = json.loads((run.output_dir / METRICS).read_text())
+    logged = client().get_run(run.run_id).data.metrics
+    for lvl in (1, 2):
+        for kind in ("pool", "curated", "random"):
+            assert 0.0 <= metrics[f"level_{lvl}_entropy_{kind}"] <= 1.0
+            assert logged[f"level_{lvl}_entropy_{kind}"] == pytest.approx(
+                metrics[f"level_{lvl}_entropy_{kind}"]
+            )
+    # balanced over the top clusters: more even than the pool there
+    assert metrics["level_2_entropy_curated"] > metrics["level_2_entropy_pool"]
+    assert {"class_entropy_pool", "class_entropy_curated", "class_entropy_random"} <= set(metrics)
+    assert any(k.startswith("class_enrichment_") for k in metrics)
+    assert logged["n_selected"] == 30
+
+
+def test_sample_metrics_by_hand() -> None:
+    top = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    truth = np.array(["a", "a", "a", "a", "a", "a", "b", "b"])
+    chosen, baseline = np.array([0, 6, 7, 1]), np.array([0, 1, 2, 3])
+    metrics = sample_metrics([top], chosen, baseline, truth)
+    assert metrics["level_1_entropy_curated"] == pytest.approx(1.0)
+    assert metrics["level_1_entropy_random"] == pytest.approx(0.0)
+    assert metrics["level_1_largest_share_pool"] == pytest.approx(0.75)
+    assert metrics["class_share_b_curated"] == pytest.approx(0.5)
+    assert metrics["class_enrichment_b"] == pytest.approx(0.5 / 0.25)
+    assert metrics["class_enrichment_random_b"] == pytest.approx(0.0)
+    assert metrics["class_entropy_pool"] == pytest.approx(sampling.normalized_entropy([6, 2]))
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"num_samples": 0}, "--num-samples"),
+        ({"num_samples": -5}, "--num-samples"),
+        ({"num_samples": 10, "strategy": "x"}, "--strategy"),
+        ({"num_samples": 10, "level": 3}, "--level=3"),
+        ({"num_samples": 10, "baseline": "uniform"}, "--baseline"),
+        ({"num_samples": 10, "export": ("jpeg",)}, "--export"),
+    ],
+)
+def test_bad_options_are_refused(pipeline, options, message) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        curated_sample(pipeline.clustering_id, SamplingOptions(**options), report=False)
+
+
+def test_refuses_runs_that_are_not_finished_clusterings(pipeline) -> None:
+    with pytest.raises(InvalidRunError, match="'feature_extraction' run"):
+        curated_sample(pipeline.features.run_id, SamplingOptions(5), report=False)
+    with pytest.raises(RunNotFoundError):
+        curated_sample(uuid.uuid4().hex, SamplingOptions(5), report=False)
+    prepared = prepare_clustering(
+        pipeline.features.run_id, ClusteringConfig.from_mapping({**CONFIG, "seed": 99})
+    )
+    with pytest.raises(InvalidRunError, match="has not been run; run it: cd .* && ./run.sh"):
+        curated_sample(prepared.run_id, SamplingOptions(5), report=False)
+    client().set_terminated(prepared.run_id, status="FAILED")
+    with pytest.raises(InvalidRunError, match="is FAILED"):
+        curated_sample(prepared.run_id, SamplingOptions(5), report=False)
+
+
+def test_guide_command_and_usage_errors(pipeline) -> None:
+    script = [sys.executable, str(ROOT / "scripts" / "random_sampling.py")]
+    ok = subprocess.run(
+        [*script, "--clustering-id", pipeline.clustering_id, "--num-samples", "33", "--no-report"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    record = get_run(ok.stdout.strip())
+    assert record.step == "curated_sampling" and record.finished
+    assert record.input_run_ids == [pipeline.clustering_id]
+    assert np.load(record.output_dir / SELECTED).size == 33
+    bad = subprocess.run(
+        [*script, "--clustering-id", pipeline.clustering_id, "--num-samples", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2
+    assert "--num-samples" in bad.stderr and "expected a whole number >= 1" in bad.stderr
+
+
+# --------------------------------------------------------------------------- exports
+
+
+@pytest.fixture(scope="module")
+def exported(pipeline) -> Path:
+    return sample(pipeline, 24, export=("npy", "hdf5", "fits", "png"))
+
+
+def test_npy_export_holds_the_cutout_pixels(pipeline, exported) -> None:
+    curated = pd.read_parquet(exported / CURATED)
+    table = pd.read_parquet(exported / "export" / "npy" / "manifest.parquet")
+    reader = CutoutReader.from_directory(pipeline.merged.output_dir)
+    assert table["cutout_id"].tolist() == curated["cutout_id"].tolist()
+    for size in curated["window_size"].unique():
+        stack = np.load(exported / "export" / "npy" / f"cutouts_w{size}.npy")
+        rows = table[table["window_size"] == size]
+        assert stack.dtype == np.float32 and stack.shape == (len(rows), size, size)
+        np.testing.assert_array_equal(stack[rows["export_row"]], reader.read(rows["cutout_id"]))
+
+
+def test_hdf5_export_reads_back(pipeline, exported) -> None:
+    import h5py
+
+    curated = pd.read_parquet(exported / CURATED)
+    reader = CutoutReader.from_directory(pipeline.merged.output_dir)
+    with h5py.File(exported / "export" / "cutouts.h5") as handle:
+        for size, rows in curated.groupby("window_size"):
+            group = handle[f"w{size}"]
+            np.testing.assert_array_equal(group["images"][:], reader.read(rows["cutout_id"]))
+            assert group["cutout_id"][:].tolist() == rows["cutout_id"].tolist()
+            assert group["ra"][:] == pytest.approx(rows["ra"].to_numpy())
+
+
+def test_fits_export_carries_a_wcs_centred_on_the_cutout(pipeline, exported) -> None:
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    curated = pd.read_parquet(exported / CURATED)
+    reader = CutoutReader.from_directory(pipeline.merged.output_dir)
+    for row in curated.itertuples():
+        with fits.open(exported / "export" / "fits" / f"{row.cutout_id}.fits") as hdul:
+            image, header = hdul[0].data, hdul[0].header
+        np.testing.assert_array_equal(image, reader[row.cutout_id])
+        centre = (row.window_size - 1) / 2
+        sky = WCS(header).celestial.pixel_to_world(centre, centre).icrs
+        assert sky.ra.deg == pytest.approx(row.ra, abs=1e-7)
+        assert sky.dec.deg == pytest.approx(row.dec, abs=1e-7)
+        assert (header["X0"], header["Y0"]) == (row.x0, row.y0)
+
+
+def test_png_export_has_one_preview_per_cutout(exported) -> None:
+    from PIL import Image
+
+    curated = pd.read_parquet(exported / CURATED)
+    pngs = sorted((exported / "export" / "png").glob("*.png"))
+    assert len(pngs) == len(curated)
+    image = np.asarray(Image.open(pngs[0]))
+    assert image.dtype == np.uint8 and image.std() > 0
+    assert "asinh" in (exported / "export" / "png" / "stretch.txt").read_text()
+
+
+# --------------------------------------------------------------------------- Dataset
+
+
+def test_dataset_by_run_id_reads_the_export(pipeline, exported) -> None:
+    run_id = exported.name
+    dataset = CuratedDataset(run_id, window_size=32)
+    curated = pd.read_parquet(exported / CURATED)
+    rows = curated[curated["window_size"] == 32]
+    assert len(dataset) == len(rows)
+    reader = CutoutReader.from_directory(pipeline.merged.output_dir)
+    first = dataset[0]
+    assert first.shape == (1, 32, 32) and first.dtype == torch.float32
+    np.testing.assert_array_equal(first[0].numpy(), reader[int(rows["cutout_id"].iloc[0])])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=2)
+    batches = list(loader)
+    assert sum(len(b) for b in batches) == len(rows)
+
+
+def test_dataset_without_export_reads_the_survey_store(pipeline) -> None:
+    out = sample(pipeline, 12)
+    dataset = CuratedDataset(out, return_metadata=True, transform=lambda x: x * 2)
+    image, row = dataset[3]
+    reader = CutoutReader.from_directory(pipeline.merged.output_dir)
+    np.testing.assert_array_equal(image[0].numpy(), 2 * reader[row["cutout_id"]])
+    assert "cluster_l2" in row
+    with pytest.raises(InvalidArgumentError, match="window_size=48"):
+        CuratedDataset(out, window_size=48)

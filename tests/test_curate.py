@@ -253,7 +253,7 @@ def test_refuses_runs_that_are_not_finished_clusterings(pipeline) -> None:
     prepared = prepare_clustering(
         pipeline.features.run_id, ClusteringConfig.from_mapping({**CONFIG, "seed": 99})
     )
-    with pytest.raises(InvalidRunError, match="has not been run; run it: cd .* && ./run.sh"):
+    with pytest.raises(InvalidRunError, match=r"has not been run; run it: cd .* && \./run\.sh"):
         curated_sample(prepared.run_id, SamplingOptions(5), report=False)
     client().set_terminated(prepared.run_id, status="FAILED")
     with pytest.raises(InvalidRunError, match="is FAILED"):

@@ -1,0 +1,568 @@
+"""The sampling report (issue #6): a self-contained HTML page over a curated sampling run.
+
+A module fixture runs the real pipeline pieces on a tiny synthetic survey: cutouts of two
+window sizes (32 and 64 px), a merge, a feature run (stand-in features made from the
+cutout statistics, so no backbone is needed), a 2-level clustering over a subset of the
+rows, and a sampling run directory written to the ``curated_sampling`` contract with the
+library's balanced and random samplers. The report is then checked as files, as HTML,
+and as rendered by headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
+from astrocurate.cutout_store import read_manifest, write_parquet_atomic
+from astrocurate.cutouts import CutoutOptions, make_cutouts
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.merge import merge_cutouts
+from astrocurate.report import (
+    asinh_stretch,
+    feature_map,
+    gallery_clusters,
+    load_sampling_run,
+    manifest_rows,
+    pick_gallery_rows,
+    thumbnail_png,
+    write_report,
+)
+from astrocurate.sampling import (
+    aligned_counts,
+    balanced_sample,
+    enrichment,
+    largest_share,
+    normalized_entropy,
+    random_sample,
+)
+from astrocurate.survey import make_survey, truth_labels_for_manifest
+from astrocurate.tracking import tracked_step
+
+CHROMIUM = Path("/usr/bin/chromium")
+APT_LINE = "apt-get install -y --no-install-recommends chromium"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+NUM_SAMPLES = 60
+FIGURES = (
+    "balance_level_2.png",
+    "balance_classes.png",
+    "feature_map.png",
+    "cluster_sizes_level_1.png",
+    "cluster_sizes_level_2.png",
+)
+
+
+# ----------------------------------------------------------------------------- fixture
+
+
+def _features_from_manifest(manifest: pd.DataFrame, seed: int = 0) -> np.ndarray:
+    """Stand-in features: scaled cutout statistics plus a little noise (float32)."""
+    stats = manifest[["mean", "std", "max", "noise_mad", "peak_snr"]].to_numpy(dtype=np.float64)
+    stats = np.sign(stats) * np.log1p(np.abs(stats) * 1e4)
+    size = (manifest["window_size"].to_numpy(dtype=np.float64) / 64.0)[:, None]
+    X = np.hstack([stats, size, np.zeros((len(manifest), 2))])  # noqa: N806
+    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-9)  # noqa: N806
+    X += np.random.default_rng(seed).normal(scale=0.05, size=X.shape)  # noqa: N806
+    return X.astype(np.float32)
+
+
+def _feature_run(merged_run_id: str, X: np.ndarray) -> str:  # noqa: N803
+    """Record a ``feature_extraction`` run holding ``X`` (what step 3 writes)."""
+    with tracked_step(
+        "feature_extraction", {"rows": len(X)}, input_run_ids=[merged_run_id], force=True
+    ) as run:
+        np.save(run.output_dir / "features.npy", X)
+        sidecar = {"model": "stats", "n_rows": len(X), "dim": X.shape[1], "dtype": "float32"}
+        (run.output_dir / "features.json").write_text(json.dumps(sidecar))
+    return run.run_id
+
+
+def _cluster(features_id: str, subset: Path) -> tuple[Path, str]:
+    """A finished 2-level clustering over the rows listed in ``subset``."""
+    config = ClusteringConfig.from_mapping(
+        {
+            "n_clusters": [14, 4],
+            "n_iters": [10, 10],
+            "n_resampling_steps": [2, 1],
+            "sample_size": [4, 2],
+            "sampling_strategy": ["r", "r"],
+            "subset_indices_path": str(subset),
+            "checkpoint_period": 600,
+            "ngpus_per_node": 0,
+            "device": "cpu",
+        }
+    )
+    prepared = prepare_clustering(features_id, config)
+    run_clustering(prepared.directory)
+    return prepared.directory, prepared.run_id
+
+
+def _metrics(labels: dict[str, np.ndarray], prefix: str) -> dict[str, float]:
+    """Entropy and largest share of each set's histogram over the pool's categories."""
+    out = {}
+    for name, values in labels.items():
+        _, pool_counts, counts = aligned_counts(labels["pool"], values)
+        out[f"{prefix}_entropy_{name}"] = normalized_entropy(counts, n_categories=len(pool_counts))
+        out[f"{prefix}_largest_share_{name}"] = largest_share(counts)
+    return out
+
+
+def _class_metrics(classes: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {}
+    for name, values in classes.items():
+        categories, pool_counts, counts = aligned_counts(classes["pool"], values)
+        out[f"class_entropy_{name}"] = normalized_entropy(counts, n_categories=len(pool_counts))
+        for category, count in zip(categories, counts, strict=True):
+            out[f"class_share_{category}_{name}"] = float(count / counts.sum())
+    for category, value in enrichment(classes["pool"], classes["curated"]).items():
+        out[f"class_enrichment_{category}"] = float(value)
+    return out
+
+
+def _write_sampling_dir(
+    directory: Path, clustering_dir: Path, clustering_id: str, features_dir: Path, merged_dir: Path
+) -> None:
+    """Write a sampling run directory to the ``curated_sampling`` contract."""
+    from astrocurate.clustering import load_clustering
+
+    outputs = load_clustering(clustering_dir)
+    pool = np.asarray(outputs.input_indices)
+    per_level = [np.asarray(level["point_labels"])[pool] for level in outputs.levels]
+    positions = balanced_sample(per_level, NUM_SAMPLES, strategy="r", level=1, random_state=7)
+    selected = np.sort(pool[positions])
+    baseline = np.sort(pool[random_sample(len(pool), NUM_SAMPLES, random_state=7)])
+    manifest = read_manifest(merged_dir)
+    truth = np.asarray(truth_labels_for_manifest(manifest)).astype(str)
+    top = np.asarray(outputs.levels[1]["point_labels"])
+    metrics = _metrics(
+        {"pool": top[pool], "random": top[baseline], "curated": top[selected]}, "level_2"
+    )
+    metrics |= _class_metrics(
+        {"pool": truth[pool], "random": truth[baseline], "curated": truth[selected]}
+    )
+    curated = manifest.iloc[selected].reset_index(drop=True)
+    for level, labels in enumerate(outputs.levels, start=1):
+        curated[f"cluster_l{level}"] = np.asarray(labels["point_labels"])[selected]
+    curated["truth_class"] = truth[selected]
+    directory.mkdir(parents=True)
+    np.save(directory / "selected.npy", selected)
+    np.save(directory / "baseline_random.npy", baseline)
+    write_parquet_atomic(curated, directory / "curated.parquet")
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    params = {
+        "clustering_run_id": clustering_id,
+        "clustering_dir": str(clustering_dir),
+        "features_dir": str(features_dir),
+        "merged_dir": str(merged_dir),
+        "num_samples": NUM_SAMPLES,
+        "strategy": "r",
+        "level": 2,
+        "baseline": "random",
+        "seed": 7,
+        "n_levels": 2,
+        "pool_size": len(pool),
+    }
+    (directory / "sampling.json").write_text(json.dumps(params, indent=1))
+
+
+@pytest.fixture(scope="module")
+def sampling_dir(tmp_path_factory: pytest.TempPathFactory, tracking_db: str) -> Path:
+    """A sampling run directory over the real pipeline outputs of a tiny survey."""
+    work = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"report-{uuid.uuid4().hex[:8]}")
+        patch.setenv("ASTROCURATE_DATA_DIR", str(work / "outputs"))
+        patch.chdir(work)
+        survey = make_survey(work / "survey", n_mosaics=2, mosaic_size=256, seed=11)
+        cuts = [
+            make_cutouts(survey.output_dir, work / "out", CutoutOptions(size), workers=1)
+            for size in (32, 64)
+        ]
+        merged = merge_cutouts([c.run_id for c in cuts])
+        manifest = read_manifest(merged.output_dir)
+        features_id = _feature_run(merged.run_id, _features_from_manifest(manifest))
+        features_dir = work / "outputs" / "feature_extraction" / features_id
+        subset = work / "subset.npy"  # a pool smaller than the survey: -1 labels exist
+        rng = np.random.default_rng(3)
+        np.save(
+            subset, np.sort(rng.choice(len(manifest), int(0.85 * len(manifest)), replace=False))
+        )
+        clustering_dir, clustering_id = _cluster(features_id, subset)
+    directory = work / "outputs" / "curated_sampling" / "fake-run"
+    _write_sampling_dir(directory, clustering_dir, clustering_id, features_dir, merged.output_dir)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def report(sampling_dir: Path) -> Path:
+    """The report written with small gallery and map settings."""
+    return write_report(sampling_dir, max_points=300, gallery_size=8, projection="pca")
+
+
+@pytest.fixture
+def copy_of(sampling_dir: Path, tmp_path: Path):
+    """Copy the sampling directory's own (small) files, to alter them in one test."""
+
+    def make() -> Path:
+        target = tmp_path / "sampling"
+        target.mkdir()
+        for name in (
+            "sampling.json",
+            "selected.npy",
+            "baseline_random.npy",
+            "curated.parquet",
+            "metrics.json",
+        ):
+            shutil.copy(sampling_dir / name, target / name)
+        return target
+
+    return make
+
+
+def _images(page: str) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in DATA_URI.findall(page)]
+
+
+# ----------------------------------------------------------------------------- files and HTML
+
+
+def test_report_writes_page_and_figures_atomically(sampling_dir: Path, report: Path) -> None:
+    assert report == sampling_dir / "report" / "index.html"
+    names = sorted(p.name for p in report.parent.iterdir())
+    assert names == sorted([*FIGURES, "index.html"])
+    assert not [p for p in sampling_dir.iterdir() if p.name.startswith(".report")]
+    for name in FIGURES:
+        data = (report.parent / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        width, height = Image.open(io.BytesIO(data)).size
+        assert width >= 600 and height >= 300, name
+    total = sum(p.stat().st_size for p in report.parent.iterdir())
+    assert total < 3_000_000
+
+
+def test_page_is_self_contained(report: Path) -> None:
+    page = report.read_text()
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "<link" not in page
+    for image in _images(page):
+        image.load()  # raises on a corrupt PNG
+    figures = {Path(p).name for p in re.findall(r'href="([^"]+\.png)"', page)}
+    assert figures == set(FIGURES)
+
+
+def test_header_shows_parameters_and_metrics(sampling_dir: Path, report: Path) -> None:
+    page = report.read_text()
+    metrics = json.loads((sampling_dir / "metrics.json").read_text())
+    params = json.loads((sampling_dir / "sampling.json").read_text())
+    for key in ("num_samples", "strategy", "seed", "clustering_run_id"):
+        assert f"<td>{key}</td><td>{params[key]}</td>" in page
+    for name in ("pool", "random", "curated"):
+        assert f"{metrics[f'level_2_entropy_{name}']:.3f}" in page
+        assert f"{metrics[f'class_entropy_{name}']:.3f}" in page
+    assert f"{params['pool_size']:,}" in page and f"<td>{NUM_SAMPLES:,}</td>" in page
+
+
+def test_galleries_show_largest_and_smallest_clusters_and_mark_curated(
+    sampling_dir: Path, report: Path
+) -> None:
+    run = load_sampling_run(sampling_dir)
+    top = np.asarray(run.point_labels[1])
+    pool = np.bincount(top[top >= 0], minlength=run.n_clusters[1])
+    page = report.read_text()
+    heads = re.findall(
+        r"<h3>(largest|smallest) #(\d+): level-2 cluster (\d+) — ([\d,]+) pool points, "
+        r"([\d,]+) curated</h3>",
+        page,
+    )
+    assert heads, "no gallery headings"
+    order = np.lexsort((np.arange(len(pool)), -pool))
+    order = order[pool[order] > 0]
+    expected = [int(c) for c in order[:3]] + [int(c) for c in order[3:][::-1][:3]]
+    assert [int(h[2]) for h in heads] == expected
+    selected = set(run.selected.tolist())
+    thumbs = re.findall(
+        r'<figure class="(thumb(?: curated)?)"><img src="data:image/png;base64,([^"]+)" '
+        r'alt="cutout (\d+)[^"]*" title="#\d+ · (\d+)px',
+        page,
+    )
+    assert len(thumbs) == sum(min(8, pool[int(h[2])]) for h in heads)
+    assert any(css == "thumb curated" for css, *_ in thumbs)
+    assert any(css == "thumb" for css, *_ in thumbs)
+    sizes = set()
+    for css, data, cutout, window in thumbs:
+        assert (css == "thumb curated") == (int(cutout) in selected)
+        assert top[int(cutout)] in {int(h[2]) for h in heads}
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert image.size == (int(window), int(window)) and image.mode == "L"
+        sizes.add(int(window))
+    for _kind, _, cluster, n_pool, n_curated in heads:
+        assert int(n_pool.replace(",", "")) == pool[int(cluster)]
+        assert int(n_curated.replace(",", "")) == int(
+            np.isin(np.flatnonzero(top == int(cluster)), run.selected).sum()
+        )
+    assert sizes <= {32, 64}
+
+
+def test_report_is_reproducible_and_replaced_in_place(sampling_dir: Path, report: Path) -> None:
+    first = report.read_bytes()
+    again = write_report(sampling_dir, max_points=300, gallery_size=8, projection="pca")
+    assert again == report and again.read_bytes() == first
+    assert not [p for p in sampling_dir.iterdir() if p.name.startswith(".report")]
+    other = write_report(
+        sampling_dir, max_points=300, gallery_size=8, projection="pca", random_state=5
+    )
+    assert other.read_bytes() != first
+    write_report(sampling_dir, max_points=300, gallery_size=8, projection="pca")  # restore
+
+
+def test_entropies_come_from_metrics_json(copy_of) -> None:
+    directory = copy_of()
+    metrics = json.loads((directory / "metrics.json").read_text())
+    metrics["level_2_entropy_curated"] = 0.123456
+    metrics["class_entropy_random"] = 0.654321
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report(directory, max_points=100, gallery_size=2, projection="pca").read_text()
+    assert "0.123" in page and "0.654" in page
+
+
+def test_without_truth_classes_there_is_no_class_histogram(copy_of) -> None:
+    directory = copy_of()
+    metrics = json.loads((directory / "metrics.json").read_text())
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("class_")}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    curated = pd.read_parquet(directory / "curated.parquet").drop(columns="truth_class")
+    curated.to_parquet(directory / "curated.parquet")
+    path = write_report(directory, max_points=100, gallery_size=2, projection="pca")
+    assert not (path.parent / "balance_classes.png").exists()
+    assert "Truth classes" not in path.read_text()
+    assert (path.parent / "balance_level_2.png").is_file()
+
+
+def test_class_shares_are_computed_when_metrics_lack_them(sampling_dir: Path, copy_of) -> None:
+    directory = copy_of()
+    metrics = json.loads((directory / "metrics.json").read_text())
+    logged = {k: v for k, v in metrics.items() if k.startswith("class_entropy_")}
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("class_")}
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+    page = write_report(directory, max_points=100, gallery_size=2, projection="pca").read_text()
+    assert (directory / "report" / "balance_classes.png").is_file()
+    for name in ("pool", "random", "curated"):
+        assert f"{logged[f'class_entropy_{name}']:.3f}" in page
+
+
+def test_feature_map_subsamples_to_max_points(sampling_dir: Path) -> None:
+    run = load_sampling_run(sampling_dir)
+    rng = np.random.default_rng(0)
+    small = feature_map(run, max_points=40, projection="pca", rng=rng)
+    assert small.pool_xy.shape == (40, 2) and small.curated_xy.shape == (10, 2)
+    assert small.method == "PCA" and np.isfinite(small.pool_xy).all()
+    assert set(small.pool_labels.tolist()) <= set(range(run.n_clusters[1]))
+    full = feature_map(run, max_points=10**6, projection="pca", rng=rng)
+    assert len(full.pool_xy) == run.n_pool and len(full.curated_xy) == len(run.selected)
+    assert full.explained is not None and full.explained[0] >= full.explained[1] > 0
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_write_report_rejects_bad_arguments(sampling_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="max_points"):
+        write_report(sampling_dir, max_points=0)
+    with pytest.raises(InvalidArgumentError, match="gallery_size"):
+        write_report(sampling_dir, gallery_size=-1)
+    with pytest.raises(InvalidArgumentError, match="projection"):
+        write_report(sampling_dir, projection="tsne")
+    with pytest.raises(InvalidRunError, match=r"sampling\.json"):
+        write_report(tmp_path)
+
+
+def test_umap_without_the_package_is_refused(sampling_dir: Path, monkeypatch) -> None:
+    import astrocurate.report as report_module
+
+    monkeypatch.setattr(report_module, "_umap_available", lambda: False)
+    with pytest.raises(InvalidArgumentError, match="umap-learn"):
+        write_report(sampling_dir, projection="umap")
+
+
+def test_samples_outside_the_pool_are_refused(copy_of) -> None:
+    directory = copy_of()
+    run = load_sampling_run(directory)
+    outside = np.flatnonzero(np.asarray(run.point_labels[0]) < 0)
+    assert len(outside)
+    np.save(directory / "selected.npy", np.sort(np.r_[run.selected[1:], outside[0]]))
+    with pytest.raises(InvalidRunError, match="outside the clustering's pool"):
+        load_sampling_run(directory)
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def test_asinh_stretch() -> None:
+    image = np.linspace(0.0, 1.0, 10_000).reshape(100, 100)
+    grey = asinh_stretch(image, percentiles=(0.0, 100.0), softening=10.0)
+    assert grey.dtype == np.uint8 and grey[0, 0] == 0 and grey[-1, -1] == 255
+    assert (np.diff(grey.ravel().astype(int)) >= 0).all()
+    middle = int(grey.ravel()[5000])  # asinh lifts the faint end above linear
+    assert middle == round(255 * np.arcsinh(5.0) / np.arcsinh(10.0))
+    assert not asinh_stretch(np.full((8, 8), 3.0)).any()
+    holes = image.copy()
+    holes[:10] = np.nan
+    assert not asinh_stretch(holes)[:10].any() and asinh_stretch(holes)[-1, -1] == 255
+    assert not asinh_stretch(np.full((4, 4), np.nan)).any()
+
+
+def test_thumbnail_png_sizes_and_orientation() -> None:
+    image = np.zeros((128, 128), dtype=np.float32)
+    image[:16, :16] = 1.0  # first numpy rows: the bottom of a FITS-style display
+    big = Image.open(io.BytesIO(thumbnail_png(image)))
+    assert big.size == (64, 64) and big.mode == "L"
+    pixels = np.asarray(big)
+    assert pixels[-1, 0] == 255 and pixels[0, 0] == 0
+    small = Image.open(io.BytesIO(thumbnail_png(image[:32, :32])))
+    assert small.size == (32, 32)
+
+
+def test_gallery_clusters_by_hand() -> None:
+    counts = np.array([5, 0, 9, 1, 9, 3])
+    assert gallery_clusters(counts, 2) == [
+        ("largest", 1, 2),
+        ("largest", 2, 4),
+        ("smallest", 5, 3),
+        ("smallest", 4, 5),
+    ]
+    assert gallery_clusters(counts, 3) == [
+        ("largest", 1, 2),
+        ("largest", 2, 4),
+        ("largest", 3, 0),
+        ("smallest", 5, 3),
+        ("smallest", 4, 5),
+    ]
+    assert gallery_clusters(np.array([0, 2]), 3) == [("largest", 1, 1)]
+
+
+def test_pick_gallery_rows_mixes_curated_and_others() -> None:
+    rng = np.random.default_rng(0)
+    members = np.arange(100, 140)
+    selected = np.array([3, 101, 105, 120, 139, 500])
+    rows, curated = pick_gallery_rows(members, selected, 6, rng)
+    assert len(rows) == 6 and len(set(rows.tolist())) == 6 and set(rows) <= set(members)
+    assert curated.tolist() == [True, True, True, False, False, False]
+    assert np.isin(rows[curated], selected).all() and not np.isin(rows[~curated], selected).any()
+    rows, curated = pick_gallery_rows(np.array([101, 102]), selected, 6, rng)
+    assert rows.tolist() == [101, 102] and curated.tolist() == [True, False]
+    rows, curated = pick_gallery_rows(np.array([101, 105, 120, 121]), selected, 4, rng)
+    assert sorted(rows.tolist()) == [101, 105, 120, 121] and curated.sum() == 3
+
+
+@pytest.mark.parametrize("batch_rows", [3, 65536])
+def test_manifest_rows_reads_row_groups_in_any_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    import astrocurate.report as report_module
+
+    monkeypatch.setattr(report_module, "_BATCH_ROWS", batch_rows)
+    table = pd.DataFrame(
+        {
+            "cutout_id": np.arange(50),
+            "x0": np.arange(50) * 3,
+            "f": [f"/a/{i % 4}" for i in range(50)],
+        }
+    )
+    pq.write_table(pa.Table.from_pandas(table), tmp_path / "manifest.parquet", row_group_size=7)
+    rows = np.array([49, 0, 13, 14, 6, 7])
+    out = manifest_rows(tmp_path, rows, ("cutout_id", "x0", "f", "not_there"))
+    assert list(out.columns) == ["cutout_id", "x0", "f"]
+    assert out["cutout_id"].tolist() == rows.tolist() and (out["x0"] == rows * 3).all()
+    assert out["f"].tolist() == [f"/a/{i % 4}" for i in rows]
+    assert len(manifest_rows(tmp_path, [], ("x0",))) == 0
+    with pytest.raises(InvalidRunError, match="out of range"):
+        manifest_rows(tmp_path, [50], ("x0",))
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+def _chromium_available() -> bool:
+    if CHROMIUM.is_file():
+        return True
+    if shutil.which("apt-get") is None:
+        return False
+    subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
+    return CHROMIUM.is_file()
+
+
+def _chromium(page: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run headless Chromium on ``page`` with a fresh profile, removed afterwards."""
+    profile = Path(tempfile.mkdtemp(prefix="chromium-profile-"))
+    command = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+        "--window-size=1280,2000", *args, page.resolve().as_uri(),
+    ]  # fmt: skip
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _rendered_body(page: Path) -> str:
+    result = _chromium(page, "--virtual-time-budget=5000", "--dump-dom")
+    match = re.search(r"<body[^>]*>", result.stdout)
+    assert match, f"no DOM from chromium (rc {result.returncode}): {result.stderr[-2000:]}"
+    return match.group(0)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    if not _chromium_available():
+        pytest.skip(f"/usr/bin/chromium is missing and could not be installed ({APT_LINE})")
+    return CHROMIUM
+
+
+def test_chromium_renders_every_image(report: Path, chromium: Path, tmp_path: Path) -> None:
+    body = _rendered_body(report)
+    n_images = len(re.findall(r"<img\s", report.read_text()))
+    assert f'data-images="{n_images}"' in body
+    assert 'data-images-ok="true"' in body and 'data-images-broken="0"' in body
+    shot = tmp_path / "shot.png"
+    result = _chromium(report, "--hide-scrollbars", f"--screenshot={shot}")
+    assert shot.is_file(), result.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (2000, 1280)
+    assert pixels.std() > 10  # a blank or single-colour page has ~0
+    assert (pixels < 64).mean() > 0.005  # dark pixels: text, figure lines, cutouts
+
+
+def test_chromium_check_catches_a_broken_image(
+    report: Path, chromium: Path, tmp_path: Path
+) -> None:
+    page = report.read_text()
+    broken = DATA_URI.sub('src="data:image/png;base64,AAAA"', page, count=1)
+    path = tmp_path / "broken.html"
+    path.write_text(broken)
+    body = _rendered_body(path)
+    assert 'data-images-ok="false"' in body and 'data-images-broken="1"' in body

@@ -358,3 +358,82 @@ def test_refuses_a_cutout_run_with_missing_outputs(store, finished_cut, capsys, 
     assert status == 1
     _assert_one_line_error(err, lost)
     assert _no_merge_runs()
+
+
+def _layout(rng: np.random.Generator, n_mosaics: int = 9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Overlapping mosaics on a 3x3 grid of pointings, each with a jittered grid of cutouts."""
+    centres_ra = 30.0 + 0.02 * (np.arange(n_mosaics) % 3)
+    centres_dec = 40.0 + 0.02 * (np.arange(n_mosaics) // 3)
+    rows = []
+    for m in range(n_mosaics):
+        offsets = np.arange(-12, 13) * 0.0012
+        dra, ddec = (a.ravel() for a in np.meshgrid(offsets, offsets))
+        jitter = rng.normal(0, 2e-5, (2, dra.size))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "window_size": 40,
+                    "mosaic_path": f"m{m}",
+                    "x0": np.tile(np.arange(25), 25) * 20,
+                    "y0": np.repeat(np.arange(25), 25) * 20,
+                    "ra": centres_ra[m] + (dra + jitter[0]) / np.cos(np.radians(40)),
+                    "dec": centres_dec[m] + ddec + jitter[1],
+                    "pixel_scale_arcsec": 0.216,
+                }
+            )
+        )
+    mosaics = pd.DataFrame(
+        {"mosaic_path": [f"m{m}" for m in range(n_mosaics)], "centre_ra": centres_ra}
+    ).assign(centre_dec=centres_dec)
+    return pd.concat(rows, ignore_index=True), mosaics
+
+
+def test_prefilter_misses_no_same_sky_pair(monkeypatch) -> None:
+    """The mask equals the one found without pre-filtering (every cutout a candidate)."""
+    import pyarrow as pa
+
+    from astrocurate import merge
+    from astrocurate.merge import sky_duplicates_mask
+
+    cutouts, mosaics = _layout(np.random.default_rng(3))
+    keep = sky_duplicates_mask(cutouts, mosaics, {40: 20})
+    assert 0 < (~keep).sum() < len(keep) // 2
+    as_arrow = sky_duplicates_mask(pa.Table.from_pandas(cutouts), mosaics, {40: 20})
+    np.testing.assert_array_equal(as_arrow, keep)
+    filtered = merge._near_another_mosaic
+    monkeypatch.setattr(merge, "_near_another_mosaic", lambda sky, r: np.ones(len(sky.codes), bool))
+    np.testing.assert_array_equal(sky_duplicates_mask(cutouts, mosaics, {40: 20}), keep)
+    monkeypatch.setattr(merge, "_near_another_mosaic", filtered)
+    unknown = mosaics.assign(centre_ra=mosaics["centre_ra"].where(mosaics.index != 4))
+    for mask in (keep, sky_duplicates_mask(cutouts, unknown, {40: 20})):
+        kept = cutouts[mask]
+        points = _unit(kept["ra"].to_numpy(), kept["dec"].to_numpy())
+        codes = pd.factorize(kept["mosaic_path"])[0]
+        assert not len(_brute_force_pairs(points, codes, np.radians(10 * 0.216 / 3600)))
+
+
+def test_prefilter_skips_cutouts_far_from_other_mosaics() -> None:
+    from astrocurate import merge
+
+    cutouts, mosaics = _layout(np.random.default_rng(4), n_mosaics=3)  # one row of 3
+    codes, _ = merge._path_codes(cutouts["mosaic_path"])
+    centre = merge._unit_vectors(mosaics["centre_ra"].to_numpy(), mosaics["centre_dec"].to_numpy())
+    sky = merge._Sky(
+        merge._unit_vectors(cutouts["ra"].to_numpy(), cutouts["dec"].to_numpy()),
+        codes,
+        centre,
+        cutouts["x0"].to_numpy(),
+        cutouts["y0"].to_numpy(),
+    )
+    radius = np.radians(0.5 * 20 * 0.216 / 3600)
+    candidate = merge._near_another_mosaic(sky, radius)
+    assert 0 < candidate.sum() < len(candidate)
+    pairs = _brute_force_pairs(sky.points, codes, radius)
+    assert candidate[pairs.ravel()].all()
+
+
+def _brute_force_pairs(points: np.ndarray, codes: np.ndarray, radius: float) -> np.ndarray:
+    """Every pair of cutouts of different mosaics within ``radius`` (radians)."""
+    cosine = np.clip(points @ points.T, -1, 1)
+    close = (np.arccos(cosine) <= radius) & (codes[:, None] != codes[None, :])
+    return np.argwhere(np.triu(close, 1))

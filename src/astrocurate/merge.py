@@ -17,25 +17,36 @@ different mosaics lie within half a stride of each other, and every dropped
 cutout has a kept cutout of the same sky from another mosaic, so no sky is lost.
 Window sizes are never de-duplicated against each other; cutouts without sky
 positions are always kept.
+
+Speed: tables are read, joined, filtered and written with pyarrow (no pandas
+copies of millions of rows). Same-sky pairs are searched only among cutouts near
+another mosaic: a mosaic reaches as far from its centre as its farthest cutout,
+and a cutout is a candidate only if it lies within half a stride of the reach of
+another mosaic that can overlap its own. The tie-break order is computed only
+for cutouts that have a same-sky partner.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from astrocurate import windows
 from astrocurate.cutout_store import (
     MANIFEST,
+    MANIFEST_COLUMNS,
     MANIFEST_TYPES,
     MOSAICS,
     CutoutStoreError,
-    read_manifest,
     write_parquet_atomic,
 )
 from astrocurate.errors import InvalidArgumentError
@@ -91,7 +102,7 @@ def merge_cutouts(
     tables = [_source_table(r) for r in runs]
     mosaics = pd.concat([_source_mosaics(r) for r in runs], ignore_index=True)
     if dedup_sky is None:
-        dedup_sky = any(t["ra"].notna().any() for t in tables)
+        dedup_sky = any(_has_sky(t) for t in tables)
     root = Path(output_path).resolve() if output_path else runs[0].output_dir.parent.parent
     params = {
         "cutouts_id": [r.run_id for r in runs],
@@ -101,42 +112,107 @@ def merge_cutouts(
     with tracked_step(STEP, params, input_run_ids=ids, output_root=root, force=force) as run:
         if run.reused:
             return run
-        merged = pd.concat(tables, ignore_index=True)
-        n_before = len(merged)
+        merged = pa.concat_tables(tables).unify_dictionaries()
+        n_before = merged.num_rows
         if dedup_sky:
             keep = sky_duplicates_mask(merged, mosaics, _strides(runs))
-            merged = merged[keep].reset_index(drop=True)
-        merged.insert(0, "cutout_id", np.arange(len(merged), dtype=np.int64))
+            merged = merged.filter(pa.array(keep))
+        ids_column = pa.array(np.arange(merged.num_rows, dtype=np.int64))
+        merged = merged.add_column(0, pa.field("cutout_id", pa.int64()), ids_column)
         write_parquet_atomic(mosaics, run.output_dir / MOSAICS)
-        write_parquet_atomic(merged, run.output_dir / MANIFEST, MERGED_TYPES)
-        per_size = merged.groupby("window_size").size()
+        _write_table_atomic(merged, run.output_dir / MANIFEST)
+        sizes, counts = np.unique(_numpy(merged["window_size"]), return_counts=True)
         run.log_metrics(
             {
-                "n_cutouts": len(merged),
+                "n_cutouts": merged.num_rows,
                 "n_inputs": len(runs),
-                "n_sky_duplicates_dropped": n_before - len(merged),
-                **{f"n_cutouts_w{int(w)}": int(n) for w, n in per_size.items()},
+                "n_sky_duplicates_dropped": n_before - merged.num_rows,
+                **{f"n_cutouts_w{int(w)}": int(n) for w, n in zip(sizes, counts, strict=True)},
             }
         )
         log.info(
             "merged %d cutout runs: %d cutouts (%d sky duplicates dropped) in %s",
             len(runs),
-            len(merged),
-            n_before - len(merged),
+            merged.num_rows,
+            n_before - merged.num_rows,
             run.output_dir,
         )
     return run
 
 
-def _source_table(record: RunRecord) -> pd.DataFrame:
-    """Read one cutout run's manifest with absolute pixel references and its provenance."""
-    table = read_manifest(record.output_dir)
-    table = table.rename(columns={"cutout_id": "source_cutout_id"})
+def _source_table(record: RunRecord) -> pa.Table:
+    """Read one cutout run's manifest with absolute pixel references and its provenance.
+
+    Returns an Arrow table with the merged manifest's columns but ``cutout_id``; text
+    columns stay dictionary-encoded (a few distinct values: one per mosaic or run), so
+    millions of rows are never turned into Python or Arrow strings one by one.
+    """
+    path = record.output_dir / MANIFEST
+    if not path.is_file():
+        raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    text = [c for c in MANIFEST_COLUMNS if MANIFEST_TYPES[c] == pa.string()]
+    table = pq.read_table(path, columns=list(MANIFEST_COLUMNS), read_dictionary=text)
+    columns = {
+        "source_run_id": _constant(record.run_id, table.num_rows),
+        "source_cutout_id": table["cutout_id"],
+        **{c: table[c] for c in MANIFEST_COLUMNS[1:]},
+    }
+    for name in text:
+        columns[name] = _dictionary(columns[name])
     base = str(record.output_dir) + "/"
-    copied = table["array_file"].notna()
-    table["array_file"] = table["array_file"].where(~copied, base + table["array_file"].astype(str))
-    table.insert(0, "source_run_id", record.run_id)
-    return table
+    columns["array_file"] = pa.chunked_array(
+        [
+            pa.DictionaryArray.from_arrays(
+                chunk.indices, pc.binary_join_element_wise(base, chunk.dictionary, "")
+            )
+            for chunk in columns["array_file"].chunks
+        ],
+        type=_TEXT_TYPE,
+    )
+    schema = pa.schema([(c, _TEXT_TYPE if c in text else MERGED_TYPES[c]) for c in columns])
+    return pa.table(columns, schema=schema)
+
+
+#: In-memory type of text columns; written to Parquet as plain strings (``store_schema``
+#: off), so readers see :data:`MERGED_TYPES`.
+_TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())
+
+
+def _dictionary(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Return a text column as ``dictionary<int32, string>``."""
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column.cast(pa.string()))
+    return column.cast(_TEXT_TYPE)
+
+
+def _constant(value: str, n: int) -> pa.ChunkedArray:
+    """Return a text column of ``n`` copies of ``value`` (dictionary-encoded)."""
+    indices = pa.array(np.zeros(n, dtype=np.int32))
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(indices, pa.array([value]))])
+
+
+def _has_sky(table: pa.Table) -> bool:
+    """Whether any cutout has a right ascension (not null, not NaN)."""
+    ra = _numpy(table["ra"])
+    return bool(ra.size and not np.isnan(ra).all())
+
+
+def _numpy(column: Any) -> np.ndarray:
+    """Return a column (Arrow, pandas or array-like) as a numpy array (nulls as NaN)."""
+    if isinstance(column, pa.ChunkedArray | pa.Array):
+        return column.to_numpy(zero_copy_only=False)
+    return np.asarray(column)
+
+
+def _write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write an Arrow table to Parquet (zstd) under a temporary name, then rename it.
+
+    Without the Arrow schema in the file, dictionary-encoded text reads back as plain
+    strings (it is stored as Parquet strings with dictionary pages either way).
+    """
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    pq.write_table(table, tmp, compression="zstd", store_schema=False)
+    os.replace(tmp, path)
 
 
 def _source_mosaics(record: RunRecord) -> pd.DataFrame:
@@ -162,18 +238,16 @@ def _strides(runs: Sequence[RunRecord]) -> dict[int, int]:
     return strides
 
 
-def sky_duplicates_mask(
-    cutouts: pd.DataFrame, mosaics: pd.DataFrame, strides: dict[int, int]
-) -> np.ndarray:
+def sky_duplicates_mask(cutouts: Any, mosaics: pd.DataFrame, strides: dict[int, int]) -> np.ndarray:
     """Return a boolean mask of the cutouts to keep after sky de-duplication.
 
     See the module notes for the rule.
 
     Parameters
     ----------
-    cutouts : DataFrame
+    cutouts : pyarrow.Table or DataFrame
         Rows with ``window_size``, ``mosaic_path``, ``x0``, ``y0``, ``ra``, ``dec``,
-        ``pixel_scale_arcsec``, and a RangeIndex.
+        ``pixel_scale_arcsec``.
     mosaics : DataFrame
         Rows with ``mosaic_path``, ``centre_ra``, ``centre_dec``.
     strides : dict of int to int
@@ -183,39 +257,162 @@ def sky_duplicates_mask(
     -------
     ndarray of bool, shape (n,)
     """
-    keep = np.ones(len(cutouts), dtype=bool)
+    sizes = _numpy(cutouts["window_size"])
+    ra = _numpy(cutouts["ra"]).astype(np.float64)
+    dec = _numpy(cutouts["dec"]).astype(np.float64)
+    scale = _numpy(cutouts["pixel_scale_arcsec"]).astype(np.float64)
+    keep = np.ones(len(sizes), dtype=bool)
+    has_sky = np.isfinite(ra) & np.isfinite(dec)
+    if not has_sky.any():
+        return keep
+    codes, names = _path_codes(cutouts["mosaic_path"])
     centres = mosaics.drop_duplicates("mosaic_path").set_index("mosaic_path")
-    for size, group in cutouts.groupby("window_size", observed=True, sort=True):
-        sky = group[np.isfinite(group["ra"]) & np.isfinite(group["dec"])]
-        if sky["mosaic_path"].nunique() < 2:
+    centre = _unit_vectors(
+        centres["centre_ra"].reindex(names).to_numpy(np.float64),
+        centres["centre_dec"].reindex(names).to_numpy(np.float64),
+    )
+    x0, y0 = _numpy(cutouts["x0"]), _numpy(cutouts["y0"])
+    for size in np.unique(sizes):
+        rows = np.flatnonzero((sizes == size) & has_sky)
+        if np.count_nonzero(np.bincount(codes[rows], minlength=len(names))) < 2:
             continue
-        scale_arcsec = float(np.nanmedian(sky["pixel_scale_arcsec"]))
-        radius_deg = 0.5 * strides[int(size)] * scale_arcsec / 3600
-        drop = _same_sky_losers(sky, centres, radius_deg)
-        keep[sky.index[drop]] = False  # cutouts has a RangeIndex
+        scale_arcsec = float(np.nanmedian(scale[rows]))
+        radius = np.radians(0.5 * strides[int(size)] * scale_arcsec / 3600)
+        sky = _Sky(_unit_vectors(ra[rows], dec[rows]), codes[rows], centre, x0[rows], y0[rows])
+        keep[rows[_same_sky_losers(sky, radius)]] = False
     return keep
 
 
-def _same_sky_losers(sky: pd.DataFrame, centres: pd.DataFrame, radius_deg: float) -> np.ndarray:
-    """Return which cutouts of one window size to drop (bool, one per row of ``sky``)."""
+class _Sky:
+    """Cutouts of one window size with sky positions, as arrays."""
+
+    def __init__(
+        self, points: np.ndarray, codes: np.ndarray, centre: np.ndarray, x0: Any, y0: Any
+    ) -> None:
+        self.points = points  # (n, 3) unit vectors of the cutout centres
+        self.codes = codes  # (n,) mosaic codes, in mosaic path order
+        self.centre = centre  # (n_mosaics, 3) unit vectors of the mosaic centres
+        self.x0, self.y0 = x0, y0
+        self.closeness = np.einsum("ij,ij->i", points, centre[codes])  # cos(dist to centre)
+
+
+def _path_codes(paths: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return (codes, names): codes index the sorted distinct mosaic paths."""
+    if isinstance(paths, pa.Array):
+        paths = pa.chunked_array([paths])
+    if isinstance(paths, pa.ChunkedArray):
+        paths = _dictionary(paths).unify_dictionaries()
+        chunks = paths.chunks
+        if not chunks:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=object)
+        names = np.asarray(chunks[0].dictionary.to_pylist(), dtype=object)
+        indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+        order = np.argsort(names, kind="stable")
+        recode = np.empty(len(names), dtype=np.int64)
+        recode[order] = np.arange(len(names))
+        return recode[indices.astype(np.int64)], names[order]
+    codes, names = pd.factorize(pd.Series(paths).astype(str), sort=True)
+    return codes, np.asarray(names, dtype=object)
+
+
+def _same_sky_losers(sky: _Sky, radius: float) -> np.ndarray:
+    """Return which cutouts of one window size to drop (bool, one per cutout of ``sky``).
+
+    ``radius`` is half a stride in radians.
+    """
     from scipy.spatial import cKDTree
 
-    points = _unit_vectors(sky["ra"].to_numpy(), sky["dec"].to_numpy())
-    codes, names = pd.factorize(sky["mosaic_path"].astype(str), sort=True)
-    chord = 2 * np.sin(np.radians(radius_deg) / 2)
-    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)  # 3x faster to build
-    pairs = tree.query_pairs(chord, output_type="ndarray")
-    pairs = pairs[codes[pairs[:, 0]] != codes[pairs[:, 1]]]
+    n = len(sky.codes)
+    drop = np.zeros(n, dtype=bool)
+    candidates = np.flatnonzero(_near_another_mosaic(sky, radius))
+    if len(candidates) < 2:
+        return drop
+    tree = cKDTree(sky.points[candidates], balanced_tree=False, compact_nodes=False)
+    pairs = candidates[tree.query_pairs(2 * np.sin(radius / 2), output_type="ndarray")]
+    pairs = pairs[sky.codes[pairs[:, 0]] != sky.codes[pairs[:, 1]]]
     if not len(pairs):
-        return np.zeros(len(sky), dtype=bool)
-    centre = _unit_vectors(
-        centres.loc[names, "centre_ra"].to_numpy(), centres.loc[names, "centre_dec"].to_numpy()
-    )
-    closeness = np.einsum("ij,ij->i", points, centre[codes])  # cosine of distance to centre
-    order = np.lexsort((sky["x0"].to_numpy(), sky["y0"].to_numpy(), codes, -closeness))
-    rank = np.empty(len(sky), dtype=np.int64)
-    rank[order] = np.arange(len(sky))
-    return _greedy_suppression(pairs, rank)
+        return drop
+    nodes, local = np.unique(pairs, return_inverse=True)  # rank only cutouts in pairs
+    order = np.lexsort((sky.x0[nodes], sky.y0[nodes], sky.codes[nodes], -sky.closeness[nodes]))
+    rank = np.empty(len(nodes), dtype=np.int64)
+    rank[order] = np.arange(len(nodes))
+    drop[nodes[_greedy_suppression(local.reshape(-1, 2), rank)]] = True
+    return drop
+
+
+#: Mosaics with more possibly overlapping mosaics than this are not pre-filtered.
+_MAX_NEIGHBOURS = 64
+#: Angular slack (radians) in the pre-filter's comparisons, far above rounding.
+_SLACK = 1e-9
+
+
+def _near_another_mosaic(sky: _Sky, radius: float) -> np.ndarray:
+    """Return which cutouts may show the same sky as a cutout of another mosaic.
+
+    A cutout of mosaic ``A`` can have a partner in mosaic ``B`` only if it lies within
+    ``reach(B) + radius`` of ``B``'s centre, where ``reach(B)`` is the distance from
+    ``B``'s centre to its farthest cutout (triangle inequality), and ``B`` can overlap
+    ``A`` only if their centres are within ``reach(A) + reach(B) + radius``. Exact: no
+    same-sky pair is missed.
+    """
+    n = len(sky.codes)
+    groups = _ByCode(sky.codes)
+    if not np.isfinite(sky.centre[groups.codes]).all():
+        return np.ones(n, dtype=bool)  # a mosaic centre is unknown: no pre-filter
+    chord = np.linalg.norm(sky.points - sky.centre[sky.codes], axis=1)
+    reach = np.zeros(len(sky.centre))
+    reach[groups.codes] = groups.maximum(2 * np.arcsin(np.minimum(chord / 2, 1.0)))
+    neighbours = _overlapping_mosaics(sky.centre, reach, groups.codes, radius)
+    limit = np.cos(np.minimum(reach + radius + _SLACK, np.pi))
+    candidate = np.zeros(n, dtype=bool)
+    for code, rows in groups:
+        others = neighbours[code]
+        if len(others) > _MAX_NEIGHBOURS:
+            candidate[rows] = True
+        elif len(others):
+            cosines = sky.points[rows] @ sky.centre[others].T
+            candidate[rows[(cosines >= limit[others]).any(axis=1)]] = True
+    return candidate
+
+
+class _ByCode:
+    """Rows grouped by code: ``codes`` (present, sorted) and, iterated, (code, rows)."""
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.order = np.argsort(codes, kind="stable")
+        ordered = codes[self.order]
+        self.starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        self.codes = ordered[self.starts]
+
+    def maximum(self, values: np.ndarray) -> np.ndarray:
+        """Return the largest value of each group, in the order of ``codes``."""
+        return np.maximum.reduceat(values[self.order], self.starts)
+
+    def __iter__(self):
+        stops = np.r_[self.starts[1:], len(self.order)]
+        for code, start, stop in zip(self.codes, self.starts, stops, strict=True):
+            yield int(code), self.order[start:stop]
+
+
+def _overlapping_mosaics(
+    centre: np.ndarray, reach: np.ndarray, index: np.ndarray, radius: float
+) -> list[np.ndarray]:
+    """For each mosaic, the other mosaics whose cutouts may be within ``radius`` of its own.
+
+    Only the mosaics ``index`` (those with cutouts) are considered.
+    """
+    from scipy.spatial import cKDTree
+
+    neighbours: list[list[int]] = [[] for _ in range(len(centre))]
+    widest = min(2 * reach[index].max() + radius + _SLACK, np.pi)
+    pairs = cKDTree(centre[index]).query_pairs(2 * np.sin(widest / 2), output_type="ndarray")
+    a, b = index[pairs[:, 0]], index[pairs[:, 1]]
+    dist = 2 * np.arcsin(np.minimum(np.linalg.norm(centre[a] - centre[b], axis=1) / 2, 1.0))
+    near = dist <= reach[a] + reach[b] + radius + _SLACK
+    for i, j in zip(a[near].tolist(), b[near].tolist(), strict=True):
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+    return [np.asarray(nb, dtype=np.int64) for nb in neighbours]
 
 
 def _greedy_suppression(pairs: np.ndarray, rank: np.ndarray) -> np.ndarray:

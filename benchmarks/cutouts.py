@@ -2,28 +2,35 @@
 
 The original way writes one ``np.save`` file per cutout plus a JSON list of them.
 All variants run in this one invocation, on the same mosaics, one after another,
-each in its own process so that peak memory is measured per variant.
+each in its own process. Peak memory is sampled from ``/proc`` every 20 ms over the
+variant's whole process tree (its worker processes included): the largest sum of
+resident memory over the tree, and the largest single process (its ``VmHWM``). For
+astrocurate the time is the whole ``make_cutouts`` call, i.e. until the manifest
+(and, with ``copy``, the pixel files, fsynced) can be used.
 
 Usage::
 
     python benchmarks/cutouts.py                       # 8 mosaics of 8192 px (~2.1 GB)
     python benchmarks/cutouts.py --mosaics 2 --size 2048 --workdir /tmp/bench   # quick look
+    python benchmarks/cutouts.py --baseline ca012ff   # also astrocurate as of a commit
 
 Prints cutouts/s, MB/s, files written and peak memory per variant, the ratios
 between them, the disk's synced sequential write bandwidth measured in the same
-run, the merge time for ``--merge-rows`` rows and random reads/s by cutout_id.
+run, the merge time for ``--merge-rows`` rows (``benchmarks/merge.py``: overlapping
+mosaics, sky de-duplication on) and random reads/s by cutout_id.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,6 +89,18 @@ def astrocurate_way(survey: Path, out: Path, window: int, overlap: float, store:
     return {"n_cutouts": len(manifest), "bytes": len(manifest) * window * window * 4}
 
 
+def baseline_source(revision: str, workdir: Path) -> Path:
+    """Extract ``src/`` of a git revision under ``workdir``; return that ``src``."""
+    target = workdir / f"baseline-{revision}"
+    if not (target / "src").is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"
+
+
 def run_variant(args: argparse.Namespace) -> None:
     """Child process: run one variant, print its figures as JSON."""
     out = Path(args.out)
@@ -93,19 +112,69 @@ def run_variant(args: argparse.Namespace) -> None:
     result["seconds"] = time.perf_counter() - start
     result["files"] = sum(1 for p in out.rglob("*") if p.is_file())
     result["written_bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result["peak_rss_mb"] = max(self_kb, child_kb) / 1024
     print(json.dumps(result))
 
 
-def measure(variant: str, survey: Path, out: Path, window: int, overlap: float, env: dict) -> dict:
+def _status_kb(pid: int, key: str) -> int:
+    """Return a ``/proc/<pid>/status`` field in kB (0 if the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _process_tree(pid: int) -> list[int]:
+    """Return ``pid`` and all its descendants that are alive."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                continue
+    return tree
+
+
+class TreeMemory:
+    """Sample the resident memory of a process tree in a thread until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval = pid, interval
+        self.total_kb = self.largest_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            pids = _process_tree(self.pid)
+            self.total_kb = max(self.total_kb, sum(_status_kb(p, "VmRSS") for p in pids))
+            hwm = max((_status_kb(p, "VmHWM") for p in pids), default=0)
+            self.largest_kb = max(self.largest_kb, hwm)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(
+    variant: str, survey: Path, out: Path, window: int, overlap: float, env: dict, src: Path
+) -> dict:
+    """Run one variant in a child process (package from ``src``); return its figures."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         sys.executable,
         __file__,
         "--child",
-        variant,
+        variant.split("@")[0],
+        "--src",
+        str(src),
         "--survey",
         str(survey),
         "--out",
@@ -115,62 +184,27 @@ def measure(variant: str, survey: Path, out: Path, window: int, overlap: float, 
         "--overlap",
         str(overlap),
     ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"{variant} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        child = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True)
+        memory = TreeMemory(child.pid)
+        child.wait()
+        memory.stop()
+        stdout.seek(0)
+        stderr.seek(0)
+        if child.returncode:
+            raise SystemExit(f"{variant} failed:\n{stderr.read()}")
+        result = json.loads(stdout.read().strip().splitlines()[-1])
+    result["peak_total_mb"] = memory.total_kb / 1024
+    result["peak_process_mb"] = memory.largest_kb / 1024
+    return result
 
 
-def merge_benchmark(workdir: Path, rows: int, env_store: str) -> float:
-    """Time merge_cutouts on two tracked cutout runs of rows/2 rows each (de-dup on)."""
-    import pandas as pd
-
-    from astrocurate.cutout_store import MANIFEST, MOSAICS, write_parquet_atomic
-    from astrocurate.merge import merge_cutouts
-    from astrocurate.tracking import tracked_step
-
-    rng = np.random.default_rng(0)
-    ids = []
-    for k, size in enumerate((64, 128)):
-        n = rows // 2
-        mosaics = [f"/survey/P{i:03d}/mosaic-blanked.fits" for i in range(841)]
-        mosaic_index = rng.integers(0, len(mosaics), n)
-        table = pd.DataFrame(
-            {
-                "cutout_id": np.arange(n),
-                "mosaic": pd.Categorical([f"P{i:03d}" for i in mosaic_index]),
-                "mosaic_path": pd.Categorical([mosaics[i] for i in mosaic_index]),
-                "window_size": size,
-                "x0": rng.integers(0, 9000, n),
-                "y0": rng.integers(0, 9000, n),
-                "ra": rng.uniform(0, 360, n),
-                "dec": rng.uniform(20, 70, n),
-                "pixel_scale_arcsec": 1.5,
-                "nan_fraction": 0.0,
-                "mean": rng.normal(size=n),
-                "std": 1.0,
-                "max": 5.0,
-                "noise_mad": 1.0,
-                "peak_snr": 5.0,
-                "store": "copy",
-                "array_file": "pixels/x.npy",
-                "array_row": np.arange(n),
-            }
-        )
-        centres = pd.DataFrame(
-            {
-                "mosaic_path": mosaics,
-                "centre_ra": rng.uniform(0, 360, len(mosaics)),
-                "centre_dec": rng.uniform(20, 70, len(mosaics)),
-            }
-        )
-        with tracked_step("cutting_out", {"window_size": size, "overlap": 0.5, "k": k}) as run:
-            write_parquet_atomic(table, run.output_dir / MANIFEST)
-            write_parquet_atomic(centres, run.output_dir / MOSAICS)
-        ids.append(run.run_id)
-    start = time.perf_counter()
-    merge_cutouts(ids, output_path=workdir / "merge", force=True)
-    return time.perf_counter() - start
+def merge_benchmark(workdir: Path, rows: int) -> dict:
+    """Time merge_cutouts on ``rows`` rows of overlapping mosaics (``benchmarks/merge.py``)."""
+    spec = importlib.util.spec_from_file_location("merge_bench", ROOT / "benchmarks" / "merge.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run_benchmark(workdir / "merge-bench", rows, repeat=1)
 
 
 def random_reads_per_s(run_dir: Path, n: int = 20000) -> float:
@@ -197,8 +231,13 @@ def main() -> None:
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--survey", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--src", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--baseline", default="", help="git revision whose astrocurate to run too (copy, virtual)"
+    )
     args = parser.parse_args()
     if args.child:
+        sys.path.insert(0, args.src)
         args.variant = args.child
         run_variant(args)
         return
@@ -207,7 +246,7 @@ def main() -> None:
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="astrocurate-bench-")).resolve()
     survey = workdir / f"survey-{args.mosaics}x{args.size}"
-    if not (survey / "truth_catalogue.parquet").is_file():
+    if not (survey / "survey.json").is_file():
         print(f"generating {args.mosaics} mosaics of {args.size} px in {survey} ...", flush=True)
         make_survey(survey, n_mosaics=args.mosaics, mosaic_size=args.size, seed=0)
     survey_bytes = sum(p.stat().st_size for p in survey.rglob("*.fits"))
@@ -216,40 +255,52 @@ def main() -> None:
     os.environ.update({"MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"})
 
     disk = sequential_write_mb_s(workdir)
+    sources = {"": ROOT / "src"}
+    if args.baseline:
+        sources[args.baseline] = baseline_source(args.baseline, workdir)
+    variants = ["original", "copy", "virtual"]
+    variants += [f"{v}@{args.baseline}" for v in ("copy", "virtual") if args.baseline]
     results = {}
-    for variant in ("original", "copy", "virtual"):
-        results[variant] = measure(
-            variant, survey, workdir / f"out-{variant}", args.window, args.overlap, env
-        )
+    for variant in variants:
+        src = sources[variant.partition("@")[2]]
+        out = workdir / f"out-{variant.replace('@', '-')}"
+        results[variant] = measure(variant, survey, out, args.window, args.overlap, env, src)
     copy_dir = next((workdir / "out-copy" / "cutting_out").iterdir())
     virtual_dir = next((workdir / "out-virtual" / "cutting_out").iterdir())
     reads = {"copy": random_reads_per_s(copy_dir), "virtual": random_reads_per_s(virtual_dir)}
-    merge_seconds = merge_benchmark(workdir, args.merge_rows, store_uri)
+    merge = merge_benchmark(workdir, args.merge_rows)
 
     print(
         f"\nsurvey: {args.mosaics} mosaics of {args.size} px, {survey_bytes / 1e9:.2f} GB; "
         f"window {args.window}, overlap {args.overlap}; {os.cpu_count()} cores"
     )
     print(f"disk sequential write (synced): {disk:.0f} MB/s\n")
-    header = f"{'variant':<10}{'cutouts':>10}{'seconds':>9}{'cutouts/s':>11}{'MB/s':>8}"
-    header += f"{'files':>9}{'peak MB':>9}"
+    header = f"{'variant':<18}{'cutouts':>10}{'seconds':>9}{'cutouts/s':>11}{'MB/s':>8}"
+    header += f"{'files':>9}{'peak MB':>9}{'largest':>9}"
     print(header)
     for name, r in results.items():
         rate = r["n_cutouts"] / r["seconds"]
         mb_s = r["bytes"] / 1e6 / r["seconds"]
         print(
-            f"{name:<10}{r['n_cutouts']:>10}{r['seconds']:>9.1f}{rate:>11.0f}{mb_s:>8.0f}"
-            f"{r['files']:>9}{r['peak_rss_mb']:>9.0f}"
+            f"{name:<18}{r['n_cutouts']:>10}{r['seconds']:>9.1f}{rate:>11.0f}{mb_s:>8.0f}"
+            f"{r['files']:>9}{r['peak_total_mb']:>9.0f}{r['peak_process_mb']:>9.0f}"
         )
+    print("(peak MB: all processes of the variant together; largest: one process)")
     speed = {k: r["n_cutouts"] / r["seconds"] for k, r in results.items()}
     copy_mb_s = results["copy"]["bytes"] / 1e6 / results["copy"]["seconds"]
     print(f"\ncopy / original speed:    {speed['copy'] / speed['original']:.1f}x")
     print(f"virtual / original speed: {speed['virtual'] / speed['original']:.1f}x")
     print(f"disk / copy bandwidth:    {disk / copy_mb_s:.2f}x (goal <= 1.5)")
+    for store in ("copy", "virtual") if args.baseline else ():
+        old = speed[f"{store}@{args.baseline}"]
+        print(f"{store} / {store}@{args.baseline} speed: {speed[store] / old:.1f}x")
     print(
         f"random reads by cutout_id: copy {reads['copy']:.0f}/s, virtual {reads['virtual']:.0f}/s"
     )
-    print(f"merge of {args.merge_rows} rows (2 runs, sky de-dup on): {merge_seconds:.1f} s")
+    print(
+        f"merge of {merge['rows']} rows (2 runs, sky de-dup on, "
+        f"{merge['rows'] - merge['kept']} dropped): {merge['seconds']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

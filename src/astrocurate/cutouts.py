@@ -146,6 +146,8 @@ def make_cutouts(
     found = _discover(mosaics_path)
     _check_output_path(output_path, mosaics_path)
     workers = workers or os.cpu_count() or 1
+    if workers > 1 and len(found) > 1:
+        _start_forkserver()  # its imports overlap the tracking layer's start-up
     params = {
         "mosaics_path": str(mosaics_path),
         "output_path": str(output_path),
@@ -245,8 +247,7 @@ def _cut_all(tasks: list[_MosaicTask], workers: int, progress: bool) -> None:
         results = map(_cut_mosaic, todo)
         _drain(results, bar)
         return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])  # workers start with the modules imported
+    context = _start_forkserver()
     lifeline, keep_alive = context.Pipe(duplex=False)
     try:
         with ProcessPoolExecutor(
@@ -259,6 +260,20 @@ def _cut_all(tasks: list[_MosaicTask], workers: int, progress: bool) -> None:
     finally:
         keep_alive.close()
         lifeline.close()
+
+
+def _start_forkserver() -> Any:
+    """Start the fork server that workers are forked from, with this module imported.
+
+    Starting it early lets its imports (astropy, pandas) run in another process while
+    this one opens the tracking store. Returns the multiprocessing context.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # workers start with the modules imported
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    return context
 
 
 def _init_worker(lifeline: Connection) -> None:

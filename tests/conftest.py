@@ -26,3 +26,20 @@ def store(tracking_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("ASTROCURATE_DATA_DIR", str(tmp_path / "outputs"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def curation_pipeline(tracking_db: str, tmp_path_factory: pytest.TempPathFactory):
+    """A small finished pipeline up to the clustering (tests/curation_pipeline.py).
+
+    Its runs live in their own experiment, which stays selected while the session lasts
+    (tests that use ``store`` switch away and back).
+    """
+    from curation_pipeline import build_pipeline
+
+    work = tmp_path_factory.mktemp("curation")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"curation-{uuid.uuid4().hex[:12]}")
+        patch.setenv("ASTROCURATE_DATA_DIR", str(work / "outputs"))
+        yield build_pipeline(work)

@@ -1,7 +1,7 @@
 """Step 5, curated sampling: the stage, its outputs, exports, refusals and the Dataset.
 
-One real pipeline (synthetic survey → cutouts 32 and 64 px → merge → scattering features →
-a 2-level clustering) is built once per module; every test samples from it.
+Every test samples from the session's small finished pipeline (tests/curation_pipeline.py:
+cutouts of 32 and 64 px, stand-in features, a 2-level clustering of 85 % of the rows).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from astrocurate import sampling
-from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
+from astrocurate.clustering import ClusteringConfig, prepare_clustering
 from astrocurate.curate import (
     BASELINE,
     CURATED,
@@ -30,55 +30,21 @@ from astrocurate.curate import (
     curated_sample,
     sample_metrics,
 )
-from astrocurate.cutout_store import CutoutReader, read_manifest
-from astrocurate.cutouts import CutoutOptions, make_cutouts
+from astrocurate.cutout_store import CutoutReader
 from astrocurate.dataset import CuratedDataset
 from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
-from astrocurate.features import extract_features
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
 from astrocurate.tracking import client, get_run
+from curation_pipeline import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = {
-    "n_clusters": [12, 4],
-    "n_iters": [10, 10],
-    "n_resampling_steps": [2, 2],
-    "sample_size": [6, 3],
-    "sampling_strategy": ["r", "r"],
-    "ngpus_per_node": 0,
-    "device": "cpu",
-}
 
 
-class Pipeline:
-    """IDs and directories of the module's pipeline runs."""
-
-    def __init__(self, work: Path) -> None:
-        survey = make_survey(work / "survey", n_mosaics=2, mosaic_size=256, seed=5)
-        outputs = work / "outputs"
-        cut = [make_cutouts(survey.output_dir, outputs, CutoutOptions(w)) for w in (32, 64)]
-        self.merged = merge_cutouts([c.run_id for c in cut])
-        self.features = extract_features(self.merged.run_id, progress=False)
-        config = ClusteringConfig.from_mapping(CONFIG)
-        self.prepared = prepare_clustering(self.features.run_id, config)
-        run_clustering(self.prepared.directory)
-        self.clustering_id = self.prepared.run_id
-        self.manifest = read_manifest(self.merged.output_dir)
+@pytest.fixture
+def pipeline(curation_pipeline):
+    return curation_pipeline
 
 
-@pytest.fixture(scope="module")
-def pipeline(tracking_db: str, tmp_path_factory: pytest.TempPathFactory):
-    work = tmp_path_factory.mktemp("curate")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"test-{uuid.uuid4().hex[:12]}")
-        patch.setenv("ASTROCURATE_DATA_DIR", str(work / "outputs"))
-        patch.chdir(work)
-        yield Pipeline(work)
-
-
-def sample(pipeline: Pipeline, num_samples: int, **options) -> Path:
+def sample(pipeline, num_samples: int, **options) -> Path:
     """Sample without a report (the report has its own tests) and return the run directory."""
     force = options.pop("force", False)
     run = curated_sample(
@@ -90,10 +56,13 @@ def sample(pipeline: Pipeline, num_samples: int, **options) -> Path:
     return run.output_dir
 
 
-def clusters(pipeline: Pipeline) -> list[np.ndarray]:
-    """Cluster of every pool point per level, and the level-1 squared distances."""
-    directory = pipeline.prepared.directory
-    return [np.load(directory / f"level_{lvl}" / "point_labels.npy") for lvl in (1, 2)]
+def clusters(pipeline) -> list[np.ndarray]:
+    """Cluster of every feature row per level (-1 outside the pool)."""
+    return [pipeline.point_labels(lvl) for lvl in (1, 2)]
+
+
+def pool_sizes(labels: np.ndarray) -> np.ndarray:
+    return np.bincount(labels[labels >= 0])
 
 
 # --------------------------------------------------------------------------- selection
@@ -113,14 +82,15 @@ def test_sample_has_exact_size_distinct_rows_and_cluster_columns(pipeline) -> No
     pd.testing.assert_frame_equal(curated[manifest.columns], manifest)
     assert set(curated["truth_class"]) <= {"empty", "point", "double", "diffuse", "artefact"}
     info = json.loads((out / INFO).read_text())
-    assert info["pool_size"] == len(pipeline.manifest) and info["level"] == 2
+    assert info["pool_size"] == len(pipeline.pool) and info["level"] == 2
+    assert np.isin(selected, pipeline.pool).all()
 
 
 def test_top_level_allocation_follows_the_largest_t_rule(pipeline) -> None:
     budget = 30
     out = sample(pipeline, budget)
     top = clusters(pipeline)[1]
-    sizes = np.bincount(top)
+    sizes = pool_sizes(top)
     got = np.bincount(top[np.load(out / SELECTED)], minlength=sizes.size)
     t = max(t for t in range(budget + 1) if np.minimum(sizes, t).sum() <= budget)
     base = np.minimum(sizes, t)
@@ -134,7 +104,7 @@ def test_level_one_sampling_balances_the_finer_clusters(pipeline) -> None:
     budget = 36
     out = sample(pipeline, budget, level=1)
     fine = clusters(pipeline)[0]
-    sizes = np.bincount(fine)
+    sizes = pool_sizes(fine)
     got = np.bincount(fine[np.load(out / SELECTED)], minlength=sizes.size)
     t = max(t for t in range(budget + 1) if np.minimum(sizes, t).sum() <= budget)
     assert ((got == np.minimum(sizes, t)) | (got == t + 1)).all()
@@ -160,10 +130,10 @@ def test_a_rerun_reuses_the_finished_run(pipeline) -> None:
 def test_closest_and_farthest_take_the_extremes_of_each_level_one_cluster(
     pipeline, strategy
 ) -> None:
-    directory = pipeline.prepared.directory / "level_1"
-    members = np.load(directory / "members.npy")
-    distances = np.empty(members.size)
-    distances[members] = np.load(directory / "distances.npy")
+    directory = pipeline.clustering_dir / "level_1"
+    members = np.load(directory / "members.npy")  # positions in the pool
+    distances = np.full(len(pipeline.manifest), np.nan)
+    distances[pipeline.pool[members]] = np.load(directory / "distances.npy")
     selected = np.load(sample(pipeline, 30, strategy=strategy) / SELECTED)
     fine = clusters(pipeline)[0]
     for cluster in np.unique(fine[selected]):
@@ -188,10 +158,10 @@ def test_random_baseline_goes_through_the_same_outputs(pipeline) -> None:
 
 
 def test_more_than_the_pool_takes_the_whole_pool_with_a_warning(pipeline, caplog) -> None:
-    n = len(pipeline.manifest)
+    n = len(pipeline.pool)
     with caplog.at_level(logging.WARNING, logger="astrocurate"):
         out = sample(pipeline, n + 100)
-    assert np.load(out / SELECTED).tolist() == list(range(n))
+    assert np.load(out / SELECTED).tolist() == pipeline.pool.tolist()
     assert "more than the" in caplog.text
 
 
@@ -250,9 +220,8 @@ def test_refuses_runs_that_are_not_finished_clusterings(pipeline) -> None:
         curated_sample(pipeline.features.run_id, SamplingOptions(5), report=False)
     with pytest.raises(RunNotFoundError):
         curated_sample(uuid.uuid4().hex, SamplingOptions(5), report=False)
-    prepared = prepare_clustering(
-        pipeline.features.run_id, ClusteringConfig.from_mapping({**CONFIG, "seed": 99})
-    )
+    config = ClusteringConfig.from_mapping({**CONFIG, "seed": 99})
+    prepared = prepare_clustering(pipeline.features.run_id, config)
     with pytest.raises(InvalidRunError, match=r"has not been run; run it: cd .* && \./run\.sh"):
         curated_sample(prepared.run_id, SamplingOptions(5), report=False)
     client().set_terminated(prepared.run_id, status="FAILED")
@@ -287,8 +256,8 @@ def test_guide_command_and_usage_errors(pipeline) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(pipeline) -> Path:
-    return sample(pipeline, 24, export=("npy", "hdf5", "fits", "png"))
+def exported(curation_pipeline) -> Path:
+    return sample(curation_pipeline, 24, export=("npy", "hdf5", "fits", "png"))
 
 
 def test_npy_export_holds_the_cutout_pixels(pipeline, exported) -> None:
@@ -371,3 +340,21 @@ def test_dataset_without_export_reads_the_survey_store(pipeline) -> None:
     assert "cluster_l2" in row
     with pytest.raises(InvalidArgumentError, match="window_size=48"):
         CuratedDataset(out, window_size=48)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_is_written_logged_and_regenerated(pipeline, capsys) -> None:
+    from astrocurate.cli import main
+
+    run = curated_sample(pipeline.clustering_id, SamplingOptions(20, seed=5))
+    page = run.output_dir / "report" / "index.html"
+    assert page.is_file() and "<img" in page.read_text()
+    artifacts = {a.path for a in client().list_artifacts(run.run_id, "report")}
+    assert "report/index.html" in artifacts
+    page.unlink()
+    assert main(["report", run.run_id]) == 0
+    assert capsys.readouterr().out.strip() == str(page)
+    assert page.is_file()
+    assert main(["report", pipeline.clustering_id]) == 1  # not a sampling run

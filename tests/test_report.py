@@ -1,11 +1,9 @@
 """The sampling report (issue #6): a self-contained HTML page over a curated sampling run.
 
-A module fixture runs the real pipeline pieces on a tiny synthetic survey: cutouts of two
-window sizes (32 and 64 px), a merge, a feature run (stand-in features made from the
-cutout statistics, so no backbone is needed), a 2-level clustering over a subset of the
-rows, and a sampling run directory written to the ``curated_sampling`` contract with the
-library's balanced and random samplers. The report is then checked as files, as HTML,
-and as rendered by headless Chromium.
+The report is written for a real ``curated_sampling`` run over the session's small pipeline
+(tests/curation_pipeline.py: cutouts of 32 and 64 px, stand-in features, a 2-level
+clustering over 85 % of the rows) and checked as files, as HTML, and as rendered by
+headless Chromium.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
-from astrocurate.cutout_store import read_manifest, write_parquet_atomic
-from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.merge import merge_cutouts
 from astrocurate.report import (
     asinh_stretch,
     feature_map,
@@ -42,16 +35,6 @@ from astrocurate.report import (
     thumbnail_png,
     write_report,
 )
-from astrocurate.sampling import (
-    aligned_counts,
-    balanced_sample,
-    enrichment,
-    largest_share,
-    normalized_entropy,
-    random_sample,
-)
-from astrocurate.survey import make_survey, truth_labels_for_manifest
-from astrocurate.tracking import tracked_step
 
 CHROMIUM = Path("/usr/bin/chromium")
 APT_LINE = "apt-get install -y --no-install-recommends chromium"
@@ -70,143 +53,14 @@ FIGURES = (
 # ----------------------------------------------------------------------------- fixture
 
 
-def _features_from_manifest(manifest: pd.DataFrame, seed: int = 0) -> np.ndarray:
-    """Stand-in features: scaled cutout statistics plus a little noise (float32)."""
-    stats = manifest[["mean", "std", "max", "noise_mad", "peak_snr"]].to_numpy(dtype=np.float64)
-    stats = np.sign(stats) * np.log1p(np.abs(stats) * 1e4)
-    size = (manifest["window_size"].to_numpy(dtype=np.float64) / 64.0)[:, None]
-    X = np.hstack([stats, size, np.zeros((len(manifest), 2))])  # noqa: N806
-    X = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-9)  # noqa: N806
-    X += np.random.default_rng(seed).normal(scale=0.05, size=X.shape)  # noqa: N806
-    return X.astype(np.float32)
-
-
-def _feature_run(merged_run_id: str, X: np.ndarray) -> str:  # noqa: N803
-    """Record a ``feature_extraction`` run holding ``X`` (what step 3 writes)."""
-    with tracked_step(
-        "feature_extraction", {"rows": len(X)}, input_run_ids=[merged_run_id], force=True
-    ) as run:
-        np.save(run.output_dir / "features.npy", X)
-        sidecar = {"model": "stats", "n_rows": len(X), "dim": X.shape[1], "dtype": "float32"}
-        (run.output_dir / "features.json").write_text(json.dumps(sidecar))
-    return run.run_id
-
-
-def _cluster(features_id: str, subset: Path) -> tuple[Path, str]:
-    """A finished 2-level clustering over the rows listed in ``subset``."""
-    config = ClusteringConfig.from_mapping(
-        {
-            "n_clusters": [14, 4],
-            "n_iters": [10, 10],
-            "n_resampling_steps": [2, 1],
-            "sample_size": [4, 2],
-            "sampling_strategy": ["r", "r"],
-            "subset_indices_path": str(subset),
-            "checkpoint_period": 600,
-            "ngpus_per_node": 0,
-            "device": "cpu",
-        }
-    )
-    prepared = prepare_clustering(features_id, config)
-    run_clustering(prepared.directory)
-    return prepared.directory, prepared.run_id
-
-
-def _metrics(labels: dict[str, np.ndarray], prefix: str) -> dict[str, float]:
-    """Entropy and largest share of each set's histogram over the pool's categories."""
-    out = {}
-    for name, values in labels.items():
-        _, pool_counts, counts = aligned_counts(labels["pool"], values)
-        out[f"{prefix}_entropy_{name}"] = normalized_entropy(counts, n_categories=len(pool_counts))
-        out[f"{prefix}_largest_share_{name}"] = largest_share(counts)
-    return out
-
-
-def _class_metrics(classes: dict[str, np.ndarray]) -> dict[str, float]:
-    out = {}
-    for name, values in classes.items():
-        categories, pool_counts, counts = aligned_counts(classes["pool"], values)
-        out[f"class_entropy_{name}"] = normalized_entropy(counts, n_categories=len(pool_counts))
-        for category, count in zip(categories, counts, strict=True):
-            out[f"class_share_{category}_{name}"] = float(count / counts.sum())
-    for category, value in enrichment(classes["pool"], classes["curated"]).items():
-        out[f"class_enrichment_{category}"] = float(value)
-    return out
-
-
-def _write_sampling_dir(
-    directory: Path, clustering_dir: Path, clustering_id: str, features_dir: Path, merged_dir: Path
-) -> None:
-    """Write a sampling run directory to the ``curated_sampling`` contract."""
-    from astrocurate.clustering import load_clustering
-
-    outputs = load_clustering(clustering_dir)
-    pool = np.asarray(outputs.input_indices)
-    per_level = [np.asarray(level["point_labels"])[pool] for level in outputs.levels]
-    positions = balanced_sample(per_level, NUM_SAMPLES, strategy="r", level=1, random_state=7)
-    selected = np.sort(pool[positions])
-    baseline = np.sort(pool[random_sample(len(pool), NUM_SAMPLES, random_state=7)])
-    manifest = read_manifest(merged_dir)
-    truth = np.asarray(truth_labels_for_manifest(manifest)).astype(str)
-    top = np.asarray(outputs.levels[1]["point_labels"])
-    metrics = _metrics(
-        {"pool": top[pool], "random": top[baseline], "curated": top[selected]}, "level_2"
-    )
-    metrics |= _class_metrics(
-        {"pool": truth[pool], "random": truth[baseline], "curated": truth[selected]}
-    )
-    curated = manifest.iloc[selected].reset_index(drop=True)
-    for level, labels in enumerate(outputs.levels, start=1):
-        curated[f"cluster_l{level}"] = np.asarray(labels["point_labels"])[selected]
-    curated["truth_class"] = truth[selected]
-    directory.mkdir(parents=True)
-    np.save(directory / "selected.npy", selected)
-    np.save(directory / "baseline_random.npy", baseline)
-    write_parquet_atomic(curated, directory / "curated.parquet")
-    (directory / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    params = {
-        "clustering_run_id": clustering_id,
-        "clustering_dir": str(clustering_dir),
-        "features_dir": str(features_dir),
-        "merged_dir": str(merged_dir),
-        "num_samples": NUM_SAMPLES,
-        "strategy": "r",
-        "level": 2,
-        "baseline": "random",
-        "seed": 7,
-        "n_levels": 2,
-        "pool_size": len(pool),
-    }
-    (directory / "sampling.json").write_text(json.dumps(params, indent=1))
-
-
 @pytest.fixture(scope="module")
-def sampling_dir(tmp_path_factory: pytest.TempPathFactory, tracking_db: str) -> Path:
-    """A sampling run directory over the real pipeline outputs of a tiny survey."""
-    work = tmp_path_factory.mktemp("report")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
-        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"report-{uuid.uuid4().hex[:8]}")
-        patch.setenv("ASTROCURATE_DATA_DIR", str(work / "outputs"))
-        patch.chdir(work)
-        survey = make_survey(work / "survey", n_mosaics=2, mosaic_size=256, seed=11)
-        cuts = [
-            make_cutouts(survey.output_dir, work / "out", CutoutOptions(size), workers=1)
-            for size in (32, 64)
-        ]
-        merged = merge_cutouts([c.run_id for c in cuts])
-        manifest = read_manifest(merged.output_dir)
-        features_id = _feature_run(merged.run_id, _features_from_manifest(manifest))
-        features_dir = work / "outputs" / "feature_extraction" / features_id
-        subset = work / "subset.npy"  # a pool smaller than the survey: -1 labels exist
-        rng = np.random.default_rng(3)
-        np.save(
-            subset, np.sort(rng.choice(len(manifest), int(0.85 * len(manifest)), replace=False))
-        )
-        clustering_dir, clustering_id = _cluster(features_id, subset)
-    directory = work / "outputs" / "curated_sampling" / "fake-run"
-    _write_sampling_dir(directory, clustering_dir, clustering_id, features_dir, merged.output_dir)
-    return directory
+def sampling_dir(curation_pipeline) -> Path:
+    """A real sampling run (no report) over the session's small pipeline."""
+    from astrocurate.curate import SamplingOptions, curated_sample
+
+    options = SamplingOptions(NUM_SAMPLES, seed=7)
+    run = curated_sample(curation_pipeline.clustering_id, options, report=False, force=True)
+    return run.output_dir
 
 
 @pytest.fixture(scope="module")

@@ -125,9 +125,14 @@ class _Inputs:
     def pool_size(self) -> int:
         return len(self.clustering.input_indices)
 
+    @property
+    def rows(self) -> np.ndarray:
+        """Feature row (= merged cutout row) of every pool point."""
+        return np.asarray(self.clustering.input_indices, dtype=np.int64)
+
     def point_labels(self) -> list[np.ndarray]:
         """Cluster of every pool point, per level (index 0 = level 1)."""
-        return [np.asarray(level["point_labels"]) for level in self.clustering.levels]
+        return [np.asarray(level["point_labels"])[self.rows] for level in self.clustering.levels]
 
     def level_one_distances(self) -> np.ndarray:
         """Squared distance of every pool point to its level-1 centroid."""
@@ -242,7 +247,7 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
             level=level - 1,
             random_state=np.random.default_rng(curated_rng),
         )
-    rows = np.asarray(inputs.clustering.input_indices, dtype=np.int64)
+    rows = inputs.rows
     manifest = read_manifest(inputs.merged_dir)
     truth = _truth_classes(manifest)
     curated = _curated_manifest(manifest, rows, chosen, labels, truth)

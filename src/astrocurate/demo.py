@@ -1,4 +1,4 @@
-"""The demo: every pipeline step that exists, on a small synthetic survey.
+"""The demo: the five pipeline steps on a small synthetic survey.
 
 It calls the same functions as the guide's scripts, so its runs are ordinary
 runs: ``find_run.py`` finds them and ``mlflow ui`` shows them.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from astrocurate.curate import SamplingOptions, curated_sample
 from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.features import extract_features
 from astrocurate.merge import merge_cutouts
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 DEMO_SURVEY = {"n_mosaics": 4, "mosaic_size": 1024}
 DEMO_WINDOW_SIZES = (64, 128)
 DEMO_CLUSTERING_CONFIG = "demo_2lvl_64_8.yaml"
+#: Size of the demo's curated sample (about a tenth of the demo survey's cutouts).
+DEMO_NUM_SAMPLES = 250
 
 
 def demo_survey(directory: Path, seed: int = 0) -> Path:
@@ -61,7 +64,7 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     -------
     dict of str to StepRun
         The runs by label (``cutouts_64``, ``cutouts_128``, ``merge``, ``features``,
-        ``clustering``).
+        ``clustering``, ``sampling``).
     """
     started = time.time()
     workdir = Path(workdir).resolve()
@@ -73,6 +76,9 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     runs["merge"] = merge_cutouts([runs[f"cutouts_{s}"].run_id for s in DEMO_WINDOW_SIZES])
     runs["features"] = extract_features(runs["merge"].run_id)
     runs["clustering"] = _cluster(runs["features"].run_id)
+    runs["sampling"] = curated_sample(
+        runs["clustering"].run_id, SamplingOptions(DEMO_NUM_SAMPLES, export=("npy", "png"))
+    )
     _print_summary(runs, survey, time.time() - started)
     return runs
 
@@ -96,6 +102,8 @@ def _describe(run: StepRun) -> str:
         score = _metric(run.run_id, "knn_balanced_accuracy")
         quality = f", kNN balanced accuracy on the truth classes {score:.2f}" if score else ""
         return f"{rows} x {dim} features{quality}"
+    if run.step == "curated_sampling":
+        return f"{len(np.load(run.output_dir / 'selected.npy'))} cutouts selected"
     if run.step == "clustering":
         sizes = sorted(run.output_dir.glob("level_*/centroids.npy"))
         return "clusters per level: " + "/".join(str(len(np.load(p))) for p in sizes)
@@ -114,8 +122,30 @@ def _print_summary(runs: dict[str, StepRun], survey: Path, seconds: float) -> No
         state = "reused" if run.reused else "new"
         print(f"  {label:<12} {run.step:<19} {run.run_id} ({state}, {_describe(run)})")
         print(f"  {'':<12} {run.output_dir}")
+    if "sampling" in runs:
+        _print_curation(runs["sampling"])
     print(
         f"\nTracking store: {tracking_uri()}\n"
         "Inspect the runs:   mlflow ui        (from this directory, then open http://127.0.0.1:5000)\n"
         "Find a run by name: python scripts/find_run.py --run-name merge_cutouts\n"
     )
+
+
+def _print_curation(run: StepRun) -> None:
+    """Say what curation did to the truth classes, and where the report is."""
+    metrics = json.loads((run.output_dir / "metrics.json").read_text())
+    names = [k[len("class_share_") : -len("_pool")] for k in metrics if k.endswith("_pool")]
+    names = [n for n in names if f"class_share_{n}_pool" in metrics]
+    shares = sorted((metrics[f"class_share_{name}_pool"], name) for name in names)
+    if shares:
+        print("\nClass shares (pool / random sample / curated sample), rarest first:")
+        for _, name in shares:
+            pool, rand, cur = (
+                metrics[f"class_share_{name}_{k}"] for k in ("pool", "random", "curated")
+            )
+            print(f"  {name:<9} {100 * pool:5.1f} % / {100 * rand:5.1f} % / {100 * cur:5.1f} %")
+        entropy = [metrics[f"class_entropy_{k}"] for k in ("pool", "random", "curated")]
+        print("  normalised class entropy: {:.2f} / {:.2f} / {:.2f}".format(*entropy))
+    report = run.output_dir / "report" / "index.html"
+    if report.is_file():
+        print(f"\nCuration report: {report}")

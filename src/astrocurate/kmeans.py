@@ -34,10 +34,15 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import numbers
+import os
+import subprocess
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +59,14 @@ __all__ = [
     "NotFittedError",
     "assign",
     "cluster_level",
+    "init_distributed",
     "n_candidates",
     "sort_clusters",
 ]
 
 VALID_INITS = ("k-means++", "random")
 VALID_STRATEGIES = ("r", "c")
+VALID_PRECISIONS = ("highest", "tf32")
 _DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -174,6 +181,11 @@ def _resolve_dtype(dtype: Any) -> torch.dtype:
     raise InvalidArgumentError(f"dtype={dtype!r} is not valid; choose one of {valid}")
 
 
+def _check_distributed(value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgumentError(f"distributed={value!r} must be None, True or False")
+
+
 def _check_block_size(name: str, value: Any) -> int | None:
     return None if value is None else _check_int(name, value, 1)
 
@@ -262,9 +274,34 @@ class _Rows:
         self.n, self.d = int(data.shape[0]), int(data.shape[1])
         self.device, self.dtype = device, dtype
         self._np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
-        self.full = self._whole()
+        self._full: torch.Tensor | None = None
+        self._loaded = False
         self._sq_norms: torch.Tensor | None = None
         self._finite_checked = False
+        self._workspaces: dict[tuple[Any, ...], _Workspace] = {}
+
+    @property
+    def full(self) -> torch.Tensor | None:
+        """The whole input as one tensor on the device when that is cheap, else None.
+
+        Made on first use, so that a distributed rank that only reads its own slice and a
+        few rows by index never copies the whole input.
+        """
+        if not self._loaded:
+            self._full, self._loaded = self._whole(), True
+        return self._full
+
+    def slice(self, start: int, stop: int) -> _Rows:
+        """Rows ``start:stop`` as their own input (a view: a memmap is not read)."""
+        return _Rows(self.source[start:stop], self.device, self.dtype)
+
+    def workspace(self, rows: int, cols: int, dtype: torch.dtype, accumulate: bool) -> _Workspace:
+        """Buffers for passes over these rows, kept between passes (Lloyd iterations)."""
+        key = (rows, cols, dtype, accumulate)
+        if key not in self._workspaces:
+            self._workspaces.clear()
+            self._workspaces[key] = _Workspace(rows, cols, self.d, dtype, self.device, accumulate)
+        return self._workspaces[key]
 
     def _whole(self) -> torch.Tensor | None:
         """Return the whole input as one tensor on the device when that is cheap, else None."""
@@ -312,8 +349,8 @@ class _Rows:
     def take(self, indices: np.ndarray) -> torch.Tensor:
         """Rows ``indices`` (any order, repeats allowed) on the device, shape (m, d)."""
         indices = np.asarray(indices, dtype=np.int64)
-        if self.full is not None:
-            return self.full[torch.from_numpy(indices).to(self.device)]
+        if self._loaded and self._full is not None:  # never loads the whole input for a few rows
+            return self._full[torch.from_numpy(indices).to(self.device)]
         if isinstance(self.source, torch.Tensor):
             return self._convert(self.source[torch.from_numpy(indices)])
         order = np.argsort(indices, kind="stable")  # memmaps read fastest in row order
@@ -360,12 +397,182 @@ def _block_sizes(
 
 
 # --------------------------------------------------------------------------------------
+# torch.distributed: ranks, row slices, reductions
+# --------------------------------------------------------------------------------------
+
+
+def _rank_span(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``rank`` among ``world`` ranks (sizes differ by <= 1)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+class _Comm:
+    """The share of the work of a process: all rows alone, one row slice per rank otherwise.
+
+    Every collective is a no-op when ``world == 1``, so the single-process path is the
+    plain one. Collectives use tensors on the compute device (gloo: CPU, NCCL: CUDA).
+
+    Parameters
+    ----------
+    distributed : bool or None
+        None: distribute when ``torch.distributed`` is initialised with more than one rank;
+        False: this process alone (every rank then computes the same thing by itself);
+        True: like None, but an error when no process group is initialised.
+    n : int
+        Rows to share; ranks only split inputs of at least ``world`` rows.
+    """
+
+    def __init__(self, distributed: bool | None, n: int) -> None:
+        ready = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and not ready:
+            raise InvalidArgumentError(
+                "distributed=True but torch.distributed is not initialised; launch with "
+                "torchrun or srun and call astrocurate.kmeans.init_distributed() first"
+            )
+        world = torch.distributed.get_world_size() if ready else 1
+        self.world = world if distributed is not False and n >= world else 1
+        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
+        self.n = n
+        self.start, self.stop = _rank_span(n, self.rank, self.world)
+
+    def local(self, rows: _Rows) -> _Rows:
+        """Return the rows of this rank (``rows`` itself when alone)."""
+        return rows if self.world == 1 else rows.slice(self.start, self.stop)
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """All-reduce ``tensor`` in place (sum; the same bits on every rank); returns it."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def sum_float(self, value: float, device: torch.device) -> float:
+        """Sum a float64 value over the ranks."""
+        if self.world == 1:
+            return value
+        return float(self.sum_(torch.tensor([value], dtype=torch.float64, device=device)))
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t)
+
+    def gather(self, values: torch.Tensor) -> np.ndarray:
+        """Every rank's ``values`` (same shape on all ranks), concatenated in rank order."""
+        if self.world == 1:
+            return values.cpu().numpy()
+        parts = [torch.empty_like(values) for _ in range(self.world)]
+        torch.distributed.all_gather(parts, values.contiguous())
+        return torch.cat(parts).cpu().numpy()
+
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """Every rank's slice of a per-row tensor, concatenated: shape (n, ...)."""
+        if self.world == 1:
+            return local
+        spans = [_rank_span(self.n, r, self.world) for r in range(self.world)]
+        longest = max(stop - start for start, stop in spans)
+        padded = local.new_zeros((longest, *local.shape[1:]))
+        padded[: len(local)] = local
+        parts = [torch.empty_like(padded) for _ in spans]
+        torch.distributed.all_gather(parts, padded)
+        return torch.cat([p[: stop - start] for p, (start, stop) in zip(parts, spans, strict=True)])
+
+
+def _check_finite(rows: _Rows, comm: _Comm, block_rows: int) -> None:
+    """Check this rank's rows; every rank raises when any rank found a non-finite value."""
+    error = None
+    try:
+        rows.check_finite(block_rows)
+    except InvalidArgumentError as exc:
+        error = exc
+    if comm.any(error is not None, rows.device):
+        if error is not None:
+            raise error
+        raise InvalidArgumentError("X contains non-finite values (found by another rank)")
+
+
+def _slurm_master_addr() -> str:
+    """Host of the first node of this SLURM step (where rank 0 runs)."""
+    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
+    if os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "1")) == "1":
+        return "127.0.0.1"
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "hostnames", nodes],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise AstrocurateError(
+            f"cannot find the first node of {nodes!r} with scontrol ({exc}); set MASTER_ADDR"
+        ) from exc
+    return out[0]
+
+
+def init_distributed(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group of a ``torchrun`` or ``srun`` launch; return (rank, world size).
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``. Under ``srun`` (no ``RANK``) they are derived from ``SLURM_PROCID``,
+    ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID``; ``MASTER_ADDR`` defaults to the first
+    node of the step and ``MASTER_PORT`` to ``20000 + SLURM_JOB_ID % 20000``. A plain
+    process (or an sbatch script outside ``srun``) is a world of one and joins nothing.
+
+    Parameters
+    ----------
+    backend : str, optional
+        ``"gloo"`` or ``"nccl"``; default NCCL when CUDA is available, else gloo. With
+        NCCL each process uses GPU ``LOCAL_RANK``.
+
+    Returns
+    -------
+    tuple of int
+        This process's rank and the number of ranks.
+    """
+    env = os.environ
+    if "RANK" not in env and "SLURM_STEP_NUM_TASKS" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in env:
+            env["MASTER_ADDR"] = _slurm_master_addr()
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    world = int(env.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":
+            torch.cuda.set_device(int(env.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+@contextlib.contextmanager
+def _matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """Allow TF32 matmuls on CUDA inside the block when ``precision == "tf32"``."""
+    if device.type != "cuda" or precision == "highest":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+# --------------------------------------------------------------------------------------
 # Assignment and accumulation
 # --------------------------------------------------------------------------------------
 
 
 class _Workspace:
-    """Buffers reused by every block of a pass, so that blocks allocate nothing.
+    """Buffers reused by every block of a pass (and by later passes), so blocks allocate nothing.
 
     Parameters
     ----------
@@ -378,7 +585,7 @@ class _Workspace:
     device : torch.device
         Where the buffers live.
     accumulate : bool
-        Whether to hold a float64 copy of a block for the sums.
+        Whether to hold float64 copies of a block for the sums.
     """
 
     def __init__(
@@ -391,10 +598,37 @@ class _Workspace:
         accumulate: bool,
     ) -> None:
         self.scores = torch.empty(rows * cols, dtype=dtype, device=device)
-        self.diff = torch.empty((rows, d), dtype=dtype, device=device)
-        self.x64 = (
-            torch.empty((rows, d), dtype=torch.float64, device=device) if accumulate else None
-        )
+        self.diff = torch.empty((min(rows, _DIST_ROWS), d), dtype=dtype, device=device)
+        # one float64 copy per column chunk (CPU: one chunk per accumulating thread)
+        self.chunks = _column_chunks(d, device) if accumulate else []
+        self.x64 = [
+            torch.empty((rows, c1 - c0), dtype=torch.float64, device=device)
+            for c0, c1 in self.chunks
+        ]
+
+
+#: Rows per step of the exact distance recomputation (its buffers stay in cache).
+_DIST_ROWS = 1024
+#: Threads summing column chunks of the centroid sums on the CPU (created on first use).
+_ACCUMULATORS: ThreadPoolExecutor | None = None
+
+
+def _column_chunks(d: int, device: torch.device) -> list[tuple[int, int]]:
+    """Column ranges summed independently: one per intra-op thread on the CPU, one on CUDA.
+
+    Every chunk adds its rows in row order, so the sums are the same bit for bit whatever
+    the number of chunks.
+    """
+    parts = 1 if device.type != "cpu" else max(1, min(torch.get_num_threads(), d // 16))
+    edges = [round(i * d / parts) for i in range(parts + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _accumulators() -> ThreadPoolExecutor:
+    global _ACCUMULATORS
+    if _ACCUMULATORS is None:
+        _ACCUMULATORS = ThreadPoolExecutor(max(1, os.cpu_count() or 1), "kmeans-sums")
+    return _ACCUMULATORS
 
 
 def _nearest(
@@ -435,14 +669,49 @@ def _sq_dist_to(
 ) -> torch.Tensor:
     """Exact ``|x_i - c_{labels_i}|^2``, shape (b,), in :func:`_dist_dtype`.
 
-    ``diff`` (shape (b, d), dtype of ``xb``) and ``out`` are optional buffers.
+    ``diff`` (shape (r, d), dtype of ``xb``) and ``out`` are optional buffers; with
+    ``diff`` the rows go ``r`` at a time, so that its passes stay in cache.
     """
-    diff = torch.index_select(centers, 0, labels, out=diff)
-    diff.sub_(xb)
-    if diff.dtype != _dist_dtype(xb.dtype):
-        diff = diff.to(_dist_dtype(xb.dtype))
-        out = None
-    return torch.sum(diff.square_(), dim=1, out=out)
+    if diff is None or diff.dtype != _dist_dtype(xb.dtype):
+        diff = torch.index_select(centers, 0, labels).sub_(xb)
+        return torch.sum(diff.to(_dist_dtype(xb.dtype)).square_(), dim=1, out=out)
+    b, step = xb.shape[0], diff.shape[0]
+    out = torch.empty(b, dtype=diff.dtype, device=xb.device) if out is None else out
+    for r0 in range(0, b, step):
+        r1 = min(r0 + step, b)
+        part = torch.index_select(centers, 0, labels[r0:r1], out=diff[: r1 - r0])
+        part.sub_(xb[r0:r1])
+        torch.sum(part.square_(), dim=1, out=out[r0:r1])
+    return out
+
+
+def _accumulate(
+    sums: list[torch.Tensor],
+    xb: torch.Tensor,
+    labels: torch.Tensor,
+    ws: _Workspace,
+) -> None:
+    """Add the rows of ``xb`` to ``sums[c][labels]`` (float64), one column chunk each.
+
+    On the CPU ``index_put_(accumulate=True)`` adds serially in row order (deterministic,
+    and many times faster there than ``index_add_``); the chunks run in parallel threads.
+    On CUDA ``index_add_`` (float64 atomics) takes the whole block at once.
+    """
+    b = xb.shape[0]
+
+    def add(c: int) -> None:
+        c0, c1 = ws.chunks[c]
+        x64 = ws.x64[c][:b]
+        x64.copy_(xb[:, c0:c1])
+        if xb.device.type == "cpu":
+            sums[c].index_put_((labels,), x64, accumulate=True)
+        else:
+            sums[c].index_add_(0, labels, x64)
+
+    if len(sums) == 1:
+        add(0)
+    else:
+        list(_accumulators().map(add, range(len(sums))))
 
 
 @dataclass
@@ -467,24 +736,19 @@ def _assign_pass(
     c_sq = (centers * centers).sum(dim=1)
     labels = torch.empty(rows.n, dtype=torch.int64, device=dev)
     sq = torch.empty(rows.n, dtype=_dist_dtype(centers.dtype), device=dev)
-    sums = torch.zeros((k, rows.d), dtype=torch.float64, device=dev) if accumulate else None
+    ws = rows.workspace(min(block_rows, rows.n), min(centroid_block, k), centers.dtype, accumulate)
+    chunks = [torch.zeros((k, c1 - c0), dtype=torch.float64, device=dev) for c0, c1 in ws.chunks]
     counts = torch.zeros(k, dtype=torch.int64, device=dev) if accumulate else None
-    ws = _Workspace(
-        min(block_rows, rows.n), min(centroid_block, k), rows.d, centers.dtype, dev, accumulate
-    )
     for start, stop, xb in rows.blocks(block_rows):
-        b = stop - start
         lab = _nearest(xb, centers, c_sq, centroid_block, ws.scores)
         labels[start:stop] = lab
-        _sq_dist_to(xb, centers, lab, ws.diff[:b], sq[start:stop])
+        _sq_dist_to(xb, centers, lab, ws.diff, sq[start:stop])
         if accumulate:
-            x64 = ws.x64[:b]
-            x64.copy_(xb)
-            if dev.type == "cpu":  # serial and deterministic; index_add_ is slow on CPU
-                sums.index_put_((lab,), x64, accumulate=True)
-            else:
-                sums.index_add_(0, lab, x64)
+            _accumulate(chunks, xb, lab, ws)
             counts += torch.bincount(lab, minlength=k)
+    sums = None
+    if accumulate:
+        sums = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
     return _Pass(labels, sq, sums, counts)
 
 
@@ -504,6 +768,8 @@ def assign(
     centroid_block_size: int | None = None,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
+    matmul_precision: str = "highest",
+    distributed: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Assign each row of ``X`` to its nearest centroid, block by block.
 
@@ -522,6 +788,8 @@ def assign(
         Where to compute.
     dtype : str or torch.dtype
         Compute dtype (float32, float64, float16 or bfloat16).
+    matmul_precision, distributed
+        As for :class:`KMeans` (distributed: each rank assigns its slice, all get all).
 
     Returns
     -------
@@ -539,11 +807,23 @@ def assign(
         raise InvalidArgumentError(
             f"centroids have {cents.d} features but X has {rows.d}; they must match"
         )
+    _check_choice("matmul_precision", matmul_precision, VALID_PRECISIONS)
+    _check_distributed(distributed)
     block_rows, centroid_block = _block_sizes(dev, cents.n, block_size, centroid_block_size)
-    rows.check_finite(block_rows)
+    comm = _Comm(distributed, rows.n)
+    _check_finite(comm.local(rows), comm, block_rows)
     cents.check_finite(block_rows)
-    result = _assign_pass(rows, cents.block(0, cents.n), block_rows, centroid_block, False)
-    return result.labels.cpu().numpy(), result.sq_distances.cpu().numpy()
+    with _matmul_precision(dev, matmul_precision):
+        labels, sq = _assign_all(rows, cents.block(0, cents.n), block_rows, centroid_block, comm)
+    return labels.cpu().numpy(), sq.cpu().numpy()
+
+
+def _assign_all(
+    rows: _Rows, centers: torch.Tensor, block_rows: int, centroid_block: int, comm: _Comm
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels and squared distances of all rows, each rank assigning its slice."""
+    result = _assign_pass(comm.local(rows), centers, block_rows, centroid_block, False)
+    return comm.gather_rows(result.labels), comm.gather_rows(result.sq_distances)
 
 
 # --------------------------------------------------------------------------------------
@@ -657,6 +937,15 @@ class KMeans:
         Rows per block (default 8192 on CPU, 65536 on CUDA).
     centroid_block_size : int, optional
         Centroids per block (default: at most 2**23 scores per block on CPU, 2**28 on CUDA).
+    matmul_precision : {"highest", "tf32"}
+        ``"tf32"`` lets the distance matmuls use TF32 on CUDA (about 2x faster on an H100,
+        10-bit mantissa products; the exact distances and the float64 sums are unchanged).
+        Ignored on the CPU.
+    distributed : bool, optional
+        None (default): when ``torch.distributed`` is initialised with several ranks, each
+        rank assigns a contiguous slice of the rows and the float64 sums, counts and
+        potentials are all-reduced (see :func:`init_distributed`); otherwise one process.
+        False: this process alone. True: as None, but an error without a process group.
 
     Attributes
     ----------
@@ -677,6 +966,8 @@ class KMeans:
         Input rows chosen as initial centres.
     n_features_in_ : int
         Number of features ``d``.
+    n_ranks_ : int
+        Ranks the fit was shared by (1: one process).
 
     Notes
     -----
@@ -685,8 +976,16 @@ class KMeans:
     ``state.state_dict()`` (every N steps, say), and ``fit(X, state=...)`` with the state
     restored by :meth:`KMeansState.from_state_dict` resumes to the same result. The work is
     split into small steps over that state (``_init_state``, ``_kmeanspp_step``,
-    ``_lloyd_step``), the places where a distributed version reduces partial potentials,
+    ``_lloyd_step``), the places where the distributed form reduces partial potentials,
     sums and counts across ranks.
+
+    Distributed (DESIGN section 6): every rank calls ``fit`` with the whole input (a
+    memmap is not read beyond the rank's slice and a few rows by index) and the same
+    seed. All ranks draw the same random numbers; a k-means++ candidate is found by the
+    rank whose slice holds it and shared. The result equals the one-process result up to
+    the order of the float64 sums. ``labels_`` and ``sq_distances_`` are gathered, so
+    every rank holds all of them. A ``callback`` runs on every rank; during ``"init"``
+    its ``min_sq_distances`` covers that rank's rows only.
 
     Cost: greedy k-means++ evaluates ``2 + floor(ln k)`` candidates per centre in one pass
     over the rows, keeping an ``(n, n_candidates)`` buffer of candidate distances; a Lloyd
@@ -705,6 +1004,8 @@ class KMeans:
         dtype: str | torch.dtype = torch.float32,
         block_size: int | None = None,
         centroid_block_size: int | None = None,
+        matmul_precision: str = "highest",
+        distributed: bool | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -715,6 +1016,8 @@ class KMeans:
         self.dtype = dtype
         self.block_size = block_size
         self.centroid_block_size = centroid_block_size
+        self.matmul_precision = matmul_precision
+        self.distributed = distributed
 
     # -- public API ---------------------------------------------------------------------
 
@@ -767,8 +1070,12 @@ class KMeans:
 
     # -- steps: small, with all their state in a KMeansState (checkpoint / resume) -------
 
-    def _init_state(self, rows: _Rows) -> KMeansState:
-        """Start a fit: draw the random initial centres, or the first k-means++ centre."""
+    def _init_state(self, rows: _Rows, local: _Rows, comm: _Comm) -> KMeansState:
+        """Start a fit: draw the random initial centres, or the first k-means++ centre.
+
+        ``rows`` are all the inputs (read only by index), ``local`` this rank's slice of
+        them; every rank draws the same numbers from the same seed.
+        """
         k = self.n_clusters
         rng = np.random.default_rng(self.random_state)
         state = KMeansState(
@@ -787,73 +1094,103 @@ class KMeans:
             state.phase = "lloyd"
         else:
             first = np.array([rng.integers(rows.n)], dtype=np.int64)
-            inf = torch.full((rows.n,), math.inf, dtype=_dist_dtype(self._dtype))
-            self._add_center(rows, state, first, inf.to(self._device))
+            inf = torch.full((local.n,), math.inf, dtype=_dist_dtype(self._dtype))
+            self._add_center(rows, local, comm, state, first, inf.to(self._device))
         return state
 
-    def _kmeanspp_step(self, rows: _Rows, state: KMeansState) -> None:
+    def _kmeanspp_step(self, rows: _Rows, local: _Rows, comm: _Comm, state: KMeansState) -> None:
         """Choose the next greedy k-means++ centre (updates ``state`` in place)."""
         d2 = state.min_sq_distances
         cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
-        total = float(cums[-1])
+        offsets = np.zeros(comm.world + 1)  # where each rank's share of the potential starts
+        np.cumsum(comm.gather(cums[-1:]), out=offsets[1:])
+        total = float(offsets[-1])
         rng = state.rng
         if total > 0:
             u = rng.random(n_candidates(self.n_clusters)) * total
-            u = torch.from_numpy(np.minimum(u, np.nextafter(total, 0.0)))  # u < total
-            cand = torch.searchsorted(cums, u.to(cums.device), right=True)
-            cand = cand.clamp_(max=rows.n - 1).cpu().numpy()
+            u = np.minimum(u, np.nextafter(total, 0.0))  # u < total
+            cand = self._draw(cums, u, offsets, comm)
         else:  # every row coincides with a chosen centre: pick an unchosen row uniformly
             free = np.ones(rows.n, dtype=bool)
             free[state.center_indices[: state.step]] = False
             cand = np.array([rng.choice(np.flatnonzero(free))], dtype=np.int64)
-        self._add_center(rows, state, cand, d2)
+        self._add_center(rows, local, comm, state, cand, d2)
+
+    @staticmethod
+    def _draw(cums: torch.Tensor, u: np.ndarray, offsets: np.ndarray, comm: _Comm) -> np.ndarray:
+        """Rows (global indices) where the cumulative potential first exceeds each ``u``."""
+        if comm.world == 1:
+            found = torch.searchsorted(cums, torch.from_numpy(u).to(cums.device), right=True)
+            return found.clamp_(max=len(cums) - 1).cpu().numpy()
+        lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
+        mine = (u >= lo) & (u < hi)  # the ranges of the ranks partition [0, total)
+        cand = torch.full((len(u),), -1, dtype=torch.int64, device=cums.device)
+        if mine.any():
+            where = torch.from_numpy(np.flatnonzero(mine)).to(cums.device)
+            local_u = torch.from_numpy(u[mine] - lo).to(cums.device)
+            found = torch.searchsorted(cums, local_u, right=True).clamp_(max=len(cums) - 1)
+            cand[where] = found + comm.start
+        torch.distributed.all_reduce(cand, op=torch.distributed.ReduceOp.MAX)
+        return cand.cpu().numpy()
 
     def _add_center(
-        self, rows: _Rows, state: KMeansState, cand: np.ndarray, d2: torch.Tensor
+        self,
+        rows: _Rows,
+        local: _Rows,
+        comm: _Comm,
+        state: KMeansState,
+        cand: np.ndarray,
+        d2: torch.Tensor,
     ) -> None:
-        """Keep the candidate that most lowers the potential; update D^2."""
+        """Keep the candidate that most lowers the potential; update D^2 (this rank's rows)."""
         block_rows, _ = self._blocks(len(cand))
-        if rows.full is not None and self.block_size is None:
+        if local.full is not None and self.block_size is None:
             # few columns: take many rows at once (fewer, larger kernels)
-            block_rows = max(block_rows, _MAX_SCORE_ELEMENTS[rows.device.type] // len(cand))
+            block_rows = max(block_rows, _MAX_SCORE_ELEMENTS[local.device.type] // len(cand))
         cx = rows.take(cand)
         cx_sq = (cx.to(d2.dtype) ** 2).sum(dim=1)
-        x_sq = rows.sq_norms(block_rows)
-        new_d2 = torch.empty((rows.n, len(cand)), dtype=d2.dtype, device=d2.device)
+        x_sq = local.sq_norms(block_rows)
+        new_d2 = torch.empty((local.n, len(cand)), dtype=d2.dtype, device=d2.device)
         potentials = torch.zeros(len(cand), dtype=torch.float64, device=d2.device)
-        for start, stop, xb in rows.blocks(block_rows):
+        for start, stop, xb in local.blocks(block_rows):
             dist = torch.addmm(cx_sq, xb.to(d2.dtype), cx.to(d2.dtype).T, alpha=-2)
             dist.add_(x_sq[start:stop, None]).clamp_(min=0)
             torch.minimum(dist, d2[start:stop, None], out=new_d2[start:stop])
             potentials += new_d2[start:stop].sum(dim=0, dtype=torch.float64)
-        best = int(torch.argmin(potentials))
+        best = int(torch.argmin(comm.sum_(potentials)))
         chosen = int(cand[best])
         d2 = new_d2[:, best].contiguous()
-        d2[chosen] = 0
+        if comm.start <= chosen < comm.stop:
+            d2[chosen - comm.start] = 0
         state.centers[state.step] = cx[best]
         state.center_indices[state.step] = chosen
         state.min_sq_distances = d2
         state.step += 1
 
-    def _lloyd_step(self, rows: _Rows, state: KMeansState) -> _Pass | None:
+    def _lloyd_step(self, local: _Rows, comm: _Comm, state: KMeansState) -> _Pass | None:
         """Run one Lloyd iteration: assign, record the potential, update the centres.
+
+        Each rank assigns its rows; the float64 sums, the counts and the potential are
+        summed over the ranks, so every rank computes the same new centres.
 
         Returns
         -------
         _Pass or None
             None while iterating; once the fit is complete (``n_iters`` updates done, or
-            early stop) the last assignment pass, which matches ``state.centers``.
+            early stop) the last assignment pass (this rank's rows), which matches
+            ``state.centers``.
         """
         block_rows, centroid_block = self._blocks(self.n_clusters)
         done = state.step >= self.n_iters
-        result = _assign_pass(rows, state.centers, block_rows, centroid_block, not done)
+        result = _assign_pass(local, state.centers, block_rows, centroid_block, not done)
         history = state.potential_history
-        history.append(result.potential)
+        history.append(comm.sum_float(result.potential, local.device))
         if not done and self.tol is not None and len(history) >= 2:
             done = history[-2] - history[-1] <= self.tol * history[-2]
         if done:
             return result
-        state.centers = _update_centers(result.sums, result.counts, state.centers)
+        sums, counts = comm.sum_(result.sums), comm.sum_(result.counts)
+        state.centers = _update_centers(sums, counts, state.centers)
         state.step += 1
         return None
 
@@ -869,6 +1206,8 @@ class KMeans:
         self._dtype = _resolve_dtype(self.dtype)
         _check_block_size("block_size", self.block_size)
         _check_block_size("centroid_block_size", self.centroid_block_size)
+        _check_choice("matmul_precision", self.matmul_precision, VALID_PRECISIONS)
+        _check_distributed(self.distributed)
 
     def _blocks(self, k: int) -> tuple[int, int]:
         return _block_sizes(self._device, k, self.block_size, self.centroid_block_size)
@@ -884,29 +1223,33 @@ class KMeans:
             raise InvalidArgumentError(
                 f"n_clusters={self.n_clusters} must be <= n_samples={rows.n}"
             )
-        rows.check_finite(self._blocks(1)[0])
-        if state is None:
-            state = self._init_state(rows)
-            if callback is not None:
-                callback(state)
-        while state.phase == "init" and state.step < self.n_clusters:
-            self._kmeanspp_step(rows, state)
-            if callback is not None:
-                callback(state)
-        if state.phase == "init":
-            state.phase, state.step, state.min_sq_distances = "lloyd", 0, None
-        while (final := self._lloyd_step(rows, state)) is None:
-            if callback is not None:
-                callback(state)
+        comm = _Comm(self.distributed, rows.n)
+        local = comm.local(rows)
+        with _matmul_precision(self._device, self.matmul_precision):
+            _check_finite(local, comm, self._blocks(1)[0])
+            if state is None:
+                state = self._init_state(rows, local, comm)
+                if callback is not None:
+                    callback(state)
+            while state.phase == "init" and state.step < self.n_clusters:
+                self._kmeanspp_step(rows, local, comm, state)
+                if callback is not None:
+                    callback(state)
+            if state.phase == "init":
+                state.phase, state.step, state.min_sq_distances = "lloyd", 0, None
+            while (final := self._lloyd_step(local, comm, state)) is None:
+                if callback is not None:
+                    callback(state)
         state.phase = "done"
         self.cluster_centers_ = state.centers.cpu().to(_dist_dtype(self._dtype)).numpy()
-        self.labels_ = final.labels.cpu().numpy()
-        self.sq_distances_ = final.sq_distances.cpu().numpy()
+        self.labels_ = comm.gather_rows(final.labels).cpu().numpy()
+        self.sq_distances_ = comm.gather_rows(final.sq_distances).cpu().numpy()
         self.inertia_ = state.potential_history[-1]
         self.n_iter_ = state.step
         self.potential_history_ = list(state.potential_history)
         self.init_indices_ = state.center_indices.copy()
         self.n_features_in_ = rows.d
+        self.n_ranks_ = comm.world
         self._centers_tensor = state.centers
         if callback is not None:
             callback(state)
@@ -1059,6 +1402,8 @@ def cluster_level(
     dtype: str | torch.dtype = torch.float32,
     block_size: int | None = None,
     centroid_block_size: int | None = None,
+    matmul_precision: str = "highest",
+    distributed: bool | None = None,
 ) -> LevelResult:
     """Cluster one level's inputs with k-means, resampling steps or splits (DESIGN 4).
 
@@ -1087,8 +1432,11 @@ def cluster_level(
         How they are taken.
     n_splits : int
         Sub-clusters per cluster (1 = no split); not combined with resampling.
-    init, tol, device, dtype, block_size, centroid_block_size
+    init, tol, device, dtype, block_size, centroid_block_size, matmul_precision
         As for :class:`KMeans`.
+    distributed : bool, optional
+        As for :class:`KMeans`: the k-means runs and the assignment of all of ``Y`` are
+        shared by the ranks; the splits (many small runs) are computed by every rank alone.
     random_state : None, int, numpy.random.SeedSequence or numpy.random.Generator
         Seed. Run ``s`` uses stream ``(0, s)``, the resampling draw of step ``s`` stream
         ``(1, s)`` and the split of cluster ``j`` stream ``(2, j)`` of it.
@@ -1112,7 +1460,10 @@ def cluster_level(
         raise InvalidArgumentError(f"n_clusters={p.n_clusters} must be <= n_samples={rows.n}")
     seed = _seed_sequence(random_state)
 
-    def kmeans(k: int, key: tuple[int, ...]) -> KMeans:
+    _check_choice("matmul_precision", matmul_precision, VALID_PRECISIONS)
+    _check_distributed(distributed)
+
+    def kmeans(k: int, key: tuple[int, ...], alone: bool = False) -> KMeans:
         return KMeans(
             k,
             init=init,
@@ -1123,6 +1474,8 @@ def cluster_level(
             dtype=dt,
             block_size=block_size,
             centroid_block_size=centroid_block_size,
+            matmul_precision=matmul_precision,
+            distributed=False if alone else distributed,
         )
 
     km = kmeans(p.n_clusters, (0, 0))
@@ -1147,8 +1500,11 @@ def cluster_level(
         km._validate()
         km._fit_rows(_Rows(rows.take(pool), dev, dt))
         centers = km._centers_tensor
-        result = _assign_pass(rows, centers, block_rows, centroid_block, False)
-        labels, sq = result.labels.cpu().numpy(), result.sq_distances.cpu().numpy()
+        with _matmul_precision(dev, matmul_precision):
+            lab, dist = _assign_all(
+                rows, centers, block_rows, centroid_block, _Comm(distributed, rows.n)
+            )
+        labels, sq = lab.cpu().numpy(), dist.cpu().numpy()
         histories.append(km.potential_history_)
     centroids = centers.cpu().to(_dist_dtype(dt)).numpy()
     if p.n_splits > 1:
@@ -1160,7 +1516,7 @@ def _split(
     rows: _Rows,
     labels: np.ndarray,
     p: _LevelParams,
-    make_kmeans: Callable[[int, tuple[int, ...]], KMeans],
+    make_kmeans: Callable[[int, tuple[int, ...], bool], KMeans],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split every cluster into up to ``n_splits`` sub-clusters; drop empty ones."""
     members, offsets, _ = sort_clusters(labels, np.zeros(len(labels)), p.n_clusters)
@@ -1171,7 +1527,7 @@ def _split(
         idx = members[offsets[j] : offsets[j + 1]]
         if len(idx) == 0:
             continue
-        km = make_kmeans(min(p.n_splits, len(idx)), (2, j))
+        km = make_kmeans(min(p.n_splits, len(idx)), (2, j), True)
         km._validate()
         km._fit_rows(_Rows(rows.take(idx), rows.device, rows.dtype))
         used, sub = np.unique(km.labels_, return_inverse=True)
@@ -1249,6 +1605,8 @@ class HierarchicalKMeans:
         Sub-clusters per cluster (1 = no split). Not combined with resampling.
     init, tol, random_state, device, dtype, block_size, centroid_block_size
         As for :class:`KMeans`; level ``l`` uses stream ``(l,)`` of ``random_state``.
+    matmul_precision, distributed
+        As for :func:`cluster_level`.
 
     Attributes
     ----------
@@ -1289,6 +1647,8 @@ class HierarchicalKMeans:
         dtype: str | torch.dtype = torch.float32,
         block_size: int | None = None,
         centroid_block_size: int | None = None,
+        matmul_precision: str = "highest",
+        distributed: bool | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.n_levels = n_levels
@@ -1304,6 +1664,8 @@ class HierarchicalKMeans:
         self.dtype = dtype
         self.block_size = block_size
         self.centroid_block_size = centroid_block_size
+        self.matmul_precision = matmul_precision
+        self.distributed = distributed
 
     def level_params(self) -> list[_LevelParams]:
         """Validate and return the parameters of every level (raises InvalidArgumentError)."""
@@ -1418,6 +1780,8 @@ class HierarchicalKMeans:
                 dtype=dt,
                 block_size=self.block_size,
                 centroid_block_size=self.centroid_block_size,
+                matmul_precision=self.matmul_precision,
+                distributed=self.distributed,
             )
             levels.append(result)
             if level_callback is not None:

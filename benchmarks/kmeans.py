@@ -1,0 +1,331 @@
+"""Seconds per Lloyd iteration: astrocurate's KMeans vs faiss.Kmeans vs a plain torch loop.
+
+All three run in one process on the same data (a synthetic Gaussian mixture written to a
+temporary ``.npy`` and memory-mapped), with the same ``k``, the same initial centroids
+(``k`` distinct rows drawn with ``--seed``), the same number of Lloyd iterations and the
+same number of threads. The methods take turns for ``--rounds`` rounds, so a load that
+changes during the run (a shared machine) hits all of them alike; the ratio ours / faiss
+measured in one run is the figure that counts.
+
+Reported per method: median wall seconds per iteration (the first iteration, which also
+pays for set-up, is left out when there are 3 or more), CPU seconds per iteration
+(process time of all threads; robust to other jobs taking turns on the cores), and the
+inertia of the final centroids, all evaluated the same way (exact squared distances to
+the nearest centroid, summed in float64).
+
+faiss is a benchmark-only dependency (``pip install faiss-cpu``). Without it the faiss
+column is left out with a message. faiss is run without subsampling
+(``max_points_per_centroid`` large) so that it iterates over every point as we do; it
+re-seeds empty clusters by splitting large ones, ours keeps their centroid.
+
+Examples
+--------
+``python benchmarks/kmeans.py``                       the default cases on the CPU
+``python benchmarks/kmeans.py --case 200000x384:1000 --iters 5``
+``python benchmarks/kmeans.py --big``                 adds 1M x 128 with k=10k
+``python benchmarks/kmeans.py --device cuda --case 3000000x384:60000 --precision tf32``
+``python benchmarks/kmeans.py --hierarchical``        config-A shape at 1/10 scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from astrocurate.kmeans import HierarchicalKMeans, KMeans, KMeansState, assign, resolve_device
+
+try:
+    import faiss
+except ImportError:  # benchmark-only dependency
+    faiss = None
+
+DEFAULT_CASES = ["200000x384:1000", "200000x384:4000", "1000000x128:1000"]
+BIG_CASES = ["1000000x128:10000"]
+GPU_CASES = ["3000000x384:60000"]
+FAISS_MISSING = (
+    "faiss is not installed: the faiss column is left out. Install it with "
+    "`pip install faiss-cpu` (or the project's `bench` extra) to compare."
+)
+
+
+@dataclass
+class Timing:
+    """Per-iteration timings and the final centroids of one method."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    centroids: np.ndarray | None = None
+
+    def wall_per_iter(self) -> float:
+        """Median wall seconds per iteration, without the first when there are >= 3."""
+        values = self.wall[1:] if len(self.wall) >= 3 else self.wall
+        return statistics.median(values)
+
+    def cpu_per_iter(self) -> float:
+        """Median CPU seconds per iteration, without the first when there are >= 3."""
+        values = self.cpu[1:] if len(self.cpu) >= 3 else self.cpu
+        return statistics.median(values)
+
+
+# --------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------
+
+
+def parse_case(text: str) -> tuple[int, int, int]:
+    """``"NxD:K"`` -> ``(n, d, k)``."""
+    try:
+        shape, k = text.split(":")
+        n, d = shape.lower().split("x")
+        return int(n), int(d), int(k)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"case {text!r} is not NxD:K, e.g. 200000x384:1000"
+        ) from exc
+
+
+def write_mixture(path: Path, n: int, d: int, seed: int, components: int = 256) -> np.ndarray:
+    """Write an ``(n, d)`` float32 Gaussian mixture to ``path`` and return it memory-mapped."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=3.0, size=(components, d)).astype(np.float32)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    for start in range(0, n, 65536):
+        stop = min(start + 65536, n)
+        which = rng.integers(components, size=stop - start)
+        out[start:stop] = means[which] + rng.standard_normal((stop - start, d), np.float32)
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+# --------------------------------------------------------------------------------------
+# the three methods
+# --------------------------------------------------------------------------------------
+
+
+def _clock(device: torch.device) -> tuple[float, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter(), time.process_time()
+
+
+def _record(timing: Timing, marks: list[tuple[float, float]]) -> None:
+    for (w0, c0), (w1, c1) in itertools.pairwise(marks):
+        timing.wall.append(w1 - w0)
+        timing.cpu.append(c1 - c0)
+
+
+def run_ours(
+    x: np.ndarray, init: np.ndarray, iters: int, device: torch.device, precision: str
+) -> Timing:
+    """Our KMeans started from ``init`` (through the resume state), timed per Lloyd update."""
+    k = init.shape[0]
+    state = KMeansState(
+        phase="lloyd",
+        step=0,
+        centers=torch.from_numpy(init.copy()).to(device),
+        center_indices=np.full(k, -1, dtype=np.int64),
+        min_sq_distances=None,
+        potential_history=[],
+        rng=np.random.default_rng(0),
+    )
+    marks = [_clock(device)]
+
+    def callback(st: KMeansState) -> None:
+        if st.phase == "lloyd":
+            marks.append(_clock(device))
+
+    km = KMeans(k, n_iters=iters, device=device, matmul_precision=precision)
+    km.fit(x, state=state, callback=callback)
+    timing = Timing(centroids=km.cluster_centers_)
+    _record(timing, marks)
+    return timing
+
+
+def run_faiss(x: np.ndarray, init: np.ndarray, iters: int, device: torch.device) -> Timing:
+    """faiss.Kmeans from ``init``; per-iteration wall time from its iteration statistics."""
+    n, d = x.shape
+    k = init.shape[0]
+    use_gpu = device.type == "cuda" and faiss.get_num_gpus() > 0
+    km = faiss.Kmeans(
+        d, k, niter=iters, max_points_per_centroid=n, seed=1, verbose=False, gpu=use_gpu
+    )
+    c0 = time.process_time()
+    km.train(np.ascontiguousarray(x), init_centroids=init)
+    cpu = (time.process_time() - c0) / iters
+    cumulative = [0.0] + [s["time"] for s in km.iteration_stats]
+    timing = Timing(centroids=np.asarray(km.centroids).copy())
+    timing.wall = [b - a for a, b in itertools.pairwise(cumulative)]
+    timing.cpu = [cpu] * iters
+    return timing
+
+
+def run_torch_loop(
+    x: np.ndarray, init: np.ndarray, iters: int, device: torch.device, block: int
+) -> Timing:
+    """Plain torch Lloyd loop: matmul + argmin + index_add (float32 sums), in row blocks."""
+    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    c = torch.from_numpy(init.copy()).to(device)
+    k = c.shape[0]
+    marks = [_clock(device)]
+    for _ in range(iters):
+        c_sq = (c * c).sum(1)
+        sums = torch.zeros_like(c)
+        counts = torch.zeros(k, dtype=torch.int64, device=device)
+        for start in range(0, xt.shape[0], block):
+            xb = xt[start : start + block]
+            labels = (c_sq - 2 * xb @ c.T).argmin(1)
+            sums.index_add_(0, labels, xb)
+            counts += torch.bincount(labels, minlength=k)
+        full = counts > 0
+        c = torch.where(full[:, None], sums / counts.clamp(min=1)[:, None], c)
+        marks.append(_clock(device))
+    timing = Timing(centroids=c.cpu().numpy())
+    _record(timing, marks)
+    return timing
+
+
+def inertia(x: np.ndarray, centroids: np.ndarray, device: torch.device) -> float:
+    """Sum of exact squared distances to the nearest centroid (float64 sum)."""
+    _, sq = assign(x, centroids.astype(np.float32), device=device)
+    return float(sq.sum(dtype=np.float64))
+
+
+# --------------------------------------------------------------------------------------
+# one case
+# --------------------------------------------------------------------------------------
+
+
+def run_case(
+    args: argparse.Namespace, case: tuple[int, int, int], device: torch.device, tmp: Path
+) -> None:
+    """Time every method on one ``(n, d, k)`` case and print a table."""
+    n, d, k = case
+    x = write_mixture(tmp / f"x_{n}_{d}.npy", n, d, args.seed)
+    init = np.asarray(x[np.sort(np.random.default_rng(args.seed).choice(n, k, replace=False))])
+    methods: dict[str, Callable[[], Timing]] = {
+        "astrocurate": lambda: run_ours(x, init, args.iters, device, args.precision)
+    }
+    if faiss is not None and (device.type == "cpu" or faiss.get_num_gpus() > 0):
+        methods["faiss.Kmeans"] = lambda: run_faiss(x, init, args.iters, device)
+    if not args.no_torch_loop:
+        block = 8192 if device.type == "cpu" else 32768
+        methods["torch loop"] = lambda: run_torch_loop(x, init, args.iters, device, block)
+    results: dict[str, list[Timing]] = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for name, run in methods.items():
+            results[name].append(run())
+    print(f"\n## {n:,} x {d}, k={k:,}: {args.iters} Lloyd iterations, {args.rounds} round(s)")
+    print(
+        "| method | s/iter (wall, median) | CPU s/iter | vs faiss (wall) | vs faiss (CPU) "
+        "| inertia | inertia / faiss |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    rows = {}
+    for name, timings in results.items():
+        wall = statistics.median(t.wall_per_iter() for t in timings)
+        cpu = statistics.median(t.cpu_per_iter() for t in timings)
+        rows[name] = (wall, cpu, inertia(x, timings[-1].centroids, device))
+        if args.verbose:
+            print(
+                f"  {name} per-iteration wall: "
+                + " ".join(f"{w:.3f}" for t in timings for w in t.wall)
+            )
+    ref = rows.get("faiss.Kmeans")
+    for name, (wall, cpu, inert) in rows.items():
+        ratios = (
+            ("-", "-", "-")
+            if ref is None
+            else (f"{wall / ref[0]:.2f}", f"{cpu / ref[1]:.2f}", f"{inert / ref[2]:.5f}")
+        )
+        print(
+            f"| {name} | {wall:.3f} | {cpu:.3f} | {ratios[0]} | {ratios[1]} "
+            f"| {inert:.6g} | {ratios[2]} |"
+        )
+    sys.stdout.flush()
+
+
+def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
+    """Config A's shape at 1/10 scale: 300k points, 6000/400/30 clusters, with resampling."""
+    n, d = 300_000, args.hierarchical_dim
+    x = write_mixture(tmp / f"h_{n}_{d}.npy", n, d, args.seed)
+    hkm = HierarchicalKMeans(
+        [6000, 400, 30],
+        n_iters=args.iters,
+        n_resampling_steps=[3, 3, 3],
+        sample_size=[5, 3, 3],
+        sampling_strategy="r",
+        random_state=args.seed,
+        device=device,
+        matmul_precision=args.precision,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    hkm.fit(x)
+    wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    print(f"\n## hierarchical, {n:,} x {d}, clusters 6000/400/30, {args.iters} iterations, 3 steps")
+    print(f"wall {wall:.1f} s, peak RSS {rss:.2f} GiB, peak GPU memory {gpu:.2f} GiB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and run the cases."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", action="append", type=parse_case, help="NxD:K (repeatable)")
+    parser.add_argument("--big", action="store_true", help=f"also run {', '.join(BIG_CASES)}")
+    parser.add_argument("--iters", type=int, default=5, help="Lloyd iterations per run")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each method takes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision", default="highest", choices=["highest", "tf32"], help="our matmul precision"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-torch-loop", action="store_true", help="skip the plain torch loop")
+    parser.add_argument("--hierarchical", action="store_true", help="also the config-A-shaped run")
+    parser.add_argument("--hierarchical-dim", type=int, default=384)
+    parser.add_argument("--tmp", type=Path, default=None, help="where the data file goes")
+    parser.add_argument("--verbose", action="store_true", help="print every iteration's time")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    if faiss is None:
+        print(FAISS_MISSING, file=sys.stderr)
+    else:
+        faiss.omp_set_num_threads(args.threads)
+    if device.type == "cuda" and args.precision == "tf32":
+        print("ours uses TF32 matmuls (matmul_precision='tf32'); the torch loop uses FP32")
+    cases = args.case or (GPU_CASES if device.type == "cuda" else DEFAULT_CASES)
+    cases = [c if isinstance(c, tuple) else parse_case(c) for c in cases]
+    if args.big:
+        cases += [parse_case(c) for c in BIG_CASES]
+    print(
+        f"torch {torch.__version__}, faiss {getattr(faiss, '__version__', 'missing')}, "
+        f"device {device}, threads {args.threads}, load average "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    )
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for case in cases:
+            run_case(args, case, device, Path(tmp))
+        if args.hierarchical:
+            run_hierarchical(args, device, Path(tmp))
+    print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

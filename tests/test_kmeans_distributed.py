@@ -186,7 +186,7 @@ def test_one_process_ignores_distributed_none_and_refuses_true() -> None:
     x = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
     km = KMeans(3, n_iters=2, random_state=0).fit(x)
     assert km.n_ranks_ == 1
-    with pytest.raises(InvalidArgumentError, match="torch.distributed is not initialised"):
+    with pytest.raises(InvalidArgumentError, match=r"torch\.distributed is not initialised"):
         KMeans(3, distributed=True).fit(x)
     with pytest.raises(InvalidArgumentError, match="distributed='yes'"):
         KMeans(3, distributed="yes").fit(x)  # type: ignore[arg-type]

@@ -1,7 +1,11 @@
 """The user's guide, command for command, in bash from the project root.
 
-Covers the steps that exist so far (1 cutouts, 2 merge, and the find_run lookups
-between them), with the guide's ``source feat_extract_env/bin/activate``.
+All five steps and the find_run lookups between them, with the guide's
+``source feat_extract_env/bin/activate`` and ``source clustering_env/bin/activate``. Two
+deliberate departures: step 4a uses the small demo config instead of configuration A
+(60k clusters need ~3M cutouts) and no SLURM flags (tests/test_slurm.py runs the guide's
+SLURM path against a real cluster); the merge lookup writes ``$CUTOUTS_RUN_ID_64`` where
+the guide forgot the ``$`` (tests/test_find_run.py covers the literal form).
 """
 
 from __future__ import annotations
@@ -46,9 +50,37 @@ GUIDE = textwrap.dedent(
 
     MERGED_RUN_ID=$(python scripts/find_run.py --run-name merge_cutouts \\
         --cutout-ids "[$CUTOUTS_RUN_ID_64, $CUTOUTS_RUN_ID_128]")
+
+    python scripts/feature_extraction.py \\
+        --merged-cutouts-id "$MERGED_RUN_ID"
     deactivate
 
     source clustering_env/bin/activate
+    FEATURE_RUN_ID=$(python scripts/find_run.py --run-name feature_extraction)
+
+    python scripts/4_clustering.py \\
+        --features-id "$FEATURE_RUN_ID" \\
+        --config_file "configs/clusters/demo_2lvl_64_8.yaml"
+
+    CLUSTERING_DIR_PATH=$(python scripts/find_run.py --run-name clustering --get-path)
+
+    echo "Changing directory to: $CLUSTERING_DIR_PATH"
+    cd "$CLUSTERING_DIR_PATH"
+
+    ./run.sh
+
+    cd -
+
+    CLUSTERING_RUN_ID=$(python scripts/find_run.py --run-name clustering)
+
+    python scripts/random_sampling.py \\
+        --clustering-id "$CLUSTERING_RUN_ID" \\
+        --num-samples 100
+    SAMPLING_RUN_ID=$(python scripts/find_run.py --run-name curated_sampling)
+
+    echo "FEATURES=$FEATURE_RUN_ID"
+    echo "CLUSTERING=$CLUSTERING_RUN_ID"
+    echo "SAMPLING=$SAMPLING_RUN_ID"
     echo "CUT64=$CUTOUTS_RUN_ID_64"
     echo "CUT128=$CUTOUTS_RUN_ID_128"
     echo "MERGED=$MERGED_RUN_ID"
@@ -57,7 +89,7 @@ GUIDE = textwrap.dedent(
 )
 
 
-def test_guide_steps_one_and_two(store: Path, tmp_path: Path) -> None:
+def test_guide_all_five_steps(store: Path, tmp_path: Path) -> None:
     for env_name in ("feat_extract_env", "clustering_env"):
         if not (ROOT / env_name / "bin" / "activate").is_file():
             pytest.skip(f"{env_name} is created by `make setup` (make test does it)")
@@ -81,3 +113,10 @@ def test_guide_steps_one_and_two(store: Path, tmp_path: Path) -> None:
     assert merged.name == "merge_cutouts" and merged.finished
     assert set(merged.input_run_ids) == {cut64.run_id, cut128.run_id}
     assert Path(values["PYTHON"]).parent == ROOT / ".venv" / "bin"
+    features, clustering, sampling = (
+        get_run(values[k]) for k in ("FEATURES", "CLUSTERING", "SAMPLING")
+    )
+    assert features.finished and features.input_run_ids == [merged.run_id]
+    assert clustering.finished and clustering.input_run_ids == [features.run_id]
+    assert sampling.finished and sampling.input_run_ids == [clustering.run_id]
+    assert (sampling.output_dir / "report" / "index.html").is_file()

@@ -184,6 +184,9 @@ def measure(
         "--overlap",
         str(overlap),
     ]
+    # PYTHONPATH, not only sys.path: the fork server of the workers imports the package
+    # with the interpreter's default path (Python 3.11 ignores the parent's sys.path there)
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(src), env.get("PYTHONPATH", "")])}
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         child = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=stderr, text=True)
         memory = TreeMemory(child.pid)

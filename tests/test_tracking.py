@@ -191,3 +191,16 @@ def test_find_runs_newest_first_and_numeric_params(store: Path) -> None:
         time.sleep(0.01)
     found = tracking.find_runs("cutting_out", params={"window_size": "64", "overlap": ".5"})
     assert [r.run_id for r in found] == [ids[2], ids[0]]
+
+
+def test_outputs_record_sizes_hashes_and_sampled_blocks(store: Path) -> None:
+    """outputs.json: per file its size, full SHA-256 and sampled blocks (the quick check)."""
+    with tracked_step("cutting_out", {"window_size": 64}) as run:
+        _write(run, "abc")
+    entry = _artifact_json(run.run_id, "outputs.json")["data.txt"]
+    assert entry["size"] == 3
+    assert entry["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert entry["sample"]["offsets"] == [0]
+    assert entry["sample"]["sha256"] == tracking.sample_digest(run.output_dir / "data.txt", [0])
+    assert _artifact_json(run.run_id, "metadata.json")["output_hash"] == "full"
+    assert tracking.quick_check_outputs(get_run(run.run_id)) == 1

@@ -6,7 +6,9 @@ Every stage records itself through :func:`tracked_step`, which gives each run
 - all parameters, the IDs of its input runs, the random seed,
 - the package version and git commit, the host and process,
 - its output directory (one directory per run, the contract between steps),
-- a content hash of the outputs and a per-file listing (artifact ``outputs.json``),
+- a content hash of the outputs and a per-file listing (artifact ``outputs.json``:
+  size, SHA-256 and sampled blocks of each file), checked cheaply by the next step
+  (:func:`require_run`) and in full by ``astrocurate verify``,
 - a ``metadata.json`` artifact describing the run.
 
 A run is FINISHED only after its outputs are complete. An exception marks it
@@ -32,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -39,7 +42,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +257,9 @@ def require_run(run_id: str, step: str, argument: str = "run ID") -> RunRecord:
     RunNotFoundError
         If there is no such run.
     InvalidRunError
-        If it is from another step, did not finish, or its outputs are gone.
+        If it is from another step, did not finish, or its outputs are gone or changed
+        (sizes and sampled blocks, :func:`quick_check_outputs`; skipped when
+        ``ASTROCURATE_SKIP_INPUT_CHECK=1``).
     """
     record = get_run(run_id, argument)
     if record.step != step:
@@ -272,6 +277,8 @@ def require_run(run_id: str, step: str, argument: str = "run ID") -> RunRecord:
             f"{argument}: output directory {out} of {step} run {record.run_id} is missing "
             "(moved or deleted?); restore it or rerun that step"
         )
+    if os.environ.get(SKIP_INPUT_CHECK_ENV, "").strip() not in ("1", "true", "yes"):
+        quick_check_outputs(record, argument)
     return record
 
 
@@ -359,14 +366,197 @@ def params_match(stored: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
 
 # --------------------------------------------------------------------------- hashing
 
+#: Size of a sampled block of the quick fingerprint (the first, the last and a few
+#: middle blocks of each file, at multiples of this size).
+SAMPLE_BLOCK = 1 << 20
+#: Middle blocks sampled per file, at offsets seeded by the file size.
+SAMPLE_MIDDLE_BLOCKS = 4
+#: Read size of the full hash: a multiple of :data:`SAMPLE_BLOCK`, so that one pass
+#: also yields the sampled blocks.
+_READ_CHUNK = 8 * SAMPLE_BLOCK
+#: ``full`` (default): record each output file's SHA-256 at the end of a run;
+#: ``sample``: record sizes and sampled blocks only (faster, weaker ``verify``).
+HASH_MODE_ENV = "ASTROCURATE_OUTPUT_HASH"
+#: Set to 1 to skip the quick check of an input run's outputs in :func:`require_run`.
+SKIP_INPUT_CHECK_ENV = "ASTROCURATE_SKIP_INPUT_CHECK"
+#: Top-level output folders that may change after a run finished: SLURM job logs keep
+#: being written after the last step (``logs/``), ``astrocurate report`` rewrites the
+#: report (``report/``). ``verify`` lists their differences as notes, the quick check
+#: skips them.
+VOLATILE_DIRS: tuple[str, ...] = ("logs", "report")
+#: Most bytes the quick check of an input run reads (files past it are size-checked only).
+QUICK_CHECK_BYTES = 64 << 20
 
-def _sha256_file(path: Path) -> str:
-    """Return the SHA-256 of a file, read in 8 MiB blocks."""
+ProgressCallback = Callable[[int], None]
+
+
+def default_hash_workers() -> int:
+    """Return how many files are hashed in parallel: the CPUs, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def hash_mode() -> str:
+    """Return the output hash mode, ``full`` or ``sample`` (:data:`HASH_MODE_ENV`)."""
+    mode = os.environ.get(HASH_MODE_ENV, "").strip().lower() or "full"
+    if mode not in ("full", "sample"):
+        log.warning("%s=%r: expected full or sample; using full", HASH_MODE_ENV, mode)
+        return "full"
+    return mode
+
+
+def is_volatile(relative_path: str) -> bool:
+    """Return whether an output path lies in a folder that may change after the run."""
+    return relative_path.split("/", 1)[0] in VOLATILE_DIRS and "/" in relative_path
+
+
+def sample_offsets(size: int, block: int = SAMPLE_BLOCK) -> list[int]:
+    """Return the offsets of the sampled blocks of a file of ``size`` bytes.
+
+    Parameters
+    ----------
+    size : int
+        File size in bytes.
+    block : int
+        Block size; offsets are multiples of it.
+
+    Returns
+    -------
+    list of int
+        Every block of a small file; else the first, the last and
+        :data:`SAMPLE_MIDDLE_BLOCKS` middle blocks chosen by a generator seeded with
+        the size (the same file size always gives the same offsets).
+    """
+    n_blocks = -(-size // block)
+    if n_blocks <= SAMPLE_MIDDLE_BLOCKS + 2:
+        return [i * block for i in range(n_blocks)]
+    rng = random.Random(f"astrocurate-sample-{size}")
+    middle = sorted(rng.sample(range(1, n_blocks - 1), SAMPLE_MIDDLE_BLOCKS))
+    return [0, *(i * block for i in middle), (n_blocks - 1) * block]
+
+
+def _sample_update(digest: Any, offset: int, data: Any) -> None:
+    digest.update(offset.to_bytes(8, "little"))
+    digest.update(data)
+
+
+def _read_into(handle: Any, view: memoryview) -> int:
+    """Fill ``view`` from ``handle`` (short only at the end of the file); return the count."""
+    filled = 0
+    while filled < len(view):
+        n = handle.readinto(view[filled:])
+        if not n:
+            break
+        filled += n
+    return filled
+
+
+def _pread_block(fd: int, offset: int, block: int) -> bytes:
+    """Read up to ``block`` bytes at ``offset`` (fewer only at the end of the file)."""
+    parts = []
+    while block > 0:
+        data = os.pread(fd, block, offset)
+        if not data:
+            break
+        parts.append(data)
+        offset += len(data)
+        block -= len(data)
+    return b"".join(parts)
+
+
+def sample_digest(path: Path, offsets: Iterable[int], block: int = SAMPLE_BLOCK) -> str:
+    """Return the SHA-256 over the sampled blocks of a file (each preceded by its offset).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    offsets : iterable of int
+        Block offsets, as :func:`sample_offsets` gives them (recorded with the run).
+    block : int
+        Block size.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(8 << 20):
-            digest.update(block)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for offset in offsets:
+            _sample_update(digest, offset, _pread_block(fd, offset, block))
+    finally:
+        os.close(fd)
     return digest.hexdigest()
+
+
+def fingerprint_file(
+    path: Path, *, full: bool = True, progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Return what a run records of one output file.
+
+    The full SHA-256 and the sampled blocks are computed in one sequential pass of
+    8 MiB reads into a reused buffer (hashlib releases the GIL, so threads hashing
+    different files run in parallel).
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    full : bool
+        Hash the whole file; otherwise read the sampled blocks only.
+    progress : callable, optional
+        Called with the number of bytes read after each read.
+
+    Returns
+    -------
+    dict
+        ``{"size": int, "sha256": str, "sample": {"block": int, "offsets": [int, ...],
+        "sha256": str}}``, without ``sha256`` when ``full`` is false.
+    """
+    with open(path, "rb", buffering=0) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        offsets = sample_offsets(size)
+        if not full:
+            entry: dict[str, Any] = {"size": size}
+            sample = sample_digest(path, offsets)
+            if progress is not None:
+                progress(min(size, len(offsets) * SAMPLE_BLOCK))
+        else:
+            whole, sampled = hashlib.sha256(), hashlib.sha256()
+            pending = iter(offsets)
+            wanted = next(pending, None)
+            view = memoryview(bytearray(_READ_CHUNK))
+            position = 0
+            while n := _read_into(handle, view):
+                chunk = view[:n]
+                whole.update(chunk)
+                while wanted is not None and wanted < position + n:
+                    start = wanted - position
+                    _sample_update(sampled, wanted, chunk[start : start + SAMPLE_BLOCK])
+                    wanted = next(pending, None)
+                position += n
+                if progress is not None:
+                    progress(n)
+            if position != size:  # the file changed while it was read: hash what is there
+                return fingerprint_file(path, full=full, progress=progress)
+            entry = {"size": size, "sha256": whole.hexdigest()}
+            sample = sampled.hexdigest()
+    entry["sample"] = {"block": SAMPLE_BLOCK, "offsets": offsets, "sha256": sample}
+    return entry
+
+
+def content_hash(listing: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return the content hash of a run from its per-file listing.
+
+    SHA-256 over the sorted JSON of ``{path: {"size", "sha256"}}``: the sampled blocks
+    do not enter it, so runs recorded before they existed keep their hash. A file
+    recorded without its full hash (``ASTROCURATE_OUTPUT_HASH=sample``) enters with its
+    sampled-block hash instead.
+    """
+    core = {}
+    for path, entry in listing.items():
+        if "sha256" in entry:
+            core[path] = {"size": entry["size"], "sha256": entry["sha256"]}
+        else:
+            core[path] = {"size": entry["size"], "sample_sha256": entry["sample"]["sha256"]}
+    canonical = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def output_files(directory: Path) -> list[Path]:
@@ -378,32 +568,188 @@ def output_files(directory: Path) -> list[Path]:
     )
 
 
-def hash_outputs(directory: Path, workers: int = 2) -> tuple[str, dict[str, dict[str, Any]]]:
+def fingerprint_files(
+    files: list[Path],
+    *,
+    full: bool = True,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Return :func:`fingerprint_file` of each file, computed by a pool of threads.
+
+    Parameters
+    ----------
+    files : list of Path
+        Files to hash.
+    full : bool
+        Hash whole files (else sampled blocks only).
+    workers : int, optional
+        Threads; default :func:`default_hash_workers`.
+    progress : callable, optional
+        Called with byte counts as they are read (from the worker threads).
+    """
+    n_workers = max(1, min(workers or default_hash_workers(), len(files) or 1))
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
+        return list(pool.map(lambda p: fingerprint_file(p, full=full, progress=progress), files))
+
+
+def hash_outputs(
+    directory: Path,
+    workers: int | None = None,
+    *,
+    full: bool = True,
+    progress: ProgressCallback | None = None,
+) -> tuple[str, dict[str, dict[str, Any]]]:
     """Hash every output file of a run.
 
     Parameters
     ----------
     directory : Path
         The run's output directory.
-    workers : int
-        Files hashed in parallel (hashlib releases the GIL).
+    workers : int, optional
+        Files hashed in parallel (hashlib releases the GIL); default
+        :func:`default_hash_workers`.
+    full : bool
+        Record each file's full SHA-256 (else sizes and sampled blocks only).
+    progress : callable, optional
+        Called with byte counts as they are read.
 
     Returns
     -------
     content_hash : str
-        SHA-256 over the sorted listing of (relative path, size, file hash).
+        :func:`content_hash` of the listing.
     listing : dict
-        ``{relative_path: {"size": int, "sha256": str}}``.
+        ``{relative_path: {"size": int, "sha256": str, "sample": {...}}}``
+        (:func:`fingerprint_file`).
     """
     files = output_files(directory)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        digests = list(pool.map(_sha256_file, files))
+    entries = fingerprint_files(files, full=full, workers=workers, progress=progress)
     listing = {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": d}
-        for p, d in zip(files, digests, strict=True)
+        p.relative_to(directory).as_posix(): entry for p, entry in zip(files, entries, strict=True)
     }
-    canonical = json.dumps(listing, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest(), listing
+    return content_hash(listing), listing
+
+
+def recorded_listing(run_id: str) -> dict[str, dict[str, Any]] | None:
+    """Return the per-file listing a run recorded (artifact ``outputs.json``), or None.
+
+    A local artifact store is read in place; a remote one (``mlflow server``) is
+    downloaded without MLflow's progress bar.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client = client()
+        local = _local_path(mlflow_client.get_run(run_id).info.artifact_uri or "")
+        if local is not None:
+            return json.loads((local / "outputs.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp, _no_artifact_progress_bar():
+            path = mlflow_client.download_artifacts(run_id, "outputs.json", tmp)
+            return json.loads(Path(path).read_text())
+    except (MlflowException, OSError, ValueError) as exc:
+        log.debug("run %s: no readable outputs.json: %s", run_id, exc)
+        return None
+
+
+def _local_path(uri: str) -> Path | None:
+    """Return the directory of a ``file:`` (or plain path) URI; None for other schemes."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(uri) if uri and not parsed.scheme else None
+
+
+@contextlib.contextmanager
+def _no_artifact_progress_bar() -> Iterator[None]:
+    """Keep MLflow from drawing a download progress bar on stderr."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def quick_check_outputs(record: RunRecord, argument: str = "run ID") -> int:
+    """Check a finished run's outputs cheaply against what it recorded.
+
+    Every recorded file must exist with its recorded size; the sampled blocks of the
+    files are hashed again (in a random order, up to :data:`QUICK_CHECK_BYTES` read,
+    in parallel). Files under :data:`VOLATILE_DIRS` are skipped. A run that recorded
+    no listing, or no sampled blocks (recorded before they existed), is checked as far
+    as its record allows.
+
+    Parameters
+    ----------
+    record : RunRecord
+        A finished run whose output directory exists.
+    argument : str
+        The command-line argument, named in messages.
+
+    Returns
+    -------
+    int
+        The number of files whose sampled blocks were checked.
+
+    Raises
+    ------
+    InvalidRunError
+        Naming the first file that is missing or differs.
+    """
+    out = record.output_dir
+    listing = recorded_listing(record.run_id)
+    if out is None or listing is None:
+        log.warning(
+            "%s: run %s recorded no outputs.json; its outputs are not checked",
+            argument,
+            record.run_id,
+        )
+        return 0
+
+    def fail(relative: str, what: str) -> InvalidRunError:
+        return InvalidRunError(
+            f"{argument}: output file {out / relative} of {record.step} run {record.run_id} "
+            f"{what} since the run finished; rerun the {record.step} step with --force, or "
+            f"run `astrocurate verify {record.run_id}` for a full report"
+        )
+
+    sampled = []
+    for relative, entry in listing.items():
+        if is_volatile(relative):
+            continue
+        try:
+            size = (out / relative).stat().st_size
+        except FileNotFoundError:
+            raise fail(relative, "was deleted") from None
+        if size != entry["size"]:
+            raise fail(relative, f"changed size ({size} bytes, recorded {entry['size']})")
+        if "sample" in entry:
+            sampled.append((relative, entry["sample"]))
+    random.shuffle(sampled)
+    chosen, budget = [], QUICK_CHECK_BYTES
+    for relative, sample in sampled:
+        cost = len(sample["offsets"]) * sample["block"]
+        if cost > budget and chosen:
+            continue
+        chosen.append((relative, sample))
+        budget -= cost
+
+    def changed(item: tuple[str, dict[str, Any]]) -> bool:
+        relative, sample = item
+        return sample_digest(out / relative, sample["offsets"], sample["block"]) != sample["sha256"]
+
+    with ThreadPoolExecutor(max_workers=default_hash_workers()) as pool:
+        for item, bad in zip(chosen, pool.map(changed, chosen), strict=True):
+            if bad:
+                raise fail(item[0], "changed (its sampled blocks differ)")
+    return len(chosen)
 
 
 # --------------------------------------------------------------------------- recording
@@ -671,12 +1017,18 @@ def record_start(
 def finish_step(
     mlflow_client: Any, handle: StepRun, params: Mapping[str, Any], inputs: list[str]
 ) -> None:
-    """Hash the outputs, log metadata, and mark the run FINISHED."""
+    """Hash the outputs, log metadata, and mark the run FINISHED.
+
+    Each output file's size, full SHA-256 (unless ``ASTROCURATE_OUTPUT_HASH=sample``)
+    and sampled blocks go to the artifact ``outputs.json``; their :func:`content_hash`
+    to the tag ``astrocurate.content_hash``.
+    """
     from mlflow.entities import RunTag
 
     started = time.time()
-    content_hash, listing = hash_outputs(handle.output_dir)
-    mlflow_client.log_batch(handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, content_hash)])
+    mode = hash_mode()
+    digest, listing = hash_outputs(handle.output_dir, full=mode == "full")
+    mlflow_client.log_batch(handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, digest)])
     handle.log_dict(listing, "outputs.json")
     handle.log_dict(
         {
@@ -685,7 +1037,8 @@ def finish_step(
             "params": {k: _param_text(v) for k, v in params.items()},
             "input_run_ids": inputs,
             "output_dir": str(handle.output_dir),
-            "content_hash": content_hash,
+            "content_hash": digest,
+            "output_hash": mode,
             "n_output_files": len(listing),
             "output_bytes": sum(v["size"] for v in listing.values()),
             "astrocurate_version": __version__,

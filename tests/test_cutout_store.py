@@ -25,6 +25,7 @@ from astrocurate.cutout_store import (
     CutoutStoreError,
     NpyStackWriter,
     read_manifest,
+    read_manifest_rows,
     write_parquet_atomic,
 )
 
@@ -246,3 +247,29 @@ def test_virtual_reader_refuses_a_changed_mosaic(tmp_path: Path, change: str) ->
     with pytest.raises(CutoutStoreError, match=fragment) as info:
         reader[1]
     assert str(paths[1]) in str(info.value)
+
+
+@pytest.mark.parametrize("batch_rows", [3, 65536])
+def test_read_manifest_rows_reads_row_groups_in_any_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
+) -> None:
+    import astrocurate.cutout_store as store_module
+
+    monkeypatch.setattr(store_module, "_BATCH_ROWS", batch_rows)
+    table = pd.DataFrame(
+        {
+            "cutout_id": np.arange(50),
+            "x0": np.arange(50) * 3,
+            "f": [f"/a/{i % 4}" for i in range(50)],
+        }
+    )
+    pq.write_table(pa.Table.from_pandas(table), tmp_path / "manifest.parquet", row_group_size=7)
+    rows = np.array([49, 0, 13, 14, 6, 7])
+    out = read_manifest_rows(tmp_path, rows, ("cutout_id", "x0", "f", "not_there"))
+    assert list(out.columns) == ["cutout_id", "x0", "f"]
+    assert out["cutout_id"].tolist() == rows.tolist() and (out["x0"] == rows * 3).all()
+    assert out["f"].tolist() == [f"/a/{i % 4}" for i in rows]
+    assert len(read_manifest_rows(tmp_path, [], ("x0",))) == 0
+    assert list(read_manifest_rows(tmp_path, [2]).columns) == ["cutout_id", "x0", "f"]
+    with pytest.raises(CutoutStoreError, match="out of range"):
+        read_manifest_rows(tmp_path, [50], ("x0",))

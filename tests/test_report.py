@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -30,7 +28,6 @@ from astrocurate.report import (
     feature_map,
     gallery_clusters,
     load_sampling_run,
-    manifest_rows,
     pick_gallery_rows,
     thumbnail_png,
     write_report,
@@ -324,31 +321,6 @@ def test_pick_gallery_rows_mixes_curated_and_others() -> None:
     assert rows.tolist() == [101, 102] and curated.tolist() == [True, False]
     rows, curated = pick_gallery_rows(np.array([101, 105, 120, 121]), selected, 4, rng)
     assert sorted(rows.tolist()) == [101, 105, 120, 121] and curated.sum() == 3
-
-
-@pytest.mark.parametrize("batch_rows", [3, 65536])
-def test_manifest_rows_reads_row_groups_in_any_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
-) -> None:
-    import astrocurate.report as report_module
-
-    monkeypatch.setattr(report_module, "_BATCH_ROWS", batch_rows)
-    table = pd.DataFrame(
-        {
-            "cutout_id": np.arange(50),
-            "x0": np.arange(50) * 3,
-            "f": [f"/a/{i % 4}" for i in range(50)],
-        }
-    )
-    pq.write_table(pa.Table.from_pandas(table), tmp_path / "manifest.parquet", row_group_size=7)
-    rows = np.array([49, 0, 13, 14, 6, 7])
-    out = manifest_rows(tmp_path, rows, ("cutout_id", "x0", "f", "not_there"))
-    assert list(out.columns) == ["cutout_id", "x0", "f"]
-    assert out["cutout_id"].tolist() == rows.tolist() and (out["x0"] == rows * 3).all()
-    assert out["f"].tolist() == [f"/a/{i % 4}" for i in rows]
-    assert len(manifest_rows(tmp_path, [], ("x0",))) == 0
-    with pytest.raises(InvalidRunError, match="out of range"):
-        manifest_rows(tmp_path, [50], ("x0",))
 
 
 # ----------------------------------------------------------------------------- browser

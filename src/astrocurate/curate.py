@@ -35,7 +35,12 @@ import numpy as np
 import pandas as pd
 
 from astrocurate import sampling
-from astrocurate.cutout_store import MOSAICS, CutoutReader, read_manifest, write_parquet_atomic
+from astrocurate.cutout_store import (
+    MOSAICS,
+    CutoutReader,
+    read_manifest_rows,
+    write_parquet_atomic,
+)
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.tracking import StepRun, require_run, tracked_step
 
@@ -248,10 +253,9 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
             random_state=np.random.default_rng(curated_rng),
         )
     rows = inputs.rows
-    manifest = read_manifest(inputs.merged_dir)
-    truth = _truth_classes(manifest)
-    curated = _curated_manifest(manifest, rows, chosen, labels, truth)
-    metrics = sample_metrics(labels, chosen, baseline, None if truth is None else truth[rows])
+    truth = pool_truth_classes(inputs.merged_dir, rows)
+    curated = _curated_manifest(inputs.merged_dir, rows[chosen], labels, chosen, truth)
+    metrics = sample_metrics(labels, chosen, baseline, truth)
     _save_npy(out / SELECTED, rows[chosen])
     _save_npy(out / BASELINE, rows[baseline])
     write_parquet_atomic(curated, out / CURATED)
@@ -270,25 +274,38 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     )
 
 
-def _truth_classes(manifest: pd.DataFrame) -> np.ndarray | None:
-    from astrocurate.survey import truth_labels_for_manifest
+def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
+    """Truth class of every pool cutout, or None when the survey has no truth catalogue.
 
-    return truth_labels_for_manifest(manifest)
+    Only the mosaics table is read to look for a catalogue, so a real survey (which has
+    none) costs nothing here.
+    """
+    from astrocurate.survey import find_truth_catalogue, label_cutouts
+
+    mosaics_path = merged_dir / MOSAICS
+    if not mosaics_path.is_file():
+        return None
+    paths = pd.read_parquet(mosaics_path, columns=["mosaic_path"])["mosaic_path"]
+    catalogue = find_truth_catalogue(paths.astype(str).tolist())
+    if catalogue is None:
+        return None
+    table = read_manifest_rows(merged_dir, rows, ("mosaic_path", "window_size", "x0", "y0"))
+    return label_cutouts(table, catalogue)
 
 
 def _curated_manifest(
-    manifest: pd.DataFrame,
-    rows: np.ndarray,
-    chosen: np.ndarray,
+    merged_dir: Path,
+    selected_rows: np.ndarray,
     labels: Sequence[np.ndarray],
+    chosen: np.ndarray,
     truth: np.ndarray | None,
 ) -> pd.DataFrame:
     """Return the merged manifest's rows of the sample with their clusters (and truth class)."""
-    curated = manifest.iloc[rows[chosen]].reset_index(drop=True)
+    curated = read_manifest_rows(merged_dir, selected_rows)
     for lvl, level_labels in enumerate(labels, start=1):
         curated[f"cluster_l{lvl}"] = level_labels[chosen].astype(np.int64)
     if truth is not None:
-        curated["truth_class"] = truth[rows[chosen]]
+        curated["truth_class"] = truth[chosen]
     return curated
 
 
@@ -342,16 +359,23 @@ def _balance(
     prefix: str, categories: np.ndarray, chosen: np.ndarray, baseline: np.ndarray
 ) -> dict[str, float]:
     """Normalised entropy and largest share of the pool, the sample and the baseline."""
-    _, pool_counts, curated_counts = sampling.aligned_counts(categories, categories[chosen])
-    _, _, random_counts = sampling.aligned_counts(categories, categories[baseline])
+    if categories.dtype.kind in "iu":  # cluster labels: count by bincount, over the pool's
+        pool_counts = np.bincount(categories)
+        present = pool_counts > 0
+        k = pool_counts.size
+        counts = {
+            "pool": pool_counts[present],
+            "curated": np.bincount(categories[chosen], minlength=k)[present],
+            "random": np.bincount(categories[baseline], minlength=k)[present],
+        }
+    else:
+        _, pool_counts, curated_counts = sampling.aligned_counts(categories, categories[chosen])
+        _, _, random_counts = sampling.aligned_counts(categories, categories[baseline])
+        counts = {"pool": pool_counts, "curated": curated_counts, "random": random_counts}
     values = {}
-    for kind, counts in (
-        ("pool", pool_counts),
-        ("curated", curated_counts),
-        ("random", random_counts),
-    ):
-        values[f"{prefix}_entropy_{kind}"] = sampling.normalized_entropy(counts)
-        values[f"{prefix}_largest_share_{kind}"] = sampling.largest_share(counts)
+    for kind, histogram in counts.items():
+        values[f"{prefix}_entropy_{kind}"] = sampling.normalized_entropy(histogram)
+        values[f"{prefix}_largest_share_{kind}"] = sampling.largest_share(histogram)
     return values
 
 

@@ -86,6 +86,8 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_TYPES)
 
 _NPY_HEADER_BYTES = 128
+#: Rows decoded at a time by :func:`read_manifest_rows`.
+_BATCH_ROWS = 65536
 
 
 class CutoutStoreError(AstrocurateError, ValueError):
@@ -136,6 +138,65 @@ def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.D
     if not path.is_file():
         raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
     return pd.read_parquet(path, columns=list(columns) if columns else None)
+
+
+def read_manifest_rows(
+    directory: Path | str, rows: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read some rows of a merged manifest, streaming the Parquet row groups that hold them.
+
+    Memory stays bounded by one batch of decoded rows (plus the rows asked for),
+    whatever the manifest's size, and row groups holding none of ``rows`` are not read.
+
+    Parameters
+    ----------
+    directory : path-like
+        A merge (or cutout) run directory.
+    rows : sequence of int
+        Distinct manifest rows, in any order.
+    columns : sequence of str, optional
+        Columns to read (those the manifest lacks are left out); default all.
+
+    Returns
+    -------
+    DataFrame
+        The rows, in the order of ``rows``, with a default index.
+    """
+    wanted = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(wanted, kind="stable")
+    ordered = wanted[order]
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    schema = pq.read_schema(path)
+    available = [c for c in (columns or schema.names) if c in schema.names]
+    text = [c for c in available if pa.types.is_string(schema.field(c).type)]
+    handle = pq.ParquetFile(path, read_dictionary=text)  # repeated paths: read compactly
+    bounds = np.cumsum(
+        [0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+    )
+    if len(ordered) and (ordered[0] < 0 or ordered[-1] >= bounds[-1]):
+        raise CutoutStoreError(f"{path}: manifest rows out of range 0..{bounds[-1] - 1}")
+    pieces = []
+    groups = np.searchsorted(bounds, ordered, side="right") - 1
+    for group in np.unique(groups):
+        local = ordered[groups == group] - bounds[group]
+        start = 0
+        for batch in handle.iter_batches(_BATCH_ROWS, row_groups=[int(group)], columns=available):
+            inside = local[(local >= start) & (local < start + batch.num_rows)] - start
+            if len(inside):
+                pieces.append(pa.Table.from_batches([batch.take(pa.array(inside))]))
+            start += batch.num_rows
+    if not pieces:
+        return pd.DataFrame({c: [] for c in available})
+    table = pa.concat_tables(pieces)
+    for name in text:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, table.column(name).cast(pa.string()))
+    table = table.to_pandas()
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return table.iloc[inverse].reset_index(drop=True)
 
 
 class NpyStackWriter:

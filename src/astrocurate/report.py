@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from astrocurate import __version__
+from astrocurate.cutout_store import read_manifest_rows
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 
 REPORT_DIR = "report"
@@ -80,7 +81,6 @@ PIXEL_COLUMNS = (
     "array_row",
 )
 #: Manifest rows decoded at a time when picking rows out of a Parquet row group.
-_BATCH_ROWS = 65536
 SETS = ("pool", "random", "curated")
 SET_COLOURS = {"pool": "#999999", "random": "#4477aa", "curated": "#ee6677"}
 PROJECTIONS = ("auto", "pca", "umap")
@@ -386,7 +386,7 @@ def _computed_class_shares(run: SamplingRun) -> ClassShares | None:
     """Label the pool with the truth catalogue (only when ``metrics.json`` lacks the shares)."""
     from astrocurate.survey import truth_labels_for_manifest
 
-    rows = manifest_rows(
+    rows = read_manifest_rows(
         run.merged_dir, run.input_indices, ("mosaic_path", "window_size", "x0", "y0")
     )
     pool = truth_labels_for_manifest(rows)
@@ -415,68 +415,6 @@ def _computed_class_shares(run: SamplingRun) -> ClassShares | None:
 
 
 # =========================================================================== manifest and pixels
-
-
-def manifest_rows(
-    merged_dir: Path | str, rows: Sequence[int] | np.ndarray, columns: Sequence[str]
-) -> pd.DataFrame:
-    """Read some rows of a merged manifest, streaming the Parquet row groups that hold them.
-
-    Memory stays bounded by one batch of decoded rows (plus the rows asked for),
-    whatever the manifest's size, and row groups holding none of ``rows`` are not read.
-
-    Parameters
-    ----------
-    merged_dir : path-like
-        A merge (or cutout) run directory.
-    rows : sequence of int
-        Distinct manifest rows, in any order.
-    columns : sequence of str
-        Columns to read.
-
-    Returns
-    -------
-    DataFrame
-        The rows, in the order of ``rows``, with a default index.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from astrocurate.cutout_store import MANIFEST
-
-    wanted = np.asarray(rows, dtype=np.int64)
-    order = np.argsort(wanted, kind="stable")
-    ordered = wanted[order]
-    path = Path(merged_dir) / MANIFEST
-    schema = pq.read_schema(path)
-    available = [c for c in columns if c in schema.names]
-    text = [c for c in available if pa.types.is_string(schema.field(c).type)]
-    handle = pq.ParquetFile(path, read_dictionary=text)  # repeated paths: read compactly
-    bounds = np.cumsum(
-        [0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
-    )
-    if len(ordered) and (ordered[0] < 0 or ordered[-1] >= bounds[-1]):
-        raise InvalidRunError(f"{merged_dir}: manifest rows out of range 0..{bounds[-1] - 1}")
-    pieces = []
-    groups = np.searchsorted(bounds, ordered, side="right") - 1
-    for group in np.unique(groups):
-        local = ordered[groups == group] - bounds[group]
-        start = 0
-        for batch in handle.iter_batches(_BATCH_ROWS, row_groups=[int(group)], columns=available):
-            inside = local[(local >= start) & (local < start + batch.num_rows)] - start
-            if len(inside):
-                pieces.append(pa.Table.from_batches([batch.take(pa.array(inside))]))
-            start += batch.num_rows
-    if not pieces:
-        return pd.DataFrame({c: [] for c in available})
-    table = pa.concat_tables(pieces)
-    for name in text:
-        index = table.schema.get_field_index(name)
-        table = table.set_column(index, name, table.column(name).cast(pa.string()))
-    table = table.to_pandas()
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return table.iloc[inverse].reset_index(drop=True)
 
 
 def asinh_stretch(
@@ -658,7 +596,7 @@ def _read_cutouts(
     from astrocurate.cutout_store import MOSAICS, CutoutReader
     from astrocurate.survey import truth_labels_for_manifest
 
-    table = manifest_rows(merged_dir, rows, PIXEL_COLUMNS)
+    table = read_manifest_rows(merged_dir, rows, PIXEL_COLUMNS)
     mosaics_path = Path(merged_dir) / MOSAICS
     mosaics = pd.read_parquet(mosaics_path) if mosaics_path.is_file() else None
     reader = CutoutReader(table, Path(merged_dir), mosaics, max_open=8)

@@ -369,6 +369,117 @@ def test_callback_sees_every_step() -> None:
 
 
 # --------------------------------------------------------------------------------------
+# KMeans: pruning with triangle-inequality bounds is exact
+# --------------------------------------------------------------------------------------
+
+
+def _mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=3.0, size=(components, d))
+    return (means[rng.integers(components, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def _ties() -> np.ndarray:
+    """Integer points on a grid, many of them repeated: exact ties between centres."""
+    grid = np.array([[i, j] for i in range(6) for j in range(6)], np.float32)
+    return np.concatenate([grid, grid[::3], grid[::5], np.zeros((7, 2), np.float32)])
+
+
+BOUNDS_CASES = {
+    "blobs": (blobs(n_per=80, k=6, d=5)[0], 9, {}),
+    "mixture-32d": (_mixture(1500, 32, 12, 2), 40, {}),
+    "mixture-blocks": (_mixture(700, 16, 6, 3), 25, {"block_size": 64, "centroid_block_size": 7}),
+    "unstructured": (unstructured(n=600, d=6), 30, {}),
+    "ties-duplicates": (_ties(), 8, {}),
+    "k1": (_mixture(300, 4, 3, 4), 1, {}),
+    "float64": (_mixture(800, 8, 5, 5).astype(np.float64), 20, {"dtype": "float64"}),
+    "k-equals-n": (unstructured(n=40, d=3), 40, {}),
+}
+
+
+def _fit_both(x: np.ndarray, k: int, init: str, **kw) -> tuple[KMeans, KMeans]:
+    fits = []
+    for bounds in (True, False):
+        km = KMeans(k, init=init, n_iters=15, random_state=6, bounds=bounds, **kw)
+        fits.append(km.fit(x))
+    return fits[0], fits[1]
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+@pytest.mark.parametrize("case", list(BOUNDS_CASES), ids=list(BOUNDS_CASES))
+def test_bounds_give_exactly_the_full_computation(case: str, init: str) -> None:
+    x, k, kw = BOUNDS_CASES[case]
+    pruned, full = _fit_both(x, k, init, **kw)
+    np.testing.assert_array_equal(pruned.labels_, full.labels_)
+    np.testing.assert_array_equal(pruned.cluster_centers_, full.cluster_centers_)
+    np.testing.assert_array_equal(pruned.sq_distances_, full.sq_distances_)
+    assert pruned.potential_history_ == full.potential_history_
+    assert len(pruned.n_recomputed_) == pruned.n_iter_ + 1
+    assert pruned.n_recomputed_[0] == len(x) and full.n_recomputed_ == []
+
+
+def test_bounds_with_duplicate_centres_keep_the_first_on_ties() -> None:
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]], np.float32)
+    centers = [[1.0], [1.0], [10.0], [10.0], [50.0]]  # two exact duplicates, one far away
+    first = KMeans(5, n_iters=0).fit(x, state=lloyd_state(x, centers))
+    np.testing.assert_array_equal(first.labels_, [0, 0, 0, 0, 2, 2])  # ties: the first
+    for n_iters in (1, 2, 4):
+        fits = [
+            KMeans(5, n_iters=n_iters, bounds=b).fit(x, state=lloyd_state(x, centers))
+            for b in (True, False)
+        ]
+        np.testing.assert_array_equal(fits[0].labels_, fits[1].labels_)
+        np.testing.assert_array_equal(fits[0].cluster_centers_, fits[1].cluster_centers_)
+        assert fits[0].cluster_centers_[4, 0] == 50.0  # empty: kept
+
+
+def test_bounds_skip_most_rows_in_late_iterations() -> None:
+    x = _mixture(4000, 16, 10, 7)
+    km = KMeans(10, n_iters=20, random_state=1).fit(x)
+    assert km.n_recomputed_[0] == len(x)  # the first pass computes everything
+    late = km.n_recomputed_[-5:]
+    assert max(late) < 0.1 * len(x), km.n_recomputed_
+    ref = KMeans(10, n_iters=20, random_state=1, bounds=False).fit(x)
+    np.testing.assert_array_equal(km.labels_, ref.labels_)
+
+
+def test_nearest_groups_matches_brute_force() -> None:
+    rng = np.random.default_rng(8)
+    xb = torch.from_numpy(rng.normal(size=(50, 4)).astype(np.float32))
+    centers = torch.from_numpy(rng.normal(size=(13, 4)).astype(np.float32))
+    centers[5] = centers[2]  # an exact tie
+    groups = torch.from_numpy(rng.integers(0, 3, 13))
+    c_sq = (centers * centers).sum(1)
+    scores = (c_sq - 2 * xb @ centers.T).numpy()
+    for block in (13, 5, 1):
+        labels, group_min = km_module._nearest_groups(xb, centers, c_sq, block, groups, 3)
+        expected = km_module._nearest(xb, centers, c_sq, block)
+        np.testing.assert_array_equal(labels.numpy(), expected.numpy())
+        for g in range(3):
+            masked = np.where(groups.numpy()[None, :] == g, scores, np.inf)
+            masked[np.arange(50), labels.numpy()] = np.inf
+            np.testing.assert_allclose(group_min[:, g].numpy(), masked.min(1), rtol=1e-5, atol=1e-5)
+
+
+def test_lower_bounds_round_down_to_float32() -> None:
+    values = torch.tensor([1 / 3, 2.0, math.inf, 0.0, 1e-50], dtype=torch.float64)
+    down = km_module._down_f32(values)
+    assert down.dtype == torch.float32
+    assert bool((down.to(torch.float64) <= values).all())
+    assert down[1] == 2.0 and math.isinf(down[2])
+
+
+def test_score_error_factor() -> None:
+    f32 = km_module._score_error_factor(torch.float32, 384, torch.device("cpu"))
+    f64 = km_module._score_error_factor(torch.float64, 384, torch.device("cpu"))
+    assert 384 * 2**-24 < f32 < 1e-4 and f64 < 1e-13
+    assert km_module._score_error_factor(torch.bfloat16, 384, torch.device("cpu")) is None
+    x = _mixture(200, 8, 3, 9).astype(np.float16)
+    km = KMeans(4, n_iters=3, random_state=0, dtype="float16").fit(x)
+    assert km.n_recomputed_ == []  # 16-bit compute dtypes are not pruned
+
+
+# --------------------------------------------------------------------------------------
 # sorted clusters and resampling pools
 # --------------------------------------------------------------------------------------
 
@@ -597,6 +708,7 @@ KMEANS_ERRORS = [
     ({"n_clusters": 2, "device": "tpu"}, X5, r"device='tpu' is not a torch device"),
     ({"n_clusters": 2, "block_size": 0}, X5, r"block_size=0 must be >= 1"),
     ({"n_clusters": 2, "centroid_block_size": -1}, X5, r"centroid_block_size=-1 must be >= 1"),
+    ({"n_clusters": 2, "bounds": "yes"}, np.zeros((3, 2)), r"bounds='yes' must be True or False"),
     ({"n_clusters": 2}, np.array([[0.0, 1.0], [np.nan, 2.0], [3, 4]]), r"non-finite.*row 1"),
     ({"n_clusters": 2}, np.array([[0.0, 1.0], [1.0, 2.0], [3, np.inf]]), r"non-finite.*row 2"),
     ({"n_clusters": 2}, np.array([[0.0], [1e39]]), r"non-finite.*float32.*row 1"),
@@ -624,6 +736,7 @@ KMEANS_ERRORS = [
         "device",
         "block",
         "centroid-block",
+        "bounds",
         "nan",
         "inf",
         "overflow",

@@ -42,6 +42,10 @@ for init in ("k-means++", "random"):
     res[f"{init}_init"] = km.init_indices_
     res[f"{init}_history"] = np.array(km.potential_history_)
     res[f"{init}_ranks"] = np.array(km.n_ranks_)
+    full = KMeans(7, init=init, n_iters=6, random_state=3, bounds=False).fit(x)
+    res[f"{init}_full_centers"] = full.cluster_centers_
+    res[f"{init}_full_labels"] = full.labels_
+    res[f"{init}_recomputed"] = np.array(km.n_recomputed_)
 h = HierarchicalKMeans(
     [12, 4], n_iters=5, n_resampling_steps=[3, 2], sample_size=[6, 2],
     sampling_strategy=["c", "r"], random_state=5,
@@ -134,6 +138,10 @@ def _check_equal(got: np.lib.npyio.NpzFile, ref: dict[str, np.ndarray]) -> None:
         np.testing.assert_allclose(got[f"{init}_centers"], ref[f"{init}_centers"], rtol=1e-6)
         np.testing.assert_allclose(got[f"{init}_sq"], ref[f"{init}_sq"], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(got[f"{init}_history"], ref[f"{init}_history"], rtol=1e-9)
+        # the pruned passes (bounds per rank) equal the full ones of the same ranks
+        np.testing.assert_array_equal(got[f"{init}_full_labels"], got[f"{init}_labels"])
+        np.testing.assert_array_equal(got[f"{init}_full_centers"], got[f"{init}_centers"])
+        assert len(got[f"{init}_recomputed"]) == 7  # rank 0's rows, per pass
     for lvl in range(2):
         np.testing.assert_array_equal(got[f"h{lvl}_labels"], ref[f"h{lvl}_labels"])
         np.testing.assert_allclose(got[f"h{lvl}_centers"], ref[f"h{lvl}_centers"], rtol=1e-6)

@@ -204,14 +204,25 @@ def _numpy(column: Any) -> np.ndarray:
     return np.asarray(column)
 
 
+#: Numeric manifest columns with few distinct values (dictionary-encoded in Parquet).
+_FEW_VALUES = ("window_size", "x0", "y0")
+
+
 def _write_table_atomic(table: pa.Table, path: Path) -> None:
     """Write an Arrow table to Parquet (zstd) under a temporary name, then rename it.
 
     Without the Arrow schema in the file, dictionary-encoded text reads back as plain
-    strings (it is stored as Parquet strings with dictionary pages either way).
+    strings (it is stored as Parquet strings with dictionary pages either way). Only
+    columns with few distinct values get dictionary pages (trying them on millions of
+    distinct floats costs time for nothing).
     """
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    pq.write_table(table, tmp, compression="zstd", store_schema=False)
+    few = [
+        n
+        for n in table.column_names
+        if n in _FEW_VALUES or pa.types.is_dictionary(table.schema.field(n).type)
+    ]
+    pq.write_table(table, tmp, compression="zstd", store_schema=False, use_dictionary=few)
     os.replace(tmp, path)
 
 

@@ -6,6 +6,17 @@ the 0-based row of its first pixel, which is the lower-left corner when the imag
 displayed FITS-style (origin lower). Its centre, in the same 0-based pixel coordinates,
 is ``(x0 + (w - 1) / 2, y0 + (w - 1) / 2)``; ``astropy.nddata.Cutout2D`` at that position
 with size ``w`` selects the same pixels.
+
+Statistics (:func:`cutout_statistics`, and :func:`window_statistics` which computes
+the same ones straight from an image): ``mean``, ``std``, ``max`` and ``nan_fraction``
+use every pixel; the robust ``median`` and ``noise_mad`` (and so ``peak_snr``) use the
+pixels on a fixed grid of every ``k``-th row and column of the window
+(:func:`robust_step`: ``k = max(1, w // 32)``, so 32x32 to 63x63 pixels; every pixel
+below 64 px). Neighbouring pixels of a radio image are correlated over the beam (a few
+pixels), so the grid keeps most of the independent samples: on the synthetic survey
+(beam-correlated noise) the grid noise of 128-px windows is within 4.4 % of the
+all-pixel value for 90 % of the windows, without bias (median difference 0.05 %); ``k``
+halved would give 1.3 % but makes the statistics about 2.8 times slower.
 """
 
 from __future__ import annotations

@@ -563,7 +563,7 @@ def print_breakdown(measured: Measure, targets: Sequence[tuple[Any, str, str, in
     print(f"{'':>12}{'other (imports, MLflow lookups, ...)':<44} {total - top:>7.2f} s")
 
 
-def _read_today(merged_dir: Path, rows: np.ndarray) -> int:
+def _read_whole(merged_dir: Path, rows: np.ndarray) -> int:
     """What step 5 does now: read the whole manifest, then pick the sample's rows."""
     from astrocurate.cutout_store import read_manifest
 
@@ -571,14 +571,10 @@ def _read_today(merged_dir: Path, rows: np.ndarray) -> int:
 
 
 def _read_rows(merged_dir: Path, rows: np.ndarray) -> int:
-    """The sample's rows only, every column (``report.manifest_rows`` streams row groups)."""
-    import pyarrow.parquet as pq
+    """The sample's rows only, every column (what step 5 does: streams row groups)."""
+    from astrocurate.cutout_store import read_manifest_rows
 
-    from astrocurate.cutout_store import MANIFEST
-    from astrocurate.report import manifest_rows
-
-    columns = pq.read_schema(merged_dir / MANIFEST).names
-    return len(manifest_rows(merged_dir, rows, columns))
+    return len(read_manifest_rows(merged_dir, rows))
 
 
 def _read_truth_columns(merged_dir: Path) -> int:
@@ -589,7 +585,7 @@ def _read_truth_columns(merged_dir: Path) -> int:
 
 
 def time_manifest_reads(lineage: Lineage, budgets: Sequence[int], seed: int) -> None:
-    """Time reading the curated rows today (whole manifest) against reading them alone."""
+    """Time reading the curated rows as step 5 did (whole manifest) and does (those rows)."""
     from astrocurate.tracking import get_run
 
     merged_dir = get_run(lineage.merged_id).output_dir
@@ -598,8 +594,8 @@ def time_manifest_reads(lineage: Lineage, budgets: Sequence[int], seed: int) -> 
     for budget in budgets:
         rows = np.sort(rng.choice(n_rows, min(budget, n_rows), replace=False))
         variants = {
-            "read_manifest + iloc (today)": lambda r=rows: _read_today(merged_dir, r),
-            "manifest_rows, all columns": lambda r=rows: _read_rows(merged_dir, r),
+            "read_manifest + iloc (before)": lambda r=rows: _read_whole(merged_dir, r),
+            "read_manifest_rows (now)": lambda r=rows: _read_rows(merged_dir, r),
             "4 truth columns, every row": lambda: _read_truth_columns(merged_dir),
         }
         for name, function in variants.items():

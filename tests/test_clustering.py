@@ -334,6 +334,7 @@ def test_slurm_time_limit_warning_requeues_the_job(
     if under_slurm:
         assert (tmp_path / "scontrol").read_text() == "requeue 4242\n"
         assert record.status == "RUNNING" and record.tags["astrocurate.slurm_job_id"] == "4242"
+        assert record.tags["astrocurate.progress"] == clustering.REQUEUED
     else:
         assert record.status == "KILLED"
     monkeypatch.setattr(clustering, "StopRequest", StopRequest)
@@ -653,6 +654,27 @@ def test_slurm_run_sh_submits_a_dependency_chain(store, features, tmp_path) -> N
     if shutil.which("sbatch") is None:  # no SLURM here: a clear message, not a stack of errors
         here = subprocess.run(["./run.sh"], cwd=prepared.directory, capture_output=True, text=True)
         assert here.returncode == 1 and "run.sh: sbatch not found" in here.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///mlflow.db", "sqlite:////work dir/mlflow.db"),
+        ("sqlite:///db/m.db?timeout=20", "sqlite:////work dir/db/m.db?timeout=20"),
+        ("sqlite:////abs/m.db", "sqlite:////abs/m.db"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("mlruns", "/work dir/mlruns"),
+        ("./mlruns", "/work dir/mlruns"),
+        ("file:mlruns", "file:///work dir/mlruns"),
+        ("file:///abs/mlruns", "file:///abs/mlruns"),
+        ("/abs/mlruns", "/abs/mlruns"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("databricks", "databricks"),
+    ],
+)
+def test_run_scripts_get_an_absolute_tracking_store(uri, expected) -> None:
+    """run.sh and SLURM jobs start elsewhere: a relative local store would be another store."""
+    assert clustering.absolute_tracking_uri(uri, Path("/work dir")) == expected
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,7 @@ __all__ = [
     "RequeueRequested",
     "SlurmOptions",
     "StopRequest",
+    "absolute_tracking_uri",
     "clustering_status",
     "compute_levels",
     "level_metrics",
@@ -138,6 +139,8 @@ CHECKPOINTS = "checkpoints"
 PREPARED = "SCHEDULED"
 TAG_SLURM_JOB = "astrocurate.slurm_job_id"
 TAG_PROGRESS = "astrocurate.progress"
+#: Progress tag of a run whose SLURM job requeued itself before its time limit.
+REQUEUED = "checkpoint saved before the SLURM time limit; job requeued"
 
 VALID_DTYPES = ("float32", "float64")
 VALID_STRATEGIES = ("r", "c")
@@ -595,6 +598,39 @@ def _signal_lead(time_limit: str | None) -> int:
 # =========================================================================== scripts
 
 
+def absolute_tracking_uri(uri: str, cwd: Path | None = None) -> str:
+    """Make a relative local tracking store absolute; leave any other URI as it is.
+
+    ``run.sh`` and SLURM jobs run in the experiment directory (or wherever SLURM starts
+    them), so ``sqlite:///mlflow.db`` or ``./mlruns`` written into them would name another
+    store than the one step 4a used.
+
+    Parameters
+    ----------
+    uri : str
+        A tracking URI: ``sqlite:///rel.db``, ``sqlite:////abs.db``, a plain path,
+        ``file:rel``, ``http://host:5000``, ``databricks``, ...
+    cwd : Path, optional
+        What relative paths are relative to (default the current directory).
+
+    Returns
+    -------
+    str
+        ``uri`` with a relative database or directory path made absolute.
+    """
+    base = Path.cwd() if cwd is None else cwd
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri[len("sqlite:///") :].partition("?")
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"sqlite:///{(base / path).resolve()}{sep}{query}"
+        return uri
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return f"file://{(base / uri[len('file:') :]).resolve()}"
+    if uri and "://" not in uri and ":" not in uri and not uri.startswith("databricks"):
+        return str((base / uri).resolve())  # a plain path: MLflow's file store
+    return uri
+
+
 @dataclass(frozen=True)
 class _Launch:
     """What a generated script needs to start ``clustering-run`` in a directory."""
@@ -646,7 +682,8 @@ def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
         f"# Submits one SLURM job per level ({n_levels}), chained with --dependency=afterok,",
         "# then waits for the last one; --no-wait returns at once. Prints the job IDs.",
         "# Run it again after a failure: finished levels are kept, a level resumes from its",
-        "# checkpoints. Job logs: logs/level_<L>-<job>.out.",
+        "# checkpoints. Job logs: logs/level_<L>-<job>.out. While waiting it asks squeue",
+        "# every ASTROCURATE_SLURM_POLL seconds (default 10).",
         "set -euo pipefail",
         f"cd {shlex.quote(str(launch.directory))}",
         "wait_for_jobs=1",
@@ -673,7 +710,10 @@ def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
         f'echo "run.sh: submitted SLURM jobs {ids} (logs in logs/)" >&2',
         f'echo "{ids}"',
         'if [[ "$wait_for_jobs" == 0 ]]; then exit 0; fi',
-        f'while squeue --noheader --jobs="${jobs[-1]}" 2>/dev/null | grep -q .; do sleep 20; done',
+        'poll="${ASTROCURATE_SLURM_POLL:-10}"',
+        f'while squeue --noheader --jobs="${jobs[-1]}" 2>/dev/null | grep -q .; do',
+        '    sleep "$poll"',
+        "done",
         *launch.environment(),
         launch.command_for("clustering-status"),
     ]
@@ -706,9 +746,11 @@ def _render_sbatch(
     lines += [
         f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate).",
         "# Submitted by run.sh from the experiment directory; SIGUSR1 before the time limit",
-        "# makes it checkpoint and requeue itself.",
+        "# makes it checkpoint and requeue itself. SIGUSR1 is ignored until the clustering",
+        "# installs its handler (and after it is done), so it never kills the job.",
         "set -euo pipefail",
         *launch.environment(),
+        "trap '' USR1",
         launch.command("--level", str(level)),
     ]
     return "\n".join(lines) + "\n"
@@ -913,7 +955,7 @@ def _write_experiment(
         run_id=run_id,
         python=sys.executable,
         pythonpath=str(Path(astrocurate.__file__).resolve().parents[1]),
-        tracking_uri=tracking_uri(),
+        tracking_uri=absolute_tracking_uri(tracking_uri()),
         experiment=experiment_name(),
     )
     info = {
@@ -1862,10 +1904,11 @@ def _continue_run(
             with stop.handling_signals():
                 yield handle, stop
         except RequeueRequested as exc:
+            if os.environ.get("SLURM_JOB_ID"):  # tag first: SLURM ends this process
+                handle.set_tags({TAG_PROGRESS: REQUEUED})  # once the requeue is accepted
             if not _requeue_slurm_job():
                 _terminate(run_id, exc)
                 raise StepInterrupted(str(exc)) from exc
-            handle.set_tags({TAG_PROGRESS: "requeued before the SLURM time limit"})
             raise
         except BaseException as exc:
             _terminate(run_id, exc)

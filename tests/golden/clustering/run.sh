@@ -3,7 +3,8 @@
 # Submits one SLURM job per level (3), chained with --dependency=afterok,
 # then waits for the last one; --no-wait returns at once. Prints the job IDs.
 # Run it again after a failure: finished levels are kept, a level resumes from its
-# checkpoints. Job logs: logs/level_<L>-<job>.out.
+# checkpoints. Job logs: logs/level_<L>-<job>.out. While waiting it asks squeue
+# every ASTROCURATE_SLURM_POLL seconds (default 10).
 set -euo pipefail
 cd <DIR>
 wait_for_jobs=1
@@ -25,7 +26,10 @@ job3=$(submit --dependency=afterok:"$job2" slurm/level_3.sbatch)
 echo "run.sh: submitted SLURM jobs $job1 $job2 $job3 (logs in logs/)" >&2
 echo "$job1 $job2 $job3"
 if [[ "$wait_for_jobs" == 0 ]]; then exit 0; fi
-while squeue --noheader --jobs="$job3" 2>/dev/null | grep -q .; do sleep 20; done
+poll="${ASTROCURATE_SLURM_POLL:-10}"
+while squeue --noheader --jobs="$job3" 2>/dev/null | grep -q .; do
+    sleep "$poll"
+done
 export MLFLOW_TRACKING_URI=<TRACKING_URI>
 export MLFLOW_EXPERIMENT_NAME=<EXPERIMENT>
 export PYTHONPATH=<SRC>"${PYTHONPATH:+:$PYTHONPATH}"

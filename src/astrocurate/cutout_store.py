@@ -26,7 +26,10 @@ Manifest columns (Arrow types in :data:`MANIFEST_TYPES`, the same for every run)
 ``nan_fraction``
     Fraction of blank pixels; those are stored as :data:`NAN_FILL_VALUE`.
 ``mean``, ``std``, ``max``, ``noise_mad``, ``peak_snr``
-    Statistics of the non-blank pixels (:func:`astrocurate.windows.cutout_statistics`).
+    Statistics of the non-blank pixels (:func:`astrocurate.windows.cutout_statistics`):
+    mean, std and max of all of them; the median and ``noise_mad`` (1.4826 x MAD), and so
+    ``peak_snr = (max - median) / noise_mad``, of those on the grid of every k-th row and
+    column from the first pixel, ``k = max(1, w // 32)`` (every pixel below 64 px).
 ``store``, ``array_file``, ``array_row``
     ``"copy"``: row ``array_row`` of the ``.npy`` file ``array_file`` (relative to the
     run directory; absolute in merged manifests). ``"virtual"``: read from the mosaic

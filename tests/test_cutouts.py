@@ -33,8 +33,10 @@ from astrocurate.cutout_store import (
     PIXELS_DIR,
     CutoutReader,
     CutoutStoreError,
+    read_manifest,
 )
 from astrocurate.cutouts import STEP, CutoutOptions, make_cutouts
+from astrocurate.errors import InvalidArgumentError
 from astrocurate.survey import make_survey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -949,3 +951,47 @@ def test_same_command_reuses_the_finished_run(store, survey_dir, capsys) -> None
     assert [r.run_id for r in runs] == [first]
     assert cli.main([*argv, "--window_size", "12"]) == 0  # a new window size is a new run
     assert capsys.readouterr().out.strip() != first
+
+
+# --------------------------------------------------------------------------- shards
+
+
+@pytest.mark.parametrize("text", ["2/2", "-1/3", "a/b", "3", "1/2/3", "0/0"])
+def test_bad_shard_is_refused(text) -> None:
+    from astrocurate.cutouts import parse_shard
+
+    with pytest.raises(InvalidArgumentError, match="--shard: expected K/N"):
+        parse_shard(text)
+
+
+def test_shards_partition_the_sorted_survey_and_are_separate_runs(store: Path) -> None:
+    from astrocurate.cutouts import parse_shard, select_shard
+
+    assert select_shard(list(range(7)), parse_shard("1/3")) == [1, 4]
+    with pytest.raises(InvalidArgumentError, match="selects no mosaic, the survey has 2"):
+        select_shard([0, 1], (2, 3))
+    survey = make_survey(store / "survey", n_mosaics=3, mosaic_size=128, seed=4)
+    runs = [
+        make_cutouts(survey.output_dir, store / "out", CutoutOptions(64), workers=1, shard=(k, 2))
+        for k in (0, 1)
+    ]
+    mosaics = [set(read_manifest(r.output_dir)["mosaic"]) for r in runs]
+    assert mosaics[0].isdisjoint(mosaics[1]) and len(mosaics[0] | mosaics[1]) == 3
+    params = [tracking.get_run(r.run_id).params for r in runs]
+    assert [p["shard"] for p in params] == ["0/2", "1/2"]
+    assert params[0]["survey_digest"] == params[1]["survey_digest"]
+
+
+def test_slurm_array_script_runs_one_shard_per_task(store: Path, capsys) -> None:
+    from astrocurate.cli import main
+
+    survey = make_survey(store / "survey", n_mosaics=1, mosaic_size=64, seed=1)
+    argv = ["cutouts", "--mosaics_path", str(survey.output_dir), "--output_path", "out"]
+    argv += ["--window_size", "32", "--slurm-array", "4", "--slurm_time", "00:30:00"]
+    assert main(argv) == 0
+    script = Path(capsys.readouterr().out.strip())
+    text = script.read_text()
+    assert "#SBATCH --array=0-3\n" in text and "#SBATCH --time=00:30:00\n" in text
+    assert '--shard "$SLURM_ARRAY_TASK_ID/4"' in text
+    assert "export MLFLOW_TRACKING_URI=" in text
+    assert main([*argv[:-2], "--slurm_time", "soon"]) == 1

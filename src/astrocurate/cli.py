@@ -217,7 +217,27 @@ def _cutouts_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, help="parallel mosaics (default: cores)"
     )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="cut only shard K of N (mosaics K, K+N, ... of the sorted survey); one run each",
+    )
+    parser.add_argument(
+        "--slurm-array",
+        "--slurm_array",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write a SLURM job-array script cutting the survey in N shards, print its path",
+    )
+    _slurm_arguments(parser)
     _common_step_arguments(parser)
+
+
+def _slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    for name in ("account", "partition", "time", "qos"):
+        parser.add_argument(f"--slurm_{name}", f"--slurm-{name}", default=None)
 
 
 def _common_step_arguments(parser: argparse.ArgumentParser) -> None:
@@ -234,19 +254,54 @@ def _common_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("cutouts", "Cut FITS mosaics into sliding-window cutouts (step 1).", _cutouts_arguments)
 def _cutouts(args: argparse.Namespace) -> int:
-    from astrocurate.cutouts import CutoutOptions, make_cutouts
+    from astrocurate.cutouts import CutoutOptions, make_cutouts, parse_shard
 
     options = CutoutOptions(args.window_size, args.overlap, args.max_nan_fraction, args.store)
+    if args.slurm_array is not None:
+        print(_write_cutouts_array(args, options))
+        return 0
     run = make_cutouts(
         Path(args.mosaics_path),
         Path(args.output_path),
         options,
         workers=args.workers,
+        shard=parse_shard(args.shard) if args.shard else None,
         force=args.force,
         progress=args.progress,
     )
     _announce(run)
     return 0
+
+
+def _write_cutouts_array(args: argparse.Namespace, options) -> Path:
+    """Write the SLURM array script of ``cutouts --slurm-array N``; return its path."""
+    from astrocurate.clustering import SlurmOptions
+    from astrocurate.cutouts import render_array_script, validate_options
+
+    validate_options(options)
+    if args.slurm_array < 1:
+        raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {args.slurm_array}")
+    if args.shard:
+        raise InvalidArgumentError("--shard: not with --slurm-array (each task sets its shard)")
+    slurm = SlurmOptions(args.slurm_account, args.slurm_partition, args.slurm_time, args.slurm_qos)
+    output = Path(args.output_path).resolve()
+    argv = [
+        sys.executable, "-m", "astrocurate.cli", "cutouts",
+        "--mosaics_path", str(Path(args.mosaics_path).resolve()),
+        "--output_path", str(output),
+        "--window_size", str(options.window_size),
+        "--overlap", repr(options.overlap),
+        "--max-nan-fraction", repr(options.max_nan_fraction),
+        "--store", options.store,
+    ]  # fmt: skip
+    text = render_array_script(
+        argv, args.slurm_array, options.window_size, output / "logs", slurm.validate()
+    )
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    path = output / f"cutouts_w{options.window_size}_{args.slurm_array}shards.sbatch"
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
 
 
 def _announce(run) -> None:

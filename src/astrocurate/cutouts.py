@@ -29,6 +29,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shlex
 import shutil
 import sys
 import threading
@@ -114,6 +115,7 @@ def make_cutouts(
     options: CutoutOptions,
     *,
     workers: int | None = None,
+    shard: tuple[int, int] | None = None,
     force: bool = False,
     progress: bool | None = None,
 ) -> StepRun:
@@ -129,6 +131,10 @@ def make_cutouts(
         Window size, overlap, blank policy and store.
     workers : int, optional
         Mosaics cut in parallel; default all cores. Does not change the output.
+    shard : (int, int), optional
+        ``(K, N)``: cut only shard K of N (0 <= K < N), the mosaics at positions K, K + N,
+        K + 2N, ... of the survey sorted by relative path; each shard is its own run, and
+        the merge step joins them. Default: every mosaic.
     force : bool
         Recompute even if an identical finished run exists.
     progress : bool, optional
@@ -143,7 +149,8 @@ def make_cutouts(
     if workers is not None and (isinstance(workers, bool) or workers < 1):
         raise InvalidArgumentError(f"--workers: expected a positive integer, got {workers!r}")
     mosaics_path, output_path = Path(mosaics_path).resolve(), Path(output_path).resolve()
-    found = _discover(mosaics_path)
+    survey = _discover(mosaics_path)
+    found = select_shard(survey, shard)
     _check_output_path(output_path, mosaics_path)
     workers = workers or os.cpu_count() or 1
     if workers > 1 and len(found) > 1:
@@ -156,6 +163,9 @@ def make_cutouts(
         "mosaics_digest": _listing_digest([m.path for m in found]),
         "workers": workers,
     }
+    if shard is not None:
+        params["shard"] = f"{shard[0]}/{shard[1]}"
+        params["survey_digest"] = _listing_digest([m.path for m in survey])
     with tracked_step(
         STEP, params, output_root=output_path, volatile_params=["workers"], force=force
     ) as run:
@@ -174,6 +184,89 @@ def make_cutouts(
             summaries = _assemble(run.output_dir, tasks)
         _log_summary(run, summaries)
     return run
+
+
+def parse_shard(text: str, argument: str = "--shard") -> tuple[int, int]:
+    """Parse ``"K/N"`` into ``(K, N)`` with ``0 <= K < N``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming ``argument`` and the expected form.
+    """
+    parts = str(text).split("/")
+    try:
+        k, n = (int(p) for p in parts)
+    except ValueError:
+        k, n = -1, 0
+    if len(parts) != 2 or not 0 <= k < n:
+        raise InvalidArgumentError(
+            f"{argument}: expected K/N with 0 <= K < N (e.g. $SLURM_ARRAY_TASK_ID/8), got {text!r}"
+        )
+    return k, n
+
+
+def select_shard(mosaics: list, shard: tuple[int, int] | None) -> list:
+    """Mosaics of shard ``(K, N)``: positions K, K + N, ... of the sorted survey listing."""
+    if shard is None:
+        return mosaics
+    k, n = shard
+    chosen = mosaics[k::n]
+    if not chosen:
+        raise InvalidArgumentError(
+            f"--shard {k}/{n}: selects no mosaic, the survey has {len(mosaics)}; "
+            f"use at most {len(mosaics)} shards"
+        )
+    return chosen
+
+
+def render_array_script(
+    argv: list[str],
+    n_shards: int,
+    window_size: int,
+    log_dir: Path,
+    slurm: Any,
+) -> str:
+    """SLURM job-array script that runs one cutouts shard per array task.
+
+    Parameters
+    ----------
+    argv : list of str
+        The cutouts command without ``--shard`` (absolute paths).
+    n_shards : int
+        Array size N; task K runs ``--shard K/N``.
+    window_size : int
+        For the job and log names.
+    log_dir : Path
+        Directory of the tasks' logs (``cutouts-w<W>-<job>_<task>.out``).
+    slurm : SlurmOptions
+        Account, partition, time limit and QOS of every task.
+    """
+    from astrocurate.clustering import absolute_tracking_uri
+    from astrocurate.tracking import experiment_name, tracking_uri
+
+    lines = [
+        "#!/bin/bash",
+        f"# astrocurate: cut a survey in {n_shards} shards, one cutting_out run per array task.",
+        "# Submit with sbatch; then merge the shards' runs (their IDs end each task's log).",
+        f"#SBATCH --job-name=astrocurate-cutouts-w{window_size}",
+        f"#SBATCH --array=0-{n_shards - 1}",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={log_dir}/cutouts-w{window_size}-%A_%a.out",
+    ]
+    for flag in ("account", "partition", "time", "qos"):
+        value = getattr(slurm, flag)
+        if value:
+            lines.append(f"#SBATCH --{flag}={value}")
+    command = " ".join(shlex.quote(a) for a in argv)
+    lines += [
+        "set -euo pipefail",
+        f"export MLFLOW_TRACKING_URI={shlex.quote(absolute_tracking_uri(tracking_uri()))}",
+        f"export MLFLOW_EXPERIMENT_NAME={shlex.quote(experiment_name())}",
+        f'exec {command} --shard "$SLURM_ARRAY_TASK_ID/{n_shards}" '
+        '--workers "${SLURM_CPUS_PER_TASK:-1}"',
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _assembled(run_dir: Path) -> bool:

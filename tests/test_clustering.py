@@ -144,7 +144,8 @@ def assert_same_levels(directory: Path, reference: Path) -> None:
         ({"checkpoint_period": -5}, r"checkpoint_period=-5 must be an integer >= 0"),
         ({"nnodes": 0}, r"nnodes=0 must be an integer >= 1"),
         ({"device": "tpu"}, r"device='tpu' is not valid; use auto, cpu, cuda or cuda:N"),
-        ({"ngpus_per_node": 4}, r"multi-process k-means .* not available yet"),
+        ({"ngpus_per_node": 4, "nprocs_per_node": 2}, r"one process per GPU; set nprocs"),
+        ({"nprocs_per_node": 0}, r"nprocs_per_node=0 must be null or an integer >= 1"),
         ({"n_clusters": "many"}, r"n_clusters: level 1 has 'many'"),
     ],
     ids=[
@@ -164,7 +165,8 @@ def assert_same_levels(directory: Path, reference: Path) -> None:
         "negative-period",
         "zero-nodes",
         "bad-device",
-        "distributed-not-yet",
+        "processes-not-gpus",
+        "zero-processes",
         "string-clusters",
     ],
 )

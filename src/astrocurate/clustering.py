@@ -14,6 +14,16 @@ The guide makes a clustering in two commands, and so does this module:
   interrupt). With SLURM flags at 4a, ``run.sh`` submits one job per level chained with
   ``--dependency=afterok``; each job runs ``clustering-run DIR --level L`` and the last
   one finishes the run.
+* **Several processes** (``config.n_processes > 1``: ``nprocs_per_node``, or one per GPU,
+  times ``nnodes``): ``run.sh`` starts ``torchrun --standalone`` here, a SLURM job
+  ``srun`` in ``--ntasks-per-node`` tasks. Every rank clusters (each k-means run shares
+  its rows among the ranks through :mod:`torch.distributed`; the level-1 memmap is read
+  by slices); rank 0 alone locks the directory, writes outputs, checkpoints and
+  ``logs/clustering.log`` and talks to MLflow. Checkpoints are then the finished k-means
+  runs of a level only (no live k-means state, no partial splits), so an interrupted
+  level restarts its current k-means run; the result is the same, and equals the
+  one-process result up to the order of float sums. With ``subset_indices_path`` every
+  rank loads the subset's rows.
 
 Levels are numbered from 1 here, in file names, metrics and messages (level 1 clusters
 the features, as in the design notes); :mod:`astrocurate.kmeans` numbers them from 0.
@@ -162,6 +172,7 @@ VOLATILE_KEYS = (
     "ngpus_per_node",
     "nnodes",
     "ncpus_per_gpu",
+    "nprocs_per_node",
     "slurm_partition",
 )
 _SLURM_TOKEN = re.compile(r"^[A-Za-z0-9_.+\-]+$")
@@ -203,7 +214,12 @@ class ClusteringConfig:
     high_precision : str
         Accumulation dtype of centroid sums; always ``float64``.
     ngpus_per_node, nnodes, ncpus_per_gpu : int
-        Resources of a job (``ngpus_per_node = 0``: CPU only).
+        Resources of a job (``ngpus_per_node = 0``: CPU only); ``ncpus_per_gpu`` is the
+        CPUs of each process (of the job when it is one process).
+    nprocs_per_node : int, optional
+        k-means processes per node (``torch.distributed``, launched by ``torchrun`` or
+        ``srun``); default one per GPU, one on CPU. With GPUs it must equal
+        ``ngpus_per_node``. See :attr:`n_processes`.
     slurm_partition : str, optional
         Default SLURM partition (``--slurm_partition`` overrides it).
     seed : int
@@ -231,6 +247,7 @@ class ClusteringConfig:
     ngpus_per_node: int = 1
     nnodes: int = 1
     ncpus_per_gpu: int = 8
+    nprocs_per_node: int | None = None
     slurm_partition: str | None = None
     seed: int = 0
     device: str = "auto"
@@ -291,12 +308,29 @@ class ClusteringConfig:
                     f"{self.n_clusters[i]} clusters but has only {inputs} inputs (the "
                     f"centroids of level {i}); use at most {inputs}"
                 )
-        if self.ngpus_per_node * self.nnodes > 1:
+        procs = self.nprocs_per_node
+        if self.ngpus_per_node > 0 and procs is not None and procs != self.ngpus_per_node:
             raise InvalidArgumentError(
-                f"config keys ngpus_per_node={self.ngpus_per_node}, nnodes={self.nnodes}: "
-                "multi-process k-means (torch.distributed) is not available yet; use "
-                "ngpus_per_node <= 1 and nnodes = 1"
+                f"config keys nprocs_per_node={procs}, ngpus_per_node={self.ngpus_per_node}: "
+                "k-means runs one process per GPU; set nprocs_per_node to null (or to "
+                f"{self.ngpus_per_node}), or ngpus_per_node to 0 for CPU processes"
             )
+
+    @property
+    def procs_per_node(self) -> int:
+        """Return the k-means processes per node (``nprocs_per_node``, else one per GPU)."""
+        if self.nprocs_per_node is not None:
+            return self.nprocs_per_node
+        return max(1, self.ngpus_per_node)
+
+    @property
+    def n_processes(self) -> int:
+        """Return the k-means processes of a job (``procs_per_node * nnodes``).
+
+        More than one: ``run.sh`` starts ``torchrun`` (one node) and the SLURM jobs
+        ``srun``; the ranks share the rows of every k-means run (``torch.distributed``).
+        """
+        return self.procs_per_node * self.nnodes
 
     def check_inputs(self, n_inputs: int, what: str) -> None:
         """Check that level 1 has enough inputs.
@@ -426,6 +460,9 @@ def _check_scalar(key: str, value: Any) -> Any:
     elif key in ("nnodes", "ncpus_per_gpu"):
         if not _is_int(value) or value < 1:
             raise InvalidArgumentError(f"{bad} must be an integer >= 1")
+    elif key == "nprocs_per_node" and value is not None:
+        if not _is_int(value) or value < 1:
+            raise InvalidArgumentError(f"{bad} must be null or an integer >= 1")
     elif key == "dtype" and value not in VALID_DTYPES:
         raise InvalidArgumentError(f"{bad} is not valid; valid dtypes: {', '.join(VALID_DTYPES)}")
     elif key == "high_precision" and value != "float64":
@@ -657,13 +694,67 @@ class _Launch:
         words = [self.python, "-m", "astrocurate.cli", subcommand, str(self.directory), *extra]
         return "exec " + " ".join(shlex.quote(w) for w in words)
 
+    def torchrun_command(self, nprocs: int, *extra: str) -> str:
+        """``clustering-run`` in ``nprocs`` processes on this machine (the venv's torchrun).
 
-def _render_run_script(launch: _Launch, n_levels: int, slurm: SlurmOptions | None) -> str:
-    """Return the text of ``run.sh``: run here, or submit the SLURM chain and wait."""
+        Only rank 0 reaches the console (``--local-ranks-filter 0``); the other ranks log
+        to ``logs/clustering.rank<R>.log``.
+        """
+        torchrun = str(Path(self.python).with_name("torchrun"))
+        words = [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            str(nprocs),
+            "--local-ranks-filter",
+            "0",
+            "-m",
+            "astrocurate.cli",
+            "clustering-run",
+            str(self.directory),
+            *extra,
+        ]
+        return "exec " + " ".join(shlex.quote(w) for w in words)
+
+    def srun_command(self, *extra: str) -> str:
+        """``clustering-run`` in every task of the SLURM job (``srun``)."""
+        words = [
+            "srun",
+            "--kill-on-bad-exit=1",
+            self.python,
+            "-m",
+            "astrocurate.cli",
+            "clustering-run",
+            str(self.directory),
+            *extra,
+        ]
+        return "exec " + " ".join(shlex.quote(w) for w in words)
+
+
+def _render_run_script(
+    launch: _Launch, n_levels: int, slurm: SlurmOptions | None, nprocs: int = 1
+) -> str:
+    """Return the text of ``run.sh``: run here, or submit the SLURM chain and wait.
+
+    ``nprocs > 1`` (no SLURM): ``torchrun`` starts that many k-means processes here.
+    """
     head = [
         "#!/usr/bin/env bash",
         f"# Clustering run {launch.run_id}, prepared by astrocurate (guide step 4a).",
     ]
+    if slurm is None and nprocs > 1:
+        body = [
+            f"# Runs every level on this machine in {nprocs} processes (torchrun; the ranks",
+            "# share the rows of every k-means run through torch.distributed). After an",
+            "# interruption, run it again: it resumes from the checkpoints in this directory",
+            "# (saved after every k-means run of a level). Logs: logs/clustering.log (rank 0),",
+            "# logs/clustering.rank<R>.log (the others).",
+            "set -euo pipefail",
+            *launch.environment(),
+            launch.torchrun_command(nprocs) + ' "$@"',
+        ]
+        return "\n".join(head + body) + "\n"
+
     if slurm is None:
         body = [
             "# Runs every level on this machine. After an interruption, run it again: it",
@@ -726,6 +817,8 @@ def _render_sbatch(
     """Return the SLURM batch script of one level (1-based); paths only in its body."""
     partition = slurm.partition or config.slurm_partition
     gpus = config.ngpus_per_node
+    if config.n_processes > 1:
+        return _render_distributed_sbatch(launch, config, slurm, level, partition)
     options = [
         f"--job-name=clustering-L{level}-{launch.run_id[:8]}",
         f"--account={slurm.account}" if slurm.account else None,
@@ -752,6 +845,42 @@ def _render_sbatch(
         *launch.environment(),
         "trap '' USR1",
         launch.command("--level", str(level)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _render_distributed_sbatch(
+    launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int, partition: Any
+) -> str:
+    """Return the batch script of one level run by ``srun`` in ``config.n_processes`` tasks."""
+    gpus = config.ngpus_per_node
+    options = [
+        f"--job-name=clustering-L{level}-{launch.run_id[:8]}",
+        f"--account={slurm.account}" if slurm.account else None,
+        f"--partition={partition}" if partition else None,
+        f"--qos={slurm.qos}" if slurm.qos else None,
+        f"--time={slurm.time}" if slurm.time else None,
+        f"--nodes={config.nnodes}",
+        f"--ntasks-per-node={config.procs_per_node}",
+        f"--gpus-per-node={gpus}" if gpus else None,
+        f"--cpus-per-task={config.ncpus_per_gpu}",
+        "--requeue",
+        "--open-mode=append",
+        "--kill-on-invalid-dep=yes",
+        f"--signal=USR1@{_signal_lead(slurm.time)}",
+        f"--output=logs/level_{level}-%j.out",
+    ]
+    lines = ["#!/usr/bin/env bash"] + [f"#SBATCH {o}" for o in options if o]
+    lines += [
+        f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate),",
+        f"# in {config.n_processes} tasks that share the rows of every k-means run",
+        "# (torch.distributed; rank 0 writes the outputs and talks to MLflow). Submitted by",
+        "# run.sh from the experiment directory; SIGUSR1 before the time limit goes to every",
+        "# task: they stop after the current k-means run, and rank 0 checkpoints and requeues",
+        "# the job.",
+        "set -euo pipefail",
+        *launch.environment(),
+        launch.srun_command("--level", str(level)),
     ]
     return "\n".join(lines) + "\n"
 
@@ -811,6 +940,11 @@ def prepare_clustering(
     """
     if slurm is not None:
         slurm.validate()
+    elif config.nnodes > 1:
+        raise InvalidArgumentError(
+            f"config key nnodes={config.nnodes}: several nodes need SLURM (give the "
+            "--slurm_* flags); on this machine use nnodes: 1"
+        )
     features = require_run(features_id, SOURCE_STEP, "--features-id")
     if config.subset_indices_path:
         config = replace(
@@ -969,7 +1103,8 @@ def _write_experiment(
         "slurm": None if slurm is None else asdict(slurm),
     }
     _write_text(directory / RUN_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    _write_text(directory / RUN_SCRIPT, _render_run_script(launch, config.n_levels, slurm), 0o755)
+    run_sh = _render_run_script(launch, config.n_levels, slurm, config.n_processes)
+    _write_text(directory / RUN_SCRIPT, run_sh, 0o755)
     slurm_dir = directory / "slurm"
     if slurm is not None:
         slurm_dir.mkdir(exist_ok=True)
@@ -1023,6 +1158,8 @@ def run_clustering(directory: Path | str, *, level: int | None = None) -> Cluste
     ClusteringRun
     """
     directory = Path(directory).resolve()
+    if _launched_world_size() > 1:
+        return _run_distributed(directory, level)
     info = _read_run_file(directory)
     record = get_run(info["run_id"], "clustering run")
     if record.step != STEP:
@@ -1051,6 +1188,165 @@ def run_clustering(directory: Path | str, *, level: int | None = None) -> Cluste
         _report_missing(handle, directory, levels)
     status = get_run(record.run_id).status
     return ClusteringRun(record.run_id, directory, status, last)
+
+
+def _launched_world_size() -> int:
+    """Return the processes of this launch: ``torchrun`` (``WORLD_SIZE``), ``srun`` or 1."""
+    env = os.environ
+    if "WORLD_SIZE" in env:
+        return int(env["WORLD_SIZE"])
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        return int(env["SLURM_STEP_NUM_TASKS"])
+    return 1
+
+
+class _Ranks:
+    """The place of a process in a ``torch.distributed`` clustering (rank 0 writes).
+
+    Attributes
+    ----------
+    rank, world : int
+        This process's rank and the number of ranks.
+    """
+
+    #: Stop requests shared by :meth:`sync_stop`, by priority (the highest wins).
+    _STOPS = (None, "SIGTERM", "SIGUSR1")
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank = rank
+        self.world = world
+
+    @property
+    def writer(self) -> bool:
+        """Return whether this rank writes files (rank 0)."""
+        return self.rank == 0
+
+    def _device(self) -> Any:
+        import torch
+
+        if torch.distributed.get_backend() == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        import torch
+
+        torch.distributed.barrier()
+
+    def share(self, value: Any) -> Any:
+        """Return rank 0's ``value`` on every rank (a small picklable object)."""
+        import torch
+
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, device=self._device())
+        return box[0]
+
+    def sync_stop(self, stop: StopRequest) -> None:
+        """Set ``stop`` on every rank when any rank was asked to stop (a collective)."""
+        import torch
+
+        name = stop.signal_name
+        code = self._STOPS.index(name) if name in self._STOPS else (1 if name else 0)
+        flag = torch.tensor([code], dtype=torch.int64, device=self._device())
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        shared = int(flag.item())
+        if shared and not stop.requested:
+            stop.set(self._STOPS[shared] or "SIGTERM")
+
+
+def _run_distributed(directory: Path, level: int | None) -> ClusteringRun:
+    """:func:`run_clustering` in one rank of a ``torchrun`` or ``srun`` launch.
+
+    Every rank computes (each k-means run shares its rows among the ranks); rank 0 alone
+    locks the directory, talks to MLflow and writes outputs, checkpoints and
+    ``logs/clustering.log``; the others log to ``logs/clustering.rank<R>.log``. Ranks meet
+    at every level boundary and after every k-means run of a level, where they also agree
+    on a stop request. Checkpoints are the finished k-means runs only (see
+    :class:`_Checkpoints`).
+    """
+    import torch
+
+    from astrocurate.kmeans import init_distributed
+
+    rank, world = init_distributed()
+    ranks = _Ranks(rank, world)
+    try:
+        if ranks.writer:
+            return _run_rank_zero(directory, level, ranks)
+        return _run_other_rank(directory, level, ranks)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run_rank_zero(directory: Path, level: int | None, ranks: _Ranks) -> ClusteringRun:
+    """Rank 0 of :func:`_run_distributed`: what :func:`run_clustering` does, sharing decisions."""
+    with contextlib.ExitStack() as stack:
+        try:
+            info = _read_run_file(directory)
+            record = get_run(info["run_id"], "clustering run")
+            if record.step != STEP:
+                raise InvalidRunError(f"{directory}: run {record.run_id} is not a clustering run")
+            config = _load_directory_config(directory, info)
+            last = config.n_levels if level is None else _check_level_arg(level, config.n_levels)
+            if record.finished:
+                log.info("clustering run %s is already finished; nothing to do", record.run_id)
+                ranks.share(("finished", record.status))
+                return ClusteringRun(record.run_id, directory, record.status, config.n_levels)
+            features = require_run(info["features_id"], SOURCE_STEP, "features of this clustering")
+            finish = last == config.n_levels
+            handle, stop = stack.enter_context(
+                _continue_run(record.run_id, directory, finish, info)
+            )
+        except BaseException as exc:
+            ranks.share(("error", f"{type(exc).__name__}: {exc}"))
+            raise
+        stack.enter_context(_log_file(directory / "logs" / "clustering.log"))
+        log.info("clustering in %d processes (torch.distributed)", ranks.world)
+        ranks.share(("run", str(features.output_dir)))
+        X, indices = _level_one_inputs(features.output_dir, directory, info)  # noqa: N806
+        levels = compute_levels(
+            X,
+            config,
+            directory,
+            last_level=last,
+            input_indices=indices,
+            stop=stop,
+            on_level=lambda lvl, res, pl, sec: _report_level(handle, directory, lvl, res, pl),
+            ranks=ranks,
+        )
+        _report_missing(handle, directory, levels)
+    status = get_run(record.run_id).status
+    ranks.share(("done", status))
+    return ClusteringRun(record.run_id, directory, status, last)
+
+
+def _run_other_rank(directory: Path, level: int | None, ranks: _Ranks) -> ClusteringRun:
+    """Run a rank > 0 of :func:`_run_distributed`: compute only, no MLflow, no outputs."""
+    what, value = ranks.share(None)
+    info = _read_run_file(directory)
+    if what == "error":
+        raise InvalidRunError(f"rank 0 stopped before clustering: {value}")
+    config = load_config(directory / CONFIG_FILE)
+    if what == "finished":
+        return ClusteringRun(info["run_id"], directory, value, config.n_levels)
+    last = config.n_levels if level is None else _check_level_arg(level, config.n_levels)
+    stop = StopRequest()
+    log_path = directory / "logs" / f"clustering.rank{ranks.rank}.log"
+    with stop.handling_signals(), _log_file(log_path):
+        X, indices = _level_one_inputs(Path(value), directory, info)  # noqa: N806
+        compute_levels(
+            X,
+            config,
+            directory,
+            last_level=last,
+            input_indices=indices,
+            stop=stop,
+            ranks=ranks,
+        )
+    _, status = ranks.share(None)
+    return ClusteringRun(info["run_id"], directory, status, last)
 
 
 def _check_level_arg(level: Any, n_levels: int) -> int:
@@ -1173,6 +1469,7 @@ def compute_levels(
     n_points: int | None = None,
     stop: StopRequest | None = None,
     on_level: Callable[[int, Any, np.ndarray, float], None] | None = None,
+    ranks: _Ranks | None = None,
 ) -> list[Any]:
     """Cluster level by level into ``directory``, resuming from its checkpoints.
 
@@ -1197,6 +1494,10 @@ def compute_levels(
         Checked at every checkpoint: when set, save and raise.
     on_level : callable, optional
         ``on_level(level, result, point_labels, seconds)`` after each level computed now.
+    ranks : _Ranks, optional
+        In a ``torch.distributed`` launch: every rank calls this with the same arguments
+        (``X`` memory-mapped: each rank reads its row slice); only rank 0 writes files.
+        The ranks meet before and after every level.
 
     Returns
     -------
@@ -1216,6 +1517,8 @@ def compute_levels(
     levels: list[Any] = []
     point_labels = np.full(total, -1, dtype=np.int64)
     for lvl in range(1, last + 1):
+        if ranks is not None:
+            ranks.barrier()
         if (directory / f"level_{lvl}" / LEVEL_DONE).is_file():
             result = load_level_result(directory, lvl)
             point_labels = _point_labels(point_labels, indices, result.labels, lvl)
@@ -1223,16 +1526,21 @@ def compute_levels(
             started = time.perf_counter()
             inputs = X if lvl == 1 else levels[-1].centroids
             _check_level_inputs(config, lvl, int(inputs.shape[0]))
-            checkpoints = _Checkpoints(directory / CHECKPOINTS / f"level_{lvl}", config, stop)
+            checkpoints = _Checkpoints(
+                directory / CHECKPOINTS / f"level_{lvl}", config, stop, ranks
+            )
             result = _LevelRun(config, lvl, device, dtype, checkpoints).run(inputs)
             seconds = time.perf_counter() - started
             point_labels = _point_labels(point_labels, indices, result.labels, lvl)
-            _write_level(directory, lvl, result, point_labels, seconds)
-            checkpoints.clear()
-            if on_level is not None:
-                on_level(lvl, result, point_labels, seconds)
-            stop.check()
+            if ranks is None or ranks.writer:
+                _write_level(directory, lvl, result, point_labels, seconds)
+                checkpoints.clear()
+                if on_level is not None:
+                    on_level(lvl, result, point_labels, seconds)
+            checkpoints.check_stop()
         levels.append(result)
+    if ranks is not None:
+        ranks.barrier()
     return levels
 
 
@@ -1319,14 +1627,45 @@ class RequeueRequested(StepInterrupted):
 
 
 class _Checkpoints:
-    """Checkpoint files of one level: finished k-means runs, live k-means state, splits."""
+    """Checkpoint files of one level: finished k-means runs, live k-means state, splits.
 
-    def __init__(self, root: Path, config: ClusteringConfig, stop: StopRequest) -> None:
+    Distributed (``ranks`` given): only the finished k-means runs of a level are saved, by
+    rank 0 (every rank holds all their labels); live k-means states (a rank holds only
+    its rows' distances during k-means++) and partial splits are neither saved nor read,
+    so a resumed level restarts its current k-means run or its splits from the start,
+    which gives the same result. The ranks agree on a stop request after every finished
+    k-means run (:meth:`check_stop`), so they all stop at the same place.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        config: ClusteringConfig,
+        stop: StopRequest,
+        ranks: _Ranks | None = None,
+    ) -> None:
         self.root = root
         self.period = config.checkpoint_period
         self.stop = stop
+        self.ranks = ranks
         self.fingerprint = run_key(STEP, config.key_params(), [])
         self._last = time.monotonic()
+
+    @property
+    def distributed(self) -> bool:
+        """Return whether the level runs in several processes."""
+        return self.ranks is not None
+
+    @property
+    def writer(self) -> bool:
+        """Return whether this process writes checkpoints (alone, or rank 0)."""
+        return self.ranks is None or self.ranks.writer
+
+    def check_stop(self) -> None:
+        """Raise if asked to stop (every rank raises when any rank was asked)."""
+        if self.ranks is not None:
+            self.ranks.sync_stop(self.stop)
+        self.stop.check()
 
     def _due(self) -> bool:
         return self.stop.requested or time.monotonic() - self._last >= self.period
@@ -1352,6 +1691,8 @@ class _Checkpoints:
     # -- finished k-means runs (one per resampling step) --------------------------------
 
     def save_step(self, step: int, centers, labels, sq, history: list[float]) -> None:
+        if not self.writer:
+            return
         self._save(
             f"step_{step}",
             {"history": history},
@@ -1371,7 +1712,10 @@ class _Checkpoints:
 
     # -- live k-means state ---------------------------------------------------------------
 
-    def kmeans_callback(self, step: int) -> Callable[[Any], None]:
+    def kmeans_callback(self, step: int) -> Callable[[Any], None] | None:
+        if self.distributed:
+            return None
+
         def callback(state: Any) -> None:
             if state.phase == "done" or not self._due():
                 return
@@ -1393,6 +1737,8 @@ class _Checkpoints:
     def load_kmeans(self, step: int, device: Any, dtype: Any) -> Any:
         from astrocurate.kmeans import KMeansState
 
+        if self.distributed:
+            return None
         loaded = self._load(f"kmeans_{step}")
         if loaded is None:
             return None
@@ -1412,6 +1758,8 @@ class _Checkpoints:
     # -- splits ---------------------------------------------------------------------------
 
     def save_split(self, next_cluster: int, labels, sq, centroids, force: bool = False) -> None:
+        if self.distributed:
+            return
         if force or self._due():
             self._save(
                 "split",
@@ -1423,9 +1771,13 @@ class _Checkpoints:
             self.stop.check()
 
     def load_split(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        if self.distributed:
+            return None
         return self._load("split")
 
     def clear(self) -> None:
+        if not self.writer:
+            return
         if self.root.is_dir():
             for path in self.root.iterdir():
                 path.unlink()
@@ -1479,7 +1831,8 @@ class _LevelRun:
         """Cluster ``inputs`` (n_in, d); return a LevelResult."""
         from astrocurate.kmeans import assign
 
-        Y = _on_device(inputs, self.device, self.dtype)  # noqa: N806
+        # Distributed: no copy of the whole input per rank; KMeans reads each rank's slice.
+        Y = inputs if self.ckpt.distributed else _on_device(inputs, self.device, self.dtype)  # noqa: N806
         n = int(Y.shape[0])
         start, centers, labels, sq, histories = 0, None, None, None, []
         done = self.ckpt.last_step(self.steps)
@@ -1503,7 +1856,7 @@ class _LevelRun:
                 labels, sq = assign(Y, centers, device=self.device, dtype=self.dtype)
             histories = [*histories, list(km.potential_history_)]
             self.ckpt.save_step(step, centers, labels, sq, histories)
-            self.ckpt.stop.check()
+            self.ckpt.check_stop()
             log.info(
                 "level %d: k-means run %d of %d done (potential %.6g)",
                 self.level,

@@ -204,3 +204,140 @@ def test_outputs_record_sizes_hashes_and_sampled_blocks(store: Path) -> None:
     assert entry["sample"]["sha256"] == tracking.sample_digest(run.output_dir / "data.txt", [0])
     assert _artifact_json(run.run_id, "metadata.json")["output_hash"] == "full"
     assert tracking.quick_check_outputs(get_run(run.run_id)) == 1
+
+
+# --------------------------------------------------------------------------- start-up cost
+
+
+def _through_mlflow(monkeypatch: pytest.MonkeyPatch, lookup):
+    """Return ``lookup()`` read through MLflow instead of directly from the sqlite file."""
+    with monkeypatch.context() as patch:
+        patch.setenv(tracking.FAST_LOOKUP_ENV, "0")
+        assert tracking._direct_store() is None
+        return lookup()
+
+
+def test_direct_reads_match_mlflow(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lookups read from the sqlite file give what MLflow's search_runs and get_run give."""
+    ids = {}
+    for size in (64, 128, 64):
+        with tracked_step("cutting_out", {"window_size": size}, force=True) as run:
+            _write(run, str(size))
+        ids.setdefault(size, []).append(run.run_id)
+    with tracked_step("merge_cutouts", {"dedup": True}, input_run_ids=ids[64]) as merged:
+        _write(merged)
+    with pytest.raises(RuntimeError), tracked_step("cutting_out", {"window_size": 32}) as failed:
+        raise RuntimeError("boom")
+    with tracked_step("cutting_out", {"window_size": 16}) as deleted:
+        _write(deleted)
+    tracking.client().delete_run(deleted.run_id)
+    with monkeypatch.context() as patch:  # a run of the same step in another experiment
+        patch.setenv("MLFLOW_EXPERIMENT_NAME", f"{tracking.experiment_name()}-other")
+        with tracked_step("cutting_out", {"window_size": 64}) as elsewhere:
+            _write(elsewhere)
+
+    assert tracking._direct_store() is not None
+    key = get_run(ids[64][0]).tags[tracking.TAG_RUN_KEY]
+    searches = [
+        {},
+        {"step": "cutting_out"},
+        {"step": "cutting_out", "include_unfinished": True},
+        {"step": "cutting_out", "params": {"window_size": "64.0"}},
+        {"run_key": key, "include_unfinished": True},
+        {"step": "merge_cutouts", "input_run_ids": list(reversed(ids[64]))},
+        {"step": "clustering"},
+    ]
+    for kwargs in searches:
+        direct = tracking.find_runs(**kwargs)
+        assert direct or kwargs == {"step": "clustering"}
+        assert direct == _through_mlflow(monkeypatch, lambda k=kwargs: tracking.find_runs(**k))
+    assert elsewhere.run_id not in {r.run_id for r in tracking.find_runs()}
+    assert deleted.run_id not in {r.run_id for r in tracking.find_runs(include_unfinished=True)}
+    for run_id in [*ids[64], *ids[128], merged.run_id, failed.run_id, deleted.run_id]:
+        direct = get_run(run_id)
+        assert direct == _through_mlflow(monkeypatch, lambda r=run_id: get_run(r))
+        listing = tracking.recorded_listing(run_id)
+        assert listing == _through_mlflow(
+            monkeypatch, lambda r=run_id: tracking.recorded_listing(r)
+        )
+    assert get_run(failed.run_id).status == "FAILED"
+    assert tracking.recorded_listing(merged.run_id) == {"data.txt": _only_entry(merged)}
+    with pytest.raises(RunNotFoundError, match="no run"):
+        get_run("0" * 32)
+
+
+def _only_entry(run: tracking.StepRun) -> dict:
+    """Return the recorded listing entry of a run's only file, ``data.txt``."""
+    return tracking.hash_outputs(run.output_dir)[1]["data.txt"]
+
+
+def test_direct_store_only_for_an_existing_local_sqlite_file(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers, URIs with options, missing files and old schemas are read through MLflow."""
+    with tracked_step("cutting_out", {"window_size": 64}) as run:
+        _write(run)
+    assert tracking._direct_store() is not None
+    uri = tracking.tracking_uri()
+    for other in ("http://127.0.0.1:5000", f"{uri}?timeout=5", f"sqlite:///{store}/none.db"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+        assert tracking._direct_store() is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
+    assert tracking._direct_store() is None
+    monkeypatch.delenv("MLFLOW_ENABLE_WORKSPACES")
+
+    import sqlite3
+
+    foreign = store / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE runs (run_uuid TEXT)")
+    before = foreign.read_bytes()
+    with pytest.raises(tracking._NoDirectReadError, match="experiments lacks"):
+        tracking._direct_search(foreign, "cutting_out", None, False)
+    assert foreign.read_bytes() == before  # opened read-only
+
+
+def test_client_and_experiment_cached_per_store_and_name(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One client per tracking URI; experiment IDs per store and name (env may change)."""
+    first = tracking.client()
+    assert tracking.client() is first
+    experiment = tracking.experiment_id(first)
+    assert tracking.experiment_id(tracking.client(), create=False) == experiment
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"{tracking.experiment_name()}-2")
+    assert tracking.experiment_id(first, create=False) is None
+    second = tracking.experiment_id(first)
+    assert second not in (None, experiment)
+    assert first.get_experiment_by_name(tracking.experiment_name()).experiment_id == second
+
+    uri = tracking.tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # never contacted
+    server = tracking.client()
+    assert server is not first and server.tracking_uri == "http://127.0.0.1:9"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.client() is first
+
+
+def test_reused_step_and_lookups_do_not_import_mlflow(store: Path) -> None:
+    """Reusing a finished run, get_run and find_runs on a local store never import MLflow."""
+    with tracked_step("cutting_out", {"window_size": 64}) as first:
+        _write(first)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from astrocurate import tracking
+        with tracking.tracked_step("cutting_out", {{"window_size": 64}}) as run:
+            assert run.reused and run.run_id == {first.run_id!r}
+        tracking.require_run(run.run_id, "cutting_out")
+        assert [r.run_id for r in tracking.find_runs("cutting_out")] == [run.run_id]
+        print(sorted(m for m in ("mlflow", "sqlalchemy", "alembic") if m in sys.modules))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=store, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -23,6 +23,12 @@ The store is ``MLFLOW_TRACKING_URI`` when set, otherwise the embedded
 ``sqlite:///mlflow.db`` of the current directory (what ``mlflow ui`` opens when
 started there). The path is made absolute so that a step started from another
 directory (``run.sh`` in a clustering directory) writes to the same store.
+
+Importing MLflow takes seconds, so the lookups read an existing local sqlite store
+directly, read-only, with the queries MLflow makes (:func:`_direct_store`;
+``ASTROCURATE_FAST_LOOKUP=0`` turns this off): ``find_run`` and the rerun of a
+finished step never import MLflow. Writes always go through MLflow, with one
+client per process and tracking URI (:func:`client`).
 """
 
 from __future__ import annotations
@@ -104,16 +110,64 @@ def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
 
 
-def client() -> Any:
-    """Return an ``MlflowClient`` on :func:`tracking_uri` (imported lazily: mlflow is slow)."""
-    from mlflow.tracking import MlflowClient
+#: One ``MlflowClient`` per process and tracking URI (see :func:`client`).
+_CLIENTS: dict[tuple[int, str], Any] = {}
+#: Experiment IDs already looked up, by process, tracking URI and experiment name.
+_EXPERIMENTS: dict[tuple[int, str, str], str] = {}
+_CACHE_LOCK = threading.Lock()
 
-    return MlflowClient(tracking_uri=tracking_uri())
+
+def client() -> Any:
+    """Return the process's ``MlflowClient`` on :func:`tracking_uri`.
+
+    MLflow is imported on the first call only (importing it takes seconds). The
+    client is created once per process and tracking URI, so a change of
+    ``MLFLOW_TRACKING_URI`` (tests) gets a client on the new store.
+
+    Returns
+    -------
+    mlflow.tracking.MlflowClient
+    """
+    key = (os.getpid(), tracking_uri())
+    cached = _CLIENTS.get(key)
+    if cached is None:
+        from mlflow.tracking import MlflowClient
+
+        with _CACHE_LOCK:
+            cached = _CLIENTS.get(key)
+            if cached is None:
+                cached = _CLIENTS[key] = MlflowClient(tracking_uri=key[1])
+    return cached
 
 
 def experiment_id(mlflow_client: Any, create: bool = True) -> str | None:
-    """Return the experiment's ID, creating it when asked (safe against a concurrent create)."""
+    """Return the experiment's ID, creating it when asked (safe against a concurrent create).
+
+    Parameters
+    ----------
+    mlflow_client : mlflow.tracking.MlflowClient
+        Client on the tracking store.
+    create : bool
+        Create the experiment (:func:`experiment_name`) when it does not exist.
+
+    Returns
+    -------
+    str or None
+        The ID; None when the experiment does not exist and ``create`` is false.
+        An ID once found is remembered for the process, store and name.
+    """
     name = experiment_name()
+    uri = getattr(mlflow_client, "tracking_uri", None)
+    key = (os.getpid(), uri, name) if isinstance(uri, str) else None
+    if key is not None and key in _EXPERIMENTS:
+        return _EXPERIMENTS[key]
+    found = _experiment_id(mlflow_client, name, create)
+    if found is not None and key is not None:
+        _EXPERIMENTS[key] = found
+    return found
+
+
+def _experiment_id(mlflow_client: Any, name: str, create: bool) -> str | None:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -126,6 +180,154 @@ def experiment_id(mlflow_client: Any, create: bool = True) -> str | None:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+# --------------------------------------------------------------------------- direct reads
+
+#: Set to ``0`` to read runs through MLflow even from a local sqlite store.
+FAST_LOOKUP_ENV = "ASTROCURATE_FAST_LOOKUP"
+#: The columns of MLflow's sqlite schema that the direct reads use.
+_READ_COLUMNS = {
+    "experiments": {"experiment_id", "name"},
+    "runs": {
+        "run_uuid",
+        "name",
+        "status",
+        "start_time",
+        "lifecycle_stage",
+        "artifact_uri",
+        "experiment_id",
+    },
+    "tags": {"key", "value", "run_uuid"},
+    "params": {"key", "value", "run_uuid"},
+}
+
+
+class _NoDirectReadError(Exception):
+    """The local store cannot be read directly: read it through MLflow instead."""
+
+
+def _direct_store() -> Path | None:
+    """Return the sqlite file that lookups may read without MLflow, or None.
+
+    Importing MLflow costs seconds, so the read-only lookups (:func:`get_run`,
+    :func:`find_runs`, the reuse check of :func:`tracked_step`) read a local
+    ``sqlite:///`` store with :mod:`sqlite3`, read-only, with the queries MLflow's
+    ``SqlAlchemyStore`` makes (active runs, newest first). Anything else goes
+    through MLflow: a server, a URI with options, a store file that does not exist
+    yet (MLflow creates it), MLflow workspaces, ``ASTROCURATE_FAST_LOOKUP=0``, and
+    any store whose tables lack the columns read here.
+    """
+    if os.environ.get(FAST_LOOKUP_ENV, "").strip().lower() in ("0", "false", "no"):
+        return None
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() not in ("", "0", "false"):
+        return None
+    uri = tracking_uri()
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or any(c in uri for c in "?#%"):
+        return None
+    path = Path(uri[len(prefix) :])
+    return path if path.is_file() else None
+
+
+@contextlib.contextmanager
+def _read_store(path: Path) -> Iterator[Any]:
+    """Open ``path`` read-only; raise :class:`_NoDirectReadError` when it does not fit."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    except sqlite3.Error as exc:
+        raise _NoDirectReadError(str(exc)) from exc
+    try:
+        for table, columns in _READ_COLUMNS.items():
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            if not columns <= present:
+                raise _NoDirectReadError(f"table {table} lacks {sorted(columns - present)}")
+        yield connection
+    except sqlite3.Error as exc:
+        raise _NoDirectReadError(str(exc)) from exc
+    finally:
+        connection.close()
+
+
+def _direct_experiment_id(connection: Any, name: str) -> str | None:
+    rows = connection.execute(
+        "SELECT experiment_id FROM experiments WHERE name = ?", (name,)
+    ).fetchall()
+    if len(rows) > 1:
+        raise _NoDirectReadError(f"{len(rows)} experiments named {name!r}")
+    return str(rows[0][0]) if rows else None
+
+
+def _direct_records(connection: Any, rows: list[tuple[Any, ...]]) -> list[RunRecord]:
+    """Return the records of ``rows`` (run_uuid, name, status, start_time), in order."""
+    ids = [row[0] for row in rows]
+    params: dict[str, dict[str, str]] = {run: {} for run in ids}
+    tags: dict[str, dict[str, str]] = {run: {} for run in ids}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for table, into in (("params", params), ("tags", tags)):
+            query = f"SELECT run_uuid, key, value FROM {table} WHERE run_uuid IN ({marks})"
+            for run, key, value in connection.execute(query, chunk):
+                into[run][key] = value
+    return [
+        RunRecord(
+            run_id=run,
+            name=name or tags[run].get("mlflow.runName", ""),
+            status=status,
+            start_time=int(start_time or 0),
+            params=params[run],
+            tags=tags[run],
+        )
+        for run, name, status, start_time in rows
+    ]
+
+
+def _direct_search(
+    path: Path, step: str | None, run_key: str | None, include_unfinished: bool
+) -> list[RunRecord]:
+    """Return what ``find_runs`` gets from MLflow's ``search_runs``, read directly."""
+    with _read_store(path) as connection:
+        experiment = _direct_experiment_id(connection, experiment_name())
+        if experiment is None:
+            return []
+        where = ["r.experiment_id = ?", "r.lifecycle_stage = 'active'"]
+        values: list[Any] = [int(experiment) if experiment.isdigit() else experiment]
+        if step:
+            where.append("r.name = ?")
+            values.append(step)
+        if run_key:
+            where.append(
+                "EXISTS (SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid"
+                " AND t.key = ? AND t.value = ?)"
+            )
+            values += [TAG_RUN_KEY, run_key]
+        if not include_unfinished:
+            where.append("r.status = ?")
+            values.append(_FINISHED)
+        rows = connection.execute(
+            "SELECT r.run_uuid, r.name, r.status, r.start_time FROM runs r WHERE "
+            + " AND ".join(where)
+            # MLflow's order for "attributes.start_time DESC": missing times last, ties by ID
+            + " ORDER BY (r.start_time IS NULL), r.start_time DESC, r.run_uuid",
+            values,
+        ).fetchall()
+        return _direct_records(connection, rows)
+
+
+def _direct_run(path: Path, run_id: str) -> tuple[RunRecord, str] | None:
+    """Return the record and artifact URI of one run (any experiment or state), or None."""
+    with _read_store(path) as connection:
+        rows = connection.execute(
+            "SELECT run_uuid, name, status, start_time, artifact_uri FROM runs WHERE run_uuid = ?",
+            (run_id,),
+        ).fetchall()
+        if len(rows) != 1:
+            return None
+        (record,) = _direct_records(connection, [rows[0][:4]])
+        return record, rows[0][4] or ""
 
 
 # --------------------------------------------------------------------------- records
@@ -229,6 +431,18 @@ def get_run(run_id: str, argument: str = "run ID") -> RunRecord:
         If ``run_id`` is malformed or names no run in the tracking store.
     """
     run_id = parse_run_id(run_id, argument)
+    path = _direct_store()
+    if path is not None:
+        try:
+            found = _direct_run(path, run_id)
+        except _NoDirectReadError as exc:
+            log.debug("reading run %s through MLflow: %s", run_id, exc)
+        else:
+            if found is None:
+                raise RunNotFoundError(
+                    f"{argument}: no run {run_id} in the tracking store {tracking_uri()}"
+                )
+            return found[0]
     from mlflow.exceptions import MlflowException
 
     try:
@@ -308,8 +522,39 @@ def find_runs(
     Returns
     -------
     list of RunRecord
+
+    Notes
+    -----
+    A local sqlite store is read directly, without importing MLflow
+    (:func:`_direct_store`); other stores through MLflow's ``search_runs``.
     """
-    mlflow_client = client()
+    records = _search_records(step, run_key, include_unfinished)
+    wanted_inputs = set(input_run_ids) if input_run_ids is not None else None
+    return [
+        r
+        for r in records
+        if params_match(r.params, params or {})
+        and (wanted_inputs is None or set(r.input_run_ids) == wanted_inputs)
+    ]
+
+
+def _search_records(
+    step: str | None,
+    run_key: str | None,
+    include_unfinished: bool,
+    mlflow_client: Any = None,
+) -> list[RunRecord]:
+    """Return the runs of the experiment matching the filters, newest first.
+
+    Read directly from a local sqlite store unless ``mlflow_client`` is given.
+    """
+    path = _direct_store() if mlflow_client is None else None
+    if path is not None:
+        try:
+            return _direct_search(path, step, run_key, include_unfinished)
+        except _NoDirectReadError as exc:
+            log.debug("searching runs through MLflow: %s", exc)
+    mlflow_client = mlflow_client if mlflow_client is not None else client()
     experiment = experiment_id(mlflow_client, create=False)
     if experiment is None:
         return []
@@ -321,14 +566,7 @@ def find_runs(
     if not include_unfinished:
         clauses.append(f"attributes.status = '{_FINISHED}'")
     runs = _search_all(mlflow_client, experiment, " and ".join(clauses))
-    records = [RunRecord.from_mlflow(run) for run in runs]
-    wanted_inputs = set(input_run_ids) if input_run_ids is not None else None
-    return [
-        r
-        for r in records
-        if params_match(r.params, params or {})
-        and (wanted_inputs is None or set(r.input_run_ids) == wanted_inputs)
-    ]
+    return [RunRecord.from_mlflow(run) for run in runs]
 
 
 def _search_all(mlflow_client: Any, experiment_id: str, filter_string: str) -> list[Any]:
@@ -636,6 +874,20 @@ def recorded_listing(run_id: str) -> dict[str, dict[str, Any]] | None:
     A local artifact store is read in place; a remote one (``mlflow server``) is
     downloaded without MLflow's progress bar.
     """
+    path = _direct_store()
+    if path is not None:
+        try:
+            found = _direct_run(path, run_id)
+        except _NoDirectReadError as exc:
+            log.debug("reading run %s through MLflow: %s", run_id, exc)
+        else:
+            local = _local_path(found[1]) if found is not None else None
+            if local is not None:
+                try:
+                    return json.loads((local / "outputs.json").read_text())
+                except (OSError, ValueError) as exc:
+                    log.debug("run %s: no readable outputs.json: %s", run_id, exc)
+                    return None
     from mlflow.exceptions import MlflowException
 
     try:
@@ -921,14 +1173,15 @@ def tracked_step(
     key = run_key(step, {k: v for k, v in all_params.items() if k not in volatile}, inputs)
     root = Path(output_root).resolve() if output_root else default_output_root()
 
-    mlflow_client = client()
-    experiment = experiment_id(mlflow_client, create=True)
-    previous = None if force else _latest_with_key(step, key)
+    # Reusing a finished run needs no MLflow when the store is read directly.
+    previous = None if force else _previous_run(step, key)
     if previous is not None and previous.finished and _outputs_present(previous):
         log.info("reusing finished %s run %s (same inputs and parameters)", step, previous.run_id)
         yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
         return
 
+    mlflow_client = client()
+    experiment = experiment_id(mlflow_client, create=True)
     with contextlib.ExitStack() as stack:
         lock = None
         if previous is not None and not previous.finished and previous.output_dir is not None:
@@ -950,8 +1203,21 @@ def tracked_step(
             finish_step(mlflow_client, handle, all_params, inputs)
 
 
-def _latest_with_key(step: str, key: str) -> RunRecord | None:
-    runs = find_runs(step, run_key=key, include_unfinished=True)
+def _previous_run(step: str, key: str) -> RunRecord | None:
+    """Return the run to reuse or resume for reuse key ``key``, if any (:func:`_latest`)."""
+    path = _direct_store()
+    if path is not None:
+        try:
+            return _latest(_direct_search(path, step, key, include_unfinished=True))
+        except _NoDirectReadError as exc:
+            log.debug("searching runs through MLflow: %s", exc)
+    mlflow_client = client()
+    experiment_id(mlflow_client, create=True)
+    return _latest(_search_records(step, key, True, mlflow_client))
+
+
+def _latest(runs: list[RunRecord]) -> RunRecord | None:
+    """Return the newest finished run whose outputs exist, else the newest run, else None."""
     finished = [r for r in runs if r.finished and _outputs_present(r)]
     if finished:
         return finished[0]

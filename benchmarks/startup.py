@@ -1,0 +1,201 @@
+"""Fixed start-up cost of a step and of ``find_run``: this tree against a baseline commit.
+
+Every command runs in a fresh process, ``--repeat`` times, the variants interleaved
+(baseline, current, baseline, ...) so that a change in the load of a shared machine
+hits both alike. The baseline is ``git worktree add`` of ``--baseline`` in a temporary
+directory; each variant runs its own ``scripts/*.py`` (which put their own ``src``
+first on ``sys.path``) against its own copy of the same tracking store and survey.
+
+Commands measured:
+
+- ``find_run``: ``scripts/find_run.py --run-name cutting_out`` on a store holding a
+  few runs;
+- ``step, reused``: ``scripts/cutouts.py`` on a survey of 2 mosaics of 512 px whose
+  finished run exists (the rerun of a finished step);
+- ``step, new run``: the same with ``--force`` (a new run: the whole fixed cost);
+- for reference, ``import mlflow`` and ``from mlflow.tracking import MlflowClient``
+  alone (the same for both variants).
+
+Reported per command and variant: median and minimum wall time, and median CPU time
+(user + system of the process and the children it waited for, from ``getrusage``).
+
+Usage::
+
+    python benchmarks/startup.py                      # against 73d74bb, 5 repeats
+    python benchmarks/startup.py --baseline HEAD~1 --repeat 9 --workdir /tmp/startup
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The last commit before the start-up work (MLflow imported and opened by every lookup).
+DEFAULT_BASELINE = "73d74bb"
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Run ``command`` to completion; return its wall and CPU seconds.
+
+    Parameters
+    ----------
+    command : list of str
+        The command line.
+    cwd : Path
+        Working directory (the variant's tracking store lives there).
+    env : dict of str to str
+        Environment of the process.
+
+    Returns
+    -------
+    tuple of float
+        Wall seconds and CPU seconds (user + system, waited-for children included).
+
+    Raises
+    ------
+    RuntimeError
+        If the command fails.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
+
+
+def prepare(tree: Path, workdir: Path, survey: Path, env: dict[str, str]) -> None:
+    """Give ``workdir`` a tracking store with two finished cutout runs of ``survey``."""
+    workdir.mkdir(parents=True)
+    for window in (64, 128):
+        timed(step_command(tree, survey, workdir, window), workdir, env)
+
+
+def step_command(tree: Path, survey: Path, workdir: Path, window: int = 64) -> list[str]:
+    """Return the cutouts command line of a variant (a virtual store, quiet)."""
+    return [
+        sys.executable,
+        str(tree / "scripts" / "cutouts.py"),
+        "--mosaics_path",
+        str(survey),
+        "--output_path",
+        str(workdir / "outputs"),
+        "--window_size",
+        str(window),
+        "--store",
+        "virtual",
+        "-q",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the table; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE, help="git revision to compare")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per command and variant")
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    scratch = Path(args.workdir or tempfile.mkdtemp(prefix="startup-bench-")).resolve()
+    if scratch.exists() and any(scratch.iterdir()):
+        parser.error(f"--workdir {scratch} is not empty")
+    scratch.mkdir(parents=True, exist_ok=True)
+    baseline_tree = scratch / "baseline-tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline_tree), args.baseline],
+        check=True,
+        capture_output=True,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "ASTROCURATE_"))}
+    env["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        survey = scratch / "survey"
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from astrocurate.cli import main; sys.exit(main(sys.argv[1:]))",
+                "make-survey",
+                str(survey),
+                "--mosaics",
+                "2",
+                "--size",
+                "512",
+                "--seed",
+                "0",
+                "-q",
+            ],
+            check=True,
+            env={**env, "PYTHONPATH": str(ROOT / "src")},
+            capture_output=True,
+        )
+        variants = {"baseline": baseline_tree, "current": ROOT}
+        workdirs = {name: scratch / name for name in variants}
+        for name, tree in variants.items():
+            prepare(tree, workdirs[name], survey, env)
+
+        def commands(name: str) -> dict[str, list[str]]:
+            tree, workdir = variants[name], workdirs[name]
+            find = [sys.executable, str(tree / "scripts" / "find_run.py")]
+            return {
+                "find_run": [*find, "--run-name", "cutting_out"],
+                "step, reused": step_command(tree, survey, workdir),
+                "step, new run": [*step_command(tree, survey, workdir), "--force"],
+                "import mlflow": [sys.executable, "-c", "import mlflow"],
+                "import MlflowClient": [
+                    sys.executable,
+                    "-c",
+                    "from mlflow.tracking import MlflowClient",
+                ],
+            }
+
+        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        load_start = os.getloadavg()[0]
+        for _ in range(args.repeat):
+            for label in commands("current"):
+                for name in variants:
+                    if label.startswith("import") and name == "baseline":
+                        continue  # the same library either way
+                    measured = timed(commands(name)[label], workdirs[name], env)
+                    results.setdefault((label, name), []).append(measured)
+        load_end = os.getloadavg()[0]
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)],
+            check=False,
+            capture_output=True,
+        )
+
+    print(
+        f"baseline {args.baseline}, {args.repeat} runs each, "
+        f"load average {load_start:.1f} at the start, {load_end:.1f} at the end"
+    )
+    print("| command | variant | median wall s | min wall s | median CPU s | baseline CPU / CPU |")
+    print("|---|---|---|---|---|---|")
+    for (label, name), runs in results.items():
+        wall = [w for w, _ in runs]
+        cpu = statistics.median(c for _, c in runs)
+        base = results.get((label, "baseline"))
+        ratio = ""
+        if name == "current" and base:
+            ratio = f"{statistics.median(c for _, c in base) / cpu:.1f}x"
+        print(
+            f"| {label} | {name} | {statistics.median(wall):.2f} | {min(wall):.2f} "
+            f"| {cpu:.2f} | {ratio} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Step 1 under faults: ``scripts/cutouts.py`` killed at seeded points, then rerun.
+
+The survey has 4 mosaics, cut one at a time (``--workers 1``); each mosaic leaves its
+pixel file, then its rows and summary under ``parts/``; assembly writes the tables and
+drops ``parts/``. First a SIGTERM after the first mosaic (graceful: the run is marked
+KILLED, exit 130), then SIGKILL right after a seeded mosaic's pixel file appears (its
+summary missing), right before a later mosaic's summary appears, and in the middle of
+assembly; every rerun continues the same run.
+"""
+
+from __future__ import annotations
+
+import pytest
+from faultkit import (
+    FULL,
+    PYTHON,
+    ROOT,
+    At,
+    assert_same_outputs,
+    check_finished_runs,
+    rng,
+    runs_of,
+    said_resumed_or_reused,
+)
+
+from astrocurate.cutouts import CutoutOptions, make_cutouts
+
+pytestmark = pytest.mark.slow
+
+WINDOW = 32
+
+
+def _argv(survey, output) -> list[str]:
+    return [
+        PYTHON,
+        str(ROOT / "scripts" / "cutouts.py"),
+        "--mosaics_path",
+        str(survey),
+        "--output_path",
+        str(output),
+        "--window_size",
+        str(WINDOW),
+        "--workers",
+        "1",
+    ]
+
+
+def test_cutouts_killed_at_seeded_points_resume_to_the_same_result(fault_inputs, fault_env):
+    output = fault_env.work / "cut"
+    fault_env.use("reference")
+    reference = make_cutouts(fault_inputs.survey, output, CutoutOptions(WINDOW), workers=1)
+
+    r = rng(1)
+    first, second = int(r.integers(1, 3)), int(r.integers(2, 4))
+    kills = [
+        At("*/parts/00000.json", when="after", signal="SIGTERM"),
+        At(f"*/pixels/{first:05d}-*.npy", when="after"),
+        At(f"*/parts/{second:05d}.json", when="before"),
+        At("*/manifest.parquet", when="after"),
+    ]
+    if FULL:  # also between the two tables of assembly
+        kills.insert(-1, At("*/mosaics.parquet", when="after"))
+    runner = fault_env.runner("faulted")
+    experiment = fault_env.use("faulted")
+    argv = _argv(fault_inputs.survey, output)
+    for kill in kills:
+        attempt = runner.run(argv, kill)
+        assert attempt.fired, runner.summary()
+        runs = runs_of(experiment, "cutting_out")
+        assert len(runs) == 1, f"one interrupted run expected:\n{runner.summary()}"
+        if kill.signal == "SIGTERM":  # graceful: marked KILLED, told to rerun
+            assert attempt.returncode == 130, attempt.where()
+            assert "rerun the same command to resume" in attempt.stderr, attempt.where()
+            assert runs[0].status == "KILLED", runner.summary()
+        else:
+            assert attempt.returncode == -9, attempt.where()
+            assert runs[0].status == "RUNNING", runner.summary()
+        check_finished_runs(experiment)
+
+    final = runner.run(argv)
+    assert final.returncode == 0, final.where()
+    assert said_resumed_or_reused(final.stderr), final.where()
+    runs = runs_of(experiment, "cutting_out")
+    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
+    assert final.stdout.strip() == runs[0].run_id
+    check_finished_runs(experiment)
+    assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")

@@ -284,3 +284,39 @@ def test_teardown_stops_every_daemon_and_job(slurm_cluster: SlurmCluster, tmp_pa
     assert leftover_processes(other.conf) == []
     assert not any(path.exists() for path in other.munge_files.values())
     assert slurm_cluster.command("sinfo", "--noheader").returncode == 0  # still there
+
+
+# ----------------------------------------------------------------------------- cutouts array
+
+
+def test_cutouts_job_array_cuts_the_survey_in_shards_that_merge_to_the_whole(
+    slurm_cluster: SlurmCluster, env, store
+) -> None:
+    cluster = slurm_cluster
+    survey = make_survey(store / "survey", n_mosaics=3, mosaic_size=192, seed=2)
+    outputs = store / "outputs"
+    argv = [sys.executable, "scripts/cutouts.py", "--mosaics_path", str(survey.output_dir)]
+    argv += ["--output_path", str(outputs), "--window_size", "64", "--slurm-array", "2"]
+    argv += ["--slurm_account", cluster.account, "--slurm_partition", cluster.partition]
+    made = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    script = Path(made.stdout.strip())
+    assert "#SBATCH --array=0-1\n" in script.read_text()
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--wait", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert submitted.returncode == 0, submitted.stderr + cluster.logs()
+    runs = find_runs("cutting_out")
+    assert sorted(r.params["shard"] for r in runs) == ["0/2", "1/2"]
+    assert len({r.params["survey_digest"] for r in runs}) == 1
+    assert all(r.finished for r in runs)
+    sharded = merge_cutouts([r.run_id for r in runs], dedup_sky=False)
+    whole = make_cutouts(survey.output_dir, store / "whole", CutoutOptions(64), workers=1)
+    key = ["mosaic", "x0", "y0"]
+    got = read_manifest(sharded.output_dir).sort_values(key)[key].reset_index(drop=True)
+    want = read_manifest(whole.output_dir).sort_values(key)[key].reset_index(drop=True)
+    assert got.equals(want)

@@ -341,3 +341,26 @@ def test_reused_step_and_lookups_do_not_import_mlflow(store: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    """A job array's tasks create the sqlite store together: MLflow's migrations must not race."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from astrocurate.tracking import client, experiment_id; "
+        "print(experiment_id(client(), create=True))"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new.db'}"}
+    env["MLFLOW_EXPERIMENT_NAME"] = "array"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert all(rc == 0 for rc, _, _ in results), [err.decode()[-500:] for _, _, err in results]
+    assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, found by all

@@ -136,8 +136,41 @@ def client() -> Any:
         with _CACHE_LOCK:
             cached = _CLIENTS.get(key)
             if cached is None:
-                cached = _CLIENTS[key] = MlflowClient(tracking_uri=key[1])
+                with _store_init_lock(key[1]) as local:
+                    cached = MlflowClient(tracking_uri=key[1])
+                    if local:  # make MLflow create or migrate the store under the lock
+                        cached.search_experiments(max_results=1)
+                _CLIENTS[key] = cached
     return cached
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """Return the file of a plain local ``sqlite:///`` store URI, or None for other stores."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or any(c in uri for c in "?#%"):
+        return None
+    return Path(uri[len(prefix) :])
+
+
+@contextlib.contextmanager
+def _store_init_lock(uri: str) -> Iterator[bool]:
+    """Hold a lock beside a local sqlite store while MLflow opens (creates, migrates) it.
+
+    Processes that open a new store at once, such as the tasks of a SLURM job array,
+    would otherwise all run MLflow's schema migrations, and all but one fail
+    (``duplicate column``). Other stores need no lock. Yields whether the store is local.
+    """
+    path = _sqlite_file(uri)
+    if path is None:
+        yield False
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f"{path.name}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def experiment_id(mlflow_client: Any, create: bool = True) -> str | None:
@@ -222,12 +255,8 @@ def _direct_store() -> Path | None:
         return None
     if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() not in ("", "0", "false"):
         return None
-    uri = tracking_uri()
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or any(c in uri for c in "?#%"):
-        return None
-    path = Path(uri[len(prefix) :])
-    return path if path.is_file() else None
+    path = _sqlite_file(tracking_uri())
+    return path if path is not None and path.is_file() else None
 
 
 @contextlib.contextmanager

@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except AstrocurateError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a vanished or unwritable file: no traceback
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 1
     except (StepInterrupted, KeyboardInterrupt) as exc:
         print(f"{name}: {exc or 'interrupted'}; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -1520,6 +1520,7 @@ def compute_levels(
         if ranks is not None:
             ranks.barrier()
         if (directory / f"level_{lvl}" / LEVEL_DONE).is_file():
+            log.info("resuming: level %d is already complete in %s", lvl, directory)
             result = load_level_result(directory, lvl)
             point_labels = _point_labels(point_labels, indices, result.labels, lvl)
         else:

@@ -238,6 +238,8 @@ def curated_sample(
 def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level: int) -> None:
     """Select, describe, measure and export the sample into ``run.output_dir``."""
     out = run.output_dir
+    for leftover in out.rglob(".tmp-*"):  # partial files of an interrupted attempt
+        leftover.unlink()
     curated_rng, baseline_rng = np.random.SeedSequence(options.seed).spawn(2)
     labels = inputs.point_labels()
     baseline = sampling.random_sample(inputs.pool_size, options.num_samples, baseline_rng)

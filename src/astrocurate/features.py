@@ -16,6 +16,7 @@ the batch it is in or on the number of loader workers.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -346,7 +347,24 @@ def _open_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> np.memmap:
         path.unlink()
         for marker in (out_dir / PROGRESS_DIR).glob("*.done"):
             marker.unlink()
-    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, dim))
+    matrix = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, dim))
+    _reserve_disk(path)
+    return matrix
+
+
+def _reserve_disk(path: Path) -> None:
+    """Allocate every block of a new sparse file now, so a full disk fails here with ENOSPC.
+
+    Writing into an unallocated block of a memory map on a full disk kills the process
+    with SIGBUS instead, leaving no error and a run still marked RUNNING.
+    """
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it
+                return
+            raise
 
 
 def _compute_all(
@@ -363,6 +381,9 @@ def _compute_all(
     """Compute every unfinished shard; return the number of cutouts computed now."""
     window_sizes = read_manifest(merged_dir, ["window_size"])["window_size"].to_numpy()
     n_rows = len(window_sizes)
+    if (out_dir / FEATURES).is_file() and not (out_dir / (FEATURES + ".partial")).is_file():
+        log.info("resuming: the feature matrix is complete; finishing the run")
+        return 0  # killed after the final rename, before the markers were removed
     (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)
     matrix = _open_matrix(out_dir, n_rows, dim, options.output_dtype)
     shards = range(0, n_rows, options.shard_rows)
@@ -462,10 +483,14 @@ def _finalise(out_dir: Path, params: dict, backbone: Any) -> None:
     tmp = out_dir / f".tmp-{SIDECAR}"
     tmp.write_text(json.dumps(sidecar, indent=2, default=str))
     os.replace(tmp, out_dir / SIDECAR)
-    os.replace(out_dir / (FEATURES + ".partial"), out_dir / FEATURES)
-    for marker in (out_dir / PROGRESS_DIR).glob("*"):
-        marker.unlink()
-    (out_dir / PROGRESS_DIR).rmdir()
+    partial = out_dir / (FEATURES + ".partial")
+    if partial.is_file():  # else renamed by an attempt killed before the cleanup below
+        os.replace(partial, out_dir / FEATURES)
+    progress = out_dir / PROGRESS_DIR
+    if progress.is_dir():
+        for marker in progress.glob("*"):
+            marker.unlink()
+        progress.rmdir()
 
 
 def load_features(directory: Path) -> np.ndarray:

@@ -6,7 +6,7 @@ commands. Kill points: inside the first k-means run of level 1 (a seeded live
 checkpoint), SIGTERM inside its second k-means run (graceful: checkpoint, KILLED, exit
 130), between the levels (level 1 complete, its metrics not logged yet) and inside the
 k-means run of level 2. The result must be bit for bit the session's uninterrupted
-clustering. A rerun after a kill between levels does not say that it resumed (xfail).
+clustering. A rerun after a kill between levels says that it resumed.
 """
 
 from __future__ import annotations
@@ -101,12 +101,6 @@ def test_clustering_killed_inside_and_between_levels_resumes_to_the_same_result(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="clustering.compute_levels loads a complete level without a word: a rerun of "
-    "run.sh after a kill between levels says nothing about resuming (only the k-means "
-    "checkpoints log 'resuming')",
-)
 def test_clustering_rerun_after_a_kill_between_levels_says_it_resumed(
     fault_inputs, fault_env, caplog
 ):

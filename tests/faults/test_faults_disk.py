@@ -161,11 +161,6 @@ def test_cutouts_on_a_full_disk_fail_cleanly_and_resume_once_space_is_freed(
     assert_same_outputs(reference.output_dir, runs[0].output_dir)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.main turns only AstrocurateError into one line; an OSError such as ENOSPC "
-    "from a step escapes with a Python traceback (exit status 1 all the same)",
-)
 def test_cutouts_on_a_full_disk_say_so_in_one_line(cutouts_on_full_disk):
     _one_line_error(cutouts_on_full_disk.attempt)
 
@@ -173,12 +168,6 @@ def test_cutouts_on_a_full_disk_say_so_in_one_line(cutouts_on_full_disk):
 # --------------------------------------------------------------------------- features
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="features._open_matrix pre-allocates features.npy.partial as a sparse memmap; "
-    "writing a shard into it on a full disk raises SIGBUS: the process dies without a "
-    "message (exit -7) and its run is left RUNNING instead of FAILED",
-)
 def test_features_on_a_full_disk_fail_cleanly(fault_inputs, fault_env, small_disk):
     runner = fault_env.runner("faulted")
     experiment = fault_env.use("faulted")

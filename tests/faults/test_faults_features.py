@@ -5,7 +5,7 @@ The default backbone on the 84 cutouts of 64 px of the session survey, resized t
 shard leaves ``progress/<start>.done``; the sidecar, then the matrix under its final name
 appear when every shard is done. Kill points: right after a seeded shard's marker, from
 outside at a seeded time inside the next shard, and with every shard done but the matrix
-not yet renamed. A kill right after the rename is a known bug (xfail below).
+not yet renamed, and a kill right after that rename.
 """
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def test_features_killed_at_seeded_points_resume_to_the_same_result(
     argv = _argv(fault_inputs.merged64_id)
     for kill in kills:
         attempt = runner.run(argv, kill)
-        if isinstance(kill, Watch) and not attempt.fired:
+        if not attempt.fired:  # the run ended before this kill point: nothing left to interrupt
             assert attempt.returncode == 0, attempt.where()
-            break  # the run ended before the outside kill came: nothing left to interrupt
+            break
         assert attempt.fired and attempt.returncode == -9, runner.summary()
         check_finished_runs(experiment)
 
@@ -120,13 +120,6 @@ def test_features_killed_at_seeded_points_resume_to_the_same_result(
     assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="features._finalise renames features.npy.partial to features.npy before it "
-    "removes the progress markers; killed in between, the rerun finds every marker but no "
-    "partial matrix, pre-allocates a new zero one, computes no shard and renames the zeros "
-    "over features.npy: a FINISHED run of all-zero features",
-)
 def test_features_killed_between_final_rename_and_marker_cleanup(
     fault_inputs, fault_env, reference
 ):

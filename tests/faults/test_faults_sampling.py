@@ -98,13 +98,6 @@ def test_sampling_with_export_killed_at_seeded_points_resumes_to_the_same_result
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export.export_npy writes through NpyStackWriter, whose temporary is "
-    "export/npy/.tmp-<pid>-cutouts_w<W>.npy; a killed attempt's temporary (a partial stack) "
-    "stays in the finished run, as curated_sample, unlike cutouts and clustering, removes "
-    "no leftovers of earlier attempts",
-)
 def test_sampling_leaves_no_partial_file_of_a_killed_attempt(fault_inputs, fault_env):
     runner = fault_env.runner("faulted")
     fault_env.use("faulted")

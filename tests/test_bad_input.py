@@ -397,15 +397,7 @@ CASES = [
     ("prepare-override-syntax", lambda c: prepare(c, CONFIG, "n_iters"), 1, "n_iters"),
 ]
 
-_OUTPUT_FILE = (
-    "--output_path naming a file: the step starts its MLflow run before creating "
-    "OUTPUT_PATH/STEP/RUN_ID, the OSError (ENOTDIR) ends the command but the run stays RUNNING "
-    "(and the message names the path, not --output_path)"
-)
 XFAIL: dict[str, str] = {
-    "sample-output-is-file": _OUTPUT_FILE,
-    "merge-output-is-file": _OUTPUT_FILE,
-    "features-output-is-file": _OUTPUT_FILE,
     "prepare-short-features": (
         "clustering-prepare accepts a feature matrix with fewer rows than its merge's "
         "manifest (exit 0, a prepared run): the row count is never compared"

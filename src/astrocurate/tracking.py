@@ -55,7 +55,12 @@ from pathlib import Path
 from typing import Any
 
 from astrocurate import __version__
-from astrocurate.errors import InvalidRunError, RunNotFoundError, StepInterrupted
+from astrocurate.errors import (
+    InvalidArgumentError,
+    InvalidRunError,
+    RunNotFoundError,
+    StepInterrupted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -1154,6 +1159,18 @@ def default_output_root() -> Path:
     return Path(os.environ.get("ASTROCURATE_DATA_DIR", "outputs")).resolve()
 
 
+def _make_output_root(root: Path) -> None:
+    """Create the steps' output root, or fail in one line naming ``--output_path``."""
+    if root.exists() and not root.is_dir():
+        raise InvalidArgumentError(f"--output_path: {root} exists and is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"--output_path: cannot create {root}: {exc.strerror or exc}"
+        ) from exc
+
+
 @contextlib.contextmanager
 def tracked_step(
     step: str,
@@ -1209,6 +1226,7 @@ def tracked_step(
         yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
         return
 
+    _make_output_root(root)  # before any run is recorded: a bad path leaves no run behind
     mlflow_client = client()
     experiment = experiment_id(mlflow_client, create=True)
     with contextlib.ExitStack() as stack:

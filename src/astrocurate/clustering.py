@@ -81,6 +81,9 @@ from typing import Any
 import numpy as np
 
 from astrocurate import __version__
+from astrocurate.atomic import save_npy as _save_npy
+from astrocurate.atomic import save_npz as _save_npz
+from astrocurate.atomic import write_text as _write_text
 from astrocurate.errors import (
     InvalidArgumentError,
     InvalidRunError,
@@ -1175,17 +1178,7 @@ def run_clustering(directory: Path | str, *, level: int | None = None) -> Cluste
         _continue_run(record.run_id, directory, finish, info) as (handle, stop),
         _log_file(directory / "logs" / "clustering.log"),
     ):
-        X, indices = _level_one_inputs(features.output_dir, directory, info)  # noqa: N806
-        levels = compute_levels(
-            X,
-            config,
-            directory,
-            last_level=last,
-            input_indices=indices,
-            stop=stop,
-            on_level=lambda lvl, res, pl, sec: _report_level(handle, directory, lvl, res, pl),
-        )
-        _report_missing(handle, directory, levels)
+        _cluster_and_report(handle, features.output_dir, directory, info, config, last, stop)
     status = get_run(record.run_id).status
     return ClusteringRun(record.run_id, directory, status, last)
 
@@ -1305,18 +1298,7 @@ def _run_rank_zero(directory: Path, level: int | None, ranks: _Ranks) -> Cluster
         stack.enter_context(_log_file(directory / "logs" / "clustering.log"))
         log.info("clustering in %d processes (torch.distributed)", ranks.world)
         ranks.share(("run", str(features.output_dir)))
-        X, indices = _level_one_inputs(features.output_dir, directory, info)  # noqa: N806
-        levels = compute_levels(
-            X,
-            config,
-            directory,
-            last_level=last,
-            input_indices=indices,
-            stop=stop,
-            on_level=lambda lvl, res, pl, sec: _report_level(handle, directory, lvl, res, pl),
-            ranks=ranks,
-        )
-        _report_missing(handle, directory, levels)
+        _cluster_and_report(handle, features.output_dir, directory, info, config, last, stop, ranks)
     status = get_run(record.run_id).status
     ranks.share(("done", status))
     return ClusteringRun(record.run_id, directory, status, last)
@@ -1347,6 +1329,31 @@ def _run_other_rank(directory: Path, level: int | None, ranks: _Ranks) -> Cluste
         )
     _, status = ranks.share(None)
     return ClusteringRun(info["run_id"], directory, status, last)
+
+
+def _cluster_and_report(
+    handle: StepRun,
+    features_dir: Path,
+    directory: Path,
+    info: Mapping[str, Any],
+    config: ClusteringConfig,
+    last: int,
+    stop: StopRequest,
+    ranks: Any = None,
+) -> None:
+    """Compute the levels up to ``last`` (in one process or across ``ranks``) and log them."""
+    X, indices = _level_one_inputs(features_dir, directory, info)  # noqa: N806
+    levels = compute_levels(
+        X,
+        config,
+        directory,
+        last_level=last,
+        input_indices=indices,
+        stop=stop,
+        on_level=lambda lvl, res, pl, sec: _report_level(handle, directory, lvl, res, pl),
+        ranks=ranks,
+    )
+    _report_missing(handle, directory, levels)
 
 
 def _check_level_arg(level: Any, n_levels: int) -> int:
@@ -2060,35 +2067,6 @@ def load_clustering(directory: Path | str) -> ClusteringOutputs:
         )
     indices = np.load(directory / INPUT_INDICES, mmap_mode="r", allow_pickle=False)
     return ClusteringOutputs(directory, config, indices, levels)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` atomically (temporary name, fsync, rename)."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as handle:
-        np.save(handle, np.asarray(array), allow_pickle=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _save_npz(path: Path, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
-    """Write arrays and a JSON ``meta`` string to one ``.npz`` atomically (no pickles)."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str, mode: int | None = None) -> None:
-    """Write ``text`` to ``path`` atomically, optionally with permission bits ``mode``."""
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    if mode is not None:
-        tmp.chmod(mode)
-    os.replace(tmp, path)
 
 
 # =========================================================================== metrics

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from astrocurate import sampling
+from astrocurate.atomic import save_npy, write_json
 from astrocurate.cutout_store import (
     MOSAICS,
     CutoutReader,
@@ -258,11 +258,11 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     truth = pool_truth_classes(inputs.merged_dir, rows)
     curated = _curated_manifest(inputs.merged_dir, rows[chosen], labels, chosen, truth)
     metrics = sample_metrics(labels, chosen, baseline, truth)
-    _save_npy(out / SELECTED, rows[chosen])
-    _save_npy(out / BASELINE, rows[baseline])
+    save_npy(out / SELECTED, rows[chosen])
+    save_npy(out / BASELINE, rows[baseline])
     write_parquet_atomic(curated, out / CURATED)
-    _write_json(out / METRICS, metrics)
-    _write_json(out / INFO, _info(inputs, options, level))
+    write_json(out / METRICS, metrics)
+    write_json(out / INFO, _info(inputs, options, level))
     if options.export:
         _export(out / EXPORT_DIR, curated, inputs.merged_dir, options.export)
     run.log_metrics({**metrics, "n_selected": len(chosen), "pool_size": inputs.pool_size})
@@ -448,16 +448,3 @@ def load_sample(directory: Path | str) -> tuple[dict[str, Any], pd.DataFrame]:
             "make one with scripts/random_sampling.py"
         )
     return json.loads(info_path.read_text()), pd.read_parquet(directory / CURATED)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)

@@ -45,6 +45,7 @@ import pandas as pd
 
 from astrocurate import mosaics as mosaic_io
 from astrocurate import windows
+from astrocurate.atomic import write_json
 from astrocurate.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
@@ -443,7 +444,7 @@ def _cut_mosaic(task: _MosaicTask) -> dict:
     summary.setdefault("n_skipped", 0)
     summary["warnings"] = notes
     write_parquet_atomic(rows, _rows_path(task))
-    _write_json_atomic(summary, _summary_path(task))
+    write_json(_summary_path(task), summary)
     return summary
 
 
@@ -580,12 +581,6 @@ def _empty_rows() -> pd.DataFrame:
     return pd.DataFrame(
         {c: pd.Series(dtype="float64") for c in ("x0", "y0", "ra", "dec", "nan_fraction")}
     )
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- assembly

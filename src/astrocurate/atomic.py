@@ -1,0 +1,55 @@
+"""Atomic file writes: a temporary name in the same directory, fsync, then rename.
+
+A reader (or a rerun after a kill) sees either the old file or the complete new one, never
+a partial file under the final name. Temporaries are named ``.tmp-<pid>-<name>`` so a
+step can find and remove an interrupted attempt's leftovers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def temporary_path(path: Path) -> Path:
+    """Return the temporary name this process writes ``path`` under."""
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` as ``.npy`` atomically (no pickles)."""
+    tmp = temporary_path(path)
+    with open(tmp, "wb") as handle:
+        np.save(handle, np.asarray(array), allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_npz(path: Path, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write arrays and a JSON ``meta`` string to one ``.npz`` atomically (no pickles)."""
+    tmp = temporary_path(path)
+    with open(tmp, "wb") as handle:
+        np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path: Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` atomically, optionally with permission bits ``mode``."""
+    tmp = temporary_path(path)
+    tmp.write_text(text)
+    if mode is not None:
+        tmp.chmod(mode)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (floats for numpy scalars)."""
+    write_text(path, json.dumps(obj, indent=1, default=float) + "\n")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from slurm_cluster import slurm_cluster_fixture  # noqa: F401 - one SLURM cluster per session
+
 
 @pytest.fixture(scope="session")
 def tracking_db(tmp_path_factory: pytest.TempPathFactory) -> str:

@@ -39,7 +39,6 @@ from astrocurate.tracking import client, find_runs, get_run, tracked_step
 from slurm_cluster import (
     SlurmCluster,
     leftover_processes,
-    slurm_cluster_fixture,  # noqa: F401 - registers the session fixture slurm_cluster
     start_cluster,
     stop_cluster,
 )

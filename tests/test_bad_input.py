@@ -397,12 +397,7 @@ CASES = [
     ("prepare-override-syntax", lambda c: prepare(c, CONFIG, "n_iters"), 1, "n_iters"),
 ]
 
-XFAIL: dict[str, str] = {
-    "prepare-short-features": (
-        "clustering-prepare accepts a feature matrix with fewer rows than its merge's "
-        "manifest (exit 0, a prepared run): the row count is never compared"
-    ),
-}
+XFAIL: dict[str, str] = {}
 
 
 def _param(case: Case):

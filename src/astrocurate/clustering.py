@@ -954,6 +954,7 @@ def prepare_clustering(
             config, subset_indices_path=str(Path(config.subset_indices_path).resolve())
         )
     n_rows, dim = _feature_shape(features.output_dir)
+    _check_rows_match_manifest(features, n_rows)
     indices = _input_indices(config.subset_indices_path, n_rows)
     what = f"feature rows of run {features.run_id}"
     if config.subset_indices_path:
@@ -992,6 +993,28 @@ def _feature_shape(directory: Path) -> tuple[int, int]:
 
     matrix = load_features(directory)
     return int(matrix.shape[0]), int(matrix.shape[1])
+
+
+def _check_rows_match_manifest(features: RunRecord, n_rows: int) -> None:
+    """Refuse a feature matrix whose row count differs from its merge's manifest.
+
+    Row ``i`` of the matrix is cutout ``i`` of the manifest; a matrix with more or
+    fewer rows (replaced by hand, or from another merge) would mislabel every cutout.
+    """
+    from astrocurate.cutout_store import manifest_row_count
+    from astrocurate.features import SOURCE_STEP as MERGE_STEP
+
+    for merge in (get_run(i) for i in features.input_run_ids):
+        directory = merge.output_dir
+        if merge.step != MERGE_STEP or directory is None or not directory.is_dir():
+            continue  # a merge run gone missing is reported by ``astrocurate verify``
+        n_manifest = manifest_row_count(directory)
+        if n_manifest != n_rows:
+            raise InvalidRunError(
+                f"--features-id: the feature matrix of run {features.run_id} has {n_rows} "
+                f"rows but the manifest of its merge run {merge.run_id} has {n_manifest}; "
+                "rerun feature extraction on that merge (--force)"
+            )
 
 
 def _input_indices(path: str | None, n_rows: int) -> np.ndarray:

@@ -143,6 +143,20 @@ def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.D
     return pd.read_parquet(path, columns=list(columns) if columns else None)
 
 
+def manifest_row_count(directory: Path | str) -> int:
+    """Return the number of rows of a run directory's manifest (from the Parquet footer).
+
+    Raises
+    ------
+    CutoutStoreError
+        If the directory has no manifest.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
 def read_manifest_rows(
     directory: Path | str, rows: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None
 ) -> pd.DataFrame:

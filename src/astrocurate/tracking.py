@@ -1233,6 +1233,11 @@ def tracked_step(
         lock = None
         if previous is not None and not previous.finished and previous.output_dir is not None:
             lock = try_lock(previous.output_dir)
+        if lock is not None and _finished_meanwhile(mlflow_client, previous.run_id):  # type: ignore[union-attr]
+            lock.close()  # another process finished it between our lookup and the lock
+            log.info("reusing %s run %s, finished by another process", step, previous.run_id)  # type: ignore[union-attr]
+            yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[union-attr, arg-type]
+            return
         if lock is not None:
             run_id, out, resumed = previous.run_id, previous.output_dir, True  # type: ignore[union-attr]
             mlflow_client.update_run(run_id, status="RUNNING")
@@ -1248,6 +1253,11 @@ def tracked_step(
         with _terminate_raises(), _status_on_exit(mlflow_client, run_id):
             yield handle
             finish_step(mlflow_client, handle, all_params, inputs)
+
+
+def _finished_meanwhile(mlflow_client: Any, run_id: str) -> bool:
+    """Whether a run found unfinished is FINISHED now (checked once its lock is held)."""
+    return mlflow_client.get_run(run_id).info.status == _FINISHED
 
 
 def _previous_run(step: str, key: str) -> RunRecord | None:

@@ -110,6 +110,28 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
+_URI_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#]*)@")
+_URI_SECRET_QUERY = re.compile(
+    r"(?i)(?P<name>[?&;][^=&;#]*(?:pass|pwd|secret|token|key|auth|credential)[^=&;#]*=)[^&;#]*"
+)
+
+
+def redact_uri(uri: str) -> str:
+    """Return ``uri`` with its password or token replaced by ``***``.
+
+    ``postgresql://user:pw@host/db`` gives ``postgresql://user:***@host/db``,
+    ``https://TOKEN@host`` gives ``https://***@host``, and query values whose name
+    looks secret (``?password=...``, ``&token=...``) become ``***``. Used wherever a
+    tracking URI is printed, logged or written into a file.
+    """
+    match = _URI_USERINFO.match(uri)
+    if match:
+        user, colon, _ = match["userinfo"].partition(":")
+        masked = f"{user}:***" if colon else "***"
+        uri = f"{match['scheme']}{masked}@{uri[match.end() :]}"
+    return _URI_SECRET_QUERY.sub(lambda m: f"{m['name']}***", uri)
+
+
 def experiment_name() -> str:
     """Return the MLflow experiment name (``MLFLOW_EXPERIMENT_NAME`` or ``astrocurate``)."""
     return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
@@ -473,9 +495,8 @@ def get_run(run_id: str, argument: str = "run ID") -> RunRecord:
             log.debug("reading run %s through MLflow: %s", run_id, exc)
         else:
             if found is None:
-                raise RunNotFoundError(
-                    f"{argument}: no run {run_id} in the tracking store {tracking_uri()}"
-                )
+                store = redact_uri(tracking_uri())
+                raise RunNotFoundError(f"{argument}: no run {run_id} in the tracking store {store}")
             return found[0]
     from mlflow.exceptions import MlflowException
 
@@ -483,7 +504,7 @@ def get_run(run_id: str, argument: str = "run ID") -> RunRecord:
         run = client().get_run(run_id)
     except MlflowException as exc:
         raise RunNotFoundError(
-            f"{argument}: no run {run_id} in the tracking store {tracking_uri()}"
+            f"{argument}: no run {run_id} in the tracking store {redact_uri(tracking_uri())}"
         ) from exc
     return RunRecord.from_mlflow(run)
 
@@ -1366,7 +1387,7 @@ def finish_step(
             "output_bytes": sum(v["size"] for v in listing.values()),
             "astrocurate_version": __version__,
             "git_commit": git_commit(),
-            "tracking_uri": tracking_uri(),
+            "tracking_uri": redact_uri(tracking_uri()),
         },
         "metadata.json",
     )

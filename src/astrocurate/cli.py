@@ -59,8 +59,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def configure_logging(quiet: bool = False) -> None:
-    """Send astrocurate's messages to stderr, quieten MLflow's database chatter."""
+    """Send astrocurate's messages to stderr, quieten MLflow's database chatter.
+
+    MLflow prints "View run ... at: URL" on stdout when a run ends on a tracking server;
+    stdout is the run ID alone (``RUN_ID=$(python scripts/merge.py ...)``), so it is off.
+    """
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(name)s: %(message)s",

@@ -7,6 +7,7 @@ store flags must find every run, its parameters and its parent links.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,7 +37,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _api(base: str, endpoint: str, body: dict | None = None, query: dict | None = None) -> dict:
+def api(base: str, endpoint: str, body: dict | None = None, query: dict | None = None) -> dict:
+    """Call the server's REST API (``/api/2.0/mlflow/ENDPOINT``): POST ``body``, else GET."""
     url = f"{base}/api/2.0/mlflow/{endpoint}"
     if query:
         url += "?" + urllib.parse.urlencode(query)
@@ -50,14 +52,14 @@ def _wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 120) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"mlflow ui exited with status {proc.returncode}")
+            raise RuntimeError(f"mlflow exited with status {proc.returncode}")
         try:
             with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, OSError):
             time.sleep(0.5)
-    raise TimeoutError(f"mlflow ui did not answer on {base} within {timeout} s")
+    raise TimeoutError(f"mlflow did not answer on {base} within {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -78,26 +80,40 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
     yield workdir, runs
 
 
-@pytest.fixture(scope="module")
-def mlflow_ui(demo_project) -> Iterator[str]:
-    """``mlflow ui --port P`` from the demo's directory, in its own process group."""
-    workdir, _ = demo_project
+@contextlib.contextmanager
+def mlflow_process(args: list[str], cwd: Path, name: str = "mlflow") -> Iterator[str]:
+    """Run ``mlflow ARGS --port P`` on loopback in its own process group; yield its URL.
+
+    The server is stopped as a group (``os.killpg``: the CLI, uvicorn and its workers)
+    when the block ends. Its job runner is off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``:
+    seven more Python processes that the pipeline does not use). Its output goes to
+    ``cwd/<name>.log``, shown if it does not come up.
+    """
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    proc = subprocess.Popen(
-        [str(MLFLOW), "ui", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    log_path = cwd / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [str(MLFLOW), *args, "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(base, proc)
+        try:
+            _wait_until_up(base, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{exc}\n{tail}") from exc
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -105,9 +121,18 @@ def mlflow_ui(demo_project) -> Iterator[str]:
             proc.wait()
 
 
-def _runs_by_id(base: str) -> dict[str, dict]:
-    experiment = _api(base, "experiments/get-by-name", query={"experiment_name": "astrocurate"})
-    found = _api(
+@pytest.fixture(scope="module")
+def mlflow_ui(demo_project) -> Iterator[str]:
+    """``mlflow ui --port P`` from the demo's directory, in its own process group."""
+    workdir, _ = demo_project
+    with mlflow_process(["ui"], workdir, "mlflow-ui") as base:
+        yield base
+
+
+def runs_by_id(base: str, experiment_name: str = "astrocurate") -> dict[str, dict]:
+    """Every run of an experiment on the server (REST ``runs/search``), by run ID."""
+    experiment = api(base, "experiments/get-by-name", query={"experiment_name": experiment_name})
+    found = api(
         base,
         "runs/search",
         {"experiment_ids": [experiment["experiment"]["experiment_id"]], "max_results": 100},
@@ -115,31 +140,33 @@ def _runs_by_id(base: str) -> dict[str, dict]:
     return {run["info"]["run_id"]: run for run in found["runs"]}
 
 
-def _params(run: dict) -> dict[str, str]:
+def params(run: dict) -> dict[str, str]:
+    """A REST run's parameters."""
     return {p["key"]: p["value"] for p in run["data"].get("params", [])}
 
 
-def _tags(run: dict) -> dict[str, str]:
+def tags(run: dict) -> dict[str, str]:
+    """A REST run's tags."""
     return {t["key"]: t["value"] for t in run["data"].get("tags", [])}
 
 
 def test_ui_lists_demo_runs_with_params_and_parents(demo_project, mlflow_ui) -> None:
     _, runs = demo_project
-    listed = _runs_by_id(mlflow_ui)
+    listed = runs_by_id(mlflow_ui)
     for run in runs.values():
         assert run.run_id in listed
         assert listed[run.run_id]["info"]["status"] == "FINISHED"
         assert listed[run.run_id]["info"]["run_name"] == run.step
 
     cut64 = listed[runs["cutouts_64"].run_id]
-    assert _params(cut64)["window_size"] == "64"
-    assert _params(cut64)["overlap"] == "0.5"
+    assert params(cut64)["window_size"] == "64"
+    assert params(cut64)["overlap"] == "0.5"
     merge = listed[runs["merge"].run_id]
     parents = {runs["cutouts_64"].run_id, runs["cutouts_128"].run_id}
-    assert set(json.loads(_params(merge)["input_run_ids"])) == parents
-    assert set(json.loads(_tags(merge)["astrocurate.input_run_ids"])) == parents
-    assert _tags(merge)["astrocurate.output_dir"] == str(runs["merge"].output_dir)
-    assert len(_tags(merge)["astrocurate.content_hash"]) == 64
+    assert set(json.loads(params(merge)["input_run_ids"])) == parents
+    assert set(json.loads(tags(merge)["astrocurate.input_run_ids"])) == parents
+    assert tags(merge)["astrocurate.output_dir"] == str(runs["merge"].output_dir)
+    assert len(tags(merge)["astrocurate.content_hash"]) == 64
 
 
 def test_ui_serves_run_artifacts(demo_project, mlflow_ui) -> None:
@@ -197,11 +224,12 @@ def test_steps_log_through_the_server(demo_project, mlflow_ui, tmp_path) -> None
         cwd=tmp_path,
     )
     assert cut.returncode == 0, cut.stderr
-    run_id = cut.stdout.strip().splitlines()[-1]
+    run_id = cut.stdout.strip()  # the ID alone: no "View run ... at URL" from MLflow
+    assert len(run_id) == 32, cut.stdout
     assert not (tmp_path / "mlflow.db").exists()
-    listed = _runs_by_id(mlflow_ui)
+    listed = runs_by_id(mlflow_ui)
     assert listed[run_id]["info"]["status"] == "FINISHED"
-    assert _params(listed[run_id])["window_size"] == "256"
+    assert params(listed[run_id])["window_size"] == "256"
     found = subprocess.run(
         [
             sys.executable,
@@ -217,5 +245,5 @@ def test_steps_log_through_the_server(demo_project, mlflow_ui, tmp_path) -> None
         cwd=tmp_path,
     )
     assert (found.returncode, found.stdout.strip()) == (0, run_id)
-    artifacts = _api(mlflow_ui, "artifacts/list", query={"run_id": run_id})
+    artifacts = api(mlflow_ui, "artifacts/list", query={"run_id": run_id})
     assert {"metadata.json", "outputs.json"} <= {f["path"] for f in artifacts.get("files", [])}

@@ -42,7 +42,7 @@ from astrocurate.cutout_store import (
     write_parquet_atomic,
 )
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.tracking import StepRun, require_run, tracked_step
+from astrocurate.tracking import StepRun, remove_temporaries, require_run, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +238,7 @@ def curated_sample(
 def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level: int) -> None:
     """Select, describe, measure and export the sample into ``run.output_dir``."""
     out = run.output_dir
-    for leftover in out.rglob(".tmp-*"):  # partial files of an interrupted attempt
-        leftover.unlink()
+    remove_temporaries(out)
     curated_rng, baseline_rng = np.random.SeedSequence(options.seed).spawn(2)
     labels = inputs.point_labels()
     baseline = sampling.random_sample(inputs.pool_size, options.num_samples, baseline_rng)

@@ -50,7 +50,14 @@ from astrocurate.cutout_store import (
     write_parquet_atomic,
 )
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.tracking import RunRecord, StepRun, parse_run_id, require_run, tracked_step
+from astrocurate.tracking import (
+    RunRecord,
+    StepRun,
+    parse_run_id,
+    remove_temporaries,
+    require_run,
+    tracked_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,32 +119,48 @@ def merge_cutouts(
     with tracked_step(STEP, params, input_run_ids=ids, output_root=root, force=force) as run:
         if run.reused:
             return run
-        merged = pa.concat_tables(tables).unify_dictionaries()
-        n_before = merged.num_rows
-        if dedup_sky:
-            keep = sky_duplicates_mask(merged, mosaics, _strides(runs))
-            merged = merged.filter(pa.array(keep))
-        ids_column = pa.array(np.arange(merged.num_rows, dtype=np.int64))
-        merged = merged.add_column(0, pa.field("cutout_id", pa.int64()), ids_column)
-        write_parquet_atomic(mosaics, run.output_dir / MOSAICS)
-        _write_table_atomic(merged, run.output_dir / MANIFEST)
-        sizes, counts = np.unique(_numpy(merged["window_size"]), return_counts=True)
-        run.log_metrics(
-            {
-                "n_cutouts": merged.num_rows,
-                "n_inputs": len(runs),
-                "n_sky_duplicates_dropped": n_before - merged.num_rows,
-                **{f"n_cutouts_w{int(w)}": int(n) for w, n in zip(sizes, counts, strict=True)},
-            }
-        )
-        log.info(
-            "merged %d cutout runs: %d cutouts (%d sky duplicates dropped) in %s",
-            len(runs),
-            merged.num_rows,
-            n_before - merged.num_rows,
-            run.output_dir,
-        )
+        remove_temporaries(run.output_dir)  # of an interrupted attempt
+        try:
+            _merge_into(run, runs, tables, mosaics, dedup_sky)
+        except BaseException:  # a full disk, SIGTERM: no partial file left behind
+            remove_temporaries(run.output_dir)
+            raise
     return run
+
+
+def _merge_into(
+    run: StepRun,
+    runs: Sequence[RunRecord],
+    tables: list[pa.Table],
+    mosaics: pd.DataFrame,
+    dedup_sky: bool,
+) -> None:
+    """Join, de-duplicate and write the merged tables into ``run.output_dir``; log metrics."""
+    merged = pa.concat_tables(tables).unify_dictionaries()
+    n_before = merged.num_rows
+    if dedup_sky:
+        keep = sky_duplicates_mask(merged, mosaics, _strides(runs))
+        merged = merged.filter(pa.array(keep))
+    ids_column = pa.array(np.arange(merged.num_rows, dtype=np.int64))
+    merged = merged.add_column(0, pa.field("cutout_id", pa.int64()), ids_column)
+    write_parquet_atomic(mosaics, run.output_dir / MOSAICS)
+    _write_table_atomic(merged, run.output_dir / MANIFEST)
+    sizes, counts = np.unique(_numpy(merged["window_size"]), return_counts=True)
+    run.log_metrics(
+        {
+            "n_cutouts": merged.num_rows,
+            "n_inputs": len(runs),
+            "n_sky_duplicates_dropped": n_before - merged.num_rows,
+            **{f"n_cutouts_w{int(w)}": int(n) for w, n in zip(sizes, counts, strict=True)},
+        }
+    )
+    log.info(
+        "merged %d cutout runs: %d cutouts (%d sky duplicates dropped) in %s",
+        len(runs),
+        merged.num_rows,
+        n_before - merged.num_rows,
+        run.output_dir,
+    )
 
 
 def _source_table(record: RunRecord) -> pa.Table:
@@ -209,7 +232,7 @@ _FEW_VALUES = ("window_size", "x0", "y0")
 
 
 def _write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write an Arrow table to Parquet (zstd) under a temporary name, then rename it.
+    """Write an Arrow table to Parquet (zstd) under a temporary name, fsync it, rename it.
 
     Without the Arrow schema in the file, dictionary-encoded text reads back as plain
     strings (it is stored as Parquet strings with dictionary pages either way). Only
@@ -223,6 +246,11 @@ def _write_table_atomic(table: pa.Table, path: Path) -> None:
         if n in _FEW_VALUES or pa.types.is_dictionary(table.schema.field(n).type)
     ]
     pq.write_table(table, tmp, compression="zstd", store_schema=False, use_dictionary=few)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # on disk before it has its final name
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

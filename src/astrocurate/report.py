@@ -1165,23 +1165,60 @@ def _check_positive(**values: int) -> None:
             raise InvalidArgumentError(f"{name}: expected a positive integer, got {value!r}")
 
 
+#: Prefix of the temporary folders of :func:`_publish` (``.tmp-report-<pid>-...``): a
+#: ``.tmp`` name, so that hashing and ``astrocurate verify`` skip them (they are no output).
+_TMP_PREFIX = f".tmp-{REPORT_DIR}-"
+
+
 def _publish(directory: Path, page: str, figures: Sequence[Figure]) -> Path:
-    """Write the report under a temporary name in ``directory``, then rename it into place."""
+    """Write the report under a temporary name in ``directory``, then rename it into place.
+
+    The new report is complete under ``.tmp-report-<pid>-*`` before anything is renamed;
+    then the old ``report/`` is renamed out of the way and the new one into place. A
+    process killed at any point leaves ``report/`` either as the complete old (or new)
+    report or absent, never partial; the folders it leaves behind are removed by the next
+    call.
+    """
     final = directory / REPORT_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{REPORT_DIR}-tmp-", dir=directory))
+    _remove_leftovers(directory)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=directory))
+    old = None
     try:
         for figure in figures:
             (tmp / figure.name).write_bytes(figure.png)
         (tmp / INDEX).write_text(page, encoding="utf-8")
         os.chmod(tmp, 0o755)
-        old = None
         if final.exists():
-            old = directory / f".{REPORT_DIR}-old-{uuid.uuid4().hex[:8]}"
+            old = directory / f"{_TMP_PREFIX}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not final.exists():  # put the old report back
+            with contextlib.suppress(OSError):
+                os.replace(old, final)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final / INDEX
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Remove the temporary folders of report writers that are no longer running."""
+    for path in directory.glob(f"{_TMP_PREFIX}*"):
+        pid = path.name[len(_TMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (a foreign one counts as running)."""
+    if pid == os.getpid():
+        return False  # an earlier, interrupted call of this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

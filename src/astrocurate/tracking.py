@@ -853,12 +853,43 @@ def content_hash(listing: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def output_files(directory: Path) -> list[Path]:
-    """Return the files that make up a run's output, sorted (lock and temp files excluded)."""
+    """Return the files that make up a run's output, sorted.
+
+    Left out: the run lock, and temporaries of writes in progress or interrupted (any
+    file or folder named ``.tmp*``, such as the report's ``.tmp-report-*`` folder).
+    """
     return sorted(
         p
         for p in directory.rglob("*")
-        if p.is_file() and p.name != LOCK_NAME and not p.name.startswith(".tmp")
+        if p.is_file()
+        and p.name != LOCK_NAME
+        and not any(part.startswith(".tmp") for part in p.relative_to(directory).parts)
     )
+
+
+def remove_temporaries(directory: Path) -> int:
+    """Remove the temporaries of interrupted attempts from a run directory.
+
+    Call it only while holding the run's lock (:func:`tracked_step` does): every
+    ``.tmp*`` file or folder under ``directory`` is then a leftover of a killed
+    process. Returns how many were removed.
+    """
+    import shutil
+
+    found = sorted(directory.rglob(".tmp*"), key=lambda p: len(p.parts))
+    removed = 0
+    for path in found:
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a folder removed already
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        removed += 1
+    if removed:
+        log.info("removed %d partial file(s) of an interrupted attempt in %s", removed, directory)
+    return removed
 
 
 def fingerprint_files(
@@ -984,7 +1015,24 @@ def _no_artifact_progress_bar() -> Iterator[None]:
             os.environ[name] = previous
 
 
-def quick_check_outputs(record: RunRecord, argument: str = "run ID") -> int:
+def check_reusable(record: RunRecord) -> None:
+    """Check a finished run cheaply before a rerun of its step reuses it.
+
+    The outputs must still be those the run recorded (:func:`quick_check_outputs`:
+    sizes of every file, sampled blocks). Skipped when ``ASTROCURATE_SKIP_INPUT_CHECK=1``.
+
+    Raises
+    ------
+    InvalidRunError
+        In one line naming the run and the first file missing or changed, and what to
+        do: ``--force`` recomputes into a new run, ``astrocurate verify`` tells more.
+    """
+    if os.environ.get(SKIP_INPUT_CHECK_ENV, "").strip() in ("1", "true", "yes"):
+        return
+    quick_check_outputs(record, reuse=True)
+
+
+def quick_check_outputs(record: RunRecord, argument: str = "run ID", *, reuse: bool = False) -> int:
     """Check a finished run's outputs cheaply against what it recorded.
 
     Every recorded file must exist with its recorded size; the sampled blocks of the
@@ -999,6 +1047,8 @@ def quick_check_outputs(record: RunRecord, argument: str = "run ID") -> int:
         A finished run whose output directory exists.
     argument : str
         The command-line argument, named in messages.
+    reuse : bool
+        The run is about to be reused by a rerun of its own step (the message says so).
 
     Returns
     -------
@@ -1021,6 +1071,13 @@ def quick_check_outputs(record: RunRecord, argument: str = "run ID") -> int:
         return 0
 
     def fail(relative: str, what: str) -> InvalidRunError:
+        if reuse:
+            return InvalidRunError(
+                f"cannot reuse finished {record.step} run {record.run_id} (same inputs and "
+                f"parameters): its output file {out / relative} {what} since it finished; "
+                f"rerun with --force to recompute into a new run, or run "
+                f"`astrocurate verify {record.run_id}` for a full report"
+            )
         return InvalidRunError(
             f"{argument}: output file {out / relative} of {record.step} run {record.run_id} "
             f"{what} since the run finished; rerun the {record.step} step with --force, or "
@@ -1243,10 +1300,19 @@ def tracked_step(
     # Reusing a finished run needs no MLflow when the store is read directly.
     previous = None if force else _previous_run(step, key)
     if previous is not None and previous.finished and _outputs_present(previous):
+        check_reusable(previous)
         log.info("reusing finished %s run %s (same inputs and parameters)", step, previous.run_id)
         yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
         return
 
+    if previous is not None and previous.finished:  # its output directory is gone
+        log.warning(
+            "finished %s run %s with the same inputs and parameters has no output directory "
+            "%s (moved or deleted?): computing a new run",
+            step,
+            previous.run_id,
+            previous.output_dir,
+        )
     _make_output_root(root)  # before any run is recorded: a bad path leaves no run behind
     mlflow_client = client()
     experiment = experiment_id(mlflow_client, create=True)

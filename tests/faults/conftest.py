@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faultkit import CLUSTER_CONFIG, Runner
+from faultkit import (
+    CLUSTER_CONFIG,
+    Runner,
+    SmallDisk,
+    mount_small_disk,
+    unmount_small_disk,
+)
 
 SURVEY_SEED = 7
 
@@ -30,6 +36,7 @@ class FaultInputs:
 
     work: Path
     survey: Path
+    cutouts_ids: tuple[str, ...]  # the cutout runs of 32 and 64 px: the merge test's input
     merged64_id: str  # merge of the 64 px cutouts: the feature test's input
     features_id: str  # stand-in features of the 32 + 64 px merge
     clustering_id: str  # finished clustering of those features
@@ -63,7 +70,14 @@ def fault_inputs(tracking_db: str, tmp_path_factory: pytest.TempPathFactory) -> 
         config = ClusteringConfig.from_mapping(CLUSTER_CONFIG)
         prepared = prepare_clustering(features.run_id, config)
         run_clustering(prepared.directory)
-    return FaultInputs(work, survey.output_dir, merged64.run_id, features.run_id, prepared.run_id)
+    return FaultInputs(
+        work,
+        survey.output_dir,
+        (cuts[32].run_id, cuts[64].run_id),
+        merged64.run_id,
+        features.run_id,
+        prepared.run_id,
+    )
 
 
 class FaultEnv:
@@ -107,3 +121,16 @@ def fault_env(
     tracking_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FaultEnv]:
     yield FaultEnv(tracking_db, tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallDisk]:
+    """A small tmpfs for the full-disk tests (skipped where mounting is not permitted)."""
+    path = tmp_path_factory.mktemp("small-disk") / "mnt"
+    reason = mount_small_disk(path)
+    if reason is not None:
+        pytest.skip(reason)
+    try:
+        yield SmallDisk(path)
+    finally:
+        unmount_small_disk(path)

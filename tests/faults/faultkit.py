@@ -251,8 +251,8 @@ def runs_of(experiment: str, step: str | None = None) -> list[Any]:
     return [r for r in records if step is None or r.step == step]
 
 
-def verify_exit_status(run_id: str) -> tuple[int, str]:
-    """Exit status and output of ``astrocurate verify RUN_ID`` (the command's own code)."""
+def verify_exit_status(run_id: str, *, strict: bool = False) -> tuple[int, str]:
+    """Exit status and output of ``astrocurate verify [--strict] RUN_ID`` (in-process)."""
     import io
     from contextlib import redirect_stdout
 
@@ -260,7 +260,7 @@ def verify_exit_status(run_id: str) -> tuple[int, str]:
 
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = main(["verify", run_id])
+        code = main(["verify", *(["--strict"] if strict else []), run_id])
     return code, buffer.getvalue()
 
 
@@ -358,3 +358,58 @@ def said_resumed_or_reused(text: str) -> bool:
     return any(
         word in lowered for word in ("resuming", "resumed", "reusing", "reused", "already finished")
     )
+
+
+# --------------------------------------------------------------------------- a full disk
+
+#: Size of the small disk (a tmpfs) of the full-disk tests.
+DISK_SIZE = "8m"
+
+
+class SmallDisk:
+    """A mounted tmpfs; :meth:`fill` leaves ``free`` bytes (a ballast file takes the rest)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ballast = path / "ballast"
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.path)
+        return stat.f_bavail * stat.f_frsize
+
+    def fill(self, free: int) -> None:
+        self.ballast.unlink(missing_ok=True)
+        size = max(0, self.free_bytes() - free)
+        with open(self.ballast, "wb") as handle:
+            handle.write(b"\0" * size)
+
+    def empty(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+
+def mount_small_disk(path: Path) -> str | None:
+    """Mount a tmpfs of :data:`DISK_SIZE` on ``path``; the reason it failed, or None."""
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return f"cannot mount a tmpfs here (root needed): {result.stderr.strip()}"
+    return None
+
+
+def unmount_small_disk(path: Path) -> None:
+    """Unmount the tmpfs on ``path`` (lazily if it is busy)."""
+    if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def assert_one_line_disk_error(attempt: Attempt) -> None:
+    """Exit 1 and one clear line on stderr that says the disk is full."""
+    assert attempt.returncode == 1, attempt.where()
+    assert "Traceback" not in attempt.stderr, attempt.where()
+    errors = [line for line in attempt.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "No space left on device" in errors[0], attempt.where()

@@ -8,7 +8,6 @@ uninterrupted run. Needs ``mount -t tmpfs`` (root); skipped where it is not perm
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from faultkit import (
     ROOT,
     Attempt,
     Runner,
+    assert_one_line_disk_error,
     assert_same_outputs,
     check_finished_runs,
     result_files,
@@ -27,67 +27,6 @@ from faultkit import (
 )
 
 pytestmark = pytest.mark.slow
-
-DISK_SIZE = "8m"
-
-
-class SmallDisk:
-    """A mounted tmpfs; :meth:`fill` leaves ``free`` bytes (a ballast file takes the rest)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ballast = path / "ballast"
-
-    def free_bytes(self) -> int:
-        import os
-
-        stat = os.statvfs(self.path)
-        return stat.f_bavail * stat.f_frsize
-
-    def fill(self, free: int) -> None:
-        self.ballast.unlink(missing_ok=True)
-        size = max(0, self.free_bytes() - free)
-        with open(self.ballast, "wb") as handle:
-            handle.write(b"\0" * size)
-
-    def empty(self) -> None:
-        self.ballast.unlink(missing_ok=True)
-
-
-def _mount(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (root needed): {result.stderr.strip()}")
-
-
-def _unmount(path: Path) -> None:
-    if subprocess.run(["umount", str(path)], capture_output=True, check=False).returncode:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
-
-@pytest.fixture(scope="module")
-def small_disk(tmp_path_factory: pytest.TempPathFactory):
-    path = tmp_path_factory.mktemp("small-disk") / "mnt"
-    _mount(path)
-    try:
-        yield SmallDisk(path)
-    finally:
-        _unmount(path)
-
-
-def _one_line_error(attempt: Attempt) -> None:
-    """Exit 1 and one clear line on stderr that says the disk is full."""
-    assert attempt.returncode == 1, attempt.where()
-    assert "Traceback" not in attempt.stderr, attempt.where()
-    errors = [line for line in attempt.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and "No space left on device" in errors[0], attempt.where()
-
 
 # --------------------------------------------------------------------------- cutouts
 
@@ -162,7 +101,7 @@ def test_cutouts_on_a_full_disk_fail_cleanly_and_resume_once_space_is_freed(
 
 
 def test_cutouts_on_a_full_disk_say_so_in_one_line(cutouts_on_full_disk):
-    _one_line_error(cutouts_on_full_disk.attempt)
+    assert_one_line_disk_error(cutouts_on_full_disk.attempt)
 
 
 # --------------------------------------------------------------------------- features
@@ -195,4 +134,4 @@ def test_features_on_a_full_disk_fail_cleanly(fault_inputs, fault_env, small_dis
     assert len(runs) == 1, runner.summary()
     assert not (runs[0].output_dir / "features.npy").exists()
     assert runs[0].status == "FAILED", f"run {runs[0].status}:\n{runner.summary()}"
-    _one_line_error(attempt)
+    assert_one_line_disk_error(attempt)

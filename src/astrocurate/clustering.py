@@ -97,6 +97,7 @@ from astrocurate.tracking import (
     TAG_PID,
     RunRecord,
     StepRun,
+    check_reusable,
     client,
     create_run_record,
     experiment_id,
@@ -974,6 +975,7 @@ def prepare_clustering(
 
     existing = None if force else _reusable(key)
     if existing is not None and existing.finished:
+        check_reusable(existing)  # its outputs unchanged since it finished
         log.info("clustering run %s with this config is already finished", existing.run_id)
         return PreparedClustering(existing.run_id, existing.output_dir, existing.status, True)  # type: ignore[arg-type]
     if existing is not None:

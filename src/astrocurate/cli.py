@@ -481,16 +481,56 @@ def _features_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--shard-rows", type=int, default=8192, help="rows per resumable shard")
+    parser.add_argument(
+        "--shard-rows",
+        type=int,
+        default=8192,
+        help="rows per resumable block, the unit of resuming and of --shard (default 8192)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--output_path", "--output-path", default=None)
+    _features_shard_arguments(parser)
     _common_step_arguments(parser)
 
 
-@command("features", "Compute a feature vector per cutout (step 3).", _features_arguments)
-def _features(args: argparse.Namespace) -> int:
-    from astrocurate.features import FeatureOptions, extract_features
+def _features_shard_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "sharding",
+        "N processes (SLURM array tasks, torchrun ranks) fill one run and one matrix; "
+        "the shard that completes the last block finishes the run, or run "
+        "`astrocurate features-finish RUN_ID`",
+    )
+    group.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N|auto",
+        help="compute only shard K of N (0-based; a contiguous range of the blocks) of the "
+        "run every shard shares; auto: K/N from SLURM_ARRAY_TASK_ID or torchrun's RANK",
+    )
+    group.add_argument(
+        "--finish",
+        action="store_true",
+        help="compute nothing: finish the run these arguments name once every shard is done "
+        "(what features-finish does; the SLURM array's last job runs it)",
+    )
+    group.add_argument(
+        "--slurm-array",
+        "--slurm_array",
+        type=int,
+        default=None,
+        metavar="N",
+        help="write a script that submits N shards as a SLURM job array plus the finishing "
+        "job, print its path (run the script to submit)",
+    )
+    _slurm_arguments(group)
+    group.add_argument(
+        "--slurm_gres", "--slurm-gres", default=None, help="--gres of each task, e.g. gpu:1"
+    )
+
+
+def _feature_options(args: argparse.Namespace):
+    from astrocurate.features import FeatureOptions
     from astrocurate.normalization import NormalizationConfig
 
     normalization = NormalizationConfig(
@@ -502,7 +542,7 @@ def _features(args: argparse.Namespace) -> int:
         mean=args.norm_mean,
         std=args.norm_std,
     )
-    options = FeatureOptions(
+    return FeatureOptions(
         model=args.model,
         weights=args.weights,
         arch=args.arch,
@@ -514,17 +554,161 @@ def _features(args: argparse.Namespace) -> int:
         output_dtype=args.dtype,
         shard_rows=args.shard_rows,
     )
+
+
+@command("features", "Compute a feature vector per cutout (step 3).", _features_arguments)
+def _features(args: argparse.Namespace) -> int:
+    from astrocurate.features import extract_features
+
+    options = _feature_options(args)
+    modes = [f for f, on in (("--shard", args.shard), ("--finish", args.finish)) if on]
+    if args.slurm_array is not None:
+        modes.append("--slurm-array")
+    if len(modes) > 1:
+        raise InvalidArgumentError(f"{modes[0]}: not with {modes[1]}")
+    if args.slurm_array is not None:
+        print(_write_features_array(args, options))
+        return 0
+    if args.finish:
+        return _finish_features(args, options)
+    if args.shard:
+        return _features_shard(args, options)
     run = extract_features(
         args.merged_cutouts_id,
         options,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
-        output_path=Path(args.output_path) if args.output_path else None,
+        output_path=_output_path(args),
         force=args.force,
         progress=args.progress,
     )
     _announce(run)
+    return 0
+
+
+def _output_path(args: argparse.Namespace) -> Path | None:
+    return Path(args.output_path) if args.output_path else None
+
+
+def _features_shard(args: argparse.Namespace, options) -> int:
+    """``features --shard K/N``: one shard; prints the shared run's ID."""
+    from astrocurate.feature_shards import extract_shard, parse_shard_spec
+    from astrocurate.features import plan_extraction
+
+    shard = parse_shard_spec(args.shard)
+    if args.force:
+        raise InvalidArgumentError("--force: not with --shard (every shard must find the same run)")
+    plan = plan_extraction(
+        args.merged_cutouts_id,
+        options,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        output_path=_output_path(args),
+    )
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    result = extract_shard(plan, shard, progress=progress)
+    print(result.run.run_id)
+    return 0
+
+
+def _finish_features(args: argparse.Namespace, options) -> int:
+    """``features --finish``: finish the run of these arguments (the device does not matter)."""
+    from astrocurate.feature_shards import find_run_of, finish_run
+    from astrocurate.features import plan_extraction
+
+    plan = plan_extraction(
+        args.merged_cutouts_id,
+        options,
+        batch_size=args.batch_size,
+        workers=0,
+        device="cpu",
+        output_path=_output_path(args),
+    )
+    _announce(finish_run(find_run_of(plan), "--finish"))
+    return 0
+
+
+def _write_features_array(args: argparse.Namespace, options) -> Path:
+    """Write the SLURM script of ``features --slurm-array N``; return its path."""
+    from astrocurate.clustering import SlurmOptions
+    from astrocurate.feature_shards import ArrayScript, render_array_script
+    from astrocurate.features import plan_extraction
+
+    if args.slurm_array < 1:
+        raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {args.slurm_array}")
+    if args.force:
+        raise InvalidArgumentError("--force: not with --slurm-array (the shards share one run)")
+    slurm = SlurmOptions(args.slurm_account, args.slurm_partition, args.slurm_time, args.slurm_qos)
+    slurm.validate()
+    # Check the arguments here, not in N jobs: the merge run, the model, its weights.
+    plan = plan_extraction(
+        args.merged_cutouts_id,
+        options,
+        batch_size=args.batch_size,
+        workers=0,
+        device="cpu",
+        output_path=_output_path(args),
+    )
+    command = [sys.executable, "-m", "astrocurate.cli", "features", *_feature_argv(args, plan)]
+    script = ArrayScript(command, args.slurm_array, plan.root / "logs", slurm, args.slurm_gres)
+    script.validate()
+    path = plan.root / f"features_{plan.merged.run_id[:8]}_{args.slurm_array}shards.sh"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_array_script(script))
+    path.chmod(0o755)
+    return path
+
+
+def _feature_argv(args: argparse.Namespace, plan) -> list[str]:
+    """Return the ``features`` arguments that name the same run from any directory."""
+    o = plan.options
+    n = o.normalization
+    argv = [
+        "--merged-cutouts-id", plan.merged.run_id,
+        "--model", o.model,
+        "--channels", o.channels,
+        "--normalization", n.method,
+        "--low-percentile", repr(n.low_percentile),
+        "--high-percentile", repr(n.high_percentile),
+        "--asinh-softening", repr(n.asinh_softening),
+        "--sigma", repr(n.sigma),
+        "--norm-mean", repr(n.mean),
+        "--norm-std", repr(n.std),
+        "--precision", o.precision,
+        "--dtype", o.output_dtype,
+        "--batch-size", str(args.batch_size),
+        "--shard-rows", str(o.shard_rows),
+        "--device", args.device,
+        "--output_path", str(plan.root),
+        "--no-progress",
+    ]  # fmt: skip
+    for flag, value in (("--arch", o.arch), ("--pooling", o.pooling), ("--resize", o.resize)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if o.weights is not None:
+        argv += ["--weights", str(Path(o.weights).resolve())]
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
+    return argv
+
+
+def _features_finish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", metavar="RUN_ID", help="the feature_extraction run of the shards")
+
+
+@command(
+    "features-finish",
+    "Finish a feature run computed in shards (features --shard): check that every block is "
+    "done, then rename the matrix, hash the outputs and mark the run FINISHED. Exits 1 naming "
+    "the missing rows and the shards to run again; does nothing on a finished run.",
+    _features_finish_arguments,
+)
+def _features_finish(args: argparse.Namespace) -> int:
+    from astrocurate.feature_shards import finish_run
+
+    _announce(finish_run(args.run_id))
     return 0
 
 

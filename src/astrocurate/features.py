@@ -5,13 +5,18 @@ The output directory holds::
     features.npy     float32 (or float16) N x D, row i = merged cutout i, memory-mappable
     features.json    model, weights hash, layer, preprocessing, dimension, dtype
 
-Work is done in shards of ``shard_rows`` rows. The matrix is pre-allocated as
-``features.npy.partial``; after a shard's rows are written and flushed, an
-empty marker ``progress/<shard>.done`` is created atomically. A rerun of the
-same command after an interruption skips the finished shards; the matrix is
-renamed to ``features.npy`` only when every shard is done. Each cutout is
-preprocessed on its own (normalised, resized) so its features do not depend on
-the batch it is in or on the number of loader workers.
+Work is done in blocks of ``shard_rows`` rows. The matrix is pre-allocated as
+``features.npy.partial`` and the sidecar written as ``progress/sidecar.json``; after
+a block's rows are written and flushed, an empty marker ``progress/<start>.done`` is
+created atomically. A rerun of the same command after an interruption skips the
+finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
+``features.json``) only when every block is done. Each cutout is preprocessed on its
+own (normalised, resized) so its features do not depend on the batch it is in, on the
+number of loader workers, or on which process computed its block.
+
+Several processes can share one run: ``--shard K/N`` (or ``--shard auto`` in a SLURM
+job array or under torchrun) computes a contiguous range of the blocks, in the same run
+and the same matrix as every other shard (:mod:`astrocurate.feature_shards`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from astrocurate.cutout_store import CutoutReader, read_manifest
-from astrocurate.errors import InvalidArgumentError
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.kmeans import resolve_device
 from astrocurate.normalization import NormalizationConfig, normalize
-from astrocurate.tracking import StepRun, require_run, tracked_step
+from astrocurate.tracking import RunRecord, StepRun, require_run, run_key, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ SOURCE_STEP = "merge_cutouts"
 FEATURES = "features.npy"
 SIDECAR = "features.json"
 PROGRESS_DIR = "progress"
+PENDING_SIDECAR = "sidecar.json"
 DEFAULT_MODEL = "scattering-j4-renorm"
 PRECISIONS = ("fp32", "bf16", "fp16")
 OUTPUT_DTYPES = ("float32", "float16")
@@ -73,7 +79,7 @@ class FeatureOptions:
     output_dtype : str
         ``float32`` or ``float16`` feature matrix.
     shard_rows : int
-        Rows per resumable shard.
+        Rows per resumable block (the unit of resuming and of sharding).
     """
 
     model: str = DEFAULT_MODEL
@@ -219,8 +225,81 @@ class FeatureModel(torch.nn.Module):
 
 # --------------------------------------------------------------------------- stage
 
+#: Parameters that do not change the features: logged, left out of the run key.
+VOLATILE_PARAMS = ("batch_size", "workers", "device")
 
-def extract_features(
+
+@dataclass
+class Extraction:
+    """A feature run resolved from its arguments, before any run is recorded.
+
+    Attributes
+    ----------
+    merged : RunRecord
+        The finished ``merge_cutouts`` run whose cutouts are featurised.
+    options : FeatureOptions
+        Model and preprocessing.
+    backbone : Backbone
+        The created backbone (module, preprocessing, dimension).
+    size : int
+        Side of the model's input images.
+    n_rows : int
+        Rows of the merge's manifest, rows of the matrix.
+    batch_size, workers : int
+        Cutouts per forward pass and DataLoader workers (neither changes the features).
+    device : torch.device
+        Where the model runs.
+    params : dict
+        Every parameter, as logged.
+    root : Path
+        Parent of the ``feature_extraction`` run directories.
+    """
+
+    merged: RunRecord
+    options: FeatureOptions
+    backbone: Any
+    size: int
+    n_rows: int
+    batch_size: int
+    workers: int
+    device: torch.device
+    params: dict[str, Any]
+    root: Path
+
+    @property
+    def block_starts(self) -> list[int]:
+        """First row of every resumable block, in order (independent of any sharding)."""
+        return list(range(0, self.n_rows, self.options.shard_rows))
+
+    @property
+    def run_key(self) -> str:
+        """The reuse key of the run (:func:`astrocurate.tracking.run_key`), volatile excluded."""
+        stable = {k: v for k, v in self.params.items() if k not in VOLATILE_PARAMS}
+        return run_key(STEP, stable, [self.merged.run_id])
+
+    def model(self) -> FeatureModel:
+        """Return the evaluation-mode model on the device."""
+        model = FeatureModel(self.backbone, self.size, self.options.normalization)
+        return model.to(self.device).eval()
+
+    def sidecar(self) -> dict[str, Any]:
+        """Return the content of ``features.json``."""
+        params, backbone = self.params, self.backbone
+        return {
+            "model": params["model"],
+            "layer": backbone.layer,
+            "dim": backbone.dim,
+            "dtype": params["output_dtype"],
+            "n_rows": params["n_rows"],
+            "weights": params["weights"],
+            "weights_sha256": backbone.weights_sha256,
+            "preprocessing": {k: v for k, v in params.items() if k.startswith(("norm_", "model_"))}
+            | {"input_size": params["input_size"], "channels": params["channels"]},
+            "description": backbone.description,
+        }
+
+
+def plan_extraction(
     merged_cutouts_id: str,
     options: FeatureOptions | None = None,
     *,
@@ -228,33 +307,17 @@ def extract_features(
     workers: int | None = None,
     device: str = "auto",
     output_path: Path | None = None,
-    force: bool = False,
-    progress: bool | None = None,
-) -> StepRun:
-    """Compute features for every cutout of a merge run; record one ``feature_extraction`` run.
-
-    Parameters
-    ----------
-    merged_cutouts_id : str
-        ID of a finished ``merge_cutouts`` run.
-    options : FeatureOptions, optional
-        Model and preprocessing; default the offline scattering backbone.
-    batch_size : int
-        Cutouts per forward pass (does not change the features).
-    workers : int, optional
-        DataLoader worker processes; default :func:`default_workers`.
-    device : str
-        ``auto``, ``cpu`` or ``cuda``.
-    output_path : Path, optional
-        Parent directory of the run directory; default the merge run's.
-    force : bool
-        Recompute even if an identical finished run exists.
-    progress : bool, optional
-        Progress bar; default only on a terminal.
+) -> Extraction:
+    """Check the arguments of a feature run and create its backbone (see :func:`extract_features`).
 
     Returns
     -------
-    StepRun
+    Extraction
+
+    Raises
+    ------
+    InvalidArgumentError, InvalidRunError, RunNotFoundError
+        On the first bad option or an unusable merge run, before any run is recorded.
     """
     from astrocurate.backbones import create_backbone
 
@@ -278,39 +341,95 @@ def extract_features(
     params = _run_params(options, backbone, size, n_rows)
     params.update(batch_size=batch_size, workers=workers, device=str(torch_device))
     root = Path(output_path).resolve() if output_path else merged.output_dir.parent.parent
+    return Extraction(
+        merged, options, backbone, size, n_rows, batch_size, workers, torch_device, params, root
+    )
+
+
+def extract_features(
+    merged_cutouts_id: str,
+    options: FeatureOptions | None = None,
+    *,
+    batch_size: int = 128,
+    workers: int | None = None,
+    device: str = "auto",
+    output_path: Path | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    shard: tuple[int, int] | None = None,
+) -> StepRun:
+    """Compute features for every cutout of a merge run; record one ``feature_extraction`` run.
+
+    Parameters
+    ----------
+    merged_cutouts_id : str
+        ID of a finished ``merge_cutouts`` run.
+    options : FeatureOptions, optional
+        Model and preprocessing; default the offline scattering backbone.
+    batch_size : int
+        Cutouts per forward pass (does not change the features).
+    workers : int, optional
+        DataLoader worker processes; default :func:`default_workers`.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    output_path : Path, optional
+        Parent directory of the run directory; default the merge run's.
+    force : bool
+        Recompute even if an identical finished run exists (not with ``shard``).
+    progress : bool, optional
+        Progress bar; default only on a terminal.
+    shard : tuple of int, optional
+        ``(K, N)``: compute only shard K of N of the blocks, in the run that every shard
+        shares (:func:`astrocurate.feature_shards.extract_shard`); the run is finished by
+        the shard that completes the last block.
+
+    Returns
+    -------
+    StepRun
+    """
+    if shard is not None and force:
+        raise InvalidArgumentError(
+            "--force: not with --shard (every shard must find the same run); "
+            "use a new --output_path or MLflow experiment to recompute"
+        )
+    plan = plan_extraction(
+        merged_cutouts_id,
+        options,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        output_path=output_path,
+    )
+    if shard is not None:
+        from astrocurate.feature_shards import extract_shard
+
+        return extract_shard(plan, shard, progress=_show_progress(progress)).run
     with tracked_step(
         STEP,
-        params,
-        input_run_ids=[merged.run_id],
-        output_root=root,
-        volatile_params=["batch_size", "workers", "device"],
+        plan.params,
+        input_run_ids=[plan.merged.run_id],
+        output_root=plan.root,
+        volatile_params=VOLATILE_PARAMS,
         force=force,
     ) as run:
         if run.reused:
             return run
-        model = FeatureModel(backbone, size, options.normalization).to(torch_device).eval()
         started = time.perf_counter()
-        computed = _compute_all(
-            run.output_dir,
-            merged.output_dir,
-            model,
-            backbone.dim,
-            options,
-            batch_size,
-            workers,
-            torch_device,
-            _show_progress(progress),
-        )
+        computed = 0
+        if prepare_output(plan, run.output_dir):
+            computed = compute_blocks(
+                plan, run.output_dir, plan.block_starts, _show_progress(progress)
+            )
         seconds = time.perf_counter() - started
-        _finalise(run.output_dir, params, backbone)
+        finalise(run.output_dir)
         run.log_metrics(
             {
-                "n_features": n_rows,
-                "feature_dim": backbone.dim,
+                "n_features": plan.n_rows,
+                "feature_dim": plan.backbone.dim,
                 "images_per_second": computed / seconds if seconds > 0 else 0.0,
             }
         )
-        _log_quality(run, merged.output_dir)
+        _log_quality(run, plan.merged.output_dir)
     return run
 
 
@@ -337,19 +456,55 @@ def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
-def _open_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> np.memmap:
-    """Open (creating if needed) the pre-allocated partial feature matrix."""
+def is_complete(out_dir: Path) -> bool:
+    """Whether the matrix is in place: finalised, or killed after the rename."""
+    return (out_dir / FEATURES).is_file() and not (out_dir / (FEATURES + ".partial")).is_file()
+
+
+def prepare_output(plan: Extraction, out_dir: Path) -> bool:
+    """Create the progress folder, the pending sidecar and the pre-allocated matrix.
+
+    Safe to call again on a run in progress (nothing done is lost) and, as long as the
+    callers hold one lock, from several processes. Returns False when the matrix is
+    already complete (a run killed after the final rename), True otherwise.
+    """
+    if is_complete(out_dir):
+        log.info("resuming: the feature matrix is complete; finishing the run")
+        return False
+    progress = out_dir / PROGRESS_DIR
+    progress.mkdir(exist_ok=True)
+    pending = progress / PENDING_SIDECAR
+    if not pending.is_file():
+        _write_atomic(pending, json.dumps(plan.sidecar(), indent=2, default=str))
+    _ensure_matrix(out_dir, plan.n_rows, plan.backbone.dim, plan.options.output_dtype)
+    return True
+
+
+def _ensure_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> None:
+    """Pre-allocate the partial matrix unless one of the right shape and dtype exists.
+
+    A new matrix appears under its name only once its header is written and its
+    blocks are allocated, so a process that finds it can always open it. A matrix of
+    another shape (a corrupted or foreign file) is replaced and every marker dropped.
+    """
     path = out_dir / (FEATURES + ".partial")
     if path.is_file():
-        matrix = np.load(path, mmap_mode="r+")
-        if matrix.shape == (n_rows, dim) and matrix.dtype == np.dtype(dtype):
-            return matrix
+        try:
+            matrix = np.load(path, mmap_mode="r")
+            if matrix.shape == (n_rows, dim) and matrix.dtype == np.dtype(dtype):
+                return
+        except ValueError:  # not a readable .npy file
+            pass
         path.unlink()
         for marker in (out_dir / PROGRESS_DIR).glob("*.done"):
             marker.unlink()
-    matrix = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, dim))
-    _reserve_disk(path)
-    return matrix
+    for stale in out_dir.glob(f".tmp-*-{path.name}"):  # left by a process killed here
+        stale.unlink()
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, dim))
+    del matrix
+    _reserve_disk(tmp)
+    os.replace(tmp, path)
 
 
 def _reserve_disk(path: Path) -> None:
@@ -367,38 +522,39 @@ def _reserve_disk(path: Path) -> None:
             raise
 
 
-def _compute_all(
-    out_dir: Path,
-    merged_dir: Path,
-    model: FeatureModel,
-    dim: int,
-    options: FeatureOptions,
-    batch_size: int,
-    workers: int,
-    device: torch.device,
-    progress: bool,
-) -> int:
-    """Compute every unfinished shard; return the number of cutouts computed now."""
+def missing_blocks(out_dir: Path, n_rows: int, block_rows: int) -> list[int]:
+    """Return the first rows of the blocks not done yet (none once the matrix is complete)."""
+    if is_complete(out_dir):
+        return []
+    return [s for s in range(0, n_rows, block_rows) if not _marker(out_dir, s).is_file()]
+
+
+def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress: bool) -> int:
+    """Compute the blocks of ``starts`` that are not done yet; return the cutouts computed.
+
+    The matrix must exist (:func:`prepare_output`). Each block's rows are written and
+    flushed before its marker is created, so a block is either done or computed again.
+    """
+    merged_dir = plan.merged.output_dir
     window_sizes = read_manifest(merged_dir, ["window_size"])["window_size"].to_numpy()
-    n_rows = len(window_sizes)
-    if (out_dir / FEATURES).is_file() and not (out_dir / (FEATURES + ".partial")).is_file():
-        log.info("resuming: the feature matrix is complete; finishing the run")
-        return 0  # killed after the final rename, before the markers were removed
-    (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)
-    matrix = _open_matrix(out_dir, n_rows, dim, options.output_dtype)
-    shards = range(0, n_rows, options.shard_rows)
-    todo = [s for s in shards if not _marker(out_dir, s).is_file()]
-    if len(todo) < len(shards):
-        log.info("resuming: %d of %d shards already done", len(shards) - len(todo), len(shards))
-    bar = _progress_bar(
-        n_rows, n_rows - sum(_shard_len(s, options, n_rows) for s in todo), progress
-    )
+    block_rows = plan.options.shard_rows
+    todo = [s for s in starts if not _marker(out_dir, s).is_file()]
+    if len(todo) < len(starts):
+        log.info("resuming: %d of %d blocks already done", len(starts) - len(todo), len(starts))
+    if not todo:
+        return 0
+    matrix = np.load(out_dir / (FEATURES + ".partial"), mmap_mode="r+")
+    total = sum(_block_len(s, block_rows, plan.n_rows) for s in starts)
+    done = total - sum(_block_len(s, block_rows, plan.n_rows) for s in todo)
+    bar = _progress_bar(total, done, progress)
+    model = plan.model()
     computed = 0
     for start in todo:
-        rows = np.arange(start, start + _shard_len(start, options, n_rows))
-        batches = plan_batches(window_sizes, rows, batch_size)
-        for ids, feats in _features_of(merged_dir, batches, model, options, workers, device):
-            matrix[ids] = feats.astype(options.output_dtype)
+        rows = np.arange(start, start + _block_len(start, block_rows, plan.n_rows))
+        batches = plan_batches(window_sizes, rows, plan.batch_size)
+        features = _features_of(merged_dir, batches, model, plan.options, plan.workers, plan.device)
+        for ids, feats in features:
+            matrix[ids] = feats.astype(plan.options.output_dtype)
             computed += len(ids)
             if bar is not None:
                 bar.update(len(ids))
@@ -410,8 +566,8 @@ def _compute_all(
     return computed
 
 
-def _shard_len(start: int, options: FeatureOptions, n_rows: int) -> int:
-    return min(options.shard_rows, n_rows - start)
+def _block_len(start: int, block_rows: int, n_rows: int) -> int:
+    return min(block_rows, n_rows - start)
 
 
 def _features_of(merged_dir, batches, model, options, workers, device):
@@ -446,8 +602,12 @@ def _marker(out_dir: Path, start: int) -> Path:
 
 
 def _touch_atomic(path: Path) -> None:
+    _write_atomic(path, "")
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text("")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -466,27 +626,21 @@ def _progress_bar(total: int, done: int, enabled: bool):
     )
 
 
-def _finalise(out_dir: Path, params: dict, backbone: Any) -> None:
-    """Write the sidecar, rename the matrix into place, drop the progress markers."""
-    sidecar = {
-        "model": params["model"],
-        "layer": backbone.layer,
-        "dim": backbone.dim,
-        "dtype": params["output_dtype"],
-        "n_rows": params["n_rows"],
-        "weights": params["weights"],
-        "weights_sha256": backbone.weights_sha256,
-        "preprocessing": {k: v for k, v in params.items() if k.startswith(("norm_", "model_"))}
-        | {"input_size": params["input_size"], "channels": params["channels"]},
-        "description": backbone.description,
-    }
-    tmp = out_dir / f".tmp-{SIDECAR}"
-    tmp.write_text(json.dumps(sidecar, indent=2, default=str))
-    os.replace(tmp, out_dir / SIDECAR)
+def finalise(out_dir: Path) -> None:
+    """Move the sidecar and the matrix into place, drop the progress folder.
+
+    Every step can be repeated: a run killed half-way through is finalised by the next
+    attempt. The caller checks that every block is done.
+    """
+    progress = out_dir / PROGRESS_DIR
+    pending = progress / PENDING_SIDECAR
+    if pending.is_file():
+        os.replace(pending, out_dir / SIDECAR)
+    elif not (out_dir / SIDECAR).is_file():
+        raise InvalidRunError(f"{out_dir}: neither {SIDECAR} nor {pending.name} (not resumable)")
     partial = out_dir / (FEATURES + ".partial")
     if partial.is_file():  # else renamed by an attempt killed before the cleanup below
         os.replace(partial, out_dir / FEATURES)
-    progress = out_dir / PROGRESS_DIR
     if progress.is_dir():
         for marker in progress.glob("*"):
             marker.unlink()

@@ -1,0 +1,653 @@
+"""Sharded feature extraction: N processes, one ``feature_extraction`` run, one matrix.
+
+``astrocurate features ... --shard K/N`` (or ``--shard auto`` in a SLURM job array or
+under torchrun) computes shard K of the run's resumable blocks: the blocks are cut into
+N contiguous ranges. Block boundaries depend on ``--shard-rows`` only, never on N, so a
+run started with one N resumes with another, or with no ``--shard`` at all.
+
+The shard is not a parameter of the run: every shard finds (or the first one creates)
+the same MLflow run and writes its rows into the same pre-allocated matrix. Finding or
+creating the run, pre-allocating the matrix and finishing the run happen under an
+exclusive ``flock`` on ``<output root>/feature_extraction/.lock-<run key>``, so N
+processes that start at once record one run and one matrix. While a shard computes it
+holds a shared lock on the run directory: an unsharded ``features`` process (which
+takes it exclusively) then records its own run instead of writing into this one.
+
+A shard that ends its range leaves the run RUNNING, unless every block is done: then it
+finishes the run (renames the matrix, hashes the outputs, marks it FINISHED). A shard
+that fails or is stopped (SIGTERM, Ctrl-C) marks the run FAILED or KILLED with the tag
+``astrocurate.error`` naming the shard, unless another shard has already finished the
+run; the other shards go on (they never read the status) and the run can only become
+FINISHED once the shard is run again, which resumes from its last finished block and
+sets the run RUNNING. A shard killed outright (SIGKILL, node failure) leaves the run
+RUNNING; rerunning it resumes in the same way.
+
+``astrocurate features-finish RUN_ID`` (or the shards' command with ``--finish``)
+checks that every block is done and finishes the run, or says in one line which rows
+are missing and which shards to run again. ``--slurm-array N`` writes a script that
+submits the N shards as a job array and the finishing step as a job that depends on it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import shlex
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from astrocurate.errors import InvalidArgumentError, InvalidRunError, StepInterrupted
+from astrocurate.features import (
+    SIDECAR,
+    STEP,
+    Extraction,
+    _log_quality,
+    compute_blocks,
+    finalise,
+    missing_blocks,
+    prepare_output,
+)
+from astrocurate.tracking import (
+    LOCK_NAME,
+    TAG_ERROR,
+    TAG_HOST,
+    TAG_PID,
+    TAG_RUN_KEY,
+    RunRecord,
+    StepRun,
+    _terminate_raises,
+    client,
+    create_run_record,
+    experiment_id,
+    find_runs,
+    finish_step,
+    get_run,
+    record_start,
+    require_run,
+)
+
+log = logging.getLogger(__name__)
+
+#: Tag holding the N of the latest ``--shard K/N`` that joined the run.
+TAG_SHARDS = "astrocurate.feature_shards"
+#: Seconds a failing shard waits for the run lock to record its failure.
+FAILURE_LOCK_WAIT = 10.0
+#: Parameters that :func:`astrocurate.tracking.record_start` adds to a run's own.
+_RECORD_PARAMS = ("input_run_ids", "output_dir")
+_GRES = re.compile(r"^[A-Za-z0-9_.:+-]+$")
+
+
+# --------------------------------------------------------------------------- which shard
+
+
+def parse_shard_spec(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """Parse ``--shard``: ``K/N`` (0-based K) or ``auto`` (:func:`shard_from_environment`).
+
+    Parameters
+    ----------
+    text : str
+        The option's value.
+    environ : mapping, optional
+        Environment to read for ``auto``; default ``os.environ``.
+
+    Returns
+    -------
+    tuple of int
+        ``(K, N)`` with ``0 <= K < N``.
+    """
+    if str(text).strip().lower() == "auto":
+        return shard_from_environment(environ)
+    from astrocurate.cutouts import parse_shard
+
+    return parse_shard(text)
+
+
+def shard_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """Return ``(K, N)`` of this process from a SLURM job array or from torchrun.
+
+    A SLURM array task is task ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` of
+    ``SLURM_ARRAY_TASK_COUNT`` (``--array=0-7`` or ``--array=1-8``, with an optional
+    ``%`` limit; a step ``:S`` is divided out); torchrun gives ``RANK`` of ``WORLD_SIZE``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When neither is set, or the array's task IDs are not evenly spaced.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("SLURM_ARRAY_TASK_ID", "").strip():
+        return _array_shard(env)
+    if env.get("RANK", "").strip() and env.get("WORLD_SIZE", "").strip():
+        rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
+        if not 0 <= rank < world:
+            raise InvalidArgumentError(f"--shard auto: RANK={rank} is not in [0, {world})")
+        return rank, world
+    raise InvalidArgumentError(
+        "--shard auto: neither SLURM_ARRAY_TASK_ID (a SLURM job array) nor RANK and "
+        "WORLD_SIZE (torchrun) is set; give --shard K/N"
+    )
+
+
+def _array_shard(env: Mapping[str, str]) -> tuple[int, int]:
+    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+    first = _env_int(env, "SLURM_ARRAY_TASK_MIN", task)
+    last = _env_int(env, "SLURM_ARRAY_TASK_MAX", task)
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1)
+    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", (last - first) // max(step, 1) + 1)
+    spaced = step >= 1 and first + (count - 1) * step == last and (task - first) % step == 0
+    if not spaced or not first <= task <= last:
+        raise InvalidArgumentError(
+            f"--shard auto: SLURM array task {task} of {count} IDs from {first} to {last} "
+            f"(step {step}) are not evenly spaced; submit --array=0-{count - 1} or give --shard K/N"
+        )
+    return (task - first) // step, count
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int | None = None) -> int:
+    text = env.get(name, "").strip()
+    if not text and default is not None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidArgumentError(f"--shard auto: {name}={text!r} is not an integer") from None
+
+
+def shard_blocks(n_blocks: int, shard: tuple[int, int]) -> range:
+    """Return the indices of the blocks of shard ``(K, N)``: one contiguous range.
+
+    Shard K gets blocks ``floor(K B / N)`` to ``floor((K + 1) B / N)`` (exclusive) of B:
+    the ranges tile the blocks, differ in length by at most one, and are empty for
+    some shards only when N > B.
+    """
+    k, n = shard
+    return range(k * n_blocks // n, (k + 1) * n_blocks // n)
+
+
+def shard_of_block(block: int, n_blocks: int, n_shards: int) -> int:
+    """Return the shard (of ``n_shards``) whose range holds block ``block``."""
+    firsts = [k * n_blocks // n_shards for k in range(n_shards)]
+    return bisect.bisect_right(firsts, block) - 1
+
+
+def describe_rows(starts: Sequence[int], block_rows: int, n_rows: int) -> str:
+    """Return ``"0-99, 200-249"``: the rows of blocks ``starts`` as inclusive ranges."""
+    ranges: list[list[int]] = []
+    for start in sorted(starts):
+        end = min(start + block_rows, n_rows) - 1
+        if ranges and ranges[-1][1] + 1 == start:
+            ranges[-1][1] = end
+        else:
+            ranges.append([start, end])
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[bool]:
+    """Hold the exclusive lock of the feature run with key ``key`` under ``root``.
+
+    Parameters
+    ----------
+    root : Path
+        Parent of the ``feature_extraction`` run directories.
+    key : str
+        The run key (:attr:`astrocurate.features.Extraction.run_key`).
+    timeout : float, optional
+        Give up after this many seconds (yield False); default wait for ever.
+
+    Yields
+    ------
+    bool
+        Whether the lock is held.
+    """
+    path = Path(root) / STEP / f".lock-{key}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        held = _flock(handle, fcntl.LOCK_EX, timeout)
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _flock(handle: Any, mode: int, timeout: float | None) -> bool:
+    if timeout is None:
+        fcntl.flock(handle, mode)
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+
+def share_directory(record_or_run: RunRecord | StepRun) -> Any:
+    """Take a shared lock on a run directory; return the open handle holding it.
+
+    Raises
+    ------
+    InvalidRunError
+        When a process without ``--shard`` holds the directory (it takes it exclusively).
+    """
+    run_id = record_or_run.run_id
+    out = record_or_run.output_dir
+    handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held until the shard ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        tags = get_run(run_id).tags
+        raise InvalidRunError(
+            f"run {run_id} is being computed by a `features` process without --shard "
+            f"(pid {tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}); "
+            "let it finish, or stop it and run the shards again"
+        ) from None
+    return handle
+
+
+# --------------------------------------------------------------------------- one shard
+
+
+@dataclass
+class ShardResult:
+    """What one shard did.
+
+    Attributes
+    ----------
+    run : StepRun
+        The shared run (``reused`` when it was already finished).
+    shard : tuple of int
+        ``(K, N)``.
+    rows_computed : int
+        Cutouts this process computed.
+    blocks : range
+        Indices of the shard's blocks.
+    missing : list of int
+        First rows of the run's blocks still to compute, by any shard, after this one.
+    finished : bool
+        Whether the run is FINISHED (by this shard or before).
+    """
+
+    run: StepRun
+    shard: tuple[int, int]
+    rows_computed: int = 0
+    blocks: range = field(default_factory=lambda: range(0))
+    missing: list[int] = field(default_factory=list)
+    finished: bool = False
+
+
+def extract_shard(
+    plan: Extraction, shard: tuple[int, int], *, progress: bool = False
+) -> ShardResult:
+    """Compute shard ``(K, N)`` of a feature run, in the run all shards share.
+
+    Parameters
+    ----------
+    plan : Extraction
+        The run's arguments (:func:`astrocurate.features.plan_extraction`).
+    shard : tuple of int
+        ``(K, N)``, ``0 <= K < N``.
+    progress : bool
+        Show a progress bar over the shard's rows.
+
+    Returns
+    -------
+    ShardResult
+    """
+    k, n = shard
+    key = plan.run_key
+    with run_lock(plan.root, key):
+        run = join_run(plan, key, n)
+        if run.reused:
+            log.info("shard %d/%d: run %s is already finished", k, n, run.run_id)
+            return ShardResult(run, shard, finished=True)
+        holder = share_directory(run)
+        try:
+            incomplete = prepare_output(plan, run.output_dir)
+        except BaseException as exc:
+            holder.close()
+            _mark_stopped(run.run_id, f"shard {k}/{n}: {_first_line(exc)}", exc)
+            raise
+    starts = plan.block_starts
+    blocks = shard_blocks(len(starts), shard)
+    with contextlib.closing(holder), _terminate_raises(), _failure_recorded(plan, run, shard):
+        started = time.perf_counter()
+        mine = [starts[b] for b in blocks]
+        computed = compute_blocks(plan, run.output_dir, mine, progress) if incomplete else 0
+        seconds = time.perf_counter() - started
+        if computed:
+            run.log_metrics(
+                {"shard_rows_computed": computed, "shard_images_per_second": computed / seconds},
+                step=k,
+            )
+        with run_lock(plan.root, key):
+            missing, finished = _finish_if_complete(run.run_id)
+    result = ShardResult(run, shard, computed, blocks, missing, finished)
+    _log_shard(result, plan)
+    return result
+
+
+def join_run(plan: Extraction, key: str, n_shards: int) -> StepRun:
+    """Find or create the run of ``plan`` (call under :func:`run_lock`).
+
+    A finished run whose outputs exist is returned with ``reused`` set. Otherwise the
+    newest unfinished run with the same key whose directory exists is joined (set
+    RUNNING again if a shard had marked it FAILED or KILLED), or a new run is created.
+    """
+    runs = find_runs(STEP, run_key=key, include_unfinished=True)
+    usable = [r for r in runs if r.output_dir is not None and r.output_dir.is_dir()]
+    finished = [r for r in usable if r.finished]
+    if finished:
+        return StepRun(finished[0].run_id, STEP, finished[0].output_dir, reused=True)  # type: ignore[arg-type]
+    mlflow_client = client()
+    inputs = [plan.merged.run_id]
+    if usable:
+        record = usable[0]
+        run_id, out, resumed = record.run_id, record.output_dir, True
+        if record.status != "RUNNING":
+            mlflow_client.update_run(run_id, status="RUNNING")
+        log.info("joining %s %s run %s in %s", record.status.lower(), STEP, run_id, out)
+    else:
+        experiment = experiment_id(mlflow_client, create=True)
+        run_id = create_run_record(mlflow_client, experiment, STEP, key, inputs)
+        out, resumed = plan.root / STEP / run_id, False
+        out.mkdir(parents=True, exist_ok=True)
+        log.info("created %s run %s in %s", STEP, run_id, out)
+    record_start(mlflow_client, run_id, plan.params, inputs, out)  # type: ignore[arg-type]
+    StepRun(run_id, STEP, out).set_tags({TAG_SHARDS: n_shards})  # type: ignore[arg-type]
+    return StepRun(run_id, STEP, out, resumed=resumed)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _failure_recorded(plan: Extraction, run: StepRun, shard: tuple[int, int]) -> Iterator[None]:
+    """Mark the shared run FAILED (error) or KILLED (interrupt) when the shard stops early.
+
+    Under the run lock, and only while the run is not FINISHED: a shard stopped after
+    another one finished the run leaves it FINISHED. The other shards are not stopped.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        k, n = shard
+        with run_lock(plan.root, plan.run_key, timeout=FAILURE_LOCK_WAIT) as held:
+            if held and not get_run(run.run_id).finished:
+                _mark_stopped(run.run_id, f"shard {k}/{n}: {_first_line(exc)}", exc)
+        raise
+
+
+def _mark_stopped(run_id: str, message: str, exc: BaseException) -> None:
+    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit, StepInterrupted))
+    with contextlib.suppress(Exception):
+        StepRun(run_id, STEP, Path()).set_tags({TAG_ERROR: message[:500]})
+        client().set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _finish_if_complete(run_id: str) -> tuple[list[int], bool]:
+    """Finish the run if every block is done (call under :func:`run_lock`).
+
+    Returns the missing blocks' first rows and whether the run is FINISHED.
+    """
+    record = get_run(run_id)
+    if record.finished:
+        return [], True
+    missing = _missing(record)
+    if missing:
+        return missing, False
+    _finish(record)
+    return [], True
+
+
+def _missing(record: RunRecord) -> list[int]:
+    n_rows, block_rows = int(record.params["n_rows"]), int(record.params["shard_rows"])
+    return missing_blocks(record.output_dir, n_rows, block_rows)  # type: ignore[arg-type]
+
+
+def _finish(record: RunRecord) -> None:
+    """Finalise the outputs and mark the run FINISHED, as the unsharded path does."""
+    out = record.output_dir
+    finalise(out)  # type: ignore[arg-type]
+    handle = StepRun(record.run_id, STEP, out, resumed=True)  # type: ignore[arg-type]
+    sidecar = json.loads((out / SIDECAR).read_text())  # type: ignore[operator]
+    handle.log_metrics({"n_features": sidecar["n_rows"], "feature_dim": sidecar["dim"]})
+    merged = get_run(record.input_run_ids[0])
+    _log_quality(handle, merged.output_dir)  # type: ignore[arg-type]
+    params = {k: v for k, v in record.params.items() if k not in _RECORD_PARAMS}
+    finish_step(client(), handle, params, record.input_run_ids)
+    log.info("finished %s run %s; outputs in %s", STEP, record.run_id, out)
+
+
+def _log_shard(result: ShardResult, plan: Extraction) -> None:
+    k, n = result.shard
+    starts, block_rows = plan.block_starts, plan.options.shard_rows
+    mine = [starts[b] for b in result.blocks]
+    rows = describe_rows(mine, block_rows, plan.n_rows) if mine else "none"
+    log.info(
+        "shard %d/%d: rows %s (%d blocks), %d computed now", k, n, rows, len(mine),
+        result.rows_computed,
+    )  # fmt: skip
+    if result.finished:
+        return
+    log.info(
+        "shard %d/%d: run %s stays RUNNING until the other shards are done (rows %s of %d "
+        "to go); the last shard finishes it, or `astrocurate features-finish %s`",
+        k, n, result.run.run_id, describe_rows(result.missing, block_rows, plan.n_rows),
+        plan.n_rows, result.run.run_id,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+class IncompleteRunError(InvalidRunError):
+    """A sharded feature run still has blocks to compute."""
+
+
+def finish_run(run_id: str, argument: str = "RUN_ID") -> StepRun:
+    """Finish a feature run whose blocks were computed by shards (``features-finish``).
+
+    Parameters
+    ----------
+    run_id : str
+        A ``feature_extraction`` run.
+    argument : str
+        How the run ID was given, for messages.
+
+    Returns
+    -------
+    StepRun
+        ``reused`` when the run was already finished (nothing is done again).
+
+    Raises
+    ------
+    IncompleteRunError
+        In one line: the missing rows and the shards to run again.
+    InvalidRunError, RunNotFoundError
+        Not a feature run, or its directory is gone.
+    """
+    record = get_run(run_id, argument)
+    if record.step != STEP:
+        raise InvalidRunError(
+            f"{argument}: run {run_id} is a {record.step!r} run, expected {STEP!r}"
+        )
+    out = record.output_dir
+    if out is None or not out.is_dir():
+        raise InvalidRunError(f"{argument}: run {run_id} has no output directory ({out})")
+    with run_lock(out.parent.parent, record.tags.get(TAG_RUN_KEY, record.run_id)):
+        record = get_run(record.run_id)
+        if record.finished:
+            require_run(record.run_id, STEP, argument)  # its outputs are still there
+            log.info("%s run %s is already finished", STEP, record.run_id)
+            return StepRun(record.run_id, STEP, out, reused=True)
+        with contextlib.closing(share_directory(record)):
+            missing = _missing(record)
+            if missing:
+                raise IncompleteRunError(_incomplete_message(record, missing))
+            _finish(record)
+    return StepRun(record.run_id, STEP, out, resumed=True)
+
+
+def _incomplete_message(record: RunRecord, missing: list[int]) -> str:
+    n_rows, block_rows = int(record.params["n_rows"]), int(record.params["shard_rows"])
+    rows = describe_rows(missing, block_rows, n_rows)
+    text = f"run {record.run_id} is incomplete: rows {rows} of {n_rows} are not computed"
+    n_shards = record.tags.get(TAG_SHARDS, "")
+    if not n_shards.isdigit():
+        return text + "; rerun its `features` command (it resumes), then finish again"
+    n = int(n_shards)
+    n_blocks = -(-n_rows // block_rows)
+    shards = sorted({shard_of_block(s // block_rows, n_blocks, n) for s in missing})
+    listed = ", ".join(f"--shard {k}/{n}" for k in shards)
+    return (
+        f"{text}; rerun the `features` command with {listed} (or resubmit those array "
+        "tasks), then finish again"
+    )
+
+
+def find_run_of(plan: Extraction) -> str:
+    """Return the ID of the newest run with the key of ``plan`` (``features --finish``).
+
+    Raises
+    ------
+    InvalidRunError
+        When there is none: no shard has started.
+    """
+    runs = find_runs(STEP, run_key=plan.run_key, include_unfinished=True)
+    usable = [r for r in runs if r.output_dir is not None and r.output_dir.is_dir()]
+    finished = [r for r in usable if r.finished]
+    if finished or usable:
+        return (finished or usable)[0].run_id
+    raise InvalidRunError(
+        f"--finish: no {STEP} run of merge {plan.merged.run_id} with these arguments "
+        "(in this MLflow experiment); run the shards first"
+    )
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+@dataclass(frozen=True)
+class ArrayScript:
+    """What a feature job-array script runs.
+
+    Attributes
+    ----------
+    command : list of str
+        The ``features`` command of every task, without ``--shard`` (absolute paths).
+    n_shards : int
+        Array size N; each task runs ``--shard auto``.
+    log_dir : Path
+        Where the tasks' and the finishing job's logs go.
+    slurm : SlurmOptions
+        Account, partition, time limit and QOS of every job.
+    gres : str, optional
+        ``--gres`` of the array tasks (``gpu:1``); the finishing job needs none.
+    name : str
+        Job name of the array (the finishing job adds ``-finish``).
+    """
+
+    command: list[str]
+    n_shards: int
+    log_dir: Path
+    slurm: Any
+    gres: str | None = None
+    name: str = "astrocurate-features"
+
+    def validate(self) -> ArrayScript:
+        """Check N and the gres (raises :class:`InvalidArgumentError`); return self."""
+        if self.n_shards < 1:
+            raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {self.n_shards}")
+        if self.gres is not None and not _GRES.match(self.gres):
+            raise InvalidArgumentError(
+                f"--slurm_gres={self.gres!r}: expected a SLURM gres such as gpu:1 or gpu:a100:2"
+            )
+        return self
+
+
+def render_array_script(script: ArrayScript) -> str:
+    """Return a bash script that submits a feature job array and its finishing job.
+
+    Run it (not ``sbatch`` it): it submits N tasks (``sbatch --array=0-<N-1>``), each
+    running the command with ``--shard auto``, then the command with ``--finish`` as a
+    job that starts once every task succeeded (``--dependency=afterok``), and prints the
+    two job IDs. sbatch runs the same file with ``--task`` or ``--finish``. Every
+    interpolated value is shell-quoted; the options are given to sbatch on its command
+    line, not in ``#SBATCH`` lines.
+    """
+    from astrocurate.clustering import absolute_tracking_uri
+    from astrocurate.tracking import experiment_name, tracking_uri
+
+    def q(values: Sequence[str]) -> str:
+        return " ".join(shlex.quote(str(v)) for v in values)
+
+    common = [
+        f"--{flag}={getattr(script.slurm, flag)}"
+        for flag in ("account", "partition", "time", "qos")
+        if getattr(script.slurm, flag)
+    ]
+    logs = script.log_dir
+    array = [
+        f"--job-name={script.name}",
+        f"--array=0-{script.n_shards - 1}",
+        "--requeue",
+        "--open-mode=append",
+        f"--output={logs}/features-%A_%a.out",
+        *common,
+        *([f"--gres={script.gres}"] if script.gres else []),
+    ]
+    finish = [
+        f"--job-name={script.name}-finish",
+        "--kill-on-invalid-dep=yes",
+        f"--output={logs}/features-finish-%j.out",
+        *common,
+    ]
+    n = script.n_shards
+    lines = [
+        "#!/bin/bash",
+        f"# astrocurate: feature extraction in {n} shards of one feature_extraction run.",
+        "# Run this file (do not sbatch it): it submits a SLURM job array of the shards",
+        "# (each runs the command below with --shard auto) and a job that finishes the run",
+        "# once every shard succeeded; it prints the two job IDs. A task that failed or",
+        "# ran out of time resumes when resubmitted alone: sbatch --array=K THIS-FILE --task;",
+        "# then finish with: astrocurate features-finish RUN_ID (the ID ends each task's log).",
+        "set -euo pipefail",
+        f"export MLFLOW_TRACKING_URI={shlex.quote(absolute_tracking_uri(tracking_uri()))}",
+        f"export MLFLOW_EXPERIMENT_NAME={shlex.quote(experiment_name())}",
+        'case "${1:-}" in',
+        f"    --task) exec {q(script.command)} --shard auto ;;",
+        f"    --finish) exec {q(script.command)} --finish ;;",
+        "    '') ;;",
+        '    *) echo "$0: unknown option $1 (none, --task or --finish)" >&2; exit 2 ;;',
+        "esac",
+        "if ! command -v sbatch >/dev/null; then",
+        '    echo "$0: sbatch not found: run this where SLURM is" >&2',
+        "    exit 1",
+        "fi",
+        f"mkdir -p {shlex.quote(str(logs))}",
+        'submit() { local id; id=$(sbatch --parsable "$@"); echo "${id%%;*}"; }',
+        f'array=$(submit {q(array)} "$0" --task)',
+        f'finish=$(submit --dependency=afterok:"$array" {q(finish)} "$0" --finish)',
+        f'echo "submitted {n} feature shards as job array $array, finishing job $finish" >&2',
+        'echo "$array $finish"',
+    ]
+    return "\n".join(lines) + "\n"

@@ -183,8 +183,20 @@ def make_cutouts(
             ]
             _cut_all(tasks, workers, _show_progress(progress))
             summaries = _assemble(run.output_dir, tasks)
+        if shard is None and all(s["status"] == "invalid" for s in summaries):
+            shutil.rmtree(run.output_dir, ignore_errors=True)  # nothing in it worth resuming
+            raise InvalidArgumentError(_nothing_readable(mosaics_path, summaries))
         _log_summary(run, summaries)
     return run
+
+
+def _nothing_readable(mosaics_path: Path, summaries: list[dict]) -> str:
+    """One line for a survey none of whose files could be read: the first file and why."""
+    more = f" (and {len(summaries) - 1} more)" if len(summaries) > 1 else ""
+    return (
+        f"--mosaics_path: none of the {len(summaries)} FITS files under {mosaics_path} can be "
+        f"cut; {summaries[0]['reason']}{more}"
+    )
 
 
 def parse_shard(text: str, argument: str = "--shard") -> tuple[int, int]:

@@ -515,6 +515,10 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
     else:
         rows["array_row"] = -1
     n_kept = len(rows)
+    if n_kept and not (rows["mean"].any() or rows["std"].any()):  # cutouts of nothing
+        if opts.store == "copy":
+            (Path(task.run_dir) / _pixel_file(task)).unlink(missing_ok=True)
+        raise mosaic_io.InvalidMosaicError(f"{task.path}: every pixel is 0 (an empty image)")
     if n_kept == 0 and len(x0):
         notes.append(
             f"{task.path}: every window is blank beyond --max-nan-fraction "

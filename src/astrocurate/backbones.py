@@ -1029,17 +1029,30 @@ def _read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.
             from safetensors.torch import load_file
 
             return load_file(str(path), device="cpu")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+        if allow_pickle:
+            checkpoint = _load_trusted_checkpoint(path)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = ""
         if "weights_only" in str(error):
-            hint = (
-                "; it holds Python objects besides tensors: re-save only its state dict, "
-                "or allow unpickling for a file you trust"
-            )
-        raise WeightsError(f"cannot read weights file {str(path)!r}: {first}{hint}") from error
+            raise WeightsError(
+                f"cannot read weights file {str(path)!r}: it holds Python objects besides "
+                "tensors, which astrocurate does not unpickle (unpickling can run any code); "
+                "re-save only its state dict (torch.save(model.state_dict(), ...)) or as "
+                "safetensors"
+            ) from error
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsError(f"cannot read weights file {str(path)!r}: {first}") from error
     return _unwrap_checkpoint(checkpoint, path)
+
+
+def _load_trusted_checkpoint(path: Path) -> Any:
+    """Unpickle a whole checkpoint: only for ``create_backbone(..., allow_pickle=True)``.
+
+    The one place that calls ``torch.load`` with ``weights_only=False`` (the API's
+    explicit opt-in for a file the caller trusts; the command line never sets it).
+    """
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _unwrap_checkpoint(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:

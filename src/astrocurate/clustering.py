@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import fcntl
 import json
 import logging
 import os
@@ -91,6 +92,7 @@ from astrocurate.errors import (
 )
 from astrocurate.lookup import TAG_RUN_SCRIPT
 from astrocurate.tracking import (
+    LOCK_NAME,
     TAG_ERROR,
     TAG_HOST,
     TAG_OUTPUT_DIR,
@@ -106,6 +108,7 @@ from astrocurate.tracking import (
     finish_step,
     get_run,
     mark_terminated,
+    redact_uri,
     require_run,
     run_key,
     tracking_uri,
@@ -135,6 +138,7 @@ __all__ = [
     "require_clustering_run",
     "resolve_device",
     "run_clustering",
+    "tracking_environment",
     "valid_keys",
 ]
 
@@ -179,7 +183,7 @@ VOLATILE_KEYS = (
     "nprocs_per_node",
     "slurm_partition",
 )
-_SLURM_TOKEN = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+_SLURM_TOKEN = re.compile(r"[A-Za-z0-9_.+\-]+")  # fullmatch: no newline
 _SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -487,6 +491,10 @@ def _check_scalar(key: str, value: Any) -> Any:
         and (not isinstance(value, str) or not value)
     ):
         raise InvalidArgumentError(f"{bad} must be null or a non-empty string")
+    elif key == "slurm_partition" and value is not None and not _SLURM_TOKEN.fullmatch(value):
+        raise InvalidArgumentError(
+            f"{bad}: expected a SLURM partition name (letters, digits, _ . + -)"
+        )
     return value
 
 
@@ -597,11 +605,13 @@ class SlurmOptions:
         """Check every value (raises :class:`InvalidArgumentError`); return self."""
         for name in ("account", "partition", "qos"):
             value = getattr(self, name)
-            if value is not None and not _SLURM_TOKEN.match(value):
+            if value is not None and not _SLURM_TOKEN.fullmatch(value):
                 raise InvalidArgumentError(
                     f"--slurm_{name}={value!r}: expected a SLURM name (letters, digits, _ . + -)"
                 )
-        if self.time is not None and _time_seconds(self.time) is None:
+        if self.time is not None and (
+            not _SLURM_TIME.fullmatch(self.time) or _time_seconds(self.time) is None
+        ):
             raise InvalidArgumentError(
                 f"--slurm_time={self.time!r}: expected a SLURM time limit such as 01:00:00, "
                 "90 (minutes), 2-00:00:00"
@@ -672,6 +682,50 @@ def absolute_tracking_uri(uri: str, cwd: Path | None = None) -> str:
     return uri
 
 
+def tracking_environment(uri: str, experiment: str, script: str) -> list[str]:
+    """Bash lines of a generated script that select the tracking store and experiment.
+
+    A URI without credentials is exported as it is. One with a password or token
+    (``postgresql://user:pw@host/db``, ``https://token@host``) is never written into the
+    file: the script then uses the ``MLFLOW_TRACKING_URI`` of the environment it runs in
+    (SLURM jobs inherit the submitting shell's) and stops with one line if it is unset.
+
+    Parameters
+    ----------
+    uri : str
+        The tracking URI (absolute, see :func:`absolute_tracking_uri`).
+    experiment : str
+        The MLflow experiment name.
+    script : str
+        The script's name, for its error message.
+
+    Returns
+    -------
+    list of str
+        Lines, every value quoted with :func:`shlex.quote`.
+    """
+    q = shlex.quote
+    shown = redact_uri(uri)
+    if shown == uri:
+        lines = [f"export MLFLOW_TRACKING_URI={q(uri)}"]
+    else:
+        message = (
+            f"{script}: set MLFLOW_TRACKING_URI to the tracking store {shown} (it holds "
+            "credentials, so it is not written in this script)"
+        )
+        lines = [
+            "# The tracking URI holds credentials, so it is not written here: this script uses",
+            "# the MLFLOW_TRACKING_URI of the environment it runs in (SLURM jobs inherit it",
+            "# from the shell that submits them). For an MLflow server, the URI without",
+            "# credentials plus MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD also work.",
+            'if [[ -z "${MLFLOW_TRACKING_URI:-}" ]]; then',
+            f"    echo {q(message)} >&2",
+            "    exit 1",
+            "fi",
+        ]
+    return [*lines, f"export MLFLOW_EXPERIMENT_NAME={q(experiment)}"]
+
+
 @dataclass(frozen=True)
 class _Launch:
     """What a generated script needs to start ``clustering-run`` in a directory."""
@@ -684,11 +738,9 @@ class _Launch:
     experiment: str
 
     def environment(self) -> list[str]:
-        q = shlex.quote
         return [
-            f"export MLFLOW_TRACKING_URI={q(self.tracking_uri)}",
-            f"export MLFLOW_EXPERIMENT_NAME={q(self.experiment)}",
-            f'export PYTHONPATH={q(self.pythonpath)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
+            *tracking_environment(self.tracking_uri, self.experiment, "run.sh"),
+            f'export PYTHONPATH={shlex.quote(self.pythonpath)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         ]
 
     def command(self, *extra: str) -> str:
@@ -752,9 +804,11 @@ def _render_run_script(
             "# share the rows of every k-means run through torch.distributed). After an",
             "# interruption, run it again: it resumes from the checkpoints in this directory",
             "# (saved after every k-means run of a level). Logs: logs/clustering.log (rank 0),",
-            "# logs/clustering.rank<R>.log (the others).",
+            "# logs/clustering.rank<R>.log (the others). The ranks talk over loopback only:",
+            "# torchrun --standalone meets on localhost, and gloo binds to the loopback device.",
             "set -euo pipefail",
             *launch.environment(),
+            *_loopback_gloo(),
             launch.torchrun_command(nprocs) + ' "$@"',
         ]
         return "\n".join(head + body) + "\n"
@@ -771,6 +825,18 @@ def _render_run_script(
     return "\n".join(head + _slurm_run_body(launch, n_levels)) + "\n"
 
 
+def _loopback_gloo() -> list[str]:
+    """Pin gloo to the loopback interface for a run on this machine (unless already set).
+
+    Without it gloo listens on the address the host name resolves to, which may be
+    reachable from the network; one machine's ranks need loopback only.
+    """
+    names = [n for _, n in socket.if_nameindex() if n == "lo" or n.startswith("lo")]
+    if not names:
+        return []
+    return [f'export GLOO_SOCKET_IFNAME="${{GLOO_SOCKET_IFNAME:-{shlex.quote(names[0])}}}"']
+
+
 def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
     jobs = [f"job{lvl}" for lvl in range(1, n_levels + 1)]
     lines = [
@@ -781,6 +847,7 @@ def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
         "# every ASTROCURATE_SLURM_POLL seconds (default 10).",
         "set -euo pipefail",
         f"cd {shlex.quote(str(launch.directory))}",
+        *launch.environment(),
         "wait_for_jobs=1",
         'for arg in "$@"; do',
         '    case "$arg" in',
@@ -809,7 +876,6 @@ def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
         f'while squeue --noheader --jobs="${jobs[-1]}" 2>/dev/null | grep -q .; do',
         '    sleep "$poll"',
         "done",
-        *launch.environment(),
         launch.command_for("clustering-status"),
     ]
     return lines
@@ -983,7 +1049,9 @@ def prepare_clustering(
     if slurm is not None and shutil.which("sbatch") is None:
         log.warning("sbatch is not on PATH here: run the run.sh of this experiment where SLURM is")
     run_id, directory = _create_prepared_run(key, features.run_id, params, root)
-    with _fail_on_error(run_id):
+    # Locked until prepared: a concurrent step 4a or run.sh that finds this run (once
+    # run.json exists) leaves it alone or waits, and never sees it half-written.
+    with _wait_for_lock(directory, run_id), _fail_on_error(run_id):
         _write_experiment(directory, run_id, config, slurm, key_params, indices, features)
         _mark_prepared(run_id, directory)
     log.info("prepared clustering run %s in %s", run_id, directory)
@@ -1076,10 +1144,17 @@ def _refresh_prepared(
     lock = try_lock(directory)
     if lock is None:
         log.warning(
-            "clustering run %s is running now in %s; left as it is", record.run_id, directory
+            "clustering run %s is being prepared or run by another process now in %s; "
+            "left as it is (its run.sh waits for that process)",
+            record.run_id,
+            directory,
         )
         return PreparedClustering(record.run_id, directory, record.status, True)
     with contextlib.closing(lock):
+        record = get_run(record.run_id, "clustering run")
+        if record.finished:  # by another process, between the lookup and the lock
+            log.info("clustering run %s with this config is already finished", record.run_id)
+            return PreparedClustering(record.run_id, directory, record.status, True)
         features = get_run(json.loads((directory / RUN_FILE).read_text())["features_id"])
         _write_experiment(directory, record.run_id, config, slurm, key_params, indices, features)
     log.info(
@@ -1126,7 +1201,7 @@ def _write_experiment(
         "features_dir": str(features.output_dir),
         "key_params": key_params,
         "input_run_ids": [features.run_id],
-        "tracking_uri": launch.tracking_uri,
+        "tracking_uri": redact_uri(launch.tracking_uri),
         "experiment_name": launch.experiment,
         "slurm": None if slurm is None else asdict(slurm),
     }
@@ -1197,13 +1272,18 @@ def run_clustering(directory: Path | str, *, level: int | None = None) -> Cluste
     if record.finished:
         log.info("clustering run %s is already finished; nothing to do", record.run_id)
         return ClusteringRun(record.run_id, directory, record.status, config.n_levels)
-    features = require_run(info["features_id"], SOURCE_STEP, "features of this clustering")
-    finish = last == config.n_levels
-    with (
-        _continue_run(record.run_id, directory, finish, info) as (handle, stop),
-        _log_file(directory / "logs" / "clustering.log"),
-    ):
-        _cluster_and_report(handle, features.output_dir, directory, info, config, last, stop)
+    with _wait_for_lock(directory, record.run_id):
+        record = get_run(record.run_id, "clustering run")  # another run.sh may have finished it
+        if record.finished:
+            log.info("clustering run %s was finished by another process", record.run_id)
+            return ClusteringRun(record.run_id, directory, record.status, config.n_levels)
+        features = require_run(info["features_id"], SOURCE_STEP, "features of this clustering")
+        finish = last == config.n_levels
+        with (
+            _continue_run(record.run_id, directory, finish, info) as (handle, stop),
+            _log_file(directory / "logs" / "clustering.log"),
+        ):
+            _cluster_and_report(handle, features.output_dir, directory, info, config, last, stop)
     status = get_run(record.run_id).status
     return ClusteringRun(record.run_id, directory, status, last)
 
@@ -1308,6 +1388,9 @@ def _run_rank_zero(directory: Path, level: int | None, ranks: _Ranks) -> Cluster
                 raise InvalidRunError(f"{directory}: run {record.run_id} is not a clustering run")
             config = _load_directory_config(directory, info)
             last = config.n_levels if level is None else _check_level_arg(level, config.n_levels)
+            if not record.finished:
+                stack.enter_context(_wait_for_lock(directory, record.run_id))
+                record = get_run(record.run_id, "clustering run")  # finished while we waited?
             if record.finished:
                 log.info("clustering run %s is already finished; nothing to do", record.run_id)
                 ranks.share(("finished", record.status))
@@ -2238,41 +2321,72 @@ def _terminate(run_id: str, exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
+def _wait_for_lock(directory: Path, run_id: str) -> Iterator[None]:
+    """Hold the experiment directory's lock; wait while another process holds it.
+
+    Two ``run.sh`` (or SLURM jobs, or a ``run.sh`` and a concurrent step 4a) on one
+    experiment never cluster at once: the second waits here, then finds the run finished
+    (or continues from the first one's checkpoints).
+    """
+    lock = try_lock(directory)
+    if lock is None:
+        log.warning(
+            "clustering run %s is being worked on by another process (run.sh, a SLURM job or "
+            "step 4a); waiting for it to end",
+            run_id,
+        )
+        handle = open(directory / LOCK_NAME, "a+")  # noqa: SIM115 - closed below
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except BaseException:
+            handle.close()
+            raise
+        lock = _BlockingLock(handle)
+    with contextlib.closing(lock):
+        yield
+
+
+class _BlockingLock:
+    """A ``flock`` taken by :func:`_wait_for_lock` after waiting (released by ``close``)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+
+
+@contextlib.contextmanager
 def _continue_run(
     run_id: str, directory: Path, finish: bool, info: Mapping[str, Any]
 ) -> Iterator[tuple[StepRun, StopRequest]]:
-    """Reopen a prepared run: lock its directory, mark it RUNNING, finish it at the end."""
-    lock = try_lock(directory)
-    if lock is None:
-        raise InvalidRunError(
-            f"{directory} is being clustered by another process now (run.sh or a SLURM job); "
-            "wait for it to end, or stop it first"
-        )
-    with contextlib.closing(lock):
-        mlflow_client = client()
-        mlflow_client.update_run(run_id, status="RUNNING")
-        handle = StepRun(run_id, STEP, directory, resumed=True)
-        tags = {TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
-        if os.environ.get("SLURM_JOB_ID"):
-            tags[TAG_SLURM_JOB] = os.environ["SLURM_JOB_ID"]
-        handle.set_tags(tags)
-        stop = StopRequest()
-        try:
-            with stop.handling_signals():
-                yield handle, stop
-        except RequeueRequested as exc:
-            if os.environ.get("SLURM_JOB_ID"):  # tag first: SLURM ends this process
-                handle.set_tags({TAG_PROGRESS: REQUEUED})  # once the requeue is accepted
-            if not _requeue_slurm_job():
-                _terminate(run_id, exc)
-                raise StepInterrupted(str(exc)) from exc
-            raise
-        except BaseException as exc:
+    """Reopen a prepared run (its directory locked by the caller): mark it RUNNING, finish it."""
+    mlflow_client = client()
+    mlflow_client.update_run(run_id, status="RUNNING")
+    handle = StepRun(run_id, STEP, directory, resumed=True)
+    tags = {TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
+    if os.environ.get("SLURM_JOB_ID"):
+        tags[TAG_SLURM_JOB] = os.environ["SLURM_JOB_ID"]
+    handle.set_tags(tags)
+    stop = StopRequest()
+    try:
+        with stop.handling_signals():
+            yield handle, stop
+    except RequeueRequested as exc:
+        if os.environ.get("SLURM_JOB_ID"):  # tag first: SLURM ends this process
+            handle.set_tags({TAG_PROGRESS: REQUEUED})  # once the requeue is accepted
+        if not _requeue_slurm_job():
             _terminate(run_id, exc)
-            raise
-        if finish:
-            with _fail_on_error(run_id):
-                _finish(handle, info)
+            raise StepInterrupted(str(exc)) from exc
+        raise
+    except BaseException as exc:
+        _terminate(run_id, exc)
+        raise
+    if finish:
+        with _fail_on_error(run_id):
+            _finish(handle, info)
 
 
 def _finish(handle: StepRun, info: Mapping[str, Any]) -> None:

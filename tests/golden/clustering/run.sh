@@ -7,6 +7,9 @@
 # every ASTROCURATE_SLURM_POLL seconds (default 10).
 set -euo pipefail
 cd <DIR>
+export MLFLOW_TRACKING_URI=<TRACKING_URI>
+export MLFLOW_EXPERIMENT_NAME=<EXPERIMENT>
+export PYTHONPATH=<SRC>"${PYTHONPATH:+:$PYTHONPATH}"
 wait_for_jobs=1
 for arg in "$@"; do
     case "$arg" in
@@ -30,7 +33,4 @@ poll="${ASTROCURATE_SLURM_POLL:-10}"
 while squeue --noheader --jobs="$job3" 2>/dev/null | grep -q .; do
     sleep "$poll"
 done
-export MLFLOW_TRACKING_URI=<TRACKING_URI>
-export MLFLOW_EXPERIMENT_NAME=<EXPERIMENT>
-export PYTHONPATH=<SRC>"${PYTHONPATH:+:$PYTHONPATH}"
 exec <PYTHON> -m astrocurate.cli clustering-status <DIR>

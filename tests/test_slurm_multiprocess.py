@@ -13,6 +13,7 @@ The test cluster's node has two CPUs: each task gets one (``ncpus_per_gpu: 1``).
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +22,13 @@ import numpy as np
 import pytest
 
 from astrocurate.clustering import PREPARED, clustering_status, compute_levels, load_config
+from astrocurate.errors import AstrocurateError
+from astrocurate.kmeans import init_distributed, slurm_master_port
 from astrocurate.tracking import client, get_run
 from slurm_cluster import SlurmCluster
 from test_clustering import blobs, fake_feature_run
 from test_clustering_distributed import assert_equal_up_to_summation
 from test_slurm import DEMO, ROOT, TIME, TIMEOUT, finish_run_sh, job_log, start_run_sh
-
-pytestmark = pytest.mark.slow
 
 #: Config overrides: two k-means processes per node, one CPU each (the node has two).
 TWO_TASKS = ("nprocs_per_node=2", "ncpus_per_gpu=1")
@@ -51,6 +52,7 @@ def prepare_two_tasks(features_id: str, cluster: SlurmCluster, env: dict[str, st
     return Path(result.stdout.strip())
 
 
+@pytest.mark.slow
 def test_srun_two_tasks_per_level_equal_one_local_process(
     slurm_cluster: SlurmCluster, env, store, tmp_path
 ) -> None:
@@ -97,3 +99,30 @@ def test_srun_two_tasks_per_level_equal_one_local_process(
     compute_levels(X, load_config(ROOT / DEMO), tmp_path / "reference")
     assert_equal_up_to_summation(directory, tmp_path / "reference")
     assert np.load(directory / "level_1" / "point_labels.npy").shape == (len(X),)
+
+
+# ----------------------------------------------------------------------------- rendezvous
+
+
+def test_slurm_port_stays_below_the_ephemeral_range() -> None:
+    ports = {slurm_master_port(job) for job in range(0, 200_000, 7)}
+    assert min(ports) >= 20000 and max(ports) < 30000  # Linux's ephemeral ports start at 32768
+    assert slurm_master_port("12345") == slurm_master_port(12345) == 22345
+
+
+def test_a_taken_rendezvous_port_names_itself_and_the_way_out(monkeypatch) -> None:
+    """What a job whose derived port is taken on its first node gets (seen on a shared node)."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for key, value in {
+            "RANK": "0",
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "0",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(AstrocurateError, match=rf"127\.0\.0\.1:{port} .*set MASTER_PORT"):
+            init_distributed("gloo")

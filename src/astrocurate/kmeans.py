@@ -513,14 +513,32 @@ def _slurm_master_addr() -> str:
     return out[0]
 
 
+#: First port of :func:`slurm_master_port`; the ports stay below 32768, where Linux's
+#: ephemeral range (outgoing connections, ``ip_local_port_range``) begins.
+SLURM_PORT_BASE = 20000
+SLURM_PORT_SPAN = 10000
+
+
+def slurm_master_port(job_id: str | int) -> int:
+    """Return the rendezvous port of a SLURM job's ranks: ``20000 + job ID % 10000``.
+
+    Every task computes it alone from ``SLURM_JOB_ID``, so they agree without talking.
+    Ports of the ephemeral range would collide with any outgoing connection of the node;
+    two jobs sharing a node collide only when their IDs differ by a multiple of 10000
+    (set ``MASTER_PORT`` to choose another).
+    """
+    return SLURM_PORT_BASE + int(job_id) % SLURM_PORT_SPAN
+
+
 def init_distributed(backend: str | None = None) -> tuple[int, int]:
     """Join the process group of a ``torchrun`` or ``srun`` launch; return (rank, world size).
 
     ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
     ``MASTER_PORT``. Under ``srun`` (no ``RANK``) they are derived from ``SLURM_PROCID``,
     ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID``; ``MASTER_ADDR`` defaults to the first
-    node of the step and ``MASTER_PORT`` to ``20000 + SLURM_JOB_ID % 20000``. A plain
-    process (or an sbatch script outside ``srun``) is a world of one and joins nothing.
+    node of the step and ``MASTER_PORT`` to :func:`slurm_master_port` of ``SLURM_JOB_ID``.
+    A plain process (or an sbatch script outside ``srun``) is a world of one and joins
+    nothing.
 
     Parameters
     ----------
@@ -540,7 +558,7 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         if "MASTER_ADDR" not in env:
             env["MASTER_ADDR"] = _slurm_master_addr()
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        env.setdefault("MASTER_PORT", str(slurm_master_port(env.get("SLURM_JOB_ID", "0"))))
     world = int(env.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
@@ -548,7 +566,15 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(env.get("LOCAL_RANK", "0")))
-        torch.distributed.init_process_group(backend)
+        try:
+            torch.distributed.init_process_group(backend)
+        except torch.distributed.DistNetworkError as exc:
+            raise AstrocurateError(
+                f"rank {env.get('RANK')}: cannot meet the other ranks at "
+                f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')} ({exc}); if that port is "
+                "taken on the first node, set MASTER_PORT to a free one in the environment "
+                "of run.sh (sbatch passes it on to the jobs)"
+            ) from exc
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 

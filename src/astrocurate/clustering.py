@@ -107,6 +107,7 @@ from astrocurate.tracking import (
     find_runs,
     finish_step,
     get_run,
+    make_output_root,
     mark_terminated,
     redact_uri,
     require_run,
@@ -1048,6 +1049,7 @@ def prepare_clustering(
         return _refresh_prepared(existing, config, slurm, key_params, indices)
     if slurm is not None and shutil.which("sbatch") is None:
         log.warning("sbatch is not on PATH here: run the run.sh of this experiment where SLURM is")
+    make_output_root(root, [features.run_id])
     run_id, directory = _create_prepared_run(key, features.run_id, params, root)
     # Locked until prepared: a concurrent step 4a or run.sh that finds this run (once
     # run.json exists) leaves it alone or waits, and never sees it half-written.

@@ -1237,16 +1237,32 @@ def default_output_root() -> Path:
     return Path(os.environ.get("ASTROCURATE_DATA_DIR", "outputs")).resolve()
 
 
-def _make_output_root(root: Path) -> None:
-    """Create the steps' output root, or fail in one line naming ``--output_path``."""
+def make_output_root(root: Path, input_run_ids: Iterable[str] = ()) -> None:
+    """Create the steps' output root, or fail in one line naming ``--output_path``.
+
+    The root must be a writable directory outside the output directories of the
+    step's input runs (writing there would change a finished run's outputs).
+    """
     if root.exists() and not root.is_dir():
         raise InvalidArgumentError(f"--output_path: {root} exists and is not a directory")
+    for run_id in input_run_ids:
+        try:
+            out = get_run(run_id).output_dir
+        except RunNotFoundError:
+            continue  # the step itself reports an input that does not exist
+        if out is not None and (root == out.resolve() or out.resolve() in root.parents):
+            raise InvalidArgumentError(
+                f"--output_path: {root} is inside the output directory {out} of input run "
+                f"{run_id}; choose a directory outside it"
+            )
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidArgumentError(
             f"--output_path: cannot create {root}: {exc.strerror or exc}"
         ) from exc
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"--output_path: {root} is not writable")
 
 
 @contextlib.contextmanager
@@ -1313,7 +1329,7 @@ def tracked_step(
             previous.run_id,
             previous.output_dir,
         )
-    _make_output_root(root)  # before any run is recorded: a bad path leaves no run behind
+    make_output_root(root, inputs)  # before any run is recorded: a bad path leaves none
     mlflow_client = client()
     experiment = experiment_id(mlflow_client, create=True)
     with contextlib.ExitStack() as stack:

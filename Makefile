@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - create the environment if needed, then run the pipeline on a built-in demo survey
 #   make test   - create the environment if needed, then run ruff and the test suite
+#                 (the fault-injection suite, tests/faults, with a fast subset of kill points)
+#   make test-full - the fault-injection suite with every kill point (ASTROCURATE_FAULTS=full)
 # The environment is made once (.venv) and reused; `feat_extract_env` and `clustering_env`
 # (the guide's two environments) are links to it: one environment serves every step.
 
@@ -13,7 +15,7 @@ STAMP := $(VENV)/.astrocurate-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-full lint format clean
 
 setup: $(STAMP)
 
@@ -31,6 +33,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The full sweep of tests/faults (every rename before and after, outside kills, the real
+# command for every rerun); ASTROCURATE_FAULT_SEED=N picks other seeded kill points.
+test-full: $(STAMP) lint
+	ASTROCURATE_FAULTS=full $(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests benchmarks

@@ -8,6 +8,19 @@ those (the input of the sampling test).
 
 Each test gets :class:`FaultEnv`: every experiment it names is fresh, so the
 uninterrupted reference run and the faulted runs never reuse each other.
+
+Fast subset and full sweep
+--------------------------
+By default (``make test``) each chain of kills takes a few seeded points, so that the
+suite stays quick. The full sweep adds every other kill point (each rename before and
+after, kills from outside at seeded moments, reruns through the real command)::
+
+    make test-full                                  # the fault suite, full sweep
+    ASTROCURATE_FAULTS=full pytest tests/faults     # the same
+    ASTROCURATE_FAULT_SEED=3 pytest tests/faults    # other seeded kill points
+
+``ASTROCURATE_FAULTS=full`` is read by ``faultkit.FULL``; the run's header and its
+summary say which of the two ran.
 """
 
 from __future__ import annotations
@@ -21,6 +34,8 @@ from pathlib import Path
 import pytest
 from faultkit import (
     CLUSTER_CONFIG,
+    FULL,
+    SEED,
     Runner,
     SmallDisk,
     mount_small_disk,
@@ -28,6 +43,30 @@ from faultkit import (
 )
 
 SURVEY_SEED = 7
+
+#: How to run the full sweep (shown in the header and the summary of a test run).
+FULL_SWEEP_HINT = "make test-full, or ASTROCURATE_FAULTS=full pytest tests/faults"
+
+
+def _mode() -> str:
+    if FULL:
+        return f"fault injection: full sweep (ASTROCURATE_FAULTS=full), seed {SEED}"
+    return f"fault injection: fast subset, seed {SEED}; full sweep: {FULL_SWEEP_HINT}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _mode()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    ran = [
+        r
+        for key in ("passed", "failed", "error")
+        for r in terminalreporter.stats.get(key, [])
+        if "tests/faults/" in getattr(r, "nodeid", "")
+    ]
+    if ran:
+        terminalreporter.write_line(_mode())
 
 
 @dataclass(frozen=True)

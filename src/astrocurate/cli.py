@@ -171,6 +171,14 @@ def _parse_key_values(items: Sequence[str], option: str) -> list[tuple[str, str]
     return pairs
 
 
+def _number(text: str, option: str) -> float:
+    """``text`` as a float, or a one-line error naming ``option``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{option}: expected a number, got {text!r}") from None
+
+
 def _parse_extra_filters(extra: Sequence[str]) -> dict[str, str]:
     """Parse free parameter filters ``--KEY VALUE`` or ``--KEY=VALUE``."""
     filters: dict[str, str] = {}
@@ -397,7 +405,7 @@ def _make_survey(args: argparse.Namespace) -> int:
     fractions = None
     if args.class_fractions:
         fractions = {
-            k: float(v)
+            k: _number(v, f"--class-fractions {k}")
             for k, v in _parse_key_values(args.class_fractions.split(","), "--class-fractions")
         }
     try:

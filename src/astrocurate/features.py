@@ -325,6 +325,10 @@ def plan_extraction(
     options.validate()
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size: expected >= 1, got {batch_size}")
+    if workers is not None and workers < 0:
+        raise InvalidArgumentError(
+            f"--workers: expected >= 0 (0: no worker processes), got {workers}"
+        )
     merged = require_run(merged_cutouts_id, SOURCE_STEP, "--merged-cutouts-id")
     n_rows = len(read_manifest(merged.output_dir, ["cutout_id"]))
     torch_device = resolve_device(device)
@@ -337,7 +341,7 @@ def plan_extraction(
         input_size=options.resize,
     )
     size = options.resize or backbone.preprocessing.input_size
-    workers = default_workers(torch_device) if workers is None else max(0, workers)
+    workers = default_workers(torch_device) if workers is None else workers
     params = _run_params(options, backbone, size, n_rows)
     params.update(batch_size=batch_size, workers=workers, device=str(torch_device))
     root = Path(output_path).resolve() if output_path else merged.output_dir.parent.parent

@@ -16,13 +16,17 @@ metric logged by both ranks would have two entries per step in its history, a se
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -54,6 +58,7 @@ class ServerPipeline:
     """The tracking server and the runs the pipeline logged to it."""
 
     url: str
+    proxy: RecordingProxy
     server_dir: Path
     work: Path
     env: dict[str, str]
@@ -97,6 +102,117 @@ def _script(name: str) -> str:
     return str(ROOT / "scripts" / name)
 
 
+# ----------------------------------------------------------------------------- a recording proxy
+
+
+@dataclass
+class Request:
+    """One request that went through the :class:`RecordingProxy`."""
+
+    method: str
+    path: str
+    body: dict
+    pid: int | None  # the process that sent it, when asked for (``RecordingProxy.owners``)
+
+
+@dataclass
+class RecordingProxy:
+    """An HTTP proxy in front of the tracking server that records what the clients send.
+
+    Every process logs to the proxy's URL; each request is forwarded as it is and noted
+    (method, path, JSON body). While :attr:`owners` is set, the sending process is found
+    too, from the connection's socket (``/proc/net/tcp`` and ``/proc/*/fd``).
+    """
+
+    upstream: str
+    requests: list[Request] = field(default_factory=list)
+    owners: bool = False
+    url: str = ""
+
+    def updates(self, run_id: str) -> list[str]:
+        """The statuses written to a run (``runs/update``), in order."""
+        return [
+            r.body.get("status", "")
+            for r in self.requests
+            if r.path.endswith("/runs/update") and r.body.get("run_id") == run_id
+        ]
+
+    @contextlib.contextmanager
+    def serve(self) -> Iterator[RecordingProxy]:
+        proxy = self
+        host, port = self.upstream.removeprefix("http://").split(":")
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                assert "chunked" not in self.headers.get("Transfer-Encoding", "")
+                data = self.rfile.read(length) if length else b""
+                pid = None
+                if proxy.owners:
+                    pid = _socket_owner(self.client_address[1], self.server.server_port)
+                try:
+                    body = json.loads(data) if data.startswith(b"{") else {}
+                except ValueError:
+                    body = {}
+                proxy.requests.append(Request(self.command, self.path, body, pid))
+                drop = {"host", "connection", "transfer-encoding", "content-length"}
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
+                upstream = http.client.HTTPConnection(host, int(port), timeout=120)
+                try:
+                    upstream.request(self.command, self.path, body=data, headers=headers)
+                    response = upstream.getresponse()
+                    payload = response.read()
+                finally:
+                    upstream.close()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in drop:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{server.server_port}"
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def _socket_owner(client_port: int, server_port: int) -> int | None:
+    """The PID of the process holding the loopback connection from ``client_port``."""
+    wanted = f":{client_port:04X}"
+    remote = f":{server_port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(wanted) and fields[2].endswith(remote):
+            inode = fields[9]
+            break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == target:
+                        return int(fd_dir.parent.name)
+    return None
+
+
 @pytest.fixture(scope="module")
 def server_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPipeline]:
     """Start the server, run every step against it in its own process, stop the server."""
@@ -106,10 +222,13 @@ def server_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     args = ["server", "--host", "127.0.0.1", "--workers", "1"]
     args += ["--backend-store-uri", f"sqlite:///{server_dir / 'db' / 'mlflow.db'}"]
     args += ["--artifacts-destination", str(server_dir / "artifacts")]
-    with mlflow_process(args, server_dir, "mlflow-server") as url:
+    with (
+        mlflow_process(args, server_dir, "mlflow-server") as url,
+        RecordingProxy(url).serve() as proxy,
+    ):
         experiment = f"server-{uuid.uuid4().hex[:12]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env |= {"MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": experiment}
+        env |= {"MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_EXPERIMENT_NAME": experiment}
         env |= {"OMP_NUM_THREADS": "1", "ASTROCURATE_DATA_DIR": str(work / "outputs")}
         survey = make_survey(work / "survey", n_mosaics=2, mosaic_size=256, seed=5)
 
@@ -144,6 +263,7 @@ def server_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
             work,
         )
         clustering_dir = Path(prepared.strip())
+        proxy.owners = True  # note which process sends each request while run.sh runs
         run_sh = subprocess.run(
             ["./run.sh"],
             cwd=clustering_dir,
@@ -152,11 +272,13 @@ def server_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
             text=True,
             timeout=TIMEOUT,
         )
+        proxy.owners = False
         assert run_sh.returncode == 0, run_sh.stderr[-4000:]
         sample = [_script("random_sampling.py"), "--clustering-id", clustering_dir.name]
         sampling = _run_id(_step([*sample, "--num-samples", "20"], env, work))
         yield ServerPipeline(
             url=url,
+            proxy=proxy,
             server_dir=server_dir,
             work=work,
             env=env,
@@ -194,6 +316,8 @@ def test_every_process_logged_one_finished_chain_to_the_server(server_pipeline) 
         assert sorted(json.loads(tags(run).get("astrocurate.input_run_ids", "[]"))) == sorted(
             inputs
         )
+        statuses = p.proxy.updates(run_id)  # what the processes wrote (runs/update)
+        assert statuses.count("FINISHED") == 1 and statuses[-1] == "FINISHED", statuses
     assert sorted(params(listed[r])["shard"] for r in p.cutouts) == ["0/2", "1/2"]
     names = sorted(listed[r]["info"]["run_name"] for r in listed)
     assert names == sorted(["cutting_out"] * 2 + [*tracking.STEP_NAMES[1:]])
@@ -220,6 +344,9 @@ def test_rank_zero_alone_wrote_the_clustering_run(server_pipeline) -> None:
 
     run = api(p.url, "runs/get", query={"run_id": p.clustering})["run"]
     assert params(run)["nprocs_per_node"] == "2"
+    rank_0 = int(tags(run)["astrocurate.pid"])
+    senders = [r.pid for r in p.proxy.requests if r.pid is not None]  # during run.sh
+    assert len(senders) >= 5 and set(senders) == {rank_0}  # rank 1 never called the server
     assert tags(run)["astrocurate.progress"] == "finished"
     keys = {m["key"] for m in run["data"]["metrics"]}
     assert {"level_1/inertia", "level_2/inertia", "level_1/potential"} <= keys

@@ -402,6 +402,8 @@ def _survey_arguments(parser: argparse.ArgumentParser) -> None:
 def _make_survey(args: argparse.Namespace) -> int:
     from astrocurate.survey import make_survey
 
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise InvalidArgumentError(f"OUTPUT_DIR: {args.output_dir} exists and is not a directory")
     fractions = None
     if args.class_fractions:
         fractions = {

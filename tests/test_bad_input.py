@@ -920,7 +920,7 @@ CASES = [
         "make-survey-output-is-file",
         lambda c: ["make-survey", str(_file_as_output(c)), "--mosaics", "1", "--size", "64"],
         1,
-        "afile",
+        "afile exists and is not a directory",
     ),
     (
         "demo-mosaics-missing",

@@ -9,9 +9,12 @@ with ``nprocs_per_node: 2`` whose ``run.sh`` starts two ranks (torchrun, gloo), 
 sampling. The checks go through the server's REST API (runs, metric histories,
 artifacts) and through ``astrocurate verify`` and ``find_run``.
 
-"Only rank 0 writes the run's state" is observed where a second writer would show: a
-metric logged by both ranks would have two entries per step in its history, a second
-``clustering`` run or a second line on ``run.sh``'s stdout would appear.
+The processes reach the server through a recording proxy (:class:`RecordingProxy`, in
+this process), so that what they write is observable, not only its result: every run
+gets exactly one ``FINISHED`` (``runs/update``), and while ``run.sh`` runs every request
+comes from rank 0's process (found from the connection's socket). A metric logged by
+both ranks would also show as two entries for a step in its history, a second
+``clustering`` run or a second line on ``run.sh``'s stdout.
 """
 
 from __future__ import annotations
@@ -53,55 +56,6 @@ CLUSTERING = {
 }
 
 
-@dataclass
-class ServerPipeline:
-    """The tracking server and the runs the pipeline logged to it."""
-
-    url: str
-    proxy: RecordingProxy
-    server_dir: Path
-    work: Path
-    env: dict[str, str]
-    experiment: str
-    cutouts: list[str]
-    merged: str
-    features: str
-    clustering: str
-    clustering_dir: Path
-    run_sh_stdout: str
-    sampling: str
-
-    @property
-    def chain(self) -> dict[str, list[str]]:
-        """Each run's expected input runs."""
-        return {
-            **{run: [] for run in self.cutouts},
-            self.merged: self.cutouts,
-            self.features: [self.merged],
-            self.clustering: [self.features],
-            self.sampling: [self.clustering],
-        }
-
-
-def _step(argv: list[str], env: dict[str, str], cwd: Path) -> str:
-    """Run a guide script (or ``-m astrocurate.cli``) to the end; return its stdout."""
-    result = subprocess.run(
-        [sys.executable, *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT
-    )
-    assert result.returncode == 0, f"{argv}: {result.stderr[-4000:]}"
-    return result.stdout
-
-
-def _run_id(stdout: str) -> str:
-    """The run ID a step printed: its whole stdout (nothing else goes there)."""
-    assert len(stdout.split()) == 1, stdout
-    return tracking.parse_run_id(stdout)
-
-
-def _script(name: str) -> str:
-    return str(ROOT / "scripts" / name)
-
-
 # ----------------------------------------------------------------------------- a recording proxy
 
 
@@ -139,6 +93,7 @@ class RecordingProxy:
 
     @contextlib.contextmanager
     def serve(self) -> Iterator[RecordingProxy]:
+        """Listen on a free loopback port (:attr:`url`) in a thread until the block ends."""
         proxy = self
         host, port = self.upstream.removeprefix("http://").split(":")
 
@@ -211,6 +166,55 @@ def _socket_owner(client_port: int, server_port: int) -> int | None:
                     if os.readlink(fd) == target:
                         return int(fd_dir.parent.name)
     return None
+
+
+@dataclass
+class ServerPipeline:
+    """The tracking server and the runs the pipeline logged to it."""
+
+    url: str
+    proxy: RecordingProxy
+    server_dir: Path
+    work: Path
+    env: dict[str, str]
+    experiment: str
+    cutouts: list[str]
+    merged: str
+    features: str
+    clustering: str
+    clustering_dir: Path
+    run_sh_stdout: str
+    sampling: str
+
+    @property
+    def chain(self) -> dict[str, list[str]]:
+        """Each run's expected input runs."""
+        return {
+            **{run: [] for run in self.cutouts},
+            self.merged: self.cutouts,
+            self.features: [self.merged],
+            self.clustering: [self.features],
+            self.sampling: [self.clustering],
+        }
+
+
+def _step(argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    """Run a guide script (or ``-m astrocurate.cli``) to the end; return its stdout."""
+    result = subprocess.run(
+        [sys.executable, *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, f"{argv}: {result.stderr[-4000:]}"
+    return result.stdout
+
+
+def _run_id(stdout: str) -> str:
+    """The run ID a step printed: its whole stdout (nothing else goes there)."""
+    assert len(stdout.split()) == 1, stdout
+    return tracking.parse_run_id(stdout)
+
+
+def _script(name: str) -> str:
+    return str(ROOT / "scripts" / name)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from astrocurate.curate import SamplingOptions, curated_sample
 from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.features import extract_features
 from astrocurate.merge import merge_cutouts
-from astrocurate.tracking import StepRun, tracking_uri
+from astrocurate.tracking import StepRun, redact_uri, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _print_summary(runs: dict[str, StepRun], survey: Path, seconds: float) -> No
     if "sampling" in runs:
         _print_curation(runs["sampling"])
     print(
-        f"\nTracking store: {tracking_uri()}\n"
+        f"\nTracking store: {redact_uri(tracking_uri())}\n"
         "Inspect the runs:   mlflow ui        (from this directory, then open http://127.0.0.1:5000)\n"
         "Find a run by name: python scripts/find_run.py --run-name merge_cutouts\n"
     )

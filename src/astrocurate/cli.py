@@ -645,6 +645,7 @@ def _write_features_array(args: argparse.Namespace, options) -> Path:
     from astrocurate.clustering import SlurmOptions
     from astrocurate.feature_shards import ArrayScript, render_array_script
     from astrocurate.features import plan_extraction
+    from astrocurate.tracking import make_output_root
 
     if args.slurm_array < 1:
         raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {args.slurm_array}")
@@ -665,7 +666,7 @@ def _write_features_array(args: argparse.Namespace, options) -> Path:
     script = ArrayScript(command, args.slurm_array, plan.root / "logs", slurm, args.slurm_gres)
     script.validate()
     path = plan.root / f"features_{plan.merged.run_id[:8]}_{args.slurm_array}shards.sh"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_root(plan.root, [plan.merged.run_id])
     path.write_text(render_array_script(script))
     path.chmod(0o755)
     return path

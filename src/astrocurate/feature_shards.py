@@ -64,12 +64,14 @@ from astrocurate.tracking import (
     RunRecord,
     StepRun,
     _terminate_raises,
+    check_reusable,
     client,
     create_run_record,
     experiment_id,
     find_runs,
     finish_step,
     get_run,
+    make_output_root,
     record_start,
     require_run,
 )
@@ -312,6 +314,7 @@ def extract_shard(
     """
     k, n = shard
     key = plan.run_key
+    make_output_root(plan.root, [plan.merged.run_id])  # before any run is recorded
     with run_lock(plan.root, key):
         run = join_run(plan, key, n)
         if run.reused:
@@ -354,6 +357,7 @@ def join_run(plan: Extraction, key: str, n_shards: int) -> StepRun:
     usable = [r for r in runs if r.output_dir is not None and r.output_dir.is_dir()]
     finished = [r for r in usable if r.finished]
     if finished:
+        check_reusable(finished[0])  # its outputs are still those it recorded
         return StepRun(finished[0].run_id, STEP, finished[0].output_dir, reused=True)  # type: ignore[arg-type]
     mlflow_client = client()
     inputs = [plan.merged.run_id]

@@ -97,7 +97,7 @@ def test_report_writes_page_and_figures_atomically(sampling_dir: Path, report: P
     assert report == sampling_dir / "report" / "index.html"
     names = sorted(p.name for p in report.parent.iterdir())
     assert names == sorted([*FIGURES, "index.html"])
-    assert not [p for p in sampling_dir.iterdir() if p.name.startswith(".report")]
+    assert not [p for p in sampling_dir.iterdir() if p.name.startswith((".report", ".tmp"))]
     for name in FIGURES:
         data = (report.parent / name).read_bytes()
         assert data.startswith(PNG_SIGNATURE), name
@@ -176,7 +176,7 @@ def test_report_is_reproducible_and_replaced_in_place(sampling_dir: Path, report
     first = report.read_bytes()
     again = write_report(sampling_dir, max_points=300, gallery_size=8, projection="pca")
     assert again == report and again.read_bytes() == first
-    assert not [p for p in sampling_dir.iterdir() if p.name.startswith(".report")]
+    assert not [p for p in sampling_dir.iterdir() if p.name.startswith((".report", ".tmp"))]
     other = write_report(
         sampling_dir, max_points=300, gallery_size=8, projection="pca", random_state=5
     )

@@ -41,10 +41,22 @@ def save_npz(path: Path, meta: dict[str, Any], arrays: Mapping[str, np.ndarray])
     os.replace(tmp, path)
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to disk (before it is renamed into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_text(path: Path, text: str, mode: int | None = None) -> None:
     """Write ``text`` to ``path`` atomically, optionally with permission bits ``mode``."""
     tmp = temporary_path(path)
-    tmp.write_text(text)
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     if mode is not None:
         tmp.chmod(mode)
     os.replace(tmp, path)

@@ -54,6 +54,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from astrocurate.atomic import fsync_file, temporary_path
 from astrocurate.errors import AstrocurateError
 
 MANIFEST = "manifest.parquet"
@@ -116,7 +117,7 @@ def write_parquet_atomic(
         schema does not depend on the values (all-null or empty columns included).
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = temporary_path(path)
     schema = None
     if types:
         inferred = pa.Schema.from_pandas(table, preserve_index=False)
@@ -126,6 +127,7 @@ def write_parquet_atomic(
         )
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
     pq.write_table(arrow, tmp, compression="zstd")
+    fsync_file(tmp)
     os.replace(tmp, path)
 
 

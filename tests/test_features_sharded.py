@@ -8,16 +8,19 @@ shards uses a fresh experiment, so that its shards record a new run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from astrocurate.cli import main
 from astrocurate.cutouts import CutoutOptions, make_cutouts
@@ -36,9 +39,30 @@ from astrocurate.survey import make_survey
 from astrocurate.tracking import TAG_CONTENT_HASH, StepRun, find_runs, get_run
 
 ROOT = Path(__file__).resolve().parents[1]
+# One torch thread per process, here and in the shards' processes: two shards with two
+# threads each on two cores make the default backbone tens of times slower (OpenMP
+# threads spin), and a test run shares its cores. The features do not depend on it.
+THREADS_ENV = {"OMP_NUM_THREADS": "1"}
 RESIZE = 32
 BLOCK_ROWS = 6  # 7 blocks: a shard has several, so it can be killed between two
 BATCH = 6  # one forward pass per block: the default backbone costs per pass
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Compute in-process with one torch thread, as the shards' processes do."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 # ----------------------------------------------------------------------------- which blocks
@@ -141,7 +165,7 @@ def build_inputs(tracking_db: str, tmp_path_factory: pytest.TempPathFactory) -> 
     if tracking_db in _INPUTS:
         return _INPUTS[tracking_db]
     work = tmp_path_factory.mktemp("sharded")
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, one_torch_thread():
         patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
         patch.setenv("MLFLOW_EXPERIMENT_NAME", f"sharded-inputs-{uuid.uuid4().hex[:8]}")
         patch.chdir(work)
@@ -223,7 +247,7 @@ def sharded(inputs: Inputs, tracking_db: str, tmp_path_factory: pytest.TempPathF
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
         experiment = fresh_experiment(patch, inputs, "two")
-        env = dict(os.environ)
+        env = {**os.environ, **THREADS_ENV}
     argv = feature_args(inputs, output)
     procs = [
         subprocess.Popen(
@@ -297,7 +321,7 @@ def test_killed_shard_resumes_and_finish_names_what_is_missing(
     proc = subprocess.Popen(
         cli(*argv, "--shard", "0/2"),
         cwd=inputs.work,
-        env=dict(os.environ),
+        env={**os.environ, **THREADS_ENV},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

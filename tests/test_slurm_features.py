@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from test_features_sharded import (
     build_inputs,
     feature_args,
     fresh_experiment,
+    one_torch_thread,
     the_run,
 )
 
@@ -38,6 +40,12 @@ TIMEOUT = 300.0
 @pytest.fixture(scope="module")
 def inputs(tracking_db: str, tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     return build_inputs(tracking_db, tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture
@@ -71,7 +79,8 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert f"export MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/rel/mlflow.db" in lines
     assert "export MLFLOW_EXPERIMENT_NAME='survey A'" in lines
     command = "/opt/py -m astrocurate.cli features --merged-cutouts-id abc"
-    assert f"    --task) exec {command} --shard auto ;;" in lines
+    assert f"        exec {command} --shard auto ;;" in lines
+    assert '        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' in lines
     assert f"    --finish) exec {command} --finish ;;" in lines
     assert (
         "array=$(submit --job-name=astrocurate-features --array=0-3 --requeue "
@@ -183,8 +192,9 @@ def test_two_array_tasks_then_the_finishing_job_on_slurm(
     assert main([*argv, "--slurm_time", "00:10:00"]) == 0
     script = Path(capsys.readouterr().out.strip())
 
+    env = {**cluster.env, "OMP_NUM_THREADS": "1"}  # as in test_features_sharded
     submit = subprocess.run(
-        [str(script)], cwd=tmp_path, env=cluster.env, capture_output=True, text=True, timeout=60
+        [str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert submit.returncode == 0, submit.stderr + cluster.logs()
     array, finish = submit.stdout.split()

@@ -5,7 +5,11 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
 - pipeline: the stage's own loop (DataLoader over the memory-mapped cutouts,
   batched preprocessing on the device, model, rows written to a memmap);
 - model only: the same model on preprocessed images already in memory (the compute limit);
-- naive: one cutout at a time (read, normalise, resize, forward), as a simple script would.
+- naive: one cutout at a time (read, normalise, resize, forward), as a simple script would;
+- ceiling: the machine's dense fp32/bf16 matrix-multiply rate divided by the model's
+  floating-point operations per image (counted by ``torch.utils.flop_counter``), an upper
+  bound on any implementation's images/s, and so on the speed-up any batching can give
+  over the naive loop (``ceil/naive``).
 
 Quality (``--quality``): kNN balanced accuracy (10-NN, 5 folds) of each backbone on the
 demo survey's truth classes, next to raw pixels reduced by PCA and a random-init ResNet-18.
@@ -159,6 +163,32 @@ def time_naive(directory, model, device, n: int) -> float:
     return min(n, len(reader)) / (time.perf_counter() - start)
 
 
+def gemm_flops_per_second(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """Sustained dense matrix-multiply rate of the device (fp32 on CPU, bf16 on CUDA)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def model_flops_per_image(model: FeatureModel, device: torch.device) -> float:
+    """Floating-point operations of one forward pass on one prepared image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode():
+        image = model.prepare(torch.zeros(1, model.size, model.size, device=device))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(image)
+    return float(counter.get_total_flops())
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -175,18 +205,24 @@ def speed(args, directory: Path, device: torch.device) -> None:
     if device.type == "cuda":
         cases.append(("timm:vit_small_patch14_reg4_dinov2", 126))
     print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")
+    gemm = gemm_flops_per_second(device)
+    print(f"dense matrix multiply: {gemm / 1e9:.0f} GFLOP/s")
     print(
         f"{'model':<40}{'size':>5}{'pipeline':>10}{'model only':>12}{'naive':>9}"
-        f"{'pipe/model':>11}{'pipe/naive':>11}"
+        f"{'pipe/model':>11}{'pipe/naive':>11}{'GFLOP/img':>10}{'ceiling':>9}{'ceil/naive':>11}"
     )
     for name, size in cases:
         model = build(name, size, device, pretrained=False)
         pipeline = time_pipeline(directory, model, args.batch_size, args.workers, device, args.rows)
         alone = time_model_only(directory, model, args.batch_size, device, args.rows)
         naive = time_naive(directory, model, device, args.naive_rows)
+        flops = model_flops_per_image(model, device)
+        # FFT-based models (scattering) have no counted matmul/conv FLOPs: no ceiling
+        ceiling = f"{flops / 1e9:>10.3f}{gemm / flops:>9.0f}{gemm / flops / naive:>11.1f}"
         print(
             f"{name:<40}{size:>5}{pipeline:>10.0f}{alone:>12.0f}{naive:>9.0f}"
             f"{pipeline / alone:>11.2f}{pipeline / naive:>11.1f}"
+            + (ceiling if flops else f"{'n/a':>10}{'n/a':>9}{'n/a':>11}")
         )
 
 

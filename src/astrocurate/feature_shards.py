@@ -49,9 +49,9 @@ from astrocurate.features import (
     SIDECAR,
     STEP,
     Extraction,
-    _log_quality,
     compute_blocks,
     finalise,
+    log_quality,
     missing_blocks,
     prepare_output,
 )
@@ -63,7 +63,6 @@ from astrocurate.tracking import (
     TAG_RUN_KEY,
     RunRecord,
     StepRun,
-    _terminate_raises,
     check_reusable,
     client,
     create_run_record,
@@ -74,6 +73,7 @@ from astrocurate.tracking import (
     make_output_root,
     record_start,
     require_run,
+    terminate_raises,
 )
 
 log = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ def extract_shard(
             raise
     starts = plan.block_starts
     blocks = shard_blocks(len(starts), shard)
-    with contextlib.closing(holder), _terminate_raises(), _failure_recorded(plan, run, shard):
+    with contextlib.closing(holder), terminate_raises(), _failure_recorded(plan, run, shard):
         started = time.perf_counter()
         mine = [starts[b] for b in blocks]
         computed = compute_blocks(plan, run.output_dir, mine, progress) if incomplete else 0
@@ -435,7 +435,7 @@ def _finish(record: RunRecord) -> None:
     sidecar = json.loads((out / SIDECAR).read_text())  # type: ignore[operator]
     handle.log_metrics({"n_features": sidecar["n_rows"], "feature_dim": sidecar["dim"]})
     merged = get_run(record.input_run_ids[0])
-    _log_quality(handle, merged.output_dir)  # type: ignore[arg-type]
+    log_quality(handle, merged.output_dir)  # type: ignore[arg-type]
     params = {k: v for k, v in record.params.items() if k not in _RECORD_PARAMS}
     finish_step(client(), handle, params, record.input_run_ids)
     log.info("finished %s run %s; outputs in %s", STEP, record.run_id, out)

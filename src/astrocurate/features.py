@@ -433,7 +433,7 @@ def extract_features(
                 "images_per_second": computed / seconds if seconds > 0 else 0.0,
             }
         )
-        _log_quality(run, plan.merged.output_dir)
+        log_quality(run, plan.merged.output_dir)
     return run
 
 
@@ -667,7 +667,7 @@ def load_features(directory: Path) -> np.ndarray:
     return matrix
 
 
-def _log_quality(run: StepRun, merged_dir: Path) -> None:
+def log_quality(run: StepRun, merged_dir: Path) -> None:
     """Log kNN balanced accuracy on truth classes, when the survey has a truth catalogue."""
     from astrocurate.quality import knn_balanced_accuracy
     from astrocurate.survey import truth_labels_for_manifest

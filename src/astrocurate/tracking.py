@@ -1353,7 +1353,7 @@ def tracked_step(
         stack.callback(lock.close)  # type: ignore[union-attr]
         record_start(mlflow_client, run_id, all_params, inputs, out)
         handle = StepRun(run_id, step, out, resumed=resumed)
-        with _terminate_raises(), _status_on_exit(mlflow_client, run_id):
+        with terminate_raises(), _status_on_exit(mlflow_client, run_id):
             yield handle
             finish_step(mlflow_client, handle, all_params, inputs)
 
@@ -1500,7 +1500,7 @@ def mark_terminated(mlflow_client: Any, run_id: str, exc: BaseException) -> None
 
 
 @contextlib.contextmanager
-def _terminate_raises() -> Iterator[None]:
+def terminate_raises() -> Iterator[None]:
     """Turn SIGTERM into :class:`StepInterrupted` while a step runs (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -2,7 +2,8 @@
 #   make demo   - create the environment if needed, then run the pipeline on a built-in demo survey
 #   make test   - create the environment if needed, then run ruff and the test suite
 #                 (the fault-injection suite, tests/faults, with a fast subset of kill points)
-#   make test-full - the fault-injection suite with every kill point (ASTROCURATE_FAULTS=full)
+#   make test-full - every test: the fault-injection suite with every kill point and the
+#                 second kill/resume checks marked `full` (ASTROCURATE_FAULTS=full)
 # The environment is made once (.venv) and reused; `feat_extract_env` and `clustering_env`
 # (the guide's two environments) are links to it: one environment serves every step.
 
@@ -34,10 +35,11 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The full sweep of tests/faults (every rename before and after, outside kills, the real
-# command for every rerun); ASTROCURATE_FAULT_SEED=N picks other seeded kill points.
+# The full sweep: every test, tests/faults with every kill point (each rename before and
+# after, outside kills, the real command for every rerun) and the tests marked `full`;
+# ASTROCURATE_FAULT_SEED=N picks other seeded kill points.
 test-full: $(STAMP) lint
-	ASTROCURATE_FAULTS=full $(PY) -m pytest tests/faults $(PYTEST_ARGS)
+	ASTROCURATE_FAULTS=full $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests benchmarks

@@ -439,6 +439,7 @@ def check_metrics_and_plots(run_id: str) -> None:
     assert {"outputs.json", "metadata.json", "config.yaml"} <= names
 
 
+@pytest.mark.full  # tests/faults kills this step at seeded points too
 def test_run_sh_killed_with_sigkill_resumes_to_identical_arrays(store, tmp_path, capsys):
     X = blobs(n=1500, centres=20)  # noqa: N806
     features_id = fake_feature_run(X)

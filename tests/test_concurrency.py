@@ -152,7 +152,10 @@ def test_two_surveys_and_the_same_survey_twice_at_once(
     # survey 2, and survey 1 again with the same parameters.
     experiment = f"together-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    # one torch thread per process: three chains share two cores (oversubscribed OpenMP
+    # threads spin against each other and can slow a step down many times)
     env = {**os.environ, "OUTPUTS": str(outputs), "PYTHONWARNINGS": "ignore"}
+    env["OMP_NUM_THREADS"] = "1"
     logs = [tmp_path / f"chain{i}.log" for i in range(3)]
     started = time.monotonic()
     chains = [

@@ -761,6 +761,7 @@ def _zombie(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.full  # tests/faults kills this step at seeded points too
 def test_kill_and_resume_gives_the_uninterrupted_result(store) -> None:
     make_survey(store / "survey", n_mosaics=4, mosaic_size=512, seed=3)
     out = store / "killed"

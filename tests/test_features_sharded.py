@@ -282,6 +282,25 @@ def test_two_concurrent_shards_give_the_matrix_of_one_process(
     assert_same_as_reference(run.run_id, inputs)
 
 
+def test_torchrun_ranks_are_the_shards(experiment: str, inputs: Inputs, tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2 ... --shard auto``: RANK/WORLD_SIZE pick the shards."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launcher += ["--nproc-per-node", "2", "-m", "astrocurate.cli", "features"]
+    result = subprocess.run(
+        [*launcher, *feature_args(inputs, tmp_path), "--shard", "auto"],
+        cwd=inputs.work,
+        env={**os.environ, **THREADS_ENV},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = the_run(experiment)
+    assert result.stdout.split() == [run.run_id, run.run_id]  # each rank prints the run
+    assert run.tags[TAG_SHARDS] == "2"
+    assert_same_as_reference(run.run_id, inputs)
+
+
 def test_finishing_a_finished_run_changes_nothing(
     sharded, inputs: Inputs, monkeypatch: pytest.MonkeyPatch, tracking_db: str, capsys
 ) -> None:

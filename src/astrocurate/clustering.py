@@ -97,6 +97,7 @@ from astrocurate.tracking import (
     TAG_HOST,
     TAG_OUTPUT_DIR,
     TAG_PID,
+    DirectoryLock,
     RunRecord,
     StepRun,
     check_reusable,
@@ -2343,21 +2344,9 @@ def _wait_for_lock(directory: Path, run_id: str) -> Iterator[None]:
         except BaseException:
             handle.close()
             raise
-        lock = _BlockingLock(handle)
+        lock = DirectoryLock(handle)
     with contextlib.closing(lock):
         yield
-
-
-class _BlockingLock:
-    """A ``flock`` taken by :func:`_wait_for_lock` after waiting (released by ``close``)."""
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
 
 
 @contextlib.contextmanager

@@ -131,8 +131,8 @@ def write_parquet_atomic(
     os.replace(tmp, path)
 
 
-def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read the manifest of a cutout or merge run directory.
+def manifest_path(directory: Path | str) -> Path:
+    """Return the manifest file of a cutout or merge run directory.
 
     Raises
     ------
@@ -142,6 +142,18 @@ def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.D
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    return path
+
+
+def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read the manifest of a cutout or merge run directory.
+
+    Raises
+    ------
+    CutoutStoreError
+        If the directory has no manifest.
+    """
+    path = manifest_path(directory)
     return pd.read_parquet(path, columns=list(columns) if columns else None)
 
 
@@ -153,9 +165,7 @@ def manifest_row_count(directory: Path | str) -> int:
     CutoutStoreError
         If the directory has no manifest.
     """
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    path = manifest_path(directory)
     return int(pq.ParquetFile(path).metadata.num_rows)
 
 
@@ -184,9 +194,7 @@ def read_manifest_rows(
     wanted = np.asarray(rows, dtype=np.int64)
     order = np.argsort(wanted, kind="stable")
     ordered = wanted[order]
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    path = manifest_path(directory)
     schema = pq.read_schema(path)
     available = [c for c in (columns or schema.names) if c in schema.names]
     text = [c for c in available if pa.types.is_string(schema.field(c).type)]

@@ -1516,19 +1516,20 @@ def terminate_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _DirectoryLock:
+class DirectoryLock:
     """An exclusive ``flock`` on a run directory, held while a process works in it."""
 
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
     def close(self) -> None:
+        """Release the lock and close its file."""
         with contextlib.suppress(OSError):
             fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
 
 
-def try_lock(directory: Path) -> _DirectoryLock | None:
+def try_lock(directory: Path) -> DirectoryLock | None:
     """Lock ``directory`` for this process; None if another process holds it."""
     if not directory.is_dir():
         return None
@@ -1538,4 +1539,4 @@ def try_lock(directory: Path) -> _DirectoryLock | None:
     except OSError:
         handle.close()
         return None
-    return _DirectoryLock(handle)
+    return DirectoryLock(handle)

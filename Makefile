@@ -15,6 +15,9 @@ STAMP := $(VENV)/.astrocurate-installed
 # override for another CUDA/CPU build, e.g. make TORCH_SPEC="torch torchvision" demo
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# Tests run in parallel worker processes (pytest-xdist), grouped and ordered by
+# tests/conftest.py; XDIST= (empty) runs them in one process.
+XDIST ?= -n auto --maxprocesses 8 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: setup demo test test-full lint format clean
 
@@ -33,13 +36,13 @@ demo: $(STAMP)
 	$(VENV)/bin/astrocurate demo
 
 test: $(STAMP) lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The full sweep: every test, tests/faults with every kill point (each rename before and
 # after, outside kills, the real command for every rerun) and the tests marked `full`;
 # ASTROCURATE_FAULT_SEED=N picks other seeded kill points.
 test-full: $(STAMP) lint
-	ASTROCURATE_FAULTS=full $(PY) -m pytest $(PYTEST_ARGS)
+	ASTROCURATE_FAULTS=full $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests benchmarks

@@ -1,14 +1,26 @@
-"""Shared fixtures: an isolated MLflow store and working directory per test."""
+"""Shared fixtures: an isolated MLflow store and working directory per test.
+
+Also how the suite splits over pytest-xdist workers (``make test`` runs ``-n auto``):
+tests that share an expensive fixture run on one worker, heavy groups start first, and
+each worker's processes get an equal share of the cores.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from slurm_cluster import slurm_cluster_fixture  # noqa: F401 - one SLURM cluster per session
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    # Before torch is imported anywhere: two workers with all-core OpenMP pools on the
+    # same cores slow each other down many times over. Subprocesses inherit the share.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")
@@ -54,10 +66,64 @@ FULL_SWEEP = os.environ.get("ASTROCURATE_FAULTS", "").strip().lower() == "full"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the tests marked ``full`` unless the full sweep was asked for."""
-    if FULL_SWEEP:
-        return
-    skip = pytest.mark.skip(reason="full sweep only: make test-full (ASTROCURATE_FAULTS=full)")
-    for item in items:
-        if item.get_closest_marker("full"):
-            item.add_marker(skip)
+    """Skip the tests marked ``full`` unless asked for; order the tests for xdist."""
+    if not FULL_SWEEP:
+        skip = pytest.mark.skip(reason="full sweep only: make test-full (ASTROCURATE_FAULTS=full)")
+        for item in items:
+            if item.get_closest_marker("full"):
+                item.add_marker(skip)
+    _group_for_workers(items)
+
+
+def worker_group(nodeid: str) -> str:
+    """The xdist group of a test: one per module, one for SLURM, one for tests/faults.
+
+    A group runs on one worker, so a module-scoped fixture is built once, the single
+    SLURM cluster (``slurm_cluster``, only in ``tests/test_slurm*.py``) serves every
+    test that needs one, and the fault suite's session inputs are built once.
+    """
+    path = Path(nodeid.split("::", 1)[0])
+    if path.parent.name == "faults":
+        return "faults"
+    return "slurm" if path.name.startswith("test_slurm") else str(path)
+
+
+def _group_for_workers(items: list[pytest.Item]) -> None:
+    """Put the heaviest xdist groups first (``--dist loadgroup`` hands them out in order).
+
+    The weight of a group counts its tests, 30 for one marked ``slow``, so the long
+    groups start at once instead of last.
+    """
+    weight: dict[str, float] = defaultdict(float)
+    first: dict[str, int] = {}
+    key = {}
+    for position, item in enumerate(items):
+        group = worker_group(item.nodeid)
+        if "slurm_cluster" in getattr(item, "fixturenames", ()) and group != "slurm":
+            raise pytest.UsageError(
+                f"{item.nodeid} uses slurm_cluster: move it to a tests/test_slurm*.py module "
+                "(one cluster per session runs on one worker)"
+            )
+        weight[group] += 30.0 if item.get_closest_marker("slow") else 1.0
+        first.setdefault(group, position)
+        key[id(item)] = (group, position)
+    items.sort(
+        key=lambda item: (-weight[key[id(item)][0]], first[key[id(item)][0]], key[id(item)][1])
+    )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """With ``--dist loadgroup``, each group of :func:`worker_group` runs on one worker.
+
+    (xdist's own ``xdist_group`` marks do not reach the scheduler under pytest 9.)
+    """
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return GroupScheduling(config, log)

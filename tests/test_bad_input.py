@@ -300,6 +300,13 @@ def _dangling_link(ctx: Context) -> Path:
     return link
 
 
+def _dangling_fits_link(ctx: Context) -> Path:
+    folder = ctx.work / "links"
+    folder.mkdir()
+    (folder / "m.fits").symlink_to(ctx.work / "gone.fits")
+    return folder
+
+
 def _no_permission(ctx: Context, path: Path) -> Path:
     """Take every permission from ``path`` until the case ends."""
     mode = path.stat().st_mode
@@ -656,7 +663,13 @@ CASES = [
         "cutouts-mosaics-dangling-link",
         lambda c: cutouts(c, mosaics=_dangling_link(c)),
         1,
-        "--mosaics_path",
+        "--mosaics_path: mosaics path",
+    ),
+    (
+        "cutouts-only-a-dangling-fits-link",
+        lambda c: cutouts(c, mosaics=_dangling_fits_link(c)),
+        1,
+        "broken symbolic link to",
     ),
     (
         "cutouts-mosaics-unreadable",
@@ -887,11 +900,11 @@ CASES = [
         "soon",
     ),
     ("prepare-slurm-time", lambda c: prepare(c, CONFIG, "--slurm_time", "soon"), 1, "soon"),
-    ("make-survey-mosaics-0", lambda c: survey_cmd(c, "--mosaics", "0"), 1, "mosaics"),
-    ("make-survey-size-0", lambda c: survey_cmd(c, "--size", "0"), 1, "size"),
-    ("make-survey-size-neg", lambda c: survey_cmd(c, "--size", "-64"), 1, "size"),
-    ("make-survey-noise-neg", lambda c: survey_cmd(c, "--noise-rms", "-1"), 1, "noise"),
-    ("make-survey-seed-neg", lambda c: survey_cmd(c, "--seed", "-1"), 1, "seed"),
+    ("make-survey-mosaics-0", lambda c: survey_cmd(c, "--mosaics", "0"), 1, "--mosaics 0"),
+    ("make-survey-size-0", lambda c: survey_cmd(c, "--size", "0"), 1, "--size 0"),
+    ("make-survey-size-neg", lambda c: survey_cmd(c, "--size", "-64"), 1, "--size -64"),
+    ("make-survey-noise-neg", lambda c: survey_cmd(c, "--noise-rms", "-1"), 1, "--noise-rms"),
+    ("make-survey-seed-neg", lambda c: survey_cmd(c, "--seed", "-1"), 1, "--seed"),
     (
         "make-survey-fractions-syntax",
         lambda c: survey_cmd(c, "--class-fractions", "point"),
@@ -908,7 +921,7 @@ CASES = [
         "make-survey-fractions-class",
         lambda c: survey_cmd(c, "--class-fractions", "quasar=1"),
         1,
-        "quasar",
+        "--class-fractions has unknown class 'quasar'",
     ),
     (
         "make-survey-fractions-neg",
@@ -926,7 +939,7 @@ CASES = [
         "demo-mosaics-missing",
         lambda c: ["demo", "--workdir", str(c.work / "demo"), "--mosaics", str(c.work / "nowhere")],
         1,
-        "nowhere",
+        "--mosaics: mosaics path",
     ),
     (
         "clustering-run-level-0",

@@ -889,7 +889,7 @@ def survey_dir(store: Path) -> Path:
         (["--overlap", "nan"], "--overlap"),
         (["--max-nan-fraction", "1.5"], "--max-nan-fraction"),
         (["--workers", "0"], "--workers"),
-        (["--mosaics_path", "{store}/empty"], "no FITS files"),
+        (["--mosaics_path", "{store}/empty"], "no readable FITS files"),
         (["--mosaics_path", "{store}/missing"], "does not exist"),
         (["--output_path", "{store}/a_file"], "not a directory"),
         (["--output_path", "{store}/survey/out"], "inside --mosaics_path"),

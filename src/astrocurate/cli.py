@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -394,6 +395,25 @@ def _survey_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: make_survey's parameter names, as the command line spells them.
+_SURVEY_FLAGS = {
+    "n_mosaics": "--mosaics",
+    "mosaic_size": "--size",
+    "noise_rms_jy": "--noise-rms",
+    "class_fractions": "--class-fractions",
+    "seed": "--seed",
+    "layout": "--layout",
+}
+
+
+def _with_flag_names(message: str, flags: dict[str, str]) -> str:
+    """``message`` with a library's parameter names (``n_mosaics=0``) as flags (``--mosaics 0``)."""
+    for name, flag in flags.items():
+        message = re.sub(rf"\b{name}=", f"{flag} ", message)
+        message = re.sub(rf"\b{name}\b", flag, message)
+    return message
+
+
 @command(
     "make-survey",
     "Write a synthetic LoTSS-like radio survey with a truth catalogue.",
@@ -421,7 +441,7 @@ def _make_survey(args: argparse.Namespace) -> int:
             layout=args.layout,
         )
     except ValueError as exc:
-        raise InvalidArgumentError(str(exc)) from exc
+        raise InvalidArgumentError(_with_flag_names(str(exc), _SURVEY_FLAGS)) from exc
     log.info(
         "wrote %d mosaics with %d sources (%s) to %s",
         len(info.mosaic_paths),
@@ -452,9 +472,16 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from astrocurate.demo import run_demo
 
-    run_demo(
-        Path(args.workdir), mosaics=Path(args.mosaics) if args.mosaics else None, seed=args.seed
-    )
+    mosaics = Path(args.mosaics) if args.mosaics else None
+    try:
+        run_demo(Path(args.workdir), mosaics=mosaics, seed=args.seed)
+    except InvalidArgumentError as exc:  # the cutting step names its own flag
+        message = str(exc)
+        if mosaics is not None and message.startswith("--mosaics_path:"):
+            raise InvalidArgumentError(
+                "--mosaics:" + message.removeprefix("--mosaics_path:")
+            ) from None
+        raise
     return 0
 
 

@@ -318,13 +318,14 @@ def _discover(mosaics_path: Path) -> list:
     except OSError as exc:
         raise InvalidArgumentError(f"--mosaics_path: {exc}") from exc
     for path in scan.unreadable:
-        log.warning("skipping %s: cannot be read", path)
+        log.warning("skipping %s: %s", path, mosaic_io.unreadable_reason(path))
     if scan.ignored:
         log.info("ignoring files without a FITS name: %s", scan.describe_ignored())
     if not scan.mosaics:
+        skipped = f"; {scan.describe_unreadable()}" if scan.unreadable else ""
         raise InvalidArgumentError(
-            f"--mosaics_path: no FITS files (.fits, .fit, .fits.gz, .fz) under {mosaics_path} "
-            f"({scan.describe_ignored()})"
+            f"--mosaics_path: no readable FITS files (.fits, .fit, .fits.gz, .fz) under "
+            f"{mosaics_path} ({scan.describe_ignored()}{skipped})"
         )
     return list(scan.mosaics)
 

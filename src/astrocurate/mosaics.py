@@ -170,6 +170,20 @@ class MosaicScan:
         noun = "file" if n == 1 else "files"
         return f"{n} other {noun}, e.g. {examples}"
 
+    def describe_unreadable(self) -> str:
+        """Summarise the entries skipped as unreadable, e.g. ``"1 skipped: x.fits (...)"``.
+
+        Returns
+        -------
+        str
+            How many, and the first one with its reason (:func:`unreadable_reason`);
+            empty when nothing was skipped.
+        """
+        if not self.unreadable:
+            return ""
+        first = self.unreadable[0]
+        return f"{len(self.unreadable)} skipped, e.g. {first} ({unreadable_reason(first)})"
+
 
 def strip_fits_suffix(filename: str) -> str | None:
     """Return ``filename`` without its FITS suffix, or None if it has none.
@@ -267,12 +281,27 @@ def _check_root(root: str | os.PathLike[str]) -> Path:
     """Absolute, normalised root; raise a clear OSError when it cannot be listed."""
     path = Path(os.path.abspath(os.fspath(root)))
     if not path.exists():
+        if path.is_symlink():
+            raise FileNotFoundError(
+                f"mosaics path {path} is a broken symbolic link to {os.readlink(path)}"
+            )
         raise FileNotFoundError(f"mosaics path {path} does not exist")
     if not path.is_dir():
         raise NotADirectoryError(f"mosaics path {path} is not a directory")
     if not os.access(path, os.R_OK | os.X_OK):
         raise PermissionError(f"mosaics path {path} is not readable (permission denied)")
     return path
+
+
+def unreadable_reason(path: Path) -> str:
+    """Why a FITS-named entry or a sub-directory could not be read, in a few words."""
+    if path.is_symlink() and not path.exists():
+        return f"broken symbolic link to {os.readlink(path)}"
+    if path.exists() and not os.access(path, os.R_OK):
+        return "permission denied"
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        return "not a regular file"
+    return "cannot be read"
 
 
 def _walk_files(root: Path) -> tuple[list[Path], list[Path]]:

@@ -192,3 +192,20 @@ def test_script_imports_no_heavy_library(guide_runs, store) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == guide_runs["merge_one"] + "\n"
     assert done.stderr.strip() == "[]"
+
+
+def test_python_dash_m_is_the_astrocurate_command(store: Path, guide_runs) -> None:
+    """``python -m astrocurate`` parses and answers like the console script."""
+    argv = ["find-run", "--run-name", "cutting_out", "--param", "window_size=64"]
+    by_module = subprocess.run(
+        [sys.executable, "-m", "astrocurate", *argv], capture_output=True, text=True, check=False
+    )
+    script = Path(sys.executable).with_name("astrocurate")
+    by_script = subprocess.run([script, *argv], capture_output=True, text=True, check=False)
+    assert by_module.returncode == by_script.returncode == 0, by_module.stderr
+    assert by_module.stdout == by_script.stdout
+    assert by_module.stdout.strip() == guide_runs["cut64"]
+    wrong = subprocess.run(
+        [sys.executable, "-m", "astrocurate", "find-run"], capture_output=True, text=True
+    )
+    assert wrong.returncode == 2 and "astrocurate find-run: error:" in wrong.stderr

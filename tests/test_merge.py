@@ -283,6 +283,19 @@ def test_refuses_bad_ids(store, finished_cut, capsys, bad, fragment) -> None:
     assert _no_merge_runs()
 
 
+def test_refuses_cutout_runs_that_hold_no_cutouts(store, capsys, caplog) -> None:
+    """Mosaics smaller than the window: the cutting run finishes empty and says so loudly;
+    merging it is refused before a merge run exists."""
+    info = make_survey(store / "survey", n_mosaics=2, mosaic_size=32, seed=2)
+    with caplog.at_level("WARNING", logger="astrocurate"):
+        empty = make_cutouts(info.output_dir, store / "out", CutoutOptions(64), workers=1)
+    assert "no cutouts at all" in caplog.text
+    status, err = _merge_cli(capsys, empty.run_id)
+    assert status == 1
+    _assert_one_line_error(err, "hold no cutouts at all")
+    assert _no_merge_runs()
+
+
 def test_refuses_a_run_of_another_step(store, finished_cut, capsys) -> None:
     assert cli.main(["merge", "--cutouts-id", finished_cut]) == 0
     merge_id = capsys.readouterr().out.strip()

@@ -676,3 +676,8 @@ def _log_summary(run: StepRun, summaries: list[dict]) -> None:
         len(invalid),
         run.output_dir,
     )
+    if kept == 0:
+        log.warning(
+            "no cutouts at all: every mosaic is smaller than the window or blank (see the "
+            "lines above); a merge of this run would have nothing to merge"
+        )

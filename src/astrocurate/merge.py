@@ -107,6 +107,12 @@ def merge_cutouts(
         key=lambda r: (int(r.params.get("window_size", 0)), r.run_id),
     )
     tables = [_source_table(r) for r in runs]
+    if not any(t.num_rows for t in tables):
+        names = ", ".join(r.run_id for r in runs)
+        raise InvalidArgumentError(
+            f"--cutouts-id: {names} hold no cutouts at all, so there is nothing to merge "
+            "(every mosaic was smaller than the window or blank; see the cutting log)"
+        )
     mosaics = pd.concat([_source_mosaics(r) for r in runs], ignore_index=True)
     if dedup_sky is None:
         dedup_sky = any(_has_sky(t) for t in tables)

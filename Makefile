@@ -17,7 +17,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 # Tests run in parallel worker processes (pytest-xdist), grouped and ordered by
 # tests/conftest.py; XDIST= (empty) runs them in one process.
-XDIST ?= -n auto --maxprocesses 8 --dist loadgroup --no-loadscope-reorder
+XDIST ?= -n logical --maxprocesses 8 --dist loadgroup --no-loadscope-reorder
 
 .PHONY: setup demo test test-full lint format clean
 

@@ -1,6 +1,6 @@
 """Shared fixtures: an isolated MLflow store and working directory per test.
 
-Also how the suite splits over pytest-xdist workers (``make test`` runs ``-n auto``):
+Also how the suite splits over pytest-xdist workers (``make test`` runs ``-n logical``):
 tests that share an expensive fixture run on one worker, heavy groups start first, and
 each worker's processes get an equal share of the cores.
 """
@@ -20,7 +20,7 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     # Before torch is imported anywhere: two workers with all-core OpenMP pools on the
     # same cores slow each other down many times over. Subprocesses inherit the share.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 
 @pytest.fixture(scope="session")

@@ -136,7 +136,7 @@ def bad_fits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_merge(tracking_db: str, tmp_path_factory: pytest.TempPathFactory, survey: Path):
-    """A merge run of 8 cutouts (32 px, no overlap): a feature step that wrongly runs is quick."""
+    """A merge run of 2 cutouts (32 px, half overlap): a feature step that wrongly runs is quick."""
     from astrocurate.cutouts import CutoutOptions, make_cutouts
     from astrocurate.merge import merge_cutouts
 
@@ -145,7 +145,7 @@ def tiny_merge(tracking_db: str, tmp_path_factory: pytest.TempPathFactory, surve
         patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
         patch.setenv("MLFLOW_EXPERIMENT_NAME", f"tiny-{uuid.uuid4().hex[:12]}")
         patch.setenv("ASTROCURATE_DATA_DIR", str(work / "outputs"))
-        cut = make_cutouts(survey, work / "outputs", CutoutOptions(32, 0.0), workers=1)
+        cut = make_cutouts(survey, work / "outputs", CutoutOptions(32, 0.5), workers=1)
         return merge_cutouts([cut.run_id])
 
 

@@ -345,7 +345,7 @@ def clustering_config(clusters: list[int]) -> Any:
 
 def _write_levels(directory: Path, clusters: list[int], n_points: int, dim: int, seed: int) -> None:
     """Write every level of the synthetic tree as step 4b does (level.json last)."""
-    from astrocurate import clustering
+    from astrocurate import clustering_levels
 
     leaves, parents, distances = synthetic_hierarchy(n_points, clusters, seed)
     rng = np.random.default_rng(seed + 1)
@@ -356,8 +356,8 @@ def _write_levels(directory: Path, clusters: list[int], n_points: int, dim: int,
             point_labels = labels[point_labels]
             distances = rng.random(len(labels), dtype=np.float32)
         centroids = rng.standard_normal((k, dim), dtype=np.float32)
-        result = clustering._level_result(centroids, labels, distances, [])
-        clustering._write_level(directory, level, result, point_labels, 0.0)
+        result = clustering_levels._level_result(centroids, labels, distances, [])
+        clustering_levels._write_level(directory, level, result, point_labels, 0.0)
 
 
 def write_clustering_run(features_id: str, clusters: list[int], seed: int) -> str:

@@ -306,7 +306,7 @@ def test_static_audit_passes_safe_calls(source: str, tmp_path: Path) -> None:
 def test_the_tool_starts_no_server() -> None:
     """No module starts a server (checked by the audit); local multi-process k-means
     meets on loopback (``torchrun --standalone``, gloo pinned to the loopback device)."""
-    text = (ROOT / "src" / "astrocurate" / "clustering.py").read_text()
+    text = (ROOT / "src" / "astrocurate" / "clustering_scripts.py").read_text()
     assert '"--standalone"' in text
     for path in audited_files():
         for word in ("0.0.0.0", "INADDR_ANY"):

@@ -171,7 +171,7 @@ class MosaicScan:
         return f"{n} other {noun}, e.g. {examples}"
 
     def describe_unreadable(self) -> str:
-        """Summarise the entries skipped as unreadable, e.g. ``"1 skipped: x.fits (...)"``.
+        """Summarise the skipped entries, e.g. ``"1 skipped, e.g. /s/x.fits (broken ...)"``.
 
         Returns
         -------

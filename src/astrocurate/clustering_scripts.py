@@ -332,23 +332,16 @@ def _render_sbatch(
     gpus = config.ngpus_per_node
     if config.n_processes > 1:
         return _render_distributed_sbatch(launch, config, slurm, level, partition)
-    options = [
-        f"--job-name=clustering-L{level}-{launch.run_id[:8]}",
-        f"--account={slurm.account}" if slurm.account else None,
-        f"--partition={partition}" if partition else None,
-        f"--qos={slurm.qos}" if slurm.qos else None,
-        f"--time={slurm.time}" if slurm.time else None,
-        f"--nodes={config.nnodes}",
-        "--ntasks-per-node=1",
-        f"--gpus-per-node={gpus}" if gpus else None,
-        f"--cpus-per-task={config.ncpus_per_gpu * max(1, gpus)}",
-        "--requeue",
-        "--open-mode=append",
-        "--kill-on-invalid-dep=yes",
-        f"--signal=B:USR1@{_signal_lead(slurm.time)}",
-        f"--output=logs/level_{level}-%j.out",
-    ]
-    lines = ["#!/usr/bin/env bash"] + [f"#SBATCH {o}" for o in options if o]
+    lines = _sbatch_header(
+        launch,
+        config,
+        slurm,
+        level,
+        partition,
+        tasks_per_node=1,
+        cpus_per_task=config.ncpus_per_gpu * max(1, gpus),
+        signal="B:USR1",
+    )
     lines += [
         f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate).",
         "# Submitted by run.sh from the experiment directory; SIGUSR1 before the time limit",
@@ -362,10 +355,22 @@ def _render_sbatch(
     return "\n".join(lines) + "\n"
 
 
-def _render_distributed_sbatch(
-    launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int, partition: Any
-) -> str:
-    """Return the batch script of one level run by ``srun`` in ``config.n_processes`` tasks."""
+def _sbatch_header(
+    launch: _Launch,
+    config: ClusteringConfig,
+    slurm: SlurmOptions,
+    level: int,
+    partition: Any,
+    *,
+    tasks_per_node: int,
+    cpus_per_task: int,
+    signal: str,
+) -> list[str]:
+    """Return the shebang and ``#SBATCH`` lines of one level's job.
+
+    ``signal`` is ``B:USR1`` (to the batch shell alone) or ``USR1`` (to every task too);
+    it comes before the time limit, early enough to checkpoint.
+    """
     gpus = config.ngpus_per_node
     options = [
         f"--job-name=clustering-L{level}-{launch.run_id[:8]}",
@@ -374,16 +379,32 @@ def _render_distributed_sbatch(
         f"--qos={slurm.qos}" if slurm.qos else None,
         f"--time={slurm.time}" if slurm.time else None,
         f"--nodes={config.nnodes}",
-        f"--ntasks-per-node={config.procs_per_node}",
+        f"--ntasks-per-node={tasks_per_node}",
         f"--gpus-per-node={gpus}" if gpus else None,
-        f"--cpus-per-task={config.ncpus_per_gpu}",
+        f"--cpus-per-task={cpus_per_task}",
         "--requeue",
         "--open-mode=append",
         "--kill-on-invalid-dep=yes",
-        f"--signal=USR1@{_signal_lead(slurm.time)}",
+        f"--signal={signal}@{_signal_lead(slurm.time)}",
         f"--output=logs/level_{level}-%j.out",
     ]
-    lines = ["#!/usr/bin/env bash"] + [f"#SBATCH {o}" for o in options if o]
+    return ["#!/usr/bin/env bash"] + [f"#SBATCH {o}" for o in options if o]
+
+
+def _render_distributed_sbatch(
+    launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int, partition: Any
+) -> str:
+    """Return the batch script of one level run by ``srun`` in ``config.n_processes`` tasks."""
+    lines = _sbatch_header(
+        launch,
+        config,
+        slurm,
+        level,
+        partition,
+        tasks_per_node=config.procs_per_node,
+        cpus_per_task=config.ncpus_per_gpu,
+        signal="USR1",
+    )
     lines += [
         f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate),",
         f"# in {config.n_processes} tasks that share the rows of every k-means run",

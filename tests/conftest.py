@@ -94,22 +94,19 @@ def _group_for_workers(items: list[pytest.Item]) -> None:
     The weight of a group counts its tests, 30 for one marked ``slow``, so the long
     groups start at once instead of last.
     """
+    members: dict[str, list[pytest.Item]] = defaultdict(list)  # in collection order
     weight: dict[str, float] = defaultdict(float)
-    first: dict[str, int] = {}
-    key = {}
-    for position, item in enumerate(items):
+    for item in items:
         group = worker_group(item.nodeid)
         if "slurm_cluster" in getattr(item, "fixturenames", ()) and group != "slurm":
             raise pytest.UsageError(
                 f"{item.nodeid} uses slurm_cluster: move it to a tests/test_slurm*.py module "
                 "(one cluster per session runs on one worker)"
             )
+        members[group].append(item)
         weight[group] += 30.0 if item.get_closest_marker("slow") else 1.0
-        first.setdefault(group, position)
-        key[id(item)] = (group, position)
-    items.sort(
-        key=lambda item: (-weight[key[id(item)][0]], first[key[id(item)][0]], key[id(item)][1])
-    )
+    heaviest_first = sorted(members, key=lambda group: -weight[group])  # stable: ties keep order
+    items[:] = [item for group in heaviest_first for item in members[group]]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -708,7 +708,7 @@ KMEANS_ERRORS = [
     ({"n_clusters": 2, "device": "tpu"}, X5, r"device='tpu' is not a torch device"),
     ({"n_clusters": 2, "block_size": 0}, X5, r"block_size=0 must be >= 1"),
     ({"n_clusters": 2, "centroid_block_size": -1}, X5, r"centroid_block_size=-1 must be >= 1"),
-    ({"n_clusters": 2, "bounds": "yes"}, np.zeros((3, 2)), r"bounds='yes' must be True or False"),
+    ({"n_clusters": 2, "bounds": "yes"}, np.zeros((3, 2)), r"bounds='yes' must be True, False or None"),
     ({"n_clusters": 2}, np.array([[0.0, 1.0], [np.nan, 2.0], [3, 4]]), r"non-finite.*row 1"),
     ({"n_clusters": 2}, np.array([[0.0, 1.0], [1.0, 2.0], [3, np.inf]]), r"non-finite.*row 2"),
     ({"n_clusters": 2}, np.array([[0.0], [1e39]]), r"non-finite.*float32.*row 1"),

@@ -35,6 +35,8 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import itertools
 import math
 import numbers
@@ -657,6 +659,36 @@ def _accumulators() -> ThreadPoolExecutor:
     return _ACCUMULATORS
 
 
+@functools.cache
+def _has_triton() -> bool:
+    """Whether Triton is installed (it comes with the CUDA builds of torch on Linux)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def _fused_assignment(device: torch.device, dtype: torch.dtype, matmul_precision: str) -> bool:
+    """Whether Lloyd passes on ``device`` assign rows with the fused Triton kernel."""
+    tf32 = device.type == "cuda" and matmul_precision == "tf32"
+    return dtype == torch.float32 and _has_triton() and (tf32 or _triton_interpreter(device))
+
+
+def _triton_interpreter(device: torch.device) -> bool:
+    """Whether Triton's numpy interpreter is on (``TRITON_INTERPRET=1``; tests, on the CPU)."""
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _fused_wanted(xb: torch.Tensor, centers: torch.Tensor) -> bool:
+    """Whether :func:`_nearest` hands ``xb`` to the fused kernel.
+
+    Yes for float32 on CUDA while TF32 is allowed (inside the ``matmul_precision="tf32"``
+    block), and for float32 on the CPU under the Triton interpreter.
+    """
+    if xb.dtype != torch.float32 or centers.dtype != torch.float32 or not _has_triton():
+        return False
+    if xb.device.type == "cuda":
+        return bool(torch.backends.cuda.matmul.allow_tf32)
+    return _triton_interpreter(xb.device)
+
+
 def _nearest(
     xb: torch.Tensor,
     centers: torch.Tensor,
@@ -668,6 +700,10 @@ def _nearest(
 
     ``scores`` is an optional flat buffer of at least ``b * centroid_block`` elements.
     """
+    if _fused_wanted(xb, centers):
+        from astrocurate import nearest_kernel
+
+        return nearest_kernel.nearest(xb, centers, c_sq)
     b, k = xb.shape[0], centers.shape[0]
     best_val = best_idx = None
     for c0 in range(0, k, centroid_block):
@@ -1254,20 +1290,24 @@ class KMeans:
     centroid_block_size : int, optional
         Centroids per block (default: at most 2**23 scores per block on CPU, 2**28 on CUDA).
     matmul_precision : {"highest", "tf32"}
-        ``"tf32"`` lets the distance matmuls use TF32 on CUDA (about 2x faster on an H100,
-        10-bit mantissa products; the exact distances and the float64 sums are unchanged).
-        Ignored on the CPU.
+        ``"tf32"`` lets the distance matmuls use TF32 on CUDA (10-bit mantissa products;
+        the exact distances and the float64 sums are unchanged). For float32 the Lloyd
+        assignment then runs in one fused Triton kernel (:mod:`astrocurate.nearest_kernel`:
+        TF32 product and argmin without writing the score matrix). Ignored on the CPU.
     distributed : bool, optional
         None (default): when ``torch.distributed`` is initialised with several ranks, each
         rank assigns a contiguous slice of the rows and the float64 sums, counts and
         potentials are all-reduced (see :func:`init_distributed`); otherwise one process.
         False: this process alone. True: as None, but an error without a process group.
-    bounds : bool
-        True (default): skip the distance GEMM of the rows whose label provably stays
-        (Hamerly's triangle-inequality bounds, with the rounding error of the scores
-        accounted for), which makes later Lloyd iterations several times cheaper. The
-        labels, distances and centres are those of the full computation. False: every
-        row against every centre in every iteration. float16/bfloat16 are never pruned.
+    bounds : bool, optional
+        True: skip the distance GEMM of the rows whose label provably stays (Hamerly's
+        triangle-inequality bounds, with the rounding error of the scores accounted for),
+        which makes later Lloyd iterations several times cheaper. The labels, distances
+        and centres are those of the full computation. False: every row against every
+        centre in every iteration. None (default): True, except where the fused CUDA
+        kernel assigns the rows (float32, ``matmul_precision="tf32"``, Triton present),
+        whose full pass costs less than the bounds' bookkeeping. float16/bfloat16 are
+        never pruned.
 
     Attributes
     ----------
@@ -1347,7 +1387,7 @@ class KMeans:
         centroid_block_size: int | None = None,
         matmul_precision: str = "highest",
         distributed: bool | None = None,
-        bounds: bool = True,
+        bounds: bool | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.init = init
@@ -1525,7 +1565,7 @@ class KMeans:
         """
         block_rows, centroid_block = self._blocks(self.n_clusters)
         done = state.step >= self.n_iters
-        rho = _score_error_factor(self._dtype, local.d, local.device) if self.bounds else None
+        rho = _score_error_factor(self._dtype, local.d, local.device) if self._bounds() else None
         if rho is None:
             result = _assign_pass(local, state.centers, block_rows, centroid_block, not done)
         else:
@@ -1557,8 +1597,14 @@ class KMeans:
         _check_block_size("centroid_block_size", self.centroid_block_size)
         _check_choice("matmul_precision", self.matmul_precision, VALID_PRECISIONS)
         _check_distributed(self.distributed)
-        if not isinstance(self.bounds, bool):
-            raise InvalidArgumentError(f"bounds={self.bounds!r} must be True or False")
+        if self.bounds is not None and not isinstance(self.bounds, bool):
+            raise InvalidArgumentError(f"bounds={self.bounds!r} must be True, False or None")
+
+    def _bounds(self) -> bool:
+        """Whether Lloyd passes prune: ``bounds``, or by default unless the fused kernel runs."""
+        if self.bounds is not None:
+            return self.bounds
+        return not _fused_assignment(self._device, self._dtype, self.matmul_precision)
 
     def _blocks(self, k: int) -> tuple[int, int]:
         return _block_sizes(self._device, k, self.block_size, self.centroid_block_size)

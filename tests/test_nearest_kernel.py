@@ -1,0 +1,149 @@
+"""The fused TF32 nearest-centroid kernel (astrocurate.nearest_kernel).
+
+Without a GPU the kernel's logic runs in Triton's numpy interpreter (``TRITON_INTERPRET=1``,
+set before Triton wraps the kernel, hence a subprocess): its labels must equal
+``torch.argmin`` of the float32 scores, ties and ragged tiles included, and a k-means fit
+through it must equal the plain CPU fit. On a CUDA machine the TF32 labels are checked
+against exact distances.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from astrocurate.kmeans import HierarchicalKMeans, KMeans, _fused_assignment, _score_error_factor
+
+pytest.importorskip("triton")
+
+INTERPRETED = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import torch
+    from astrocurate import nearest_kernel
+    from astrocurate.kmeans import KMeans
+
+    out = {"cases": []}
+    gen = torch.Generator().manual_seed(0)
+    # ragged row and centroid tiles, d below, at and above one 16-wide feature step
+    for n, k, d in [(1, 1, 3), (37, 5, 3), (100, 33, 40), (257, 70, 16), (64, 17, 33)]:
+        x = torch.randn(n, d, generator=gen)
+        c = torch.randn(k, d, generator=gen)
+        if k > 4:
+            c[4] = c[1]  # an exact duplicate: the first of the two must win
+        c_sq = (c * c).sum(1)
+        ref = torch.argmin(c_sq - 2 * x @ c.T, dim=1)
+        got = nearest_kernel.nearest(x, c, c_sq)
+        out["cases"].append([n, k, d, bool(torch.equal(got, ref)), got.dtype == torch.int64])
+    # rows that are a strided view (every other row of a bigger matrix)
+    big = torch.randn(80, 24, generator=gen)
+    c = torch.randn(19, 24, generator=gen)
+    c_sq = (c * c).sum(1)
+    got = nearest_kernel.nearest(big[::2], c, c_sq)
+    out["strided"] = bool(torch.equal(got, torch.argmin(c_sq - 2 * big[::2] @ c.T, dim=1)))
+    out["empty"] = list(nearest_kernel.nearest(big[:0], c, c_sq).shape)
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(500, 8)) + rng.integers(0, 6, size=(500, 1)) * 4).astype(np.float32)
+    km = KMeans(12, n_iters=4, random_state=1).fit(x)
+    out["fit"] = {"labels": km.labels_.tolist(), "centers": km.cluster_centers_.tolist(),
+                  "recomputed": km.n_recomputed_}
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_interpreted_kernel_labels_equal_torch_argmin(interpreted: dict) -> None:
+    for n, k, d, equal, int64 in interpreted["cases"]:
+        assert equal, f"labels differ for n={n} k={k} d={d}"
+        assert int64
+    assert interpreted["strided"]
+    assert interpreted["empty"] == [0]
+
+
+def test_interpreted_fit_equals_plain_cpu_fit(interpreted: dict) -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(500, 8)) + rng.integers(0, 6, size=(500, 1)) * 4).astype(np.float32)
+    plain = KMeans(12, n_iters=4, random_state=1, bounds=False).fit(x)
+    fused = interpreted["fit"]
+    np.testing.assert_array_equal(np.asarray(fused["labels"]), plain.labels_)
+    np.testing.assert_array_equal(np.asarray(fused["centers"], np.float32), plain.cluster_centers_)
+    assert fused["recomputed"] == []  # no bounds by default where the fused kernel assigns
+
+
+def test_fused_assignment_only_for_float32_tf32_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert _fused_assignment(cuda, torch.float32, "tf32")
+    assert not _fused_assignment(cuda, torch.float32, "highest")
+    assert not _fused_assignment(cuda, torch.float64, "tf32")
+    assert not _fused_assignment(cpu, torch.float32, "tf32")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _fused_assignment(cpu, torch.float32, "highest")
+    assert not _fused_assignment(cpu, torch.float64, "highest")
+
+
+def test_bounds_default_prunes_on_the_cpu() -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(500, 8)) + rng.integers(0, 6, size=(500, 1)) * 4).astype(np.float32)
+    default = KMeans(12, n_iters=4, random_state=1).fit(x)
+    assert len(default.n_recomputed_) == 5  # one count per Lloyd pass: bounds are on
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_tf32_labels_are_nearest_within_the_tf32_error() -> None:
+    from astrocurate import nearest_kernel
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(20_000, 384, device="cuda", generator=gen)
+    c = torch.randn(3_000, 384, device="cuda", generator=gen)
+    c[7] = c[2]
+    c_sq = (c * c).sum(1)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        got = nearest_kernel.nearest(x, c, c_sq)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    exact = torch.cdist(x.double(), c.double()).square_()
+    best = exact.min(dim=1).values
+    chosen = exact.gather(1, got[:, None]).squeeze(1)
+    rho = _score_error_factor(torch.float32, 384, x.device) + 2.0**-9
+    bound = 2 * rho * (x.double().norm(dim=1) + c.double().norm(dim=1).max()) ** 2
+    assert bool((chosen - best <= bound).all())
+    assert float((got == exact.argmin(dim=1)).double().mean()) > 0.9
+    assert not bool((got == 7).any())  # the duplicate of centre 2 never wins
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_tf32_fit_matches_cpu_on_separated_blobs() -> None:
+    rng = np.random.default_rng(5)
+    means = rng.normal(scale=20.0, size=(10, 16))
+    x = (means[rng.integers(0, 10, 3000)] + rng.normal(size=(3000, 16))).astype(np.float32)
+    kw = {"n_iters": 10, "random_state": 6}
+    cpu = KMeans(10, **kw).fit(x)
+    gpu = KMeans(10, device="cuda", matmul_precision="tf32", **kw).fit(x)
+    np.testing.assert_array_equal(gpu.labels_, cpu.labels_)
+    np.testing.assert_allclose(gpu.cluster_centers_, cpu.cluster_centers_, rtol=1e-5, atol=1e-4)
+    cfg = {"n_clusters": [10, 3], "n_resampling_steps": [2, 2], "sample_size": [50, 3], **kw}
+    hc = HierarchicalKMeans(**cfg).fit(x)
+    hg = HierarchicalKMeans(**cfg, device="cuda", matmul_precision="tf32").fit(x)
+    for lvl in range(2):
+        np.testing.assert_array_equal(hg.labels_[lvl], hc.labels_[lvl])

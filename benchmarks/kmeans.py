@@ -32,11 +32,18 @@ Examples
 ``python benchmarks/kmeans.py --big``                 adds 1M x 128 with k=10k
 ``python benchmarks/kmeans.py --device cuda --case 3000000x384:60000 --precision tf32``
 ``python benchmarks/kmeans.py --hierarchical``        config-A shape at 1/10 scale
+``python benchmarks/kmeans.py --device cuda --precision tf32 --case 3000000x384:60000 --iters 3
+--hierarchical --hierarchical-config configs/clusters/A_3M_3lvl_60k_4k_300.yaml
+--hierarchical-scale 1``                             config A itself, 3M points, on a GPU
+
+On CUDA the data are generated on the GPU (a torch generator, same mixture law) instead of
+a ``.npy``, and with ``--precision tf32`` the plain torch loop runs in both FP32 and TF32.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import resource
@@ -44,14 +51,23 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
-from astrocurate.kmeans import HierarchicalKMeans, KMeans, KMeansState, assign, resolve_device
+from astrocurate.kmeans import (
+    HierarchicalKMeans,
+    KMeans,
+    KMeansState,
+    _fused_assignment,
+    assign,
+    resolve_device,
+)
 
 try:
     import faiss
@@ -108,6 +124,19 @@ def parse_case(text: str) -> tuple[int, int, int]:
         ) from exc
 
 
+def make_mixture(path: Path, n: int, d: int, seed: int, device: torch.device) -> Any:
+    """The benchmark's mixture: a memory-mapped ``.npy`` on the CPU, a tensor on CUDA."""
+    if device.type != "cuda":
+        return write_mixture(path, n, d, seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    means = torch.randn((256, d), generator=gen, device=device).mul_(3.0)
+    which = torch.randint(256, (n,), generator=gen, device=device)
+    x = torch.randn((n, d), generator=gen, device=device)
+    for start in range(0, n, 1 << 20):  # add the means in slices: no second n x d buffer
+        x[start : start + (1 << 20)] += means[which[start : start + (1 << 20)]]
+    return x
+
+
 def write_mixture(path: Path, n: int, d: int, seed: int, components: int = 256) -> np.ndarray:
     """Write an ``(n, d)`` float32 Gaussian mixture to ``path`` and return it memory-mapped."""
     rng = np.random.default_rng(seed)
@@ -140,12 +169,12 @@ def _record(timing: Timing, marks: list[tuple[float, float]]) -> None:
 
 
 def run_ours(
-    x: np.ndarray,
+    x: Any,
     init: np.ndarray,
     iters: int,
     device: torch.device,
     precision: str,
-    bounds: bool = True,
+    bounds: bool | None = None,
 ) -> Timing:
     """Our KMeans started from ``init`` (through the resume state), timed per Lloyd update."""
     k = init.shape[0]
@@ -190,10 +219,23 @@ def run_faiss(x: np.ndarray, init: np.ndarray, iters: int, device: torch.device)
 
 
 def run_torch_loop(
-    x: np.ndarray, init: np.ndarray, iters: int, device: torch.device, block: int
+    x: Any, init: np.ndarray, iters: int, device: torch.device, block: int, tf32: bool = False
 ) -> Timing:
-    """Plain torch Lloyd loop: matmul + argmin + index_add (float32 sums), in row blocks."""
-    xt = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    """Plain torch Lloyd loop: matmul + argmin + index_add (float32 sums), in row blocks.
+
+    ``tf32``: its matmuls in TF32 (CUDA).
+    """
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        return _torch_loop(x, init, iters, device, block)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _torch_loop(x: Any, init: np.ndarray, iters: int, device: torch.device, block: int) -> Timing:
+    xt = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    xt = xt.to(device)
     c = torch.from_numpy(init.copy()).to(device)
     k = c.shape[0]
     marks = [_clock(device)]
@@ -214,7 +256,7 @@ def run_torch_loop(
     return timing
 
 
-def inertia(x: np.ndarray, centroids: np.ndarray, device: torch.device) -> float:
+def inertia(x: Any, centroids: np.ndarray, device: torch.device) -> float:
     """Sum of exact squared distances to the nearest centroid (float64 sum)."""
     _, sq = assign(x, centroids.astype(np.float32), device=device)
     return float(sq.sum(dtype=np.float64))
@@ -230,19 +272,28 @@ def run_case(
 ) -> None:
     """Time every method on one ``(n, d, k)`` case and print a table."""
     n, d, k = case
-    x = write_mixture(tmp / f"x_{n}_{d}.npy", n, d, args.seed)
-    init = np.asarray(x[np.sort(np.random.default_rng(args.seed).choice(n, k, replace=False))])
+    x = make_mixture(tmp / f"x_{n}_{d}.npy", n, d, args.seed, device)
+    chosen = np.sort(np.random.default_rng(args.seed).choice(n, k, replace=False))
+    init = x[torch.from_numpy(chosen).to(device)].cpu().numpy() if device.type == "cuda" else None
+    init = np.asarray(x[chosen]) if init is None else init
+    # ours as configured by default, then with the other bounds setting
+    fused = _fused_assignment(device, torch.float32, args.precision)
     methods: dict[str, Callable[[], Timing]] = {
-        "astrocurate": lambda: run_ours(x, init, args.iters, device, args.precision),
-        "astrocurate, no bounds": lambda: run_ours(
-            x, init, args.iters, device, args.precision, bounds=False
-        ),
+        "astrocurate": lambda: run_ours(x, init, args.iters, device, args.precision, None),
     }
+    if not args.no_alternative:
+        methods["astrocurate, bounds" if fused else "astrocurate, no bounds"] = lambda: run_ours(
+            x, init, args.iters, device, args.precision, bounds=fused
+        )
     if faiss is not None and (device.type == "cpu" or faiss.get_num_gpus() > 0):
-        methods["faiss.Kmeans"] = lambda: run_faiss(x, init, args.iters, device)
+        methods["faiss.Kmeans"] = lambda: run_faiss(np.asarray(x), init, args.iters, device)
     if not args.no_torch_loop:
         block = 8192 if device.type == "cpu" else 32768
         methods["torch loop"] = lambda: run_torch_loop(x, init, args.iters, device, block)
+        if device.type == "cuda" and args.precision == "tf32":
+            methods["torch loop, TF32"] = lambda: run_torch_loop(
+                x, init, args.iters, device, block, tf32=True
+            )
     results: dict[str, list[Timing]] = {name: [] for name in methods}
     for _ in range(args.rounds):
         for name, run in methods.items():
@@ -287,29 +338,78 @@ def _fmt(values: Iterable[float]) -> str:
     return " ".join(f"{v:.3f}" for v in values)
 
 
+def hierarchical_shape(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    """Points, HierarchicalKMeans parameters and a title for the hierarchical run.
+
+    Without ``--hierarchical-config``: config A's clusters at 1/10 scale with 3 resampling
+    steps and ``--iters`` iterations (sized for the CPU). With it: that config's levels,
+    iterations, steps and sample sizes, its points and clusters times ``--hierarchical-scale``.
+    """
+    if args.hierarchical_config is None:
+        params = {
+            "n_clusters": [6000, 400, 30],
+            "n_iters": args.iters,
+            "n_resampling_steps": [3, 3, 3],
+            "sample_size": [5, 3, 3],
+            "sampling_strategy": "r",
+        }
+        return 300_000, params, f"clusters 6000/400/30, {args.iters} iterations, 3 steps"
+    config = yaml.safe_load(args.hierarchical_config.read_text())
+    scale = args.hierarchical_scale
+    keys = ("n_iters", "n_resampling_steps", "sample_size", "sampling_strategy", "n_splits")
+    params = {key: config[key] for key in keys}
+    params["n_clusters"] = [max(1, round(k * scale)) for k in config["n_clusters"]]
+    title = f"{args.hierarchical_config.name} x {scale}: " + ", ".join(
+        f"{key} {params[key]}" for key in ("n_clusters", *keys)
+    )
+    return round(3_000_000 * scale), params, title
+
+
 def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
-    """Config A's shape at 1/10 scale: 300k points, 6000/400/30 clusters, with resampling."""
-    n, d = 300_000, args.hierarchical_dim
-    x = write_mixture(tmp / f"h_{n}_{d}.npy", n, d, args.seed)
+    """A whole 3-level clustering shaped like config A; wall time per k-means run and level."""
+    n, params, title = hierarchical_shape(args)
+    d = args.hierarchical_dim
+    print(f"\n## hierarchical, {n:,} x {d}, {title}", flush=True)
+    x = make_mixture(tmp / f"h_{n}_{d}.npy", n, d, args.seed, device)
     hkm = HierarchicalKMeans(
-        [6000, 400, 30],
-        n_iters=args.iters,
-        n_resampling_steps=[3, 3, 3],
-        sample_size=[5, 3, 3],
-        sampling_strategy="r",
-        random_state=args.seed,
-        device=device,
-        matmul_precision=args.precision,
+        **params, random_state=args.seed, device=device, matmul_precision=args.precision
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    hkm.fit(x)
+
+    def level_done(level: int, result: Any) -> None:
+        print(f"level {level + 1} done at {time.perf_counter() - start:.1f} s", flush=True)
+
+    with _report_kmeans_runs(start):
+        hkm.fit(x, level_callback=level_done)
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    print(f"\n## hierarchical, {n:,} x {d}, clusters 6000/400/30, {args.iters} iterations, 3 steps")
     print(f"wall {wall:.1f} s, peak RSS {rss:.2f} GiB, peak GPU memory {gpu:.2f} GiB")
+
+
+@contextlib.contextmanager
+def _report_kmeans_runs(start: float) -> Iterator[None]:
+    """Print the size and wall time of every k-means run (init + Lloyd) while inside."""
+    original = KMeans._fit_rows
+
+    def timed(self: KMeans, rows: Any, **kwargs: Any) -> KMeans:
+        t0 = time.perf_counter()
+        out = original(self, rows, **kwargs)
+        now = time.perf_counter()
+        print(
+            f"  k-means n={rows.n:,} k={self.n_clusters:,}: {now - t0:.1f} s "
+            f"(at {now - start:.1f} s)",
+            flush=True,
+        )
+        return out
+
+    KMeans._fit_rows = timed
+    try:
+        yield
+    finally:
+        KMeans._fit_rows = original
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,6 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch-loop", action="store_true", help="skip the plain torch loop")
     parser.add_argument("--hierarchical", action="store_true", help="also the config-A-shaped run")
     parser.add_argument("--hierarchical-dim", type=int, default=384)
+    parser.add_argument(
+        "--hierarchical-config", type=Path, help="a configs/clusters YAML for the levels"
+    )
+    parser.add_argument(
+        "--hierarchical-scale", type=float, default=0.1, help="points and clusters x this"
+    )
+    parser.add_argument(
+        "--no-alternative", action="store_true", help="ours with its default bounds only"
+    )
     parser.add_argument("--tmp", type=Path, default=None, help="where the data file goes")
     parser.add_argument("--verbose", action="store_true", help="print every iteration's time")
     args = parser.parse_args(argv)
@@ -338,8 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         faiss.omp_set_num_threads(args.threads)
     if device.type == "cuda" and args.precision == "tf32":
-        print("ours uses TF32 matmuls (matmul_precision='tf32'); the torch loop uses FP32")
-    cases = args.case or (GPU_CASES if device.type == "cuda" else DEFAULT_CASES)
+        print("ours uses TF32 (matmul_precision='tf32'); the torch loop runs in FP32 and in TF32")
+    if args.case:
+        cases = args.case
+    elif args.hierarchical_config:  # the hierarchical run alone
+        cases = []
+    else:
+        cases = GPU_CASES if device.type == "cuda" else DEFAULT_CASES
     cases = [c if isinstance(c, tuple) else parse_case(c) for c in cases]
     if args.big:
         cases += [parse_case(c) for c in BIG_CASES]
@@ -351,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for case in cases:
             run_case(args, case, device, Path(tmp))
-        if args.hierarchical:
+        if args.hierarchical or args.hierarchical_config:
             run_hierarchical(args, device, Path(tmp))
     print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     return 0

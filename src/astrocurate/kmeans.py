@@ -626,7 +626,9 @@ class _Workspace:
         accumulate: bool,
     ) -> None:
         self.scores = torch.empty(rows * cols, dtype=dtype, device=device)
-        self.diff = torch.empty((min(rows, _DIST_ROWS), d), dtype=dtype, device=device)
+        # the exact distances go _DIST_ROWS rows at a time on the CPU, a block at once on CUDA
+        step = min(rows, _DIST_ROWS) if device.type == "cpu" else rows
+        self.diff = torch.empty((step, d), dtype=dtype, device=device)
         # one float64 copy per column chunk (CPU: one chunk per accumulating thread)
         self.chunks = _column_chunks(d, device) if accumulate else []
         self.x64 = [

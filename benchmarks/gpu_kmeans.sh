@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The k-means checks that need a GPU (issue 5), for a lent GPU machine whose python3 holds
+# torch and Triton. Run from the repository root; logs go to $OUT (default /tmp/gpu_kmeans).
+#
+#   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel
+#   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
+#                                             fused) vs the plain torch loop in FP32 and TF32
+#   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+out=${OUT:-/tmp/gpu_kmeans}
+mkdir -p "$out"
+case "${1:-}" in
+    tests)
+        nvidia-smi -L | tee "$out/tests.log"
+        python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py \
+            tests/test_kmeans.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
+        ;;
+    iteration)
+        python3 benchmarks/kmeans.py --device cuda --precision tf32 --iters 3 \
+            --case 3000000x384:60000 --no-alternative --verbose 2>&1 | tee "$out/iteration.log"
+        ;;
+    config-a)
+        python3 benchmarks/kmeans.py --device cuda --precision tf32 \
+            --hierarchical-config configs/clusters/A_3M_3lvl_60k_4k_300.yaml \
+            --hierarchical-scale 1 2>&1 | tee "$out/config_a.log"
+        ;;
+    *)
+        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a" >&2
+        exit 2
+        ;;
+esac

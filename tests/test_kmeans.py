@@ -394,6 +394,9 @@ BOUNDS_CASES = {
     "k1": (_mixture(300, 4, 3, 4), 1, {}),
     "float64": (_mixture(800, 8, 5, 5).astype(np.float64), 20, {"dtype": "float64"}),
     "k-equals-n": (unstructured(n=40, d=3), 40, {}),
+    # 30 groups of centres: rows are rescored against a few groups only
+    "many-groups": (_mixture(3000, 24, 40, 8), 300, {}),
+    "many-groups-blocks": (_mixture(2000, 24, 30, 9), 200, {"block_size": 300}),
 }
 
 
@@ -416,6 +419,27 @@ def test_bounds_give_exactly_the_full_computation(case: str, init: str) -> None:
     assert pruned.potential_history_ == full.potential_history_
     assert len(pruned.n_recomputed_) == pruned.n_iter_ + 1
     assert pruned.n_recomputed_[0] == len(x) and full.n_recomputed_ == []
+
+
+def test_rescoring_in_small_batches_gives_the_same_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _mixture(2500, 16, 30, 10)
+    ref = KMeans(250, n_iters=12, random_state=2).fit(x)
+    assert any(0 < r < len(x) for r in ref.n_recomputed_[1:])  # some rows rescored, not all
+    monkeypatch.setattr(km_module, "_RESCORE_ROWS", 37)  # many flushes, across blocks
+    small = KMeans(250, n_iters=12, random_state=2, block_size=500).fit(x)
+    np.testing.assert_array_equal(small.labels_, ref.labels_)
+    np.testing.assert_array_equal(small.cluster_centers_, ref.cluster_centers_)
+    assert small.n_recomputed_ == ref.n_recomputed_
+
+
+def test_moved_down_never_exceeds_the_exact_difference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    lower = (torch.rand(200_000, generator=gen) * 100).reshape(-1, 8)
+    shift64 = torch.rand(8, generator=gen, dtype=torch.float64) * 10
+    got = km_module._moved_down(lower, km_module._up_f32(shift64)).to(torch.float64)
+    exact = lower.to(torch.float64) - shift64
+    assert bool((got <= exact).all())
+    assert float((exact - got).max()) < 1e-4  # and only an ulp or two below
 
 
 def test_bounds_with_duplicate_centres_keep_the_first_on_ties() -> None:
@@ -708,7 +732,7 @@ KMEANS_ERRORS = [
     ({"n_clusters": 2, "device": "tpu"}, X5, r"device='tpu' is not a torch device"),
     ({"n_clusters": 2, "block_size": 0}, X5, r"block_size=0 must be >= 1"),
     ({"n_clusters": 2, "centroid_block_size": -1}, X5, r"centroid_block_size=-1 must be >= 1"),
-    ({"n_clusters": 2, "bounds": "yes"}, np.zeros((3, 2)), r"bounds='yes' must be True, False or None"),
+    ({"n_clusters": 2, "bounds": "yes"}, X5, r"bounds=.yes. must be True, False or None"),
     ({"n_clusters": 2}, np.array([[0.0, 1.0], [np.nan, 2.0], [3, 4]]), r"non-finite.*row 1"),
     ({"n_clusters": 2}, np.array([[0.0, 1.0], [1.0, 2.0], [3, np.inf]]), r"non-finite.*row 2"),
     ({"n_clusters": 2}, np.array([[0.0], [1e39]]), r"non-finite.*float32.*row 1"),

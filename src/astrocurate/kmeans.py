@@ -990,6 +990,7 @@ class _Bounds:
     centers: torch.Tensor | None = None
     groups: torch.Tensor | None = None
     recomputed: list[int] = field(default_factory=list)
+    buffers: tuple[torch.Tensor, ...] | None = None  # reused by :class:`_Pending`
 
 
 @dataclass
@@ -1082,6 +1083,7 @@ def _rescore(
     x_sq: torch.Tensor,
     candidates: torch.Tensor,
     lower: torch.Tensor,
+    gathered: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and lower bounds of rows ``xr`` from their candidate groups' centres alone.
 
@@ -1092,6 +1094,7 @@ def _rescore(
     that the full GEMM might break the other way, and gets its label from the full GEMM
     (:func:`_nearest`, as in the full pass). A rescored group's new lower bound leaves the
     label out; the other groups keep ``lower`` (updated in place and returned).
+    ``gathered`` is a buffer of at least ``len(xr)`` rows for each group's rows.
     """
     r, n_groups = candidates.shape
     k, dev = ctx.centers.shape[0], xr.device
@@ -1107,7 +1110,8 @@ def _rescore(
             continue
         p1 = p0 + count
         idx = ctx.order[ctx.group_starts[g] : ctx.group_starts[g + 1]]
-        scores = torch.addmm(ctx.c_sq[idx], xr[pair_row[p0:p1]], ctx.centers[idx].T, alpha=-2)
+        xg = torch.index_select(xr, 0, pair_row[p0:p1], out=gathered[:count])
+        scores = torch.addmm(ctx.c_sq[idx], xg, ctx.centers[idx].T, alpha=-2)
         val, pos = scores.min(dim=1)
         first[p0:p1], first_idx[p0:p1] = val, idx[pos]
         if len(idx) > 1:
@@ -1195,7 +1199,7 @@ def _pruned_pass(
     sq = torch.empty(rows.n, dtype=_dist_dtype(centers.dtype), device=dev)
     ws = rows.workspace(min(block_rows, rows.n), min(centroid_block, k), centers.dtype, accumulate)
     moved = torch.zeros(rows.n, dtype=torch.bool, device=dev)
-    pending = _Pending(ctx, x_sq, labels, lower, moved)
+    pending = _Pending(ctx, x_sq, labels, lower, moved, bounds, block_rows)
     for start, stop, xb in rows.blocks(block_rows):
         if first:
             labels[start:stop], lower[start:stop] = _fresh_block(
@@ -1212,7 +1216,7 @@ def _pruned_pass(
             ws,
             sq[start:stop],
         )
-        pending.add(redo + start, xb[redo], candidates)
+        pending.add(redo + start, xb, redo, candidates)
     pending.flush()
     recomputed = rows.n if first else pending.rescored
     chunks = [torch.zeros((k, c1 - c0), dtype=torch.float64, device=dev) for c0, c1 in ws.chunks]
@@ -1242,7 +1246,9 @@ class _Pending:
 
     Rescored :data:`_RESCORE_ROWS` at a time, so that the per-group products are large;
     their labels and lower bounds are written into the pass's tensors and ``moved`` flags
-    the rows whose label changed.
+    the rows whose label changed. The gathered rows and the per-group copies go into
+    buffers kept in ``bounds`` from pass to pass: fresh allocations of this size cost
+    more in page faults than the copies themselves.
     """
 
     def __init__(
@@ -1252,30 +1258,45 @@ class _Pending:
         labels: torch.Tensor,
         lower: torch.Tensor,
         moved: torch.Tensor,
+        bounds: _Bounds,
+        block_rows: int,
     ) -> None:
         self.ctx, self.x_sq, self.labels, self.lower, self.moved = ctx, x_sq, labels, lower, moved
-        self.parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        rows = min(_RESCORE_ROWS + block_rows, len(labels))
+        d, dtype, dev = ctx.centers.shape[1], ctx.centers.dtype, ctx.centers.device
+        if bounds.buffers is None or bounds.buffers[0].shape[0] < rows:
+            bounds.buffers = tuple(torch.empty((rows, d), dtype=dtype, device=dev) for _ in "ab")
+        self.rows, self.gathered = bounds.buffers
+        self.index: list[torch.Tensor] = []
+        self.candidates: list[torch.Tensor] = []
         self.size = 0
         self.rescored = 0
 
-    def add(self, index: torch.Tensor, xr: torch.Tensor, candidates: torch.Tensor) -> None:
-        """Queue rows ``index`` (global) with features ``xr`` and their candidate groups."""
-        if len(index):
-            self.parts.append((index, xr, candidates))
-            self.size += len(index)
+    def add(
+        self, index: torch.Tensor, xb: torch.Tensor, local: torch.Tensor, cand: torch.Tensor
+    ) -> None:
+        """Queue rows ``local`` of block ``xb`` (global ``index``) with their candidate groups."""
+        if len(local):
+            torch.index_select(xb, 0, local, out=self.rows[self.size : self.size + len(local)])
+            self.index.append(index)
+            self.candidates.append(cand)
+            self.size += len(local)
         if self.size >= _RESCORE_ROWS:
             self.flush()
 
     def flush(self) -> None:
         """Rescore the queued rows."""
-        if not self.parts:
+        if not self.size:
             return
-        index, xr, cand = (torch.cat(part) for part in zip(*self.parts, strict=True))
-        self.parts, self.size = [], 0
-        new, self.lower[index] = _rescore(self.ctx, xr, self.x_sq[index], cand, self.lower[index])
+        index, cand = torch.cat(self.index), torch.cat(self.candidates)
+        xr = self.rows[: self.size]
+        new, self.lower[index] = _rescore(
+            self.ctx, xr, self.x_sq[index], cand, self.lower[index], self.gathered
+        )
         self.moved[index] = new != self.labels[index]
         self.labels[index] = new
-        self.rescored += len(index)
+        self.rescored += self.size
+        self.index, self.candidates, self.size = [], [], 0
 
 
 def assign(

@@ -147,6 +147,7 @@ def assert_same_levels(directory: Path, reference: Path) -> None:
         ({"ngpus_per_node": 4, "nprocs_per_node": 2}, r"one process per GPU; set nprocs"),
         ({"nprocs_per_node": 0}, r"nprocs_per_node=0 must be null or an integer >= 1"),
         ({"n_clusters": "many"}, r"n_clusters: level 1 has 'many'"),
+        ({"matmul_precision": "bf16"}, r"matmul_precision='bf16' is not valid; .*highest, tf32"),
     ],
     ids=[
         "unknown-key",
@@ -168,6 +169,7 @@ def assert_same_levels(directory: Path, reference: Path) -> None:
         "processes-not-gpus",
         "zero-processes",
         "string-clusters",
+        "bad-matmul-precision",
     ],
 )
 def test_config_errors_name_key_value_and_what_is_valid(changes, message) -> None:
@@ -220,6 +222,7 @@ def test_shipped_configs_are_valid_and_commented(path: Path) -> None:
         assert cfg.n_clusters == sizes[path.stem[0]]
         assert cfg.n_levels == int(re.search(r"(\d)lvl", path.stem).group(1))
         assert all(n >= 50 for n in cfg.n_iters)
+        assert cfg.matmul_precision == "tf32"  # sized for a GPU: TF32, the fused kernel
     else:
         assert list(cfg.n_clusters) == name_numbers
         assert max(cfg.n_clusters) <= 100

@@ -19,6 +19,7 @@ from astrocurate.errors import InvalidArgumentError
 STEP = "clustering"
 CONFIG_FILE = "config.yaml"
 VALID_DTYPES = ("float32", "float64")
+VALID_MATMUL_PRECISIONS = ("highest", "tf32")
 VALID_STRATEGIES = ("r", "c")
 VALID_INITS = ("k-means++", "random")
 #: Per-level keys: a list with one entry per level, or one value for every level.
@@ -96,6 +97,10 @@ class ClusteringConfig:
     tol : float, optional
         Stop a k-means run early once an update lowers the potential by at most ``tol``
         times its value; None runs ``n_iters`` updates.
+    matmul_precision : str
+        ``highest`` (FP32 products) or ``tf32``: TF32 products on CUDA, with the Lloyd
+        assignment in one fused kernel (about 6x faster on an H100; see
+        :class:`~astrocurate.kmeans.KMeans`). No effect on the CPU.
     """
 
     n_levels: int
@@ -118,6 +123,7 @@ class ClusteringConfig:
     device: str = "auto"
     init: str = "k-means++"
     tol: float | None = None
+    matmul_precision: str = "highest"
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> ClusteringConfig:
@@ -333,6 +339,10 @@ def _check_scalar(key: str, value: Any) -> Any:
     elif key == "high_precision" and value != "float64":
         raise InvalidArgumentError(
             f"{bad} is not valid; centroid sums are always accumulated in float64"
+        )
+    elif key == "matmul_precision" and value not in VALID_MATMUL_PRECISIONS:
+        raise InvalidArgumentError(
+            f"{bad} is not valid; valid values: {', '.join(VALID_MATMUL_PRECISIONS)}"
         )
     elif key == "init" and value not in VALID_INITS:
         raise InvalidArgumentError(f"{bad} is not valid; valid values: {', '.join(VALID_INITS)}")

@@ -476,6 +476,7 @@ class _LevelRun:
             random_state=seed,
             device=self.device,
             dtype=self.dtype,
+            matmul_precision=self.config.matmul_precision,
         )
 
     def run(self, inputs: Any) -> Any:
@@ -504,7 +505,13 @@ class _LevelRun:
             if step == 0:
                 labels, sq = km.labels_, km.sq_distances_
             else:
-                labels, sq = assign(Y, centers, device=self.device, dtype=self.dtype)
+                labels, sq = assign(
+                    Y,
+                    centers,
+                    device=self.device,
+                    dtype=self.dtype,
+                    matmul_precision=self.config.matmul_precision,
+                )
             histories = [*histories, list(km.potential_history_)]
             self.ckpt.save_step(step, centers, labels, sq, histories)
             self.ckpt.check_stop()

@@ -467,23 +467,22 @@ def test_bounds_skip_most_rows_in_late_iterations() -> None:
     np.testing.assert_array_equal(km.labels_, ref.labels_)
 
 
-def test_center_group_distances_bound_the_exact_distances_from_below() -> None:
+def test_nearest_groups_matches_brute_force() -> None:
     rng = np.random.default_rng(8)
+    xb = torch.from_numpy(rng.normal(size=(50, 4)).astype(np.float32))
     centers = torch.from_numpy(rng.normal(size=(13, 4)).astype(np.float32))
-    centers[5] = centers[2]  # an exact duplicate: distance 0 to the other
-    groups = torch.from_numpy(np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 2]))
+    centers[5] = centers[2]  # an exact tie
+    groups = torch.from_numpy(rng.integers(0, 3, 13))
     c_sq = (centers * centers).sum(1)
-    rho = km_module._score_error_factor(torch.float32, 4, centers.device)
-    c64 = centers.to(torch.float64)
-    exact = torch.cdist(c64, c64)
-    exact.fill_diagonal_(math.inf)
+    scores = (c_sq - 2 * xb @ centers.T).numpy()
     for block in (13, 5, 1):
-        got = km_module._center_group_distances(centers, c_sq, groups, 3, block, rho)
+        labels, group_min = km_module._nearest_groups(xb, centers, c_sq, block, groups, 3)
+        expected = km_module._nearest(xb, centers, c_sq, block)
+        np.testing.assert_array_equal(labels.numpy(), expected.numpy())
         for g in range(3):
-            want = exact[:, groups == g].min(dim=1).values
-            assert bool((got[:, g] <= want).all())
-            np.testing.assert_allclose(got[:, g].numpy(), want.numpy(), atol=1e-2)
-    assert float(got[2, 2]) == 0.0  # centre 2 and its duplicate 5 share group 2
+            masked = np.where(groups.numpy()[None, :] == g, scores, np.inf)
+            masked[np.arange(50), labels.numpy()] = np.inf
+            np.testing.assert_allclose(group_min[:, g].numpy(), masked.min(1), rtol=1e-5, atol=1e-5)
 
 
 def test_lower_bounds_round_down_to_float32() -> None:

@@ -896,31 +896,42 @@ def _center_groups(centers: torch.Tensor, block_rows: int, centroid_block: int) 
     return _assign_pass(rows, means, block_rows, min(centroid_block, n_groups), False).labels
 
 
-def _center_group_distances(
+def _nearest_groups(
+    xb: torch.Tensor,
     centers: torch.Tensor,
     c_sq: torch.Tensor,
+    centroid_block: int,
     groups: torch.Tensor,
     n_groups: int,
-    centroid_block: int,
-    rho: float,
-) -> torch.Tensor:
-    """Lower bound of the distance from each centre to the nearest other centre of each group.
+    scores: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like :func:`_nearest`, plus the lowest score ``|c|^2 - 2 x.c`` per group of centres.
 
-    Shape (k, n_groups), float64 (inf for a group with no other centre). The first pass's
-    row bounds come from it by the triangle inequality, with no per-row product.
+    The labels are those of :func:`_nearest` (the same products, the first index on
+    ties). The group minima, shape (b, n_groups), leave out each row's own label (inf for
+    a group with no other centre).
     """
-    k = centers.shape[0]
-    out = torch.empty((k, n_groups), dtype=torch.float64, device=centers.device)
-    step = max(1, min(centroid_block, k))
-    for r0 in range(0, k, step):
-        r1 = min(r0 + step, k)
-        g = torch.addmm(c_sq, centers[r0:r1], centers.T, alpha=-2).add_(c_sq[r0:r1, None])
-        diag = torch.arange(r0, r1, device=centers.device)
-        g[diag - r0, diag] = math.inf
-        part = torch.full((r1 - r0, n_groups), math.inf, dtype=g.dtype, device=g.device)
-        out[r0:r1] = part.scatter_reduce_(1, groups.expand(r1 - r0, k), g, "amin")
-    err = 4 * rho * float(c_sq.max()) * (1 + rho)
-    return out.sub_(err).clamp_(min=0).sqrt_()
+    b, k = xb.shape[0], centers.shape[0]
+    best_val = best_idx = group_min = None
+    for c0 in range(0, k, centroid_block):
+        c1 = min(c0 + centroid_block, k)
+        out = None if scores is None else scores[: b * (c1 - c0)].view(b, c1 - c0)
+        s = torch.addmm(c_sq[c0:c1], xb, centers[c0:c1].T, alpha=-2, out=out)
+        val, idx = s.min(dim=1)
+        s.scatter_(1, idx.unsqueeze(1), math.inf)
+        part = torch.full((b, n_groups), math.inf, dtype=s.dtype, device=s.device)
+        part.scatter_reduce_(1, groups[c0:c1].expand(b, c1 - c0), s, "amin")
+        if best_val is None:
+            best_val, best_idx, group_min = val, idx, part
+            continue
+        better = val < best_val
+        loser_val = torch.where(better, best_val, val)  # the block's or the old best
+        loser = torch.where(better, best_idx, idx + c0)
+        group_min = torch.minimum(group_min, part)
+        group_min.scatter_reduce_(1, groups[loser].unsqueeze(1), loser_val.unsqueeze(1), "amin")
+        best_val = torch.where(better, val, best_val)
+        best_idx = torch.where(better, idx + c0, best_idx)
+    return best_idx, group_min
 
 
 def _half_separation(
@@ -993,10 +1004,9 @@ class _PassContext:
     n_groups: int
     rho: float
     c_norm: float  # upper bound of the largest centre norm
+    shift: torch.Tensor | None  # (n_groups,) float64, None on the first pass
     half_sep: torch.Tensor | None  # (k,) float64, None on the first pass
-    group_dist: torch.Tensor | None  # (k, n_groups) float64, the first pass only
-    # (n_groups,) float32: largest centre move per group, rounded up; None on the first pass
-    shift_up: torch.Tensor | None
+    shift_up: torch.Tensor | None  # shift rounded up to float32
     order: torch.Tensor  # (k,) int64: centre indices sorted by group, ascending within one
     group_starts: list[int]  # group g's centres are order[group_starts[g]:group_starts[g + 1]]
 
@@ -1006,19 +1016,25 @@ class _PassContext:
         return (x64 * (1 + self.rho)).sqrt_().add_(self.c_norm).square_().mul_(self.rho)
 
 
-def _fresh_block(
-    ctx: _PassContext, xb: torch.Tensor, ws: _Workspace, sq_out: torch.Tensor
+def _fresh_lower(
+    ctx: _PassContext, xb: torch.Tensor, x_sq: torch.Tensor, err: torch.Tensor, ws: _Workspace
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Labels and exact distances (into ``sq_out``) of the full pass, and first lower bounds.
+    """Labels of ``xb`` from the full GEMM, and new lower bounds per group (float32)."""
+    labels, group_min = _nearest_groups(
+        xb, ctx.centers, ctx.c_sq, ctx.centroid_block, ctx.groups, ctx.n_groups, ws.scores
+    )
+    # |x - c|^2 >= computed |x|^2 + score - E for every c
+    low = group_min.to(torch.float64).add_(x_sq[:, None]).sub_(err[:, None])
+    return labels, _down_f32(low.clamp_(min=0).sqrt_())
 
-    The labels come from :func:`_nearest`, as in :func:`_assign_pass`. For a centre ``c``
-    of group ``g`` other than the label ``a``, ``|x - c| >= |c_a - c| - |x - c_a|``: the
-    bound is the centre-to-group distance less the exact distance (rounded up).
-    """
-    labels = _nearest(xb, ctx.centers, ctx.c_sq, ctx.centroid_block, ws.scores)
+
+def _fresh_block(
+    ctx: _PassContext, xb: torch.Tensor, x_sq: torch.Tensor, ws: _Workspace, sq_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels, lower bounds and exact distances (into ``sq_out``) from the full GEMM."""
+    labels, lower = _fresh_lower(ctx, xb, x_sq.to(torch.float64), ctx.score_error(x_sq), ws)
     _sq_dist_to(xb, ctx.centers, labels, ws.diff, sq_out)
-    upper = (sq_out.to(torch.float64) * (1 + ctx.rho)).sqrt_()  # never in place: sq_out stays
-    return labels, _down_f32(ctx.group_dist[labels].sub_(upper[:, None]))
+    return labels, lower
 
 
 def _check_bounds(
@@ -1147,13 +1163,9 @@ def _pass_context(
         n_groups=n_groups,
         rho=rho,
         c_norm=math.sqrt(float(c_sq.max()) * (1 + rho)),
+        shift=shift,
         shift_up=None if shift is None else _up_f32(shift),
         half_sep=None if first else _half_separation(centers, c_sq, centroid_block, rho),
-        group_dist=(
-            _center_group_distances(centers, c_sq, bounds.groups, n_groups, centroid_block, rho)
-            if first
-            else None
-        ),
         order=order,
         group_starts=[0, *itertools.accumulate(sizes)],
     )
@@ -1190,7 +1202,9 @@ def _pruned_pass(
     pending = _Pending(ctx, x_sq, labels, lower, moved, bounds, block_rows)
     for start, stop, xb in rows.blocks(block_rows):
         if first:
-            labels[start:stop], lower[start:stop] = _fresh_block(ctx, xb, ws, sq[start:stop])
+            labels[start:stop], lower[start:stop] = _fresh_block(
+                ctx, xb, x_sq[start:stop], ws, sq[start:stop]
+            )
             continue
         labels[start:stop] = bounds.labels[start:stop]
         lower[start:stop], redo, candidates = _check_bounds(

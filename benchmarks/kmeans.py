@@ -450,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print("ours uses TF32 (matmul_precision='tf32'); the torch loop runs in FP32 and in TF32")
     if args.case:
         cases = args.case
-    elif args.hierarchical_config:  # the hierarchical run alone
+    elif args.hierarchical or args.hierarchical_config:  # the hierarchical run alone
         cases = []
     else:
         cases = GPU_CASES if device.type == "cuda" else DEFAULT_CASES

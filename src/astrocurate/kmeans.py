@@ -1547,9 +1547,9 @@ class KMeans:
     With ``bounds`` (Yinyang-style: centres in ``min(64, k // 10)`` groups, one lower
     bound per row and group, 4 bytes each) only the rows whose bounds do not prove their
     label are scored again, and only against the centres of the groups that their bounds
-    do not rule out (the group filter: typically a few of the 64); the first pass, which
-    also computes the group minima, costs about 1.4x a plain one. On the benchmark's
-    mixture (200k x 384, k=1000) later passes cost 0.3-0.7 of a plain one.
+    do not rule out (the group filter: typically a few of the 64). The first pass, which
+    also computes the exact group minima, costs 1.4-2.3x a plain one; later passes on the
+    benchmark's mixtures cost a fraction of one (BENCHMARKS.md).
 
     Exactness of the pruning: a row keeps its label without the product only when the
     exact distance to its centre (rounded up) plus twice a bound of the rounding error of

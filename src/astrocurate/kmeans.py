@@ -684,11 +684,8 @@ def _fused_wanted(xb: torch.Tensor, centers: torch.Tensor) -> bool:
     Yes for float32 on CUDA while TF32 is allowed (inside the ``matmul_precision="tf32"``
     block), and for float32 on the CPU under the Triton interpreter.
     """
-    if xb.dtype != torch.float32 or centers.dtype != torch.float32 or not _has_triton():
-        return False
-    if xb.device.type == "cuda":
-        return bool(torch.backends.cuda.matmul.allow_tf32)
-    return _triton_interpreter(xb.device)
+    precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "highest"
+    return centers.dtype == xb.dtype and _fused_assignment(xb.device, xb.dtype, precision)
 
 
 def _nearest(

@@ -274,8 +274,10 @@ def run_case(
     n, d, k = case
     x = make_mixture(tmp / f"x_{n}_{d}.npy", n, d, args.seed, device)
     chosen = np.sort(np.random.default_rng(args.seed).choice(n, k, replace=False))
-    init = x[torch.from_numpy(chosen).to(device)].cpu().numpy() if device.type == "cuda" else None
-    init = np.asarray(x[chosen]) if init is None else init
+    if isinstance(x, torch.Tensor):  # generated on the GPU
+        init = x[torch.from_numpy(chosen).to(device)].cpu().numpy()
+    else:
+        init = np.asarray(x[chosen])
     # ours as configured by default, then with the other bounds setting
     fused = _fused_assignment(device, torch.float32, args.precision)
     methods: dict[str, Callable[[], Timing]] = {

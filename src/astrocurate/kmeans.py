@@ -1262,7 +1262,11 @@ class _Pending:
         rows = min(_RESCORE_ROWS + block_rows, len(labels))
         d, dtype, dev = ctx.centers.shape[1], ctx.centers.dtype, ctx.centers.device
         if bounds.buffers is None or bounds.buffers[0].shape[0] < rows:
-            bounds.buffers = tuple(torch.empty((rows, d), dtype=dtype, device=dev) for _ in "ab")
+            # the queued rows, and each group's rows gathered from them
+            bounds.buffers = (
+                torch.empty((rows, d), dtype=dtype, device=dev),
+                torch.empty((rows, d), dtype=dtype, device=dev),
+            )
         self.rows, self.gathered = bounds.buffers
         self.index: list[torch.Tensor] = []
         self.candidates: list[torch.Tensor] = []

@@ -421,6 +421,60 @@ def test_bounds_give_exactly_the_full_computation(case: str, init: str) -> None:
     assert pruned.n_recomputed_[0] == len(x) and full.n_recomputed_ == []
 
 
+SEEDING_CASES = {
+    "mixture-24d": (_mixture(3000, 24, 40, 8), 300, {}),
+    "mixture-blocks": (_mixture(2000, 24, 30, 9), 200, {"block_size": 300}),
+    "ties-duplicates": (_ties(), 40, {}),  # more centres than distinct points
+    "float64": (_mixture(2000, 8, 30, 5).astype(np.float64), 150, {"dtype": "float64"}),
+}
+
+
+@pytest.mark.parametrize("case", list(SEEDING_CASES), ids=list(SEEDING_CASES))
+def test_seeding_bounds_leave_out_only_rows_no_candidate_brings_closer(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, k, kw = SEEDING_CASES[case]
+    left_out: list[float] = []
+    original = KMeans._seeding_rows
+
+    def checked(self: KMeans, local, state, cx, cx_sq, x_sq, d2):
+        scored = original(self, local, state, cx, cx_sq, x_sq, d2)
+        if scored is not None:
+            out = np.ones(len(x), dtype=bool)
+            out[scored.numpy()] = False
+            exact = brute_force_sq(x[out], cx.numpy()).min(axis=1)
+            assert (exact >= d2.numpy()[out]).all()
+            left_out.append(float(out.mean()))
+        return scored
+
+    monkeypatch.setattr(KMeans, "_seeding_rows", checked)
+    pruned = KMeans(k, n_iters=0, random_state=3, **kw).fit(x)
+    full = KMeans(k, n_iters=0, random_state=3, bounds=False, **kw).fit(x)
+    assert left_out and max(left_out) > 0.75  # the bounds did leave most rows out
+    np.testing.assert_array_equal(pruned.init_indices_, full.init_indices_)
+    np.testing.assert_array_equal(pruned.cluster_centers_, full.cluster_centers_)
+
+
+def test_resume_mid_seeding_with_bounds_gives_the_same_result() -> None:
+    x, k, _ = SEEDING_CASES["mixture-24d"]
+    params = {"n_iters": 2, "random_state": 11}
+    ref = KMeans(k, **params).fit(x)
+    saved: dict = {}
+
+    def killer(state: KMeansState) -> None:
+        if state.phase == "init" and state.step == 200:
+            saved.update(state.state_dict())
+            raise _KilledError
+
+    with pytest.raises(_KilledError):
+        KMeans(k, **params).fit(x, callback=killer)
+    assert saved["nearest_centers"].shape == (len(x),)
+    got = KMeans(k, **params).fit(x, state=KMeansState.from_state_dict(saved))
+    np.testing.assert_array_equal(got.init_indices_, ref.init_indices_)
+    np.testing.assert_array_equal(got.cluster_centers_, ref.cluster_centers_)
+    np.testing.assert_array_equal(got.labels_, ref.labels_)
+
+
 def test_rescoring_in_small_batches_gives_the_same_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     x = _mixture(2500, 16, 30, 10)
     ref = KMeans(250, n_iters=12, random_state=2).fit(x)

@@ -48,6 +48,8 @@ INPUT_INDICES = "input_indices.npy"
 LEVEL_DONE = "level.json"
 LEVEL_ARRAYS = ("centroids", "labels", "members", "offsets", "distances", "point_labels")
 CHECKPOINTS = "checkpoints"
+#: Arrays of a k-means checkpoint that exist only during greedy k-means++.
+_OPTIONAL_KMEANS_ARRAYS = ("min_sq_distances", "nearest_centers")
 TAG_PROGRESS = "astrocurate.progress"
 
 
@@ -372,8 +374,9 @@ class _Checkpoints:
                 return
             d = state.state_dict()
             arrays = {"centers": d["centers"], "center_indices": d["center_indices"]}
-            if d["min_sq_distances"] is not None:
-                arrays["min_sq_distances"] = d["min_sq_distances"]
+            for optional in _OPTIONAL_KMEANS_ARRAYS:
+                if d[optional] is not None:
+                    arrays[optional] = d[optional]
             meta = {
                 "phase": d["phase"],
                 "step": d["step"],
@@ -399,9 +402,9 @@ class _Checkpoints:
             "step": meta["step"],
             "centers": arrays["centers"],
             "center_indices": arrays["center_indices"],
-            "min_sq_distances": arrays.get("min_sq_distances"),
             "potential_history": meta["potential_history"],
             "rng_state": meta["rng_state"],
+            **{optional: arrays.get(optional) for optional in _OPTIONAL_KMEANS_ARRAYS},
         }
         log.info("resuming k-means run %d from its %s step %d", step, meta["phase"], meta["step"])
         return KMeansState.from_state_dict(state, device=device, dtype=dtype)

@@ -86,6 +86,9 @@ _PRELOAD_BYTES_CPU = 1 << 30
 #: On CUDA the whole input is copied to the device once when it takes at most this
 #: fraction of the free device memory; otherwise row blocks are copied on every pass.
 _PRELOAD_FRACTION_CUDA = 0.5
+#: Greedy k-means++ scores only the rows its bounds keep while they are at most this
+#: fraction of the rows; above it a plain pass over all rows (no gathering) costs less.
+_SEEDING_GATHER_FRACTION = 0.25
 
 Array = np.ndarray | torch.Tensor
 
@@ -359,6 +362,12 @@ class _Rows:
         rows = self._convert(self.source[indices[order]])
         inverse = torch.from_numpy(np.argsort(order, kind="stable")).to(self.device)
         return rows[inverse]
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (an ascending int64 tensor on the device), shape (m, d)."""
+        if self.full is not None:
+            return torch.index_select(self.full, 0, index)
+        return self.take(index.cpu().numpy())
 
     def sq_norms(self, block_rows: int) -> torch.Tensor:
         """Squared norms of all rows, shape (n,), computed once."""
@@ -719,6 +728,18 @@ def _nearest(
             best_val = torch.where(better, val, best_val)
             best_idx = torch.where(better, idx + c0, best_idx)
     return best_idx
+
+
+def _seeding_blocks(
+    local: _Rows, scored: torch.Tensor | None, block_rows: int
+) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
+    """Yield ``(where, rows)``: all rows block by block (``scored`` None) or the ``scored``."""
+    if scored is None:
+        for start, stop, xb in local.blocks(block_rows):
+            yield slice(start, stop), xb
+    else:
+        for start, stop in _spans(len(scored), block_rows):
+            yield scored[start:stop], local.gather(scored[start:stop])
 
 
 def _sq_dist_to(
@@ -1398,6 +1419,9 @@ class KMeansState:
         nearest centre) of the centres after ``t`` Lloyd updates.
     rng : numpy.random.Generator
         The generator the fit draws from.
+    nearest_centers : torch.Tensor of int64, shape (n,), or None
+        During ``"init"``: the chosen centre each row's ``min_sq_distances`` is measured
+        to (the k-means++ bounds); None where they are not used.
     """
 
     phase: str
@@ -1407,6 +1431,7 @@ class KMeansState:
     min_sq_distances: torch.Tensor | None
     potential_history: list[float]
     rng: np.random.Generator
+    nearest_centers: torch.Tensor | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """Copy the state into plain Python and numpy objects (for a checkpoint)."""
@@ -1415,11 +1440,8 @@ class KMeansState:
             "step": self.step,
             "centers": self.centers.detach().cpu().to(torch.float64).numpy().copy(),
             "center_indices": self.center_indices.copy(),
-            "min_sq_distances": (
-                None
-                if self.min_sq_distances is None
-                else self.min_sq_distances.detach().cpu().numpy().copy()
-            ),
+            "min_sq_distances": _numpy_copy(self.min_sq_distances),
+            "nearest_centers": _numpy_copy(self.nearest_centers),
             "potential_history": list(self.potential_history),
             "rng_state": self.rng.bit_generator.state,
         }
@@ -1436,7 +1458,7 @@ class KMeansState:
         dev, dt = _resolve_device(device), _resolve_dtype(dtype)
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = state["rng_state"]
-        d2 = state["min_sq_distances"]
+        d2, nearest = state["min_sq_distances"], state.get("nearest_centers")
         return cls(
             phase=state["phase"],
             step=int(state["step"]),
@@ -1445,7 +1467,12 @@ class KMeansState:
             min_sq_distances=None if d2 is None else torch.as_tensor(d2).to(dev),
             potential_history=list(state["potential_history"]),
             rng=rng,
+            nearest_centers=None if nearest is None else torch.as_tensor(nearest).to(dev),
         )
+
+
+def _numpy_copy(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.detach().cpu().numpy().copy()
 
 
 class KMeans:
@@ -1719,30 +1746,81 @@ class KMeans:
         cand: np.ndarray,
         d2: torch.Tensor,
     ) -> None:
-        """Keep the candidate that most lowers the potential; update D^2 (this rank's rows)."""
+        """Keep the candidate that most lowers the potential; update D^2 (this rank's rows).
+
+        The potential with candidate ``c`` is the current one less its gain, the sum over
+        the rows of ``D^2(x) - min(D^2(x), |x - c|^2)``; rows that no candidate can bring
+        closer (:meth:`_seeding_rows`) add nothing and are not scored.
+        """
         block_rows, _ = self._blocks(len(cand))
         if local.full is not None and self.block_size is None:
             # few columns: take many rows at once (fewer, larger kernels)
             block_rows = max(block_rows, _MAX_SCORE_ELEMENTS[local.device.type] // len(cand))
-        cx = rows.take(cand)
-        cx_sq = (cx.to(d2.dtype) ** 2).sum(dim=1)
+        cx = rows.take(cand).to(d2.dtype)
+        cx_sq = (cx * cx).sum(dim=1)
         x_sq = local.sq_norms(block_rows)
-        new_d2 = torch.empty((local.n, len(cand)), dtype=d2.dtype, device=d2.device)
-        potentials = torch.zeros(len(cand), dtype=torch.float64, device=d2.device)
-        for start, stop, xb in local.blocks(block_rows):
-            dist = torch.addmm(cx_sq, xb.to(d2.dtype), cx.to(d2.dtype).T, alpha=-2)
-            dist.add_(x_sq[start:stop, None]).clamp_(min=0)
-            torch.minimum(dist, d2[start:stop, None], out=new_d2[start:stop])
-            potentials += new_d2[start:stop].sum(dim=0, dtype=torch.float64)
-        best = int(torch.argmin(comm.sum_(potentials)))
+        scored = self._seeding_rows(local, state, cx, cx_sq, x_sq, d2)
+        gains = torch.zeros(len(cand), dtype=torch.float64, device=d2.device)
+        parts = []  # (rows, their new D^2 with each candidate)
+        for where, xb in _seeding_blocks(local, scored, block_rows):
+            old = d2[where]
+            new = torch.addmm(cx_sq, xb.to(d2.dtype), cx.T, alpha=-2)
+            new.add_(x_sq[where, None]).clamp_(min=0)
+            torch.minimum(new, old[:, None], out=new)
+            gains += (old[:, None].double() - new.double()).sum(dim=0)
+            parts.append((where, new))
+        best = int(torch.argmax(comm.sum_(gains)))
         chosen = int(cand[best])
-        d2 = new_d2[:, best].contiguous()
+        nearest = state.nearest_centers
+        if nearest is None and state.step == 0 and self._seeding_error(local) is not None:
+            nearest = torch.zeros(local.n, dtype=torch.int64, device=d2.device)
+        for where, new in parts:
+            if nearest is not None:
+                moved = new[:, best] < d2[where]
+                nearest[where] = torch.where(moved, state.step, nearest[where])
+            d2[where] = new[:, best]
         if comm.start <= chosen < comm.stop:
             d2[chosen - comm.start] = 0
+            if nearest is not None:
+                nearest[chosen - comm.start] = state.step
         state.centers[state.step] = cx[best]
         state.center_indices[state.step] = chosen
         state.min_sq_distances = d2
+        state.nearest_centers = nearest
         state.step += 1
+
+    def _seeding_rows(
+        self,
+        local: _Rows,
+        state: KMeansState,
+        cx: torch.Tensor,
+        cx_sq: torch.Tensor,
+        x_sq: torch.Tensor,
+        d2: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Find this rank's rows that a k-means++ candidate may bring closer (None: all).
+
+        A row ``x`` at ``D^2(x)`` from its nearest chosen centre ``a`` is left out when
+        ``|c - a|^2 >= 4 D^2(x) + 5E`` for every candidate ``c``, ``E`` bounding the
+        rounding error of every computed squared distance: then ``|x - c| >= |c - a| -
+        |x - a| >= |x - a|`` holds with the errors included, so the full computation
+        would keep ``D^2(x)`` and add no gain. Rows are only left out, never scored
+        differently, so the choice is that of the full pass up to the rounding of the
+        products of another row count. Late in the seeding, when the centres are dense,
+        few rows are left to score.
+        """
+        nearest, rho = state.nearest_centers, self._seeding_error(local)
+        if nearest is None or rho is None:
+            return None
+        centers = state.centers[: state.step].to(cx.dtype)
+        c_sq = (centers * centers).sum(dim=1)
+        gaps = torch.addmm(c_sq, cx, centers.T, alpha=-2).add_(cx_sq[:, None])
+        largest_sq = torch.stack([x_sq.max(), c_sq.max(), cx_sq.max()]).max().double()
+        err = 4 * rho * largest_sq  # rho (|x| + |c|)^2 <= rho (2 max norm)^2
+        closest = gaps.min(dim=0).values.double()  # nearest candidate to each centre
+        keep = closest[nearest] < 4 * d2.double() + 5 * err  # d2.double() may be d2
+        scored = torch.nonzero(keep).squeeze(1)
+        return None if len(scored) > _SEEDING_GATHER_FRACTION * local.n else scored
 
     def _lloyd_step(self, local: _Rows, comm: _Comm, state: KMeansState) -> _Pass | None:
         """Run one Lloyd iteration: assign, record the potential, update the centres.
@@ -1799,6 +1877,12 @@ class KMeans:
         if self.bounds is not None:
             return self.bounds
         return not _fused_assignment(self._device, self._dtype, self.matmul_precision)
+
+    def _seeding_error(self, local: _Rows) -> float | None:
+        """Return the rounding-error factor of the k-means++ bounds, None when they are off."""
+        if self.bounds is False:
+            return None
+        return _score_error_factor(self._dtype, local.d, local.device)
 
     def _blocks(self, k: int) -> tuple[int, int]:
         return _block_sizes(self._device, k, self.block_size, self.centroid_block_size)

@@ -1,0 +1,122 @@
+"""Greedy k-means++ with and without its bounds, side by side on the same data.
+
+Both runs seed ``k`` centres on the Gaussian mixture of ``benchmarks/kmeans.py`` with the
+same seed, device and threads, one after the other in one process; the ratio measured in
+one run is the figure that counts. Reported per run: wall and CPU seconds of the seeding
+alone (up to the last centre, no Lloyd iteration), the rows scored per centre (all rows
+without the bounds), and whether the two runs chose the same initial rows.
+
+With its bounds (the default, ``bounds=None``) a row is scored against the candidates only
+when its distance to its nearest chosen centre is large compared to that centre's distance
+to some candidate (triangle inequality, rounding errors included); ``bounds=False`` scores
+every row for every centre.
+
+Examples
+--------
+``python benchmarks/seeding.py``                            300k x 384, k=6000 (config A / 10)
+``python benchmarks/seeding.py --case 100000x384:2000``
+``python benchmarks/seeding.py --device cuda --precision tf32 --case 3000000x384:60000``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from kmeans import _clock, make_mixture, parse_case  # benchmarks/kmeans.py
+
+from astrocurate import kmeans as km_module
+from astrocurate.kmeans import KMeans, KMeansState, resolve_device
+
+
+def run_seeding(
+    x: Any, k: int, bounds: bool | None, device: torch.device, precision: str, seed: int
+) -> dict[str, Any]:
+    """Seed ``k`` centres; return the seconds, the rows scored per centre and the rows."""
+    scored: list[int] = []
+    original = km_module._seeding_blocks
+
+    def counted(local: Any, rows: Any, block_rows: int) -> Iterator[Any]:
+        scored.append(local.n if rows is None else len(rows))
+        return original(local, rows, block_rows)
+
+    marks = [_clock(device)]
+
+    def callback(state: KMeansState) -> None:
+        if state.phase == "init":
+            marks.append(_clock(device))
+
+    km = KMeans(
+        k, n_iters=0, random_state=seed, device=device, matmul_precision=precision, bounds=bounds
+    )
+    km_module._seeding_blocks = counted
+    try:
+        km.fit(x, callback=callback)
+    finally:
+        km_module._seeding_blocks = original
+    return {
+        "wall": marks[-1][0] - marks[0][0],
+        "cpu": marks[-1][1] - marks[0][1],
+        "scored": scored,
+        "init": km.init_indices_,
+    }
+
+
+def report(label: str, run: dict[str, Any], n: int, base: dict[str, Any] | None) -> None:
+    """Print one run's line (and its ratios to ``base``)."""
+    scored = np.asarray(run["scored"]) / n
+    ratio = "" if base is None else f"  x{run['wall'] / base['wall']:.3f} wall"
+    ratio += "" if base is None else f", x{run['cpu'] / base['cpu']:.3f} CPU"
+    print(
+        f"  {label:<22} {run['wall']:9.1f} s wall {run['cpu']:9.1f} s CPU   rows scored per "
+        f"centre: median {statistics.median(scored):.1%}, mean {scored.mean():.1%}, last 10% "
+        f"{scored[int(0.9 * len(scored)) :].mean():.1%}{ratio}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the options and run the cases."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", action="append", type=parse_case, help="NxD:K (repeatable)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="highest", choices=["highest", "tf32"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tmp", type=Path, default=None, help="where the data file goes")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    cases = args.case or [parse_case("300000x384:6000")]
+    print(
+        f"torch {torch.__version__}, device {device}, threads {args.threads}, load average "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    )
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        for n, d, k in cases:
+            x = make_mixture(Path(tmp) / f"x_{n}_{d}.npy", n, d, args.seed, device)
+            print(
+                f"greedy k-means++, {n:,} x {d}, k={k:,} ({km_module.n_candidates(k)} "
+                "candidates per centre)",
+                flush=True,
+            )
+            full = run_seeding(x, k, False, device, args.precision, args.seed)
+            report("no bounds", full, n, None)
+            bounded = run_seeding(x, k, None, device, args.precision, args.seed)
+            report("bounds (the default)", bounded, n, full)
+            same = np.array_equal(full["init"], bounded["init"])
+            print(f"  same initial rows: {same}", flush=True)
+    print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,8 @@
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
 #   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed
+#   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++ on 3M x 384, k=60k, with and
+#                                             without its bounds
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -26,8 +28,12 @@ case "${1:-}" in
             --hierarchical-config configs/clusters/A_3M_3lvl_60k_4k_300.yaml \
             --hierarchical-scale 1 2>&1 | tee "$out/config_a.log"
         ;;
+    seeding)
+        python3 benchmarks/seeding.py --device cuda --precision tf32 \
+            --case 3000000x384:60000 2>&1 | tee "$out/seeding.log"
+        ;;
     *)
-        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a" >&2
+        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a|seeding" >&2
         exit 2
         ;;
 esac

@@ -60,8 +60,8 @@ import numpy as np
 import torch
 import yaml
 
+from astrocurate.hierarchical import HierarchicalKMeans
 from astrocurate.kmeans import (
-    HierarchicalKMeans,
     KMeans,
     KMeansState,
     _fused_assignment,

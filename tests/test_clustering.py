@@ -40,7 +40,7 @@ from astrocurate.clustering import (
     valid_keys,
 )
 from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
-from astrocurate.kmeans import HierarchicalKMeans
+from astrocurate.hierarchical import HierarchicalKMeans
 from astrocurate.tracking import client, get_run, tracked_step
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from astrocurate import hierarchical
 from astrocurate import kmeans as km_module
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.kmeans import (
-    HierarchicalKMeans,
-    KMeans,
-    KMeansState,
-    NotFittedError,
-    assign,
-    cluster_level,
-    n_candidates,
-    sort_clusters,
-)
+from astrocurate.hierarchical import HierarchicalKMeans, cluster_level, sort_clusters
+from astrocurate.kmeans import KMeans, KMeansState, NotFittedError, assign, n_candidates
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -574,7 +567,7 @@ def test_sort_clusters_hand_checked() -> None:
 def test_resampling_pool_takes_first_s_per_cluster() -> None:
     labels = np.array([0, 0, 0, 1, 1, 2])
     keys = np.array([3.0, 1.0, 2.0, 5.0, 4.0, 9.0])
-    pool = km_module._first_per_cluster(labels, keys, 3, 2)
+    pool = hierarchical._first_per_cluster(labels, keys, 3, 2)
     np.testing.assert_array_equal(pool, [1, 2, 3, 4, 5])
 
 
@@ -752,7 +745,7 @@ def test_hierarchical_resume_and_one_level_at_a_time() -> None:
         n_iters=5,
         n_resampling_steps=3,
         sample_size=3,
-        random_state=km_module._child_seed(np.random.SeedSequence(3), 0),
+        random_state=hierarchical._child_seed(np.random.SeedSequence(3), 0),
     )
     np.testing.assert_array_equal(level0.centroids, ref.centroids_[0])
 

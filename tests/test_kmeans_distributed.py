@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.kmeans import HierarchicalKMeans, KMeans, assign
+from astrocurate.hierarchical import HierarchicalKMeans
+from astrocurate.kmeans import KMeans, assign
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -27,7 +28,9 @@ WORKER = """
 import sys
 import numpy as np
 import torch
-from astrocurate.kmeans import HierarchicalKMeans, KMeans, assign, init_distributed
+from astrocurate.distributed import init_distributed
+from astrocurate.hierarchical import HierarchicalKMeans
+from astrocurate.kmeans import KMeans, assign
 
 torch.set_num_threads(1)
 data, out = sys.argv[1], sys.argv[2]

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.kmeans import HierarchicalKMeans, KMeans
+from astrocurate.hierarchical import HierarchicalKMeans
+from astrocurate.kmeans import KMeans
 from astrocurate.sampling import balanced_sample
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.kmeans import HierarchicalKMeans, KMeans, _fused_assignment, _score_error_factor
+from astrocurate.hierarchical import HierarchicalKMeans
+from astrocurate.kmeans import KMeans, _fused_assignment, _score_error_factor
 
 pytest.importorskip("triton")
 

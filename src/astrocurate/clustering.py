@@ -544,7 +544,7 @@ def _run_distributed(directory: Path, level: int | None) -> ClusteringRun:
     """
     import torch
 
-    from astrocurate.kmeans import init_distributed
+    from astrocurate.distributed import init_distributed
 
     rank, world = init_distributed()
     ranks = _Ranks(rank, world)

@@ -443,7 +443,7 @@ class _Checkpoints:
 class _LevelRun:
     """One level: k-means, resampling steps, splits, with checkpoints (cf. ``cluster_level``).
 
-    Seeds follow :class:`~astrocurate.kmeans.HierarchicalKMeans`: level ``L`` (1-based)
+    Seeds follow :class:`~astrocurate.hierarchical.HierarchicalKMeans`: level ``L`` (1-based)
     uses stream ``(L - 1,)`` of ``config.seed``; within it k-means run ``s`` uses
     ``(L - 1, 0, s)``, the random draw of resampling step ``s`` ``(L - 1, 1, s)`` and the
     split of cluster ``j`` ``(L - 1, 2, j)``.
@@ -531,7 +531,7 @@ class _LevelRun:
 
     def _pool(self, step: int, labels: np.ndarray, sq: np.ndarray, n: int) -> np.ndarray:
         """Return the inputs pooled by resampling step ``step`` (sorted indices)."""
-        from astrocurate.kmeans import sort_clusters
+        from astrocurate.hierarchical import sort_clusters
 
         rng = np.random.default_rng(self._seed(1, step))
         keys = sq if self.strategy == "c" else rng.random(n)
@@ -548,7 +548,7 @@ class _LevelRun:
 
     def _split(self, Y: Any, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
         """Split every cluster into up to ``n_splits`` sub-clusters; drop empty ones."""
-        from astrocurate.kmeans import sort_clusters
+        from astrocurate.hierarchical import sort_clusters
 
         n = len(labels)
         members, offsets, _ = sort_clusters(labels, np.zeros(n), self.k)
@@ -605,7 +605,7 @@ def _take(Y: Any, idx: np.ndarray) -> Any:  # noqa: N803
 
 
 def _level_result(centroids, labels, sq, histories) -> Any:
-    from astrocurate.kmeans import LevelResult, sort_clusters
+    from astrocurate.hierarchical import LevelResult, sort_clusters
 
     k = centroids.shape[0]
     members, offsets, distances = sort_clusters(labels, sq, k)
@@ -661,8 +661,8 @@ def _write_level(
 
 
 def load_level_result(directory: Path | str, level: int) -> Any:
-    """Read a complete level back as a :class:`~astrocurate.kmeans.LevelResult`."""
-    from astrocurate.kmeans import LevelResult
+    """Read a complete level back as a :class:`~astrocurate.hierarchical.LevelResult`."""
+    from astrocurate.hierarchical import LevelResult
 
     out = Path(directory) / f"level_{level}"
     summary = json.loads((out / LEVEL_DONE).read_text())

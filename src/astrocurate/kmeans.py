@@ -1,4 +1,4 @@
-"""K-means and hierarchical k-means with resampling, as estimators over arrays.
+"""K-means (greedy k-means++ and Lloyd, blockwise, CPU and CUDA) as an estimator over arrays.
 
 This is the algorithm layer of the clustering step (DESIGN section 4), written from that
 description. It knows no files, no MLflow and no command line: inputs are arrays (numpy
@@ -24,12 +24,8 @@ Conventions
   host, built from ``random_state`` (``None``, a non-negative int, a
   :class:`numpy.random.SeedSequence` or a :class:`numpy.random.Generator`). The same
   seed therefore draws the same numbers on every device, and on the CPU the same seed
-  gives bit-identical results. :class:`HierarchicalKMeans` derives one independent
-  stream per (level, step) with ``SeedSequence(entropy, spawn_key=...)``, so any level
-  or resampling step can be recomputed (or resumed) on its own.
-* Levels of :class:`HierarchicalKMeans` are numbered from 0: level 0 clusters the input
-  points (the design notes' "level 1"), level ``l + 1`` clusters the centroids of level
-  ``l``.
+  gives bit-identical results. :class:`astrocurate.hierarchical.HierarchicalKMeans`
+  derives one independent stream per (level, step).
 """
 
 from __future__ import annotations
@@ -41,7 +37,6 @@ import itertools
 import math
 import numbers
 import os
-import subprocess
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,23 +46,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from astrocurate.distributed import Comm
 from astrocurate.errors import AstrocurateError, InvalidArgumentError
 
 __all__ = [
-    "HierarchicalKMeans",
     "KMeans",
     "KMeansState",
-    "LevelResult",
     "NotFittedError",
     "assign",
-    "cluster_level",
-    "init_distributed",
     "n_candidates",
-    "sort_clusters",
 ]
 
 VALID_INITS = ("k-means++", "random")
-VALID_STRATEGIES = ("r", "c")
 VALID_PRECISIONS = ("highest", "tf32")
 _DTYPES = {
     "float32": torch.float32,
@@ -214,22 +204,6 @@ def n_candidates(n_clusters: int) -> int:
 def _dist_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype of squared distances: at least float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _seed_sequence(random_state: Any) -> np.random.SeedSequence:
-    """Make a SeedSequence from ``random_state`` (drawing one integer from a Generator)."""
-    if isinstance(random_state, np.random.SeedSequence):
-        return random_state
-    if isinstance(random_state, np.random.Generator):
-        return np.random.SeedSequence(int(random_state.integers(2**63)))
-    return np.random.SeedSequence(random_state)
-
-
-def _child_seed(parent: np.random.SeedSequence, *key: int) -> np.random.SeedSequence:
-    """Derive the stream of ``parent`` for ``key``, independent of any other key."""
-    return np.random.SeedSequence(
-        parent.entropy, spawn_key=(*parent.spawn_key, *key), pool_size=parent.pool_size
-    )
 
 
 # --------------------------------------------------------------------------------------
@@ -407,91 +381,7 @@ def _block_sizes(
     return rows, min(cols, k)
 
 
-# --------------------------------------------------------------------------------------
-# torch.distributed: ranks, row slices, reductions
-# --------------------------------------------------------------------------------------
-
-
-def _rank_span(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of ``rank`` among ``world`` ranks (sizes differ by <= 1)."""
-    return n * rank // world, n * (rank + 1) // world
-
-
-class _Comm:
-    """The share of the work of a process: all rows alone, one row slice per rank otherwise.
-
-    Every collective is a no-op when ``world == 1``, so the single-process path is the
-    plain one. Collectives use tensors on the compute device (gloo: CPU, NCCL: CUDA).
-
-    Parameters
-    ----------
-    distributed : bool or None
-        None: distribute when ``torch.distributed`` is initialised with more than one rank;
-        False: this process alone (every rank then computes the same thing by itself);
-        True: like None, but an error when no process group is initialised.
-    n : int
-        Rows to share; ranks only split inputs of at least ``world`` rows.
-    """
-
-    def __init__(self, distributed: bool | None, n: int) -> None:
-        ready = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if distributed and not ready:
-            raise InvalidArgumentError(
-                "distributed=True but torch.distributed is not initialised; launch with "
-                "torchrun or srun and call astrocurate.kmeans.init_distributed() first"
-            )
-        world = torch.distributed.get_world_size() if ready else 1
-        self.world = world if distributed is not False and n >= world else 1
-        self.rank = torch.distributed.get_rank() if self.world > 1 else 0
-        self.n = n
-        self.start, self.stop = _rank_span(n, self.rank, self.world)
-
-    def local(self, rows: _Rows) -> _Rows:
-        """Return the rows of this rank (``rows`` itself when alone)."""
-        return rows if self.world == 1 else rows.slice(self.start, self.stop)
-
-    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
-        """All-reduce ``tensor`` in place (sum; the same bits on every rank); returns it."""
-        if self.world > 1:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def sum_float(self, value: float, device: torch.device) -> float:
-        """Sum a float64 value over the ranks."""
-        if self.world == 1:
-            return value
-        return float(self.sum_(torch.tensor([value], dtype=torch.float64, device=device)))
-
-    def any(self, flag: bool, device: torch.device) -> bool:
-        """Whether ``flag`` is true on any rank."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([int(flag)], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return bool(t)
-
-    def gather(self, values: torch.Tensor) -> np.ndarray:
-        """Every rank's ``values`` (same shape on all ranks), concatenated in rank order."""
-        if self.world == 1:
-            return values.cpu().numpy()
-        parts = [torch.empty_like(values) for _ in range(self.world)]
-        torch.distributed.all_gather(parts, values.contiguous())
-        return torch.cat(parts).cpu().numpy()
-
-    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
-        """Every rank's slice of a per-row tensor, concatenated: shape (n, ...)."""
-        if self.world == 1:
-            return local
-        spans = [_rank_span(self.n, r, self.world) for r in range(self.world)]
-        longest = max(stop - start for start, stop in spans)
-        padded = local.new_zeros((longest, *local.shape[1:]))
-        padded[: len(local)] = local
-        parts = [torch.empty_like(padded) for _ in spans]
-        torch.distributed.all_gather(parts, padded)
-        return torch.cat([p[: stop - start] for p, (start, stop) in zip(parts, spans, strict=True)])
-
-
-def _check_finite(rows: _Rows, comm: _Comm, block_rows: int) -> None:
+def _check_finite(rows: _Rows, comm: Comm, block_rows: int) -> None:
     """Check this rank's rows; every rank raises when any rank found a non-finite value."""
     error = None
     try:
@@ -502,91 +392,6 @@ def _check_finite(rows: _Rows, comm: _Comm, block_rows: int) -> None:
         if error is not None:
             raise error
         raise InvalidArgumentError("X contains non-finite values (found by another rank)")
-
-
-def _slurm_master_addr() -> str:
-    """Host of the first node of this SLURM step (where rank 0 runs)."""
-    nodes = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
-    if os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_NNODES", "1")) == "1":
-        return "127.0.0.1"
-    try:
-        out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodes],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise AstrocurateError(
-            f"cannot find the first node of {nodes!r} with scontrol ({exc}); set MASTER_ADDR"
-        ) from exc
-    return out[0]
-
-
-#: First port of :func:`slurm_master_port`; the ports stay below 32768, where Linux's
-#: ephemeral range (outgoing connections, ``ip_local_port_range``) begins.
-SLURM_PORT_BASE = 20000
-SLURM_PORT_SPAN = 10000
-
-
-def slurm_master_port(job_id: str | int) -> int:
-    """Return the rendezvous port of a SLURM job's ranks: ``20000 + job ID % 10000``.
-
-    Every task computes it alone from ``SLURM_JOB_ID``, so they agree without talking.
-    Ports of the ephemeral range would collide with any outgoing connection of the node;
-    two jobs sharing a node collide only when their IDs differ by a multiple of 10000
-    (set ``MASTER_PORT`` to choose another).
-    """
-    return SLURM_PORT_BASE + int(job_id) % SLURM_PORT_SPAN
-
-
-def init_distributed(backend: str | None = None) -> tuple[int, int]:
-    """Join the process group of a ``torchrun`` or ``srun`` launch; return (rank, world size).
-
-    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-    ``MASTER_PORT``. Under ``srun`` (no ``RANK``) they are derived from ``SLURM_PROCID``,
-    ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID``; ``MASTER_ADDR`` defaults to the first
-    node of the step and ``MASTER_PORT`` to :func:`slurm_master_port` of ``SLURM_JOB_ID``.
-    A plain process (or an sbatch script outside ``srun``) is a world of one and joins
-    nothing.
-
-    Parameters
-    ----------
-    backend : str, optional
-        ``"gloo"`` or ``"nccl"``; default NCCL when CUDA is available, else gloo. With
-        NCCL each process uses GPU ``LOCAL_RANK``.
-
-    Returns
-    -------
-    tuple of int
-        This process's rank and the number of ranks.
-    """
-    env = os.environ
-    if "RANK" not in env and "SLURM_STEP_NUM_TASKS" in env:
-        env["RANK"] = env["SLURM_PROCID"]
-        env["WORLD_SIZE"] = env["SLURM_STEP_NUM_TASKS"]
-        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-        if "MASTER_ADDR" not in env:
-            env["MASTER_ADDR"] = _slurm_master_addr()
-        env.setdefault("MASTER_PORT", str(slurm_master_port(env.get("SLURM_JOB_ID", "0"))))
-    world = int(env.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-        if backend == "nccl":
-            torch.cuda.set_device(int(env.get("LOCAL_RANK", "0")))
-        try:
-            torch.distributed.init_process_group(backend)
-        except torch.distributed.DistNetworkError as exc:
-            raise AstrocurateError(
-                f"rank {env.get('RANK')}: cannot meet the other ranks at "
-                f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')} ({exc}); if that port is "
-                "taken on the first node, set MASTER_PORT to a free one in the environment "
-                "of run.sh (sbatch passes it on to the jobs)"
-            ) from exc
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
 @contextlib.contextmanager
@@ -1371,7 +1176,7 @@ def assign(
     _check_choice("matmul_precision", matmul_precision, VALID_PRECISIONS)
     _check_distributed(distributed)
     block_rows, centroid_block = _block_sizes(dev, cents.n, block_size, centroid_block_size)
-    comm = _Comm(distributed, rows.n)
+    comm = Comm(distributed, rows.n)
     _check_finite(comm.local(rows), comm, block_rows)
     cents.check_finite(block_rows)
     with _matmul_precision(dev, matmul_precision):
@@ -1380,7 +1185,7 @@ def assign(
 
 
 def _assign_all(
-    rows: _Rows, centers: torch.Tensor, block_rows: int, centroid_block: int, comm: _Comm
+    rows: _Rows, centers: torch.Tensor, block_rows: int, centroid_block: int, comm: Comm
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels and squared distances of all rows, each rank assigning its slice."""
     result = _assign_pass(comm.local(rows), centers, block_rows, centroid_block, False)
@@ -1512,17 +1317,19 @@ class KMeans:
     distributed : bool, optional
         None (default): when ``torch.distributed`` is initialised with several ranks, each
         rank assigns a contiguous slice of the rows and the float64 sums, counts and
-        potentials are all-reduced (see :func:`init_distributed`); otherwise one process.
+        potentials are all-reduced (see :func:`astrocurate.distributed.init_distributed`);
+        otherwise one process.
         False: this process alone. True: as None, but an error without a process group.
     bounds : bool, optional
         True: skip the distance GEMM of the rows whose label provably stays (Hamerly's
         triangle-inequality bounds, with the rounding error of the scores accounted for),
         which makes later Lloyd iterations several times cheaper. The labels, distances
         and centres are those of the full computation. False: every row against every
-        centre in every iteration. None (default): True, except where the fused CUDA
-        kernel assigns the rows (float32, ``matmul_precision="tf32"``, Triton present),
-        whose full pass costs less than the bounds' bookkeeping. float16/bfloat16 are
-        never pruned.
+        centre in every iteration, and in every k-means++ step. None (default): True,
+        except where the fused CUDA kernel assigns the rows (float32,
+        ``matmul_precision="tf32"``, Triton present), whose full pass costs less than the
+        bounds' bookkeeping; greedy k-means++ uses its own bounds (see Notes) unless
+        ``bounds=False``. float16/bfloat16 are never pruned.
 
     Attributes
     ----------
@@ -1570,7 +1377,11 @@ class KMeans:
     its ``min_sq_distances`` covers that rank's rows only.
 
     Cost: greedy k-means++ evaluates ``2 + floor(ln k)`` candidates per centre in one pass
-    over the rows, keeping an ``(n, n_candidates)`` buffer of candidate distances; a Lloyd
+    over the rows, keeping an ``(n, n_candidates)`` buffer of candidate distances. Its
+    bounds keep each row's nearest chosen centre (8 bytes per row) and score only the
+    rows that the triangle inequality cannot rule out (``_seeding_rows``): once the
+    centres are dense, a few per cent of the rows per centre; the step then costs one
+    ``n_candidates x step`` product and a few passes over ``n`` scalars. A Lloyd
     iteration is one pass whose cost is the ``n x k x d`` matrix product, done in blocks.
     With ``bounds`` (Yinyang-style: centres in ``min(64, k // 10)`` groups, one lower
     bound per row and group, 4 bytes each) only the rows whose bounds do not prove their
@@ -1591,7 +1402,11 @@ class KMeans:
     (a BLAS that rounded a product element differently for another row count could differ
     from the full pass on such near-ties only, as the full pass itself could for another
     ``block_size``; MKL here gives identical labels, tested); distances and sums are
-    computed by the same calls on the same blocks, hence bit-identical.
+    computed by the same calls on the same blocks, hence bit-identical. The k-means++
+    bounds leave out only rows whose ``D^2`` the full pass would keep (with the same
+    error bound); the rows left are scored by products of another row count, so two
+    candidates whose gains tie to rounding could be ranked differently than by the full
+    pass (the tests find the same initial rows with and without the bounds).
     """
 
     def __init__(
@@ -1674,7 +1489,7 @@ class KMeans:
 
     # -- steps: small, with all their state in a KMeansState (checkpoint / resume) -------
 
-    def _init_state(self, rows: _Rows, local: _Rows, comm: _Comm) -> KMeansState:
+    def _init_state(self, rows: _Rows, local: _Rows, comm: Comm) -> KMeansState:
         """Start a fit: draw the random initial centres, or the first k-means++ centre.
 
         ``rows`` are all the inputs (read only by index), ``local`` this rank's slice of
@@ -1702,7 +1517,7 @@ class KMeans:
             self._add_center(rows, local, comm, state, first, inf.to(self._device))
         return state
 
-    def _kmeanspp_step(self, rows: _Rows, local: _Rows, comm: _Comm, state: KMeansState) -> None:
+    def _kmeanspp_step(self, rows: _Rows, local: _Rows, comm: Comm, state: KMeansState) -> None:
         """Choose the next greedy k-means++ centre (updates ``state`` in place)."""
         d2 = state.min_sq_distances
         cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
@@ -1721,7 +1536,7 @@ class KMeans:
         self._add_center(rows, local, comm, state, cand, d2)
 
     @staticmethod
-    def _draw(cums: torch.Tensor, u: np.ndarray, offsets: np.ndarray, comm: _Comm) -> np.ndarray:
+    def _draw(cums: torch.Tensor, u: np.ndarray, offsets: np.ndarray, comm: Comm) -> np.ndarray:
         """Rows (global indices) where the cumulative potential first exceeds each ``u``."""
         if comm.world == 1:
             found = torch.searchsorted(cums, torch.from_numpy(u).to(cums.device), right=True)
@@ -1741,7 +1556,7 @@ class KMeans:
         self,
         rows: _Rows,
         local: _Rows,
-        comm: _Comm,
+        comm: Comm,
         state: KMeansState,
         cand: np.ndarray,
         d2: torch.Tensor,
@@ -1822,7 +1637,7 @@ class KMeans:
         scored = torch.nonzero(keep).squeeze(1)
         return None if len(scored) > _SEEDING_GATHER_FRACTION * local.n else scored
 
-    def _lloyd_step(self, local: _Rows, comm: _Comm, state: KMeansState) -> _Pass | None:
+    def _lloyd_step(self, local: _Rows, comm: Comm, state: KMeansState) -> _Pass | None:
         """Run one Lloyd iteration: assign, record the potential, update the centres.
 
         Each rank assigns its rows; the float64 sums, the counts and the potential are
@@ -1898,7 +1713,7 @@ class KMeans:
             raise InvalidArgumentError(
                 f"n_clusters={self.n_clusters} must be <= n_samples={rows.n}"
             )
-        comm = _Comm(self.distributed, rows.n)
+        comm = Comm(self.distributed, rows.n)
         local = comm.local(rows)
         self._pruning = _Bounds()  # this rank's bounds, rebuilt by the first Lloyd pass
         with _matmul_precision(self._device, self.matmul_precision):
@@ -1912,7 +1727,8 @@ class KMeans:
                 if callback is not None:
                     callback(state)
             if state.phase == "init":
-                state.phase, state.step, state.min_sq_distances = "lloyd", 0, None
+                state.phase, state.step = "lloyd", 0
+                state.min_sq_distances = state.nearest_centers = None
             while (final := self._lloyd_step(local, comm, state)) is None:
                 if callback is not None:
                     callback(state)
@@ -1931,568 +1747,3 @@ class KMeans:
         if callback is not None:
             callback(state)
         return self
-
-
-# --------------------------------------------------------------------------------------
-# Sorted clusters
-# --------------------------------------------------------------------------------------
-
-
-def sort_clusters(
-    labels: np.ndarray, sq_distances: np.ndarray, n_clusters: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Group the inputs by cluster, each cluster in ascending distance to its centroid.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray of int, shape (n,)
-        Cluster of each input, in ``[0, n_clusters)``.
-    sq_distances : numpy.ndarray, shape (n,)
-        Squared distance of each input to its centroid.
-    n_clusters : int
-        Number of clusters ``k``.
-
-    Returns
-    -------
-    members : numpy.ndarray of int64, shape (n,)
-        Input indices; cluster ``j`` is ``members[offsets[j]:offsets[j + 1]]``. Equal
-        distances keep ascending index order.
-    offsets : numpy.ndarray of int64, shape (k + 1,)
-        CSR-style offsets (``offsets[0] = 0``, ``offsets[k] = n``).
-    distances : numpy.ndarray, shape (n,)
-        ``sq_distances[members]``.
-    """
-    labels = np.asarray(labels)
-    sq_distances = np.asarray(sq_distances)
-    members = np.lexsort((sq_distances, labels)).astype(np.int64)
-    offsets = np.zeros(n_clusters + 1, dtype=np.int64)
-    np.cumsum(np.bincount(labels, minlength=n_clusters), out=offsets[1:])
-    return members, offsets, sq_distances[members]
-
-
-def _first_per_cluster(labels: np.ndarray, keys: np.ndarray, n_clusters: int, s: int) -> np.ndarray:
-    """Return the ``s`` inputs with the smallest ``keys`` of every cluster (sorted indices)."""
-    members, offsets, _ = sort_clusters(labels, keys, n_clusters)
-    rank = np.arange(len(members)) - np.repeat(offsets[:-1], np.diff(offsets))
-    return np.sort(members[rank < s])
-
-
-# --------------------------------------------------------------------------------------
-# One level: k-means, resampling steps, splits
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class LevelResult:
-    """The clustering of one level's inputs.
-
-    Attributes
-    ----------
-    centroids : numpy.ndarray, shape (k, d)
-        Final centroids.
-    labels : numpy.ndarray of int64, shape (n_in,)
-        Cluster of every input of the level.
-    sq_distances : numpy.ndarray, shape (n_in,)
-        Squared distance of every input to its centroid.
-    members, offsets, distances : numpy.ndarray
-        The clusters sorted by distance (see :func:`sort_clusters`).
-    sizes : numpy.ndarray of int64, shape (k,)
-        Inputs per cluster.
-    inertia : float
-        Sum of ``sq_distances``.
-    n_empty : int
-        Clusters without any input.
-    potential_history : list of list of float
-        Lloyd potentials of each k-means run (first the full run, then each resampling
-        step's run on its pool; the split runs are not recorded).
-    """
-
-    centroids: np.ndarray
-    labels: np.ndarray
-    sq_distances: np.ndarray
-    members: np.ndarray
-    offsets: np.ndarray
-    distances: np.ndarray
-    sizes: np.ndarray
-    inertia: float
-    n_empty: int
-    potential_history: list[list[float]] = field(default_factory=list)
-
-    @property
-    def n_clusters(self) -> int:
-        """Number of clusters ``k``."""
-        return int(self.centroids.shape[0])
-
-
-@dataclass(frozen=True)
-class _LevelParams:
-    n_clusters: int
-    n_iters: int
-    n_resampling_steps: int
-    sample_size: int | None
-    sampling_strategy: str
-    n_splits: int
-
-
-def _validate_level(
-    n_clusters: Any,
-    n_iters: Any,
-    n_resampling_steps: Any,
-    sample_size: Any,
-    sampling_strategy: Any,
-    n_splits: Any,
-    where: str = "",
-) -> _LevelParams:
-    """Check one level's parameters; ``where`` is appended to names, e.g. ``"[1]"``."""
-    k = _check_int(f"n_clusters{where}", n_clusters, 1)
-    iters = _check_int(f"n_iters{where}", n_iters, 0)
-    steps = _check_int(f"n_resampling_steps{where}", n_resampling_steps, 1)
-    splits = _check_int(f"n_splits{where}", n_splits, 1)
-    strategy = _check_choice(f"sampling_strategy{where}", sampling_strategy, VALID_STRATEGIES)
-    size = None if sample_size is None else _check_int(f"sample_size{where}", sample_size, 1)
-    if steps > 1 and size is None:
-        raise InvalidArgumentError(
-            f"sample_size{where}=None but n_resampling_steps{where}={steps}; "
-            "resampling needs a sample size (points taken per cluster)"
-        )
-    if steps > 1 and splits > 1:
-        raise InvalidArgumentError(
-            f"n_splits{where}={splits} and n_resampling_steps{where}={steps}: splits and "
-            "resampling cannot be combined at the same level; set one of them to 1"
-        )
-    return _LevelParams(k, iters, steps, size, strategy, splits)
-
-
-def cluster_level(
-    Y: Array,  # noqa: N803
-    n_clusters: int,
-    *,
-    n_iters: int = 20,
-    n_resampling_steps: int = 1,
-    sample_size: int | None = None,
-    sampling_strategy: str = "r",
-    n_splits: int = 1,
-    init: str = "k-means++",
-    tol: float | None = None,
-    random_state: Any = None,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype = torch.float32,
-    block_size: int | None = None,
-    centroid_block_size: int | None = None,
-    matmul_precision: str = "highest",
-    distributed: bool | None = None,
-) -> LevelResult:
-    """Cluster one level's inputs with k-means, resampling steps or splits (DESIGN 4).
-
-    1. k-means with ``n_clusters`` on all of ``Y``;
-    2. each further resampling step takes ``sample_size`` members of every cluster
-       (``'c'``: the closest to the centroid, ``'r'``: uniformly at random, the whole
-       cluster if smaller), runs a fresh k-means with ``n_clusters`` on that pool and
-       assigns all of ``Y`` to the new centroids;
-    3. with ``n_splits > 1`` each cluster is then split into up to ``n_splits``
-       sub-clusters by k-means on its members; empty sub-clusters are dropped and
-       every input keeps to a sub-cluster of its own cluster.
-
-    Parameters
-    ----------
-    Y : array or tensor, shape (n_in, d)
-        The level's inputs (points, or the previous level's centroids).
-    n_clusters : int
-        Clusters ``k`` (<= n_in).
-    n_iters : int
-        Lloyd updates of every k-means run.
-    n_resampling_steps : int
-        Steps, counting the first full run (1 = no resampling).
-    sample_size : int, optional
-        Inputs taken per cluster in a resampling step (needed when resampling).
-    sampling_strategy : {"r", "c"}
-        How they are taken.
-    n_splits : int
-        Sub-clusters per cluster (1 = no split); not combined with resampling.
-    init, tol, device, dtype, block_size, centroid_block_size, matmul_precision
-        As for :class:`KMeans`.
-    distributed : bool, optional
-        As for :class:`KMeans`: the k-means runs and the assignment of all of ``Y`` are
-        shared by the ranks; the splits (many small runs) are computed by every rank alone.
-    random_state : None, int, numpy.random.SeedSequence or numpy.random.Generator
-        Seed. Run ``s`` uses stream ``(0, s)``, the resampling draw of step ``s`` stream
-        ``(1, s)`` and the split of cluster ``j`` stream ``(2, j)`` of it.
-
-    Returns
-    -------
-    LevelResult
-        Centroids, assignment of every input and the sorted clusters.
-    """
-    p = _validate_level(
-        n_clusters, n_iters, n_resampling_steps, sample_size, sampling_strategy, n_splits
-    )
-    _check_choice("init", init, VALID_INITS)
-    _check_tol(tol)
-    _check_random_state(random_state)
-    dev, dt = _resolve_device(device), _resolve_dtype(dtype)
-    _check_block_size("block_size", block_size)
-    _check_block_size("centroid_block_size", centroid_block_size)
-    rows = Y if isinstance(Y, _Rows) else _Rows(Y, dev, dt)
-    if p.n_clusters > rows.n:
-        raise InvalidArgumentError(f"n_clusters={p.n_clusters} must be <= n_samples={rows.n}")
-    seed = _seed_sequence(random_state)
-
-    _check_choice("matmul_precision", matmul_precision, VALID_PRECISIONS)
-    _check_distributed(distributed)
-
-    def kmeans(k: int, key: tuple[int, ...], alone: bool = False) -> KMeans:
-        return KMeans(
-            k,
-            init=init,
-            n_iters=p.n_iters,
-            tol=tol,
-            random_state=_child_seed(seed, *key),
-            device=dev,
-            dtype=dt,
-            block_size=block_size,
-            centroid_block_size=centroid_block_size,
-            matmul_precision=matmul_precision,
-            distributed=False if alone else distributed,
-        )
-
-    km = kmeans(p.n_clusters, (0, 0))
-    km._validate()
-    km._fit_rows(rows)
-    centers, labels, sq = km._centers_tensor, km.labels_, km.sq_distances_
-    histories = [km.potential_history_]
-    block_rows, centroid_block = _block_sizes(dev, p.n_clusters, block_size, centroid_block_size)
-    for step in range(1, p.n_resampling_steps):
-        if p.sampling_strategy == "c":
-            keys = sq
-        else:
-            keys = np.random.default_rng(_child_seed(seed, 1, step)).random(rows.n)
-        pool = _first_per_cluster(labels, keys, p.n_clusters, p.sample_size)
-        if len(pool) < p.n_clusters:
-            raise InvalidArgumentError(
-                f"resampling step {step} pooled only {len(pool)} inputs for "
-                f"n_clusters={p.n_clusters} (empty clusters); increase sample_size="
-                f"{p.sample_size}"
-            )
-        km = kmeans(p.n_clusters, (0, step))
-        km._validate()
-        km._fit_rows(_Rows(rows.take(pool), dev, dt))
-        centers = km._centers_tensor
-        with _matmul_precision(dev, matmul_precision):
-            lab, dist = _assign_all(
-                rows, centers, block_rows, centroid_block, _Comm(distributed, rows.n)
-            )
-        labels, sq = lab.cpu().numpy(), dist.cpu().numpy()
-        histories.append(km.potential_history_)
-    centroids = centers.cpu().to(_dist_dtype(dt)).numpy()
-    if p.n_splits > 1:
-        centroids, labels, sq = _split(rows, labels, p, kmeans)
-    return _level_result(centroids, labels, sq, histories)
-
-
-def _split(
-    rows: _Rows,
-    labels: np.ndarray,
-    p: _LevelParams,
-    make_kmeans: Callable[[int, tuple[int, ...], bool], KMeans],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split every cluster into up to ``n_splits`` sub-clusters; drop empty ones."""
-    members, offsets, _ = sort_clusters(labels, np.zeros(len(labels)), p.n_clusters)
-    new_labels = np.empty(rows.n, dtype=np.int64)
-    new_sq = np.empty(rows.n, dtype=np.float64)
-    centroids: list[np.ndarray] = []
-    for j in range(p.n_clusters):
-        idx = members[offsets[j] : offsets[j + 1]]
-        if len(idx) == 0:
-            continue
-        km = make_kmeans(min(p.n_splits, len(idx)), (2, j), True)
-        km._validate()
-        km._fit_rows(_Rows(rows.take(idx), rows.device, rows.dtype))
-        used, sub = np.unique(km.labels_, return_inverse=True)
-        new_labels[idx] = len(centroids) + sub
-        new_sq[idx] = km.sq_distances_
-        centroids.extend(km.cluster_centers_[used])
-    return np.stack(centroids), new_labels, new_sq.astype(km.sq_distances_.dtype)
-
-
-def _level_result(
-    centroids: np.ndarray,
-    labels: np.ndarray,
-    sq_distances: np.ndarray,
-    histories: list[list[float]],
-) -> LevelResult:
-    k = centroids.shape[0]
-    members, offsets, distances = sort_clusters(labels, sq_distances, k)
-    sizes = np.diff(offsets)
-    return LevelResult(
-        centroids=centroids,
-        labels=labels.astype(np.int64, copy=False),
-        sq_distances=sq_distances,
-        members=members,
-        offsets=offsets,
-        distances=distances,
-        sizes=sizes,
-        inertia=float(sq_distances.sum(dtype=np.float64)),
-        n_empty=int((sizes == 0).sum()),
-        potential_history=histories,
-    )
-
-
-# --------------------------------------------------------------------------------------
-# Hierarchical k-means
-# --------------------------------------------------------------------------------------
-
-
-def _per_level(name: str, value: Any, n_levels: int) -> list[Any]:
-    """Make a per-level list from a list (length checked) or a scalar (repeated)."""
-    if isinstance(value, str) or not isinstance(value, Sequence | np.ndarray):
-        return [value] * n_levels
-    values = list(value)
-    if len(values) != n_levels:
-        raise InvalidArgumentError(
-            f"{name} has {len(values)} entries ({values!r}) but n_levels={n_levels}; "
-            "give one value per level"
-        )
-    return values
-
-
-class HierarchicalKMeans:
-    """Hierarchical k-means with resampling (Vo et al. 2024; DESIGN section 4).
-
-    Level 0 clusters the input points; level ``l + 1`` clusters the centroids of level
-    ``l`` (unweighted, which flattens the density). Each level runs
-    :func:`cluster_level`. Per-level parameters are lists with one entry per level; a
-    scalar is used for every level.
-
-    Parameters
-    ----------
-    n_clusters : list of int
-        Clusters per level; ``n_clusters[0] <= n_samples`` and each level at most the
-        number of centroids of the level below.
-    n_levels : int, optional
-        Number of levels (default ``len(n_clusters)``; must match it).
-    n_iters : int or list of int
-        Lloyd updates per k-means run.
-    n_resampling_steps : int or list of int
-        Steps per level, counting the first full run (1 = no resampling).
-    sample_size : int or list of int, optional
-        Inputs per cluster taken by a resampling step.
-    sampling_strategy : str or list of str
-        ``'r'`` (random members) or ``'c'`` (closest to the centroid).
-    n_splits : int or list of int
-        Sub-clusters per cluster (1 = no split). Not combined with resampling.
-    init, tol, random_state, device, dtype, block_size, centroid_block_size
-        As for :class:`KMeans`; level ``l`` uses stream ``(l,)`` of ``random_state``.
-    matmul_precision, distributed
-        As for :func:`cluster_level`.
-
-    Attributes
-    ----------
-    levels_ : list of LevelResult
-        Everything learned, per level.
-    centroids_ : list of numpy.ndarray, shape (k_l, d)
-        Centroids per level.
-    labels_ : list of numpy.ndarray of int64
-        ``labels_[l][i]``: cluster of level-``l`` input ``i`` (a point for ``l = 0``, a
-        level-``l - 1`` centroid otherwise).
-    members_, offsets_, distances_ : list of numpy.ndarray
-        Per level, the clusters sorted by distance to their centroid, as flat CSR arrays
-        (see :func:`sort_clusters`).
-    inertia_ : list of float
-        Per level, sum of squared distances of the level's inputs to their centroids.
-    n_empty_ : list of int
-        Per level, clusters without inputs.
-    cluster_sizes_ : list of numpy.ndarray of int64
-        Per level, inputs per cluster.
-    n_features_in_ : int
-        Feature dimension ``d``.
-    """
-
-    def __init__(
-        self,
-        n_clusters: Sequence[int],
-        *,
-        n_levels: int | None = None,
-        n_iters: int | Sequence[int] = 20,
-        n_resampling_steps: int | Sequence[int] = 1,
-        sample_size: int | Sequence[int] | None = None,
-        sampling_strategy: str | Sequence[str] = "r",
-        n_splits: int | Sequence[int] = 1,
-        init: str = "k-means++",
-        tol: float | None = None,
-        random_state: Any = None,
-        device: str | torch.device = "cpu",
-        dtype: str | torch.dtype = torch.float32,
-        block_size: int | None = None,
-        centroid_block_size: int | None = None,
-        matmul_precision: str = "highest",
-        distributed: bool | None = None,
-    ) -> None:
-        self.n_clusters = n_clusters
-        self.n_levels = n_levels
-        self.n_iters = n_iters
-        self.n_resampling_steps = n_resampling_steps
-        self.sample_size = sample_size
-        self.sampling_strategy = sampling_strategy
-        self.n_splits = n_splits
-        self.init = init
-        self.tol = tol
-        self.random_state = random_state
-        self.device = device
-        self.dtype = dtype
-        self.block_size = block_size
-        self.centroid_block_size = centroid_block_size
-        self.matmul_precision = matmul_precision
-        self.distributed = distributed
-
-    def level_params(self) -> list[_LevelParams]:
-        """Validate and return the parameters of every level (raises InvalidArgumentError)."""
-        if isinstance(self.n_clusters, str) or not isinstance(
-            self.n_clusters, Sequence | np.ndarray
-        ):
-            raise InvalidArgumentError(
-                f"n_clusters={self.n_clusters!r} must be a list with one integer per level"
-            )
-        n_levels = len(self.n_clusters) if self.n_levels is None else self.n_levels
-        n_levels = _check_int("n_levels", n_levels, 1)
-        lists = {
-            name: _per_level(name, getattr(self, name), n_levels)
-            for name in (
-                "n_clusters",
-                "n_iters",
-                "n_resampling_steps",
-                "sample_size",
-                "sampling_strategy",
-                "n_splits",
-            )
-        }
-        params = [
-            _validate_level(*(lists[name][lvl] for name in lists), where=f"[{lvl}]")
-            for lvl in range(n_levels)
-        ]
-        for lvl in range(1, n_levels):
-            below = params[lvl - 1]
-            if below.n_splits == 1 and params[lvl].n_clusters > below.n_clusters:
-                raise InvalidArgumentError(
-                    f"n_clusters[{lvl}]={params[lvl].n_clusters} must be <= "
-                    f"n_clusters[{lvl - 1}]={below.n_clusters} (the inputs of level {lvl} "
-                    f"are the centroids of level {lvl - 1})"
-                )
-        return params
-
-    def fit(
-        self,
-        X: Array,  # noqa: N803
-        *,
-        completed_levels: Sequence[LevelResult] = (),
-        last_level: int | None = None,
-        level_callback: Callable[[int, LevelResult], None] | None = None,
-    ) -> HierarchicalKMeans:
-        """Cluster ``X`` level by level.
-
-        Parameters
-        ----------
-        X : array or tensor, shape (n, d)
-            Points; a ``np.memmap`` is read block by block. Not read when
-            ``completed_levels`` already holds level 0.
-        completed_levels : sequence of LevelResult, optional
-            Results of the first levels from an earlier fit with the same parameters, data
-            and an integer ``random_state``; fitting continues with the next level and
-            gives what an uninterrupted fit gives.
-        last_level : int, optional
-            Stop after this level (default: the top one, ``n_levels - 1``); with
-            ``completed_levels`` this runs one level at a time, e.g. one SLURM job per level.
-        level_callback : callable, optional
-            Called as ``level_callback(level, result)`` after each level (e.g. to save it).
-
-        Returns
-        -------
-        HierarchicalKMeans
-            self, fitted; the learned lists hold the levels up to ``last_level``.
-        """
-        params = self.level_params()
-        _check_choice("init", self.init, VALID_INITS)
-        _check_tol(self.tol)
-        _check_random_state(self.random_state)
-        dev, dt = _resolve_device(self.device), _resolve_dtype(self.dtype)
-        _check_block_size("block_size", self.block_size)
-        _check_block_size("centroid_block_size", self.centroid_block_size)
-        top = len(params) - 1
-        last = top if last_level is None else _check_int("last_level", last_level, 0, top)
-        levels = list(completed_levels)
-        if len(levels) > last + 1:
-            raise InvalidArgumentError(
-                f"completed_levels has {len(levels)} levels but last_level={last}; "
-                f"give at most {last + 1}"
-            )
-        seed = _seed_sequence(self.random_state)
-        if levels:
-            n_features = levels[0].centroids.shape[1]
-        else:
-            rows = _Rows(X, dev, dt)
-            n_features = rows.d
-            if params[0].n_clusters > rows.n:
-                raise InvalidArgumentError(
-                    f"n_clusters[0]={params[0].n_clusters} must be <= n_samples={rows.n}"
-                )
-        for lvl in range(len(levels), last + 1):
-            inputs = rows if lvl == 0 else _Rows(levels[-1].centroids, dev, dt)
-            p = params[lvl]
-            if p.n_clusters > inputs.n:
-                raise InvalidArgumentError(
-                    f"n_clusters[{lvl}]={p.n_clusters} must be <= {inputs.n}, the number "
-                    f"of centroids of level {lvl - 1}"
-                )
-            result = cluster_level(
-                inputs,
-                p.n_clusters,
-                n_iters=p.n_iters,
-                n_resampling_steps=p.n_resampling_steps,
-                sample_size=p.sample_size,
-                sampling_strategy=p.sampling_strategy,
-                n_splits=p.n_splits,
-                init=self.init,
-                tol=self.tol,
-                random_state=_child_seed(seed, lvl),
-                device=dev,
-                dtype=dt,
-                block_size=self.block_size,
-                centroid_block_size=self.centroid_block_size,
-                matmul_precision=self.matmul_precision,
-                distributed=self.distributed,
-            )
-            levels.append(result)
-            if level_callback is not None:
-                level_callback(lvl, result)
-        self._set_levels(levels, n_features)
-        return self
-
-    def _set_levels(self, levels: list[LevelResult], n_features: int) -> None:
-        self.levels_ = levels
-        self.centroids_ = [r.centroids for r in levels]
-        self.labels_ = [r.labels for r in levels]
-        self.members_ = [r.members for r in levels]
-        self.offsets_ = [r.offsets for r in levels]
-        self.distances_ = [r.distances for r in levels]
-        self.inertia_ = [r.inertia for r in levels]
-        self.n_empty_ = [r.n_empty for r in levels]
-        self.cluster_sizes_ = [r.sizes for r in levels]
-        self.n_features_in_ = n_features
-
-    def _check_level(self, level: Any) -> int:
-        if not hasattr(self, "levels_"):
-            raise NotFittedError("this HierarchicalKMeans is not fitted yet; call fit(X) first")
-        return _check_int("level", level, 0, len(self.levels_) - 1)
-
-    def point_labels(self, level: int) -> np.ndarray:
-        """Level-``level`` cluster of every original point, shape (n,), int64."""
-        level = self._check_level(level)
-        labels = self.labels_[0]
-        for lvl in range(1, level + 1):
-            labels = self.labels_[lvl][labels]
-        return labels
-
-    def cluster_sizes_in_points(self, level: int) -> np.ndarray:
-        """Original points under each level-``level`` cluster, shape (k_level,), int64."""
-        level = self._check_level(level)
-        k = self.centroids_[level].shape[0]
-        return np.bincount(self.point_labels(level), minlength=k).astype(np.int64)

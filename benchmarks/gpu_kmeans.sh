@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
 #   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed
-#   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++ on 3M x 384, k=60k, with and
-#                                             without its bounds
+#   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++, k=60k, with and without its
+#                                             bounds: on 3M x 384 (config A's level 1) and on
+#                                             300k x 384 (the size of its resampled pools)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -30,7 +31,7 @@ case "${1:-}" in
         ;;
     seeding)
         python3 benchmarks/seeding.py --device cuda --precision tf32 \
-            --case 3000000x384:60000 2>&1 | tee "$out/seeding.log"
+            --case 3000000x384:60000 --case 300000x384:60000 2>&1 | tee "$out/seeding.log"
         ;;
     *)
         echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a|seeding" >&2

@@ -72,6 +72,7 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         Path("/data/logs"),
         SlurmOptions("acct", "gpu", "02:00:00", None),
         "gpu:1",
+        4,
     )
     text = render_array_script(script.validate())
     lines = text.splitlines()
@@ -85,7 +86,7 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert (
         "array=$(submit --job-name=astrocurate-features --array=0-3 --requeue "
         "--open-mode=append --output=/data/logs/features-%A_%a.out --account=acct "
-        '--partition=gpu --time=02:00:00 --gres=gpu:1 "$0" --task)'
+        '--partition=gpu --time=02:00:00 --gres=gpu:1 --cpus-per-task=4 "$0" --task)'
     ) in lines
     assert (
         'finish=$(submit --dependency=afterok:"$array" --job-name=astrocurate-features-finish '
@@ -159,18 +160,33 @@ def test_cli_writes_an_executable_script(
 ) -> None:
     output = tmp_path / HOSTILE
     argv = ["features", *feature_args(inputs, output), "--slurm-array", "3"]
-    assert main([*argv, "--slurm_gres", "gpu:1", "--slurm_time", "1:00:00"]) == 0
+    assert (
+        main(
+            [
+                *argv,
+                "--slurm_gres",
+                "gpu:1",
+                "--slurm_time",
+                "1:00:00",
+                "--slurm-cpus-per-task",
+                "3",
+            ]
+        )
+        == 0
+    )
     path = Path(capsys.readouterr().out.strip())
     assert path.parent == output and path.name == f"features_{inputs.merged_id[:8]}_3shards.sh"
     assert path.stat().st_mode & stat.S_IXUSR
     bash_syntax_ok(path)
     text = path.read_text()
     assert "--array=0-2" in text and "--gres=gpu:1" in text and "--time=1:00:00" in text
+    assert "--cpus-per-task=3" in text
     assert inputs.merged_id in text and "--shard-rows 6" in text and "--resize 32" in text
     for bad, fragment in (
         (["--slurm-array", "0"], "--slurm-array: expected N >= 1"),
         (["--slurm-array", "2", "--slurm_gres", "gpu:1;id"], "--slurm_gres="),
         (["--slurm-array", "2", "--slurm_time", "soon"], "--slurm_time="),
+        (["--slurm-array", "2", "--slurm_cpus_per_task", "0"], "--slurm_cpus_per_task: expected"),
         (["--slurm-array", "2", "--shard", "0/2"], "--shard: not with --slurm-array"),
     ):
         assert main(["features", *feature_args(inputs, output), *bad]) == 1

@@ -564,6 +564,15 @@ def _features_shard_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--slurm_gres", "--slurm-gres", default=None, help="--gres of each task, e.g. gpu:1"
     )
+    group.add_argument(
+        "--slurm_cpus_per_task",
+        "--slurm-cpus-per-task",
+        type=int,
+        default=None,
+        metavar="C",
+        help="--cpus-per-task of each task: the model's threads and loader workers "
+        "(default: the partition's, often 1)",
+    )
 
 
 def _feature_options(args: argparse.Namespace):
@@ -690,7 +699,14 @@ def _write_features_array(args: argparse.Namespace, options) -> Path:
         output_path=_output_path(args),
     )
     command = [sys.executable, "-m", "astrocurate.cli", "features", *_feature_argv(args, plan)]
-    script = ArrayScript(command, args.slurm_array, plan.root / "logs", slurm, args.slurm_gres)
+    script = ArrayScript(
+        command,
+        args.slurm_array,
+        plan.root / "logs",
+        slurm,
+        args.slurm_gres,
+        args.slurm_cpus_per_task,
+    )
     script.validate()
     path = plan.root / f"features_{plan.merged.run_id[:8]}_{args.slurm_array}shards.sh"
     make_output_root(plan.root, [plan.merged.run_id])

@@ -46,6 +46,7 @@ import pandas as pd
 from astrocurate import mosaics as mosaic_io
 from astrocurate import windows
 from astrocurate.atomic import write_json
+from astrocurate.cpus import usable_cpus
 from astrocurate.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
@@ -131,7 +132,8 @@ def make_cutouts(
     options : CutoutOptions
         Window size, overlap, blank policy and store.
     workers : int, optional
-        Mosaics cut in parallel; default all cores. Does not change the output.
+        Mosaics cut in parallel; default the cores this process may use
+        (:func:`astrocurate.cpus.usable_cpus`). Does not change the output.
     shard : (int, int), optional
         ``(K, N)``: cut only shard K of N (0 <= K < N), the mosaics at positions K, K + N,
         K + 2N, ... of the survey sorted by relative path; each shard is its own run, and
@@ -153,7 +155,7 @@ def make_cutouts(
     survey = _discover(mosaics_path)
     found = select_shard(survey, shard)
     _check_output_path(output_path, mosaics_path)
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cpus()
     if workers > 1 and len(found) > 1:
         _start_forkserver()  # its imports overlap the tracking layer's start-up
     params = {

@@ -566,6 +566,9 @@ class ArrayScript:
         Account, partition, time limit and QOS of every job.
     gres : str, optional
         ``--gres`` of the array tasks (``gpu:1``); the finishing job needs none.
+    cpus_per_task : int, optional
+        ``--cpus-per-task`` of the array tasks (the model's threads and the loader
+        workers); None: the partition's default, often one CPU.
     name : str
         Job name of the array (the finishing job adds ``-finish``).
     """
@@ -575,12 +578,17 @@ class ArrayScript:
     log_dir: Path
     slurm: Any
     gres: str | None = None
+    cpus_per_task: int | None = None
     name: str = "astrocurate-features"
 
     def validate(self) -> ArrayScript:
-        """Check N and the gres (raises :class:`InvalidArgumentError`); return self."""
+        """Check N, the gres and the CPUs (raises :class:`InvalidArgumentError`); return self."""
         if self.n_shards < 1:
             raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {self.n_shards}")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise InvalidArgumentError(
+                f"--slurm_cpus_per_task: expected a CPU count >= 1, got {self.cpus_per_task}"
+            )
         if self.gres is not None and not _GRES.match(self.gres):
             raise InvalidArgumentError(
                 f"--slurm_gres={self.gres!r}: expected a SLURM gres such as gpu:1 or gpu:a100:2"
@@ -618,6 +626,7 @@ def render_array_script(script: ArrayScript) -> str:
         f"--output={logs}/features-%A_%a.out",
         *common,
         *([f"--gres={script.gres}"] if script.gres else []),
+        *([f"--cpus-per-task={script.cpus_per_task}"] if script.cpus_per_task else []),
     ]
     finish = [
         f"--job-name={script.name}-finish",

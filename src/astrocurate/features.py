@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from astrocurate.cpus import usable_cpus
 from astrocurate.cutout_store import CutoutReader, read_manifest
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.kmeans import resolve_device
@@ -118,7 +119,7 @@ class FeatureOptions:
 
 def default_workers(device: torch.device) -> int:
     """Return loader workers that leave the CPU cores to the model on CPU, feed a GPU."""
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     if device.type == "cuda":
         return min(8, cores)
     return 0 if cores <= 2 else min(4, cores // 4)

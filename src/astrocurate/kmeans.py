@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from astrocurate.cpus import usable_cpus
 from astrocurate.distributed import Comm
 from astrocurate.errors import AstrocurateError, InvalidArgumentError
 
@@ -471,7 +472,7 @@ def _column_chunks(d: int, device: torch.device) -> list[tuple[int, int]]:
 def _accumulators() -> ThreadPoolExecutor:
     global _ACCUMULATORS
     if _ACCUMULATORS is None:
-        _ACCUMULATORS = ThreadPoolExecutor(max(1, os.cpu_count() or 1), "kmeans-sums")
+        _ACCUMULATORS = ThreadPoolExecutor(usable_cpus(), "kmeans-sums")
     return _ACCUMULATORS
 
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from astrocurate import __version__
+from astrocurate.cpus import usable_cpus
 from astrocurate.errors import (
     InvalidArgumentError,
     InvalidRunError,
@@ -685,7 +686,7 @@ ProgressCallback = Callable[[int], None]
 
 def default_hash_workers() -> int:
     """Return how many files are hashed in parallel: the CPUs, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    return min(8, usable_cpus())
 
 
 def hash_mode() -> str:

@@ -26,7 +26,7 @@ The guide makes a clustering in two commands, and so does this module:
   rank loads the subset's rows.
 
 Levels are numbered from 1 here, in file names, metrics and messages (level 1 clusters
-the features, as in the design notes); :mod:`astrocurate.kmeans` numbers them from 0.
+the features, as in the design notes); :mod:`astrocurate.hierarchical` numbers them from 0.
 
 The experiment directory (the run's output directory)::
 

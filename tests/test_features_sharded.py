@@ -106,10 +106,16 @@ def test_describe_rows_merges_adjacent_blocks() -> None:
         ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}, (1, 4)),
         ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "0",
           "SLURM_ARRAY_TASK_MAX": "1", "RANK": "3", "WORLD_SIZE": "4"}, (0, 2)),  # array first
+        ({"SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "3", "SLURM_NTASKS": "8"}, (2, 3)),
+        ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "1", "SLURM_ARRAY_TASK_ID": "3",
+          "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "3"}, (3, 4)),  # array over srun
+        ({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "RANK": "1", "WORLD_SIZE": "2"},
+         (1, 2)),  # torchrun inside srun: its ranks
     ],
-    ids=["array-0-based", "array-1-based", "array-step", "array-no-count", "torchrun", "both"],
+    ids=["array-0-based", "array-1-based", "array-step", "array-no-count", "torchrun", "both",
+         "srun", "array-task-step", "torchrun-in-srun"],
 )  # fmt: skip
-def test_shard_auto_reads_slurm_arrays_and_torchrun(env, expected) -> None:
+def test_shard_auto_reads_slurm_arrays_torchrun_and_srun(env, expected) -> None:
     assert shard_from_environment(env) == expected
     assert parse_shard_spec("auto", env) == expected
 
@@ -117,14 +123,16 @@ def test_shard_auto_reads_slurm_arrays_and_torchrun(env, expected) -> None:
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({}, "neither SLURM_ARRAY_TASK_ID"),
+        ({}, "none of SLURM_ARRAY_TASK_ID"),
         ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "9",
           "SLURM_ARRAY_TASK_COUNT": "3"}, "not evenly spaced"),  # --array=1,5,9 without a step
         ({"SLURM_ARRAY_TASK_ID": "x"}, "SLURM_ARRAY_TASK_ID='x' is not an integer"),
         ({"RANK": "4", "WORLD_SIZE": "4"}, "RANK=4 is not in [0, 4)"),
-        ({"RANK": "0"}, "neither"),  # half a torchrun environment
+        ({"RANK": "0"}, "none of"),  # half a torchrun environment
+        ({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "3"}, "SLURM_PROCID=3 is not in [0, 3)"),
     ],
-    ids=["none", "uneven-array", "not-a-number", "rank-out-of-range", "no-world-size"],
+    ids=["none", "uneven-array", "not-a-number", "rank-out-of-range", "no-world-size",
+         "procid-out-of-range"],
 )  # fmt: skip
 def test_shard_auto_fails_in_one_line(env, fragment) -> None:
     with pytest.raises(InvalidArgumentError) as error:
@@ -428,7 +436,7 @@ def _plan(inputs: Inputs, output: Path):
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--shard", "auto"], "--shard auto: neither SLURM_ARRAY_TASK_ID"),
+        (["--shard", "auto"], "--shard auto: none of SLURM_ARRAY_TASK_ID"),
         (["--shard", "2/2"], "--shard: expected K/N"),
         (["--shard", "0/2", "--force"], "--force: not with --shard"),
         (["--shard", "0/2", "--finish"], "--shard: not with --finish"),
@@ -439,7 +447,13 @@ def _plan(inputs: Inputs, output: Path):
 def test_bad_shard_arguments_fail_in_one_line(
     experiment: str, inputs: Inputs, tmp_path: Path, monkeypatch, capsys, extra, fragment
 ) -> None:
-    for name in ("SLURM_ARRAY_TASK_ID", "RANK", "WORLD_SIZE"):
+    for name in (
+        "SLURM_ARRAY_TASK_ID",
+        "RANK",
+        "WORLD_SIZE",
+        "SLURM_PROCID",
+        "SLURM_STEP_NUM_TASKS",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert main(["features", *feature_args(inputs, tmp_path), *extra]) == 1
     err = capsys.readouterr().err

@@ -4,13 +4,15 @@ The script is checked three ways: its content; with a hostile directory name (sp
 quotes, ``;``, ``$(...)``, backquotes), run in each of its modes against a stand-in
 ``sbatch`` and a stand-in Python that record the words they were given; and on the real
 single-node SLURM cluster of :mod:`slurm_cluster`, where two array tasks and the
-finishing job must give the matrix of the single-process run.
+finishing job must give the matrix of the single-process run. The two tasks of one
+``srun`` step with ``--shard auto`` must give it too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -227,4 +229,29 @@ def test_two_array_tasks_then_the_finishing_job_on_slurm(
     assert sum(f"finished feature_extraction run {run.run_id}" in t for t in tasks) == 1
     assert f"feature_extraction run {run.run_id} is already finished" in finisher
     assert finisher.split()[-1] == run.run_id
+    assert_same_as_reference(run.run_id, inputs)
+
+
+@pytest.mark.slow
+def test_the_tasks_of_one_srun_step_are_the_shards(
+    slurm_cluster: SlurmCluster, experiment: str, inputs: Inputs, tmp_path: Path
+) -> None:
+    """``srun -n 2 ... --shard auto`` in a batch job: SLURM_PROCID/SLURM_STEP_NUM_TASKS."""
+    cluster = slurm_cluster
+    output, log = tmp_path / "srun out", tmp_path / "srun.out"
+    command = [sys.executable, "-m", "astrocurate.cli", "features"]
+    command += [*feature_args(inputs, output), "--shard", "auto"]
+    batch = tmp_path / "srun.sh"
+    batch.write_text(f"#!/bin/bash\nexec srun --ntasks=2 {shlex.join(command)}\n")
+    submit = cluster.command(
+        "sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", f"--account={cluster.account}",
+        f"--output={log}", str(batch),
+    )  # fmt: skip
+    job = submit.stdout.strip().split(";")[0]
+    cluster.wait_for_jobs([job], TIMEOUT)
+    text = log.read_text()
+    assert cluster.job_info(job)["JobState"] == "COMPLETED", text + cluster.logs()
+    run = the_run(experiment)
+    assert "shard 0/2: rows 0-17" in text and "shard 1/2: rows 18-41" in text
+    assert text.splitlines().count(run.run_id) == 2  # each task prints the run it filled
     assert_same_as_reference(run.run_id, inputs)

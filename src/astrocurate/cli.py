@@ -543,7 +543,8 @@ def _features_shard_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K/N|auto",
         help="compute only shard K of N (0-based; a contiguous range of the blocks) of the "
-        "run every shard shares; auto: K/N from SLURM_ARRAY_TASK_ID or torchrun's RANK",
+        "run every shard shares; auto: K/N from SLURM_ARRAY_TASK_ID, torchrun's RANK or "
+        "srun's SLURM_PROCID",
     )
     group.add_argument(
         "--finish",

@@ -1,9 +1,10 @@
 """Sharded feature extraction: N processes, one ``feature_extraction`` run, one matrix.
 
-``astrocurate features ... --shard K/N`` (or ``--shard auto`` in a SLURM job array or
-under torchrun) computes shard K of the run's resumable blocks: the blocks are cut into
-N contiguous ranges. Block boundaries depend on ``--shard-rows`` only, never on N, so a
-run started with one N resumes with another, or with no ``--shard`` at all.
+``astrocurate features ... --shard K/N`` (or ``--shard auto`` in a SLURM job array, under
+torchrun or in an ``srun -n N`` step) computes shard K of the run's resumable blocks: the
+blocks are cut into N contiguous ranges. Block boundaries depend on ``--shard-rows`` only,
+never on N, so a run started with one N resumes with another, or with no ``--shard`` at
+all.
 
 The shard is not a parameter of the run: every shard finds (or the first one creates)
 the same MLflow run and writes its rows into the same pre-allocated matrix. Finding or
@@ -113,28 +114,33 @@ def parse_shard_spec(text: str, environ: Mapping[str, str] | None = None) -> tup
 
 
 def shard_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """Return ``(K, N)`` of this process from a SLURM job array or from torchrun.
+    """Return ``(K, N)`` of this process from a SLURM job array, torchrun or srun.
 
-    A SLURM array task is task ``SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN`` of
-    ``SLURM_ARRAY_TASK_COUNT`` (``--array=0-7`` or ``--array=1-8``, with an optional
-    ``%`` limit; a step ``:S`` is divided out); torchrun gives ``RANK`` of ``WORLD_SIZE``.
+    In that order: a SLURM array task is task ``SLURM_ARRAY_TASK_ID -
+    SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT`` (``--array=0-7`` or
+    ``--array=1-8``, with an optional ``%`` limit; a step ``:S`` is divided out); torchrun
+    gives ``RANK`` of ``WORLD_SIZE``; the tasks of one ``srun -n N`` step give
+    ``SLURM_PROCID`` of ``SLURM_STEP_NUM_TASKS``.
 
     Raises
     ------
     InvalidArgumentError
-        When neither is set, or the array's task IDs are not evenly spaced.
+        When none is set, or the array's task IDs are not evenly spaced.
     """
     env = os.environ if environ is None else environ
     if env.get("SLURM_ARRAY_TASK_ID", "").strip():
         return _array_shard(env)
-    if env.get("RANK", "").strip() and env.get("WORLD_SIZE", "").strip():
-        rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
-        if not 0 <= rank < world:
-            raise InvalidArgumentError(f"--shard auto: RANK={rank} is not in [0, {world})")
-        return rank, world
+    for rank_name, world_name in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS")):
+        if env.get(rank_name, "").strip() and env.get(world_name, "").strip():
+            rank, world = _env_int(env, rank_name), _env_int(env, world_name)
+            if not 0 <= rank < world:
+                raise InvalidArgumentError(
+                    f"--shard auto: {rank_name}={rank} is not in [0, {world}) ({world_name})"
+                )
+            return rank, world
     raise InvalidArgumentError(
-        "--shard auto: neither SLURM_ARRAY_TASK_ID (a SLURM job array) nor RANK and "
-        "WORLD_SIZE (torchrun) is set; give --shard K/N"
+        "--shard auto: none of SLURM_ARRAY_TASK_ID (a SLURM job array), RANK and WORLD_SIZE "
+        "(torchrun), SLURM_PROCID and SLURM_STEP_NUM_TASKS (srun) is set; give --shard K/N"
     )
 
 

@@ -1,0 +1,51 @@
+"""The k-means benchmark scripts run end to end on tiny inputs (their GPU calls reuse them).
+
+A lent GPU's minutes are few: ``benchmarks/gpu_kmeans.sh`` must not be the first to find a
+broken script. These runs take the same code paths on the CPU at a toy size; the figures
+they print are not checked, only that they are printed and that the runs agree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str, tmp_path: Path) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--threads", "1", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_seeding_benchmark_compares_both_seedings(tmp_path: Path) -> None:
+    out = run_benchmark("seeding.py", "--case", "3000x16:150", "--tmp", str(tmp_path),
+                        tmp_path=tmp_path)  # fmt: skip
+    assert "greedy k-means++, 3,000 x 16, k=150" in out
+    assert "no bounds" in out and "bounds (the default)" in out and " wall, x" in out
+    assert "same initial rows: True" in out
+
+
+def test_kmeans_benchmark_runs_config_a_scaled_down(tmp_path: Path) -> None:
+    config = ROOT / "configs" / "clusters" / "A_3M_3lvl_60k_4k_300.yaml"
+    out = run_benchmark(
+        "kmeans.py", "--case", "2000x8:20", "--iters", "3", "--no-torch-loop",
+        "--hierarchical-config", str(config), "--hierarchical-scale", "0.001",
+        "--tmp", str(tmp_path), tmp_path=tmp_path,
+    )  # fmt: skip
+    assert "## 2,000 x 8, k=20: 3 Lloyd iterations" in out and "| astrocurate |" in out
+    assert "## hierarchical, 3,000 x 384" in out
+    for level in (1, 2, 3):
+        assert f"level {level} done at" in out
+    assert "peak RSS" in out

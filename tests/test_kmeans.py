@@ -430,8 +430,8 @@ def test_seeding_bounds_leave_out_only_rows_no_candidate_brings_closer(
     left_out: list[float] = []
     original = KMeans._seeding_rows
 
-    def checked(self: KMeans, local, state, cx, cx_sq, x_sq, d2):
-        scored = original(self, local, state, cx, cx_sq, x_sq, d2)
+    def checked(self: KMeans, local, state, cx, cx_sq, block_rows, d2):
+        scored = original(self, local, state, cx, cx_sq, block_rows, d2)
         if scored is not None:
             out = np.ones(len(x), dtype=bool)
             out[scored.numpy()] = False

@@ -257,6 +257,7 @@ class _Rows:
         self._full: torch.Tensor | None = None
         self._loaded = False
         self._sq_norms: torch.Tensor | None = None
+        self._largest_sq_norm: torch.Tensor | None = None
         self._finite_checked = False
         self._workspaces: dict[tuple[Any, ...], _Workspace] = {}
 
@@ -353,6 +354,12 @@ class _Rows:
                 out[start:stop] = (xf * xf).sum(1)
             self._sq_norms = out
         return self._sq_norms
+
+    def largest_sq_norm(self, block_rows: int) -> torch.Tensor:
+        """Return the largest of :meth:`sq_norms` (a 0-d tensor on the device), found once."""
+        if self._largest_sq_norm is None:
+            self._largest_sq_norm = self.sq_norms(block_rows).max()
+        return self._largest_sq_norm
 
     def check_finite(self, block_rows: int) -> None:
         """Raise if any value is NaN or infinite (after conversion to the compute dtype)."""
@@ -1575,7 +1582,7 @@ class KMeans:
         cx = rows.take(cand).to(d2.dtype)
         cx_sq = (cx * cx).sum(dim=1)
         x_sq = local.sq_norms(block_rows)
-        scored = self._seeding_rows(local, state, cx, cx_sq, x_sq, d2)
+        scored = self._seeding_rows(local, state, cx, cx_sq, block_rows, d2)
         gains = torch.zeros(len(cand), dtype=torch.float64, device=d2.device)
         parts = []  # (rows, their new D^2 with each candidate)
         for where, xb in _seeding_blocks(local, scored, block_rows):
@@ -1611,7 +1618,7 @@ class KMeans:
         state: KMeansState,
         cx: torch.Tensor,
         cx_sq: torch.Tensor,
-        x_sq: torch.Tensor,
+        block_rows: int,
         d2: torch.Tensor,
     ) -> torch.Tensor | None:
         """Find this rank's rows that a k-means++ candidate may bring closer (None: all).
@@ -1631,7 +1638,8 @@ class KMeans:
         centers = state.centers[: state.step].to(cx.dtype)
         c_sq = (centers * centers).sum(dim=1)
         gaps = torch.addmm(c_sq, cx, centers.T, alpha=-2).add_(cx_sq[:, None])
-        largest_sq = torch.stack([x_sq.max(), c_sq.max(), cx_sq.max()]).max().double()
+        norms = [local.largest_sq_norm(block_rows), c_sq.max(), cx_sq.max()]
+        largest_sq = torch.stack(norms).max().double()
         err = 4 * rho * largest_sq  # rho (|x| + |c|)^2 <= rho (2 max norm)^2
         closest = gaps.min(dim=0).values.double()  # nearest candidate to each centre
         keep = closest[nearest] < 4 * d2.double() + 5 * err  # d2.double() may be d2

@@ -58,8 +58,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from astrocurate.clustering_config import load_config
 from astrocurate.hierarchical import HierarchicalKMeans
 from astrocurate.kmeans import (
     KMeans,
@@ -356,11 +356,11 @@ def hierarchical_shape(args: argparse.Namespace) -> tuple[int, dict[str, Any], s
             "sampling_strategy": "r",
         }
         return 300_000, params, f"clusters 6000/400/30, {args.iters} iterations, 3 steps"
-    config = yaml.safe_load(args.hierarchical_config.read_text())
+    config = load_config(args.hierarchical_config)  # the file as step 4a reads it
     scale = args.hierarchical_scale
     keys = ("n_iters", "n_resampling_steps", "sample_size", "sampling_strategy", "n_splits")
-    params = {key: config[key] for key in keys}
-    params["n_clusters"] = [max(1, round(k * scale)) for k in config["n_clusters"]]
+    params = {key: list(getattr(config, key)) for key in keys}
+    params["n_clusters"] = [max(1, round(k * scale)) for k in config.n_clusters]
     title = f"{args.hierarchical_config.name} x {scale}: " + ", ".join(
         f"{key} {params[key]}" for key in ("n_clusters", *keys)
     )

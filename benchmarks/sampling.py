@@ -338,7 +338,9 @@ def clustering_config(clusters: list[int]) -> Any:
 
     mapping = yaml.safe_load(CONFIG_A.read_text())
     for key in LEVEL_KEYS:
-        mapping[key] = [mapping[key][0]] * len(clusters)
+        value = mapping.get(key)
+        first = value[0] if isinstance(value, list) else value
+        mapping[key] = [first] * len(clusters)
     mapping.update(n_levels=len(clusters), n_clusters=list(clusters))
     return ClusteringConfig.from_mapping(mapping)
 

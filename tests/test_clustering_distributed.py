@@ -67,11 +67,13 @@ def assert_equal_up_to_summation(directory: Path, reference: Path) -> None:
 
 
 def test_processes_per_node_and_in_all() -> None:
-    assert config().n_processes == 1  # CPU, no key: one process as before
-    assert config(ngpus_per_node=1).n_processes == 1
-    assert config(**TWO).n_processes == 2
-    assert config(ngpus_per_node=4, nnodes=2).n_processes == 8
-    assert config(ngpus_per_node=4, nprocs_per_node=4).procs_per_node == 4
+    assert config().n_processes(1) == 1  # CPU, no key: one process as before
+    assert config(ngpus_per_node=1).n_processes(2) == 1
+    assert config(**TWO).n_processes(1) == 2
+    assert config(ngpus_per_node=4, nnodes=2).n_processes(2) == 8
+    assert config(ngpus_per_node=4, nprocs_per_node=4).procs_per_node(1) == 4
+    per_level = config(ngpus_per_node=[4, 0], nnodes=[2, 1], nprocs_per_node=[None, 3])
+    assert [per_level.n_processes(level) for level in (1, 2)] == [8, 3]
 
 
 def test_several_nodes_need_slurm(store) -> None:
@@ -108,6 +110,52 @@ def test_run_sh_and_sbatch_start_several_processes(store) -> None:
     assert "\nexec srun --kill-on-bad-exit=1 " in sbatch and "--level 1\n" in sbatch
 
 
+def test_each_level_gets_its_own_resources(store) -> None:
+    """Per-level ngpus_per_node / nnodes / nprocs_per_node: one golden sbatch per level."""
+    features_id = fake_feature_run(blobs(n=200))
+    per_level = {"n_clusters": [24, 6, 3], "n_iters": 8, "n_resampling_steps": [3, 2, 1]}
+    per_level |= {"sample_size": [5, 3, None], "sampling_strategy": "r"}
+    per_level |= {"ngpus_per_node": [4, 1, 0], "nnodes": [2, 1, 1]}
+    per_level |= {"nprocs_per_node": [None, None, 3], "ncpus_per_gpu": 6}
+    cfg = ClusteringConfig.from_mapping({"device": "cpu", **per_level})
+    slurm = SlurmOptions(account="astro", partition="gpu", time="01:00:00")
+    prepared = prepare_clustering(features_id, cfg, slurm=slurm)
+    expected = {  # level: (nodes, tasks per node, GPUs per node, CPUs per task, srun)
+        1: (2, 4, 4, 6, True),
+        2: (1, 1, 1, 6, False),
+        3: (1, 3, None, 6, True),
+    }
+    for level, (nodes, tasks, gpus, cpus, srun) in expected.items():
+        path = prepared.directory / "slurm" / f"level_{level}.sbatch"
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+        text = normalise(path.read_text(), prepared)
+        golden = GOLDEN / "per_level" / path.name
+        if os.environ.get("UPDATE_GOLDEN"):
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{path.name} differs from {golden} (UPDATE_GOLDEN=1)"
+        options = [f"--nodes={nodes}", f"--ntasks-per-node={tasks}", f"--cpus-per-task={cpus}"]
+        assert all(f"#SBATCH {o}\n" in text for o in options), (level, text)
+        assert ("--gpus-per-node" in text) == (gpus is not None)
+        assert gpus is None or f"#SBATCH --gpus-per-node={gpus}\n" in text
+        assert ("\nexec srun " in text) == srun
+    run_sh = (prepared.directory / "run.sh").read_text()
+    assert "level_gpus=([1]=4 [2]=1 [3]=0)" in run_sh
+
+
+def test_local_run_sh_starts_each_level_with_its_own_process_count(store) -> None:
+    features_id = fake_feature_run(blobs(n=200))
+    cfg = config(nprocs_per_node=[2, 1], ncpus_per_gpu=1)
+    prepared = prepare_clustering(features_id, cfg)
+    lines = (prepared.directory / "run.sh").read_text().splitlines()
+    starts = [line for line in lines if "astrocurate.cli clustering-run" in line]
+    assert len(starts) == 2
+    assert starts[0].startswith(f"{TORCHRUN} --standalone --nproc_per_node 2 ")
+    assert starts[0].endswith(' --level 1 "$@"')
+    assert starts[1].startswith(f"exec {sys.executable} -m astrocurate.cli clustering-run ")
+    assert "#   level 1: 2 process(es)" in lines and "#   level 2: 1 process(es)" in lines
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -137,6 +185,30 @@ def test_run_sh_in_two_processes_equals_one_process(store, tmp_path) -> None:
     runs = client().search_runs([client().get_run(prepared.run_id).info.experiment_id])
     assert [r.info.run_id for r in runs if r.info.run_name == "clustering"] == [prepared.run_id]
 
+    compute_levels(X, cfg, tmp_path / "reference")
+    assert_equal_up_to_summation(prepared.directory, tmp_path / "reference")
+
+
+@pytest.mark.slow
+def test_run_sh_with_per_level_process_counts_equals_one_process(store, tmp_path) -> None:
+    """Level 1 in two processes (torchrun), level 2 in one: the one-process result."""
+    X = blobs(n=601, centres=14)  # noqa: N806
+    features_id = fake_feature_run(X)
+    cfg = config(nprocs_per_node=[2, 1], ncpus_per_gpu=1)
+    prepared = prepare_clustering(features_id, cfg)
+    result = subprocess.run(
+        ["./run.sh"],
+        cwd=prepared.directory,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert get_run(prepared.run_id).status == "FINISHED"
+    check_outputs(prepared.directory, X)
+    log = (prepared.directory / "logs" / "clustering.log").read_text()
+    assert "clustering in 2 processes" in log
     compute_levels(X, cfg, tmp_path / "reference")
     assert_equal_up_to_summation(prepared.directory, tmp_path / "reference")
 

@@ -58,11 +58,16 @@ def env(slurm_cluster: SlurmCluster, store: Path) -> dict[str, str]:
     return {**slurm_cluster.env, "ASTROCURATE_SLURM_POLL": "1"}
 
 
-def prepare_with_script(features_id: str, cluster: SlurmCluster, env: dict[str, str]) -> Path:
-    """Guide step 4a with the SLURM flags, from the project root; return the directory."""
+def prepare_with_script(
+    features_id: str, cluster: SlurmCluster, env: dict[str, str], *overrides: str
+) -> Path:
+    """Guide step 4a with the SLURM flags, from the project root; return the directory.
+
+    ``overrides`` are ``key=value`` config overrides after the guide's flags.
+    """
     argv = [sys.executable, "scripts/4_clustering.py", "--features-id", features_id]
     argv += ["--config_file", DEMO, "--slurm_account", cluster.account]
-    argv += ["--slurm_partition", cluster.partition, "--slurm_time", TIME]
+    argv += ["--slurm_partition", cluster.partition, "--slurm_time", TIME, *overrides]
     result = subprocess.run(
         argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT
     )
@@ -195,6 +200,49 @@ def test_guide_slurm_path_end_to_end(slurm_cluster: SlurmCluster, env, store) ->
     assert not (directory / "checkpoints").exists()
     assert_levels_equal(directory, local_levels(X, store / "local"))
     guide_sampling(run.run_id, env)
+
+
+def test_sbatch_refusal_stops_run_sh_loudly_and_the_corrected_rerun_works(
+    slurm_cluster: SlurmCluster, env, blob_levels
+) -> None:
+    """The test cluster has no GPUs: a level asking for one is refused by sbatch (gres)."""
+    cluster = slurm_cluster
+    features_id = fake_feature_run(blobs())
+    directory = prepare_with_script(features_id, cluster, env, "ngpus_per_node=1")
+
+    refused = run_sh(directory, env)
+    assert refused.returncode == 1 and refused.stdout == ""
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr  # one line: sbatch's message, then the hint
+    assert "sbatch refused the job of level 1 (slurm/level_1.sbatch)" in lines[0]
+    assert "Invalid generic resource (gres) specification" in lines[0]
+    assert "level 1 asks for 1 GPU(s) per node (config key ngpus_per_node)" in lines[0]
+    assert "set ngpus_per_node: 0" in lines[0] and "submitted" not in lines[0]
+    assert get_run(directory.name).status == PREPARED
+
+    # level 1 on the CPU, level 2 on a GPU: level 1 is submitted, then cancelled
+    again = prepare_with_script(features_id, cluster, env, "ngpus_per_node=[0, 1]")
+    assert again == directory  # the same prepared run, its scripts rewritten
+    refused = run_sh(directory, env)
+    assert refused.returncode == 1, refused.stderr
+    assert "sbatch refused the job of level 2" in refused.stderr
+    cancelled = re.search(r"cancelled the jobs already submitted: (\d+)\)", refused.stderr)
+    assert cancelled, refused.stderr
+    assert cluster.job_info(cancelled.group(1))["JobState"] == "CANCELLED"
+    assert not (directory / "level_1" / "level.json").exists()
+    assert get_run(directory.name).status != "FINISHED"
+
+    assert prepare_with_script(features_id, cluster, env, "ngpus_per_node=[0, 0]") == directory
+    done = run_sh(directory, env)
+    assert done.returncode == 0, done.stderr + cluster.logs()
+    assert get_run(directory.name).status == "FINISHED"
+    assert_levels_equal(directory, blob_levels)
+
+
+def run_sh(directory: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["./run.sh"], cwd=directory, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
 
 
 def guide_sampling(clustering_id: str, env: dict[str, str]) -> None:

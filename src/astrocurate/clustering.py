@@ -14,12 +14,13 @@ The guide makes a clustering in two commands, and so does this module:
   interrupt). With SLURM flags at 4a, ``run.sh`` submits one job per level chained with
   ``--dependency=afterok``; each job runs ``clustering-run DIR --level L`` and the last
   one finishes the run.
-* **Several processes** (``config.n_processes > 1``: ``nprocs_per_node``, or one per GPU,
-  times ``nnodes``): ``run.sh`` starts ``torchrun --standalone`` here, a SLURM job
-  ``srun`` in ``--ntasks-per-node`` tasks. Every rank clusters (each k-means run shares
-  its rows among the ranks through :mod:`torch.distributed`; the level-1 memmap is read
-  by slices); rank 0 alone locks the directory, writes outputs, checkpoints and
-  ``logs/clustering.log`` and talks to MLflow. Checkpoints are then the finished k-means
+* **Several processes** (``config.n_processes(L) > 1``: ``nprocs_per_node``, or one per
+  GPU, times ``nnodes``, each from level ``L``'s own entry): ``run.sh`` starts ``torchrun
+  --standalone`` here, a SLURM job ``srun`` in ``--ntasks-per-node`` tasks. Every rank
+  clusters (each k-means run shares its rows among the ranks through
+  :mod:`torch.distributed`; the level-1 memmap is read by slices); rank 0 alone locks
+  the directory, writes outputs, checkpoints and ``logs/clustering.log`` and talks to
+  MLflow. Checkpoints are then the finished k-means
   runs of a level only (no live k-means state, no partial splits), so an interrupted
   level restarts its current k-means run; the result is the same, and equals the
   one-process result up to the order of float sums. With ``subset_indices_path`` every
@@ -80,6 +81,7 @@ from astrocurate.atomic import save_npy as _save_npy
 from astrocurate.atomic import write_text as _write_text
 from astrocurate.clustering_config import (
     CONFIG_FILE,
+    HIGH_PRECISION_NOTE,
     LEVEL_KEYS,
     STEP,
     VOLATILE_KEYS,
@@ -243,11 +245,13 @@ def prepare_clustering(
     """
     if slurm is not None:
         slurm.validate()
-    elif config.nnodes > 1:
+    elif max(config.nnodes) > 1:
         raise InvalidArgumentError(
-            f"config key nnodes={config.nnodes}: several nodes need SLURM (give the "
+            f"config key nnodes={list(config.nnodes)}: several nodes need SLURM (give the "
             "--slurm_* flags); on this machine use nnodes: 1"
         )
+    if config.high_precision != "float64":
+        log.info("config key high_precision=%s: %s", config.high_precision, HIGH_PRECISION_NOTE)
     features = require_run(features_id, SOURCE_STEP, "--features-id")
     if config.subset_indices_path:
         config = replace(
@@ -417,8 +421,11 @@ def _write_experiment(
     _save_npy(directory / INPUT_INDICES, indices)
     header = (
         f"Resolved config of clustering run {run_id} (astrocurate {__version__}).\n"
-        f"Feature run {features.run_id}. Keys {', '.join(VOLATILE_KEYS)} may be edited\n"
-        "before run.sh is run; the others define the run (prepare a new one to change them)."
+        f"Feature run {features.run_id}. checkpoint_period and device may be edited before\n"
+        "run.sh is run. The resources (ngpus_per_node, nnodes, nprocs_per_node, ncpus_per_gpu,\n"
+        "slurm_partition) are written into run.sh and slurm/: change them in your config file\n"
+        "and prepare again (step 4a reuses this run and rewrites its scripts). The other keys\n"
+        "define the run (prepare a new one to change them)."
     )
     _write_text(directory / CONFIG_FILE, config.to_yaml(header))
     launch = _Launch(
@@ -440,7 +447,7 @@ def _write_experiment(
         "slurm": None if slurm is None else asdict(slurm),
     }
     _write_text(directory / RUN_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    run_sh = _render_run_script(launch, config.n_levels, slurm, config.n_processes)
+    run_sh = _render_run_script(launch, config, slurm)
     _write_text(directory / RUN_SCRIPT, run_sh, 0o755)
     slurm_dir = directory / "slurm"
     if slurm is not None:

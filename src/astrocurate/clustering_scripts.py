@@ -186,86 +186,100 @@ class _Launch:
             f'export PYTHONPATH={shlex.quote(self.pythonpath)}"${{PYTHONPATH:+:$PYTHONPATH}}"',
         ]
 
-    def command(self, *extra: str) -> str:
-        return self.command_for("clustering-run", *extra)
+    def words(self, *extra: str) -> list[str]:
+        """``clustering-run DIR`` and ``extra``, one process."""
+        return self.words_for("clustering-run", *extra)
 
-    def command_for(self, subcommand: str, *extra: str) -> str:
-        words = [self.python, "-m", "astrocurate.cli", subcommand, str(self.directory), *extra]
-        return "exec " + " ".join(shlex.quote(w) for w in words)
+    def words_for(self, subcommand: str, *extra: str) -> list[str]:
+        return [self.python, "-m", "astrocurate.cli", subcommand, str(self.directory), *extra]
 
-    def torchrun_command(self, nprocs: int, *extra: str) -> str:
+    def torchrun_words(self, nprocs: int, *extra: str) -> list[str]:
         """``clustering-run`` in ``nprocs`` processes on this machine (the venv's torchrun).
 
         Only rank 0 reaches the console (``--local-ranks-filter 0``); the other ranks log
         to ``logs/clustering.rank<R>.log``.
         """
         torchrun = str(Path(self.python).with_name("torchrun"))
-        words = [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node",
-            str(nprocs),
-            "--local-ranks-filter",
-            "0",
-            "-m",
-            "astrocurate.cli",
-            "clustering-run",
-            str(self.directory),
-            *extra,
-        ]
-        return "exec " + " ".join(shlex.quote(w) for w in words)
+        options = ["--standalone", "--nproc_per_node", str(nprocs), "--local-ranks-filter", "0"]
+        return [torchrun, *options, *self.words(*extra)[1:]]
 
-    def srun_command(self, *extra: str) -> str:
+    def srun_words(self, *extra: str) -> list[str]:
         """``clustering-run`` in every task of the SLURM job (``srun``)."""
-        words = [
-            "srun",
-            "--kill-on-bad-exit=1",
-            self.python,
-            "-m",
-            "astrocurate.cli",
-            "clustering-run",
-            str(self.directory),
-            *extra,
-        ]
-        return "exec " + " ".join(shlex.quote(w) for w in words)
+        return ["srun", "--kill-on-bad-exit=1", *self.words(*extra)]
 
 
 def _render_run_script(
-    launch: _Launch, n_levels: int, slurm: SlurmOptions | None, nprocs: int = 1
+    launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions | None
 ) -> str:
     """Return the text of ``run.sh``: run here, or submit the SLURM chain and wait.
 
-    ``nprocs > 1`` (no SLURM): ``torchrun`` starts that many k-means processes here.
+    Without SLURM, each level runs in its own process count (:meth:`~ClusteringConfig.
+    n_processes`): consecutive levels with the same count share one command, ``torchrun``
+    when it is more than one.
     """
     head = [
         "#!/usr/bin/env bash",
         f"# Clustering run {launch.run_id}, prepared by astrocurate (guide step 4a).",
     ]
-    if slurm is None and nprocs > 1:
+    if slurm is not None:
+        return "\n".join(head + _slurm_run_body(launch, config)) + "\n"
+    groups = _process_groups(config)
+    distributed = any(nprocs > 1 for _, _, nprocs in groups)
+    if len(groups) > 1:
         body = [
-            f"# Runs every level on this machine in {nprocs} processes (torchrun; the ranks",
-            "# share the rows of every k-means run through torch.distributed). After an",
-            "# interruption, run it again: it resumes from the checkpoints in this directory",
-            "# (saved after every k-means run of a level). Logs: logs/clustering.log (rank 0),",
-            "# logs/clustering.rank<R>.log (the others). The ranks talk over loopback only:",
-            "# torchrun --standalone meets on localhost, and gloo binds to the loopback device.",
-            "set -euo pipefail",
-            *launch.environment(),
-            *_loopback_gloo(),
-            launch.torchrun_command(nprocs) + ' "$@"',
+            "# Runs every level on this machine, each in the processes its config entries ask",
+            "# for (ngpus_per_node, nprocs_per_node per level; torchrun when more than one):",
+            *(f"#   {_levels_text(a, b)}: {n} process(es)" for a, b, n in groups),
         ]
-        return "\n".join(head + body) + "\n"
+    elif distributed:
+        body = [
+            f"# Runs every level on this machine in {groups[0][2]} processes (torchrun; the ranks",
+            "# share the rows of every k-means run through torch.distributed).",
+        ]
+    else:
+        body = ["# Runs every level on this machine."]
+    if distributed:
+        body += [
+            "# After an interruption, run it again: it resumes from the checkpoints in this",
+            "# directory (saved after every k-means run of a level). Logs: logs/clustering.log",
+            "# (rank 0), logs/clustering.rank<R>.log (the others). The ranks talk over loopback",
+            "# only: torchrun --standalone meets on localhost, and gloo binds to the loopback",
+            "# device.",
+        ]
+    else:
+        body += [
+            "# After an interruption, run it again: it resumes from the checkpoints in this",
+            "# directory. Log: logs/clustering.log.",
+        ]
+    body += ["set -euo pipefail", *launch.environment()]
+    if distributed:
+        body += _loopback_gloo()
+    for _, last, nprocs in groups:
+        final = last == config.n_levels
+        extra = () if final else ("--level", str(last))
+        words = launch.torchrun_words(nprocs, *extra) if nprocs > 1 else launch.words(*extra)
+        body.append(("exec " if final else "") + _shell_words(words) + ' "$@"')
+    return "\n".join(head + body) + "\n"
 
-    if slurm is None:
-        body = [
-            "# Runs every level on this machine. After an interruption, run it again: it",
-            "# resumes from the checkpoints in this directory. Log: logs/clustering.log.",
-            "set -euo pipefail",
-            *launch.environment(),
-            launch.command() + ' "$@"',
-        ]
-        return "\n".join(head + body) + "\n"
-    return "\n".join(head + _slurm_run_body(launch, n_levels)) + "\n"
+
+def _process_groups(config: ClusteringConfig) -> list[tuple[int, int, int]]:
+    """Return the runs of consecutive levels with one process count: (first, last, count)."""
+    groups: list[tuple[int, int, int]] = []
+    for level in range(1, config.n_levels + 1):
+        nprocs = config.n_processes(level)
+        if groups and groups[-1][2] == nprocs:
+            groups[-1] = (groups[-1][0], level, nprocs)
+        else:
+            groups.append((level, level, nprocs))
+    return groups
+
+
+def _levels_text(first: int, last: int) -> str:
+    return f"level {first}" if first == last else f"levels {first}-{last}"
+
+
+def _shell_words(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _loopback_gloo() -> list[str]:
@@ -280,14 +294,61 @@ def _loopback_gloo() -> list[str]:
     return [f'export GLOO_SOCKET_IFNAME="${{GLOO_SOCKET_IFNAME:-{shlex.quote(names[0])}}}"']
 
 
-def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
-    jobs = [f"job{lvl}" for lvl in range(1, n_levels + 1)]
+#: run.sh's functions that submit one level's job and, when sbatch refuses it, cancel the
+#: jobs already submitted and stop with sbatch's message and a hint in the config's terms.
+_SUBMIT_FUNCTIONS = r"""submitted=()
+submit() {  # submit LEVEL [sbatch options]: submit slurm/level_LEVEL.sbatch, keep its job ID
+    local level=$1 out id
+    shift
+    if ! out=$(sbatch --parsable "$@" "slurm/level_$level.sbatch" 2>&1); then
+        refused "$level" "$out"
+    fi
+    id=${out##*$'\n'}
+    id=${id%%;*}
+    if [[ ! "$id" =~ ^[0-9]+$ ]]; then refused "$level" "$out"; fi
+    if [[ "$out" == *$'\n'* ]]; then echo "${out%$'\n'*}" >&2; fi  # sbatch's warnings
+    submitted+=("$id")
+}
+refused() {  # refused LEVEL MESSAGE: cancel the jobs submitted so far, explain, exit 1
+    local level=$1 message=${2//$'\n'/ } gpus=${level_gpus[$1]} hint cancelled=""
+    case "${message,,}" in
+        *gres*|*"generic resource"*)
+            hint="level $level asks for $gpus GPU(s) per node (config key ngpus_per_node);"
+            hint+=" on a partition without GPUs set ngpus_per_node: 0" ;;
+        *account*|*association*)
+            hint="check --slurm_account (sacctmgr show associations user=\$USER lists yours)" ;;
+        *partition*)
+            hint="check --slurm_partition or the config key slurm_partition (sinfo lists"
+            hint+=" the partitions)" ;;
+        *qos*)
+            hint="check --slurm_qos (sacctmgr show qos lists them)" ;;
+        *"time limit"*)
+            hint="lower --slurm_time to the partition's limit (sinfo -o '%P %l' shows it)" ;;
+        *)
+            hint="change what sbatch objects to" ;;
+    esac
+    if ((${#submitted[@]})); then
+        scancel "${submitted[@]}" 2>/dev/null || true
+        cancelled=" (cancelled the jobs already submitted: ${submitted[*]})"
+    fi
+    echo "run.sh: sbatch refused the job of level $level (slurm/level_$level.sbatch):" \
+         "$message. Hint: $hint; change it in your config file or step 4a's --slurm_*" \
+         "flags, prepare again with scripts/4_clustering.py (it reuses this run, which" \
+         "stays prepared), then run ./run.sh again$cancelled" >&2
+    exit 1
+}"""
+
+
+def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
+    n_levels = config.n_levels
+    gpus = " ".join(f"[{lvl}]={config.ngpus_per_node[lvl - 1]}" for lvl in range(1, n_levels + 1))
     lines = [
         f"# Submits one SLURM job per level ({n_levels}), chained with --dependency=afterok,",
         "# then waits for the last one; --no-wait returns at once. Prints the job IDs.",
         "# Run it again after a failure: finished levels are kept, a level resumes from its",
         "# checkpoints. Job logs: logs/level_<L>-<job>.out. While waiting it asks squeue",
-        "# every ASTROCURATE_SLURM_POLL seconds (default 10).",
+        "# every ASTROCURATE_SLURM_POLL seconds (default 10). If sbatch refuses a job, the",
+        "# jobs already submitted are cancelled and it stops with sbatch's message.",
         "set -euo pipefail",
         f"cd {shlex.quote(str(launch.directory))}",
         *launch.environment(),
@@ -303,23 +364,22 @@ def _slurm_run_body(launch: _Launch, n_levels: int) -> list[str]:
         '         "flags): run it where SLURM is, or prepare it again without them" >&2',
         "    exit 1",
         "fi",
-        'submit() { local id; id=$(sbatch --parsable "$@"); echo "${id%%;*}"; }',
-        "job1=$(submit slurm/level_1.sbatch)",
+        f"level_gpus=({gpus})  # GPUs per node of each level's job (ngpus_per_node)",
+        _SUBMIT_FUNCTIONS,
+        "submit 1",
     ]
-    for lvl in range(2, n_levels + 1):
-        lines.append(
-            f'job{lvl}=$(submit --dependency=afterok:"$job{lvl - 1}" slurm/level_{lvl}.sbatch)'
-        )
-    ids = " ".join(f"${j}" for j in jobs)
     lines += [
-        f'echo "run.sh: submitted SLURM jobs {ids} (logs in logs/)" >&2',
-        f'echo "{ids}"',
+        f'submit {lvl} --dependency=afterok:"${{submitted[-1]}}"' for lvl in range(2, n_levels + 1)
+    ]
+    lines += [
+        'echo "run.sh: submitted SLURM jobs ${submitted[*]} (logs in logs/)" >&2',
+        'echo "${submitted[*]}"',
         'if [[ "$wait_for_jobs" == 0 ]]; then exit 0; fi',
         'poll="${ASTROCURATE_SLURM_POLL:-10}"',
-        f'while squeue --noheader --jobs="${jobs[-1]}" 2>/dev/null | grep -q .; do',
+        'while squeue --noheader --jobs="${submitted[-1]}" 2>/dev/null | grep -q .; do',
         '    sleep "$poll"',
         "done",
-        launch.command_for("clustering-status"),
+        "exec " + _shell_words(launch.words_for("clustering-status")),
     ]
     return lines
 
@@ -329,8 +389,8 @@ def _render_sbatch(
 ) -> str:
     """Return the SLURM batch script of one level (1-based); paths only in its body."""
     partition = slurm.partition or config.slurm_partition
-    gpus = config.ngpus_per_node
-    if config.n_processes > 1:
+    gpus = config.ngpus_per_node[level - 1]
+    if config.n_processes(level) > 1:
         return _render_distributed_sbatch(launch, config, slurm, level, partition)
     lines = _sbatch_header(
         launch,
@@ -350,7 +410,7 @@ def _render_sbatch(
         "set -euo pipefail",
         *launch.environment(),
         "trap '' USR1",
-        launch.command("--level", str(level)),
+        "exec " + _shell_words(launch.words("--level", str(level))),
     ]
     return "\n".join(lines) + "\n"
 
@@ -371,14 +431,14 @@ def _sbatch_header(
     ``signal`` is ``B:USR1`` (to the batch shell alone) or ``USR1`` (to every task too);
     it comes before the time limit, early enough to checkpoint.
     """
-    gpus = config.ngpus_per_node
+    gpus = config.ngpus_per_node[level - 1]
     options = [
         f"--job-name=clustering-L{level}-{launch.run_id[:8]}",
         f"--account={slurm.account}" if slurm.account else None,
         f"--partition={partition}" if partition else None,
         f"--qos={slurm.qos}" if slurm.qos else None,
         f"--time={slurm.time}" if slurm.time else None,
-        f"--nodes={config.nnodes}",
+        f"--nodes={config.nnodes[level - 1]}",
         f"--ntasks-per-node={tasks_per_node}",
         f"--gpus-per-node={gpus}" if gpus else None,
         f"--cpus-per-task={cpus_per_task}",
@@ -394,26 +454,26 @@ def _sbatch_header(
 def _render_distributed_sbatch(
     launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int, partition: Any
 ) -> str:
-    """Return the batch script of one level run by ``srun`` in ``config.n_processes`` tasks."""
+    """Return the batch script of one level run by ``srun`` in ``n_processes(level)`` tasks."""
     lines = _sbatch_header(
         launch,
         config,
         slurm,
         level,
         partition,
-        tasks_per_node=config.procs_per_node,
+        tasks_per_node=config.procs_per_node(level),
         cpus_per_task=config.ncpus_per_gpu,
         signal="USR1",
     )
     lines += [
         f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate),",
-        f"# in {config.n_processes} tasks that share the rows of every k-means run",
+        f"# in {config.n_processes(level)} tasks that share the rows of every k-means run",
         "# (torch.distributed; rank 0 writes the outputs and talks to MLflow). Submitted by",
         "# run.sh from the experiment directory; SIGUSR1 before the time limit goes to every",
         "# task: they stop after the current k-means run, and rank 0 checkpoints and requeues",
         "# the job.",
         "set -euo pipefail",
         *launch.environment(),
-        launch.srun_command("--level", str(level)),
+        "exec " + _shell_words(launch.srun_words("--level", str(level))),
     ]
     return "\n".join(lines) + "\n"

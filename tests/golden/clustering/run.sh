@@ -4,7 +4,8 @@
 # then waits for the last one; --no-wait returns at once. Prints the job IDs.
 # Run it again after a failure: finished levels are kept, a level resumes from its
 # checkpoints. Job logs: logs/level_<L>-<job>.out. While waiting it asks squeue
-# every ASTROCURATE_SLURM_POLL seconds (default 10).
+# every ASTROCURATE_SLURM_POLL seconds (default 10). If sbatch refuses a job, the
+# jobs already submitted are cancelled and it stops with sbatch's message.
 set -euo pipefail
 cd <DIR>
 export MLFLOW_TRACKING_URI=<TRACKING_URI>
@@ -22,15 +23,56 @@ if ! command -v sbatch >/dev/null; then
          "flags): run it where SLURM is, or prepare it again without them" >&2
     exit 1
 fi
-submit() { local id; id=$(sbatch --parsable "$@"); echo "${id%%;*}"; }
-job1=$(submit slurm/level_1.sbatch)
-job2=$(submit --dependency=afterok:"$job1" slurm/level_2.sbatch)
-job3=$(submit --dependency=afterok:"$job2" slurm/level_3.sbatch)
-echo "run.sh: submitted SLURM jobs $job1 $job2 $job3 (logs in logs/)" >&2
-echo "$job1 $job2 $job3"
+level_gpus=([1]=1 [2]=1 [3]=1)  # GPUs per node of each level's job (ngpus_per_node)
+submitted=()
+submit() {  # submit LEVEL [sbatch options]: submit slurm/level_LEVEL.sbatch, keep its job ID
+    local level=$1 out id
+    shift
+    if ! out=$(sbatch --parsable "$@" "slurm/level_$level.sbatch" 2>&1); then
+        refused "$level" "$out"
+    fi
+    id=${out##*$'\n'}
+    id=${id%%;*}
+    if [[ ! "$id" =~ ^[0-9]+$ ]]; then refused "$level" "$out"; fi
+    if [[ "$out" == *$'\n'* ]]; then echo "${out%$'\n'*}" >&2; fi  # sbatch's warnings
+    submitted+=("$id")
+}
+refused() {  # refused LEVEL MESSAGE: cancel the jobs submitted so far, explain, exit 1
+    local level=$1 message=${2//$'\n'/ } gpus=${level_gpus[$1]} hint cancelled=""
+    case "${message,,}" in
+        *gres*|*"generic resource"*)
+            hint="level $level asks for $gpus GPU(s) per node (config key ngpus_per_node);"
+            hint+=" on a partition without GPUs set ngpus_per_node: 0" ;;
+        *account*|*association*)
+            hint="check --slurm_account (sacctmgr show associations user=\$USER lists yours)" ;;
+        *partition*)
+            hint="check --slurm_partition or the config key slurm_partition (sinfo lists"
+            hint+=" the partitions)" ;;
+        *qos*)
+            hint="check --slurm_qos (sacctmgr show qos lists them)" ;;
+        *"time limit"*)
+            hint="lower --slurm_time to the partition's limit (sinfo -o '%P %l' shows it)" ;;
+        *)
+            hint="change what sbatch objects to" ;;
+    esac
+    if ((${#submitted[@]})); then
+        scancel "${submitted[@]}" 2>/dev/null || true
+        cancelled=" (cancelled the jobs already submitted: ${submitted[*]})"
+    fi
+    echo "run.sh: sbatch refused the job of level $level (slurm/level_$level.sbatch):" \
+         "$message. Hint: $hint; change it in your config file or step 4a's --slurm_*" \
+         "flags, prepare again with scripts/4_clustering.py (it reuses this run, which" \
+         "stays prepared), then run ./run.sh again$cancelled" >&2
+    exit 1
+}
+submit 1
+submit 2 --dependency=afterok:"${submitted[-1]}"
+submit 3 --dependency=afterok:"${submitted[-1]}"
+echo "run.sh: submitted SLURM jobs ${submitted[*]} (logs in logs/)" >&2
+echo "${submitted[*]}"
 if [[ "$wait_for_jobs" == 0 ]]; then exit 0; fi
 poll="${ASTROCURATE_SLURM_POLL:-10}"
-while squeue --noheader --jobs="$job3" 2>/dev/null | grep -q .; do
+while squeue --noheader --jobs="${submitted[-1]}" 2>/dev/null | grep -q .; do
     sleep "$poll"
 done
 exec <PYTHON> -m astrocurate.cli clustering-status <DIR>

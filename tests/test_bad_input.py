@@ -109,6 +109,7 @@ BAD_FITS = {
 WARNED_FITS = {
     "all-nan.fits": "every window is blank",
     "non-celestial.fits": "no celestial WCS",
+    "helioprojective.fits": "helioprojective WCS (HPLN/HPLT), not a sky frame; ra/dec are NaN",
 }
 
 
@@ -131,6 +132,11 @@ def bad_fits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fits.PrimaryHDU(blank, _sky_header(shape)).writeto(root / "all-nan.fits")
     linear = fits.Header({"CTYPE1": "FREQ", "CRVAL1": 1.4e8, "CDELT1": 1e5, "CTYPE2": "LINEAR"})
     fits.PrimaryHDU(good, linear).writeto(root / "non-celestial.fits")
+    solar = _sky_header(shape)  # a solar image: arcsec from the Sun's centre, no RA/Dec
+    solar.update(CTYPE1="HPLN-TAN", CTYPE2="HPLT-TAN", CUNIT1="arcsec", CUNIT2="arcsec")
+    solar.update(CRVAL1=0.0, CRVAL2=0.0, CDELT1=0.6, CDELT2=0.6)
+    del solar["RADESYS"]
+    fits.PrimaryHDU(good, solar).writeto(root / "helioprojective.fits")
     return root
 
 
@@ -1128,8 +1134,9 @@ def test_bad_files_among_good_ones_are_skipped_with_one_warning_each(capsys, cap
             assert f"skipping {survey / name}" in named[0], named
     assert not [line for line in warnings if "good.fits" in line]
     manifest = pd.read_parquet(run.output_dir / "manifest.parquet")
-    assert set(manifest["mosaic"]) == {"good", "non-celestial"}
-    assert manifest.loc[manifest["mosaic"] == "non-celestial", "ra"].isna().all()
+    assert set(manifest["mosaic"]) == {"good", "non-celestial", "helioprojective"}
+    for name in ("non-celestial", "helioprojective"):
+        assert manifest.loc[manifest["mosaic"] == name, ["ra", "dec"]].isna().all().all()
 
 
 @pytest.mark.parametrize("name", list(WARNED_FITS))

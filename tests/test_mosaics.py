@@ -636,6 +636,26 @@ def test_file_without_celestial_wcs_gives_nan_coordinates(tmp_path, header):
     assert np.isnan(ra).all() and np.isnan(dec).all()
 
 
+@pytest.mark.parametrize(
+    ("ctype", "words"),
+    [
+        (("HPLN-TAN", "HPLT-TAN"), "helioprojective WCS (HPLN/HPLT), not a sky frame"),
+        (("HGLN-CAR", "HGLT-CAR"), "heliographic Stonyhurst WCS (HGLN/HGLT), not a sky frame"),
+        (("CRLN-CEA", "CRLT-CEA"), "heliographic Carrington WCS (CRLN/CRLT), not a sky frame"),
+        (("ZZLN-TAN", "ZZLT-TAN"), "ZZLN/ZZLT WCS, not a sky frame astropy knows (RA/DEC,"),
+    ],
+    ids=["helioprojective", "stonyhurst", "carrington", "unknown-body"],
+)
+def test_solar_and_unknown_frames_are_named_not_a_sky_frame(tmp_path, ctype, words):
+    shape = (16, 16)
+    header = celestial_header(shape, ctype=ctype, crval=(10.0, 5.0))
+    path = write(tmp_path / "sun.fits", [fits.PrimaryHDU(image(shape), header)])
+    with open_mosaic(path) as mosaic:
+        assert mosaic.wcs is None and mosaic.wcs_problem.startswith(words)
+        ra, dec = mosaic.pixel_to_icrs(np.arange(3.0), np.zeros(3))
+    assert np.isnan(ra).all() and np.isnan(dec).all()
+
+
 def test_wcs_whose_celestial_axes_are_not_the_image_axes(tmp_path):
     """A position-frequency image: celestial axes 1 and 3, image axes 1 and 2."""
     header = fits.Header()

@@ -605,12 +605,41 @@ def _celestial_wcs(header: fits.Header, choice: _ImageChoice) -> tuple[WCS | Non
         if image_axes != celestial_axes:
             return None, f"celestial WCS axes {celestial_axes} are not the image axes {image_axes}"
         celestial = full.sub(image_axes)
+    not_sky = _not_a_sky_frame(celestial)
+    if not_sky:
+        return None, not_sky
     try:
         ny, nx = (choice.full_shape[a] for a in choice.image_axes)
         _world_to_icrs(celestial, np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2]))
     except Exception as exc:
         return None, f"celestial WCS not usable ({type(exc).__name__}: {exc})"
     return celestial, None
+
+
+#: Celestial axis types (the first four letters of the longitude's CTYPE) of solar and
+#: body-fixed frames: WCS calls them celestial, but they are no place on the sky.
+_NOT_SKY_FRAMES = {
+    "HPLN": "helioprojective",
+    "HGLN": "heliographic Stonyhurst",
+    "CRLN": "heliographic Carrington",
+    "SOLX": "heliocentric",
+}
+
+
+def _not_a_sky_frame(wcs: WCS) -> str | None:
+    """Say why a 2-D celestial WCS has no RA/Dec (a solar or unknown frame), else None."""
+    from astropy.wcs.utils import wcs_to_celestial_frame
+
+    ctype = [str(c) for c in wcs.wcs.ctype]
+    prefix = ctype[wcs.wcs.lng][:4].rstrip("-")
+    axes = "/".join(c.split("-")[0] for c in ctype)
+    if prefix in _NOT_SKY_FRAMES:
+        return f"{_NOT_SKY_FRAMES[prefix]} WCS ({axes}), not a sky frame"
+    try:
+        wcs_to_celestial_frame(wcs)
+    except ValueError:
+        return f"{axes} WCS, not a sky frame astropy knows (RA/DEC, GLON/GLAT, ELON/ELAT)"
+    return None
 
 
 def _world_to_icrs(wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -78,7 +78,7 @@ def test_processes_per_node_and_in_all() -> None:
 
 def test_several_nodes_need_slurm(store) -> None:
     features_id = fake_feature_run(blobs(n=200))
-    with pytest.raises(InvalidArgumentError, match=r"nnodes=2: several nodes need SLURM"):
+    with pytest.raises(InvalidArgumentError, match=r"nnodes=\[2, 2\]: several nodes need SLURM"):
         prepare_clustering(features_id, config(nnodes=2))
 
 

@@ -61,7 +61,7 @@ def test_srun_two_tasks_per_level_equal_one_local_process(
     features_id = fake_feature_run(X)
     directory = prepare_two_tasks(features_id, cluster, env)
     run = get_run(directory.name)
-    assert run.status == PREPARED and run.params["nprocs_per_node"] == "2"
+    assert run.status == PREPARED and run.params["nprocs_per_node"] == "[2, 2]"
     for level in (1, 2):
         sbatch = (directory / "slurm" / f"level_{level}.sbatch").read_text()
         assert "#SBATCH --nodes=1\n" in sbatch and "#SBATCH --ntasks-per-node=2\n" in sbatch

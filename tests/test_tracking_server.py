@@ -347,7 +347,7 @@ def test_rank_zero_alone_wrote_the_clustering_run(server_pipeline) -> None:
     assert (logs / "clustering.rank1.log").is_file()
 
     run = api(p.url, "runs/get", query={"run_id": p.clustering})["run"]
-    assert params(run)["nprocs_per_node"] == "2"
+    assert params(run)["nprocs_per_node"] == "[2, 2]"
     rank_0 = int(tags(run)["astrocurate.pid"])
     senders = [r.pid for r in p.proxy.requests if r.pid is not None]  # during run.sh
     assert len(senders) >= 5 and set(senders) == {rank_0}  # rank 1 never called the server

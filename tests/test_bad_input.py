@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import shutil
-import tempfile
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,28 +27,22 @@ from astropy.io import fits
 
 from astrocurate.cli import build_parser, main
 from astrocurate.tracking import find_runs, get_run
+from needs import (
+    WITHOUT_DAC_OVERRIDE,
+    dropping_dac_override_works,
+    permission_bits_deny,
+    unavailable,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "clusters" / "demo_2lvl_64_8.yaml"
 ABSENT_ID = "0123456789abcdef0123456789abcdef"
 LOG_LINE = re.compile(r"^astrocurate(\.\w+)*: ")  # "%(name)s: %(message)s" of configure_logging
 
 
-def _permission_bits_deny() -> bool:
-    """Whether a directory without permissions is unreadable here (not for root)."""
-    with tempfile.TemporaryDirectory() as parent:
-        probe = Path(parent) / "probe"
-        probe.mkdir(mode=0)
-        try:
-            os.listdir(probe)
-        except PermissionError:
-            return True
-        finally:
-            probe.chmod(0o700)
-    return False
-
-
-PERMISSIONS_DENY = _permission_bits_deny()
-ROOT_REASON = "permission bits deny nothing here (root with CAP_DAC_OVERRIDE)"
+#: Whether the permission cases run in this process (not root), or as root without
+#: CAP_DAC_OVERRIDE in a child process (CI runs as root), or not at all.
+PERMISSIONS_DENY = permission_bits_deny()
+AS_UNPRIVILEGED_CHILD = not PERMISSIONS_DENY and dropping_dac_override_works()
 
 
 @dataclass
@@ -167,8 +161,20 @@ def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-def _check(capsys, ctx: Context, argv: list[str], status: int, names: str, roots=()) -> str:
-    """Run ``argv`` and check the status, the single error line and that nothing was written."""
+def _run_without_dac_override(argv: list[str]) -> tuple[int, str, str]:
+    """Run ``astrocurate ARGV`` as root without CAP_DAC_OVERRIDE: permission bits deny."""
+    command = [*WITHOUT_DAC_OVERRIDE, sys.executable, "-m", "astrocurate", *argv]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stdout, result.stderr
+
+
+def _check(
+    capsys, ctx: Context, argv: list[str], status: int, names: str, roots=(), child=False
+) -> str:
+    """Run ``argv`` and check the status, the single error line and that nothing was written.
+
+    ``child``: run it in a child process without CAP_DAC_OVERRIDE (see ``needs``).
+    """
     watched = [
         ctx.work,
         ctx.pipeline.clustering_dir.parents[1],
@@ -178,13 +184,16 @@ def _check(capsys, ctx: Context, argv: list[str], status: int, names: str, roots
     before = {root: _files(root) for root in watched}
     runs_before = {r.run_id for r in find_runs(include_unfinished=True)}
     capsys.readouterr()
-    if status == 2:
+    if child:
+        got, out, err = _run_without_dac_override(argv)
+    elif status == 2:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         got = exit_info.value.code
+        out, err = capsys.readouterr()
     else:
         got = main(argv)
-    out, err = capsys.readouterr()
+        out, err = capsys.readouterr()
     lines = [
         line
         for line in err.splitlines()
@@ -1084,9 +1093,8 @@ NEEDS_NON_ROOT = {
 def _param(case: Case):
     name, build, status, names = case
     marks = [pytest.mark.xfail(strict=True, reason=XFAIL[name])] if name in XFAIL else []
-    if name in NEEDS_NON_ROOT:
-        marks.append(pytest.mark.skipif(not PERMISSIONS_DENY, reason=ROOT_REASON))
-    return pytest.param(build, status, names, id=name, marks=marks)
+    child = name in NEEDS_NON_ROOT and not PERMISSIONS_DENY
+    return pytest.param(build, status, names, child, id=name, marks=marks)
 
 
 def test_every_subcommand_has_base_arguments() -> None:
@@ -1099,12 +1107,16 @@ def test_case_names_are_unique() -> None:
     assert len(names) == len(set(names))
 
 
-@pytest.mark.parametrize(("build", "status", "names"), [_param(c) for c in [*CASES, *FLAG_CASES]])
-def test_bad_input(capsys, ctx: Context, build, status: int, names: str) -> None:
+@pytest.mark.parametrize(
+    ("build", "status", "names", "child"), [_param(c) for c in [*CASES, *FLAG_CASES]]
+)
+def test_bad_input(capsys, ctx: Context, build, status: int, names: str, child: bool) -> None:
+    if child and not AS_UNPRIVILEGED_CHILD:
+        unavailable("permission bits deny nothing here and setpriv cannot drop CAP_DAC_OVERRIDE")
     argv = build(ctx)
     # Runs a case creates while building its input (a short feature matrix, a prepared
     # clustering) are made before the snapshot, so they do not count as left behind.
-    error = _check(capsys, ctx, argv, status, names)
+    error = _check(capsys, ctx, argv, status, names, child=child)
     for text in ctx.expect:
         assert text in error, (text, error)
 

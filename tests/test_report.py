@@ -32,6 +32,7 @@ from astrocurate.report import (
     thumbnail_png,
     write_report,
 )
+from needs import unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
 APT_LINE = "apt-get install -y --no-install-recommends chromium"
@@ -365,7 +366,7 @@ def _rendered_body(page: Path) -> str:
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not _chromium_available():
-        pytest.skip(f"/usr/bin/chromium is missing and could not be installed ({APT_LINE})")
+        unavailable(f"/usr/bin/chromium is missing and could not be installed ({APT_LINE})")
     return CHROMIUM
 
 

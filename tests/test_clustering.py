@@ -28,7 +28,6 @@ from astrocurate.clustering import (
     PREPARED,
     ClusteringConfig,
     RequeueRequested,
-    SlurmOptions,
     StopRequest,
     compute_levels,
     load_clustering,
@@ -41,6 +40,7 @@ from astrocurate.clustering import (
 )
 from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
 from astrocurate.hierarchical import HierarchicalKMeans
+from astrocurate.launch import SlurmOptions, absolute_tracking_uri
 from astrocurate.tracking import client, get_run, tracked_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -679,7 +679,7 @@ def test_slurm_run_sh_submits_a_dependency_chain(store, features, tmp_path) -> N
 )
 def test_run_scripts_get_an_absolute_tracking_store(uri, expected) -> None:
     """run.sh and SLURM jobs start elsewhere: a relative local store would be another store."""
-    assert clustering.absolute_tracking_uri(uri, Path("/work dir")) == expected
+    assert absolute_tracking_uri(uri, Path("/work dir")) == expected
 
 
 @pytest.mark.parametrize(

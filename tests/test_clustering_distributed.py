@@ -21,11 +21,11 @@ import pytest
 from astrocurate.clustering import (
     LEVEL_ARRAYS,
     ClusteringConfig,
-    SlurmOptions,
     compute_levels,
     prepare_clustering,
 )
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.launch import SlurmOptions
 from astrocurate.tracking import client, get_run
 from test_clustering import (
     GOLDEN,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import re
 import shlex
 import socket
 import subprocess
@@ -36,16 +35,12 @@ import numpy as np
 import pytest
 
 from astrocurate.backbones import WeightsError
-from astrocurate.clustering import (
-    ClusteringConfig,
-    SlurmOptions,
-    prepare_clustering,
-    tracking_environment,
-)
+from astrocurate.clustering import ClusteringConfig, prepare_clustering
 from astrocurate.cutout_store import read_manifest
 from astrocurate.cutouts import CutoutOptions, make_cutouts, render_array_script
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.features import FeatureOptions, extract_features
+from astrocurate.launch import SlurmOptions, tracking_environment
 from astrocurate.merge import merge_cutouts
 from astrocurate.survey import make_survey
 from astrocurate.tracking import client, get_run, redact_uri
@@ -770,7 +765,79 @@ def test_scripts_of_a_store_with_credentials_do_not_store_them(
         assert result.returncode == 1
         assert result.stderr.count("\n") == 1 and "set MLFLOW_TRACKING_URI" in result.stderr
         assert "alice:***@db.example.org" in result.stderr
-    monkeypatch.setattr("astrocurate.tracking.tracking_uri", lambda: CREDENTIAL_URI)
-    text = render_array_script(["cutouts"], 2, 32, tmp_path / "logs", SlurmOptions())
-    assert "S3cr3t" not in text and "export MLFLOW_TRACKING_URI" not in text
-    assert re.search(r"MLFLOW_TRACKING_URI:-", text)
+
+
+def _rendered_scripts(tmp_path: Path) -> dict[str, str]:
+    """Every kind of script astrocurate writes, rendered for this process's tracking store.
+
+    Keys are ``module:function`` of the renderers; :func:`_script_renderers` lists them
+    from the source, so a new renderer left out here fails the test below.
+    """
+    from astrocurate import clustering_scripts, cutouts, feature_shards
+    from astrocurate.clustering_config import ClusteringConfig as Config
+    from astrocurate.launch import absolute_tracking_uri
+    from astrocurate.tracking import experiment_name, tracking_uri
+
+    launch = clustering_scripts._Launch(
+        tmp_path, "0" * 32, sys.executable, "/src", absolute_tracking_uri(tracking_uri()),
+        experiment_name(),
+    )  # fmt: skip
+    slurm = SlurmOptions(account="a", partition="p", time="01:00:00")
+    one, two = Config.from_mapping(SMALL), Config.from_mapping({**SMALL, "nprocs_per_node": 2})
+    features = feature_shards.ArrayScript(["features"], 2, tmp_path / "logs", slurm, "gpu:1")
+    return {
+        "clustering_scripts:_render_run_script": "\n".join(
+            clustering_scripts._render_run_script(launch, config, options)
+            for config in (one, two)
+            for options in (None, slurm)
+        ),
+        "clustering_scripts:_sbatch_header": "\n".join(
+            clustering_scripts._render_sbatch(launch, config, slurm, 1) for config in (one, two)
+        ),
+        "cutouts:render_array_script": cutouts.render_array_script(
+            ["cutouts"], 2, 32, tmp_path / "logs", slurm
+        ),
+        "feature_shards:render_array_script": feature_shards.render_array_script(features),
+    }
+
+
+def _script_renderers() -> set[str]:
+    """``module:function`` of every function in the package that writes a ``#!`` line."""
+    import astrocurate
+
+    found = set()
+    for path in Path(astrocurate.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                isinstance(c, ast.Constant) and isinstance(c.value, str) and "#!/" in c.value
+                for c in ast.walk(node)
+            ):
+                found.add(f"{path.stem}:{node.name}")
+    return found
+
+
+def test_every_generated_script_keeps_credentials_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.sh, clustering jobs, cutouts and features arrays, the finishing job: one path."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", CREDENTIAL_URI)
+    scripts = _rendered_scripts(tmp_path)
+    assert set(scripts) == _script_renderers()
+    for name, text in scripts.items():
+        assert "S3cr3t" not in text, name
+        assert "export MLFLOW_TRACKING_URI" not in text, name
+        assert 'if [[ -z "${MLFLOW_TRACKING_URI:-}" ]]; then' in text, name
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example.org:5000")
+    for name, text in _rendered_scripts(tmp_path).items():
+        assert "export MLFLOW_TRACKING_URI=http://mlflow.example.org:5000" in text, name
+
+
+def test_only_the_launch_module_writes_a_tracking_uri_into_a_script() -> None:
+    import astrocurate
+
+    writers = [
+        path.name
+        for path in Path(astrocurate.__file__).parent.glob("*.py")
+        if "export MLFLOW_TRACKING_URI=" in path.read_text()
+    ]
+    assert writers == ["launch.py"]

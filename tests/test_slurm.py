@@ -25,7 +25,6 @@ import pytest
 
 from astrocurate.clustering import (
     PREPARED,
-    SlurmOptions,
     clustering_status,
     compute_levels,
     load_config,
@@ -33,6 +32,7 @@ from astrocurate.clustering import (
 )
 from astrocurate.cutout_store import read_manifest
 from astrocurate.cutouts import CutoutOptions, make_cutouts
+from astrocurate.launch import SlurmOptions
 from astrocurate.merge import merge_cutouts
 from astrocurate.survey import make_survey
 from astrocurate.tracking import client, find_runs, get_run, tracked_step

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from astrocurate.cli import main
-from astrocurate.clustering import SlurmOptions
 from astrocurate.feature_shards import ArrayScript, render_array_script
+from astrocurate.launch import SlurmOptions
 from slurm_cluster import SlurmCluster
 from test_features_sharded import (
     Inputs,
@@ -35,7 +35,7 @@ from test_features_sharded import (
     the_run,
 )
 
-HOSTILE = "we ird \"q\" 'a'; $(touch PWNED) `touch PWNED2` $HOME & \\ *"
+HOSTILE = "we ird \"q\" 'a'; $(touch PWNED) `touch PWNED2` $HOME & %j 100% *"
 TIMEOUT = 300.0
 
 
@@ -82,18 +82,20 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert f"export MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/rel/mlflow.db" in lines
     assert "export MLFLOW_EXPERIMENT_NAME='survey A'" in lines
     command = "/opt/py -m astrocurate.cli features --merged-cutouts-id abc"
-    assert f"        exec {command} --shard auto ;;" in lines
+    assert f'        exec {command} --shard "$SLURM_ARRAY_TASK_ID/4" ;;' in lines
+    assert "tasks=0-3" in lines
     assert '        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' in lines
     assert f"    --finish) exec {command} --finish ;;" in lines
     assert (
-        "array=$(submit --job-name=astrocurate-features --array=0-3 --requeue "
+        'array=$(submit --array="$tasks" --job-name=astrocurate-features --requeue '
         "--open-mode=append --output=/data/logs/features-%A_%a.out --account=acct "
         '--partition=gpu --time=02:00:00 --gres=gpu:1 --cpus-per-task=4 "$0" --task)'
     ) in lines
     assert (
-        'finish=$(submit --dependency=afterok:"$array" --job-name=astrocurate-features-finish '
-        "--kill-on-invalid-dep=yes --output=/data/logs/features-finish-%j.out --account=acct "
-        '--partition=gpu --time=02:00:00 "$0" --finish)'
+        'if ! finish=$(submit --dependency=afterok:"$array" '
+        "--job-name=astrocurate-features-finish --kill-on-invalid-dep=yes "
+        "--output=/data/logs/features-finish-%j.out --account=acct "
+        '--partition=gpu --time=02:00:00 "$0" --finish); then'
     ) in lines  # no GPU for the finishing job
     assert lines[-1] == 'echo "$array $finish"'
     assert "#SBATCH" not in text  # every option on sbatch's command line, shell-quoted
@@ -137,6 +139,7 @@ def test_hostile_directory_names_are_quoted(tmp_path: Path, monkeypatch: pytest.
 
     calls = tmp_path / "calls.jsonl"
     env = {**os.environ, "PATH": f"{sbatch.parent}:{os.environ['PATH']}", "CALLS": str(calls)}
+    env["SLURM_ARRAY_TASK_ID"] = "1"  # what --task reads
     for mode in ([], ["--task"], ["--finish"]):
         result = subprocess.run(
             [str(path), *mode], cwd=hostile, env=env, capture_output=True, text=True, timeout=60
@@ -146,11 +149,12 @@ def test_hostile_directory_names_are_quoted(tmp_path: Path, monkeypatch: pytest.
     array, finish, task, finisher = lines
     assert array["prog"] == finish["prog"] == "sbatch"
     assert array["args"][-2:] == [str(path), "--task"]
-    assert f"--output={hostile}/logs/features-%A_%a.out" in array["args"]
+    escaped = str(hostile).replace("%", "%%")  # sbatch's file name patterns
+    assert f"--output={escaped}/logs/features-%A_%a.out" in array["args"]
     assert "--array=0-1" in array["args"]
     assert finish["args"][:2] == ["--parsable", "--dependency=afterok:100"]  # ";c" cut off
     assert finish["args"][-2:] == [str(path), "--finish"]
-    assert task["args"] == [*command[1:], "--shard", "auto"]
+    assert task["args"] == [*command[1:], "--shard", "1/2"]
     assert finisher["args"] == [*command[1:], "--finish"]
     assert task["uri"] == finisher["uri"] == store
     assert (hostile / "logs").is_dir()
@@ -181,7 +185,7 @@ def test_cli_writes_an_executable_script(
     assert path.stat().st_mode & stat.S_IXUSR
     bash_syntax_ok(path)
     text = path.read_text()
-    assert "--array=0-2" in text and "--gres=gpu:1" in text and "--time=1:00:00" in text
+    assert "tasks=0-2" in text and "--gres=gpu:1" in text and "--time=1:00:00" in text
     assert "--cpus-per-task=3" in text
     assert inputs.merged_id in text and "--shard-rows 6" in text and "--resize 32" in text
     for bad, fragment in (
@@ -204,7 +208,7 @@ def test_two_array_tasks_then_the_finishing_job_on_slurm(
     slurm_cluster: SlurmCluster, experiment: str, inputs: Inputs, tmp_path: Path, capsys
 ) -> None:
     cluster = slurm_cluster
-    output = tmp_path / "slurm out"
+    output = tmp_path / HOSTILE  # %j and 100% in the log directory: escaped for sbatch
     argv = ["features", *feature_args(inputs, output), "--slurm-array", "2"]
     argv += ["--slurm_account", cluster.account, "--slurm_partition", cluster.partition]
     assert main([*argv, "--slurm_time", "00:10:00"]) == 0
@@ -230,6 +234,78 @@ def test_two_array_tasks_then_the_finishing_job_on_slurm(
     assert f"feature_extraction run {run.run_id} is already finished" in finisher
     assert finisher.split()[-1] == run.run_id
     assert_same_as_reference(run.run_id, inputs)
+
+
+@pytest.mark.slow
+def test_a_task_resubmitted_alone_computes_its_own_shard(
+    slurm_cluster: SlurmCluster, experiment: str, inputs: Inputs, tmp_path: Path, capsys
+) -> None:
+    """``sbatch --array=K FILE --task`` (SLURM_ARRAY_TASK_MIN = MAX = K) runs shard K of N."""
+    cluster = slurm_cluster
+    output = tmp_path / "resubmit"
+    argv = ["features", *feature_args(inputs, output), "--slurm-array", "2"]
+    assert main([*argv, "--slurm_account", cluster.account, "--slurm_time", "00:10:00"]) == 0
+    script = Path(capsys.readouterr().out.strip())
+    env = {**cluster.env, "OMP_NUM_THREADS": "1"}
+
+    alone = tmp_path / "task1.out"
+    submit = subprocess.run(
+        ["sbatch", "--parsable", "--array=1", f"--output={alone}", str(script), "--task"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stderr
+    cluster.wait_for_jobs([submit.stdout.strip().split(";")[0]], TIMEOUT)
+    log = alone.read_text()
+    assert "shard 1/2: rows 18-41" in log, log + cluster.logs()  # not "shard 0/1: rows 0-41"
+
+    again = subprocess.run(
+        [str(script), "--resubmit", "0"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr + cluster.logs()
+    array, finish = again.stdout.split()
+    cluster.wait_for_jobs([array, finish], TIMEOUT)
+    task = (output / "logs" / f"features-{array}_0.out").read_text()
+    assert "shard 0/2: rows 0-17" in task
+    assert cluster.job_info(finish)["JobState"] == "COMPLETED", task + cluster.logs()
+    assert_same_as_reference(the_run(experiment).run_id, inputs)
+
+    for bad in ("2", "x", ""):
+        refused = subprocess.run(
+            [str(script), "--resubmit", bad], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert refused.returncode == 2 and "--resubmit" in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_job_stops_the_script_with_sbatch_s_message(
+    slurm_cluster: SlurmCluster, experiment: str, inputs: Inputs, tmp_path: Path, capsys
+) -> None:
+    """The test cluster has no GPUs: a gres request is refused, nothing says submitted."""
+    cluster = slurm_cluster
+    argv = ["features", *feature_args(inputs, tmp_path / "gres"), "--slurm-array", "2"]
+    assert main([*argv, "--slurm_gres", "gpu:1"]) == 0
+    script = Path(capsys.readouterr().out.strip())
+    result = subprocess.run(
+        [str(script)], env=cluster.env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert "sbatch refused the job" in result.stderr and "gres" in result.stderr
+    assert "submitted" not in result.stderr
+
+
+def test_a_log_directory_with_a_backslash_is_refused_in_one_line(
+    experiment: str, inputs: Inputs, tmp_path: Path, capsys
+) -> None:
+    output = tmp_path / "back\\slash"
+    for argv in (
+        ["features", *feature_args(inputs, output), "--slurm-array", "2"],
+        ["cutouts", "--mosaics_path", str(inputs.work / "survey"), "--output_path", str(output),
+         "--window_size", "32", "--slurm-array", "2"],
+    ):  # fmt: skip
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--output_path" in err and "backslash" in err, err
+        assert not output.exists()
 
 
 @pytest.mark.slow

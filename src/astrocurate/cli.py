@@ -292,8 +292,9 @@ def _cutouts(args: argparse.Namespace) -> int:
 
 def _write_cutouts_array(args: argparse.Namespace, options) -> Path:
     """Write the SLURM array script of ``cutouts --slurm-array N``; return its path."""
-    from astrocurate.clustering import SlurmOptions
+    from astrocurate.atomic import write_text
     from astrocurate.cutouts import render_array_script, validate_options
+    from astrocurate.launch import SlurmOptions
 
     validate_options(options)
     if args.slurm_array < 1:
@@ -316,8 +317,7 @@ def _write_cutouts_array(args: argparse.Namespace, options) -> Path:
     )
     (output / "logs").mkdir(parents=True, exist_ok=True)
     path = output / f"cutouts_w{options.window_size}_{args.slurm_array}shards.sbatch"
-    path.write_text(text)
-    path.chmod(0o755)
+    write_text(path, text, 0o755)
     return path
 
 
@@ -679,9 +679,9 @@ def _finish_features(args: argparse.Namespace, options) -> int:
 
 def _write_features_array(args: argparse.Namespace, options) -> Path:
     """Write the SLURM script of ``features --slurm-array N``; return its path."""
-    from astrocurate.clustering import SlurmOptions
     from astrocurate.feature_shards import ArrayScript, render_array_script
     from astrocurate.features import plan_extraction
+    from astrocurate.launch import SlurmOptions
     from astrocurate.tracking import make_output_root
 
     if args.slurm_array < 1:
@@ -708,11 +708,12 @@ def _write_features_array(args: argparse.Namespace, options) -> Path:
         args.slurm_gres,
         args.slurm_cpus_per_task,
     )
-    script.validate()
+    from astrocurate.atomic import write_text
+
+    text = render_array_script(script.validate())  # refuses a log directory sbatch cannot use
     path = plan.root / f"features_{plan.merged.run_id[:8]}_{args.slurm_array}shards.sh"
     make_output_root(plan.root, [plan.merged.run_id])
-    path.write_text(render_array_script(script))
-    path.chmod(0o755)
+    write_text(path, text, 0o755)
     return path
 
 

@@ -109,19 +109,13 @@ from astrocurate.clustering_levels import (
     plot_cluster_sizes,
     resolve_device,
 )
-from astrocurate.clustering_scripts import (
-    SlurmOptions,
-    _Launch,
-    _render_run_script,
-    _render_sbatch,
-    absolute_tracking_uri,
-    tracking_environment,
-)
+from astrocurate.clustering_scripts import _Launch, _render_run_script, _render_sbatch
 from astrocurate.errors import (
     InvalidArgumentError,
     InvalidRunError,
     StepInterrupted,
 )
+from astrocurate.launch import SlurmOptions, absolute_tracking_uri
 from astrocurate.lookup import TAG_RUN_SCRIPT
 from astrocurate.tracking import (
     LOCK_NAME,
@@ -159,9 +153,7 @@ __all__ = [
     "ClusteringRun",
     "PreparedClustering",
     "RequeueRequested",
-    "SlurmOptions",
     "StopRequest",
-    "absolute_tracking_uri",
     "clustering_status",
     "compute_levels",
     "level_metrics",
@@ -174,7 +166,6 @@ __all__ = [
     "require_clustering_run",
     "resolve_device",
     "run_clustering",
-    "tracking_environment",
     "valid_keys",
 ]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.launch import SLURM_NAME
 
 STEP = "clustering"
 CONFIG_FILE = "config.yaml"
@@ -45,7 +46,6 @@ VOLATILE_KEYS = (
     "nprocs_per_node",
     "slurm_partition",
 )
-_SLURM_TOKEN = re.compile(r"[A-Za-z0-9_.+\-]+")  # fullmatch: no newline
 
 
 # =========================================================================== config
@@ -369,7 +369,7 @@ def _check_scalar(key: str, value: Any) -> Any:
         and (not isinstance(value, str) or not value)
     ):
         raise InvalidArgumentError(f"{bad} must be null or a non-empty string")
-    elif key == "slurm_partition" and value is not None and not _SLURM_TOKEN.fullmatch(value):
+    elif key == "slurm_partition" and value is not None and not SLURM_NAME.fullmatch(value):
         raise InvalidArgumentError(
             f"{bad}: expected a SLURM partition name (letters, digits, _ . + -)"
         )

@@ -1,172 +1,34 @@
 """Step 4 scripts: SLURM options, ``run.sh`` and the ``sbatch`` files of a clustering.
 
-Holds :class:`SlurmOptions`, the rendering of ``run.sh`` and of one SLURM job per level
-(one process, or several through torchrun / srun), and the tracking environment that
-the scripts export (:func:`tracking_environment`, :func:`absolute_tracking_uri`).
+Holds :class:`SlurmOptions` and the rendering of ``run.sh`` and of one SLURM job per level
+(one process, or several through torchrun / srun); the tracking environment the scripts
+export comes from :mod:`astrocurate.launch`.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astrocurate.clustering_config import _SLURM_TOKEN, ClusteringConfig
-from astrocurate.errors import InvalidArgumentError
-from astrocurate.tracking import redact_uri
+from astrocurate.clustering_config import ClusteringConfig
+from astrocurate.launch import SlurmOptions, time_limit_seconds, tracking_environment
 
 log = logging.getLogger(__name__)
-
-_SLURM_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-# =========================================================================== SLURM
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """SLURM settings of a clustering experiment (``--slurm_*`` flags of step 4a).
-
-    Attributes
-    ----------
-    account, partition, qos : str, optional
-        ``--account``, ``--partition``, ``--qos`` of every job.
-    time : str, optional
-        Time limit per job (SLURM format, e.g. ``01:00:00`` or ``1-00:00:00``).
-    """
-
-    account: str | None = None
-    partition: str | None = None
-    time: str | None = None
-    qos: str | None = None
-
-    def validate(self) -> SlurmOptions:
-        """Check every value (raises :class:`InvalidArgumentError`); return self."""
-        for name in ("account", "partition", "qos"):
-            value = getattr(self, name)
-            if value is not None and not _SLURM_TOKEN.fullmatch(value):
-                raise InvalidArgumentError(
-                    f"--slurm_{name}={value!r}: expected a SLURM name (letters, digits, _ . + -)"
-                )
-        if self.time is not None and (
-            not _SLURM_TIME.fullmatch(self.time) or _time_seconds(self.time) is None
-        ):
-            raise InvalidArgumentError(
-                f"--slurm_time={self.time!r}: expected a SLURM time limit such as 01:00:00, "
-                "90 (minutes), 2-00:00:00"
-            )
-        return self
-
-
-def _time_seconds(text: str) -> int | None:
-    """Seconds of a SLURM time limit, or None if it is malformed."""
-    match = _SLURM_TIME.match(text.strip())
-    if not match:
-        return None
-    days, a, b, c = match.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:  # days-hours[:minutes[:seconds]]
-        parts += [0] * (3 - len(parts))
-        h, m, s = parts
-        return ((int(days) * 24 + h) * 60 + m) * 60 + s
-    if len(parts) == 1:  # minutes
-        return parts[0] * 60
-    if len(parts) == 2:  # minutes:seconds
-        return parts[0] * 60 + parts[1]
-    h, m, s = parts
-    return (h * 60 + m) * 60 + s
 
 
 def _signal_lead(time_limit: str | None) -> int:
     """Seconds before the time limit at which SLURM warns a job (SIGUSR1)."""
-    seconds = _time_seconds(time_limit) if time_limit else None
+    seconds = time_limit_seconds(time_limit) if time_limit else None
     if seconds is None:
         return 300
     return int(min(300, max(30, seconds // 10)))
 
 
 # =========================================================================== scripts
-
-
-def absolute_tracking_uri(uri: str, cwd: Path | None = None) -> str:
-    """Make a relative local tracking store absolute; leave any other URI as it is.
-
-    ``run.sh`` and SLURM jobs run in the experiment directory (or wherever SLURM starts
-    them), so ``sqlite:///mlflow.db`` or ``./mlruns`` written into them would name another
-    store than the one step 4a used.
-
-    Parameters
-    ----------
-    uri : str
-        A tracking URI: ``sqlite:///rel.db``, ``sqlite:////abs.db``, a plain path,
-        ``file:rel``, ``http://host:5000``, ``databricks``, ...
-    cwd : Path, optional
-        What relative paths are relative to (default the current directory).
-
-    Returns
-    -------
-    str
-        ``uri`` with a relative database or directory path made absolute.
-    """
-    base = Path.cwd() if cwd is None else cwd
-    if uri.startswith("sqlite:///"):
-        path, sep, query = uri[len("sqlite:///") :].partition("?")
-        if path and path != ":memory:" and not path.startswith("/"):
-            return f"sqlite:///{(base / path).resolve()}{sep}{query}"
-        return uri
-    if uri.startswith("file:") and not uri.startswith("file:/"):
-        return f"file://{(base / uri[len('file:') :]).resolve()}"
-    if uri and "://" not in uri and ":" not in uri and not uri.startswith("databricks"):
-        return str((base / uri).resolve())  # a plain path: MLflow's file store
-    return uri
-
-
-def tracking_environment(uri: str, experiment: str, script: str) -> list[str]:
-    """Bash lines of a generated script that select the tracking store and experiment.
-
-    A URI without credentials is exported as it is. One with a password or token
-    (``postgresql://user:pw@host/db``, ``https://token@host``) is never written into the
-    file: the script then uses the ``MLFLOW_TRACKING_URI`` of the environment it runs in
-    (SLURM jobs inherit the submitting shell's) and stops with one line if it is unset.
-
-    Parameters
-    ----------
-    uri : str
-        The tracking URI (absolute, see :func:`absolute_tracking_uri`).
-    experiment : str
-        The MLflow experiment name.
-    script : str
-        The script's name, for its error message.
-
-    Returns
-    -------
-    list of str
-        Lines, every value quoted with :func:`shlex.quote`.
-    """
-    q = shlex.quote
-    shown = redact_uri(uri)
-    if shown == uri:
-        lines = [f"export MLFLOW_TRACKING_URI={q(uri)}"]
-    else:
-        message = (
-            f"{script}: set MLFLOW_TRACKING_URI to the tracking store {shown} (it holds "
-            "credentials, so it is not written in this script)"
-        )
-        lines = [
-            "# The tracking URI holds credentials, so it is not written here: this script uses",
-            "# the MLFLOW_TRACKING_URI of the environment it runs in (SLURM jobs inherit it",
-            "# from the shell that submits them). For an MLflow server, the URI without",
-            "# credentials plus MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD also work.",
-            'if [[ -z "${MLFLOW_TRACKING_URI:-}" ]]; then',
-            f"    echo {q(message)} >&2",
-            "    exit 1",
-            "fi",
-        ]
-    return [*lines, f"export MLFLOW_EXPERIMENT_NAME={q(experiment)}"]
 
 
 @dataclass(frozen=True)

@@ -257,10 +257,10 @@ def render_array_script(
     slurm : SlurmOptions
         Account, partition, time limit and QOS of every task.
     """
-    from astrocurate.clustering import absolute_tracking_uri, tracking_environment
-    from astrocurate.tracking import experiment_name, tracking_uri
+    from astrocurate.launch import sbatch_path_pattern, script_environment
 
-    output = _sbatch_quote(f"{log_dir}/cutouts-w{window_size}-%A_%a.out", log_dir)
+    pattern = sbatch_path_pattern(log_dir, f"cutouts-w{window_size}-%A_%a.out", "--output_path")
+    output = '"' + pattern.replace('"', '\\"') + '"'  # sbatch's quoting of #SBATCH values
     lines = [
         "#!/bin/bash",
         f"# astrocurate: cut a survey in {n_shards} shards, one cutting_out run per array task.",
@@ -277,31 +277,11 @@ def render_array_script(
     command = " ".join(shlex.quote(a) for a in argv)
     lines += [
         "set -euo pipefail",
-        *tracking_environment(
-            absolute_tracking_uri(tracking_uri()), experiment_name(), "cutouts job array"
-        ),
+        *script_environment("cutouts job array"),
         f'exec {command} --shard "$SLURM_ARRAY_TASK_ID/{n_shards}" '
         '--workers "${SLURM_CPUS_PER_TASK:-1}"',
     ]
     return "\n".join(lines) + "\n"
-
-
-def _sbatch_quote(pattern: str, directory: Path) -> str:
-    """Quote a file name pattern for an ``#SBATCH`` line (sbatch's own quoting rules).
-
-    sbatch reads ``#SBATCH`` values with double quotes and backslash escapes, and expands
-    ``%`` patterns: a ``%`` of the directory becomes ``%%``. A directory with a newline or
-    a backslash cannot be written this way (a backslash turns the patterns off) and is
-    refused with one line.
-    """
-    text = str(directory)
-    if any(c in text for c in "\n\r\\"):
-        raise InvalidArgumentError(
-            f"--output_path: {text!r} holds a newline or backslash; SLURM cannot name the "
-            "job array's log files in it (choose another --output_path)"
-        )
-    escaped = text.replace("%", "%%") + pattern[len(text) :]
-    return '"' + escaped.replace('"', '\\"') + '"'
 
 
 def _assembled(run_dir: Path) -> bool:

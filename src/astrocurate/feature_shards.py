@@ -605,15 +605,18 @@ class ArrayScript:
 def render_array_script(script: ArrayScript) -> str:
     """Return a bash script that submits a feature job array and its finishing job.
 
-    Run it (not ``sbatch`` it): it submits N tasks (``sbatch --array=0-<N-1>``), each
-    running the command with ``--shard auto``, then the command with ``--finish`` as a
-    job that starts once every task succeeded (``--dependency=afterok``), and prints the
-    two job IDs. sbatch runs the same file with ``--task`` or ``--finish``. Every
-    interpolated value is shell-quoted; the options are given to sbatch on its command
-    line, not in ``#SBATCH`` lines.
+    Run it (not ``sbatch`` it): it submits N tasks (``sbatch --array=0-<N-1>``), task K
+    running the command with ``--shard K/N`` (N is written into the script, so a task
+    resubmitted alone still computes its own shard), then the command with ``--finish`` as
+    a job that starts once every task succeeded (``--dependency=afterok``), and prints the
+    two job IDs. ``--resubmit K[,K...]`` submits those tasks again with the same options,
+    and a new finishing job. sbatch runs the same file with ``--task`` or ``--finish``. If
+    sbatch refuses a job, the script stops with its message (cancelling the tasks it
+    submitted). Every interpolated value is shell-quoted; the options are given to sbatch
+    on its command line, not in ``#SBATCH`` lines; the log directory is escaped for sbatch
+    (:func:`~astrocurate.launch.sbatch_path_pattern`).
     """
-    from astrocurate.clustering import absolute_tracking_uri
-    from astrocurate.tracking import experiment_name, tracking_uri
+    from astrocurate.launch import sbatch_path_pattern, script_environment
 
     def q(values: Sequence[str]) -> str:
         return " ".join(shlex.quote(str(v)) for v in values)
@@ -626,10 +629,9 @@ def render_array_script(script: ArrayScript) -> str:
     logs = script.log_dir
     array = [
         f"--job-name={script.name}",
-        f"--array=0-{script.n_shards - 1}",
         "--requeue",
         "--open-mode=append",
-        f"--output={logs}/features-%A_%a.out",
+        "--output=" + sbatch_path_pattern(logs, "features-%A_%a.out", "--output_path"),
         *common,
         *([f"--gres={script.gres}"] if script.gres else []),
         *([f"--cpus-per-task={script.cpus_per_task}"] if script.cpus_per_task else []),
@@ -637,38 +639,62 @@ def render_array_script(script: ArrayScript) -> str:
     finish = [
         f"--job-name={script.name}-finish",
         "--kill-on-invalid-dep=yes",
-        f"--output={logs}/features-finish-%j.out",
+        "--output=" + sbatch_path_pattern(logs, "features-finish-%j.out", "--output_path"),
         *common,
     ]
     n = script.n_shards
     lines = [
         "#!/bin/bash",
         f"# astrocurate: feature extraction in {n} shards of one feature_extraction run.",
-        "# Run this file (do not sbatch it): it submits a SLURM job array of the shards",
-        "# (each runs the command below with --shard auto) and a job that finishes the run",
-        "# once every shard succeeded; it prints the two job IDs. A task that failed or",
-        "# ran out of time resumes when resubmitted alone: sbatch --array=K THIS-FILE --task;",
-        "# then finish with: astrocurate features-finish RUN_ID (the ID ends each task's log).",
+        "# Run this file (do not sbatch it): it submits a SLURM job array whose task K",
+        f"# computes shard K/{n}, and a job that finishes the run once every task succeeded;",
+        "# it prints the two job IDs. A task that failed or ran out of time: run this file",
+        "# with --resubmit K (several: --resubmit 3,5); it submits them again with the same",
+        "# options, and a new finishing job. The run ID ends each task's log.",
         "set -euo pipefail",
-        f"export MLFLOW_TRACKING_URI={shlex.quote(absolute_tracking_uri(tracking_uri()))}",
-        f"export MLFLOW_EXPERIMENT_NAME={shlex.quote(experiment_name())}",
+        *script_environment("features job array"),
+        f"tasks=0-{n - 1}",
         'case "${1:-}" in',
         "    --task)  # torch threads: the task's CPUs, not the node's (tasks share nodes)",
         '        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
-        f"        exec {q(script.command)} --shard auto ;;",
+        f'        exec {q(script.command)} --shard "$SLURM_ARRAY_TASK_ID/{n}" ;;',
         f"    --finish) exec {q(script.command)} --finish ;;",
+        "    --resubmit)",
+        '        tasks="${2:-}"',
+        '        if [[ ! "$tasks" =~ ^[0-9]+(,[0-9]+)*$ ]]; then',
+        f'            echo "$0: --resubmit expects task IDs such as 3 or 3,5 (0 to {n - 1})" >&2',
+        "            exit 2",
+        "        fi",
+        "        for k in ${tasks//,/ }; do",
+        f"            if ((k >= {n})); then",
+        f'                echo "$0: --resubmit: task $k is not one of 0 to {n - 1}" >&2',
+        "                exit 2",
+        "            fi",
+        "        done ;;",
         "    '') ;;",
-        '    *) echo "$0: unknown option $1 (none, --task or --finish)" >&2; exit 2 ;;',
+        '    *) echo "$0: unknown option $1 (none, --resubmit K, --task, --finish)" >&2; exit 2;;',
         "esac",
         "if ! command -v sbatch >/dev/null; then",
         '    echo "$0: sbatch not found: run this where SLURM is" >&2',
         "    exit 1",
         "fi",
         f"mkdir -p {shlex.quote(str(logs))}",
-        'submit() { local id; id=$(sbatch --parsable "$@"); echo "${id%%;*}"; }',
-        f'array=$(submit {q(array)} "$0" --task)',
-        f'finish=$(submit --dependency=afterok:"$array" {q(finish)} "$0" --finish)',
-        f'echo "submitted {n} feature shards as job array $array, finishing job $finish" >&2',
+        "submit() {  # submit [sbatch options]: print the job ID, or stop with sbatch's message",
+        "    local out id",
+        '    if ! out=$(sbatch --parsable "$@" 2>&1); then',
+        "        echo \"$0: sbatch refused the job: ${out//$'\\n'/ }\" >&2",
+        "        exit 1",
+        "    fi",
+        "    id=${out##*$'\\n'}",
+        '    echo "${id%%;*}"',
+        "}",
+        f'array=$(submit --array="$tasks" {q(array)} "$0" --task)',
+        f'if ! finish=$(submit --dependency=afterok:"$array" {q(finish)} "$0" --finish); then',
+        '    scancel "$array" 2>/dev/null || true',
+        '    echo "$0: cancelled job array $array (its run would never be finished)" >&2',
+        "    exit 1",
+        "fi",
+        'echo "submitted feature shards $tasks as job array $array, finishing job $finish" >&2',
         'echo "$array $finish"',
     ]
     return "\n".join(lines) + "\n"

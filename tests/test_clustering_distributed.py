@@ -2,7 +2,9 @@
 
 The ranks share the rows of every k-means run (:mod:`astrocurate.kmeans`); rank 0 alone
 writes the outputs and talks to MLflow. The result must equal a one-process run with the
-same seed: labels exactly, centroids up to the order of the float64 sums.
+same seed: centroids up to the order of the float64 sums, labels exactly (the blobs have no
+near-ties, points equidistant from two centroids within rounding, which either order of
+the sums may send either way).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 variables (:func:`astrocurate.distributed.init_distributed`). The test prepares such a
 clustering with the guide's ``--slurm_*`` flags, runs ``./run.sh`` from the experiment
 directory, waits for the chain of two jobs and compares the levels with a one-process
-local run of the same config and seed (labels exactly, centroids up to the order of the
-float64 sums).
+local run of the same config and seed (centroids up to the order of the float64 sums;
+labels exactly, which holds because these blobs have no near-ties: no point equidistant
+from two centroids within rounding).
 
 The test cluster's node has two CPUs: each task gets one (``ncpus_per_gpu: 1``).
 """

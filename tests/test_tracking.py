@@ -25,6 +25,42 @@ def _artifact_json(run_id: str, name: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def test_git_state_says_whether_tracked_files_changed(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        identity = ["-c", "user.name=t", "-c", "user.email=t@example.org"]
+        subprocess.run(
+            ["git", *identity, "-C", str(tmp_path), *args], check=True, capture_output=True
+        )
+
+    assert tracking.git_state(tmp_path) == (None, None)  # not a checkout
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-q", "-m", "first")
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert tracking.git_state(tmp_path) == (head, False)
+    (tmp_path / "notes.txt").write_text("untracked files do not count")
+    assert tracking.git_state(tmp_path) == (head, False)
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert tracking.git_state(tmp_path) == (head, True)
+
+
+def test_runs_record_the_commit_and_whether_the_tree_was_dirty(store: Path) -> None:
+    commit, dirty = tracking.git_state()
+    with tracked_step("cutting_out", {"window_size": 16}) as run:
+        _write(run)
+    record = get_run(run.run_id)
+    metadata = _artifact_json(run.run_id, "metadata.json")
+    assert metadata["git_commit"] == commit and metadata["git_dirty"] == dirty
+    if commit is None:  # an installed copy, not a checkout
+        assert tracking.TAG_GIT_DIRTY not in record.tags
+    else:
+        assert record.tags[tracking.TAG_GIT_COMMIT] == commit
+        assert record.tags[tracking.TAG_GIT_DIRTY] == str(dirty).lower()
+
+
 def test_finished_run_records_lineage(store: Path) -> None:
     with tracked_step("cutting_out", {"window_size": 64}) as parent:
         _write(parent, "a")

@@ -23,7 +23,8 @@ The guide makes a clustering in two commands, and so does this module:
   MLflow. Checkpoints are then the finished k-means
   runs of a level only (no live k-means state, no partial splits), so an interrupted
   level restarts its current k-means run; the result is the same, and equals the
-  one-process result up to the order of float sums. With ``subset_indices_path`` every
+  one-process result up to the order of float sums (the labels too, unless a point is
+  equidistant from two centroids within rounding). With ``subset_indices_path`` every
   rank loads the subset's rows.
 
 Levels are numbered from 1 here, in file names, metrics and messages (level 1 clusters

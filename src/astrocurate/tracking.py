@@ -85,6 +85,8 @@ TAG_HOST = "astrocurate.host"
 TAG_PID = "astrocurate.pid"
 TAG_ERROR = "astrocurate.error"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+#: "true" when the run's code had tracked changes not in that commit.
+TAG_GIT_DIRTY = "astrocurate.git_dirty"
 TAG_SOURCE = "mlflow.source.name"
 TAG_USER = "mlflow.user"
 TAG_NOTE = "mlflow.note.content"
@@ -1139,21 +1141,37 @@ def _param_text(value: Any) -> str:
     return str(value)
 
 
-def git_commit() -> str | None:
-    """Return the git commit of the astrocurate source tree, if it is a checkout."""
-    source = Path(__file__).resolve().parent
+def git_state(source: Path | None = None) -> tuple[str | None, bool | None]:
+    """Return the git commit of the astrocurate source tree and whether it is dirty.
+
+    Parameters
+    ----------
+    source : Path, optional
+        A directory inside the checkout; default the package's own.
+
+    Returns
+    -------
+    tuple
+        ``(commit, dirty)``: ``dirty`` is True when a tracked file differs from the commit
+        (untracked files do not count); ``(None, None)`` outside a git checkout.
+    """
+    source = Path(__file__).resolve().parent if source is None else source
+    command = ["git", "-C", str(source), "status", "--porcelain=v2", "--branch"]
     try:
         result = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            [*command, "--untracked-files=no"],
             capture_output=True,
             text=True,
-            timeout=5,
+            timeout=10,
             check=False,
         )
     except (OSError, subprocess.SubprocessError):
-        return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and _is_hex(commit) else None
+        return None, None
+    lines = result.stdout.splitlines()
+    head = [line.split()[-1] for line in lines if line.startswith("# branch.oid ")]
+    if result.returncode != 0 or not head or not _is_hex(head[0]):
+        return None, None
+    return head[0], any(not line.startswith("#") for line in lines)
 
 
 def _is_hex(text: str) -> bool:
@@ -1404,9 +1422,10 @@ def create_run_record(
         TAG_SOURCE: Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python",
         TAG_USER: _user(),
     }
-    commit = git_commit()
+    commit, dirty = git_state()
     if commit:
         tags[TAG_GIT_COMMIT] = commit
+        tags[TAG_GIT_DIRTY] = str(dirty).lower()
     if inputs:
         tags[TAG_NOTE] = f"{step} run; inputs: " + ", ".join(inputs)
     run = mlflow_client.create_run(experiment, run_name=step, tags=tags)
@@ -1455,6 +1474,7 @@ def finish_step(
     started = time.time()
     mode = hash_mode()
     digest, listing = hash_outputs(handle.output_dir, full=mode == "full")
+    commit, dirty = git_state()
     mlflow_client.log_batch(handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, digest)])
     handle.log_dict(listing, "outputs.json")
     handle.log_dict(
@@ -1469,7 +1489,8 @@ def finish_step(
             "n_output_files": len(listing),
             "output_bytes": sum(v["size"] for v in listing.values()),
             "astrocurate_version": __version__,
-            "git_commit": git_commit(),
+            "git_commit": commit,
+            "git_dirty": dirty,
             "tracking_uri": redact_uri(tracking_uri()),
         },
         "metadata.json",

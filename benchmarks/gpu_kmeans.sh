@@ -17,7 +17,7 @@ mkdir -p "$out"
 case "${1:-}" in
     tests)
         nvidia-smi -L | tee "$out/tests.log"
-        python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py \
+        python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py tests/test_backbones.py \
             tests/test_kmeans.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
         ;;
     iteration)

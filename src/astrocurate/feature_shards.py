@@ -9,10 +9,12 @@ all.
 The shard is not a parameter of the run: every shard finds (or the first one creates)
 the same MLflow run and writes its rows into the same pre-allocated matrix. Finding or
 creating the run, pre-allocating the matrix and finishing the run happen under an
-exclusive ``flock`` on ``<output root>/feature_extraction/.lock-<run key>``, so N
-processes that start at once record one run and one matrix. While a shard computes it
-holds a shared lock on the run directory: an unsharded ``features`` process (which
-takes it exclusively) then records its own run instead of writing into this one.
+exclusive lease on ``<output root>/feature_extraction/.lease-<run key>``
+(:mod:`astrocurate.leases`, which holds across nodes where ``flock`` does not), so N
+processes that start at once, on one node or several, record one run and one matrix.
+While a shard computes it holds a shared ``flock`` on the run directory: an unsharded
+``features`` process (which takes it exclusively) then records its own run instead of
+writing into this one (on one node; across nodes that guard is as good as ``flock``).
 
 A shard that ends its range leaves the run RUNNING, unless every block is done: then it
 finishes the run (renames the matrix, hashes the outputs, marks it FINISHED). A shard
@@ -56,6 +58,7 @@ from astrocurate.features import (
     missing_blocks,
     prepare_output,
 )
+from astrocurate.leases import lease
 from astrocurate.tracking import (
     LOCK_NAME,
     TAG_ERROR,
@@ -203,7 +206,10 @@ def describe_rows(starts: Sequence[int], block_rows: int, n_rows: int) -> str:
 
 @contextlib.contextmanager
 def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[bool]:
-    """Hold the exclusive lock of the feature run with key ``key`` under ``root``.
+    """Hold the exclusive lease of the feature run with key ``key`` under ``root``.
+
+    A :class:`~astrocurate.leases.FileLease`, not an ``flock``: the shards of one run may
+    sit on several nodes of a shared filesystem where ``flock`` is node-local.
 
     Parameters
     ----------
@@ -217,32 +223,12 @@ def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[boo
     Yields
     ------
     bool
-        Whether the lock is held.
+        Whether the lease is held.
     """
-    path = Path(root) / STEP / f".lock-{key}"
+    path = Path(root) / STEP / f".lease-{key}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        held = _flock(handle, fcntl.LOCK_EX, timeout)
-        try:
-            yield held
-        finally:
-            if held:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _flock(handle: Any, mode: int, timeout: float | None) -> bool:
-    if timeout is None:
-        fcntl.flock(handle, mode)
-        return True
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(handle, mode | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+    with lease(path, timeout) as held:
+        yield held
 
 
 def share_directory(record_or_run: RunRecord | StepRun) -> Any:

@@ -290,6 +290,52 @@ def test_two_concurrent_shards_give_the_matrix_of_one_process(
     assert_same_as_reference(run.run_id, inputs)
 
 
+def _model_args(model: str, tmp_path: Path) -> list[str]:
+    """``features`` arguments choosing ``model``, with timm weights made here."""
+    if model == "default":
+        return ["--resize", str(RESIZE)]
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    arch, size = {"cnn": ("resnet18", 32), "vit": ("vit_small_patch14_reg4_dinov2", 28)}[model]
+    torch.manual_seed(1)
+    kwargs = {"img_size": size} if model == "vit" else {}
+    module = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    weights = tmp_path / f"{arch}.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(weights))
+    return ["--model", f"timm:{arch}", "--weights", str(weights), "--resize", str(size)]
+
+
+@pytest.mark.parametrize("model", ["default", "cnn", "vit"])
+def test_an_unfinished_run_resumes_only_with_its_own_batch_size(
+    experiment: str, inputs: Inputs, tmp_path: Path, capsys, model: str
+) -> None:
+    """Features can differ at float rounding between batch sizes: no matrix mixes two."""
+    output = tmp_path / "out"
+    common = ["features", "--merged-cutouts-id", inputs.merged_id, "--shard-rows"]
+    common += [str(BLOCK_ROWS), "--workers", "0", "--output_path", str(output)]
+    common += _model_args(model, tmp_path)
+    assert main([*common, "--batch-size", "6", "--shard", "0/2"]) == 0  # half the blocks
+    run_id = capsys.readouterr().out.strip()
+    assert not get_run(run_id).finished
+
+    for argv in (["--shard", "1/2"], []):  # another shard, and a plain resume
+        assert main([*common, "--batch-size", "12", *argv]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, err
+        assert f"--batch-size 12: feature_extraction run {run_id} is unfinished" in err
+        assert "started with batch_size=6" in err and "--batch-size 6 to resume it" in err
+    assert not get_run(run_id).finished
+
+    assert main([*common, "--batch-size", "6", "--shard", "1/2"]) == 0
+    assert capsys.readouterr().out.strip() == run_id
+    assert get_run(run_id).finished
+    # a finished run is reused whatever the batch size: it mixes nothing
+    assert main([*common, "--batch-size", "12"]) == 0
+    assert capsys.readouterr().out.strip() == run_id
+
+
 def test_torchrun_ranks_are_the_shards(experiment: str, inputs: Inputs, tmp_path: Path) -> None:
     """``torchrun --nproc-per-node 2 ... --shard auto``: RANK/WORLD_SIZE pick the shards."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -49,6 +49,7 @@ from typing import Any
 
 from astrocurate.errors import InvalidArgumentError, InvalidRunError, StepInterrupted
 from astrocurate.features import (
+    RESUME_PARAMS,
     SIDECAR,
     STEP,
     Extraction,
@@ -67,6 +68,7 @@ from astrocurate.tracking import (
     TAG_RUN_KEY,
     RunRecord,
     StepRun,
+    check_resume_params,
     check_reusable,
     client,
     create_run_record,
@@ -355,6 +357,9 @@ def join_run(plan: Extraction, key: str, n_shards: int) -> StepRun:
     inputs = [plan.merged.run_id]
     if usable:
         record = usable[0]
+        check_resume_params(
+            record, plan.params, RESUME_PARAMS, "or another --output_path for a new run"
+        )
         run_id, out, resumed = record.run_id, record.output_dir, True
         if record.status != "RUNNING":
             mlflow_client.update_run(run_id, status="RUNNING")

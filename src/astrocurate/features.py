@@ -195,8 +195,9 @@ class FeatureModel(torch.nn.Module):
     """Astronomy preprocessing around a backbone: raw (B, w, w) cutouts -> (B, D) features.
 
     Every step is per cutout: normalisation, resizing (bilinear, antialiased),
-    channel handling and the backbone's standardisation, so a cutout's features do
-    not depend on the batch it is in.
+    channel handling and the backbone's standardisation. The backbone itself may pick
+    other kernels for another batch size (timm CNNs on the CPU: ~1e-7), so the batch
+    size is recorded and kept within a run (:data:`RESUME_PARAMS`).
     """
 
     def __init__(self, backbone: Any, size: int, normalization: NormalizationConfig) -> None:
@@ -226,8 +227,12 @@ class FeatureModel(torch.nn.Module):
 
 # --------------------------------------------------------------------------- stage
 
-#: Parameters that do not change the features: logged, left out of the run key.
+#: Parameters left out of the run key: a finished run is reused whatever their values.
 VOLATILE_PARAMS = ("batch_size", "workers", "device")
+#: Of those, the ones that can change the features' bytes at float rounding (a timm CNN on
+#: the CPU differs by ~1e-7 between batch sizes 1 and 33): an unfinished run is resumed or
+#: joined only with the values it started with, so that no matrix mixes two of them.
+RESUME_PARAMS = {"batch_size": "--batch-size", "device": "--device"}
 
 
 @dataclass
@@ -247,7 +252,8 @@ class Extraction:
     n_rows : int
         Rows of the merge's manifest, rows of the matrix.
     batch_size, workers : int
-        Cutouts per forward pass and DataLoader workers (neither changes the features).
+        Cutouts per forward pass (see :data:`RESUME_PARAMS`) and DataLoader workers
+        (which never change the features).
     device : torch.device
         Where the model runs.
     params : dict
@@ -372,7 +378,8 @@ def extract_features(
     options : FeatureOptions, optional
         Model and preprocessing; default the offline scattering backbone.
     batch_size : int
-        Cutouts per forward pass (does not change the features).
+        Cutouts per forward pass. It can change the features at float rounding (timm CNNs
+        on the CPU), so an unfinished run resumes only with its own (:data:`RESUME_PARAMS`).
     workers : int, optional
         DataLoader worker processes; default :func:`default_workers`.
     device : str
@@ -415,6 +422,7 @@ def extract_features(
         input_run_ids=[plan.merged.run_id],
         output_root=plan.root,
         volatile_params=VOLATILE_PARAMS,
+        resume_params=RESUME_PARAMS,
         force=force,
     ) as run:
         if run.reused:

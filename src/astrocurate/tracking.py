@@ -1293,6 +1293,7 @@ def tracked_step(
     seed: int | None = None,
     output_root: Path | None = None,
     volatile_params: Iterable[str] = (),
+    resume_params: Mapping[str, str] | None = None,
     force: bool = False,
 ) -> Iterator[StepRun]:
     """Record one pipeline step as one MLflow run.
@@ -1314,8 +1315,12 @@ def tracked_step(
     output_root : Path, optional
         Parent of the step directories; default :func:`default_output_root`.
     volatile_params : iterable of str
-        Parameters that do not change the outputs (workers, progress display):
-        logged, but left out of the reuse key.
+        Parameters left out of the reuse key (workers, progress display): logged only.
+    resume_params : mapping of str to str, optional
+        Volatile parameters that may still change the outputs' bytes at float rounding
+        (the batch size), with their command-line flag: a finished run is reused whatever
+        their value, but an unfinished one is resumed only with the values it started
+        with (:func:`check_resume_params`), so that no output mixes two of them.
     force : bool
         Never reuse a finished run: compute into a new one.
 
@@ -1340,6 +1345,8 @@ def tracked_step(
         yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
         return
 
+    if previous is not None and not previous.finished:
+        check_resume_params(previous, all_params, resume_params or {})
     if previous is not None and previous.finished:  # its output directory is gone
         log.warning(
             "finished %s run %s with the same inputs and parameters has no output directory "
@@ -1375,6 +1382,46 @@ def tracked_step(
         with terminate_raises(), _status_on_exit(mlflow_client, run_id):
             yield handle
             finish_step(mlflow_client, handle, all_params, inputs)
+
+
+def check_resume_params(
+    record: RunRecord,
+    params: Mapping[str, Any],
+    flags: Mapping[str, str],
+    otherwise: str = "or --force for a new run",
+) -> None:
+    """Refuse to add to an unfinished run with other values of byte-changing parameters.
+
+    Parameters
+    ----------
+    record : RunRecord
+        The unfinished run about to be resumed or joined.
+    params : mapping
+        This process's parameters.
+    flags : mapping of str to str
+        Parameter name to command-line flag, e.g. ``{"batch_size": "--batch-size"}``.
+        ``device`` compares the device type only (``cuda:0`` and ``cuda:1`` agree).
+    otherwise : str
+        The other way out, ending the message.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the flag, this value, the run and the value it started with.
+    """
+    for name, flag in flags.items():
+        if name not in record.params or name not in params:
+            continue
+        ours, theirs = _param_text(params[name]), record.params[name]
+        if name == "device":
+            ours, theirs = ours.split(":")[0], theirs.split(":")[0]
+        if ours != theirs:
+            raise InvalidArgumentError(
+                f"{flag} {ours}: {record.step} run {record.run_id} is unfinished and was "
+                f"started with {name}={theirs}; its outputs may differ at float rounding "
+                f"with another {name}, so they cannot be mixed in one run: rerun with "
+                f"{flag} {theirs} to resume it ({otherwise})"
+            )
 
 
 def _finished_meanwhile(mlflow_client: Any, run_id: str) -> bool:

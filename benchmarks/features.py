@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,18 +90,17 @@ def synthetic_store(directory: Path, n: int, size: int) -> Path:
     return directory
 
 
-def demo_store(workdir: Path) -> tuple[Path, np.ndarray, np.ndarray]:
-    """Run the demo's steps; return the merge directory, truth labels and sky patches."""
+def demo_store(workdir: Path) -> tuple[Path, np.ndarray, Any]:
+    """Run the demo's steps; return the merge directory, truth labels and manifest."""
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
     from astrocurate.cutout_store import read_manifest
     from astrocurate.demo import run_demo
-    from astrocurate.quality import manifest_sky_patches
     from astrocurate.survey import truth_labels_for_manifest
 
     runs = run_demo(workdir / "demo")
     merged = runs["merge"].output_dir
     manifest = read_manifest(merged)
-    return merged, truth_labels_for_manifest(manifest), manifest_sky_patches(manifest)
+    return merged, truth_labels_for_manifest(manifest), manifest
 
 
 def time_pipeline(directory, model, batch_size, workers, device, n_rows) -> float:
@@ -262,7 +262,7 @@ def raw_pixels(directory: Path, size: int) -> np.ndarray:
     return torch.cat(out).reshape(len(reader), -1).numpy()
 
 
-def quality(directory: Path, labels: np.ndarray, patches: np.ndarray, device: torch.device) -> None:
+def quality(directory: Path, labels: np.ndarray, manifest: Any, device: torch.device) -> None:
     """kNN balanced accuracy of every backbone, with shuffled folds and with sky-patch folds.
 
     Shuffled folds put overlapping cutouts (near-copies) on both sides of a split; the
@@ -270,13 +270,13 @@ def quality(directory: Path, labels: np.ndarray, patches: np.ndarray, device: to
     """
     from sklearn.decomposition import PCA
 
-    from astrocurate.quality import knn_balanced_accuracy
+    from astrocurate.quality import knn_balanced_accuracy, manifest_sky_patches
 
     classes, counts = np.unique(labels, return_counts=True)
     print(
         "\nkNN balanced accuracy on the demo survey's classes "
         f"({', '.join(f'{c} {n}' for c, n in zip(classes, counts, strict=True))}; "
-        f"chance {1 / len(classes):.2f}); {len(np.unique(patches))} sky patches"
+        f"chance {1 / len(classes):.2f})"
     )
     candidates = [(name, lambda n=name: build(n, 64, device)) for name in QUALITY_MODELS]
     candidates.append(
@@ -292,21 +292,20 @@ def quality(directory: Path, labels: np.ndarray, patches: np.ndarray, device: to
         rows.append((name, feats, time.perf_counter() - start))
     pixels = raw_pixels(directory, 32)
     rows.append(("raw pixels (32 px) + PCA 64", PCA(64, random_state=0).fit_transform(pixels), 0.0))
+    sides = (2, 4, 8)  # patch side in largest windows; 4 is the metric's
+    by_side = {side: manifest_sky_patches(manifest, side) for side in sides}
     print(
-        f"{'features':<40}{'dim':>6}{'shuffled folds':>16}{'sky-patch folds':>17}"
-        f"{'mean +- sd, 5 fold seeds':>27}{'seconds':>9}"
+        "sky patches of 2 / 4 / 8 largest windows: "
+        + " / ".join(str(len(np.unique(by_side[side]))) for side in sides)
     )
+    header = "".join(f"{f'patches of {side}':>13}" for side in sides)
+    print(f"{'features':<40}{'dim':>6}{'shuffled folds':>16}{header}{'seconds':>9}")
     for name, feats, seconds in rows:
         leaky = knn_balanced_accuracy(feats, labels)
-        grouped = [
-            knn_balanced_accuracy(feats, labels, groups=patches, random_state=seed)
-            for seed in range(5)
-        ]
-        spread = f"{np.mean(grouped):.3f} +- {np.std(grouped):.3f}"
-        print(
-            f"{name:<40}{feats.shape[1]:>6}{leaky:>16.3f}{grouped[0]:>17.3f}{spread:>27}"
-            f"{seconds:>9.1f}"
+        grouped = "".join(
+            f"{knn_balanced_accuracy(feats, labels, groups=by_side[side]):>13.3f}" for side in sides
         )
+        print(f"{name:<40}{feats.shape[1]:>6}{leaky:>16.3f}{grouped}{seconds:>9.1f}")
 
 
 def main() -> None:
@@ -328,17 +327,17 @@ def main() -> None:
         + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else "")
     )
     if args.synthetic:
-        directory, labels, patches = (
+        directory, labels, manifest = (
             synthetic_store(workdir / "store", args.synthetic, 64),
             None,
             None,
         )
     else:
-        directory, labels, patches = demo_store(workdir)
+        directory, labels, manifest = demo_store(workdir)
     if args.speed:
         speed(args, directory, device)
     if args.quality and labels is not None:
-        quality(directory, labels, patches, device)
+        quality(directory, labels, manifest, device)
 
 
 if __name__ == "__main__":

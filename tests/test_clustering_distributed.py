@@ -161,12 +161,9 @@ def test_local_run_sh_starts_each_level_with_its_own_process_count(store) -> Non
 # ----------------------------------------------------------------------------- running
 
 
-@pytest.mark.slow
-def test_run_sh_in_two_processes_equals_one_process(store, tmp_path) -> None:
-    X = blobs(n=601, centres=14)  # noqa: N806 - odd: the two row slices differ in length
-    features_id = fake_feature_run(X)
-    cfg = config(**TWO)
-    prepared = prepare_clustering(features_id, cfg)
+def prepare_and_run(X: np.ndarray, cfg: ClusteringConfig):  # noqa: N803
+    """Step 4a on ``X`` with ``cfg``, then ``./run.sh``; return the prepared run and the result."""
+    prepared = prepare_clustering(fake_feature_run(X), cfg)
     result = subprocess.run(
         ["./run.sh"],
         cwd=prepared.directory,
@@ -176,9 +173,17 @@ def test_run_sh_in_two_processes_equals_one_process(store, tmp_path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.strip() == prepared.run_id  # rank 0 alone reaches the console
     assert get_run(prepared.run_id).status == "FINISHED"
     check_outputs(prepared.directory, X)
+    return prepared, result
+
+
+@pytest.mark.slow
+def test_run_sh_in_two_processes_equals_one_process(store, tmp_path) -> None:
+    X = blobs(n=601, centres=14)  # noqa: N806 - odd: the two row slices differ in length
+    cfg = config(**TWO)
+    prepared, result = prepare_and_run(X, cfg)
+    assert result.stdout.strip() == prepared.run_id  # rank 0 alone reaches the console
     check_metrics_and_plots(prepared.run_id)
     assert not (prepared.directory / "checkpoints").exists()
     logs = prepared.directory / "logs"
@@ -195,20 +200,8 @@ def test_run_sh_in_two_processes_equals_one_process(store, tmp_path) -> None:
 def test_run_sh_with_per_level_process_counts_equals_one_process(store, tmp_path) -> None:
     """Level 1 in two processes (torchrun), level 2 in one: the one-process result."""
     X = blobs(n=601, centres=14)  # noqa: N806
-    features_id = fake_feature_run(X)
     cfg = config(nprocs_per_node=[2, 1], ncpus_per_gpu=1)
-    prepared = prepare_clustering(features_id, cfg)
-    result = subprocess.run(
-        ["./run.sh"],
-        cwd=prepared.directory,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert get_run(prepared.run_id).status == "FINISHED"
-    check_outputs(prepared.directory, X)
+    prepared, _ = prepare_and_run(X, cfg)
     log = (prepared.directory / "logs" / "clustering.log").read_text()
     assert "clustering in 2 processes" in log
     compute_levels(X, cfg, tmp_path / "reference")

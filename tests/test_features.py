@@ -84,13 +84,16 @@ def tracking_metrics(run_id: str) -> dict[str, float]:
     return client().get_run(run_id).data.metrics
 
 
-def test_features_do_not_depend_on_batch_size_or_workers(env) -> None:
+def test_workers_never_change_the_features_and_the_batch_size_only_at_rounding(env) -> None:
     _, merged_run = env
     small = FeatureOptions(resize=32)  # a quarter of the pixels: the test stays quick
     first = extract_features(merged_run.run_id, small, batch_size=5, workers=0, force=True)
-    second = extract_features(merged_run.run_id, small, batch_size=64, workers=2, force=True)
-    assert first.run_id != second.run_id
+    second = extract_features(merged_run.run_id, small, batch_size=5, workers=2, force=True)
+    third = extract_features(merged_run.run_id, small, batch_size=64, workers=0, force=True)
+    assert len({first.run_id, second.run_id, third.run_id}) == 3
     assert _bytes(first) == _bytes(second)
+    a, c = (load_features(run.output_dir) for run in (first, third))
+    np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-6)
 
 
 def test_float16_output(env) -> None:

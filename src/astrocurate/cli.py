@@ -496,8 +496,8 @@ def _features_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        default="scattering-j4-renorm",
-        help="backbone (default scattering-j4-renorm; `astrocurate backbones` lists them)",
+        default=None,
+        help="backbone (default scattering-j4-rot-renorm-max; `astrocurate backbones` lists them)",
     )
     parser.add_argument("--weights", default=None, help="local weights file (safetensors or .pt)")
     parser.add_argument("--arch", default=None, help="architecture of an SSL checkpoint")
@@ -577,7 +577,7 @@ def _features_shard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _feature_options(args: argparse.Namespace):
-    from astrocurate.features import FeatureOptions
+    from astrocurate.features import DEFAULT_MODEL, FeatureOptions
     from astrocurate.normalization import NormalizationConfig
 
     normalization = NormalizationConfig(
@@ -590,7 +590,7 @@ def _feature_options(args: argparse.Namespace):
         std=args.norm_std,
     )
     return FeatureOptions(
-        model=args.model,
+        model=args.model or DEFAULT_MODEL,
         weights=args.weights,
         arch=args.arch,
         pooling=args.pooling,

@@ -50,7 +50,9 @@ FEATURES = "features.npy"
 SIDECAR = "features.json"
 PROGRESS_DIR = "progress"
 PENDING_SIDECAR = "sidecar.json"
-DEFAULT_MODEL = "scattering-j4-renorm"
+#: Chosen by kNN balanced accuracy on the demo classes with folds by sky patch
+#: (BENCHMARKS.md, "Quality"): the best of the offline backbones at every patch size.
+DEFAULT_MODEL = "scattering-j4-rot-renorm-max"
 PRECISIONS = ("fp32", "bf16", "fp16")
 OUTPUT_DTYPES = ("float32", "float16")
 
@@ -229,8 +231,9 @@ class FeatureModel(torch.nn.Module):
 
 #: Parameters left out of the run key: a finished run is reused whatever their values.
 VOLATILE_PARAMS = ("batch_size", "workers", "device")
-#: Of those, the ones that can change the features' bytes at float rounding (a timm CNN on
-#: the CPU differs by ~1e-7 between batch sizes 1 and 33): an unfinished run is resumed or
+#: Of those, the ones that can change the features' bytes at float rounding (on the CPU
+#: the default backbone differs by up to 4.8e-7 between batch sizes 1 and 33, a timm CNN by
+#: 1.2e-7): an unfinished run is resumed or
 #: joined only with the values it started with, so that no matrix mixes two of them.
 RESUME_PARAMS = {"batch_size": "--batch-size", "device": "--device"}
 

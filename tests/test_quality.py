@@ -67,5 +67,7 @@ def test_fewer_groups_than_folds_gives_one_fold_per_group_and_one_group_none() -
     labels = np.repeat([0, 1], 20)
     assert knn_balanced_accuracy(features, labels, groups=np.arange(40) % 3) is not None
     assert knn_balanced_accuracy(features, labels, groups=np.zeros(40)) is None
+    lopsided = np.r_[np.zeros(36), np.arange(1, 5)]  # a training fold of 4 rows < 10 neighbours
+    assert knn_balanced_accuracy(features, labels, groups=lopsided) is None
     with pytest.raises(ValueError, match="patch_windows=0"):
         sky_patches(*(np.zeros(1),) * 7, patch_windows=0)

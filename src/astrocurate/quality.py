@@ -119,8 +119,8 @@ def knn_balanced_accuracy(
     -------
     float or None
         Balanced accuracy in [0, 1], or None with fewer than two usable classes (or,
-        with ``groups``, fewer than two groups; with fewer groups than ``n_folds``, one
-        fold per group).
+        with ``groups``, fewer than two groups or a training fold smaller than
+        ``n_neighbors``; with fewer groups than ``n_folds``, one fold per group).
     """
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
@@ -151,5 +151,8 @@ def knn_balanced_accuracy(
             return None
         splits = min(n_folds, n_groups)  # a small survey: one fold per patch
         folds = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=random_state)
-        predicted = cross_val_predict(model, x, y, cv=folds, groups=group)
+        pairs = list(folds.split(x, y, group))
+        if min(len(train) for train, _ in pairs) < n_neighbors:
+            return None  # one patch holds nearly every row: nothing to train on
+        predicted = cross_val_predict(model, x, y, cv=pairs)
     return float(balanced_accuracy_score(y, predicted))

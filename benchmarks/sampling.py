@@ -369,11 +369,11 @@ def write_clustering_run(features_id: str, clusters: list[int], seed: int) -> st
     input_indices.npy) and step 4b (``_write_level`` per level) write.
     """
     from astrocurate import clustering
-    from astrocurate.report import load_feature_matrix
+    from astrocurate.feature_outputs import load_features
     from astrocurate.tracking import require_run, tracked_step
 
     features = require_run(features_id, "feature_extraction")
-    n_rows, dim = load_feature_matrix(features.output_dir).shape
+    n_rows, dim = load_features(features.output_dir).shape
     config = clustering_config(clusters)
     indices = np.arange(n_rows, dtype=np.int64)
     config.check_inputs(n_rows, "feature rows")

@@ -7,9 +7,10 @@ step can find and remove an interrupted attempt's leftovers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,30 @@ import numpy as np
 def temporary_path(path: Path) -> Path:
     """Return the temporary name this process writes ``path`` under."""
     return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, sync: bool = True) -> Iterator[Path]:
+    """Yield the temporary name to write ``path`` under; fsync and rename it on success.
+
+    For writers that take a file name (parquet, HDF5, FITS, PNG, a memmap). If the block
+    raises, the temporary is removed and ``path`` is left as it was. ``sync=False`` skips
+    the fsync, for many small files whose run records their hashes when it finishes
+    (exported cutouts): the rename alone keeps a partial file from a final name.
+
+    Examples
+    --------
+    >>> with atomic_path(directory / "plot.png") as tmp:  # doctest: +SKIP
+    ...     figure.savefig(tmp, format="png")
+    """
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        if sync:
+            fsync_file(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -289,7 +289,7 @@ def prepare_clustering(
 
 
 def _feature_shape(directory: Path) -> tuple[int, int]:
-    from astrocurate.features import load_features
+    from astrocurate.feature_outputs import load_features
 
     matrix = load_features(directory)
     return int(matrix.shape[0]), int(matrix.shape[1])
@@ -676,7 +676,7 @@ def _level_one_inputs(
     features_dir: Path, directory: Path, info: Mapping[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the feature matrix (memory-mapped) or its subset, and the rows it holds."""
-    from astrocurate.features import load_features
+    from astrocurate.feature_outputs import load_features
 
     matrix = load_features(features_dir)
     recorded = (info["key_params"]["n_feature_rows"], info["key_params"]["n_features"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from astrocurate.atomic import atomic_path
 from astrocurate.atomic import save_npy as _save_npy
 from astrocurate.atomic import save_npz as _save_npz
 from astrocurate.atomic import write_text as _write_text
@@ -787,9 +787,8 @@ def plot_cluster_sizes(level: int, result: Any, path: Path) -> Path:
     )
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.86, wspace=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

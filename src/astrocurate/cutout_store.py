@@ -54,7 +54,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from astrocurate.atomic import fsync_file, temporary_path
+from astrocurate.atomic import atomic_path
 from astrocurate.errors import AstrocurateError
 
 MANIFEST = "manifest.parquet"
@@ -117,7 +117,6 @@ def write_parquet_atomic(
         schema does not depend on the values (all-null or empty columns included).
     """
     path = Path(path)
-    tmp = temporary_path(path)
     schema = None
     if types:
         inferred = pa.Schema.from_pandas(table, preserve_index=False)
@@ -126,9 +125,8 @@ def write_parquet_atomic(
             metadata=inferred.metadata,
         )
     arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
-    pq.write_table(arrow, tmp, compression="zstd")
-    fsync_file(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd")
 
 
 def manifest_path(directory: Path | str) -> Path:

@@ -95,7 +95,7 @@ def _cluster(features_id: str) -> StepRun:
 def _describe(run: StepRun) -> str:
     """Say what a run holds in a few words."""
     from astrocurate.cutout_store import read_manifest
-    from astrocurate.features import load_features
+    from astrocurate.feature_outputs import load_features
 
     if run.step == "feature_extraction":
         rows, dim = load_features(run.output_dir).shape

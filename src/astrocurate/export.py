@@ -20,7 +20,6 @@ written are kept when an interrupted export is rerun.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from astrocurate.atomic import atomic_path
 from astrocurate.cutout_store import CutoutReader, NpyStackWriter, write_parquet_atomic
 from astrocurate.errors import InvalidArgumentError
 
@@ -149,8 +149,7 @@ def export_hdf5(manifest: pd.DataFrame, reader: CutoutReader, path: Path, chunk:
     """One HDF5 file, a group per window size with ``images`` and the numeric columns."""
     import h5py
 
-    tmp = path.with_name(f".tmp-{path.name}")
-    with h5py.File(tmp, "w") as handle:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs["description"] = "astrocurate curated cutouts: one group per window size"
         for size, group in manifest.groupby("window_size", sort=True):
             node = handle.create_group(f"w{int(size)}")
@@ -168,7 +167,6 @@ def export_hdf5(manifest: pd.DataFrame, reader: CutoutReader, path: Path, chunk:
                 else:
                     text = values.astype(str).astype(object)
                     node.create_dataset(column, data=text, dtype=h5py.string_dtype())
-    os.replace(tmp, path)
     return 1
 
 
@@ -220,9 +218,8 @@ def export_fits(
             header["X0"] = (int(row.x0), "0-based column of the first pixel in the mosaic")
             header["Y0"] = (int(row.y0), "0-based row of the first pixel in the mosaic")
             target = directory / f"{row.cutout_id}.fits"
-            tmp = target.with_name(f".tmp-{target.name}")
-            fits.PrimaryHDU(image, header=header).writeto(tmp, overwrite=True)
-            os.replace(tmp, target)
+            with atomic_path(target, sync=False) as tmp:
+                fits.PrimaryHDU(image, header=header).writeto(tmp, overwrite=True)
     return len(todo)
 
 
@@ -254,9 +251,8 @@ def export_png(manifest: pd.DataFrame, reader: CutoutReader, directory: Path, ch
     for part in _chunks(todo, chunk):
         for cutout_id, image in zip(part["cutout_id"], _read(reader, part), strict=True):
             target = directory / f"{cutout_id}.png"
-            tmp = target.with_name(f".tmp-{target.name}")
-            Image.fromarray(to_uint8(image, low, high)).save(tmp, format="PNG")
-            os.replace(tmp, target)
+            with atomic_path(target, sync=False) as tmp:
+                Image.fromarray(to_uint8(image, low, high)).save(tmp, format="PNG")
     (directory / "stretch.txt").write_text(
         f"asinh stretch, softening {PNG_SOFTENING}, between {low!r} and {high!r} "
         f"(percentiles {PNG_PERCENTILES} of up to 256 sampled cutouts); north up\n"

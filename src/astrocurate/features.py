@@ -35,9 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from astrocurate.atomic import atomic_path, write_text
 from astrocurate.cpus import usable_cpus
 from astrocurate.cutout_store import CutoutReader, read_manifest
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.feature_outputs import FEATURES, SIDECAR, load_features
 from astrocurate.kmeans import resolve_device
 from astrocurate.normalization import NormalizationConfig, normalize
 from astrocurate.tracking import RunRecord, StepRun, require_run, run_key, tracked_step
@@ -46,8 +48,6 @@ log = logging.getLogger(__name__)
 
 STEP = "feature_extraction"
 SOURCE_STEP = "merge_cutouts"
-FEATURES = "features.npy"
-SIDECAR = "features.json"
 PROGRESS_DIR = "progress"
 PENDING_SIDECAR = "sidecar.json"
 #: Chosen by kNN balanced accuracy on the demo classes with folds by sky patch
@@ -491,7 +491,7 @@ def prepare_output(plan: Extraction, out_dir: Path) -> bool:
     progress.mkdir(exist_ok=True)
     pending = progress / PENDING_SIDECAR
     if not pending.is_file():
-        _write_atomic(pending, json.dumps(plan.sidecar(), indent=2, default=str))
+        write_text(pending, json.dumps(plan.sidecar(), indent=2, default=str))
     _ensure_matrix(out_dir, plan.n_rows, plan.backbone.dim, plan.options.output_dtype)
     return True
 
@@ -516,11 +516,10 @@ def _ensure_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> None:
             marker.unlink()
     for stale in out_dir.glob(f".tmp-*-{path.name}"):  # left by a process killed here
         stale.unlink()
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, dim))
-    del matrix
-    _reserve_disk(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, dim))
+        del matrix
+        _reserve_disk(tmp)
 
 
 def _reserve_disk(path: Path) -> None:
@@ -618,13 +617,7 @@ def _marker(out_dir: Path, start: int) -> Path:
 
 
 def _touch_atomic(path: Path) -> None:
-    _write_atomic(path, "")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, "")
 
 
 def _progress_bar(total: int, done: int, enabled: bool):
@@ -661,22 +654,6 @@ def finalise(out_dir: Path) -> None:
         for marker in progress.glob("*"):
             marker.unlink()
         progress.rmdir()
-
-
-def load_features(directory: Path) -> np.ndarray:
-    """Memory-map the feature matrix of a feature run directory, checking its sidecar."""
-    directory = Path(directory)
-    path = directory / FEATURES
-    if not path.is_file():
-        raise InvalidArgumentError(f"{path}: no feature matrix (is this a feature run?)")
-    matrix = np.load(path, mmap_mode="r")
-    sidecar = json.loads((directory / SIDECAR).read_text())
-    if matrix.shape != (sidecar["n_rows"], sidecar["dim"]):
-        raise InvalidArgumentError(
-            f"{path}: shape {matrix.shape} does not match its sidecar "
-            f"({sidecar['n_rows']} x {sidecar['dim']})"
-        )
-    return matrix
 
 
 def log_quality(run: StepRun, merged_dir: Path) -> None:

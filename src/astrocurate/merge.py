@@ -29,7 +29,6 @@ for cutouts that have a same-sky partner.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from astrocurate import windows
+from astrocurate.atomic import atomic_path
 from astrocurate.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
@@ -245,19 +245,13 @@ def _write_table_atomic(table: pa.Table, path: Path) -> None:
     columns with few distinct values get dictionary pages (trying them on millions of
     distinct floats costs time for nothing).
     """
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     few = [
         n
         for n in table.column_names
         if n in _FEW_VALUES or pa.types.is_dictionary(table.schema.field(n).type)
     ]
-    pq.write_table(table, tmp, compression="zstd", store_schema=False, use_dictionary=few)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # on disk before it has its final name
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", store_schema=False, use_dictionary=few)
 
 
 def _source_mosaics(record: RunRecord) -> pd.DataFrame:

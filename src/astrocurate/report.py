@@ -29,7 +29,6 @@ import contextlib
 import html
 import io
 import json
-import mmap
 import os
 import shutil
 import tempfile
@@ -45,6 +44,7 @@ import pandas as pd
 from astrocurate import __version__
 from astrocurate.cutout_store import read_manifest_rows
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.feature_outputs import load_features
 
 REPORT_DIR = "report"
 INDEX = "index.html"
@@ -54,8 +54,6 @@ BASELINE_FILE = "baseline_random.npy"
 CURATED_FILE = "curated.parquet"
 METRICS_FILE = "metrics.json"
 #: The feature run's matrix and sidecar (as :mod:`astrocurate.features` writes them).
-FEATURES_FILE = "features.npy"
-FEATURES_SIDECAR = "features.json"
 
 #: Default number of cutouts shown per gallery cluster.
 DEFAULT_GALLERY_SIZE = 12
@@ -645,7 +643,7 @@ def feature_map(
     Only the subsampled rows of the memory-mapped feature matrix are read (sorted fancy
     indexing), so memory is bounded by ``max_points`` whatever the survey size.
     """
-    features = load_feature_matrix(run.features_dir)
+    features = load_features(run.features_dir, random_access=True)
     pool_rows = _subsample(run.input_indices, max_points, rng)
     curated_rows = _subsample(run.selected, max(1, max_points // 4), rng)
     rows, inverse = np.unique(np.concatenate([pool_rows, curated_rows]), return_inverse=True)
@@ -660,37 +658,6 @@ def feature_map(
         curated_xy=xy[inverse[len(pool_rows) :]],
         explained=explained,
     )
-
-
-def load_feature_matrix(directory: Path | str) -> np.ndarray:
-    """Memory-map a feature run's matrix, checking its shape against the sidecar.
-
-    The same check as :func:`astrocurate.features.load_features`, without importing the
-    feature stage (and torch with it): a report needs only the array.
-    """
-    directory = Path(directory)
-    path, sidecar_path = directory / FEATURES_FILE, directory / FEATURES_SIDECAR
-    if not path.is_file():
-        raise InvalidRunError(f"{path}: no feature matrix (is this a feature run?)")
-    matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    _advise_random(matrix)
-    sidecar = _read_json(sidecar_path, required=True)
-    expected = (sidecar.get("n_rows"), sidecar.get("dim"))
-    if matrix.ndim != 2 or matrix.shape != expected:
-        raise InvalidRunError(f"{path}: shape {matrix.shape} does not match its sidecar {expected}")
-    return matrix
-
-
-def _advise_random(matrix: np.ndarray) -> None:
-    """Tell the kernel that a memory map is read at random rows (no read-ahead).
-
-    Without it, each row read pulls in the pages around it, so a subsample of a few
-    thousand rows maps most of a large matrix.
-    """
-    handle = getattr(matrix, "_mmap", None)
-    if handle is not None and hasattr(handle, "madvise") and hasattr(mmap, "MADV_RANDOM"):
-        with contextlib.suppress(OSError, ValueError):
-            handle.madvise(mmap.MADV_RANDOM)
 
 
 def _subsample(rows: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:

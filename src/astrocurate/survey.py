@@ -45,6 +45,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from scipy.ndimage import gaussian_filter
 
+from astrocurate.atomic import atomic_path
+
 __all__ = [
     "CATALOGUE_COLUMNS",
     "CLASS_NAMES",
@@ -1226,12 +1228,8 @@ def _truth_catalogue(
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_fits(path: Path, image: np.ndarray, header: fits.Header) -> None:

@@ -87,15 +87,15 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert '        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' in lines
     assert f"    --finish) exec {command} --finish ;;" in lines
     assert (
-        'array=$(submit --array="$tasks" --job-name=astrocurate-features --requeue '
+        'submit "the job array" --array="$tasks" --job-name=astrocurate-features --requeue '
         "--open-mode=append --output=/data/logs/features-%A_%a.out --account=acct "
-        '--partition=gpu --time=02:00:00 --gres=gpu:1 --cpus-per-task=4 "$0" --task)'
+        '--partition=gpu --time=02:00:00 --gres=gpu:1 --cpus-per-task=4 "$0" --task'
     ) in lines
     assert (
-        'if ! finish=$(submit --dependency=afterok:"$array" '
+        'submit "the finishing job" --dependency=afterok:"$array" '
         "--job-name=astrocurate-features-finish --kill-on-invalid-dep=yes "
         "--output=/data/logs/features-finish-%j.out --account=acct "
-        '--partition=gpu --time=02:00:00 "$0" --finish); then'
+        '--partition=gpu --time=02:00:00 "$0" --finish'
     ) in lines  # no GPU for the finishing job
     assert lines[-1] == 'echo "$array $finish"'
     assert "#SBATCH" not in text  # every option on sbatch's command line, shell-quoted

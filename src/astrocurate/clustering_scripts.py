@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from astrocurate.clustering_config import ClusteringConfig
-from astrocurate.launch import SlurmOptions, time_limit_seconds, tracking_environment
+from astrocurate.launch import (
+    SlurmOptions,
+    submit_functions,
+    time_limit_seconds,
+    tracking_environment,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,49 +161,25 @@ def _loopback_gloo() -> list[str]:
     return [f'export GLOO_SOCKET_IFNAME="${{GLOO_SOCKET_IFNAME:-{shlex.quote(names[0])}}}"']
 
 
-#: run.sh's functions that submit one level's job and, when sbatch refuses it, cancel the
-#: jobs already submitted and stop with sbatch's message and a hint in the config's terms.
-_SUBMIT_FUNCTIONS = r"""submitted=()
-submit() {  # submit LEVEL [sbatch options]: submit slurm/level_LEVEL.sbatch, keep its job ID
-    local level=$1 out id
-    shift
-    if ! out=$(sbatch --parsable "$@" "slurm/level_$level.sbatch" 2>&1); then
-        refused "$level" "$out"
-    fi
-    id=${out##*$'\n'}
-    id=${id%%;*}
-    if [[ ! "$id" =~ ^[0-9]+$ ]]; then refused "$level" "$out"; fi
-    if [[ "$out" == *$'\n'* ]]; then echo "${out%$'\n'*}" >&2; fi  # sbatch's warnings
-    submitted+=("$id")
-}
-refused() {  # refused LEVEL MESSAGE: cancel the jobs submitted so far, explain, exit 1
-    local level=$1 message=${2//$'\n'/ } gpus=${level_gpus[$1]} hint cancelled=""
-    case "${message,,}" in
-        *gres*|*"generic resource"*)
-            hint="level $level asks for $gpus GPU(s) per node (config key ngpus_per_node);"
-            hint+=" on a partition without GPUs set ngpus_per_node: 0" ;;
-        *account*|*association*)
-            hint="check --slurm_account (sacctmgr show associations user=\$USER lists yours)" ;;
-        *partition*)
-            hint="check --slurm_partition or the config key slurm_partition (sinfo lists"
-            hint+=" the partitions)" ;;
-        *qos*)
-            hint="check --slurm_qos (sacctmgr show qos lists them)" ;;
-        *"time limit"*)
-            hint="lower --slurm_time to the partition's limit (sinfo -o '%P %l' shows it)" ;;
-        *)
-            hint="change what sbatch objects to" ;;
-    esac
-    if ((${#submitted[@]})); then
-        scancel "${submitted[@]}" 2>/dev/null || true
-        cancelled=" (cancelled the jobs already submitted: ${submitted[*]})"
-    fi
-    echo "run.sh: sbatch refused the job of level $level (slurm/level_$level.sbatch):" \
-         "$message. Hint: $hint; change it in your config file or step 4a's --slurm_*" \
-         "flags, prepare again with scripts/4_clustering.py (it reuses this run, which" \
-         "stays prepared), then run ./run.sh again$cancelled" >&2
-    exit 1
-}"""
+#: run.sh's hint when sbatch refuses a level's GPUs (``level_gpus`` is set before it).
+_GRES_HINT = "\n".join(
+    [
+        "    local level=${1#the job of level }",
+        "    level=${level%% *}",
+        '    echo "level $level asks for ${level_gpus[$level]} GPU(s) per node (config key" \\',
+        '         "ngpus_per_node); on a partition without GPUs set ngpus_per_node: 0"',
+    ]
+)
+_AFTER_A_REFUSAL = (
+    "change it in your config file or step 4a's --slurm_* flags, prepare again with "
+    "scripts/4_clustering.py (it reuses this run, which stays prepared), then run ./run.sh "
+    "again"
+)
+
+
+def _level_job(level: int) -> str:
+    """Return the words naming a level's job in run.sh's messages, quoted for bash."""
+    return shlex.quote(f"the job of level {level} (slurm/level_{level}.sbatch)")
 
 
 def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
@@ -227,11 +208,13 @@ def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
         "    exit 1",
         "fi",
         f"level_gpus=({gpus})  # GPUs per node of each level's job (ngpus_per_node)",
-        _SUBMIT_FUNCTIONS,
-        "submit 1",
+        submit_functions("run.sh", _GRES_HINT, _AFTER_A_REFUSAL),
+        f"submit {_level_job(1)} slurm/level_1.sbatch",
     ]
     lines += [
-        f'submit {lvl} --dependency=afterok:"${{submitted[-1]}}"' for lvl in range(2, n_levels + 1)
+        f'submit {_level_job(lvl)} --dependency=afterok:"${{submitted[-1]}}" '
+        f"slurm/level_{lvl}.sbatch"
+        for lvl in range(2, n_levels + 1)
     ]
     lines += [
         'echo "run.sh: submitted SLURM jobs ${submitted[*]} (logs in logs/)" >&2',

@@ -593,6 +593,13 @@ class ArrayScript:
         return self
 
 
+#: The features array's hint when sbatch refuses the tasks' GPUs.
+_GRES_HINT = (
+    '    echo "the array tasks ask for --slurm_gres; on a partition without GPUs leave it out"'
+)
+_AFTER_A_REFUSAL = "write the script again with the corrected flags (features ... --slurm-array N)"
+
+
 def render_array_script(script: ArrayScript) -> str:
     """Return a bash script that submits a feature job array and its finishing job.
 
@@ -607,7 +614,7 @@ def render_array_script(script: ArrayScript) -> str:
     on its command line, not in ``#SBATCH`` lines; the log directory is escaped for sbatch
     (:func:`~astrocurate.launch.sbatch_path_pattern`).
     """
-    from astrocurate.launch import sbatch_path_pattern, script_environment
+    from astrocurate.launch import sbatch_path_pattern, script_environment, submit_functions
 
     def q(values: Sequence[str]) -> str:
         return " ".join(shlex.quote(str(v)) for v in values)
@@ -670,21 +677,11 @@ def render_array_script(script: ArrayScript) -> str:
         "    exit 1",
         "fi",
         f"mkdir -p {shlex.quote(str(logs))}",
-        "submit() {  # submit [sbatch options]: print the job ID, or stop with sbatch's message",
-        "    local out id",
-        '    if ! out=$(sbatch --parsable "$@" 2>&1); then',
-        "        echo \"$0: sbatch refused the job: ${out//$'\\n'/ }\" >&2",
-        "        exit 1",
-        "    fi",
-        "    id=${out##*$'\\n'}",
-        '    echo "${id%%;*}"',
-        "}",
-        f'array=$(submit --array="$tasks" {q(array)} "$0" --task)',
-        f'if ! finish=$(submit --dependency=afterok:"$array" {q(finish)} "$0" --finish); then',
-        '    scancel "$array" 2>/dev/null || true',
-        '    echo "$0: cancelled job array $array (its run would never be finished)" >&2',
-        "    exit 1",
-        "fi",
+        submit_functions("features job array", _GRES_HINT, _AFTER_A_REFUSAL),
+        f'submit "the job array" --array="$tasks" {q(array)} "$0" --task',
+        "array=${submitted[-1]}",
+        f'submit "the finishing job" --dependency=afterok:"$array" {q(finish)} "$0" --finish',
+        "finish=${submitted[-1]}",
         'echo "submitted feature shards $tasks as job array $array, finishing job $finish" >&2',
         'echo "$array $finish"',
     ]

@@ -202,3 +202,68 @@ def sbatch_path_pattern(directory: Path, name_pattern: str, argument: str) -> st
             f"log files in it (choose another {argument})"
         )
     return f"{text.replace('%', '%%')}/{name_pattern}"
+
+
+#: The bash functions of a script that submits jobs (see :func:`submit_functions`).
+_SUBMIT = r"""submitted=()
+submit() {  # submit WHAT [sbatch options] FILE [ARGS]: submit a job, keep its ID in submitted
+    local what=$1 out id
+    shift
+    if ! out=$(sbatch --parsable "$@" 2>&1); then refused "$what" "$out"; fi
+    id=${out##*$'\n'}
+    id=${id%%;*}
+    if [[ ! "$id" =~ ^[0-9]+$ ]]; then refused "$what" "$out"; fi
+    if [[ "$out" == *$'\n'* ]]; then echo "${out%$'\n'*}" >&2; fi  # sbatch's warnings
+    submitted+=("$id")
+}
+refused() {  # refused WHAT MESSAGE: cancel the jobs submitted so far, explain, exit 1
+    local what=$1 message=${2//$'\n'/ } hint cancelled=""
+    case "${message,,}" in
+        *gres*|*"generic resource"*) hint=$(gres_hint "$what") ;;
+        *account*|*association*)
+            hint="check --slurm_account (sacctmgr show associations user=\$USER lists yours)" ;;
+        *partition*)
+            hint="check --slurm_partition (sinfo lists the partitions)" ;;
+        *qos*)
+            hint="check --slurm_qos (sacctmgr show qos lists them)" ;;
+        *"time limit"*)
+            hint="lower --slurm_time to the partition's limit (sinfo -o '%P %l' shows it)" ;;
+        *)
+            hint="change what sbatch objects to" ;;
+    esac
+    if ((${#submitted[@]})); then
+        scancel "${submitted[@]}" 2>/dev/null || true
+        cancelled=" (cancelled the jobs already submitted: ${submitted[*]})"
+    fi
+    echo "SCRIPT: sbatch refused $what: $message. Hint: $hint; THEN$cancelled" >&2
+    exit 1
+}"""
+
+
+def submit_functions(script: str, gres_hint: str, then: str) -> str:
+    """Return the bash functions with which a generated script submits its SLURM jobs.
+
+    ``submit WHAT [sbatch options] FILE [ARGS]`` appends the job ID to the array
+    ``submitted``. When sbatch refuses a job, the jobs already submitted are cancelled and
+    the script exits 1 with one line: sbatch's message, a hint in the user's terms (by the
+    kind of refusal: gres, account, partition, QOS, time limit) and what to do next. It
+    never reports as submitted a job that was not.
+
+    Parameters
+    ----------
+    script : str
+        The script's name, starting the message.
+    gres_hint : str
+        Body of the bash function ``gres_hint WHAT`` that prints the hint for a refused
+        generic resource (GPUs).
+    then : str
+        What to do once the hint is followed (how to write the script again and rerun).
+
+    Returns
+    -------
+    str
+        Bash text defining ``submitted``, ``submit``, ``refused`` and ``gres_hint``.
+    """
+    body = _SUBMIT.replace("SCRIPT", script).replace("THEN", then.replace('"', '\\"'))
+    head = "gres_hint() {  # gres_hint WHAT: the hint for a refused GPU request"
+    return f"{head}\n{gres_hint}\n}}\n{body}"

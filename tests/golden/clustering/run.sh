@@ -24,30 +24,31 @@ if ! command -v sbatch >/dev/null; then
     exit 1
 fi
 level_gpus=([1]=1 [2]=1 [3]=1)  # GPUs per node of each level's job (ngpus_per_node)
+gres_hint() {  # gres_hint WHAT: the hint for a refused GPU request
+    local level=${1#the job of level }
+    level=${level%% *}
+    echo "level $level asks for ${level_gpus[$level]} GPU(s) per node (config key" \
+         "ngpus_per_node); on a partition without GPUs set ngpus_per_node: 0"
+}
 submitted=()
-submit() {  # submit LEVEL [sbatch options]: submit slurm/level_LEVEL.sbatch, keep its job ID
-    local level=$1 out id
+submit() {  # submit WHAT [sbatch options] FILE [ARGS]: submit a job, keep its ID in submitted
+    local what=$1 out id
     shift
-    if ! out=$(sbatch --parsable "$@" "slurm/level_$level.sbatch" 2>&1); then
-        refused "$level" "$out"
-    fi
+    if ! out=$(sbatch --parsable "$@" 2>&1); then refused "$what" "$out"; fi
     id=${out##*$'\n'}
     id=${id%%;*}
-    if [[ ! "$id" =~ ^[0-9]+$ ]]; then refused "$level" "$out"; fi
+    if [[ ! "$id" =~ ^[0-9]+$ ]]; then refused "$what" "$out"; fi
     if [[ "$out" == *$'\n'* ]]; then echo "${out%$'\n'*}" >&2; fi  # sbatch's warnings
     submitted+=("$id")
 }
-refused() {  # refused LEVEL MESSAGE: cancel the jobs submitted so far, explain, exit 1
-    local level=$1 message=${2//$'\n'/ } gpus=${level_gpus[$1]} hint cancelled=""
+refused() {  # refused WHAT MESSAGE: cancel the jobs submitted so far, explain, exit 1
+    local what=$1 message=${2//$'\n'/ } hint cancelled=""
     case "${message,,}" in
-        *gres*|*"generic resource"*)
-            hint="level $level asks for $gpus GPU(s) per node (config key ngpus_per_node);"
-            hint+=" on a partition without GPUs set ngpus_per_node: 0" ;;
+        *gres*|*"generic resource"*) hint=$(gres_hint "$what") ;;
         *account*|*association*)
             hint="check --slurm_account (sacctmgr show associations user=\$USER lists yours)" ;;
         *partition*)
-            hint="check --slurm_partition or the config key slurm_partition (sinfo lists"
-            hint+=" the partitions)" ;;
+            hint="check --slurm_partition (sinfo lists the partitions)" ;;
         *qos*)
             hint="check --slurm_qos (sacctmgr show qos lists them)" ;;
         *"time limit"*)
@@ -59,15 +60,12 @@ refused() {  # refused LEVEL MESSAGE: cancel the jobs submitted so far, explain,
         scancel "${submitted[@]}" 2>/dev/null || true
         cancelled=" (cancelled the jobs already submitted: ${submitted[*]})"
     fi
-    echo "run.sh: sbatch refused the job of level $level (slurm/level_$level.sbatch):" \
-         "$message. Hint: $hint; change it in your config file or step 4a's --slurm_*" \
-         "flags, prepare again with scripts/4_clustering.py (it reuses this run, which" \
-         "stays prepared), then run ./run.sh again$cancelled" >&2
+    echo "run.sh: sbatch refused $what: $message. Hint: $hint; change it in your config file or step 4a's --slurm_* flags, prepare again with scripts/4_clustering.py (it reuses this run, which stays prepared), then run ./run.sh again$cancelled" >&2
     exit 1
 }
-submit 1
-submit 2 --dependency=afterok:"${submitted[-1]}"
-submit 3 --dependency=afterok:"${submitted[-1]}"
+submit 'the job of level 1 (slurm/level_1.sbatch)' slurm/level_1.sbatch
+submit 'the job of level 2 (slurm/level_2.sbatch)' --dependency=afterok:"${submitted[-1]}" slurm/level_2.sbatch
+submit 'the job of level 3 (slurm/level_3.sbatch)' --dependency=afterok:"${submitted[-1]}" slurm/level_3.sbatch
 echo "run.sh: submitted SLURM jobs ${submitted[*]} (logs in logs/)" >&2
 echo "${submitted[*]}"
 if [[ "$wait_for_jobs" == 0 ]]; then exit 0; fi

@@ -1,8 +1,8 @@
 """Step 4 scripts: SLURM options, ``run.sh`` and the ``sbatch`` files of a clustering.
 
-Holds :class:`SlurmOptions` and the rendering of ``run.sh`` and of one SLURM job per level
-(one process, or several through torchrun / srun); the tracking environment the scripts
-export comes from :mod:`astrocurate.launch`.
+Renders ``run.sh`` (local, per-level process counts, or the SLURM chain) and one SLURM job
+per level (one process, or several through torchrun / srun). The SLURM options, the
+submission functions and the tracking environment come from :mod:`astrocurate.launch`.
 """
 
 from __future__ import annotations

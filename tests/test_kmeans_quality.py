@@ -1,4 +1,4 @@
-"""Quality anchors of hierarchical k-means (DESIGN section 4), at full size but one seed.
+"""Quality anchors of hierarchical k-means (docs/design.md section 4), at full size but one seed.
 
 1. Long-tailed mixture: 30 Gaussian concepts in 32-d with Zipf sizes 12000 ... 73 and a
    budget of 1500. The normalised entropy of the sample's true-concept histogram orders

@@ -443,7 +443,7 @@ def test_enrichment_rejects_foreign_categories_and_empty_samples():
 
 
 def zipf_concepts(n_concepts=30, largest=12000, exponent=1.5):
-    """Concept sizes 12000 / (i + 1) ** 1.5 (12000 ... 73), as in DESIGN section 4."""
+    """Concept sizes 12000 / (i + 1) ** 1.5 (12000 ... 73), as in docs/design.md section 4."""
     return np.maximum((largest / np.arange(1, n_concepts + 1) ** exponent).astype(int), 1)
 
 

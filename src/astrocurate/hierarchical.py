@@ -1,11 +1,11 @@
 """Hierarchical k-means with resampling (Vo et al. 2024) over arrays: levels, steps, splits.
 
-The algorithm layer of the clustering step (DESIGN section 4) above :mod:`astrocurate.kmeans`:
-each level clusters the centroids of the level below with :class:`~astrocurate.kmeans.KMeans`,
-then refines them with resampling steps (k-means on a pool of the ``sample_size`` points
-nearest each centroid, ``'r'`` random or ``'c'`` closest); ``n_splits`` clusters the
-points in independent splits. Outputs are numpy arrays; files, MLflow and the command line
-live in :mod:`astrocurate.clustering`.
+The algorithm layer of the clustering step (docs/design.md section 4) above
+:mod:`astrocurate.kmeans`: each level clusters the centroids of the level below with
+:class:`~astrocurate.kmeans.KMeans`, then refines them with resampling steps (k-means on a
+pool of the ``sample_size`` points nearest each centroid, ``'r'`` random or ``'c'``
+closest); ``n_splits`` clusters the points in independent splits. Outputs are numpy
+arrays; files, MLflow and the command line live in :mod:`astrocurate.clustering`.
 
 Conventions
 -----------
@@ -218,7 +218,7 @@ def cluster_level(
     matmul_precision: str = "highest",
     distributed: bool | None = None,
 ) -> LevelResult:
-    """Cluster one level's inputs with k-means, resampling steps or splits (DESIGN 4).
+    """Cluster one level's inputs with k-means, resampling steps or splits (design section 4).
 
     1. k-means with ``n_clusters`` on all of ``Y``;
     2. each further resampling step takes ``sample_size`` members of every cluster
@@ -392,7 +392,7 @@ def _per_level(name: str, value: Any, n_levels: int) -> list[Any]:
 
 
 class HierarchicalKMeans:
-    """Hierarchical k-means with resampling (Vo et al. 2024; DESIGN section 4).
+    """Hierarchical k-means with resampling (Vo et al. 2024; docs/design.md section 4).
 
     Level 0 clusters the input points; level ``l + 1`` clusters the centroids of level
     ``l`` (unweighted, which flattens the density). Each level runs

@@ -1,6 +1,6 @@
 """K-means (greedy k-means++ and Lloyd, blockwise, CPU and CUDA) as an estimator over arrays.
 
-This is the algorithm layer of the clustering step (DESIGN section 4), written from that
+This is the algorithm layer of the clustering step (docs/design.md section 4), written from that
 description. It knows no files, no MLflow and no command line: inputs are arrays (numpy
 arrays, ``np.memmap`` included, or torch tensors) and outputs are numpy arrays.
 
@@ -1376,7 +1376,7 @@ class KMeans:
     ``_lloyd_step``), the places where the distributed form reduces partial potentials,
     sums and counts across ranks.
 
-    Distributed (DESIGN section 6): every rank calls ``fit`` with the whole input (a
+    Distributed (docs/design.md section 6): every rank calls ``fit`` with the whole input (a
     memmap is not read beyond the rank's slice and a few rows by index) and the same
     seed. All ranks draw the same random numbers; a k-means++ candidate is found by the
     rank whose slice holds it and shared. The result equals the one-process result up to

@@ -5,7 +5,7 @@ that clusters the points themselves), the cluster of every original point at tha
 ``point_labels_per_level[l]`` has shape ``(n,)`` and holds integers in ``[0, k_l)``. The
 levels nest: all points of a level-``l`` cluster share one level-``l+1`` cluster.
 
-Balanced sampling (Vo et al. 2024; DESIGN section 5) splits a budget ``T`` top-down:
+Balanced sampling (Vo et al. 2024; docs/design.md section 5) splits a budget ``T`` top-down:
 
 * over the clusters of the top level, then over the children of each cluster, down to level
   0, with :func:`split_budget` (sizes are counted in original points underneath);
@@ -278,7 +278,7 @@ def _split_grouped(
 
 
 def split_budget(sizes: ArrayLike, budget: int, rng: RandomStateLike = None) -> NDArray[np.int64]:
-    """Split a budget over sibling clusters of the given sizes (DESIGN section 5).
+    """Split a budget over sibling clusters of the given sizes (docs/design.md section 5).
 
     If ``sum(sizes) <= budget`` every cluster is taken whole. Otherwise let ``t`` be the
     largest integer with ``sum(min(t, a_i)) <= budget``; each cluster gets

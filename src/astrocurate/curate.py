@@ -42,18 +42,20 @@ from astrocurate.cutout_store import (
     write_parquet_atomic,
 )
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.sampling_outputs import (
+    BASELINE,
+    CURATED,
+    EXPORT_DIR,
+    INFO,
+    METRICS,
+    REPORT_DIR,
+    SELECTED,
+)
 from astrocurate.tracking import StepRun, remove_temporaries, require_run, tracked_step
 
 log = logging.getLogger(__name__)
 
 STEP = "curated_sampling"
-SELECTED = "selected.npy"
-BASELINE = "baseline_random.npy"
-CURATED = "curated.parquet"
-METRICS = "metrics.json"
-INFO = "sampling.json"
-EXPORT_DIR = "export"
-REPORT_DIR = "report"
 STRATEGIES = ("r", "c", "f")
 BASELINES = ("none", "random")
 

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from astrocurate.cutout_store import MOSAICS, CutoutReader
+from astrocurate.cutout_store import MANIFEST, MOSAICS, CutoutReader
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.sampling_outputs import EXPORT_DIR
 
 
 def resolve_sample_dir(run: str | Path) -> Path:
@@ -110,7 +111,7 @@ class CuratedDataset(torch.utils.data.Dataset):
             return self._reader[index]
         name, row = self._exported[index]
         if name not in self._arrays:
-            self._arrays[name] = np.load(self.directory / "export" / "npy" / name, mmap_mode="r")
+            self._arrays[name] = np.load(self.directory / EXPORT_DIR / "npy" / name, mmap_mode="r")
         return np.array(self._arrays[name][row], dtype=np.float32)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -120,7 +121,7 @@ class CuratedDataset(torch.utils.data.Dataset):
 
 def _exported_rows(directory: Path, manifest: pd.DataFrame) -> list[tuple[str, int]] | None:
     """``(file, row)`` of each cutout in the npy export, or None without an export."""
-    path = directory / "export" / "npy" / "manifest.parquet"
+    path = directory / EXPORT_DIR / "npy" / MANIFEST
     if not path.is_file():
         return None
     exported = pd.read_parquet(path, columns=["cutout_id", "export_file", "export_row"])

@@ -17,6 +17,7 @@ from astrocurate.curate import SamplingOptions, curated_sample
 from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.features import extract_features
 from astrocurate.merge import merge_cutouts
+from astrocurate.sampling_outputs import METRICS
 from astrocurate.tracking import StepRun, redact_uri, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _print_summary(runs: dict[str, StepRun], survey: Path, seconds: float) -> No
 
 def _print_curation(run: StepRun) -> None:
     """Say what curation did to the truth classes, and where the report is."""
-    metrics = json.loads((run.output_dir / "metrics.json").read_text())
+    metrics = json.loads((run.output_dir / METRICS).read_text())
     names = [k[len("class_share_") : -len("_pool")] for k in metrics if k.endswith("_pool")]
     names = [n for n in names if f"class_share_{n}_pool" in metrics]
     shares = sorted((metrics[f"class_share_{name}_pool"], name) for name in names)

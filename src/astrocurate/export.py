@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from astrocurate.atomic import atomic_path
-from astrocurate.cutout_store import CutoutReader, NpyStackWriter, write_parquet_atomic
+from astrocurate.cutout_store import MANIFEST, CutoutReader, NpyStackWriter, write_parquet_atomic
 from astrocurate.errors import InvalidArgumentError
 
 EXPORT_FORMATS = ("npy", "hdf5", "fits", "png")
@@ -141,7 +141,7 @@ def export_npy(manifest: pd.DataFrame, reader: CutoutReader, directory: Path, ch
             writer.abort()
             raise
         writer.close()
-    write_parquet_atomic(table, directory / "manifest.parquet")
+    write_parquet_atomic(table, directory / MANIFEST)
     return table["window_size"].nunique() + 1
 
 

@@ -45,14 +45,10 @@ from astrocurate import __version__
 from astrocurate.cutout_store import read_manifest_rows
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.feature_outputs import load_features
+from astrocurate.sampling_outputs import BASELINE, CURATED, INFO, METRICS, SELECTED
 
 REPORT_DIR = "report"
 INDEX = "index.html"
-SAMPLING_FILE = "sampling.json"
-SELECTED_FILE = "selected.npy"
-BASELINE_FILE = "baseline_random.npy"
-CURATED_FILE = "curated.parquet"
-METRICS_FILE = "metrics.json"
 #: The feature run's matrix and sidecar (as :mod:`astrocurate.features` writes them).
 
 #: Default number of cutouts shown per gallery cluster.
@@ -156,12 +152,12 @@ def load_sampling_run(sampling_dir: Path | str) -> SamplingRun:
     from astrocurate.clustering import load_clustering
 
     directory = Path(sampling_dir).resolve()
-    params = _read_json(directory / SAMPLING_FILE, required=True)
-    metrics_raw = _read_json(directory / METRICS_FILE, required=False)
+    params = _read_json(directory / INFO, required=True)
+    metrics_raw = _read_json(directory / METRICS, required=False)
     metrics = {str(k): float(v) for k, v in metrics_raw.items() if _is_number(v)}
-    selected = _load_indices(directory / SELECTED_FILE, required=True)
-    baseline = _load_indices(directory / BASELINE_FILE, required=False)
-    curated_path = directory / CURATED_FILE
+    selected = _load_indices(directory / SELECTED, required=True)
+    baseline = _load_indices(directory / BASELINE, required=False)
+    curated_path = directory / CURATED
     if not curated_path.is_file():
         raise InvalidRunError(f"{curated_path}: missing (is this a finished sampling run?)")
     clustering = load_clustering(_param_path(params, "clustering_dir", directory))
@@ -226,10 +222,10 @@ def _param_path(params: Mapping[str, Any], key: str, directory: Path) -> Path:
     """Return an existing directory named in ``sampling.json``."""
     value = params.get(key)
     if not value:
-        raise InvalidRunError(f"{directory / SAMPLING_FILE}: no {key!r}")
+        raise InvalidRunError(f"{directory / INFO}: no {key!r}")
     path = Path(value)
     if not path.is_dir():
-        raise InvalidRunError(f"{directory / SAMPLING_FILE}: {key} {path} is not a directory")
+        raise InvalidRunError(f"{directory / INFO}: {key} {path} is not a directory")
     return path
 
 

@@ -1,0 +1,25 @@
+"""What a ``curated_sampling`` run leaves: the file names its readers share.
+
+The light half of the sampling stage (names only, no imports), so that the report, the
+training dataset and the demo read a sampling run without importing the stage.
+
+A sampling run directory holds::
+
+    selected.npy           int64 feature rows of the curated sample, sorted
+    baseline_random.npy    int64 rows of the uniform baseline of the same size
+    curated.parquet        the manifest rows of the sample
+    metrics.json           entropies, class shares (also logged to the run)
+    sampling.json          the options and the runs it read
+    export/<format>/       the training-ready export (npy: stacks + manifest.parquet)
+    report/                the HTML curation report
+"""
+
+from __future__ import annotations
+
+SELECTED = "selected.npy"
+BASELINE = "baseline_random.npy"
+CURATED = "curated.parquet"
+METRICS = "metrics.json"
+INFO = "sampling.json"
+EXPORT_DIR = "export"
+REPORT_DIR = "report"

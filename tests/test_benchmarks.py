@@ -49,3 +49,11 @@ def test_kmeans_benchmark_runs_config_a_scaled_down(tmp_path: Path) -> None:
     for level in (1, 2, 3):
         assert f"level {level} done at" in out
     assert "peak RSS" in out
+
+
+def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:
+    out = run_benchmark("batch_invariance.py", "--n", "5", tmp_path=tmp_path)
+    assert "max |difference| against one batch of 5" in out
+    for label in ("(default)", "scattering-j4-renorm", "timm ResNet-18", "timm ViT-S/16"):
+        rows = [line for line in out.splitlines() if label in line]
+        assert len(rows) == 1 and len(rows[0].split()) >= 3, out

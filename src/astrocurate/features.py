@@ -230,12 +230,12 @@ class FeatureModel(torch.nn.Module):
 # --------------------------------------------------------------------------- stage
 
 #: Parameters left out of the run key: a finished run is reused whatever their values.
-VOLATILE_PARAMS = ("batch_size", "workers", "device")
+VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type")
 #: Of those, the ones that can change the features' bytes at float rounding (on the CPU
 #: the default backbone differs by up to 4.8e-7 between batch sizes 1 and 33, a timm CNN by
-#: 1.2e-7): an unfinished run is resumed or
-#: joined only with the values it started with, so that no matrix mixes two of them.
-RESUME_PARAMS = {"batch_size": "--batch-size", "device": "--device"}
+#: 1.2e-7; benchmarks/batch_invariance.py): an unfinished run is resumed or joined only
+#: with the values it started with, so that no matrix mixes two of them.
+RESUME_PARAMS = {"batch_size": "--batch-size", "device_type": "--device"}
 
 
 @dataclass
@@ -353,7 +353,12 @@ def plan_extraction(
     size = options.resize or backbone.preprocessing.input_size
     workers = default_workers(torch_device) if workers is None else workers
     params = _run_params(options, backbone, size, n_rows)
-    params.update(batch_size=batch_size, workers=workers, device=str(torch_device))
+    params.update(
+        batch_size=batch_size,
+        workers=workers,
+        device=str(torch_device),
+        device_type=torch_device.type,  # cuda:0 and cuda:1 compute alike
+    )
     root = Path(output_path).resolve() if output_path else merged.output_dir.parent.parent
     return Extraction(
         merged, options, backbone, size, n_rows, batch_size, workers, torch_device, params, root

@@ -1400,7 +1400,6 @@ def check_resume_params(
         This process's parameters.
     flags : mapping of str to str
         Parameter name to command-line flag, e.g. ``{"batch_size": "--batch-size"}``.
-        ``device`` compares the device type only (``cuda:0`` and ``cuda:1`` agree).
     otherwise : str
         The other way out, ending the message.
 
@@ -1413,8 +1412,6 @@ def check_resume_params(
         if name not in record.params or name not in params:
             continue
         ours, theirs = _param_text(params[name]), record.params[name]
-        if name == "device":
-            ours, theirs = ours.split(":")[0], theirs.split(":")[0]
         if ours != theirs:
             raise InvalidArgumentError(
                 f"{flag} {ours}: {record.step} run {record.run_id} is unfinished and was "

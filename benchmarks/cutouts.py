@@ -57,8 +57,8 @@ def sequential_write_mb_s(directory: Path, megabytes: int = 1024) -> float:
 
 def original_way(survey: Path, out: Path, window: int, overlap: float) -> dict:
     """One np.save per cutout and a JSON list, as the seed project did (same windows)."""
-    from astrocurate import mosaics as mosaic_io
-    from astrocurate import windows
+    from astrocurate.algorithms import windows
+    from astrocurate.io import mosaics as mosaic_io
 
     out.mkdir(parents=True, exist_ok=True)
     listing, n_bytes = [], 0
@@ -80,8 +80,8 @@ def original_way(survey: Path, out: Path, window: int, overlap: float) -> dict:
 
 
 def astrocurate_way(survey: Path, out: Path, window: int, overlap: float, store: str) -> dict:
-    from astrocurate.cutout_store import read_manifest
-    from astrocurate.cutouts import CutoutOptions, make_cutouts
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 
     run = make_cutouts(survey, out, CutoutOptions(window, overlap, 0.0, store), progress=False)
     os.sync()
@@ -211,7 +211,7 @@ def merge_benchmark(workdir: Path, rows: int) -> dict:
 
 
 def random_reads_per_s(run_dir: Path, n: int = 20000) -> float:
-    from astrocurate.cutout_store import CutoutReader
+    from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(run_dir)
     ids = np.random.default_rng(1).integers(0, len(reader), n)
@@ -245,7 +245,7 @@ def main() -> None:
         run_variant(args)
         return
 
-    from astrocurate.survey import make_survey
+    from astrocurate.synthetic.survey import make_survey
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="astrocurate-bench-")).resolve()
     survey = workdir / f"survey-{args.mosaics}x{args.size}"

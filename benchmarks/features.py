@@ -14,7 +14,7 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
 Quality (``--quality``): kNN balanced accuracy (10-NN, 5 folds) of each backbone on the
 demo survey's truth classes, next to raw pixels reduced by PCA and a random-init ResNet-18,
 with shuffled folds (which leak: overlapping cutouts are near-copies) and with folds by sky
-patch (:func:`astrocurate.quality.sky_patches`) side by side.
+patch (:func:`astrocurate.algorithms.quality.sky_patches`) side by side.
 
 Usage::
 
@@ -38,14 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from astrocurate.backbones import create_backbone  # noqa: E402
-from astrocurate.features import (  # noqa: E402
+from astrocurate.algorithms.backbones.registry import create_backbone  # noqa: E402
+from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E402
+from astrocurate.stages.feature_extraction.run import (  # noqa: E402
     DEFAULT_MODEL,
     FeatureModel,
     _features_of,
     plan_batches,
 )
-from astrocurate.normalization import NormalizationConfig  # noqa: E402
 
 QUALITY_MODELS = (
     "scattering",
@@ -60,7 +60,7 @@ def synthetic_store(directory: Path, n: int, size: int) -> Path:
     """Write a copied cutout store of ``n`` noise-plus-blob cutouts (no astropy, no MLflow)."""
     import pandas as pd
 
-    from astrocurate.cutout_store import MANIFEST, NpyStackWriter
+    from astrocurate.io.cutout_store import MANIFEST, NpyStackWriter
 
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -93,9 +93,9 @@ def synthetic_store(directory: Path, n: int, size: int) -> Path:
 def demo_store(workdir: Path) -> tuple[Path, np.ndarray, Any]:
     """Run the demo's steps; return the merge directory, truth labels and manifest."""
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-    from astrocurate.cutout_store import read_manifest
     from astrocurate.demo import run_demo
-    from astrocurate.survey import truth_labels_for_manifest
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.synthetic.survey import truth_labels_for_manifest
 
     runs = run_demo(workdir / "demo")
     merged = runs["merge"].output_dir
@@ -105,8 +105,8 @@ def demo_store(workdir: Path) -> tuple[Path, np.ndarray, Any]:
 
 def time_pipeline(directory, model, batch_size, workers, device, n_rows) -> float:
     """Images/s of the stage's inner loop, writing rows into a memmap like the stage does."""
-    from astrocurate.cutout_store import read_manifest
-    from astrocurate.features import FeatureOptions
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.stages.feature_extraction.run import FeatureOptions
 
     sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
     rows = np.arange(min(n_rows, len(sizes)))
@@ -135,7 +135,7 @@ def model_dim(model: FeatureModel) -> int:
 
 def time_model_only(directory, model, batch_size, device, n_rows) -> float:
     """Images/s of the model on prepared images already on the device."""
-    from astrocurate.cutout_store import CutoutReader
+    from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     n = min(n_rows, len(reader), 20 * batch_size)
@@ -155,7 +155,7 @@ def time_model_only(directory, model, batch_size, device, n_rows) -> float:
 
 def time_naive(directory, model, device, n: int) -> float:
     """Images/s of a per-image loop: read, normalise, resize and forward one cutout at a time."""
-    from astrocurate.cutout_store import CutoutReader
+    from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     start = time.perf_counter()
@@ -236,8 +236,8 @@ def speed(args, directory: Path, device: torch.device) -> None:
 
 
 def features_of(directory: Path, model: FeatureModel, device: torch.device) -> np.ndarray:
-    from astrocurate.cutout_store import read_manifest
-    from astrocurate.features import FeatureOptions
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.stages.feature_extraction.run import FeatureOptions
 
     sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
     batches = plan_batches(sizes, np.arange(len(sizes)), 128)
@@ -251,8 +251,8 @@ def raw_pixels(directory: Path, size: int) -> np.ndarray:
     """Normalised cutouts resized to ``size`` and flattened: the no-model baseline."""
     import torch.nn.functional as F  # noqa: N812
 
-    from astrocurate.cutout_store import CutoutReader
-    from astrocurate.normalization import normalize
+    from astrocurate.algorithms.normalization import normalize
+    from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     out = []
@@ -270,7 +270,7 @@ def quality(directory: Path, labels: np.ndarray, manifest: Any, device: torch.de
     """
     from sklearn.decomposition import PCA
 
-    from astrocurate.quality import knn_balanced_accuracy, manifest_sky_patches
+    from astrocurate.algorithms.quality import knn_balanced_accuracy, manifest_sky_patches
 
     classes, counts = np.unique(labels, return_counts=True)
     print(

@@ -59,15 +59,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocurate.clustering_config import load_config
-from astrocurate.hierarchical import HierarchicalKMeans
-from astrocurate.kmeans import (
+from astrocurate.algorithms.kmeans.estimator import (
     KMeans,
     KMeansState,
     _fused_assignment,
     assign,
     resolve_device,
 )
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.stages.clustering.config import load_config
 
 try:
     import faiss

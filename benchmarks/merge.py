@@ -110,7 +110,7 @@ def survey_manifest(rows: int, window: int, mosaic_px: int, overlap: float):
 
 def write_runs(rows: int, mosaic_px: int, overlap: float) -> tuple[list[str], int]:
     """Record two finished cutout runs (windows 64 and 128); return their IDs and rows."""
-    from astrocurate.cutout_store import MANIFEST, MANIFEST_TYPES, MOSAICS, write_parquet_atomic
+    from astrocurate.io.cutout_store import MANIFEST, MANIFEST_TYPES, MOSAICS, write_parquet_atomic
     from astrocurate.tracking import tracked_step
 
     ids, total = [], 0
@@ -126,9 +126,9 @@ def write_runs(rows: int, mosaic_px: int, overlap: float) -> tuple[list[str], in
 
 
 def load_baseline(revision: str) -> ModuleType:
-    """Import ``src/astrocurate/merge.py`` as it was at a git revision."""
+    """Import ``src/astrocurate/stages/merge_cutouts/run.py`` as it was at a git revision."""
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{revision}:src/astrocurate/merge.py"],
+        ["git", "-C", str(ROOT), "show", f"{revision}:src/astrocurate/stages/merge_cutouts/run.py"],
         capture_output=True,
         text=True,
         check=True,
@@ -168,7 +168,7 @@ def run_benchmark(
     """Write the inputs, time the merge (and the baseline's, alternating); best of ``repeat``."""
     import pandas as pd
 
-    from astrocurate.merge import merge_cutouts
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
 
     ids, total = write_runs(rows, mosaic_px, overlap)
     variants = {"seconds": merge_cutouts}

@@ -62,7 +62,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from astrocurate import sampling  # noqa: E402
+from astrocurate.algorithms import sampling  # noqa: E402
 
 
 def nested_parents(n_children: int, n_parents: int, rng: np.random.Generator) -> np.ndarray:
@@ -223,7 +223,7 @@ def fake_manifest(
     Returns
     -------
     manifest : DataFrame
-        The columns of :data:`astrocurate.merge.MERGED_TYPES`, merged order.
+        The columns of :data:`astrocurate.stages.merge_cutouts.run.MERGED_TYPES`, merged order.
     mosaics : DataFrame
         The merged ``mosaics.parquet`` (no fingerprints: copied stores need none).
     pixel_files : list of (Path, shape)
@@ -282,7 +282,7 @@ def sparse_npy(path: Path, shape: tuple[int, ...]) -> None:
     """Write a float32 ``.npy`` of ``shape`` as a sparse file (zeros, no disk blocks).
 
     A 3M-cutout copied store is ~100 GB; a sparse one costs nothing and still reads
-    (as zeros) through :class:`astrocurate.cutout_store.CutoutReader`.
+    (as zeros) through :class:`astrocurate.io.cutout_store.CutoutReader`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"descr": "<f4", "fortran_order": False, "shape": shape}
@@ -293,8 +293,8 @@ def sparse_npy(path: Path, shape: tuple[int, ...]) -> None:
 
 def write_merge_run(n_points: int, n_mosaics: int, workdir: Path, seed: int) -> str:
     """Record a finished ``merge_cutouts`` run with a ``n_points``-row manifest."""
-    from astrocurate.cutout_store import MANIFEST, MOSAICS, write_parquet_atomic
-    from astrocurate.merge import MERGED_TYPES
+    from astrocurate.io.cutout_store import MANIFEST, MOSAICS, write_parquet_atomic
+    from astrocurate.stages.merge_cutouts.run import MERGED_TYPES
     from astrocurate.tracking import tracked_step
 
     source_ids = [uuid.uuid4().hex for _ in SURVEY_WINDOWS]  # stand-in cutting_out runs
@@ -334,7 +334,7 @@ def clustering_config(clusters: list[int]) -> Any:
     """Config A with its per-level values of level 1 repeated for ``len(clusters)`` levels."""
     import yaml
 
-    from astrocurate.clustering import LEVEL_KEYS, ClusteringConfig
+    from astrocurate.stages.clustering.run import LEVEL_KEYS, ClusteringConfig
 
     mapping = yaml.safe_load(CONFIG_A.read_text())
     for key in LEVEL_KEYS:
@@ -347,7 +347,7 @@ def clustering_config(clusters: list[int]) -> Any:
 
 def _write_levels(directory: Path, clusters: list[int], n_points: int, dim: int, seed: int) -> None:
     """Write every level of the synthetic tree as step 4b does (level.json last)."""
-    from astrocurate import clustering_levels
+    from astrocurate.stages.clustering import levels as clustering_levels
 
     leaves, parents, distances = synthetic_hierarchy(n_points, clusters, seed)
     rng = np.random.default_rng(seed + 1)
@@ -368,8 +368,8 @@ def write_clustering_run(features_id: str, clusters: list[int], seed: int) -> st
     The directory is what step 4a (``_write_experiment``: config.yaml, run.json, run.sh,
     input_indices.npy) and step 4b (``_write_level`` per level) write.
     """
-    from astrocurate import clustering
-    from astrocurate.feature_outputs import load_features
+    from astrocurate.stages.clustering import run as clustering
+    from astrocurate.stages.feature_extraction.outputs import load_features
     from astrocurate.tracking import require_run, tracked_step
 
     features = require_run(features_id, "feature_extraction")
@@ -450,7 +450,10 @@ def stage_phases() -> list[tuple[Any, str, str, int]]:
 
     Phases are inclusive: an indented phase is part of the one above it.
     """
-    from astrocurate import clustering, curate, report, tracking
+    from astrocurate import tracking
+    from astrocurate.stages.clustering import run as clustering
+    from astrocurate.stages.curated_sampling import report
+    from astrocurate.stages.curated_sampling import run as curate
 
     targets = [
         (curate, "_resolve_inputs", "resolve runs, memory-map clustering", 0),
@@ -534,7 +537,7 @@ def measure(function: Callable[[], Any], repeats: int, phases: bool) -> Measure:
 
 def _stage_call(clustering_id: str, budget: int, seed: int, report: bool) -> int:
     """Run step 5 as the CLI does (a new run every time); return the sample size."""
-    from astrocurate.curate import SELECTED, SamplingOptions, curated_sample
+    from astrocurate.stages.curated_sampling.run import SELECTED, SamplingOptions, curated_sample
 
     options = SamplingOptions(num_samples=budget, seed=seed)
     run = curated_sample(clustering_id, options, force=True, report=report)
@@ -567,21 +570,21 @@ def print_breakdown(measured: Measure, targets: Sequence[tuple[Any, str, str, in
 
 def _read_whole(merged_dir: Path, rows: np.ndarray) -> int:
     """What step 5 does now: read the whole manifest, then pick the sample's rows."""
-    from astrocurate.cutout_store import read_manifest
+    from astrocurate.io.cutout_store import read_manifest
 
     return len(read_manifest(merged_dir).iloc[rows].reset_index(drop=True))
 
 
 def _read_rows(merged_dir: Path, rows: np.ndarray) -> int:
     """The sample's rows only, every column (what step 5 does: streams row groups)."""
-    from astrocurate.cutout_store import read_manifest_rows
+    from astrocurate.io.cutout_store import read_manifest_rows
 
     return len(read_manifest_rows(merged_dir, rows))
 
 
 def _read_truth_columns(merged_dir: Path) -> int:
     """The four columns truth labelling needs, for every row (only with a catalogue)."""
-    from astrocurate.cutout_store import read_manifest
+    from astrocurate.io.cutout_store import read_manifest
 
     return len(read_manifest(merged_dir, ["mosaic_path", "window_size", "x0", "y0"]))
 
@@ -622,7 +625,7 @@ def _profile(clustering_id: str, budget: int, seed: int, top: int) -> None:
 
 def _describe_lineage(lineage: Lineage, args: argparse.Namespace) -> None:
     """Print the runs built and the size of what step 5 reads."""
-    from astrocurate.cutout_store import MANIFEST
+    from astrocurate.io.cutout_store import MANIFEST
     from astrocurate.tracking import get_run
 
     merged = get_run(lineage.merged_id).output_dir
@@ -673,7 +676,7 @@ def _build_and_describe(args: argparse.Namespace, workdir: Path) -> dict[str, An
 
 def _time_stage(args: argparse.Namespace, lineage: Lineage) -> None:
     """Time the algorithm and step 5 without and with its report, per budget."""
-    from astrocurate.curate import _resolve_inputs
+    from astrocurate.stages.curated_sampling.run import _resolve_inputs
 
     labels = _resolve_inputs(lineage.clustering_id).point_labels()
     gc.collect()

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from kmeans import _clock, make_mixture, parse_case  # benchmarks/kmeans.py
 
-from astrocurate import kmeans as km_module
-from astrocurate.kmeans import KMeans, KMeansState, resolve_device
+from astrocurate.algorithms.kmeans import estimator as km_module
+from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState, resolve_device
 
 
 def run_seeding(

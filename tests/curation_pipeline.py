@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
-from astrocurate.cutout_store import read_manifest
-from astrocurate.cutouts import CutoutOptions, make_cutouts
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.io.cutout_store import read_manifest
+from astrocurate.stages.clustering.run import ClusteringConfig, prepare_clustering, run_clustering
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import StepRun, tracked_step
 
 CONFIG = {

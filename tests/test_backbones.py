@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.backbones import (
+from astrocurate.algorithms.backbones.registry import (
     Backbone,
     ScatteringSpec,
     WeightsError,

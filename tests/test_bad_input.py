@@ -64,7 +64,7 @@ class Context:
 
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from astrocurate.survey import make_survey
+    from astrocurate.synthetic.survey import make_survey
 
     return make_survey(
         tmp_path_factory.mktemp("survey") / "s", n_mosaics=2, mosaic_size=64, seed=1
@@ -137,8 +137,8 @@ def bad_fits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_merge(tracking_db: str, tmp_path_factory: pytest.TempPathFactory, survey: Path):
     """A merge run of 2 cutouts (32 px, half overlap): a feature step that wrongly runs is quick."""
-    from astrocurate.cutouts import CutoutOptions, make_cutouts
-    from astrocurate.merge import merge_cutouts
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
 
     work = tmp_path_factory.mktemp("tiny")
     with pytest.MonkeyPatch.context() as patch:
@@ -279,7 +279,7 @@ def _cutout_ids(ctx: Context) -> list[str]:
 
 def _prepared_clustering(ctx: Context) -> str:
     """A clustering run that is prepared (step 4a) but not run, in the test's experiment."""
-    from astrocurate.clustering import ClusteringConfig, prepare_clustering
+    from astrocurate.stages.clustering.run import ClusteringConfig, prepare_clustering
     from curation_pipeline import CONFIG as PIPELINE_CONFIG
 
     config = ClusteringConfig.from_mapping({**PIPELINE_CONFIG, "n_iters": [3, 3]})
@@ -368,7 +368,7 @@ def _moved(ctx: Context, run_id: str, delete: bool = False) -> str:
 
 def _own_merge(ctx: Context) -> str:
     """A merge run of one of the pipeline's cutout runs, written under the working directory."""
-    from astrocurate.merge import merge_cutouts
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
 
     return merge_cutouts(_cutout_ids(ctx)[:1], output_path=ctx.outputs, force=True).run_id
 

@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrocurate import clustering
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 from astrocurate.cli import main
-from astrocurate.clustering import (
+from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
+from astrocurate.launch import SlurmOptions, absolute_tracking_uri
+from astrocurate.stages.clustering import run as clustering
+from astrocurate.stages.clustering.run import (
     PREPARED,
     ClusteringConfig,
     RequeueRequested,
@@ -38,9 +41,6 @@ from astrocurate.clustering import (
     run_clustering,
     valid_keys,
 )
-from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
-from astrocurate.hierarchical import HierarchicalKMeans
-from astrocurate.launch import SlurmOptions, absolute_tracking_uri
 from astrocurate.tracking import client, get_run, tracked_step
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,7 @@
 """Step 4b in several processes: ``run.sh`` with ``torchrun`` (gloo on the CPU), SLURM scripts.
 
-The ranks share the rows of every k-means run (:mod:`astrocurate.kmeans`); rank 0 alone
+The ranks share the rows of every k-means run (:mod:`astrocurate.algorithms.kmeans.estimator`);
+rank 0 alone
 writes the outputs and talks to MLflow. The result must equal a one-process run with the
 same seed: centroids up to the order of the float64 sums, labels exactly (the blobs have no
 near-ties, points equidistant from two centroids within rounding, which either order of
@@ -20,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrocurate.clustering import (
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.launch import SlurmOptions
+from astrocurate.stages.clustering.run import (
     LEVEL_ARRAYS,
     ClusteringConfig,
     compute_levels,
     prepare_clustering,
 )
-from astrocurate.errors import InvalidArgumentError
-from astrocurate.launch import SlurmOptions
 from astrocurate.tracking import client, get_run
 from test_clustering import (
     GOLDEN,

@@ -30,14 +30,14 @@ import numpy as np
 import pytest
 
 from astrocurate import tracking
-from astrocurate.clustering import load_config, prepare_clustering, run_clustering
-from astrocurate.curate import SamplingOptions, curated_sample
-from astrocurate.cutouts import CutoutOptions, make_cutouts
-from astrocurate.features import FeatureOptions, extract_features
-from astrocurate.lookup import verify_run
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.stages.clustering.run import load_config, prepare_clustering, run_clustering
+from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.feature_extraction.run import FeatureOptions, extract_features
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import client, experiment_id, get_run, tracked_step
+from astrocurate.tracking.lookup import verify_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "clusters" / "demo_2lvl_64_8.yaml"
@@ -208,7 +208,7 @@ def test_run_sh_twice_at_once_on_one_experiment(
     curation_pipeline, store: Path, tmp_path: Path
 ) -> None:
     """The second ``run.sh`` waits for the first, then finds the run FINISHED."""
-    from astrocurate.clustering import ClusteringConfig
+    from astrocurate.stages.clustering.run import ClusteringConfig
     from curation_pipeline import CONFIG as SMALL
 
     prepared = prepare_clustering(

@@ -13,7 +13,7 @@ from astrocurate.cpus import usable_cpus
 
 PROBE = (
     "from astrocurate.cpus import usable_cpus; import torch; "
-    "from astrocurate.features import default_workers; "
+    "from astrocurate.stages.feature_extraction.run import default_workers; "
     "print(usable_cpus(), default_workers(torch.device('cpu')), "
     "default_workers(torch.device('cuda')))"
 )

@@ -18,9 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from astrocurate import sampling
-from astrocurate.clustering import ClusteringConfig, prepare_clustering
-from astrocurate.curate import (
+from astrocurate.algorithms import sampling
+from astrocurate.dataset import CuratedDataset
+from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
+from astrocurate.io.cutout_store import CutoutReader
+from astrocurate.stages.clustering.run import ClusteringConfig, prepare_clustering
+from astrocurate.stages.curated_sampling.run import (
     BASELINE,
     CURATED,
     INFO,
@@ -30,9 +33,6 @@ from astrocurate.curate import (
     curated_sample,
     sample_metrics,
 )
-from astrocurate.cutout_store import CutoutReader
-from astrocurate.dataset import CuratedDataset
-from astrocurate.errors import InvalidArgumentError, InvalidRunError, RunNotFoundError
 from astrocurate.tracking import client, get_run
 from curation_pipeline import CONFIG
 

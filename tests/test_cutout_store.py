@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
-from astrocurate import mosaics as mosaic_io
-from astrocurate.cutout_store import (
+from astrocurate.io import mosaics as mosaic_io
+from astrocurate.io.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
     MANIFEST_TYPES,
@@ -253,7 +253,7 @@ def test_virtual_reader_refuses_a_changed_mosaic(tmp_path: Path, change: str) ->
 def test_read_manifest_rows_reads_row_groups_in_any_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int
 ) -> None:
-    import astrocurate.cutout_store as store_module
+    import astrocurate.io.cutout_store as store_module
 
     monkeypatch.setattr(store_module, "_BATCH_ROWS", batch_rows)
     table = pd.DataFrame(

@@ -24,8 +24,9 @@ from astropy.io import fits
 from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
-from astrocurate import cli, cutouts, tracking
-from astrocurate.cutout_store import (
+from astrocurate import cli, tracking
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.io.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
     MOSAICS,
@@ -35,9 +36,9 @@ from astrocurate.cutout_store import (
     CutoutStoreError,
     read_manifest,
 )
-from astrocurate.cutouts import STEP, CutoutOptions, make_cutouts
-from astrocurate.errors import InvalidArgumentError
-from astrocurate.survey import make_survey
+from astrocurate.stages.cutting_out import run as cutouts
+from astrocurate.stages.cutting_out.run import STEP, CutoutOptions, make_cutouts
+from astrocurate.synthetic.survey import make_survey
 
 ROOT = Path(__file__).resolve().parents[1]
 W = 8  # window size of the zoo run
@@ -959,14 +960,14 @@ def test_same_command_reuses_the_finished_run(store, survey_dir, capsys) -> None
 
 @pytest.mark.parametrize("text", ["2/2", "-1/3", "a/b", "3", "1/2/3", "0/0"])
 def test_bad_shard_is_refused(text) -> None:
-    from astrocurate.cutouts import parse_shard
+    from astrocurate.stages.cutting_out.run import parse_shard
 
     with pytest.raises(InvalidArgumentError, match="--shard: expected K/N"):
         parse_shard(text)
 
 
 def test_shards_partition_the_sorted_survey_and_are_separate_runs(store: Path) -> None:
-    from astrocurate.cutouts import parse_shard, select_shard
+    from astrocurate.stages.cutting_out.run import parse_shard, select_shard
 
     assert select_shard(list(range(7)), parse_shard("1/3")) == [1, 4]
     with pytest.raises(InvalidArgumentError, match="selects no mosaic, the survey has 2"):

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from astrocurate.cli import main
-from astrocurate.cutouts import CutoutOptions, make_cutouts
-from astrocurate.features import (
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.feature_extraction.run import (
     DEFAULT_MODEL,
     FEATURES,
     SIDECAR,
@@ -26,8 +26,8 @@ from astrocurate.features import (
     extract_features,
     load_features,
 )
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import get_run, tracked_step
 
 ROOT = Path(__file__).resolve().parents[1]

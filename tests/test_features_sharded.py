@@ -23,9 +23,15 @@ import pytest
 import torch
 
 from astrocurate.cli import main
-from astrocurate.cutouts import CutoutOptions, make_cutouts
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.feature_shards import (
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.feature_extraction.run import (
+    FEATURES,
+    PROGRESS_DIR,
+    FeatureOptions,
+    extract_features,
+)
+from astrocurate.stages.feature_extraction.shards import (
     TAG_SHARDS,
     describe_rows,
     parse_shard_spec,
@@ -33,9 +39,8 @@ from astrocurate.feature_shards import (
     shard_from_environment,
     shard_of_block,
 )
-from astrocurate.features import FEATURES, PROGRESS_DIR, FeatureOptions, extract_features
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import TAG_CONTENT_HASH, StepRun, find_runs, get_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,7 +435,7 @@ def test_killed_shard_resumes_and_finish_names_what_is_missing(
 def test_a_failing_shard_marks_the_run_failed_and_its_rerun_finishes_it(
     experiment: str, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import astrocurate.features as features
+    import astrocurate.stages.feature_extraction.run as features
 
     argv = feature_args(inputs, tmp_path)
     assert main(["features", *argv, "--shard", "0/2"]) == 0
@@ -454,7 +459,7 @@ def test_a_stopped_shard_leaves_a_finished_run_finished(
     experiment: str, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another shard finished the run while this one was stopped: it stays FINISHED."""
-    import astrocurate.feature_shards as shards
+    import astrocurate.stages.feature_extraction.shards as shards
 
     argv = feature_args(inputs, tmp_path)
     assert main(["features", *argv]) == 0  # the unsharded command fills the same run
@@ -468,7 +473,7 @@ def test_a_stopped_shard_leaves_a_finished_run_finished(
 
 
 def _plan(inputs: Inputs, output: Path):
-    from astrocurate.features import plan_extraction
+    from astrocurate.stages.feature_extraction.run import plan_extraction
 
     options = FeatureOptions(resize=RESIZE, shard_rows=BLOCK_ROWS)
     return plan_extraction(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from astrocurate.survey import make_survey
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import get_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""K-means and hierarchical k-means (astrocurate.kmeans): tiny hand-checked cases and checks."""
+"""K-means and hierarchical k-means (astrocurate.algorithms.kmeans.estimator): tiny hand-checked
+cases and checks."""
 
 from __future__ import annotations
 
@@ -9,11 +10,21 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate import hierarchical
-from astrocurate import kmeans as km_module
+from astrocurate.algorithms.kmeans import estimator as km_module
+from astrocurate.algorithms.kmeans import hierarchical
+from astrocurate.algorithms.kmeans.estimator import (
+    KMeans,
+    KMeansState,
+    NotFittedError,
+    assign,
+    n_candidates,
+)
+from astrocurate.algorithms.kmeans.hierarchical import (
+    HierarchicalKMeans,
+    cluster_level,
+    sort_clusters,
+)
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.hierarchical import HierarchicalKMeans, cluster_level, sort_clusters
-from astrocurate.kmeans import KMeans, KMeansState, NotFittedError, assign, n_candidates
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from astrocurate.algorithms.kmeans.estimator import KMeans, assign
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.hierarchical import HierarchicalKMeans
-from astrocurate.kmeans import KMeans, assign
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -28,9 +28,9 @@ WORKER = """
 import sys
 import numpy as np
 import torch
-from astrocurate.distributed import init_distributed
-from astrocurate.hierarchical import HierarchicalKMeans
-from astrocurate.kmeans import KMeans, assign
+from astrocurate.algorithms.kmeans.distributed import init_distributed
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.algorithms.kmeans.estimator import KMeans, assign
 
 torch.set_num_threads(1)
 data, out = sys.argv[1], sys.argv[2]

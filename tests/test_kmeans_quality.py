@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.hierarchical import HierarchicalKMeans
-from astrocurate.kmeans import KMeans
-from astrocurate.sampling import balanced_sample
+from astrocurate.algorithms.kmeans.estimator import KMeans
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.algorithms.sampling import balanced_sample
 
 pytestmark = pytest.mark.slow
 

@@ -15,13 +15,13 @@ import subprocess
 import sys
 import time
 
-from astrocurate.leases import FileLease
+from astrocurate.io.leases import FileLease
 
 #: Enter feature_shards.run_lock N times with flock disabled; log each stay in the lock.
 TWO_NODES = """\
 import fcntl, os, sys, time
 fcntl.flock = lambda *args, **kwargs: None  # node-local flock: blind to the other process
-from astrocurate.feature_shards import run_lock
+from astrocurate.stages.feature_extraction.shards import run_lock
 root, journal, go, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 while not os.path.exists(go):
     time.sleep(0.005)
@@ -110,7 +110,7 @@ def test_an_owner_that_stalled_does_not_remove_its_successor_s_lease(tmp_path):
 #: Take a lease on argv[1], say so, hold it argv[2] seconds (heartbeat argv[3]).
 HOLD = """\
 import sys, time
-from astrocurate.leases import FileLease
+from astrocurate.io.leases import FileLease
 heartbeat = float(sys.argv[3]) if len(sys.argv) > 3 else 5.0
 lease = FileLease(sys.argv[1], heartbeat=heartbeat)
 assert lease.acquire(timeout=10)

@@ -12,10 +12,10 @@ import pytest
 from astropy.io import fits
 
 from astrocurate import cli, tracking
-from astrocurate.cutout_store import MANIFEST, MANIFEST_COLUMNS, CutoutReader
-from astrocurate.cutouts import CutoutOptions, make_cutouts
-from astrocurate.merge import MERGED_TYPES, STEP, merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.io.cutout_store import MANIFEST, MANIFEST_COLUMNS, CutoutReader
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.merge_cutouts.run import MERGED_TYPES, STEP, merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 
 SIZES = (8, 12)
 OVERLAP = 0.5
@@ -334,14 +334,14 @@ def test_refuses_an_unfinished_cutout_run(store, finished_cut, capsys, state) ->
     ids=["chain-middle-best", "chain-end-best", "star", "long-chain", "reversed-pair"],
 )
 def test_greedy_suppression_by_hand(n, pairs, rank, dropped) -> None:
-    from astrocurate.merge import _greedy_suppression
+    from astrocurate.stages.merge_cutouts.run import _greedy_suppression
 
     got = _greedy_suppression(np.array(pairs, dtype=np.int64).reshape(-1, 2), np.array(rank))
     assert got.tolist() == dropped and len(got) == n
 
 
 def test_sky_duplicates_mask_by_hand() -> None:
-    from astrocurate.merge import sky_duplicates_mask
+    from astrocurate.stages.merge_cutouts.run import sky_duplicates_mask
 
     # mosaic a centred at ra 10, mosaic b at ra 10.1 (dec 0); 1"/px, stride 36 px -> 18"
     cutouts = pd.DataFrame(
@@ -405,8 +405,8 @@ def test_prefilter_misses_no_same_sky_pair(monkeypatch) -> None:
     """The mask equals the one found without pre-filtering (every cutout a candidate)."""
     import pyarrow as pa
 
-    from astrocurate import merge
-    from astrocurate.merge import sky_duplicates_mask
+    from astrocurate.stages.merge_cutouts import run as merge
+    from astrocurate.stages.merge_cutouts.run import sky_duplicates_mask
 
     cutouts, mosaics = _layout(np.random.default_rng(3))
     keep = sky_duplicates_mask(cutouts, mosaics, {40: 20})
@@ -426,7 +426,7 @@ def test_prefilter_misses_no_same_sky_pair(monkeypatch) -> None:
 
 
 def test_prefilter_skips_cutouts_far_from_other_mosaics() -> None:
-    from astrocurate import merge
+    from astrocurate.stages.merge_cutouts import run as merge
 
     cutouts, mosaics = _layout(np.random.default_rng(4), n_mosaics=3)  # one row of 3
     codes, _ = merge._path_codes(cutouts["mosaic_path"])

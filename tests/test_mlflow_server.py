@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from astrocurate.demo import run_demo
-from astrocurate.survey import CLASS_NAMES
+from astrocurate.synthetic.survey import CLASS_NAMES
 
 pytestmark = pytest.mark.slow
 

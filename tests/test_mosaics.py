@@ -1,4 +1,4 @@
-"""Tests of astrocurate.mosaics on tiny FITS files built here with astropy."""
+"""Tests of astrocurate.io.mosaics on tiny FITS files built here with astropy."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
-from astrocurate.mosaics import (
+from astrocurate.io.mosaics import (
     FITS_SUFFIXES,
     InvalidMosaicError,
     MosaicFile,
@@ -223,7 +223,7 @@ def test_unreadable_root_is_a_clear_error(tmp_path):
         if not dropping_dac_override_works():
             unavailable("permission bits deny nothing here and setpriv cannot drop them")
         code = (  # as root without CAP_DAC_OVERRIDE (CI runs as root)
-            "import sys\nfrom astrocurate.mosaics import discover_mosaics\n"
+            "import sys\nfrom astrocurate.io.mosaics import discover_mosaics\n"
             "try:\n    discover_mosaics(sys.argv[1])\n"
             "except PermissionError as exc:\n    print('PermissionError', exc)\n"
         )

@@ -1,4 +1,4 @@
-"""The fused TF32 nearest-centroid kernel (astrocurate.nearest_kernel).
+"""The fused TF32 nearest-centroid kernel (astrocurate.algorithms.kmeans.nearest_kernel).
 
 Without a GPU the kernel's logic runs in Triton's numpy interpreter (``TRITON_INTERPRET=1``,
 set before Triton wraps the kernel, hence a subprocess): its labels must equal
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.hierarchical import HierarchicalKMeans
-from astrocurate.kmeans import KMeans, _fused_assignment, _score_error_factor
+from astrocurate.algorithms.kmeans.estimator import KMeans, _fused_assignment, _score_error_factor
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 
 pytest.importorskip("triton")
 
@@ -29,8 +29,8 @@ INTERPRETED = textwrap.dedent(
     import json
     import numpy as np
     import torch
-    from astrocurate import nearest_kernel
-    from astrocurate.kmeans import KMeans
+    from astrocurate.algorithms.kmeans import nearest_kernel
+    from astrocurate.algorithms.kmeans.estimator import KMeans
 
     out = {"cases": []}
     gen = torch.Generator().manual_seed(0)
@@ -110,7 +110,7 @@ def test_bounds_default_prunes_on_the_cpu() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_cuda_tf32_labels_are_nearest_within_the_tf32_error() -> None:
-    from astrocurate import nearest_kernel
+    from astrocurate.algorithms.kmeans import nearest_kernel
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(20_000, 384, device="cuda", generator=gen)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from astrocurate.algorithms.normalization import METHODS, NormalizationConfig, normalize
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.normalization import METHODS, NormalizationConfig, normalize
 
 
 def _batch(*rows: list[float]) -> torch.Tensor:

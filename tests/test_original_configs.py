@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from astrocurate.clustering_config import HIGH_PRECISION_NOTE, load_config
+from astrocurate.stages.clustering.config import HIGH_PRECISION_NOTE, load_config
 from test_clustering import CONFIGS, fake_feature_run, prepare_cli
 
 #: name: (n_clusters, n_resampling_steps, sample_size), one entry per level.

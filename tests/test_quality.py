@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from astrocurate.quality import knn_balanced_accuracy, sky_patches
+from astrocurate.algorithms.quality import knn_balanced_accuracy, sky_patches
 
 
 def _grid(n_side: int, window: int, step: int) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.report import (
+from astrocurate.stages.curated_sampling.report import (
     asinh_stretch,
     feature_map,
     gallery_clusters,
@@ -54,7 +54,7 @@ FIGURES = (
 @pytest.fixture(scope="module")
 def sampling_dir(curation_pipeline) -> Path:
     """A real sampling run (no report) over the session's small pipeline."""
-    from astrocurate.curate import SamplingOptions, curated_sample
+    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 
     options = SamplingOptions(NUM_SAMPLES, seed=7)
     run = curated_sample(curation_pipeline.clustering_id, options, report=False, force=True)
@@ -247,7 +247,7 @@ def test_write_report_rejects_bad_arguments(sampling_dir: Path, tmp_path: Path) 
 
 
 def test_umap_without_the_package_is_refused(sampling_dir: Path, monkeypatch) -> None:
-    import astrocurate.report as report_module
+    import astrocurate.stages.curated_sampling.report as report_module
 
     monkeypatch.setattr(report_module, "_umap_available", lambda: False)
     with pytest.raises(InvalidArgumentError, match="umap-learn"):

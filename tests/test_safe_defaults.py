@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrocurate.backbones import WeightsError
-from astrocurate.clustering import ClusteringConfig, prepare_clustering
-from astrocurate.cutout_store import read_manifest
-from astrocurate.cutouts import CutoutOptions, make_cutouts, render_array_script
+from astrocurate.algorithms.backbones.registry import WeightsError
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.features import FeatureOptions, extract_features
+from astrocurate.io.cutout_store import read_manifest
 from astrocurate.launch import SlurmOptions, tracking_environment
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.stages.clustering.run import ClusteringConfig, prepare_clustering
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts, render_array_script
+from astrocurate.stages.feature_extraction.run import FeatureOptions, extract_features
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import client, get_run, redact_uri
 from curation_pipeline import feature_run, features_from_manifest
 
@@ -135,7 +135,9 @@ SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 
 #: The one audited ``torch.load(..., weights_only=False)``: the API's explicit opt-in
 #: ``create_backbone(..., allow_pickle=True)``, never reachable from the command line.
-TRUSTED_TORCH_LOAD = {("src/astrocurate/backbones.py", "_load_trusted_checkpoint")}
+TRUSTED_TORCH_LOAD = {
+    ("src/astrocurate/algorithms/backbones/registry.py", "_load_trusted_checkpoint"),
+}
 
 
 class _Auditor(ast.NodeVisitor):
@@ -301,7 +303,7 @@ def test_static_audit_passes_safe_calls(source: str, tmp_path: Path) -> None:
 def test_the_tool_starts_no_server() -> None:
     """No module starts a server (checked by the audit); local multi-process k-means
     meets on loopback (``torchrun --standalone``, gloo pinned to the loopback device)."""
-    text = (ROOT / "src" / "astrocurate" / "clustering_scripts.py").read_text()
+    text = (ROOT / "src" / "astrocurate" / "stages" / "clustering" / "scripts.py").read_text()
     assert '"--standalone"' in text
     for path in audited_files():
         for word in ("0.0.0.0", "INADDR_ANY"):
@@ -388,7 +390,7 @@ def _evil_checkpoint(path: Path, marker: Path, kind: str) -> Path:
 def test_a_pickled_checkpoint_is_refused_without_running_it(
     tmp_path: Path, model: str, filename: str, kind: str
 ) -> None:
-    from astrocurate.backbones import create_backbone
+    from astrocurate.algorithms.backbones.registry import create_backbone
 
     marker = tmp_path / "PWNED-by-weights"
     weights = _evil_checkpoint(tmp_path / filename, marker, kind)
@@ -742,7 +744,7 @@ def test_tracking_environment_never_writes_credentials() -> None:
 def test_scripts_of_a_store_with_credentials_do_not_store_them(
     hostile_store: Path, secret_pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import astrocurate.clustering as clustering
+    import astrocurate.stages.clustering.run as clustering
 
     monkeypatch.setattr(clustering, "tracking_uri", lambda: CREDENTIAL_URI)  # scripts only
     for slurm in (None, SlurmOptions(partition="cpu")):
@@ -773,9 +775,11 @@ def _rendered_scripts(tmp_path: Path) -> dict[str, str]:
     Keys are ``module:function`` of the renderers; :func:`_script_renderers` lists them
     from the source, so a new renderer left out here fails the test below.
     """
-    from astrocurate import clustering_scripts, cutouts, feature_shards
-    from astrocurate.clustering_config import ClusteringConfig as Config
     from astrocurate.launch import absolute_tracking_uri
+    from astrocurate.stages.clustering import scripts as clustering_scripts
+    from astrocurate.stages.clustering.config import ClusteringConfig as Config
+    from astrocurate.stages.cutting_out import run as cutouts
+    from astrocurate.stages.feature_extraction import shards as feature_shards
     from astrocurate.tracking import experiment_name, tracking_uri
 
     launch = clustering_scripts._Launch(
@@ -786,18 +790,20 @@ def _rendered_scripts(tmp_path: Path) -> dict[str, str]:
     one, two = Config.from_mapping(SMALL), Config.from_mapping({**SMALL, "nprocs_per_node": 2})
     features = feature_shards.ArrayScript(["features"], 2, tmp_path / "logs", slurm, "gpu:1")
     return {
-        "clustering_scripts:_render_run_script": "\n".join(
+        "stages.clustering.scripts:_render_run_script": "\n".join(
             clustering_scripts._render_run_script(launch, config, options)
             for config in (one, two)
             for options in (None, slurm)
         ),
-        "clustering_scripts:_sbatch_header": "\n".join(
+        "stages.clustering.scripts:_sbatch_header": "\n".join(
             clustering_scripts._render_sbatch(launch, config, slurm, 1) for config in (one, two)
         ),
-        "cutouts:render_array_script": cutouts.render_array_script(
+        "stages.cutting_out.run:render_array_script": cutouts.render_array_script(
             ["cutouts"], 2, 32, tmp_path / "logs", slurm
         ),
-        "feature_shards:render_array_script": feature_shards.render_array_script(features),
+        "stages.feature_extraction.shards:render_array_script": feature_shards.render_array_script(
+            features
+        ),
     }
 
 
@@ -805,14 +811,16 @@ def _script_renderers() -> set[str]:
     """``module:function`` of every function in the package that writes a ``#!`` line."""
     import astrocurate
 
+    package = Path(astrocurate.__file__).parent
     found = set()
-    for path in Path(astrocurate.__file__).parent.glob("*.py"):
+    for path in package.rglob("*.py"):
+        module = ".".join(path.relative_to(package).with_suffix("").parts)
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and any(
                 isinstance(c, ast.Constant) and isinstance(c.value, str) and "#!/" in c.value
                 for c in ast.walk(node)
             ):
-                found.add(f"{path.stem}:{node.name}")
+                found.add(f"{module}:{node.name}")
     return found
 
 
@@ -835,9 +843,10 @@ def test_every_generated_script_keeps_credentials_out(
 def test_only_the_launch_module_writes_a_tracking_uri_into_a_script() -> None:
     import astrocurate
 
+    package = Path(astrocurate.__file__).parent
     writers = [
-        path.name
-        for path in Path(astrocurate.__file__).parent.glob("*.py")
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
         if "export MLFLOW_TRACKING_URI=" in path.read_text()
     ]
-    assert writers == ["launch.py"]
+    assert writers == ["launch/__init__.py"]

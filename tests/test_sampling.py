@@ -1,4 +1,5 @@
-"""Tests of astrocurate.sampling: budget splitting, balanced and random samples, metrics."""
+"""Tests of astrocurate.algorithms.sampling: budget splitting, balanced and random samples,
+metrics."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from astrocurate.errors import InvalidArgumentError
-from astrocurate.sampling import (
+from astrocurate.algorithms.sampling import (
     _distance_order,
     _group_stably,
     aligned_counts,
@@ -19,6 +19,7 @@ from astrocurate.sampling import (
     random_sample,
     split_budget,
 )
+from astrocurate.errors import InvalidArgumentError
 
 pytestmark = pytest.mark.filterwarnings("error")
 

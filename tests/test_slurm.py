@@ -23,18 +23,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrocurate.clustering import (
+from astrocurate.io.cutout_store import read_manifest
+from astrocurate.launch import SlurmOptions
+from astrocurate.stages.clustering.run import (
     PREPARED,
     clustering_status,
     compute_levels,
     load_config,
     prepare_clustering,
 )
-from astrocurate.cutout_store import read_manifest
-from astrocurate.cutouts import CutoutOptions, make_cutouts
-from astrocurate.launch import SlurmOptions
-from astrocurate.merge import merge_cutouts
-from astrocurate.survey import make_survey
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
+from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import client, find_runs, get_run, tracked_step
 from slurm_cluster import (
     SlurmCluster,

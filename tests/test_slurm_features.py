@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from astrocurate.cli import main
-from astrocurate.feature_shards import ArrayScript, render_array_script
 from astrocurate.launch import SlurmOptions
+from astrocurate.stages.feature_extraction.shards import ArrayScript, render_array_script
 from slurm_cluster import SlurmCluster
 from test_features_sharded import (
     Inputs,

@@ -2,7 +2,8 @@
 
 ``nprocs_per_node: 2`` makes every level's batch script ``srun`` two tasks
 (``--ntasks-per-node=2``) that join one ``torch.distributed`` group (gloo) from SLURM's
-variables (:func:`astrocurate.distributed.init_distributed`). The test prepares such a
+variables (:func:`astrocurate.algorithms.kmeans.distributed.init_distributed`). The test prepares
+such a
 clustering with the guide's ``--slurm_*`` flags, runs ``./run.sh`` from the experiment
 directory, waits for the chain of two jobs and compares the levels with a one-process
 local run of the same config and seed (centroids up to the order of the float64 sums;
@@ -22,9 +23,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrocurate.clustering import PREPARED, clustering_status, compute_levels, load_config
-from astrocurate.distributed import init_distributed, slurm_master_port
+from astrocurate.algorithms.kmeans.distributed import init_distributed, slurm_master_port
 from astrocurate.errors import AstrocurateError
+from astrocurate.stages.clustering.run import (
+    PREPARED,
+    clustering_status,
+    compute_levels,
+    load_config,
+)
 from astrocurate.tracking import client, get_run
 from slurm_cluster import SlurmCluster
 from test_clustering import blobs, fake_feature_run

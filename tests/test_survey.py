@@ -16,7 +16,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from astrocurate.survey import (
+from astrocurate.synthetic.survey import (
     CATALOGUE_COLUMNS,
     CLASS_NAMES,
     DEFAULT_CLASS_FRACTIONS,

@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 from astrocurate import tracking
-from astrocurate.lookup import verify_run
-from astrocurate.survey import make_survey
+from astrocurate.synthetic.survey import make_survey
+from astrocurate.tracking.lookup import verify_run
 from test_mlflow_server import api, mlflow_process, params, runs_by_id, tags
 
 pytestmark = pytest.mark.slow

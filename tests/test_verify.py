@@ -17,7 +17,6 @@ import pytest
 from astrocurate import tracking
 from astrocurate.cli import main
 from astrocurate.errors import InvalidRunError
-from astrocurate.lookup import verify_run
 from astrocurate.tracking import (
     SAMPLE_BLOCK,
     fingerprint_file,
@@ -26,6 +25,7 @@ from astrocurate.tracking import (
     sample_offsets,
     tracked_step,
 )
+from astrocurate.tracking.lookup import verify_run
 
 MIB = 1 << 20
 
@@ -324,7 +324,7 @@ def test_consumer_check_can_be_skipped(store: Path, monkeypatch: pytest.MonkeyPa
 
 def test_merge_step_checks_its_inputs(store: Path) -> None:
     """A real consumer: merge_cutouts refuses a cutout run whose manifest changed."""
-    from astrocurate.merge import merge_cutouts
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
 
     run = _make_run()
     _flip(run.output_dir / "manifest.txt", 2)

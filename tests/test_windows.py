@@ -1,4 +1,4 @@
-"""Tests of astrocurate.windows: window origins, extraction, statistics, NaN filling."""
+"""Tests of astrocurate.algorithms.windows: window origins, extraction, statistics, NaN filling."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from astropy.nddata import Cutout2D
 
-from astrocurate import windows
-from astrocurate.windows import (
+from astrocurate.algorithms import windows
+from astrocurate.algorithms.windows import (
     DEFAULT_FILL_VALUE,
     cutout_statistics,
     extract_windows,

@@ -146,7 +146,7 @@ def _find_run_arguments(parser: argparse.ArgumentParser) -> None:
     _find_run_arguments,
 )
 def _find_run(args: argparse.Namespace) -> int:
-    from astrocurate.lookup import find_run, output_path, parse_run_id_list
+    from astrocurate.tracking.lookup import find_run, output_path, parse_run_id_list
 
     params = dict(_parse_key_values(args.param, "--param"))
     params.update(_parse_extra_filters(args.extra))
@@ -271,7 +271,7 @@ def _common_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("cutouts", "Cut FITS mosaics into sliding-window cutouts (step 1).", _cutouts_arguments)
 def _cutouts(args: argparse.Namespace) -> int:
-    from astrocurate.cutouts import CutoutOptions, make_cutouts, parse_shard
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts, parse_shard
 
     options = CutoutOptions(args.window_size, args.overlap, args.max_nan_fraction, args.store)
     if args.slurm_array is not None:
@@ -292,9 +292,9 @@ def _cutouts(args: argparse.Namespace) -> int:
 
 def _write_cutouts_array(args: argparse.Namespace, options) -> Path:
     """Write the SLURM array script of ``cutouts --slurm-array N``; return its path."""
-    from astrocurate.atomic import write_text
-    from astrocurate.cutouts import render_array_script, validate_options
+    from astrocurate.io.atomic import write_text
     from astrocurate.launch import SlurmOptions
+    from astrocurate.stages.cutting_out.run import render_array_script, validate_options
 
     validate_options(options)
     if args.slurm_array < 1:
@@ -357,8 +357,8 @@ def _merge_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("merge", "Merge cutout runs into one manifest (step 2).", _merge_arguments)
 def _merge(args: argparse.Namespace) -> int:
-    from astrocurate.lookup import parse_run_id_list
-    from astrocurate.merge import merge_cutouts
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
+    from astrocurate.tracking.lookup import parse_run_id_list
 
     ids = parse_run_id_list(args.cutouts_id, "--cutouts-id")
     run = merge_cutouts(
@@ -420,7 +420,7 @@ def _with_flag_names(message: str, flags: dict[str, str]) -> str:
     _survey_arguments,
 )
 def _make_survey(args: argparse.Namespace) -> int:
-    from astrocurate.survey import make_survey
+    from astrocurate.synthetic.survey import make_survey
 
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
         raise InvalidArgumentError(f"OUTPUT_DIR: {args.output_dir} exists and is not a directory")
@@ -577,8 +577,8 @@ def _features_shard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _feature_options(args: argparse.Namespace):
-    from astrocurate.features import DEFAULT_MODEL, FeatureOptions
-    from astrocurate.normalization import NormalizationConfig
+    from astrocurate.algorithms.normalization import NormalizationConfig
+    from astrocurate.stages.feature_extraction.run import DEFAULT_MODEL, FeatureOptions
 
     normalization = NormalizationConfig(
         method=args.normalization,
@@ -605,7 +605,7 @@ def _feature_options(args: argparse.Namespace):
 
 @command("features", "Compute a feature vector per cutout (step 3).", _features_arguments)
 def _features(args: argparse.Namespace) -> int:
-    from astrocurate.features import extract_features
+    from astrocurate.stages.feature_extraction.run import extract_features
 
     options = _feature_options(args)
     modes = [f for f, on in (("--shard", args.shard), ("--finish", args.finish)) if on]
@@ -640,8 +640,8 @@ def _output_path(args: argparse.Namespace) -> Path | None:
 
 def _features_shard(args: argparse.Namespace, options) -> int:
     """``features --shard K/N``: one shard; prints the shared run's ID."""
-    from astrocurate.feature_shards import extract_shard, parse_shard_spec
-    from astrocurate.features import plan_extraction
+    from astrocurate.stages.feature_extraction.run import plan_extraction
+    from astrocurate.stages.feature_extraction.shards import extract_shard, parse_shard_spec
 
     shard = parse_shard_spec(args.shard)
     if args.force:
@@ -662,8 +662,8 @@ def _features_shard(args: argparse.Namespace, options) -> int:
 
 def _finish_features(args: argparse.Namespace, options) -> int:
     """``features --finish``: finish the run of these arguments (the device does not matter)."""
-    from astrocurate.feature_shards import find_run_of, finish_run
-    from astrocurate.features import plan_extraction
+    from astrocurate.stages.feature_extraction.run import plan_extraction
+    from astrocurate.stages.feature_extraction.shards import find_run_of, finish_run
 
     plan = plan_extraction(
         args.merged_cutouts_id,
@@ -679,9 +679,9 @@ def _finish_features(args: argparse.Namespace, options) -> int:
 
 def _write_features_array(args: argparse.Namespace, options) -> Path:
     """Write the SLURM script of ``features --slurm-array N``; return its path."""
-    from astrocurate.feature_shards import ArrayScript, render_array_script
-    from astrocurate.features import plan_extraction
     from astrocurate.launch import SlurmOptions
+    from astrocurate.stages.feature_extraction.run import plan_extraction
+    from astrocurate.stages.feature_extraction.shards import ArrayScript, render_array_script
     from astrocurate.tracking import make_output_root
 
     if args.slurm_array < 1:
@@ -708,7 +708,7 @@ def _write_features_array(args: argparse.Namespace, options) -> Path:
         args.slurm_gres,
         args.slurm_cpus_per_task,
     )
-    from astrocurate.atomic import write_text
+    from astrocurate.io.atomic import write_text
 
     text = render_array_script(script.validate())  # refuses a log directory sbatch cannot use
     path = plan.root / f"features_{plan.merged.run_id[:8]}_{args.slurm_array}shards.sh"
@@ -762,7 +762,7 @@ def _features_finish_arguments(parser: argparse.ArgumentParser) -> None:
     _features_finish_arguments,
 )
 def _features_finish(args: argparse.Namespace) -> int:
-    from astrocurate.feature_shards import finish_run
+    from astrocurate.stages.feature_extraction.shards import finish_run
 
     _announce(finish_run(args.run_id))
     return 0
@@ -774,7 +774,7 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("backbones", "List the feature backbones.", _no_arguments)
 def _backbones(args: argparse.Namespace) -> int:
-    from astrocurate.backbones import list_backbones
+    from astrocurate.algorithms.backbones.registry import list_backbones
 
     del args
     for line in list_backbones():
@@ -832,7 +832,7 @@ def _clustering_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     _clustering_prepare_arguments,
 )
 def _clustering_prepare(args: argparse.Namespace) -> int:
-    from astrocurate.clustering import (
+    from astrocurate.stages.clustering.run import (
         SlurmOptions,
         load_config,
         parse_overrides,
@@ -880,7 +880,7 @@ def _clustering_run_arguments(parser: argparse.ArgumentParser) -> None:
     _clustering_run_arguments,
 )
 def _clustering_run(args: argparse.Namespace) -> int:
-    from astrocurate.clustering import RequeueRequested, run_clustering
+    from astrocurate.stages.clustering.run import RequeueRequested, run_clustering
 
     try:
         result = run_clustering(Path(args.directory), level=args.level)
@@ -908,7 +908,7 @@ def _clustering_status_arguments(parser: argparse.ArgumentParser) -> None:
     _clustering_status_arguments,
 )
 def _clustering_status(args: argparse.Namespace) -> int:
-    from astrocurate.clustering import clustering_status
+    from astrocurate.stages.clustering.run import clustering_status
 
     record = clustering_status(Path(args.directory))
     log.info("clustering run %s is FINISHED", record.run_id)
@@ -982,7 +982,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     "sample", "Draw a balanced curated sample from a clustering run (step 5).", _sample_arguments
 )
 def _sample(args: argparse.Namespace) -> int:
-    from astrocurate.curate import SamplingOptions, curated_sample
+    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 
     options = SamplingOptions(
         num_samples=args.num_samples,
@@ -1009,7 +1009,7 @@ def _report_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("report", "Regenerate the HTML report of a sampling run.", _report_arguments)
 def _report(args: argparse.Namespace) -> int:
-    from astrocurate.curate import regenerate_report
+    from astrocurate.stages.curated_sampling.run import regenerate_report
 
     print(regenerate_report(args.run_id))
     return 0
@@ -1077,7 +1077,7 @@ class _ByteProgress:
     _verify_arguments,
 )
 def _verify(args: argparse.Namespace) -> int:
-    from astrocurate.lookup import verify_run
+    from astrocurate.tracking.lookup import verify_run
 
     progress = _ByteProgress(f"verify {args.run_id}") if sys.stderr.isatty() else None
     try:

@@ -9,7 +9,7 @@ Three lines give a training loop its data::
 Items are float32 tensors of shape (1, W, W), FITS orientation (row 0 is the bottom of the
 sky), blank pixels already filled. Pixels come from the ``npy`` export when the run has
 one (one memory-mapped array per window size), otherwise from the survey's cutout store
-through :class:`~astrocurate.cutout_store.CutoutReader`; both work in worker processes.
+through :class:`~astrocurate.io.cutout_store.CutoutReader`; both work in worker processes.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from astrocurate.cutout_store import MANIFEST, MOSAICS, CutoutReader
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.sampling_outputs import EXPORT_DIR
+from astrocurate.io.cutout_store import MANIFEST, MOSAICS, CutoutReader
+from astrocurate.stages.curated_sampling.outputs import EXPORT_DIR
 
 
 def resolve_sample_dir(run: str | Path) -> Path:
@@ -35,7 +35,7 @@ def resolve_sample_dir(run: str | Path) -> Path:
     run : str or Path
         An existing directory, or the ID of a finished ``curated_sampling`` run.
     """
-    from astrocurate.curate import STEP
+    from astrocurate.stages.curated_sampling.run import STEP
     from astrocurate.tracking import require_run
 
     path = Path(run)
@@ -75,7 +75,7 @@ class CuratedDataset(torch.utils.data.Dataset):
         transform: Callable[[torch.Tensor], Any] | None = None,
         return_metadata: bool = False,
     ) -> None:
-        from astrocurate.curate import load_sample
+        from astrocurate.stages.curated_sampling.run import load_sample
 
         self.directory = resolve_sample_dir(run)
         info, manifest = load_sample(self.directory)

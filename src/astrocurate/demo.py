@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from astrocurate.curate import SamplingOptions, curated_sample
-from astrocurate.cutouts import CutoutOptions, make_cutouts
-from astrocurate.features import extract_features
-from astrocurate.merge import merge_cutouts
-from astrocurate.sampling_outputs import METRICS
+from astrocurate.stages.curated_sampling.outputs import METRICS
+from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.feature_extraction.run import extract_features
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
 from astrocurate.tracking import StepRun, redact_uri, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ DEMO_NUM_SAMPLES = 250
 
 def demo_survey(directory: Path, seed: int = 0) -> Path:
     """Return the demo survey in ``directory``, generating it unless already there."""
-    from astrocurate.survey import METADATA_NAME, make_survey
+    from astrocurate.synthetic.survey import METADATA_NAME, make_survey
 
     metadata = directory / METADATA_NAME
     wanted = {**DEMO_SURVEY, "seed": seed}
@@ -86,7 +86,7 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
 
 def _cluster(features_id: str) -> StepRun:
     """Run steps 4a and 4b with the small demo configuration, as ``run.sh`` would."""
-    from astrocurate.clustering import load_config, prepare_clustering, run_clustering
+    from astrocurate.stages.clustering.run import load_config, prepare_clustering, run_clustering
 
     prepared = prepare_clustering(features_id, load_config(DEMO_CLUSTERING_CONFIG))
     run_clustering(prepared.directory)
@@ -95,8 +95,8 @@ def _cluster(features_id: str) -> StepRun:
 
 def _describe(run: StepRun) -> str:
     """Say what a run holds in a few words."""
-    from astrocurate.cutout_store import read_manifest
-    from astrocurate.feature_outputs import load_features
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.stages.feature_extraction.outputs import load_features
 
     if run.step == "feature_extraction":
         rows, dim = load_features(run.output_dir).shape

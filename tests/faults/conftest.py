@@ -83,11 +83,15 @@ class FaultInputs:
 
 @pytest.fixture(scope="session")
 def fault_inputs(tracking_db: str, tmp_path_factory: pytest.TempPathFactory) -> FaultInputs:
-    from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
-    from astrocurate.cutout_store import read_manifest
-    from astrocurate.cutouts import CutoutOptions, make_cutouts
-    from astrocurate.merge import merge_cutouts
-    from astrocurate.survey import make_survey
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.stages.clustering.run import (
+        ClusteringConfig,
+        prepare_clustering,
+        run_clustering,
+    )
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
+    from astrocurate.synthetic.survey import make_survey
     from curation_pipeline import feature_run, features_from_manifest
 
     work = tmp_path_factory.mktemp("fault-inputs")

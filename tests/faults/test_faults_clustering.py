@@ -27,7 +27,7 @@ from faultkit import (
     said_resumed_or_reused,
 )
 
-from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
+from astrocurate.stages.clustering.run import ClusteringConfig, prepare_clustering, run_clustering
 from astrocurate.tracking import get_run
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ from faultkit import (
     said_resumed_or_reused,
 )
 
-from astrocurate.cutouts import CutoutOptions, make_cutouts
+from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 
 pytestmark = pytest.mark.slow
 

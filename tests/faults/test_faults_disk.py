@@ -73,7 +73,7 @@ def cutouts_on_full_disk(fault_inputs, tracking_db, small_disk, tmp_path_factory
 def test_cutouts_on_a_full_disk_fail_cleanly_and_resume_once_space_is_freed(
     cutouts_on_full_disk, fault_env, fault_inputs, small_disk
 ):
-    from astrocurate.cutouts import CutoutOptions, make_cutouts
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 
     case = cutouts_on_full_disk
     assert case.attempt.returncode == 1, case.attempt.where()

@@ -45,7 +45,7 @@ class Reference:
 @pytest.fixture(scope="module")
 def reference(fault_inputs, tracking_db) -> Reference:
     """The uninterrupted run, in-process, with the options the command is given."""
-    from astrocurate.features import FeatureOptions, extract_features
+    from astrocurate.stages.feature_extraction.run import FeatureOptions, extract_features
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", tracking_db)
@@ -128,7 +128,7 @@ def test_features_killed_between_final_rename_and_marker_cleanup(
     argv = _argv(fault_inputs.merged64_id)
     attempt = runner.run(argv, At("*/features.npy", when="after"))
     assert attempt.fired and attempt.returncode == -9, runner.summary()
-    from astrocurate.features import FeatureOptions, extract_features
+    from astrocurate.stages.feature_extraction.run import FeatureOptions, extract_features
 
     rerun = extract_features(  # the command's code, in-process (a subprocess costs seconds)
         fault_inputs.merged64_id,

@@ -33,7 +33,7 @@ from faultkit import (
     said_resumed_or_reused,
 )
 
-from astrocurate.merge import merge_cutouts
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
 
 pytestmark = pytest.mark.slow
 

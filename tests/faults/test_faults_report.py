@@ -1,6 +1,7 @@
 """The report under faults: ``astrocurate report RUN_ID`` and sampling killed mid-report.
 
-The report of a sampling run (:mod:`astrocurate.report`) is built in a temporary folder
+The report of a sampling run (:mod:`astrocurate.stages.curated_sampling.report`) is built in a
+temporary folder
 of the run directory, then swapped in by two renames: the old ``report/`` out of the
 way, the new one into place. It is deterministic (seeded subsamples, PCA, PNGs without
 timestamps): the same run gives the same bytes, so a regenerated report must equal the
@@ -43,7 +44,11 @@ from faultkit import (
     verify_exit_status,
 )
 
-from astrocurate.curate import SamplingOptions, curated_sample, regenerate_report
+from astrocurate.stages.curated_sampling.run import (
+    SamplingOptions,
+    curated_sample,
+    regenerate_report,
+)
 from astrocurate.tracking import get_run, output_files, recorded_listing
 
 pytestmark = pytest.mark.slow

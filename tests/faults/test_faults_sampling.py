@@ -25,7 +25,7 @@ from faultkit import (
     said_resumed_or_reused,
 )
 
-from astrocurate.curate import SamplingOptions, curated_sample
+from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 
 pytestmark = pytest.mark.slow
 

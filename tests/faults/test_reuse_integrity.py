@@ -17,7 +17,7 @@ import pytest
 from faultkit import CLUSTER_CONFIG, check_finished_runs, runs_of
 
 from astrocurate.errors import InvalidRunError
-from astrocurate.merge import merge_cutouts
+from astrocurate.stages.merge_cutouts.run import merge_cutouts
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +102,11 @@ def test_rerun_after_the_output_directory_was_deleted_computes_a_new_run(
 def test_clustering_prepare_refuses_to_reuse_a_changed_finished_run(fault_inputs, fault_env):
     import shutil
 
-    from astrocurate.clustering import ClusteringConfig, prepare_clustering, run_clustering
+    from astrocurate.stages.clustering.run import (
+        ClusteringConfig,
+        prepare_clustering,
+        run_clustering,
+    )
 
     experiment = fault_env.use("reuse")
     config = ClusteringConfig.from_mapping(CLUSTER_CONFIG)

@@ -2,7 +2,7 @@
 
 Holds the config keys and their checks, :func:`load_config`, :func:`parse_overrides`
 (``key=value`` tokens), :func:`valid_keys` and the shipped configs
-(:func:`shipped_configs_dir`). Used by :mod:`astrocurate.clustering`.
+(:func:`shipped_configs_dir`). Used by :mod:`astrocurate.stages.clustering.run`.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ class ClusteringConfig:
     matmul_precision : str
         ``highest`` (FP32 products) or ``tf32``: TF32 products on CUDA, with the Lloyd
         assignment in one fused kernel (about 6x faster on an H100; see
-        :class:`~astrocurate.kmeans.KMeans`). No effect on the CPU.
+        :class:`~astrocurate.algorithms.kmeans.estimator.KMeans`). No effect on the CPU.
     """
 
     n_levels: int
@@ -447,7 +447,7 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
 
 def shipped_configs_dir() -> Path:
     """Return ``configs/clusters`` of the source checkout (may not exist when installed)."""
-    return Path(__file__).resolve().parents[2] / "configs" / "clusters"
+    return Path(__file__).resolve().parents[4] / "configs" / "clusters"  # src/astrocurate/stages/..
 
 
 def _find_config(path: Path) -> Path:

@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from astrocurate import windows
-from astrocurate.atomic import atomic_path
-from astrocurate.cutout_store import (
+from astrocurate.algorithms import windows
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.io.atomic import atomic_path
+from astrocurate.io.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
     MANIFEST_TYPES,
@@ -49,7 +50,6 @@ from astrocurate.cutout_store import (
     CutoutStoreError,
     write_parquet_atomic,
 )
-from astrocurate.errors import InvalidArgumentError
 from astrocurate.tracking import (
     RunRecord,
     StepRun,

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astrocurate.clustering_config import ClusteringConfig
 from astrocurate.launch import (
     SlurmOptions,
     submit_functions,
     time_limit_seconds,
     tracking_environment,
 )
+from astrocurate.stages.clustering.config import ClusteringConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 from astrocurate.errors import AstrocurateError, InvalidArgumentError
 
 if TYPE_CHECKING:
-    from astrocurate.kmeans import _Rows
+    from astrocurate.algorithms.kmeans.estimator import _Rows
 
 __all__ = ["Comm", "init_distributed", "slurm_master_port"]
 
@@ -48,7 +48,7 @@ class Comm:
         if distributed and not ready:
             raise InvalidArgumentError(
                 "distributed=True but torch.distributed is not initialised; launch with "
-                "torchrun or srun and call astrocurate.distributed.init_distributed() first"
+                "torchrun or srun and call init_distributed() first"
             )
         world = torch.distributed.get_world_size() if ready else 1
         self.world = world if distributed is not False and n >= world else 1

@@ -1,7 +1,7 @@
 """Step 5: balanced curated sample of a clustering run (MLflow run ``curated_sampling``).
 
 ``python scripts/random_sampling.py --clustering-id ID --num-samples 10000`` draws a
-balanced hierarchical sample (:func:`astrocurate.sampling.balanced_sample`) from the pool
+balanced hierarchical sample (:func:`astrocurate.algorithms.sampling.balanced_sample`) from the pool
 the clustering run clustered, and writes one run directory::
 
     selected.npy          int64 (m,): sorted merged-manifest rows (= feature rows =
@@ -14,8 +14,8 @@ the clustering run clustered, and writes one run directory::
     metrics.json          the metrics logged to the run (balance per level, classes)
     sampling.json         parameters and the directories of the clustering, feature and
                           merge runs it came from
-    export/               the curated pixels (``--export``; :mod:`astrocurate.export`)
-    report/index.html     the curation report (:mod:`astrocurate.report`)
+    export/               the curated pixels (``--export``; :mod:`astrocurate.io.export`)
+    report/index.html     the curation report (:mod:`astrocurate.stages.curated_sampling.report`)
 
 ``m = min(num_samples, pool)``. With ``baseline="random"`` the selection *is* the uniform
 sample, through the same outputs, so the two can be compared downstream (training).
@@ -33,16 +33,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from astrocurate import sampling
-from astrocurate.atomic import save_npy, write_json
-from astrocurate.cutout_store import (
+from astrocurate.algorithms import sampling
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.io.atomic import save_npy, write_json
+from astrocurate.io.cutout_store import (
     MOSAICS,
     CutoutReader,
     read_manifest_rows,
     write_parquet_atomic,
 )
-from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.sampling_outputs import (
+from astrocurate.stages.curated_sampling.outputs import (
     BASELINE,
     CURATED,
     EXPORT_DIR,
@@ -77,7 +77,7 @@ class SamplingOptions:
     seed : int
         Seed of the remainder rule, strategy ``'r'`` and the random baseline.
     export : tuple of str
-        Formats of :data:`astrocurate.export.EXPORT_FORMATS` to write the pixels in.
+        Formats of :data:`astrocurate.io.export.EXPORT_FORMATS` to write the pixels in.
     """
 
     num_samples: int
@@ -89,7 +89,7 @@ class SamplingOptions:
 
     def validate(self) -> SamplingOptions:
         """Return a copy with the export formats in canonical order; refuse bad values."""
-        from astrocurate.export import check_formats
+        from astrocurate.io.export import check_formats
 
         if not _is_int(self.num_samples) or self.num_samples < 1:
             raise InvalidArgumentError(
@@ -151,7 +151,7 @@ class _Inputs:
 
 def _resolve_inputs(clustering_id: str) -> _Inputs:
     """Check the clustering run and follow its lineage to the features and the merge."""
-    from astrocurate.clustering import RUN_FILE, load_clustering, require_clustering_run
+    from astrocurate.stages.clustering.run import RUN_FILE, load_clustering, require_clustering_run
 
     record = require_clustering_run(clustering_id)
     directory = record.output_dir
@@ -283,7 +283,7 @@ def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
     Only the mosaics table is read to look for a catalogue, so a real survey (which has
     none) costs nothing here.
     """
-    from astrocurate.survey import find_truth_catalogue, label_cutouts
+    from astrocurate.synthetic.survey import find_truth_catalogue, label_cutouts
 
     mosaics_path = merged_dir / MOSAICS
     if not mosaics_path.is_file():
@@ -402,7 +402,7 @@ def _info(inputs: _Inputs, options: SamplingOptions, level: int) -> dict[str, An
 def _export(
     directory: Path, curated: pd.DataFrame, merged_dir: Path, formats: Sequence[str]
 ) -> None:
-    from astrocurate.export import export_sample
+    from astrocurate.io.export import export_sample
 
     mosaics_path = merged_dir / MOSAICS
     mosaics = pd.read_parquet(mosaics_path) if mosaics_path.is_file() else None
@@ -429,7 +429,7 @@ def regenerate_report(run_id: str) -> Path:
 
 def _write_report(run: StepRun) -> Path:
     """Write the HTML report into the run directory and log it as artifacts."""
-    from astrocurate.report import write_report
+    from astrocurate.stages.curated_sampling.report import write_report
 
     page = write_report(run.output_dir)
     for path in sorted(page.parent.iterdir()):

@@ -7,7 +7,7 @@ The guide makes a clustering in two commands, and so does this module:
   directory with the resolved ``config.yaml`` and an executable ``run.sh``. The run is left
   *prepared*: MLflow status ``SCHEDULED``. It is not finished, so sampling refuses it, but
   ``find_run.py --run-name clustering --get-path`` finds it (see
-  :data:`astrocurate.lookup.TAG_RUN_SCRIPT`).
+  :data:`astrocurate.tracking.lookup.TAG_RUN_SCRIPT`).
 * **4b, run** (``run.sh`` -> ``astrocurate clustering-run DIR``, :func:`run_clustering`):
   reopen the run (``RUNNING``), cluster level by level, log metrics and plots, hash the
   outputs and mark the run ``FINISHED`` (``FAILED`` on an error, ``KILLED`` on an
@@ -28,7 +28,8 @@ The guide makes a clustering in two commands, and so does this module:
   rank loads the subset's rows.
 
 Levels are numbered from 1 here, in file names, metrics and messages (level 1 clusters
-the features, as in the design notes); :mod:`astrocurate.hierarchical` numbers them from 0.
+the features, as in the design notes); :mod:`astrocurate.algorithms.kmeans.hierarchical` numbers
+them from 0.
 
 The experiment directory (the run's output directory)::
 
@@ -54,7 +55,8 @@ The experiment directory (the run's output directory)::
 Every array is written to a temporary name and renamed; ``numpy.load`` reads them (no
 pickles). Checkpoints are saved after every k-means run of a level (the full run and each
 resampling step), periodically inside the k-means loops (every ``checkpoint_period``
-seconds, through :class:`~astrocurate.kmeans.KMeansState`), and when SIGTERM or SIGUSR1
+seconds, through :class:`~astrocurate.algorithms.kmeans.estimator.KMeansState`), and when SIGTERM
+or SIGUSR1
 (SLURM's warning before the time limit) arrives. A rerun of ``run.sh`` continues from
 them and gives bit for bit the result of an uninterrupted run.
 """
@@ -78,9 +80,15 @@ from typing import Any
 import numpy as np
 
 from astrocurate import __version__
-from astrocurate.atomic import save_npy as _save_npy
-from astrocurate.atomic import write_text as _write_text
-from astrocurate.clustering_config import (
+from astrocurate.errors import (
+    InvalidArgumentError,
+    InvalidRunError,
+    StepInterrupted,
+)
+from astrocurate.io.atomic import save_npy as _save_npy
+from astrocurate.io.atomic import write_text as _write_text
+from astrocurate.launch import SlurmOptions, absolute_tracking_uri
+from astrocurate.stages.clustering.config import (
     CONFIG_FILE,
     HIGH_PRECISION_NOTE,
     LEVEL_KEYS,
@@ -92,7 +100,7 @@ from astrocurate.clustering_config import (
     parse_overrides,
     valid_keys,
 )
-from astrocurate.clustering_levels import (
+from astrocurate.stages.clustering.levels import (
     CHECKPOINTS,
     INPUT_INDICES,
     LEVEL_ARRAYS,
@@ -110,14 +118,7 @@ from astrocurate.clustering_levels import (
     plot_cluster_sizes,
     resolve_device,
 )
-from astrocurate.clustering_scripts import _Launch, _render_run_script, _render_sbatch
-from astrocurate.errors import (
-    InvalidArgumentError,
-    InvalidRunError,
-    StepInterrupted,
-)
-from astrocurate.launch import SlurmOptions, absolute_tracking_uri
-from astrocurate.lookup import TAG_RUN_SCRIPT
+from astrocurate.stages.clustering.scripts import _Launch, _render_run_script, _render_sbatch
 from astrocurate.tracking import (
     LOCK_NAME,
     TAG_ERROR,
@@ -143,6 +144,7 @@ from astrocurate.tracking import (
     tracking_uri,
     try_lock,
 )
+from astrocurate.tracking.lookup import TAG_RUN_SCRIPT
 
 __all__ = [
     "LEVEL_ARRAYS",
@@ -289,7 +291,7 @@ def prepare_clustering(
 
 
 def _feature_shape(directory: Path) -> tuple[int, int]:
-    from astrocurate.feature_outputs import load_features
+    from astrocurate.stages.feature_extraction.outputs import load_features
 
     matrix = load_features(directory)
     return int(matrix.shape[0]), int(matrix.shape[1])
@@ -301,8 +303,8 @@ def _check_rows_match_manifest(features: RunRecord, n_rows: int) -> None:
     Row ``i`` of the matrix is cutout ``i`` of the manifest; a matrix with more or
     fewer rows (replaced by hand, or from another merge) would mislabel every cutout.
     """
-    from astrocurate.cutout_store import manifest_row_count
-    from astrocurate.features import SOURCE_STEP as MERGE_STEP
+    from astrocurate.io.cutout_store import manifest_row_count
+    from astrocurate.stages.feature_extraction.run import SOURCE_STEP as MERGE_STEP
 
     for merge in (get_run(i) for i in features.input_run_ids):
         directory = merge.output_dir
@@ -543,7 +545,7 @@ def _run_distributed(directory: Path, level: int | None) -> ClusteringRun:
     """
     import torch
 
-    from astrocurate.distributed import init_distributed
+    from astrocurate.algorithms.kmeans.distributed import init_distributed
 
     rank, world = init_distributed()
     ranks = _Ranks(rank, world)
@@ -676,7 +678,7 @@ def _level_one_inputs(
     features_dir: Path, directory: Path, info: Mapping[str, Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return the feature matrix (memory-mapped) or its subset, and the rows it holds."""
-    from astrocurate.feature_outputs import load_features
+    from astrocurate.stages.feature_extraction.outputs import load_features
 
     matrix = load_features(features_dir)
     recorded = (info["key_params"]["n_feature_rows"], info["key_params"]["n_features"])

@@ -24,7 +24,8 @@ Conventions
   host, built from ``random_state`` (``None``, a non-negative int, a
   :class:`numpy.random.SeedSequence` or a :class:`numpy.random.Generator`). The same
   seed therefore draws the same numbers on every device, and on the CPU the same seed
-  gives bit-identical results. :class:`astrocurate.hierarchical.HierarchicalKMeans`
+  gives bit-identical results.
+  :class:`astrocurate.algorithms.kmeans.hierarchical.HierarchicalKMeans`
   derives one independent stream per (level, step).
 """
 
@@ -46,8 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from astrocurate.algorithms.kmeans.distributed import Comm
 from astrocurate.cpus import usable_cpus
-from astrocurate.distributed import Comm
 from astrocurate.errors import AstrocurateError, InvalidArgumentError
 
 __all__ = [
@@ -522,7 +523,7 @@ def _nearest(
     ``scores`` is an optional flat buffer of at least ``b * centroid_block`` elements.
     """
     if _fused_wanted(xb, centers):
-        from astrocurate import nearest_kernel
+        from astrocurate.algorithms.kmeans import nearest_kernel
 
         return nearest_kernel.nearest(xb, centers, c_sq)
     b, k = xb.shape[0], centers.shape[0]
@@ -1320,12 +1321,14 @@ class KMeans:
     matmul_precision : {"highest", "tf32"}
         ``"tf32"`` lets the distance matmuls use TF32 on CUDA (10-bit mantissa products;
         the exact distances and the float64 sums are unchanged). For float32 the Lloyd
-        assignment then runs in one fused Triton kernel (:mod:`astrocurate.nearest_kernel`:
+        assignment then runs in one fused Triton kernel
+        (:mod:`astrocurate.algorithms.kmeans.nearest_kernel`:
         TF32 product and argmin without writing the score matrix). Ignored on the CPU.
     distributed : bool, optional
         None (default): when ``torch.distributed`` is initialised with several ranks, each
         rank assigns a contiguous slice of the rows and the float64 sums, counts and
-        potentials are all-reduced (see :func:`astrocurate.distributed.init_distributed`);
+        potentials are all-reduced (see
+        :func:`astrocurate.algorithms.kmeans.distributed.init_distributed`);
         otherwise one process.
         False: this process alone. True: as None, but an error without a process group.
     bounds : bool, optional

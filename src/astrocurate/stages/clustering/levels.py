@@ -20,21 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from astrocurate.atomic import atomic_path
-from astrocurate.atomic import save_npy as _save_npy
-from astrocurate.atomic import save_npz as _save_npz
-from astrocurate.atomic import write_text as _write_text
-from astrocurate.clustering_config import (
+from astrocurate.errors import (
+    InvalidArgumentError,
+    InvalidRunError,
+    StepInterrupted,
+)
+from astrocurate.io.atomic import atomic_path
+from astrocurate.io.atomic import save_npy as _save_npy
+from astrocurate.io.atomic import save_npz as _save_npz
+from astrocurate.io.atomic import write_text as _write_text
+from astrocurate.stages.clustering.config import (
     CONFIG_FILE,
     STEP,
     ClusteringConfig,
     _check_device_text,
     load_config,
-)
-from astrocurate.errors import (
-    InvalidArgumentError,
-    InvalidRunError,
-    StepInterrupted,
 )
 from astrocurate.tracking import (
     StepRun,
@@ -219,7 +219,7 @@ def _point_labels(
 
 def resolve_device(device: str) -> Any:
     """Return the torch device for the config key ``device`` (see :func:`kmeans.resolve_device`)."""
-    from astrocurate.kmeans import resolve_device as resolve
+    from astrocurate.algorithms.kmeans.estimator import resolve_device as resolve
 
     _check_device_text(device)
     return resolve(device)
@@ -389,7 +389,7 @@ class _Checkpoints:
         return callback
 
     def load_kmeans(self, step: int, device: Any, dtype: Any) -> Any:
-        from astrocurate.kmeans import KMeansState
+        from astrocurate.algorithms.kmeans.estimator import KMeansState
 
         if self.distributed:
             return None
@@ -443,7 +443,8 @@ class _Checkpoints:
 class _LevelRun:
     """One level: k-means, resampling steps, splits, with checkpoints (cf. ``cluster_level``).
 
-    Seeds follow :class:`~astrocurate.hierarchical.HierarchicalKMeans`: level ``L`` (1-based)
+    Seeds follow :class:`~astrocurate.algorithms.kmeans.hierarchical.HierarchicalKMeans`: level
+    ``L`` (1-based)
     uses stream ``(L - 1,)`` of ``config.seed``; within it k-means run ``s`` uses
     ``(L - 1, 0, s)``, the random draw of resampling step ``s`` ``(L - 1, 1, s)`` and the
     split of cluster ``j`` ``(L - 1, 2, j)``.
@@ -469,7 +470,7 @@ class _LevelRun:
         return np.random.SeedSequence(self.config.seed, spawn_key=(self.level - 1, *key))
 
     def _kmeans(self, k: int, seed: np.random.SeedSequence) -> Any:
-        from astrocurate.kmeans import KMeans
+        from astrocurate.algorithms.kmeans.estimator import KMeans
 
         return KMeans(
             k,
@@ -484,7 +485,7 @@ class _LevelRun:
 
     def run(self, inputs: Any) -> Any:
         """Cluster ``inputs`` (n_in, d); return a LevelResult."""
-        from astrocurate.kmeans import assign
+        from astrocurate.algorithms.kmeans.estimator import assign
 
         # Distributed: no copy of the whole input per rank; KMeans reads each rank's slice.
         Y = inputs if self.ckpt.distributed else _on_device(inputs, self.device, self.dtype)  # noqa: N806
@@ -531,7 +532,7 @@ class _LevelRun:
 
     def _pool(self, step: int, labels: np.ndarray, sq: np.ndarray, n: int) -> np.ndarray:
         """Return the inputs pooled by resampling step ``step`` (sorted indices)."""
-        from astrocurate.hierarchical import sort_clusters
+        from astrocurate.algorithms.kmeans.hierarchical import sort_clusters
 
         rng = np.random.default_rng(self._seed(1, step))
         keys = sq if self.strategy == "c" else rng.random(n)
@@ -548,7 +549,7 @@ class _LevelRun:
 
     def _split(self, Y: Any, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
         """Split every cluster into up to ``n_splits`` sub-clusters; drop empty ones."""
-        from astrocurate.hierarchical import sort_clusters
+        from astrocurate.algorithms.kmeans.hierarchical import sort_clusters
 
         n = len(labels)
         members, offsets, _ = sort_clusters(labels, np.zeros(n), self.k)
@@ -605,7 +606,7 @@ def _take(Y: Any, idx: np.ndarray) -> Any:  # noqa: N803
 
 
 def _level_result(centroids, labels, sq, histories) -> Any:
-    from astrocurate.hierarchical import LevelResult, sort_clusters
+    from astrocurate.algorithms.kmeans.hierarchical import LevelResult, sort_clusters
 
     k = centroids.shape[0]
     members, offsets, distances = sort_clusters(labels, sq, k)
@@ -661,8 +662,8 @@ def _write_level(
 
 
 def load_level_result(directory: Path | str, level: int) -> Any:
-    """Read a complete level back as a :class:`~astrocurate.hierarchical.LevelResult`."""
-    from astrocurate.hierarchical import LevelResult
+    """Read a complete level back as a hierarchical ``LevelResult``."""
+    from astrocurate.algorithms.kmeans.hierarchical import LevelResult
 
     out = Path(directory) / f"level_{level}"
     summary = json.loads((out / LEVEL_DONE).read_text())
@@ -745,7 +746,7 @@ def level_metrics(level: int, result: Any, point_labels: np.ndarray) -> dict[str
         cluster sizes over all clusters, 1 = perfectly balanced) and ``points_entropy``
         (the same counting the feature rows underneath each cluster).
     """
-    from astrocurate.sampling import normalized_entropy
+    from astrocurate.algorithms.sampling import normalized_entropy
 
     k = result.n_clusters
     sizes = result.sizes

@@ -42,14 +42,13 @@ import numpy as np
 import pandas as pd
 
 from astrocurate import __version__
-from astrocurate.cutout_store import read_manifest_rows
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.feature_outputs import load_features
-from astrocurate.sampling_outputs import BASELINE, CURATED, INFO, METRICS, SELECTED
+from astrocurate.io.cutout_store import read_manifest_rows
+from astrocurate.stages.curated_sampling.outputs import BASELINE, CURATED, INFO, METRICS, SELECTED
+from astrocurate.stages.feature_extraction.outputs import load_features
 
 REPORT_DIR = "report"
 INDEX = "index.html"
-#: The feature run's matrix and sidecar (as :mod:`astrocurate.features` writes them).
 
 #: Default number of cutouts shown per gallery cluster.
 DEFAULT_GALLERY_SIZE = 12
@@ -149,7 +148,7 @@ def load_sampling_run(sampling_dir: Path | str) -> SamplingRun:
     InvalidRunError
         If a required file is missing or the run's files disagree.
     """
-    from astrocurate.clustering import load_clustering
+    from astrocurate.stages.clustering.run import load_clustering
 
     directory = Path(sampling_dir).resolve()
     params = _read_json(directory / INFO, required=True)
@@ -296,7 +295,7 @@ def _bincount(labels: np.ndarray, rows: np.ndarray | None, k: int) -> np.ndarray
 
 def _entropy(counts: np.ndarray, pool: np.ndarray) -> float:
     """Normalised entropy of ``counts`` over the categories present in ``pool``."""
-    from astrocurate.sampling import normalized_entropy
+    from astrocurate.algorithms.sampling import normalized_entropy
 
     present = pool > 0
     if counts[present].sum() == 0:
@@ -378,7 +377,7 @@ def _logged_class_shares(metrics: Mapping[str, float]) -> ClassShares | None:
 
 def _computed_class_shares(run: SamplingRun) -> ClassShares | None:
     """Label the pool with the truth catalogue (only when ``metrics.json`` lacks the shares)."""
-    from astrocurate.survey import truth_labels_for_manifest
+    from astrocurate.synthetic.survey import truth_labels_for_manifest
 
     rows = read_manifest_rows(
         run.merged_dir, run.input_indices, ("mosaic_path", "window_size", "x0", "y0")
@@ -587,8 +586,8 @@ def _read_cutouts(
     merged_dir: Path, rows: np.ndarray
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Pixels (and truth classes, with a catalogue) of some merged cutouts, by cutout ID."""
-    from astrocurate.cutout_store import MOSAICS, CutoutReader
-    from astrocurate.survey import truth_labels_for_manifest
+    from astrocurate.io.cutout_store import MOSAICS, CutoutReader
+    from astrocurate.synthetic.survey import truth_labels_for_manifest
 
     table = read_manifest_rows(merged_dir, rows, PIXEL_COLUMNS)
     mosaics_path = Path(merged_dir) / MOSAICS

@@ -1,6 +1,6 @@
 """Training-ready exports of a curated sample: NumPy, HDF5, FITS and PNG.
 
-Every writer reads the pixels through :class:`~astrocurate.cutout_store.CutoutReader`,
+Every writer reads the pixels through :class:`~astrocurate.io.cutout_store.CutoutReader`,
 in chunks (memory is bounded by ``chunk`` cutouts, not by the sample), and makes each
 file appear atomically under its final name. Layout under the export directory::
 
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from astrocurate.atomic import atomic_path
-from astrocurate.cutout_store import MANIFEST, CutoutReader, NpyStackWriter, write_parquet_atomic
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.io.atomic import atomic_path
+from astrocurate.io.cutout_store import MANIFEST, CutoutReader, NpyStackWriter, write_parquet_atomic
 
 EXPORT_FORMATS = ("npy", "hdf5", "fits", "png")
 #: Percentiles of the pixels of the sample that set the PNG stretch.

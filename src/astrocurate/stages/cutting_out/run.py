@@ -5,12 +5,12 @@ band of rows (about :data:`BAND_PIXELS` pixels and at least one window row;
 neighbouring bands share the rows of overlapping windows), so memory stays
 bounded whatever the mosaic's size. The
 statistics are computed straight from the band
-(:func:`astrocurate.windows.window_statistics`); only the kept windows of a
+(:func:`astrocurate.algorithms.windows.window_statistics`); only the kept windows of a
 copied store are copied, :data:`WRITE_PIXELS` pixels at a time. A
 finished mosaic leaves ``parts/<n>.parquet`` (its cutout rows) and
 ``parts/<n>.json`` (its summary, written last); a rerun after an interruption
 skips those mosaics. When every mosaic is done the parts are joined into
-``manifest.parquet`` and ``mosaics.parquet`` (see :mod:`astrocurate.cutout_store`)
+``manifest.parquet`` and ``mosaics.parquet`` (see :mod:`astrocurate.io.cutout_store`)
 and partial files of interrupted attempts are removed.
 
 Workers return their warnings (bad file, no WCS, nothing to cut) with the
@@ -43,11 +43,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from astrocurate import mosaics as mosaic_io
-from astrocurate import windows
-from astrocurate.atomic import write_json
+from astrocurate.algorithms import windows
 from astrocurate.cpus import usable_cpus
-from astrocurate.cutout_store import (
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.io import mosaics as mosaic_io
+from astrocurate.io.atomic import write_json
+from astrocurate.io.cutout_store import (
     MANIFEST,
     MANIFEST_COLUMNS,
     MANIFEST_TYPES,
@@ -57,7 +58,6 @@ from astrocurate.cutout_store import (
     NpyStackWriter,
     write_parquet_atomic,
 )
-from astrocurate.errors import InvalidArgumentError
 from astrocurate.tracking import StepRun, tracked_step
 
 log = logging.getLogger(__name__)

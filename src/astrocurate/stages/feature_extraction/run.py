@@ -16,7 +16,7 @@ number of loader workers, or on which process computed its block.
 
 Several processes can share one run: ``--shard K/N`` (or ``--shard auto`` in a SLURM
 job array or under torchrun) computes a contiguous range of the blocks, in the same run
-and the same matrix as every other shard (:mod:`astrocurate.feature_shards`).
+and the same matrix as every other shard (:mod:`astrocurate.stages.feature_extraction.shards`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from astrocurate.atomic import atomic_path, write_text
+from astrocurate.algorithms.kmeans.estimator import resolve_device
+from astrocurate.algorithms.normalization import NormalizationConfig, normalize
 from astrocurate.cpus import usable_cpus
-from astrocurate.cutout_store import CutoutReader, read_manifest
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.feature_outputs import FEATURES, SIDECAR, load_features
-from astrocurate.kmeans import resolve_device
-from astrocurate.normalization import NormalizationConfig, normalize
+from astrocurate.io.atomic import atomic_path, write_text
+from astrocurate.io.cutout_store import CutoutReader, read_manifest
+from astrocurate.stages.feature_extraction.outputs import FEATURES, SIDECAR, load_features
 from astrocurate.tracking import RunRecord, StepRun, require_run, run_key, tracked_step
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class FeatureOptions:
     Attributes
     ----------
     model : str
-        Backbone name (see :func:`astrocurate.backbones.list_backbones`).
+        Backbone name (see :func:`astrocurate.algorithms.backbones.registry.list_backbones`).
     weights : str, optional
         Local weights file (safetensors or torch state dict).
     arch : str, optional
@@ -329,7 +329,7 @@ def plan_extraction(
     InvalidArgumentError, InvalidRunError, RunNotFoundError
         On the first bad option or an unusable merge run, before any run is recorded.
     """
-    from astrocurate.backbones import create_backbone
+    from astrocurate.algorithms.backbones.registry import create_backbone
 
     options = options or FeatureOptions()
     options.validate()
@@ -400,7 +400,8 @@ def extract_features(
         Progress bar; default only on a terminal.
     shard : tuple of int, optional
         ``(K, N)``: compute only shard K of N of the blocks, in the run that every shard
-        shares (:func:`astrocurate.feature_shards.extract_shard`); the run is finished by
+        shares (:func:`astrocurate.stages.feature_extraction.shards.extract_shard`); the run is
+        finished by
         the shard that completes the last block.
 
     Returns
@@ -421,7 +422,7 @@ def extract_features(
         output_path=output_path,
     )
     if shard is not None:
-        from astrocurate.feature_shards import extract_shard
+        from astrocurate.stages.feature_extraction.shards import extract_shard
 
         return extract_shard(plan, shard, progress=_show_progress(progress)).run
     with tracked_step(
@@ -664,11 +665,11 @@ def finalise(out_dir: Path) -> None:
 def log_quality(run: StepRun, merged_dir: Path) -> None:
     """Log kNN balanced accuracy on truth classes, when the survey has a truth catalogue.
 
-    The folds are sky patches (:func:`astrocurate.quality.sky_patches`), so overlapping
+    The folds are sky patches (:func:`astrocurate.algorithms.quality.sky_patches`), so overlapping
     cutouts never sit on both sides of a split; ``knn_sky_patches`` is their number.
     """
-    from astrocurate.quality import knn_balanced_accuracy, manifest_sky_patches
-    from astrocurate.survey import truth_labels_for_manifest
+    from astrocurate.algorithms.quality import knn_balanced_accuracy, manifest_sky_patches
+    from astrocurate.synthetic.survey import truth_labels_for_manifest
 
     manifest = read_manifest(merged_dir)
     labels = truth_labels_for_manifest(manifest)

@@ -1,11 +1,13 @@
 """Hierarchical k-means with resampling (Vo et al. 2024) over arrays: levels, steps, splits.
 
 The algorithm layer of the clustering step (docs/design.md section 4) above
-:mod:`astrocurate.kmeans`: each level clusters the centroids of the level below with
-:class:`~astrocurate.kmeans.KMeans`, then refines them with resampling steps (k-means on a
+:mod:`astrocurate.algorithms.kmeans.estimator`: each level clusters the centroids of the level
+below with
+:class:`~astrocurate.algorithms.kmeans.estimator.KMeans`, then refines them with resampling steps
+(k-means on a
 pool of the ``sample_size`` points nearest each centroid, ``'r'`` random or ``'c'``
 closest); ``n_splits`` clusters the points in independent splits. Outputs are numpy
-arrays; files, MLflow and the command line live in :mod:`astrocurate.clustering`.
+arrays; files, MLflow and the command line live in :mod:`astrocurate.stages.clustering.run`.
 
 Conventions
 -----------
@@ -25,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocurate.distributed import Comm
-from astrocurate.errors import InvalidArgumentError
-from astrocurate.kmeans import (
+from astrocurate.algorithms.kmeans.distributed import Comm
+from astrocurate.algorithms.kmeans.estimator import (
     VALID_INITS,
     VALID_PRECISIONS,
     Array,
@@ -47,6 +48,7 @@ from astrocurate.kmeans import (
     _resolve_dtype,
     _Rows,
 )
+from astrocurate.errors import InvalidArgumentError
 
 __all__ = ["HierarchicalKMeans", "LevelResult", "cluster_level", "sort_clusters"]
 

@@ -10,7 +10,7 @@ The shard is not a parameter of the run: every shard finds (or the first one cre
 the same MLflow run and writes its rows into the same pre-allocated matrix. Finding or
 creating the run, pre-allocating the matrix and finishing the run happen under an
 exclusive lease on ``<output root>/feature_extraction/.lease-<run key>``
-(:mod:`astrocurate.leases`, which holds across nodes where ``flock`` does not), so N
+(:mod:`astrocurate.io.leases`, which holds across nodes where ``flock`` does not), so N
 processes that start at once, on one node or several, record one run and one matrix.
 While a shard computes it holds a shared ``flock`` on the run directory: an unsharded
 ``features`` process (which takes it exclusively) then records its own run instead of
@@ -48,7 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from astrocurate.errors import InvalidArgumentError, InvalidRunError, StepInterrupted
-from astrocurate.features import (
+from astrocurate.io.leases import lease
+from astrocurate.stages.feature_extraction.run import (
     RESUME_PARAMS,
     SIDECAR,
     STEP,
@@ -59,7 +60,6 @@ from astrocurate.features import (
     missing_blocks,
     prepare_output,
 )
-from astrocurate.leases import lease
 from astrocurate.tracking import (
     LOCK_NAME,
     TAG_ERROR,
@@ -113,7 +113,7 @@ def parse_shard_spec(text: str, environ: Mapping[str, str] | None = None) -> tup
     """
     if str(text).strip().lower() == "auto":
         return shard_from_environment(environ)
-    from astrocurate.cutouts import parse_shard
+    from astrocurate.stages.cutting_out.run import parse_shard
 
     return parse_shard(text)
 
@@ -210,7 +210,7 @@ def describe_rows(starts: Sequence[int], block_rows: int, n_rows: int) -> str:
 def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[bool]:
     """Hold the exclusive lease of the feature run with key ``key`` under ``root``.
 
-    A :class:`~astrocurate.leases.FileLease`, not an ``flock``: the shards of one run may
+    A :class:`~astrocurate.io.leases.FileLease`, not an ``flock``: the shards of one run may
     sit on several nodes of a shared filesystem where ``flock`` is node-local.
 
     Parameters
@@ -218,7 +218,7 @@ def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[boo
     root : Path
         Parent of the ``feature_extraction`` run directories.
     key : str
-        The run key (:attr:`astrocurate.features.Extraction.run_key`).
+        The run key (:attr:`astrocurate.stages.feature_extraction.run.Extraction.run_key`).
     timeout : float, optional
         Give up after this many seconds (yield False); default wait for ever.
 
@@ -296,7 +296,7 @@ def extract_shard(
     Parameters
     ----------
     plan : Extraction
-        The run's arguments (:func:`astrocurate.features.plan_extraction`).
+        The run's arguments (:func:`astrocurate.stages.feature_extraction.run.plan_extraction`).
     shard : tuple of int
         ``(K, N)``, ``0 <= K < N``.
     progress : bool

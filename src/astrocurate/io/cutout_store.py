@@ -1,0 +1,463 @@
+"""Cutout storage: Parquet manifests, pixel arrays, and random access by ``cutout_id``.
+
+A cutout run directory holds::
+
+    manifest.parquet           one row per cutout (columns: :data:`MANIFEST_COLUMNS`)
+    mosaics.parquet            one row per mosaic (size, HDU, fingerprint, WCS header,
+                               centre, counts kept/skipped, status and warnings)
+    pixels/<n>-<mosaic>.npy    float32 (n, w, w) per mosaic; absent with ``--store virtual``
+
+Manifest columns (Arrow types in :data:`MANIFEST_TYPES`, the same for every run):
+
+``cutout_id``
+    Row number, 0..N-1.
+``mosaic``, ``mosaic_path``
+    Mosaic name and absolute path of its FITS file.
+``window_size``, ``x0``, ``y0``
+    The cutout is ``data[y0:y0 + w, x0:x0 + w]`` of its mosaic's 2-D image, where
+    ``x0`` is the 0-based numpy column and ``y0`` the 0-based numpy row of its first
+    pixel: the lower-left corner when the image is shown FITS-style (origin lower),
+    FITS pixel ``(x0 + 1, y0 + 1)``.
+``ra``, ``dec``
+    ICRS degrees of the cutout centre, pixel ``(x0 + (w - 1) / 2, y0 + (w - 1) / 2)``
+    through the mosaic's celestial WCS; NaN without one.
+``pixel_scale_arcsec``
+    Geometric mean pixel scale of the mosaic; NaN without a WCS.
+``nan_fraction``
+    Fraction of blank pixels; those are stored as :data:`NAN_FILL_VALUE`.
+``mean``, ``std``, ``max``, ``noise_mad``, ``peak_snr``
+    Statistics of the non-blank pixels (:func:`astrocurate.algorithms.windows.cutout_statistics`):
+    mean, std and max of all of them; the median and ``noise_mad`` (1.4826 x MAD), and so
+    ``peak_snr = (max - median) / noise_mad``, of those on the grid of every k-th row and
+    column from the first pixel, ``k = max(1, w // 32)`` (every pixel below 64 px).
+``store``, ``array_file``, ``array_row``
+    ``"copy"``: row ``array_row`` of the ``.npy`` file ``array_file`` (relative to the
+    run directory; absolute in merged manifests). ``"virtual"``: read from the mosaic
+    itself (``array_file`` null, ``array_row`` -1).
+
+With the ``virtual`` store no pixels are copied: :class:`CutoutReader` reads the
+window from the memory-mapped mosaic, after checking that the mosaic still has
+the size and fingerprint recorded when the cutouts were made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from astrocurate.errors import AstrocurateError
+from astrocurate.io.atomic import atomic_path
+
+MANIFEST = "manifest.parquet"
+MOSAICS = "mosaics.parquet"
+PIXELS_DIR = "pixels"
+#: Value written in place of blank (NaN) pixels of cutouts kept with ``max_nan_fraction > 0``:
+#: 0 Jy/beam, the expected background of a radio image.
+NAN_FILL_VALUE = 0.0
+
+#: Arrow type of every manifest column (the same whatever the rows, even with none).
+MANIFEST_TYPES: dict[str, pa.DataType] = {
+    "cutout_id": pa.int64(),
+    "mosaic": pa.string(),
+    "mosaic_path": pa.string(),
+    "window_size": pa.int64(),
+    "x0": pa.int64(),
+    "y0": pa.int64(),
+    "ra": pa.float64(),
+    "dec": pa.float64(),
+    "pixel_scale_arcsec": pa.float64(),
+    "nan_fraction": pa.float64(),
+    "mean": pa.float64(),
+    "std": pa.float64(),
+    "max": pa.float64(),
+    "noise_mad": pa.float64(),
+    "peak_snr": pa.float64(),
+    "store": pa.string(),
+    "array_file": pa.string(),
+    "array_row": pa.int64(),
+}
+
+#: Columns of a cutout manifest, in order.
+MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_TYPES)
+
+_NPY_HEADER_BYTES = 128
+#: Rows decoded at a time by :func:`read_manifest_rows`.
+_BATCH_ROWS = 65536
+
+
+class CutoutStoreError(AstrocurateError, ValueError):
+    """A cutout store is incomplete, or a mosaic it references has changed."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_parquet_atomic(
+    table: pd.DataFrame, path: Path, types: dict[str, pa.DataType] | None = None
+) -> None:
+    """Write a DataFrame to Parquet under a temporary name, then rename it into place.
+
+    Parameters
+    ----------
+    table : DataFrame
+        The rows (the index is not written).
+    path : Path
+        Final path.
+    types : dict of str to pyarrow.DataType, optional
+        Arrow types of some columns (e.g. :data:`MANIFEST_TYPES`), so that the file's
+        schema does not depend on the values (all-null or empty columns included).
+    """
+    path = Path(path)
+    schema = None
+    if types:
+        inferred = pa.Schema.from_pandas(table, preserve_index=False)
+        schema = pa.schema(
+            [pa.field(f.name, types.get(f.name, f.type)) for f in inferred],
+            metadata=inferred.metadata,
+        )
+    arrow = pa.Table.from_pandas(table, schema=schema, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd")
+
+
+def manifest_path(directory: Path | str) -> Path:
+    """Return the manifest file of a cutout or merge run directory.
+
+    Raises
+    ------
+    CutoutStoreError
+        If the directory has no manifest.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
+    return path
+
+
+def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read the manifest of a cutout or merge run directory.
+
+    Raises
+    ------
+    CutoutStoreError
+        If the directory has no manifest.
+    """
+    path = manifest_path(directory)
+    return pd.read_parquet(path, columns=list(columns) if columns else None)
+
+
+def manifest_row_count(directory: Path | str) -> int:
+    """Return the number of rows of a run directory's manifest (from the Parquet footer).
+
+    Raises
+    ------
+    CutoutStoreError
+        If the directory has no manifest.
+    """
+    path = manifest_path(directory)
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def read_manifest_rows(
+    directory: Path | str, rows: Sequence[int] | np.ndarray, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Read some rows of a merged manifest, streaming the Parquet row groups that hold them.
+
+    Memory stays bounded by one batch of decoded rows (plus the rows asked for),
+    whatever the manifest's size, and row groups holding none of ``rows`` are not read.
+
+    Parameters
+    ----------
+    directory : path-like
+        A merge (or cutout) run directory.
+    rows : sequence of int
+        Distinct manifest rows, in any order.
+    columns : sequence of str, optional
+        Columns to read (those the manifest lacks are left out); default all.
+
+    Returns
+    -------
+    DataFrame
+        The rows, in the order of ``rows``, with a default index.
+    """
+    wanted = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(wanted, kind="stable")
+    ordered = wanted[order]
+    path = manifest_path(directory)
+    schema = pq.read_schema(path)
+    available = [c for c in (columns or schema.names) if c in schema.names]
+    text = [c for c in available if pa.types.is_string(schema.field(c).type)]
+    handle = pq.ParquetFile(path, read_dictionary=text)  # repeated paths: read compactly
+    bounds = np.cumsum(
+        [0] + [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+    )
+    if len(ordered) and (ordered[0] < 0 or ordered[-1] >= bounds[-1]):
+        raise CutoutStoreError(f"{path}: manifest rows out of range 0..{bounds[-1] - 1}")
+    pieces = []
+    groups = np.searchsorted(bounds, ordered, side="right") - 1
+    for group in np.unique(groups):
+        local = ordered[groups == group] - bounds[group]
+        start = 0
+        for batch in handle.iter_batches(_BATCH_ROWS, row_groups=[int(group)], columns=available):
+            inside = local[(local >= start) & (local < start + batch.num_rows)] - start
+            if len(inside):
+                pieces.append(pa.Table.from_batches([batch.take(pa.array(inside))]))
+            start += batch.num_rows
+    if not pieces:
+        return pd.DataFrame({c: [] for c in available})
+    table = pa.concat_tables(pieces)
+    for name in text:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, table.column(name).cast(pa.string()))
+    table = table.to_pandas()
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return table.iloc[inverse].reset_index(drop=True)
+
+
+class NpyStackWriter:
+    """Append (w, w) float32 cutouts to a ``.npy`` file whose final length is not yet known.
+
+    Data go after a fixed 128-byte header; :meth:`close` writes the header with the
+    final shape and renames the file into place, so a reader never sees a partial
+    array under the final name.
+
+    Parameters
+    ----------
+    path : Path
+        Final ``.npy`` path.
+    window_size : int
+        Side of every cutout.
+    """
+
+    def __init__(self, path: Path, window_size: int) -> None:
+        self.path = Path(path)
+        self.window_size = int(window_size)
+        self.count = 0
+        self._tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
+        self._handle = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._handle.write(b"\0" * _NPY_HEADER_BYTES)
+
+    def append(self, stack: np.ndarray) -> None:
+        """Append cutouts of shape (n, w, w), converted to little-endian float32."""
+        data = np.ascontiguousarray(stack, dtype="<f4")
+        if data.ndim != 3 or data.shape[1:] != (self.window_size, self.window_size):
+            raise ValueError(
+                f"expected (n, {self.window_size}, {self.window_size}), got {data.shape}"
+            )
+        self._handle.write(data.data)
+        self.count += len(data)
+
+    def close(self) -> Path:
+        """Write the header, flush to disk, and rename the file to its final name."""
+        self._handle.seek(0)
+        self._handle.write(_npy_header((self.count, self.window_size, self.window_size)))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Close and delete the partial file."""
+        self._handle.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """Return a version 1.0 ``.npy`` header for little-endian float32, padded to 128 bytes."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}"
+    room = _NPY_HEADER_BYTES - 10 - 1
+    if len(text) > room:
+        raise ValueError(f"shape {shape} does not fit a {_NPY_HEADER_BYTES}-byte header")
+    body = text.ljust(room).encode("latin1") + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(body)) + body
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class CutoutReader:
+    """Random access to cutout pixels by row of a manifest.
+
+    Works for copied and virtual stores and for merged manifests (whose
+    ``array_file`` paths are absolute). Files are opened lazily, per process and at
+    most ``max_open`` at a time (least recently used closed first), so a reader can
+    be handed to ``torch.utils.data.DataLoader`` workers (forked or pickled) and
+    read a survey of any number of mosaics. A virtual store's mosaic is checked
+    against its recorded fingerprint when the reader first opens it in a process.
+
+    Parameters
+    ----------
+    manifest : DataFrame
+        Rows with at least ``store``, ``array_file``, ``array_row``, ``mosaic_path``,
+        ``x0``, ``y0``, ``window_size``; row ``i`` is cutout ``i``.
+    base_dir : Path, optional
+        Directory that relative ``array_file`` paths are relative to.
+    mosaics : DataFrame, optional
+        The mosaics table, to check virtual mosaics against their fingerprints.
+    max_open : int
+        Most pixel files and mosaics held open at once.
+    """
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        base_dir: Path | None = None,
+        mosaics: pd.DataFrame | None = None,
+        max_open: int = 64,
+    ) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open={max_open} must be >= 1")
+        self._store = manifest["store"].to_numpy()
+        self._array_file = manifest["array_file"].to_numpy()
+        self._array_row = manifest["array_row"].to_numpy(dtype=np.int64)
+        self._mosaic_path = manifest["mosaic_path"].to_numpy()
+        self._x0 = manifest["x0"].to_numpy(dtype=np.int64)
+        self._y0 = manifest["y0"].to_numpy(dtype=np.int64)
+        self._size = manifest["window_size"].to_numpy(dtype=np.int64)
+        self._nan_fill = (
+            manifest["nan_fraction"].to_numpy() > 0 if "nan_fraction" in manifest else None
+        )
+        self._base = Path(base_dir) if base_dir is not None else None
+        self._fingerprints = _fingerprint_index(mosaics)
+        self._max_open = int(max_open)
+        self._open: dict[str, Any] = {}  # insertion order = least recently used first
+        self._verified: set[str] = set()
+        self._pid = os.getpid()
+
+    @classmethod
+    def from_directory(cls, directory: Path, max_open: int = 64) -> CutoutReader:
+        """Open the store of a cutout or merge run directory."""
+        directory = Path(directory)
+        mosaics_path = directory / MOSAICS
+        mosaics = pd.read_parquet(mosaics_path) if mosaics_path.is_file() else None
+        return cls(read_manifest(directory), directory, mosaics, max_open)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without open files (for DataLoader workers started by spawn)."""
+        state = self.__dict__.copy()
+        state["_open"] = {}
+        return state
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Return cutout ``index`` as a new (w, w) float32 array."""
+        if os.getpid() != self._pid:  # forked into a DataLoader worker: reopen files
+            self._open, self._pid = {}, os.getpid()
+        if not 0 <= index < len(self):
+            raise IndexError(f"cutout_id {index} out of range 0..{len(self) - 1}")
+        if self._store[index] == "virtual":
+            return self._read_virtual(index)
+        name = str(self._array_file[index])
+        array = self._handle(name, lambda: self._load_array(name))
+        return np.array(array[self._array_row[index]], dtype=np.float32)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Return cutouts as an (n, w, w) float32 array (all must share one window size).
+
+        Consecutive rows of one copied pixel file are read as a single slice.
+        """
+        if not len(indices):
+            return np.empty((0, 0, 0), dtype=np.float32)
+        ids = np.asarray(indices, dtype=np.int64)
+        if self._contiguous_copy(ids):
+            self[int(ids[0])]  # checks the range, opens the file, handles forks
+            name = str(self._array_file[ids[0]])
+            start = int(self._array_row[ids[0]])
+            array = self._handle(name, lambda: self._load_array(name))
+            return np.array(array[start : start + len(ids)], dtype=np.float32)
+        return np.stack([self[int(i)] for i in ids])
+
+    def _contiguous_copy(self, ids: np.ndarray) -> bool:
+        """Whether ``ids`` are consecutive rows of one copied pixel file."""
+        if ids.min() < 0 or ids.max() >= len(self):
+            return False
+        rows = self._array_row[ids]
+        return bool(
+            (self._store[ids] == "copy").all()
+            and (self._array_file[ids] == self._array_file[ids[0]]).all()
+            and (np.diff(rows) == 1).all()
+        )
+
+    def close(self) -> None:
+        """Close every open file (the reader reopens them when read again)."""
+        while self._open:
+            _close(self._open.pop(next(iter(self._open))))
+
+    def _handle(self, key: str, opener: Any) -> Any:
+        """Return the open file ``key``, opening it (and closing the oldest) if needed."""
+        handle = self._open.pop(key, None)
+        if handle is None:
+            handle = opener()
+            while len(self._open) >= self._max_open:
+                _close(self._open.pop(next(iter(self._open))))
+        self._open[key] = handle
+        return handle
+
+    def _path(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() or self._base is None else self._base / path
+
+    def _load_array(self, name: str) -> np.ndarray:
+        path = self._path(name)
+        if not path.is_file():
+            raise CutoutStoreError(f"{path}: cutout pixel file is missing (moved or deleted?)")
+        return np.load(path, mmap_mode="r")
+
+    def _open_mosaic(self, name: str) -> Any:
+        expected = None if name in self._verified else self._fingerprints.get(name)
+        mosaic = _open_virtual_mosaic(Path(name), expected)
+        self._verified.add(name)
+        return mosaic
+
+    def _read_virtual(self, index: int) -> np.ndarray:
+        name = str(self._mosaic_path[index])
+        mosaic = self._handle(name, lambda: self._open_mosaic(name))
+        x0, y0, w = self._x0[index], self._y0[index], self._size[index]
+        window = np.array(mosaic.read_region(y0, y0 + w, x0, x0 + w), dtype=np.float32)
+        if self._nan_fill is not None and self._nan_fill[index]:
+            window[np.isnan(window)] = NAN_FILL_VALUE
+        return window
+
+
+def _close(handle: Any) -> None:
+    """Close an open mosaic; a memory-mapped array closes when no longer referenced."""
+    close = getattr(handle, "close", None)
+    if callable(close) and not isinstance(handle, np.ndarray):
+        close()
+
+
+def _fingerprint_index(mosaics: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """Map mosaic path to the fingerprint recorded when it was cut."""
+    if mosaics is None or "fingerprint" not in mosaics:
+        return {}
+    return {
+        str(path): json.loads(fp)
+        for path, fp in zip(mosaics["mosaic_path"], mosaics["fingerprint"], strict=True)
+        if isinstance(fp, str) and fp
+    }
+
+
+def _open_virtual_mosaic(path: Path, expected: dict[str, Any] | None) -> Any:
+    """Open a mosaic referenced by a virtual store, checking it is the one recorded."""
+    from astrocurate.io import mosaics as mosaic_io
+
+    if not path.is_file():
+        raise CutoutStoreError(f"{path}: mosaic referenced by a virtual cutout store is missing")
+    if expected is not None:
+        problem = mosaic_io.fingerprint_mismatch(path, expected)
+        if problem:
+            raise CutoutStoreError(f"{problem} since the cutouts were made; rerun the cutouts")
+    return mosaic_io.open_mosaic(path)

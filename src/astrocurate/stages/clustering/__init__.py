@@ -1,0 +1,1 @@
+"""Step 4: hierarchical k-means with resampling (run name ``clustering``)."""

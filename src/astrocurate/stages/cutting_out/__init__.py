@@ -1,0 +1,1 @@
+"""Step 1: cut windows out of FITS mosaics (run name ``cutting_out``)."""

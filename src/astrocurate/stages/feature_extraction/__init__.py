@@ -1,0 +1,1 @@
+"""Step 3: one feature vector per cutout (run name ``feature_extraction``)."""

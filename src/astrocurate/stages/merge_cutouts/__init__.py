@@ -1,0 +1,1 @@
+"""Step 2: merge the cutout runs into one manifest (run name ``merge_cutouts``)."""

@@ -960,14 +960,15 @@ def test_same_command_reuses_the_finished_run(store, survey_dir, capsys) -> None
 
 @pytest.mark.parametrize("text", ["2/2", "-1/3", "a/b", "3", "1/2/3", "0/0"])
 def test_bad_shard_is_refused(text) -> None:
-    from astrocurate.stages.cutting_out.run import parse_shard
+    from astrocurate.launch import parse_shard
 
     with pytest.raises(InvalidArgumentError, match="--shard: expected K/N"):
         parse_shard(text)
 
 
 def test_shards_partition_the_sorted_survey_and_are_separate_runs(store: Path) -> None:
-    from astrocurate.stages.cutting_out.run import parse_shard, select_shard
+    from astrocurate.launch import parse_shard
+    from astrocurate.stages.cutting_out.run import select_shard
 
     assert select_shard(list(range(7)), parse_shard("1/3")) == [1, 4]
     with pytest.raises(InvalidArgumentError, match="selects no mosaic, the survey has 2"):

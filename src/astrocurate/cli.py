@@ -271,7 +271,8 @@ def _common_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("cutouts", "Cut FITS mosaics into sliding-window cutouts (step 1).", _cutouts_arguments)
 def _cutouts(args: argparse.Namespace) -> int:
-    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts, parse_shard
+    from astrocurate.launch import parse_shard
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 
     options = CutoutOptions(args.window_size, args.overlap, args.max_nan_fraction, args.store)
     if args.slurm_array is not None:

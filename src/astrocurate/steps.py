@@ -23,6 +23,6 @@ ORDER: tuple[str, ...] = (
 
 
 def source_of(step: str) -> str | None:
-    """The run name of the step whose runs ``step`` reads, or ``None`` for the first."""
+    """Return the run name of the step whose runs ``step`` reads (``None`` for the first)."""
     position = ORDER.index(step)
     return ORDER[position - 1] if position else None

@@ -267,3 +267,23 @@ def submit_functions(script: str, gres_hint: str, then: str) -> str:
     body = _SUBMIT.replace("SCRIPT", script).replace("THEN", then.replace('"', '\\"'))
     head = "gres_hint() {  # gres_hint WHAT: the hint for a refused GPU request"
     return f"{head}\n{gres_hint}\n}}\n{body}"
+
+
+def parse_shard(text: str, argument: str = "--shard") -> tuple[int, int]:
+    """Parse ``"K/N"`` into ``(K, N)`` with ``0 <= K < N``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming ``argument`` and the expected form.
+    """
+    parts = str(text).split("/")
+    try:
+        k, n = (int(p) for p in parts)
+    except ValueError:
+        k, n = -1, 0
+    if len(parts) != 2 or not 0 <= k < n:
+        raise InvalidArgumentError(
+            f"{argument}: expected K/N with 0 <= K < N (e.g. $SLURM_ARRAY_TASK_ID/8), got {text!r}"
+        )
+    return k, n

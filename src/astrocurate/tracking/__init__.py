@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astrocurate import __version__
+from astrocurate import __version__, steps
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import (
     InvalidArgumentError,
@@ -66,13 +66,7 @@ from astrocurate.errors import (
 log = logging.getLogger(__name__)
 
 #: Run names of the pipeline steps, in pipeline order (the guide's names).
-STEP_NAMES: tuple[str, ...] = (
-    "cutting_out",
-    "merge_cutouts",
-    "feature_extraction",
-    "clustering",
-    "curated_sampling",
-)
+STEP_NAMES: tuple[str, ...] = steps.ORDER
 
 DEFAULT_EXPERIMENT = "astrocurate"
 TAG_STEP = "astrocurate.step"

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from astrocurate import steps
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.launch import SLURM_NAME
 
-STEP = "clustering"
+STEP = steps.CLUSTERING
 CONFIG_FILE = "config.yaml"
 VALID_DTYPES = ("float32", "float64")
 VALID_MATMUL_PRECISIONS = ("highest", "tf32")

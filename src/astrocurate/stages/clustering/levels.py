@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import numpy as np
 
 from astrocurate.errors import (
     InvalidArgumentError,
-    InvalidRunError,
     StepInterrupted,
 )
 from astrocurate.io.atomic import atomic_path
@@ -30,12 +28,11 @@ from astrocurate.io.atomic import save_npy as _save_npy
 from astrocurate.io.atomic import save_npz as _save_npz
 from astrocurate.io.atomic import write_text as _write_text
 from astrocurate.stages.clustering.config import (
-    CONFIG_FILE,
     STEP,
     ClusteringConfig,
     _check_device_text,
-    load_config,
 )
+from astrocurate.stages.clustering.outputs import LEVEL_ARRAYS, LEVEL_DONE
 from astrocurate.tracking import (
     StepRun,
     client,
@@ -44,9 +41,6 @@ from astrocurate.tracking import (
 
 log = logging.getLogger(__name__)
 
-INPUT_INDICES = "input_indices.npy"
-LEVEL_DONE = "level.json"
-LEVEL_ARRAYS = ("centroids", "labels", "members", "offsets", "distances", "point_labels")
 CHECKPOINTS = "checkpoints"
 #: Arrays of a k-means checkpoint that exist only during greedy k-means++.
 _OPTIONAL_KMEANS_ARRAYS = ("min_sq_distances", "nearest_centers")
@@ -682,45 +676,6 @@ def load_level_result(directory: Path | str, level: int) -> Any:
         n_empty=summary["n_empty"],
         potential_history=summary["potential_history"],
     )
-
-
-@dataclass
-class ClusteringOutputs:
-    """The arrays of a finished clustering directory, memory-mapped (for sampling).
-
-    Attributes
-    ----------
-    directory : Path
-        The experiment directory.
-    config : ClusteringConfig
-        Its config.
-    input_indices : numpy.ndarray of int64, shape (n,)
-        Feature row of each level-1 input.
-    levels : list of dict of str to numpy.ndarray
-        Per level (index 0 is level 1): ``centroids``, ``labels``, ``members``,
-        ``offsets``, ``distances``, ``point_labels``.
-    """
-
-    directory: Path
-    config: ClusteringConfig
-    input_indices: np.ndarray
-    levels: list[dict[str, np.ndarray]] = field(default_factory=list)
-
-
-def load_clustering(directory: Path | str) -> ClusteringOutputs:
-    """Memory-map the outputs of a clustering directory (every level must be complete)."""
-    directory = Path(directory)
-    config = load_config(directory / CONFIG_FILE)
-    levels = []
-    for lvl in range(1, config.n_levels + 1):
-        out = directory / f"level_{lvl}"
-        if not (out / LEVEL_DONE).is_file():
-            raise InvalidRunError(f"{out}: level {lvl} is not complete; run run.sh first")
-        levels.append(
-            {n: np.load(out / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in LEVEL_ARRAYS}
-        )
-    indices = np.load(directory / INPUT_INDICES, mmap_mode="r", allow_pickle=False)
-    return ClusteringOutputs(directory, config, indices, levels)
 
 
 # =========================================================================== metrics

@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from astrocurate import __version__
+from astrocurate import __version__, steps
 from astrocurate.errors import (
     InvalidArgumentError,
     InvalidRunError,
@@ -102,10 +102,7 @@ from astrocurate.stages.clustering.config import (
 )
 from astrocurate.stages.clustering.levels import (
     CHECKPOINTS,
-    INPUT_INDICES,
-    LEVEL_ARRAYS,
     TAG_PROGRESS,
-    ClusteringOutputs,
     RequeueRequested,
     StopRequest,
     _Ranks,
@@ -113,15 +110,24 @@ from astrocurate.stages.clustering.levels import (
     _report_missing,
     compute_levels,
     level_metrics,
-    load_clustering,
     load_level_result,
     plot_cluster_sizes,
     resolve_device,
 )
+from astrocurate.stages.clustering.outputs import (
+    INPUT_INDICES,
+    LEVEL_ARRAYS,
+    PREPARED,
+    RUN_FILE,
+    ClusteringOutputs,
+    load_clustering,
+    read_run_file,
+    require_clustering_run,
+    unfinished_message,
+)
 from astrocurate.stages.clustering.scripts import _Launch, _render_run_script, _render_sbatch
 from astrocurate.tracking import (
     LOCK_NAME,
-    TAG_ERROR,
     TAG_HOST,
     TAG_OUTPUT_DIR,
     TAG_PID,
@@ -174,11 +180,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOURCE_STEP = "feature_extraction"
-RUN_FILE = "run.json"
+SOURCE_STEP = steps.source_of(STEP)
 RUN_SCRIPT = "run.sh"
-#: MLflow status of a prepared run (step 4a done, run.sh not finished).
-PREPARED = "SCHEDULED"
 TAG_SLURM_JOB = "astrocurate.slurm_job_id"
 #: Progress tag of a run whose SLURM job requeued itself before its time limit.
 REQUEUED = "checkpoint saved before the SLURM time limit; job requeued"
@@ -304,7 +307,7 @@ def _check_rows_match_manifest(features: RunRecord, n_rows: int) -> None:
     fewer rows (replaced by hand, or from another merge) would mislabel every cutout.
     """
     from astrocurate.io.cutout_store import manifest_row_count
-    from astrocurate.stages.feature_extraction.run import SOURCE_STEP as MERGE_STEP
+    from astrocurate.steps import MERGE_CUTOUTS as MERGE_STEP
 
     for merge in (get_run(i) for i in features.input_run_ids):
         directory = merge.output_dir
@@ -498,7 +501,7 @@ def run_clustering(directory: Path | str, *, level: int | None = None) -> Cluste
     directory = Path(directory).resolve()
     if _launched_world_size() > 1:
         return _run_distributed(directory, level)
-    info = _read_run_file(directory)
+    info = read_run_file(directory)
     record = get_run(info["run_id"], "clustering run")
     if record.step != STEP:
         raise InvalidRunError(f"{directory}: run {record.run_id} is not a clustering run")
@@ -562,7 +565,7 @@ def _run_rank_zero(directory: Path, level: int | None, ranks: _Ranks) -> Cluster
     """Rank 0 of :func:`_run_distributed`: what :func:`run_clustering` does, sharing decisions."""
     with contextlib.ExitStack() as stack:
         try:
-            info = _read_run_file(directory)
+            info = read_run_file(directory)
             record = get_run(info["run_id"], "clustering run")
             if record.step != STEP:
                 raise InvalidRunError(f"{directory}: run {record.run_id} is not a clustering run")
@@ -595,7 +598,7 @@ def _run_rank_zero(directory: Path, level: int | None, ranks: _Ranks) -> Cluster
 def _run_other_rank(directory: Path, level: int | None, ranks: _Ranks) -> ClusteringRun:
     """Run a rank > 0 of :func:`_run_distributed`: compute only, no MLflow, no outputs."""
     what, value = ranks.share(None)
-    info = _read_run_file(directory)
+    info = read_run_file(directory)
     if what == "error":
         raise InvalidRunError(f"rank 0 stopped before clustering: {value}")
     config = load_config(directory / CONFIG_FILE)
@@ -650,16 +653,6 @@ def _check_level_arg(level: Any, n_levels: int) -> int:
     return int(level)
 
 
-def _read_run_file(directory: Path) -> dict[str, Any]:
-    path = directory / RUN_FILE
-    if not path.is_file():
-        raise InvalidRunError(
-            f"{directory} is not a clustering experiment directory (no {RUN_FILE}); "
-            "prepare one with scripts/4_clustering.py"
-        )
-    return json.loads(path.read_text())
-
-
 def _load_directory_config(directory: Path, info: Mapping[str, Any]) -> ClusteringConfig:
     """Read config.yaml; refuse edits of keys that define the run."""
     config = load_config(directory / CONFIG_FILE)
@@ -707,48 +700,10 @@ def clustering_status(directory: Path | str) -> RunRecord:
         With what to do, when the run is not finished.
     """
     directory = Path(directory).resolve()
-    record = get_run(_read_run_file(directory)["run_id"], "clustering run")
+    record = get_run(read_run_file(directory)["run_id"], "clustering run")
     if not record.finished:
-        raise InvalidRunError(_unfinished_message(record, "clustering run"))
+        raise InvalidRunError(unfinished_message(record, "clustering run"))
     return record
-
-
-def require_clustering_run(run_id: str, argument: str = "--clustering-id") -> RunRecord:
-    """Return a finished clustering run; explain how to finish a prepared or failed one.
-
-    Parameters
-    ----------
-    run_id : str
-        The run ID given by the user.
-    argument : str
-        The command-line argument, named in messages.
-
-    Raises
-    ------
-    RunNotFoundError, InvalidRunError
-        As :func:`astrocurate.tracking.require_run`, with run.sh named for unfinished runs.
-    """
-    record = get_run(run_id, argument)
-    if record.step == STEP and not record.finished:
-        raise InvalidRunError(_unfinished_message(record, argument))
-    return require_run(run_id, STEP, argument)
-
-
-def _unfinished_message(record: RunRecord, argument: str) -> str:
-    where = record.output_dir
-    run = f'cd "{where}" && ./run.sh'
-    if record.status == PREPARED:
-        state = "is prepared (step 4a) but has not been run"
-        todo = f"run it: {run}"
-    elif record.status == "RUNNING":
-        state = "is still running (or its process was killed)"
-        todo = f"wait for it; if it was killed, run it again to resume: {run}"
-    else:
-        state = f"is {record.status}" + (
-            f" ({record.tags[TAG_ERROR]})" if record.tags.get(TAG_ERROR) else ""
-        )
-        todo = f"see {where}/logs, then run it again to resume: {run}"
-    return f"{argument}: clustering run {record.run_id} {state}; {todo}"
 
 
 # =========================================================================== run records

@@ -148,7 +148,7 @@ def load_sampling_run(sampling_dir: Path | str) -> SamplingRun:
     InvalidRunError
         If a required file is missing or the run's files disagree.
     """
-    from astrocurate.stages.clustering.run import load_clustering
+    from astrocurate.stages.clustering.outputs import load_clustering
 
     directory = Path(sampling_dir).resolve()
     params = _read_json(directory / INFO, required=True)
@@ -377,7 +377,7 @@ def _logged_class_shares(metrics: Mapping[str, float]) -> ClassShares | None:
 
 def _computed_class_shares(run: SamplingRun) -> ClassShares | None:
     """Label the pool with the truth catalogue (only when ``metrics.json`` lacks the shares)."""
-    from astrocurate.synthetic.survey import truth_labels_for_manifest
+    from astrocurate.io.labels import truth_labels_for_manifest
 
     rows = read_manifest_rows(
         run.merged_dir, run.input_indices, ("mosaic_path", "window_size", "x0", "y0")
@@ -587,7 +587,7 @@ def _read_cutouts(
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Pixels (and truth classes, with a catalogue) of some merged cutouts, by cutout ID."""
     from astrocurate.io.cutout_store import MOSAICS, CutoutReader
-    from astrocurate.synthetic.survey import truth_labels_for_manifest
+    from astrocurate.io.labels import truth_labels_for_manifest
 
     table = read_manifest_rows(merged_dir, rows, PIXEL_COLUMNS)
     mosaics_path = Path(merged_dir) / MOSAICS

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from astrocurate import steps
 from astrocurate.algorithms import sampling
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.io.atomic import save_npy, write_json
@@ -55,7 +56,7 @@ from astrocurate.tracking import StepRun, remove_temporaries, require_run, track
 
 log = logging.getLogger(__name__)
 
-STEP = "curated_sampling"
+STEP = steps.CURATED_SAMPLING
 STRATEGIES = ("r", "c", "f")
 BASELINES = ("none", "random")
 
@@ -151,7 +152,11 @@ class _Inputs:
 
 def _resolve_inputs(clustering_id: str) -> _Inputs:
     """Check the clustering run and follow its lineage to the features and the merge."""
-    from astrocurate.stages.clustering.run import RUN_FILE, load_clustering, require_clustering_run
+    from astrocurate.stages.clustering.outputs import (
+        RUN_FILE,
+        load_clustering,
+        require_clustering_run,
+    )
 
     record = require_clustering_run(clustering_id)
     directory = record.output_dir
@@ -283,7 +288,7 @@ def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
     Only the mosaics table is read to look for a catalogue, so a real survey (which has
     none) costs nothing here.
     """
-    from astrocurate.synthetic.survey import find_truth_catalogue, label_cutouts
+    from astrocurate.io.labels import find_truth_catalogue, label_cutouts
 
     mosaics_path = merged_dir / MOSAICS
     if not mosaics_path.is_file():

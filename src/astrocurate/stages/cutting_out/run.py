@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from astrocurate import steps
 from astrocurate.algorithms import windows
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import InvalidArgumentError
@@ -62,7 +63,7 @@ from astrocurate.tracking import StepRun, tracked_step
 
 log = logging.getLogger(__name__)
 
-STEP = "cutting_out"
+STEP = steps.CUTTING_OUT
 STORES = ("copy", "virtual")
 PARTS_DIR = "parts"
 _TEXT = ("mosaic", "mosaic_path", "store", "array_file")
@@ -199,26 +200,6 @@ def _nothing_readable(mosaics_path: Path, summaries: list[dict]) -> str:
         f"--mosaics_path: none of the {len(summaries)} FITS files under {mosaics_path} can be "
         f"cut; {summaries[0]['reason']}{more}"
     )
-
-
-def parse_shard(text: str, argument: str = "--shard") -> tuple[int, int]:
-    """Parse ``"K/N"`` into ``(K, N)`` with ``0 <= K < N``.
-
-    Raises
-    ------
-    InvalidArgumentError
-        Naming ``argument`` and the expected form.
-    """
-    parts = str(text).split("/")
-    try:
-        k, n = (int(p) for p in parts)
-    except ValueError:
-        k, n = -1, 0
-    if len(parts) != 2 or not 0 <= k < n:
-        raise InvalidArgumentError(
-            f"{argument}: expected K/N with 0 <= K < N (e.g. $SLURM_ARRAY_TASK_ID/8), got {text!r}"
-        )
-    return k, n
 
 
 def select_shard(mosaics: list, shard: tuple[int, int] | None) -> list:

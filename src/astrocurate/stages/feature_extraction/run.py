@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from astrocurate import steps
 from astrocurate.algorithms.kmeans.estimator import resolve_device
 from astrocurate.algorithms.normalization import NormalizationConfig, normalize
 from astrocurate.cpus import usable_cpus
@@ -46,8 +47,8 @@ from astrocurate.tracking import RunRecord, StepRun, require_run, run_key, track
 
 log = logging.getLogger(__name__)
 
-STEP = "feature_extraction"
-SOURCE_STEP = "merge_cutouts"
+STEP = steps.FEATURE_EXTRACTION
+SOURCE_STEP = steps.source_of(STEP)
 PROGRESS_DIR = "progress"
 PENDING_SIDECAR = "sidecar.json"
 #: Chosen by kNN balanced accuracy on the demo classes with folds by sky patch
@@ -669,7 +670,7 @@ def log_quality(run: StepRun, merged_dir: Path) -> None:
     cutouts never sit on both sides of a split; ``knn_sky_patches`` is their number.
     """
     from astrocurate.algorithms.quality import knn_balanced_accuracy, manifest_sky_patches
-    from astrocurate.synthetic.survey import truth_labels_for_manifest
+    from astrocurate.io.labels import truth_labels_for_manifest
 
     manifest = read_manifest(merged_dir)
     labels = truth_labels_for_manifest(manifest)

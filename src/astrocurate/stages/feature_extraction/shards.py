@@ -113,7 +113,7 @@ def parse_shard_spec(text: str, environ: Mapping[str, str] | None = None) -> tup
     """
     if str(text).strip().lower() == "auto":
         return shard_from_environment(environ)
-    from astrocurate.stages.cutting_out.run import parse_shard
+    from astrocurate.launch import parse_shard
 
     return parse_shard(text)
 

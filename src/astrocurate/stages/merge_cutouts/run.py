@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from astrocurate import steps
 from astrocurate.algorithms import windows
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.atomic import atomic_path
@@ -61,8 +62,8 @@ from astrocurate.tracking import (
 
 log = logging.getLogger(__name__)
 
-STEP = "merge_cutouts"
-SOURCE_STEP = "cutting_out"
+STEP = steps.MERGE_CUTOUTS
+SOURCE_STEP = steps.source_of(STEP)
 #: Arrow types of the merged manifest: the cutout manifest's plus the provenance columns.
 MERGED_TYPES: dict[str, pa.DataType] = {
     **MANIFEST_TYPES,

@@ -457,10 +457,10 @@ def stage_phases() -> list[tuple[Any, str, str, int]]:
 
     targets = [
         (curate, "_resolve_inputs", "resolve runs, memory-map clustering", 0),
-        (tracking, "quick_check_outputs", "check input runs' outputs", 1),
+        (tracking.checks, "quick_check_outputs", "check input runs' outputs", 1),
         (clustering, "load_clustering", "load_clustering", 1),
-        (tracking, "create_run_record", "MLflow: create run", 0),
-        (tracking, "record_start", "MLflow: log params and tags", 0),
+        (tracking.lifecycle, "create_run_record", "MLflow: create run", 0),
+        (tracking.lifecycle, "record_start", "MLflow: log params and tags", 0),
         (curate, "_write_sample", "_write_sample", 0),
         (curate._Inputs, "point_labels", "pool labels, every level", 1),
         (sampling, "random_sample", "random baseline", 1),

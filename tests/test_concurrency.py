@@ -245,7 +245,7 @@ def test_a_run_finished_while_waiting_for_its_lock_is_reused(
         (first.output_dir / "out.txt").write_text("done\n")
     finished = get_run(first.run_id)
     stale = dataclasses.replace(finished, status="RUNNING")
-    monkeypatch.setattr(tracking, "_previous_run", lambda step, key: stale)
+    monkeypatch.setattr(tracking.lifecycle, "_previous_run", lambda step, key: stale)
     with tracked_step("merge_cutouts", {"x": 1}) as second:
         assert second.reused and second.run_id == first.run_id
     assert get_run(first.run_id).status == "FINISHED"

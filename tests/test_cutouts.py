@@ -829,7 +829,7 @@ def test_resume_after_assembly_does_not_cut_again(store, monkeypatch) -> None:
         raise RuntimeError("killed while hashing")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tracking, "hash_outputs", broken_hash)
+        patch.setattr(tracking.lifecycle, "hash_outputs", broken_hash)
         with pytest.raises(RuntimeError, match="hashing"):
             make_cutouts(store / "survey", store / "out", options, workers=1)
     (run_dir,) = (store / "out" / STEP).iterdir()

@@ -1,6 +1,6 @@
 """The direct sqlite lookup reads MLflow's private tables: it must answer as MLflow does.
 
-:func:`astrocurate.tracking._direct_search` and ``_direct_run`` read a local ``sqlite:///``
+:func:`astrocurate.tracking.direct.search_runs` and ``read_run`` read a local ``sqlite:///``
 store with :mod:`sqlite3`, without importing MLflow. Here both ways answer the same
 questions side by side on one store holding every run state MLflow has (finished, failed,
 killed, running, scheduled), deleted runs, and a deleted experiment; any difference,
@@ -54,11 +54,11 @@ def _answers(direct: bool) -> list[tuple]:
         (None, "cutting_out", "merge_cutouts", "nothing"), (None, "key-0", "key-9"), (True, False)
     ):
         if direct:
-            path = tracking._direct_store()
+            path = tracking.direct.local_store()
             assert path is not None
-            records = tracking._direct_search(path, step, key, unfinished)
+            records = tracking.direct.search_runs(path, step, key, unfinished)
         else:
-            records = tracking._search_records(step, key, unfinished, tracking.client())
+            records = tracking.reads.search_records(step, key, unfinished, tracking.client())
         out.append([(r.run_id, r.name, r.status, r.start_time, r.params, r.tags) for r in records])
     return out
 
@@ -79,9 +79,9 @@ def test_direct_lookup_answers_as_mlflow_does(store, monkeypatch, deleted_experi
     # a deleted experiment's runs are found by neither
     assert any(direct) != deleted_experiment
 
-    path = tracking._direct_store()
+    path = tracking.direct.local_store()
     for run_id in ids:  # one run by ID, deleted ones included
-        record, _ = tracking._direct_run(path, run_id)
+        record, _ = tracking.direct.read_run(path, run_id)
         expected = tracking.RunRecord.from_mlflow(tracking.client().get_run(run_id))
         assert record == expected, run_id
-    assert tracking._direct_run(path, uuid.uuid4().hex) is None
+    assert tracking.direct.read_run(path, uuid.uuid4().hex) is None

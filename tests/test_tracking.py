@@ -249,7 +249,7 @@ def _through_mlflow(monkeypatch: pytest.MonkeyPatch, lookup):
     """Return ``lookup()`` read through MLflow instead of directly from the sqlite file."""
     with monkeypatch.context() as patch:
         patch.setenv(tracking.FAST_LOOKUP_ENV, "0")
-        assert tracking._direct_store() is None
+        assert tracking.direct.local_store() is None
         return lookup()
 
 
@@ -272,7 +272,7 @@ def test_direct_reads_match_mlflow(store: Path, monkeypatch: pytest.MonkeyPatch)
         with tracked_step("cutting_out", {"window_size": 64}) as elsewhere:
             _write(elsewhere)
 
-    assert tracking._direct_store() is not None
+    assert tracking.direct.local_store() is not None
     key = get_run(ids[64][0]).tags[tracking.TAG_RUN_KEY]
     searches = [
         {},
@@ -313,14 +313,14 @@ def test_direct_store_only_for_an_existing_local_sqlite_file(
     """Servers, URIs with options, missing files and old schemas are read through MLflow."""
     with tracked_step("cutting_out", {"window_size": 64}) as run:
         _write(run)
-    assert tracking._direct_store() is not None
+    assert tracking.direct.local_store() is not None
     uri = tracking.tracking_uri()
     for other in ("http://127.0.0.1:5000", f"{uri}?timeout=5", f"sqlite:///{store}/none.db"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
-        assert tracking._direct_store() is None
+        assert tracking.direct.local_store() is None
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
-    assert tracking._direct_store() is None
+    assert tracking.direct.local_store() is None
     monkeypatch.delenv("MLFLOW_ENABLE_WORKSPACES")
 
     import sqlite3
@@ -329,8 +329,8 @@ def test_direct_store_only_for_an_existing_local_sqlite_file(
     with sqlite3.connect(foreign) as connection:
         connection.execute("CREATE TABLE runs (run_uuid TEXT)")
     before = foreign.read_bytes()
-    with pytest.raises(tracking._NoDirectReadError, match="experiments lacks"):
-        tracking._direct_search(foreign, "cutting_out", None, False)
+    with pytest.raises(tracking.direct.NoDirectReadError, match="experiments lacks"):
+        tracking.direct.search_runs(foreign, "cutting_out", None, False)
     assert foreign.read_bytes() == before  # opened read-only
 
 

@@ -375,13 +375,13 @@ def test_verify_passes_for_every_run_over_http(on_server) -> None:
 
 def test_lookups_read_the_server_never_a_local_sqlite_store(on_server, monkeypatch) -> None:
     p = on_server
-    assert tracking._direct_store() is None
+    assert tracking.direct.local_store() is None
 
     def direct(*_args, **_kwargs):
         raise AssertionError("a lookup read a local sqlite store instead of the server")
 
-    monkeypatch.setattr(tracking, "_direct_run", direct)
-    monkeypatch.setattr(tracking, "_direct_search", direct)
+    monkeypatch.setattr(tracking.direct, "read_run", direct)
+    monkeypatch.setattr(tracking.direct, "search_runs", direct)
     assert {r.run_id for r in tracking.find_runs("cutting_out")} == set(p.cutouts)
     assert tracking.require_run(p.clustering, "clustering").output_dir == p.clustering_dir
     assert tracking.recorded_listing(p.sampling)  # outputs.json downloaded over HTTP

@@ -353,10 +353,10 @@ def test_quick_check_reads_a_bounded_amount(store: Path, monkeypatch: pytest.Mon
     with tracked_step("cutting_out", {"window_size": 5}) as run:
         for i in range(5):
             (run.output_dir / f"p{i}.npy").write_bytes(_random_bytes(2 * MIB, seed=i))
-    monkeypatch.setattr(tracking, "QUICK_CHECK_BYTES", 4 * MIB)
+    monkeypatch.setattr(tracking.checks, "QUICK_CHECK_BYTES", 4 * MIB)
     record = tracking.get_run(run.run_id)
     assert tracking.quick_check_outputs(record) == 2
-    monkeypatch.setattr(tracking, "QUICK_CHECK_BYTES", 1)
+    monkeypatch.setattr(tracking.checks, "QUICK_CHECK_BYTES", 1)
     assert tracking.quick_check_outputs(record) == 1
     listing = json.loads(json.dumps(tracking.recorded_listing(run.run_id)))
     assert sorted(listing) == [f"p{i}.npy" for i in range(5)]
@@ -368,7 +368,7 @@ def test_listing_read_through_artifact_download(
     """A remote artifact store is downloaded, without MLflow's progress bar on stderr."""
     run = _make_run(big=10)
     local = tracking.recorded_listing(run.run_id)
-    monkeypatch.setattr(tracking, "_local_path", lambda uri: None)
+    monkeypatch.setattr(tracking.checks, "_local_path", lambda uri: None)
     capsys.readouterr()
     assert tracking.recorded_listing(run.run_id) == local
     assert capsys.readouterr().err == ""

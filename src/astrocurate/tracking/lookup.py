@@ -35,11 +35,7 @@ from astrocurate.tracking import (
     quick_check_outputs,
     recorded_listing,
 )
-
-#: Tag of a run prepared by one command and completed by a script in its output directory
-#: (clustering: step 4a writes ``run.sh``, step 4b runs it). Until it finishes, such a run
-#: is found like a finished one: running or resuming it means finding its directory first.
-TAG_RUN_SCRIPT = "astrocurate.run_script"
+from astrocurate.tracking.store import TAG_RUN_SCRIPT
 
 
 def parse_run_id_list(tokens: Sequence[str], argument: str = "--cutout-ids") -> list[str]:

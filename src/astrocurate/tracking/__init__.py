@@ -59,8 +59,10 @@ from astrocurate.tracking.lifecycle import (
     tracked_step,
 )
 from astrocurate.tracking.locks import DirectoryLock, try_lock
+from astrocurate.tracking.prepared import PreparedRun
 from astrocurate.tracking.reads import find_runs, get_run, require_run
 from astrocurate.tracking.records import RunRecord, params_match, parse_run_id
+from astrocurate.tracking.sharded import SharedRun
 from astrocurate.tracking.store import (
     DEFAULT_EXPERIMENT,
     LOCK_NAME,
@@ -112,8 +114,10 @@ __all__ = [
     "TAG_VERSION",
     "VOLATILE_DIRS",
     "DirectoryLock",
+    "PreparedRun",
     "ProgressCallback",
     "RunRecord",
+    "SharedRun",
     "StepRun",
     "check_resume_params",
     "check_reusable",

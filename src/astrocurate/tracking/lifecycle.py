@@ -50,6 +50,7 @@ from astrocurate.tracking.fingerprints import (
     hash_mode,
     hash_outputs,
     param_text,
+    remove_temporaries,
     run_key,
 )
 from astrocurate.tracking.locks import try_lock
@@ -143,6 +144,14 @@ class StepRun:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a small file into the run's artifacts (never large arrays)."""
         client().log_artifact(self.run_id, str(path), artifact_path)
+
+    def remove_temporaries(self) -> int:
+        """Remove the temporaries of interrupted attempts from the output directory.
+
+        Only while the run's lock is held (inside :func:`tracked_step`); see
+        :func:`~astrocurate.tracking.fingerprints.remove_temporaries`.
+        """
+        return remove_temporaries(self.output_dir)
 
 
 def _log_params(mlflow_client: Any, run_id: str, params: Mapping[str, Any]) -> None:

@@ -435,7 +435,7 @@ def test_killed_shard_resumes_and_finish_names_what_is_missing(
 def test_a_failing_shard_marks_the_run_failed_and_its_rerun_finishes_it(
     experiment: str, inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
-    import astrocurate.stages.feature_extraction.run as features
+    import astrocurate.stages.feature_extraction.extraction as features
 
     argv = feature_args(inputs, tmp_path)
     assert main(["features", *argv, "--shard", "0/2"]) == 0
@@ -466,7 +466,7 @@ def test_a_stopped_shard_leaves_a_finished_run_finished(
     run = the_run(experiment)
     assert get_run(run.run_id).finished
     handle = StepRun(run.run_id, "feature_extraction", run.output_dir)
-    failure = shards._failure_recorded(_plan(inputs, tmp_path), handle, (0, 2))
+    failure = shards.shared_run(_plan(inputs, tmp_path)).working(handle.run_id, "shard 0/2")
     with pytest.raises(KeyboardInterrupt), failure:
         raise KeyboardInterrupt
     assert get_run(run.run_id).status == "FINISHED"

@@ -5,15 +5,8 @@ The output directory holds::
     features.npy     float32 (or float16) N x D, row i = merged cutout i, memory-mappable
     features.json    model, weights hash, layer, preprocessing, dimension, dtype
 
-Work is done in blocks of ``shard_rows`` rows. The matrix is pre-allocated as
-``features.npy.partial`` and the sidecar written as ``progress/sidecar.json``; after
-a block's rows are written and flushed, an empty marker ``progress/<start>.done`` is
-created atomically. A rerun of the same command after an interruption skips the
-finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
-``features.json``) only when every block is done. Each cutout is preprocessed on its
-own (normalised, resized) so its features do not depend on the batch it is in, on the
-number of loader workers, or on which process computed its block.
-
+This module plans a run and records it as one MLflow run (:func:`extract_features`);
+the work, in resumable blocks of rows, is :mod:`~astrocurate.stages.feature_extraction.extraction`.
 Several processes can share one run: ``--shard K/N`` (or ``--shard auto`` in a SLURM
 job array or under torchrun) computes a contiguous range of the blocks, in the same run
 and the same matrix as every other shard (:mod:`astrocurate.stages.feature_extraction.shards`).
@@ -21,103 +14,57 @@ and the same matrix as every other shard (:mod:`astrocurate.stages.feature_extra
 
 from __future__ import annotations
 
-import errno
-import json
 import logging
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from astrocurate import steps
 from astrocurate.algorithms.kmeans.estimator import resolve_device
-from astrocurate.algorithms.normalization import NormalizationConfig, normalize
 from astrocurate.cpus import usable_cpus
-from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.io.atomic import atomic_path, write_text
-from astrocurate.io.cutout_store import CutoutReader, read_manifest
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.io.cutout_store import read_manifest
+from astrocurate.stages.feature_extraction.extraction import (
+    DEFAULT_MODEL,
+    PROGRESS_DIR,
+    RESUME_PARAMS,
+    STEP,
+    VOLATILE_PARAMS,
+    Extraction,
+    FeatureModel,
+    FeatureOptions,
+    compute_blocks,
+    finalise,
+    log_quality,
+    prepare_output,
+)
 from astrocurate.stages.feature_extraction.outputs import FEATURES, SIDECAR, load_features
-from astrocurate.tracking import RunRecord, StepRun, require_run, run_key, tracked_step
+from astrocurate.tracking import StepRun, require_run, tracked_step
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "FEATURES",
+    "PROGRESS_DIR",
+    "RESUME_PARAMS",
+    "SIDECAR",
+    "STEP",
+    "VOLATILE_PARAMS",
+    "Extraction",
+    "FeatureModel",
+    "FeatureOptions",
+    "default_workers",
+    "extract_features",
+    "load_features",
+    "plan_extraction",
+]
 
 log = logging.getLogger(__name__)
 
-STEP = steps.FEATURE_EXTRACTION
 SOURCE_STEP = steps.source_of(STEP)
-PROGRESS_DIR = "progress"
-PENDING_SIDECAR = "sidecar.json"
-#: Chosen by kNN balanced accuracy on the demo classes with folds by sky patch
-#: (BENCHMARKS.md, "Quality"): the best of the offline backbones at every patch size.
-DEFAULT_MODEL = "scattering-j4-rot-renorm-max"
-PRECISIONS = ("fp32", "bf16", "fp16")
-OUTPUT_DTYPES = ("float32", "float16")
-
-
-@dataclass(frozen=True)
-class FeatureOptions:
-    """Parameters of a feature-extraction run (all logged).
-
-    Attributes
-    ----------
-    model : str
-        Backbone name (see :func:`astrocurate.algorithms.backbones.registry.list_backbones`).
-    weights : str, optional
-        Local weights file (safetensors or torch state dict).
-    arch : str, optional
-        Architecture for a self-supervised checkpoint (``resnet18``, ...).
-    pooling : str, optional
-        Which layer/pooling gives the vector; default per backbone.
-    channels : str
-        ``repeat`` the single astronomy channel to 3, or ``fold`` the first convolution.
-    resize : int, optional
-        Side the cutouts are resized to; default the backbone's input size.
-    normalization : NormalizationConfig
-        Per-cutout intensity normalisation.
-    precision : str
-        ``fp32``, or ``bf16``/``fp16`` autocast on GPU.
-    output_dtype : str
-        ``float32`` or ``float16`` feature matrix.
-    shard_rows : int
-        Rows per resumable block (the unit of resuming and of sharding).
-    """
-
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    arch: str | None = None
-    pooling: str | None = None
-    channels: str = "repeat"
-    resize: int | None = None
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
-    precision: str = "fp32"
-    output_dtype: str = "float32"
-    shard_rows: int = 8192
-
-    def validate(self) -> None:
-        """Raise :class:`InvalidArgumentError` on the first bad option."""
-        self.normalization.validate()
-        if self.precision not in PRECISIONS:
-            raise InvalidArgumentError(
-                f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.output_dtype not in OUTPUT_DTYPES:
-            raise InvalidArgumentError(
-                f"--dtype: expected one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}"
-            )
-        if self.resize is not None and self.resize < 8:
-            raise InvalidArgumentError(
-                f"--resize: expected a side of at least 8, got {self.resize}"
-            )
-        if self.shard_rows < 1:
-            raise InvalidArgumentError(f"--shard-rows: expected >= 1, got {self.shard_rows}")
-        if self.channels not in ("repeat", "fold"):
-            raise InvalidArgumentError(
-                f"--channels: expected repeat or fold, got {self.channels!r}"
-            )
 
 
 def default_workers(device: torch.device) -> int:
@@ -126,188 +73,6 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(8, cores)
     return 0 if cores <= 2 else min(4, cores // 4)
-
-
-# --------------------------------------------------------------------------- data
-
-
-class CutoutBatches(torch.utils.data.Dataset):
-    """Raw cutouts served a whole batch at a time: item ``i`` is batch ``i``.
-
-    Parameters
-    ----------
-    directory : Path
-        A cutout or merge run directory.
-    batches : list of ndarray of int
-        Row indices of each batch; all rows of a batch share one window size.
-
-    Notes
-    -----
-    The reader is opened lazily in each DataLoader worker. Consecutive rows of a
-    copied store are read as one slice.
-    """
-
-    def __init__(self, directory: Path, batches: list[np.ndarray]) -> None:
-        self.directory = Path(directory)
-        self.batches = batches
-        self._reader: CutoutReader | None = None
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (cutout ids (B,), raw cutouts (B, w, w) float32)."""
-        if self._reader is None:
-            self._reader = CutoutReader.from_directory(self.directory)
-        ids = self.batches[i]
-        return torch.from_numpy(ids), torch.from_numpy(self._reader.read(ids))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_reader"] = None  # each worker opens its own files
-        return state
-
-
-def plan_batches(window_sizes: np.ndarray, rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Split ``rows`` into batches of at most ``batch_size`` rows of one window size.
-
-    Parameters
-    ----------
-    window_sizes : ndarray of int, shape (n_total,)
-        Window size of every row of the manifest.
-    rows : ndarray of int, shape (n,)
-        Increasing row indices to cover.
-    batch_size : int
-
-    Returns
-    -------
-    list of ndarray of int
-    """
-    sizes = window_sizes[rows]
-    breaks = np.flatnonzero(np.diff(sizes)) + 1
-    batches = []
-    for run in np.split(rows, breaks):
-        batches.extend(np.split(run, range(batch_size, len(run), batch_size)))
-    return [b for b in batches if len(b)]
-
-
-# --------------------------------------------------------------------------- model
-
-
-class FeatureModel(torch.nn.Module):
-    """Astronomy preprocessing around a backbone: raw (B, w, w) cutouts -> (B, D) features.
-
-    Every step is per cutout: normalisation, resizing (bilinear, antialiased),
-    channel handling and the backbone's standardisation. The backbone itself may pick
-    other kernels for another batch size (timm CNNs on the CPU: ~1e-7), so the batch
-    size is recorded and kept within a run (:data:`RESUME_PARAMS`).
-    """
-
-    def __init__(self, backbone: Any, size: int, normalization: NormalizationConfig) -> None:
-        super().__init__()
-        self.backbone = backbone.module
-        self.size = int(size)
-        self.normalization = normalization
-        prep = backbone.preprocessing
-        self.in_chans = int(prep.in_chans)
-        self.register_buffer("mean", torch.tensor(prep.mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(prep.std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def prepare(self, raw: torch.Tensor) -> torch.Tensor:
-        """Normalise and resize raw cutouts (B, w, w) to model input (B, C, S, S), in float32."""
-        x = normalize(raw, self.normalization)[:, None]
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
-            )
-        x = x.expand(-1, self.in_chans, -1, -1)
-        return (x - self.mean) / self.std
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Return features (B, D) for prepared images (B, C, S, S)."""
-        return self.backbone(images).flatten(1)
-
-
-# --------------------------------------------------------------------------- stage
-
-#: Parameters left out of the run key: a finished run is reused whatever their values.
-VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type")
-#: Of those, the ones that can change the features' bytes at float rounding (on the CPU
-#: the default backbone differs by up to 4.8e-7 between batch sizes 1 and 33, a timm CNN by
-#: 1.2e-7; benchmarks/batch_invariance.py): an unfinished run is resumed or joined only
-#: with the values it started with, so that no matrix mixes two of them.
-RESUME_PARAMS = {"batch_size": "--batch-size", "device_type": "--device"}
-
-
-@dataclass
-class Extraction:
-    """A feature run resolved from its arguments, before any run is recorded.
-
-    Attributes
-    ----------
-    merged : RunRecord
-        The finished ``merge_cutouts`` run whose cutouts are featurised.
-    options : FeatureOptions
-        Model and preprocessing.
-    backbone : Backbone
-        The created backbone (module, preprocessing, dimension).
-    size : int
-        Side of the model's input images.
-    n_rows : int
-        Rows of the merge's manifest, rows of the matrix.
-    batch_size, workers : int
-        Cutouts per forward pass (see :data:`RESUME_PARAMS`) and DataLoader workers
-        (which never change the features).
-    device : torch.device
-        Where the model runs.
-    params : dict
-        Every parameter, as logged.
-    root : Path
-        Parent of the ``feature_extraction`` run directories.
-    """
-
-    merged: RunRecord
-    options: FeatureOptions
-    backbone: Any
-    size: int
-    n_rows: int
-    batch_size: int
-    workers: int
-    device: torch.device
-    params: dict[str, Any]
-    root: Path
-
-    @property
-    def block_starts(self) -> list[int]:
-        """First row of every resumable block, in order (independent of any sharding)."""
-        return list(range(0, self.n_rows, self.options.shard_rows))
-
-    @property
-    def run_key(self) -> str:
-        """The reuse key of the run (:func:`astrocurate.tracking.run_key`), volatile excluded."""
-        stable = {k: v for k, v in self.params.items() if k not in VOLATILE_PARAMS}
-        return run_key(STEP, stable, [self.merged.run_id])
-
-    def model(self) -> FeatureModel:
-        """Return the evaluation-mode model on the device."""
-        model = FeatureModel(self.backbone, self.size, self.options.normalization)
-        return model.to(self.device).eval()
-
-    def sidecar(self) -> dict[str, Any]:
-        """Return the content of ``features.json``."""
-        params, backbone = self.params, self.backbone
-        return {
-            "model": params["model"],
-            "layer": backbone.layer,
-            "dim": backbone.dim,
-            "dtype": params["output_dtype"],
-            "n_rows": params["n_rows"],
-            "weights": params["weights"],
-            "weights_sha256": backbone.weights_sha256,
-            "preprocessing": {k: v for k, v in params.items() if k.startswith(("norm_", "model_"))}
-            | {"input_size": params["input_size"], "channels": params["channels"]},
-            "description": backbone.description,
-        }
 
 
 def plan_extraction(
@@ -426,6 +191,11 @@ def extract_features(
         from astrocurate.stages.feature_extraction.shards import extract_shard
 
         return extract_shard(plan, shard, progress=_show_progress(progress)).run
+    return _extract_in_one_run(plan, force=force, progress=_show_progress(progress))
+
+
+def _extract_in_one_run(plan: Extraction, *, force: bool, progress: bool) -> StepRun:
+    """Compute every block of ``plan`` in this process, recorded as one tracked run."""
     with tracked_step(
         STEP,
         plan.params,
@@ -440,9 +210,7 @@ def extract_features(
         started = time.perf_counter()
         computed = 0
         if prepare_output(plan, run.output_dir):
-            computed = compute_blocks(
-                plan, run.output_dir, plan.block_starts, _show_progress(progress)
-            )
+            computed = compute_blocks(plan, run.output_dir, plan.block_starts, progress)
         seconds = time.perf_counter() - started
         finalise(run.output_dir)
         run.log_metrics(
@@ -477,210 +245,3 @@ def _run_params(options: FeatureOptions, backbone: Any, size: int, n_rows: int) 
 
 def _show_progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
-
-
-def is_complete(out_dir: Path) -> bool:
-    """Whether the matrix is in place: finalised, or killed after the rename."""
-    return (out_dir / FEATURES).is_file() and not (out_dir / (FEATURES + ".partial")).is_file()
-
-
-def prepare_output(plan: Extraction, out_dir: Path) -> bool:
-    """Create the progress folder, the pending sidecar and the pre-allocated matrix.
-
-    Safe to call again on a run in progress (nothing done is lost) and, as long as the
-    callers hold one lock, from several processes. Returns False when the matrix is
-    already complete (a run killed after the final rename), True otherwise.
-    """
-    if is_complete(out_dir):
-        log.info("resuming: the feature matrix is complete; finishing the run")
-        return False
-    progress = out_dir / PROGRESS_DIR
-    progress.mkdir(exist_ok=True)
-    pending = progress / PENDING_SIDECAR
-    if not pending.is_file():
-        write_text(pending, json.dumps(plan.sidecar(), indent=2, default=str))
-    _ensure_matrix(out_dir, plan.n_rows, plan.backbone.dim, plan.options.output_dtype)
-    return True
-
-
-def _ensure_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> None:
-    """Pre-allocate the partial matrix unless one of the right shape and dtype exists.
-
-    A new matrix appears under its name only once its header is written and its
-    blocks are allocated, so a process that finds it can always open it. A matrix of
-    another shape (a corrupted or foreign file) is replaced and every marker dropped.
-    """
-    path = out_dir / (FEATURES + ".partial")
-    if path.is_file():
-        try:
-            matrix = np.load(path, mmap_mode="r")
-            if matrix.shape == (n_rows, dim) and matrix.dtype == np.dtype(dtype):
-                return
-        except ValueError:  # not a readable .npy file
-            pass
-        path.unlink()
-        for marker in (out_dir / PROGRESS_DIR).glob("*.done"):
-            marker.unlink()
-    for stale in out_dir.glob(f".tmp-*-{path.name}"):  # left by a process killed here
-        stale.unlink()
-    with atomic_path(path) as tmp:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_rows, dim))
-        del matrix
-        _reserve_disk(tmp)
-
-
-def _reserve_disk(path: Path) -> None:
-    """Allocate every block of a new sparse file now, so a full disk fails here with ENOSPC.
-
-    Writing into an unallocated block of a memory map on a full disk kills the process
-    with SIGBUS instead, leaving no error and a run still marked RUNNING.
-    """
-    with open(path, "r+b") as handle:
-        try:
-            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
-        except OSError as exc:
-            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it
-                return
-            raise
-
-
-def missing_blocks(out_dir: Path, n_rows: int, block_rows: int) -> list[int]:
-    """Return the first rows of the blocks not done yet (none once the matrix is complete)."""
-    if is_complete(out_dir):
-        return []
-    return [s for s in range(0, n_rows, block_rows) if not _marker(out_dir, s).is_file()]
-
-
-def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress: bool) -> int:
-    """Compute the blocks of ``starts`` that are not done yet; return the cutouts computed.
-
-    The matrix must exist (:func:`prepare_output`). Each block's rows are written and
-    flushed before its marker is created, so a block is either done or computed again.
-    """
-    merged_dir = plan.merged.output_dir
-    window_sizes = read_manifest(merged_dir, ["window_size"])["window_size"].to_numpy()
-    block_rows = plan.options.shard_rows
-    todo = [s for s in starts if not _marker(out_dir, s).is_file()]
-    if len(todo) < len(starts):
-        log.info("resuming: %d of %d blocks already done", len(starts) - len(todo), len(starts))
-    if not todo:
-        return 0
-    matrix = np.load(out_dir / (FEATURES + ".partial"), mmap_mode="r+")
-    total = sum(_block_len(s, block_rows, plan.n_rows) for s in starts)
-    done = total - sum(_block_len(s, block_rows, plan.n_rows) for s in todo)
-    bar = _progress_bar(total, done, progress)
-    model = plan.model()
-    computed = 0
-    for start in todo:
-        rows = np.arange(start, start + _block_len(start, block_rows, plan.n_rows))
-        batches = plan_batches(window_sizes, rows, plan.batch_size)
-        features = _features_of(merged_dir, batches, model, plan.options, plan.workers, plan.device)
-        for ids, feats in features:
-            matrix[ids] = feats.astype(plan.options.output_dtype)
-            computed += len(ids)
-            if bar is not None:
-                bar.update(len(ids))
-        matrix.flush()
-        _touch_atomic(_marker(out_dir, start))
-    if bar is not None:
-        bar.close()
-    del matrix
-    return computed
-
-
-def _block_len(start: int, block_rows: int, n_rows: int) -> int:
-    return min(block_rows, n_rows - start)
-
-
-def _features_of(merged_dir, batches, model, options, workers, device):
-    """Yield (cutout ids, features as float32 numpy) batch by batch."""
-    loader = torch.utils.data.DataLoader(
-        CutoutBatches(merged_dir, batches),
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
-    autocast = _autocast(device, options.precision)
-    with torch.inference_mode():
-        for ids, raw in loader:
-            images = model.prepare(raw.to(device, non_blocking=True))
-            with autocast:
-                feats = model(images)
-            yield ids.numpy(), feats.float().cpu().numpy()
-
-
-def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        if precision != "fp32":
-            log.warning("--precision %s applies on GPU only; computing in fp32", precision)
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
-def _marker(out_dir: Path, start: int) -> Path:
-    return out_dir / PROGRESS_DIR / f"{start:012d}.done"
-
-
-def _touch_atomic(path: Path) -> None:
-    write_text(path, "")
-
-
-def _progress_bar(total: int, done: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=min(done, total),
-        unit="img",
-        desc="features",
-        file=sys.stderr,
-        smoothing=0.1,
-    )
-
-
-def finalise(out_dir: Path) -> None:
-    """Move the sidecar and the matrix into place, drop the progress folder.
-
-    Every step can be repeated: a run killed half-way through is finalised by the next
-    attempt. The caller checks that every block is done.
-    """
-    progress = out_dir / PROGRESS_DIR
-    pending = progress / PENDING_SIDECAR
-    if pending.is_file():
-        os.replace(pending, out_dir / SIDECAR)
-    elif not (out_dir / SIDECAR).is_file():
-        raise InvalidRunError(f"{out_dir}: neither {SIDECAR} nor {pending.name} (not resumable)")
-    partial = out_dir / (FEATURES + ".partial")
-    if partial.is_file():  # else renamed by an attempt killed before the cleanup below
-        os.replace(partial, out_dir / FEATURES)
-    if progress.is_dir():
-        for marker in progress.glob("*"):
-            marker.unlink()
-        progress.rmdir()
-
-
-def log_quality(run: StepRun, merged_dir: Path) -> None:
-    """Log kNN balanced accuracy on truth classes, when the survey has a truth catalogue.
-
-    The folds are sky patches (:func:`astrocurate.algorithms.quality.sky_patches`), so overlapping
-    cutouts never sit on both sides of a split; ``knn_sky_patches`` is their number.
-    """
-    from astrocurate.algorithms.quality import knn_balanced_accuracy, manifest_sky_patches
-    from astrocurate.io.labels import truth_labels_for_manifest
-
-    manifest = read_manifest(merged_dir)
-    labels = truth_labels_for_manifest(manifest)
-    if labels is None:
-        return
-    features = load_features(run.output_dir)
-    patches = manifest_sky_patches(manifest)
-    score = knn_balanced_accuracy(np.asarray(features, dtype=np.float32), labels, groups=patches)
-    if score is not None:
-        run.log_metrics(
-            {"knn_balanced_accuracy": score, "knn_sky_patches": len(np.unique(patches))}
-        )
-        log.info("kNN balanced accuracy on the truth classes (folds by sky patch): %.3f", score)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -47,11 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from astrocurate.errors import InvalidArgumentError, InvalidRunError, StepInterrupted
-from astrocurate.io.leases import lease
-from astrocurate.stages.feature_extraction.run import (
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.stages.feature_extraction.extraction import (
     RESUME_PARAMS,
-    SIDECAR,
     STEP,
     Extraction,
     compute_blocks,
@@ -60,36 +57,13 @@ from astrocurate.stages.feature_extraction.run import (
     missing_blocks,
     prepare_output,
 )
-from astrocurate.tracking import (
-    LOCK_NAME,
-    TAG_ERROR,
-    TAG_HOST,
-    TAG_PID,
-    TAG_RUN_KEY,
-    RunRecord,
-    StepRun,
-    check_resume_params,
-    check_reusable,
-    client,
-    create_run_record,
-    experiment_id,
-    find_runs,
-    finish_step,
-    get_run,
-    make_output_root,
-    record_start,
-    require_run,
-    terminate_raises,
-)
+from astrocurate.stages.feature_extraction.outputs import SIDECAR
+from astrocurate.tracking import RunRecord, SharedRun, StepRun, get_run, require_run
 
 log = logging.getLogger(__name__)
 
 #: Tag holding the N of the latest ``--shard K/N`` that joined the run.
 TAG_SHARDS = "astrocurate.feature_shards"
-#: Seconds a failing shard waits for the run lock to record its failure.
-FAILURE_LOCK_WAIT = 10.0
-#: Parameters that :func:`astrocurate.tracking.record_start` adds to a run's own.
-_RECORD_PARAMS = ("input_run_ids", "output_dir")
 _GRES = re.compile(r"^[A-Za-z0-9_.:+-]+$")
 
 
@@ -203,7 +177,12 @@ def describe_rows(starts: Sequence[int], block_rows: int, n_rows: int) -> str:
     return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
 
 
-# --------------------------------------------------------------------------- locks
+# --------------------------------------------------------------------------- the shared run
+
+
+def shared_run(plan: Extraction) -> SharedRun:
+    """Return the run that every shard of ``plan`` shares (:mod:`astrocurate.tracking.sharded`)."""
+    return SharedRun(STEP, plan.run_key, plan.root, command="features")
 
 
 @contextlib.contextmanager
@@ -218,7 +197,7 @@ def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[boo
     root : Path
         Parent of the ``feature_extraction`` run directories.
     key : str
-        The run key (:attr:`astrocurate.stages.feature_extraction.run.Extraction.run_key`).
+        The run key (:attr:`astrocurate.stages.feature_extraction.extraction.Extraction.run_key`).
     timeout : float, optional
         Give up after this many seconds (yield False); default wait for ever.
 
@@ -227,34 +206,8 @@ def run_lock(root: Path, key: str, timeout: float | None = None) -> Iterator[boo
     bool
         Whether the lease is held.
     """
-    path = Path(root) / STEP / f".lease-{key}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with lease(path, timeout) as held:
+    with SharedRun(STEP, key, Path(root)).lease(timeout) as held:
         yield held
-
-
-def share_directory(record_or_run: RunRecord | StepRun) -> Any:
-    """Take a shared lock on a run directory; return the open handle holding it.
-
-    Raises
-    ------
-    InvalidRunError
-        When a process without ``--shard`` holds the directory (it takes it exclusively).
-    """
-    run_id = record_or_run.run_id
-    out = record_or_run.output_dir
-    handle = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held until the shard ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        tags = get_run(run_id).tags
-        raise InvalidRunError(
-            f"run {run_id} is being computed by a `features` process without --shard "
-            f"(pid {tags.get(TAG_PID, '?')} on {tags.get(TAG_HOST, '?')}); "
-            "let it finish, or stop it and run the shards again"
-        ) from None
-    return handle
 
 
 # --------------------------------------------------------------------------- one shard
@@ -307,23 +260,23 @@ def extract_shard(
     ShardResult
     """
     k, n = shard
-    key = plan.run_key
-    make_output_root(plan.root, [plan.merged.run_id])  # before any run is recorded
-    with run_lock(plan.root, key):
-        run = join_run(plan, key, n)
+    shared = shared_run(plan)
+    shared.prepare_root([plan.merged.run_id])  # before any run is recorded
+    with shared.lease():
+        run = join_run(plan, n)
         if run.reused:
             log.info("shard %d/%d: run %s is already finished", k, n, run.run_id)
             return ShardResult(run, shard, finished=True)
-        holder = share_directory(run)
+        holder = shared.share(run)
         try:
             incomplete = prepare_output(plan, run.output_dir)
         except BaseException as exc:
             holder.close()
-            _mark_stopped(run.run_id, f"shard {k}/{n}: {_first_line(exc)}", exc)
+            shared.mark_stopped(run.run_id, f"shard {k}/{n}", exc)
             raise
     starts = plan.block_starts
     blocks = shard_blocks(len(starts), shard)
-    with contextlib.closing(holder), terminate_raises(), _failure_recorded(plan, run, shard):
+    with contextlib.closing(holder), shared.working(run.run_id, f"shard {k}/{n}"):
         started = time.perf_counter()
         mine = [starts[b] for b in blocks]
         computed = compute_blocks(plan, run.output_dir, mine, progress) if incomplete else 0
@@ -333,79 +286,30 @@ def extract_shard(
                 {"shard_rows_computed": computed, "shard_images_per_second": computed / seconds},
                 step=k,
             )
-        with run_lock(plan.root, key):
+        with shared.lease():
             missing, finished = _finish_if_complete(run.run_id)
     result = ShardResult(run, shard, computed, blocks, missing, finished)
     _log_shard(result, plan)
     return result
 
 
-def join_run(plan: Extraction, key: str, n_shards: int) -> StepRun:
-    """Find or create the run of ``plan`` (call under :func:`run_lock`).
+def join_run(plan: Extraction, n_shards: int) -> StepRun:
+    """Find or create the run of ``plan`` (call under its lease, :func:`shared_run`).
 
     A finished run whose outputs exist is returned with ``reused`` set. Otherwise the
     newest unfinished run with the same key whose directory exists is joined (set
     RUNNING again if a shard had marked it FAILED or KILLED), or a new run is created.
     """
-    runs = find_runs(STEP, run_key=key, include_unfinished=True)
-    usable = [r for r in runs if r.output_dir is not None and r.output_dir.is_dir()]
-    finished = [r for r in usable if r.finished]
-    if finished:
-        check_reusable(finished[0])  # its outputs are still those it recorded
-        return StepRun(finished[0].run_id, STEP, finished[0].output_dir, reused=True)  # type: ignore[arg-type]
-    mlflow_client = client()
-    inputs = [plan.merged.run_id]
-    if usable:
-        record = usable[0]
-        check_resume_params(
-            record, plan.params, RESUME_PARAMS, "or another --output_path for a new run"
-        )
-        run_id, out, resumed = record.run_id, record.output_dir, True
-        if record.status != "RUNNING":
-            mlflow_client.update_run(run_id, status="RUNNING")
-        log.info("joining %s %s run %s in %s", record.status.lower(), STEP, run_id, out)
-    else:
-        experiment = experiment_id(mlflow_client, create=True)
-        run_id = create_run_record(mlflow_client, experiment, STEP, key, inputs)
-        out, resumed = plan.root / STEP / run_id, False
-        out.mkdir(parents=True, exist_ok=True)
-        log.info("created %s run %s in %s", STEP, run_id, out)
-    record_start(mlflow_client, run_id, plan.params, inputs, out)  # type: ignore[arg-type]
-    StepRun(run_id, STEP, out).set_tags({TAG_SHARDS: n_shards})  # type: ignore[arg-type]
-    return StepRun(run_id, STEP, out, resumed=resumed)  # type: ignore[arg-type]
-
-
-@contextlib.contextmanager
-def _failure_recorded(plan: Extraction, run: StepRun, shard: tuple[int, int]) -> Iterator[None]:
-    """Mark the shared run FAILED (error) or KILLED (interrupt) when the shard stops early.
-
-    Under the run lock, and only while the run is not FINISHED: a shard stopped after
-    another one finished the run leaves it FINISHED. The other shards are not stopped.
-    """
-    try:
-        yield
-    except BaseException as exc:
-        k, n = shard
-        with run_lock(plan.root, plan.run_key, timeout=FAILURE_LOCK_WAIT) as held:
-            if held and not get_run(run.run_id).finished:
-                _mark_stopped(run.run_id, f"shard {k}/{n}: {_first_line(exc)}", exc)
-        raise
-
-
-def _mark_stopped(run_id: str, message: str, exc: BaseException) -> None:
-    interrupted = isinstance(exc, (KeyboardInterrupt, SystemExit, StepInterrupted))
-    with contextlib.suppress(Exception):
-        StepRun(run_id, STEP, Path()).set_tags({TAG_ERROR: message[:500]})
-        client().set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return shared_run(plan).join(
+        plan.params,
+        [plan.merged.run_id],
+        resume_params=RESUME_PARAMS,
+        tags={TAG_SHARDS: n_shards},
+    )
 
 
 def _finish_if_complete(run_id: str) -> tuple[list[int], bool]:
-    """Finish the run if every block is done (call under :func:`run_lock`).
+    """Finish the run if every block is done (call under its lease).
 
     Returns the missing blocks' first rows and whether the run is FINISHED.
     """
@@ -426,16 +330,17 @@ def _missing(record: RunRecord) -> list[int]:
 
 def _finish(record: RunRecord) -> None:
     """Finalise the outputs and mark the run FINISHED, as the unsharded path does."""
-    out = record.output_dir
-    finalise(out)  # type: ignore[arg-type]
-    handle = StepRun(record.run_id, STEP, out, resumed=True)  # type: ignore[arg-type]
-    sidecar = json.loads((out / SIDECAR).read_text())  # type: ignore[operator]
+    SharedRun.of(record).finish(record, lambda handle: _complete_outputs(handle, record))
+
+
+def _complete_outputs(handle: StepRun, record: RunRecord) -> None:
+    """Put the matrix and sidecar in place; log the metrics of the unsharded path."""
+    out = handle.output_dir
+    finalise(out)
+    sidecar = json.loads((out / SIDECAR).read_text())
     handle.log_metrics({"n_features": sidecar["n_rows"], "feature_dim": sidecar["dim"]})
     merged = get_run(record.input_run_ids[0])
     log_quality(handle, merged.output_dir)  # type: ignore[arg-type]
-    params = {k: v for k, v in record.params.items() if k not in _RECORD_PARAMS}
-    finish_step(client(), handle, params, record.input_run_ids)
-    log.info("finished %s run %s; outputs in %s", STEP, record.run_id, out)
 
 
 def _log_shard(result: ShardResult, plan: Extraction) -> None:
@@ -494,13 +399,14 @@ def finish_run(run_id: str, argument: str = "RUN_ID") -> StepRun:
     out = record.output_dir
     if out is None or not out.is_dir():
         raise InvalidRunError(f"{argument}: run {run_id} has no output directory ({out})")
-    with run_lock(out.parent.parent, record.tags.get(TAG_RUN_KEY, record.run_id)):
+    shared = SharedRun.of(record, command="features")
+    with shared.lease():
         record = get_run(record.run_id)
         if record.finished:
             require_run(record.run_id, STEP, argument)  # its outputs are still there
             log.info("%s run %s is already finished", STEP, record.run_id)
             return StepRun(record.run_id, STEP, out, reused=True)
-        with contextlib.closing(share_directory(record)):
+        with contextlib.closing(shared.share(record)):
             missing = _missing(record)
             if missing:
                 raise IncompleteRunError(_incomplete_message(record, missing))
@@ -533,11 +439,9 @@ def find_run_of(plan: Extraction) -> str:
     InvalidRunError
         When there is none: no shard has started.
     """
-    runs = find_runs(STEP, run_key=plan.run_key, include_unfinished=True)
-    usable = [r for r in runs if r.output_dir is not None and r.output_dir.is_dir()]
-    finished = [r for r in usable if r.finished]
-    if finished or usable:
-        return (finished or usable)[0].run_id
+    newest = shared_run(plan).newest()
+    if newest is not None:
+        return newest
     raise InvalidRunError(
         f"--finish: no {STEP} run of merge {plan.merged.run_id} with these arguments "
         "(in this MLflow experiment); run the shards first"

@@ -64,12 +64,10 @@ them and gives bit for bit the result of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -126,31 +124,7 @@ from astrocurate.stages.clustering.outputs import (
     unfinished_message,
 )
 from astrocurate.stages.clustering.scripts import _Launch, _render_run_script, _render_sbatch
-from astrocurate.tracking import (
-    LOCK_NAME,
-    TAG_HOST,
-    TAG_OUTPUT_DIR,
-    TAG_PID,
-    DirectoryLock,
-    RunRecord,
-    StepRun,
-    check_reusable,
-    client,
-    create_run_record,
-    experiment_id,
-    experiment_name,
-    find_runs,
-    finish_step,
-    get_run,
-    make_output_root,
-    mark_terminated,
-    redact_uri,
-    require_run,
-    run_key,
-    tracking_uri,
-    try_lock,
-)
-from astrocurate.tracking.lookup import TAG_RUN_SCRIPT
+from astrocurate.tracking import PreparedRun, RunRecord, StepRun, get_run, require_run
 
 __all__ = [
     "LEVEL_ARRAYS",
@@ -270,27 +244,25 @@ def prepare_clustering(
         "subset_sha256": _sha256_array(indices) if config.subset_indices_path else "none",
     }
     key_params = {k: v for k, v in params.items() if k not in VOLATILE_KEYS}
-    key = run_key(STEP, key_params, [features.run_id])
+    key = PreparedRun.key(STEP, key_params, [features.run_id])
     root = Path(output_path).resolve() if output_path else features.output_dir.parent.parent
 
-    existing = None if force else _reusable(key)
+    existing = None if force else PreparedRun.find(STEP, key, RUN_FILE)
     if existing is not None and existing.finished:
-        check_reusable(existing)  # its outputs unchanged since it finished
         log.info("clustering run %s with this config is already finished", existing.run_id)
         return PreparedClustering(existing.run_id, existing.output_dir, existing.status, True)  # type: ignore[arg-type]
     if existing is not None:
         return _refresh_prepared(existing, config, slurm, key_params, indices)
     if slurm is not None and shutil.which("sbatch") is None:
         log.warning("sbatch is not on PATH here: run the run.sh of this experiment where SLURM is")
-    make_output_root(root, [features.run_id])
-    run_id, directory = _create_prepared_run(key, features.run_id, params, root)
+    run = PreparedRun.create(STEP, key, [features.run_id], params, root)
     # Locked until prepared: a concurrent step 4a or run.sh that finds this run (once
     # run.json exists) leaves it alone or waits, and never sees it half-written.
-    with _wait_for_lock(directory, run_id), _fail_on_error(run_id):
-        _write_experiment(directory, run_id, config, slurm, key_params, indices, features)
-        _mark_prepared(run_id, directory)
-    log.info("prepared clustering run %s in %s", run_id, directory)
-    return PreparedClustering(run_id, directory, PREPARED)
+    with _wait_for_lock(run.directory, run.run_id), run.failing():
+        _write_experiment(run.directory, run.run_id, config, slurm, key_params, indices, features)
+        run.mark_prepared(run.directory / RUN_SCRIPT)
+    log.info("prepared clustering run %s in %s", run.run_id, run.directory)
+    return PreparedClustering(run.run_id, run.directory, PREPARED)
 
 
 def _feature_shape(directory: Path) -> tuple[int, int]:
@@ -356,17 +328,6 @@ def _sha256_array(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
-def _reusable(key: str) -> RunRecord | None:
-    """Return the finished run with this key, else the newest unfinished one, else None."""
-    runs = [
-        r
-        for r in find_runs(STEP, run_key=key, include_unfinished=True)
-        if r.output_dir is not None and (r.output_dir / RUN_FILE).is_file()
-    ]
-    finished = [r for r in runs if r.finished]
-    return finished[0] if finished else (runs[0] if runs else None)
-
-
 def _refresh_prepared(
     record: RunRecord,
     config: ClusteringConfig,
@@ -376,7 +337,7 @@ def _refresh_prepared(
 ) -> PreparedClustering:
     """Reuse an unfinished run with the same key: rewrite its scripts (resources may differ)."""
     directory: Path = record.output_dir  # type: ignore[assignment] - _reusable checked it
-    lock = try_lock(directory)
+    lock = PreparedRun(record.run_id, STEP, directory).try_lock()
     if lock is None:
         log.warning(
             "clustering run %s is being prepared or run by another process now in %s; "
@@ -425,13 +386,15 @@ def _write_experiment(
         "define the run (prepare a new one to change them)."
     )
     _write_text(directory / CONFIG_FILE, config.to_yaml(header))
+    store = PreparedRun.store()
+    store = replace(store, uri=absolute_tracking_uri(store.uri))
     launch = _Launch(
         directory=directory,
         run_id=run_id,
         python=sys.executable,
         pythonpath=str(Path(astrocurate.__file__).resolve().parents[1]),
-        tracking_uri=absolute_tracking_uri(tracking_uri()),
-        experiment=experiment_name(),
+        tracking_uri=store.uri,
+        experiment=store.experiment,
     )
     info = {
         "run_id": run_id,
@@ -439,7 +402,7 @@ def _write_experiment(
         "features_dir": str(features.output_dir),
         "key_params": key_params,
         "input_run_ids": [features.run_id],
-        "tracking_uri": redact_uri(launch.tracking_uri),
+        "tracking_uri": store.redacted,
         "experiment_name": launch.experiment,
         "slurm": None if slurm is None else asdict(slurm),
     }
@@ -709,67 +672,17 @@ def clustering_status(directory: Path | str) -> RunRecord:
 # =========================================================================== run records
 
 
-def _create_prepared_run(
-    key: str, features_id: str, params: Mapping[str, Any], root: Path
-) -> tuple[str, Path]:
-    """Create the clustering run with the tags :func:`~astrocurate.tracking.tracked_step` sets."""
-    mlflow_client = client()
-    run_id = create_run_record(
-        mlflow_client, experiment_id(mlflow_client), STEP, key, [features_id]
-    )
-    directory = root / STEP / run_id
-    with _fail_on_error(run_id):
-        directory.mkdir(parents=True, exist_ok=True)
-        handle = StepRun(run_id, STEP, directory)
-        handle.log_params({**params, "input_run_ids": [features_id], "output_dir": str(directory)})
-        handle.set_tags({TAG_OUTPUT_DIR: directory, TAG_HOST: socket.gethostname()})
-    return run_id, directory
-
-
-def _mark_prepared(run_id: str, directory: Path) -> None:
-    """Tag the run script (find_run then finds the run) and set the prepared status."""
-    StepRun(run_id, STEP, directory).set_tags({TAG_RUN_SCRIPT: directory / RUN_SCRIPT})
-    client().update_run(run_id, status=PREPARED)
-
-
-@contextlib.contextmanager
-def _fail_on_error(run_id: str) -> Iterator[None]:
-    """Mark the run FAILED (KILLED on an interrupt) if the block raises, then re-raise."""
-    try:
-        yield
-    except BaseException as exc:
-        _terminate(run_id, exc)
-        raise
-
-
-def _terminate(run_id: str, exc: BaseException) -> None:
-    mark_terminated(client(), run_id, exc)
-
-
-@contextlib.contextmanager
-def _wait_for_lock(directory: Path, run_id: str) -> Iterator[None]:
+def _wait_for_lock(directory: Path, run_id: str) -> contextlib.AbstractContextManager[None]:
     """Hold the experiment directory's lock; wait while another process holds it.
 
     Two ``run.sh`` (or SLURM jobs, or a ``run.sh`` and a concurrent step 4a) on one
     experiment never cluster at once: the second waits here, then finds the run finished
     (or continues from the first one's checkpoints).
     """
-    lock = try_lock(directory)
-    if lock is None:
-        log.warning(
-            "clustering run %s is being worked on by another process (run.sh, a SLURM job or "
-            "step 4a); waiting for it to end",
-            run_id,
-        )
-        handle = open(directory / LOCK_NAME, "a+")  # noqa: SIM115 - closed below
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except BaseException:
-            handle.close()
-            raise
-        lock = DirectoryLock(handle)
-    with contextlib.closing(lock):
-        yield
+    return PreparedRun(run_id, STEP, directory).lock(
+        f"clustering run {run_id} is being worked on by another process (run.sh, a SLURM "
+        "job or step 4a); waiting for it to end"
+    )
 
 
 @contextlib.contextmanager
@@ -777,40 +690,32 @@ def _continue_run(
     run_id: str, directory: Path, finish: bool, info: Mapping[str, Any]
 ) -> Iterator[tuple[StepRun, StopRequest]]:
     """Reopen a prepared run (its directory locked by the caller): mark it RUNNING, finish it."""
-    mlflow_client = client()
-    mlflow_client.update_run(run_id, status="RUNNING")
-    handle = StepRun(run_id, STEP, directory, resumed=True)
-    tags = {TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
-    if os.environ.get("SLURM_JOB_ID"):
-        tags[TAG_SLURM_JOB] = os.environ["SLURM_JOB_ID"]
-    handle.set_tags(tags)
-    stop = StopRequest()
-    try:
-        with stop.handling_signals():
-            yield handle, stop
-    except RequeueRequested as exc:
-        if os.environ.get("SLURM_JOB_ID"):  # tag first: SLURM ends this process
-            handle.set_tags({TAG_PROGRESS: REQUEUED})  # once the requeue is accepted
-        if not _requeue_slurm_job():
-            _terminate(run_id, exc)
-            raise StepInterrupted(str(exc)) from exc
-        raise
-    except BaseException as exc:
-        _terminate(run_id, exc)
-        raise
+    run = PreparedRun(run_id, STEP, directory)
+    tags = {TAG_SLURM_JOB: os.environ["SLURM_JOB_ID"]} if os.environ.get("SLURM_JOB_ID") else {}
+    with run.reopen(tags, keep_status=(RequeueRequested,)) as handle:
+        stop = StopRequest()
+        try:
+            with stop.handling_signals():
+                yield handle, stop
+        except RequeueRequested as exc:
+            if os.environ.get("SLURM_JOB_ID"):  # tag first: SLURM ends this process
+                handle.set_tags({TAG_PROGRESS: REQUEUED})  # once the requeue is accepted
+            if not _requeue_slurm_job():
+                raise StepInterrupted(str(exc)) from exc  # marks the run KILLED
+            raise
     if finish:
-        with _fail_on_error(run_id):
-            _finish(handle, info)
+        _finish(run, handle, info)
 
 
-def _finish(handle: StepRun, info: Mapping[str, Any]) -> None:
+def _finish(run: PreparedRun, handle: StepRun, info: Mapping[str, Any]) -> None:
     """Drop the checkpoints, hash the outputs, log metadata and mark the run FINISHED."""
-    shutil.rmtree(handle.output_dir / CHECKPOINTS, ignore_errors=True)
-    for leftover in handle.output_dir.rglob(".tmp-*"):  # from a process killed mid-write
-        leftover.unlink()
-    handle.log_artifact(handle.output_dir / CONFIG_FILE)
-    handle.set_tags({TAG_PROGRESS: "finished"})
-    finish_step(client(), handle, info["key_params"], info["input_run_ids"])
+    with run.failing():
+        shutil.rmtree(handle.output_dir / CHECKPOINTS, ignore_errors=True)
+        for leftover in handle.output_dir.rglob(".tmp-*"):  # from a process killed mid-write
+            leftover.unlink()
+        handle.log_artifact(handle.output_dir / CONFIG_FILE)
+        handle.set_tags({TAG_PROGRESS: "finished"})
+    run.finish(handle, info["key_params"], info["input_run_ids"])
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ from astrocurate.stages.curated_sampling.outputs import (
     REPORT_DIR,
     SELECTED,
 )
-from astrocurate.tracking import StepRun, remove_temporaries, require_run, tracked_step
+from astrocurate.tracking import StepRun, require_run, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def curated_sample(
 def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level: int) -> None:
     """Select, describe, measure and export the sample into ``run.output_dir``."""
     out = run.output_dir
-    remove_temporaries(out)
+    run.remove_temporaries()
     curated_rng, baseline_rng = np.random.SeedSequence(options.seed).spawn(2)
     labels = inputs.point_labels()
     baseline = sampling.random_sample(inputs.pool_size, options.num_samples, baseline_rng)
@@ -426,10 +426,8 @@ def regenerate_report(run_id: str) -> Path:
     run_id : str
         A finished ``curated_sampling`` run.
     """
-    from astrocurate.tracking import StepRun as Handle
-
     record = require_run(run_id, STEP, "RUN_ID")
-    return _write_report(Handle(record.run_id, STEP, record.output_dir))
+    return _write_report(StepRun(record.run_id, STEP, record.output_dir))
 
 
 def _write_report(run: StepRun) -> Path:

@@ -55,7 +55,6 @@ from astrocurate.tracking import (
     RunRecord,
     StepRun,
     parse_run_id,
-    remove_temporaries,
     require_run,
     tracked_step,
 )
@@ -126,11 +125,11 @@ def merge_cutouts(
     with tracked_step(STEP, params, input_run_ids=ids, output_root=root, force=force) as run:
         if run.reused:
             return run
-        remove_temporaries(run.output_dir)  # of an interrupted attempt
+        run.remove_temporaries()  # of an interrupted attempt
         try:
             _merge_into(run, runs, tables, mosaics, dedup_sky)
         except BaseException:  # a full disk, SIGTERM: no partial file left behind
-            remove_temporaries(run.output_dir)
+            run.remove_temporaries()
             raise
     return run
 

@@ -95,7 +95,6 @@ from astrocurate.stages.clustering.config import (
     STEP,
     VOLATILE_KEYS,
     ClusteringConfig,
-    _is_int,
     load_config,
     parse_overrides,
     valid_keys,
@@ -151,6 +150,7 @@ from astrocurate.tracking import (
     try_lock,
 )
 from astrocurate.tracking.lookup import TAG_RUN_SCRIPT
+from astrocurate.validation import is_int
 
 __all__ = [
     "LEVEL_ARRAYS",
@@ -648,7 +648,7 @@ def _cluster_and_report(
 
 
 def _check_level_arg(level: Any, n_levels: int) -> int:
-    if not _is_int(level) or not 1 <= level <= n_levels:
+    if not is_int(level) or not 1 <= level <= n_levels:
         raise InvalidArgumentError(f"--level={level!r}: expected a level from 1 to {n_levels}")
     return int(level)
 

@@ -136,7 +136,7 @@ SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 #: The one audited ``torch.load(..., weights_only=False)``: the API's explicit opt-in
 #: ``create_backbone(..., allow_pickle=True)``, never reachable from the command line.
 TRUSTED_TORCH_LOAD = {
-    ("src/astrocurate/algorithms/backbones/registry.py", "_load_trusted_checkpoint"),
+    ("src/astrocurate/algorithms/backbones/weights.py", "_load_trusted_checkpoint"),
 }
 
 

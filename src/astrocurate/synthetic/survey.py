@@ -35,8 +35,6 @@ Examples
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,6 +72,7 @@ from astrocurate.synthetic.geometry import (
 )
 from astrocurate.synthetic.render import render_mosaic
 from astrocurate.synthetic.sky import Sky, make_sky
+from astrocurate.validation import check_choice, check_int, check_real
 
 __all__ = [
     "CATALOGUE_COLUMNS",
@@ -296,12 +295,12 @@ def _validate(**kw: object) -> SurveyParams:
     ``kw`` is every argument of :func:`make_survey`; ``output_dir`` is not checked here.
     """
     p = SurveyParams(
-        n_mosaics=_check_int("n_mosaics", kw["n_mosaics"], 1, 10_000),
-        mosaic_size=_check_int("mosaic_size", kw["mosaic_size"], 32, 65_536),
-        pixel_scale_arcsec=_check_real("pixel_scale_arcsec", kw["pixel_scale_arcsec"], 0.0),
-        beam_fwhm_arcsec=_check_real("beam_fwhm_arcsec", kw["beam_fwhm_arcsec"], 0.0),
-        noise_rms_jy=_check_real("noise_rms_jy", kw["noise_rms_jy"], 0.0),
-        source_density_per_deg2=_check_real(
+        n_mosaics=check_int("n_mosaics", kw["n_mosaics"], 1, 10_000),
+        mosaic_size=check_int("mosaic_size", kw["mosaic_size"], 32, 65_536),
+        pixel_scale_arcsec=check_real("pixel_scale_arcsec", kw["pixel_scale_arcsec"], 0.0),
+        beam_fwhm_arcsec=check_real("beam_fwhm_arcsec", kw["beam_fwhm_arcsec"], 0.0),
+        noise_rms_jy=check_real("noise_rms_jy", kw["noise_rms_jy"], 0.0),
+        source_density_per_deg2=check_real(
             "source_density_per_deg2",
             kw["source_density_per_deg2"],
             0.0,
@@ -309,15 +308,15 @@ def _validate(**kw: object) -> SurveyParams:
             low_open=False,
         ),
         class_fractions=_check_fractions(kw["class_fractions"]),
-        centre_ra_deg=_check_real("centre_ra_deg", kw["centre_ra_deg"]) % 360.0,
-        centre_dec_deg=_check_real(
+        centre_ra_deg=check_real("centre_ra_deg", kw["centre_ra_deg"]) % 360.0,
+        centre_dec_deg=check_real(
             "centre_dec_deg", kw["centre_dec_deg"], -90.0, 90.0, low_open=False, high_open=False
         ),
-        overlap_fraction=_check_real(
+        overlap_fraction=check_real(
             "overlap_fraction", kw["overlap_fraction"], 0.0, 1.0, low_open=False
         ),
-        seed=_check_int("seed", kw["seed"], 0, 2**63 - 1),
-        layout=_check_choice("layout", kw["layout"], LAYOUTS),
+        seed=check_int("seed", kw["seed"], 0, 2**63 - 1),
+        layout=check_choice("layout", kw["layout"], LAYOUTS),
     )
     if p.beam_fwhm_arcsec < 2.0 * p.pixel_scale_arcsec:
         raise ValueError(
@@ -339,48 +338,6 @@ def _validate(**kw: object) -> SurveyParams:
     return p
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    """Return ``value`` as int if it is an integer in ``[low, high]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name}={value!r} must be an integer in [{low}, {high}]")
-    if value < low:
-        raise ValueError(f"{name}={value!r} must be >= {low}")
-    if value > high:
-        raise ValueError(f"{name}={value!r} must be <= {high}")
-    return int(value)
-
-
-def _check_real(
-    name: str,
-    value: object,
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = True,
-    high_open: bool = True,
-) -> float:
-    """Return ``value`` as float if it is finite and within the given bounds."""
-    lo = "" if low is None else ("(" if low_open else "[") + f"{low:g}, "
-    hi = "" if high is None else f"{high:g}" + (")" if high_open else "]")
-    valid = "a finite number" + (f" in {lo or '(-inf, '}{hi or 'inf)'}" if lo or hi else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name}={value!r} must be {valid}")
-    v = float(value)
-    bad = not math.isfinite(v)
-    bad |= low is not None and (v <= low if low_open else v < low)
-    bad |= high is not None and (v >= high if high_open else v > high)
-    if bad:
-        raise ValueError(f"{name}={value!r} must be {valid}")
-    return v
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} must be one of {', '.join(map(repr, choices))}")
-    return str(value)
-
-
 def _check_fractions(fractions: Mapping[str, float] | None) -> dict[str, float]:
     """Validate class fractions and normalise them to sum 1 over :data:`CLASS_NAMES`."""
     if fractions is None:
@@ -395,7 +352,7 @@ def _check_fractions(fractions: Mapping[str, float] | None) -> dict[str, float]:
             f"class_fractions has unknown class {unknown[0]!r}; valid classes: "
             f"{', '.join(CLASS_NAMES)}"
         )
-    values = {c: _check_real(f"class_fractions[{c!r}]", fractions.get(c, 0.0)) for c in CLASS_NAMES}
+    values = {c: check_real(f"class_fractions[{c!r}]", fractions.get(c, 0.0)) for c in CLASS_NAMES}
     for c, v in values.items():
         if v < 0:
             raise ValueError(f"class_fractions[{c!r}]={v!r} must be >= 0")

@@ -293,33 +293,14 @@ def _cutouts(args: argparse.Namespace) -> int:
 
 def _write_cutouts_array(args: argparse.Namespace, options) -> Path:
     """Write the SLURM array script of ``cutouts --slurm-array N``; return its path."""
-    from astrocurate.io.atomic import write_text
     from astrocurate.launch import SlurmOptions
-    from astrocurate.stages.cutting_out.run import render_array_script, validate_options
+    from astrocurate.stages.cutting_out.run import write_array_script
 
-    validate_options(options)
-    if args.slurm_array < 1:
-        raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {args.slurm_array}")
     if args.shard:
         raise InvalidArgumentError("--shard: not with --slurm-array (each task sets its shard)")
     slurm = SlurmOptions(args.slurm_account, args.slurm_partition, args.slurm_time, args.slurm_qos)
-    output = Path(args.output_path).resolve()
-    argv = [
-        sys.executable, "-m", "astrocurate.cli", "cutouts",
-        "--mosaics_path", str(Path(args.mosaics_path).resolve()),
-        "--output_path", str(output),
-        "--window_size", str(options.window_size),
-        "--overlap", repr(options.overlap),
-        "--max-nan-fraction", repr(options.max_nan_fraction),
-        "--store", options.store,
-    ]  # fmt: skip
-    text = render_array_script(
-        argv, args.slurm_array, options.window_size, output / "logs", slurm.validate()
-    )
-    (output / "logs").mkdir(parents=True, exist_ok=True)
-    path = output / f"cutouts_w{options.window_size}_{args.slurm_array}shards.sbatch"
-    write_text(path, text, 0o755)
-    return path
+    paths = (Path(args.mosaics_path), Path(args.output_path))
+    return write_array_script(*paths, options, args.slurm_array, slurm)
 
 
 def _announce(run) -> None:
@@ -681,16 +662,14 @@ def _finish_features(args: argparse.Namespace, options) -> int:
 def _write_features_array(args: argparse.Namespace, options) -> Path:
     """Write the SLURM script of ``features --slurm-array N``; return its path."""
     from astrocurate.launch import SlurmOptions
+    from astrocurate.stages.feature_extraction.job_array import write_array_script
     from astrocurate.stages.feature_extraction.run import plan_extraction
-    from astrocurate.stages.feature_extraction.shards import ArrayScript, render_array_script
-    from astrocurate.tracking import make_output_root
 
     if args.slurm_array < 1:
         raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {args.slurm_array}")
     if args.force:
         raise InvalidArgumentError("--force: not with --slurm-array (the shards share one run)")
-    slurm = SlurmOptions(args.slurm_account, args.slurm_partition, args.slurm_time, args.slurm_qos)
-    slurm.validate()
+    slurm = SlurmOptions.from_namespace(args).validate()
     # Check the arguments here, not in N jobs: the merge run, the model, its weights.
     plan = plan_extraction(
         args.merged_cutouts_id,
@@ -700,55 +679,14 @@ def _write_features_array(args: argparse.Namespace, options) -> Path:
         device="cpu",
         output_path=_output_path(args),
     )
-    command = [sys.executable, "-m", "astrocurate.cli", "features", *_feature_argv(args, plan)]
-    script = ArrayScript(
-        command,
+    return write_array_script(
+        plan,
         args.slurm_array,
-        plan.root / "logs",
         slurm,
-        args.slurm_gres,
-        args.slurm_cpus_per_task,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
     )
-    from astrocurate.io.atomic import write_text
-
-    text = render_array_script(script.validate())  # refuses a log directory sbatch cannot use
-    path = plan.root / f"features_{plan.merged.run_id[:8]}_{args.slurm_array}shards.sh"
-    make_output_root(plan.root, [plan.merged.run_id])
-    write_text(path, text, 0o755)
-    return path
-
-
-def _feature_argv(args: argparse.Namespace, plan) -> list[str]:
-    """Return the ``features`` arguments that name the same run from any directory."""
-    o = plan.options
-    n = o.normalization
-    argv = [
-        "--merged-cutouts-id", plan.merged.run_id,
-        "--model", o.model,
-        "--channels", o.channels,
-        "--normalization", n.method,
-        "--low-percentile", repr(n.low_percentile),
-        "--high-percentile", repr(n.high_percentile),
-        "--asinh-softening", repr(n.asinh_softening),
-        "--sigma", repr(n.sigma),
-        "--norm-mean", repr(n.mean),
-        "--norm-std", repr(n.std),
-        "--precision", o.precision,
-        "--dtype", o.output_dtype,
-        "--batch-size", str(args.batch_size),
-        "--shard-rows", str(o.shard_rows),
-        "--device", args.device,
-        "--output_path", str(plan.root),
-        "--no-progress",
-    ]  # fmt: skip
-    for flag, value in (("--arch", o.arch), ("--pooling", o.pooling), ("--resize", o.resize)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if o.weights is not None:
-        argv += ["--weights", str(Path(o.weights).resolve())]
-    if args.workers is not None:
-        argv += ["--workers", str(args.workers)]
-    return argv
 
 
 def _features_finish_arguments(parser: argparse.ArgumentParser) -> None:

@@ -27,26 +27,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocurate.algorithms.kmeans.distributed import Comm
-from astrocurate.algorithms.kmeans.estimator import (
+from astrocurate.algorithms.kmeans.assignment import assign_all
+from astrocurate.algorithms.kmeans.checks import (
     VALID_INITS,
     VALID_PRECISIONS,
+    check_block_size,
+    check_choice,
+    check_distributed,
+    check_int,
+    check_random_state,
+    check_tol,
+)
+from astrocurate.algorithms.kmeans.distributed import Comm
+from astrocurate.algorithms.kmeans.estimator import KMeans, NotFittedError
+from astrocurate.algorithms.kmeans.rows import (
     Array,
-    KMeans,
-    NotFittedError,
-    _assign_all,
-    _block_sizes,
-    _check_block_size,
-    _check_choice,
-    _check_distributed,
-    _check_int,
-    _check_random_state,
-    _check_tol,
-    _dist_dtype,
-    _matmul_precision,
-    _resolve_device,
-    _resolve_dtype,
-    _Rows,
+    Rows,
+    block_sizes,
+    dist_dtype,
+    matmul_precision_scope,
+    resolve_dtype,
+    resolve_torch_device,
 )
 from astrocurate.errors import InvalidArgumentError
 
@@ -182,12 +183,12 @@ def _validate_level(
     where: str = "",
 ) -> _LevelParams:
     """Check one level's parameters; ``where`` is appended to names, e.g. ``"[1]"``."""
-    k = _check_int(f"n_clusters{where}", n_clusters, 1)
-    iters = _check_int(f"n_iters{where}", n_iters, 0)
-    steps = _check_int(f"n_resampling_steps{where}", n_resampling_steps, 1)
-    splits = _check_int(f"n_splits{where}", n_splits, 1)
-    strategy = _check_choice(f"sampling_strategy{where}", sampling_strategy, VALID_STRATEGIES)
-    size = None if sample_size is None else _check_int(f"sample_size{where}", sample_size, 1)
+    k = check_int(f"n_clusters{where}", n_clusters, 1)
+    iters = check_int(f"n_iters{where}", n_iters, 0)
+    steps = check_int(f"n_resampling_steps{where}", n_resampling_steps, 1)
+    splits = check_int(f"n_splits{where}", n_splits, 1)
+    strategy = check_choice(f"sampling_strategy{where}", sampling_strategy, VALID_STRATEGIES)
+    size = None if sample_size is None else check_int(f"sample_size{where}", sample_size, 1)
     if steps > 1 and size is None:
         raise InvalidArgumentError(
             f"sample_size{where}=None but n_resampling_steps{where}={steps}; "
@@ -264,19 +265,19 @@ def cluster_level(
     p = _validate_level(
         n_clusters, n_iters, n_resampling_steps, sample_size, sampling_strategy, n_splits
     )
-    _check_choice("init", init, VALID_INITS)
-    _check_tol(tol)
-    _check_random_state(random_state)
-    dev, dt = _resolve_device(device), _resolve_dtype(dtype)
-    _check_block_size("block_size", block_size)
-    _check_block_size("centroid_block_size", centroid_block_size)
-    rows = Y if isinstance(Y, _Rows) else _Rows(Y, dev, dt)
+    check_choice("init", init, VALID_INITS)
+    check_tol(tol)
+    check_random_state(random_state)
+    dev, dt = resolve_torch_device(device), resolve_dtype(dtype)
+    check_block_size("block_size", block_size)
+    check_block_size("centroid_block_size", centroid_block_size)
+    rows = Y if isinstance(Y, Rows) else Rows(Y, dev, dt)
     if p.n_clusters > rows.n:
         raise InvalidArgumentError(f"n_clusters={p.n_clusters} must be <= n_samples={rows.n}")
     seed = _seed_sequence(random_state)
 
-    _check_choice("matmul_precision", matmul_precision, VALID_PRECISIONS)
-    _check_distributed(distributed)
+    check_choice("matmul_precision", matmul_precision, VALID_PRECISIONS)
+    check_distributed(distributed)
 
     def kmeans(k: int, key: tuple[int, ...], alone: bool = False) -> KMeans:
         return KMeans(
@@ -298,7 +299,7 @@ def cluster_level(
     km._fit_rows(rows)
     centers, labels, sq = km._centers_tensor, km.labels_, km.sq_distances_
     histories = [km.potential_history_]
-    block_rows, centroid_block = _block_sizes(dev, p.n_clusters, block_size, centroid_block_size)
+    block_rows, centroid_block = block_sizes(dev, p.n_clusters, block_size, centroid_block_size)
     for step in range(1, p.n_resampling_steps):
         if p.sampling_strategy == "c":
             keys = sq
@@ -313,22 +314,22 @@ def cluster_level(
             )
         km = kmeans(p.n_clusters, (0, step))
         km._validate()
-        km._fit_rows(_Rows(rows.take(pool), dev, dt))
+        km._fit_rows(Rows(rows.take(pool), dev, dt))
         centers = km._centers_tensor
-        with _matmul_precision(dev, matmul_precision):
-            lab, dist = _assign_all(
+        with matmul_precision_scope(dev, matmul_precision):
+            lab, dist = assign_all(
                 rows, centers, block_rows, centroid_block, Comm(distributed, rows.n)
             )
         labels, sq = lab.cpu().numpy(), dist.cpu().numpy()
         histories.append(km.potential_history_)
-    centroids = centers.cpu().to(_dist_dtype(dt)).numpy()
+    centroids = centers.cpu().to(dist_dtype(dt)).numpy()
     if p.n_splits > 1:
         centroids, labels, sq = _split(rows, labels, p, kmeans)
     return _level_result(centroids, labels, sq, histories)
 
 
 def _split(
-    rows: _Rows,
+    rows: Rows,
     labels: np.ndarray,
     p: _LevelParams,
     make_kmeans: Callable[[int, tuple[int, ...], bool], KMeans],
@@ -344,7 +345,7 @@ def _split(
             continue
         km = make_kmeans(min(p.n_splits, len(idx)), (2, j), True)
         km._validate()
-        km._fit_rows(_Rows(rows.take(idx), rows.device, rows.dtype))
+        km._fit_rows(Rows(rows.take(idx), rows.device, rows.dtype))
         used, sub = np.unique(km.labels_, return_inverse=True)
         new_labels[idx] = len(centroids) + sub
         new_sq[idx] = km.sq_distances_
@@ -491,7 +492,7 @@ class HierarchicalKMeans:
                 f"n_clusters={self.n_clusters!r} must be a list with one integer per level"
             )
         n_levels = len(self.n_clusters) if self.n_levels is None else self.n_levels
-        n_levels = _check_int("n_levels", n_levels, 1)
+        n_levels = check_int("n_levels", n_levels, 1)
         lists = {
             name: _per_level(name, getattr(self, name), n_levels)
             for name in (
@@ -548,14 +549,14 @@ class HierarchicalKMeans:
             self, fitted; the learned lists hold the levels up to ``last_level``.
         """
         params = self.level_params()
-        _check_choice("init", self.init, VALID_INITS)
-        _check_tol(self.tol)
-        _check_random_state(self.random_state)
-        dev, dt = _resolve_device(self.device), _resolve_dtype(self.dtype)
-        _check_block_size("block_size", self.block_size)
-        _check_block_size("centroid_block_size", self.centroid_block_size)
+        check_choice("init", self.init, VALID_INITS)
+        check_tol(self.tol)
+        check_random_state(self.random_state)
+        dev, dt = resolve_torch_device(self.device), resolve_dtype(self.dtype)
+        check_block_size("block_size", self.block_size)
+        check_block_size("centroid_block_size", self.centroid_block_size)
         top = len(params) - 1
-        last = top if last_level is None else _check_int("last_level", last_level, 0, top)
+        last = top if last_level is None else check_int("last_level", last_level, 0, top)
         levels = list(completed_levels)
         if len(levels) > last + 1:
             raise InvalidArgumentError(
@@ -566,14 +567,14 @@ class HierarchicalKMeans:
         if levels:
             n_features = levels[0].centroids.shape[1]
         else:
-            rows = _Rows(X, dev, dt)
+            rows = Rows(X, dev, dt)
             n_features = rows.d
             if params[0].n_clusters > rows.n:
                 raise InvalidArgumentError(
                     f"n_clusters[0]={params[0].n_clusters} must be <= n_samples={rows.n}"
                 )
         for lvl in range(len(levels), last + 1):
-            inputs = rows if lvl == 0 else _Rows(levels[-1].centroids, dev, dt)
+            inputs = rows if lvl == 0 else Rows(levels[-1].centroids, dev, dt)
             p = params[lvl]
             if p.n_clusters > inputs.n:
                 raise InvalidArgumentError(
@@ -619,7 +620,7 @@ class HierarchicalKMeans:
     def _check_level(self, level: Any) -> int:
         if not hasattr(self, "levels_"):
             raise NotFittedError("this HierarchicalKMeans is not fitted yet; call fit(X) first")
-        return _check_int("level", level, 0, len(self.levels_) - 1)
+        return check_int("level", level, 0, len(self.levels_) - 1)
 
     def point_labels(self, level: int) -> np.ndarray:
         """Level-``level`` cluster of every original point, shape (n,), int64."""

@@ -213,7 +213,7 @@ def _point_labels(
 
 def resolve_device(device: str) -> Any:
     """Return the torch device for the config key ``device`` (see :func:`kmeans.resolve_device`)."""
-    from astrocurate.algorithms.kmeans.estimator import resolve_device as resolve
+    from astrocurate.algorithms.kmeans.rows import resolve_device as resolve
 
     _check_device_text(device)
     return resolve(device)
@@ -479,7 +479,7 @@ class _LevelRun:
 
     def run(self, inputs: Any) -> Any:
         """Cluster ``inputs`` (n_in, d); return a LevelResult."""
-        from astrocurate.algorithms.kmeans.estimator import assign
+        from astrocurate.algorithms.kmeans.assignment import assign
 
         # Distributed: no copy of the whole input per rank; KMeans reads each rank's slice.
         Y = inputs if self.ckpt.distributed else _on_device(inputs, self.device, self.dtype)  # noqa: N806

@@ -364,7 +364,10 @@ def hierarchical_shape(args: argparse.Namespace) -> tuple[int, dict[str, Any], s
 
 
 def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
-    """A whole 3-level clustering shaped like config A; wall time per k-means run and level."""
+    """A whole 3-level clustering shaped like config A; wall time per k-means run and level.
+
+    ``HierarchicalKMeans.fit`` runs ``fit_levels``, the level loop the clustering stage runs.
+    """
     n, params, title = hierarchical_shape(args)
     d = args.hierarchical_dim
     print(f"\n## hierarchical, {n:,} x {d}, {title}", flush=True)

@@ -10,16 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.algorithms.kmeans import assignment, hierarchical
+from astrocurate.algorithms.kmeans import assignment, hierarchical, level
 from astrocurate.algorithms.kmeans import bounds as km_bounds
 from astrocurate.algorithms.kmeans import rows as km_rows
 from astrocurate.algorithms.kmeans.assignment import assign
 from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState, NotFittedError
-from astrocurate.algorithms.kmeans.hierarchical import (
-    HierarchicalKMeans,
-    cluster_level,
-    sort_clusters,
-)
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.algorithms.kmeans.level import cluster_level, sort_clusters
 from astrocurate.algorithms.kmeans.seeding import GreedySeeding, n_candidates
 from astrocurate.errors import InvalidArgumentError
 
@@ -575,7 +572,7 @@ def test_sort_clusters_hand_checked() -> None:
 def test_resampling_pool_takes_first_s_per_cluster() -> None:
     labels = np.array([0, 0, 0, 1, 1, 2])
     keys = np.array([3.0, 1.0, 2.0, 5.0, 4.0, 9.0])
-    pool = hierarchical._first_per_cluster(labels, keys, 3, 2)
+    pool = level.first_per_cluster(labels, keys, 3, 2)
     np.testing.assert_array_equal(pool, [1, 2, 3, 4, 5])
 
 
@@ -753,7 +750,7 @@ def test_hierarchical_resume_and_one_level_at_a_time() -> None:
         n_iters=5,
         n_resampling_steps=3,
         sample_size=3,
-        random_state=hierarchical._child_seed(np.random.SeedSequence(3), 0),
+        random_state=hierarchical.level_seed(np.random.SeedSequence(3), 1),
     )
     np.testing.assert_array_equal(level0.centroids, ref.centroids_[0])
 

@@ -314,7 +314,7 @@ class KMeans:
 
     def fit(
         self,
-        X: Array,  # noqa: N803
+        X: Array | Rows,  # noqa: N803
         *,
         state: KMeansState | None = None,
         callback: Callable[[KMeansState], None] | None = None,
@@ -323,8 +323,10 @@ class KMeans:
 
         Parameters
         ----------
-        X : array or tensor, shape (n, d)
-            Points; a ``np.memmap`` is read block by block.
+        X : array, tensor or Rows, shape (n, d)
+            Points; a ``np.memmap`` is read block by block. A
+            :class:`~astrocurate.algorithms.kmeans.rows.Rows` on this estimator's device
+            and dtype is used as it is (with what it has already loaded or computed).
         state : KMeansState, optional
             Continue a fit from this state (e.g. restored from a checkpoint) instead of
             starting afresh; it must come from the same parameters and ``X``.
@@ -338,7 +340,10 @@ class KMeans:
             self, fitted.
         """
         self._validate()
-        rows = Rows(X, self._device, self._dtype)
+        reuse = isinstance(X, Rows) and (X.device, X.dtype) == (self._device, self._dtype)
+        rows = (
+            X if reuse else Rows(X.source if isinstance(X, Rows) else X, self._device, self._dtype)
+        )
         return self._fit_rows(rows, state=state, callback=callback)
 
     def predict(self, X: Array) -> np.ndarray:  # noqa: N803
@@ -500,7 +505,6 @@ class KMeans:
         self.n_features_in_ = rows.d
         self.n_ranks_ = comm.world
         self.n_recomputed_ = list(self._pruning.recomputed)
-        self._centers_tensor = state.centers
         if callback is not None:
             callback(state)
         return self

@@ -755,6 +755,39 @@ def test_hierarchical_resume_and_one_level_at_a_time() -> None:
     np.testing.assert_array_equal(level0.centroids, ref.centroids_[0])
 
 
+class _ResumingHooks(level.NoLevelHooks):
+    """Level hooks that keep every finished run and resume after the last one kept."""
+
+    def __init__(self, kept: dict[int, level.FinishedRuns], stop_after: int | None) -> None:
+        self.kept, self.stop_after = kept, stop_after
+
+    def finished_runs(self, n_runs: int) -> level.FinishedRuns | None:
+        return self.kept[max(self.kept)] if self.kept else None
+
+    def run_done(self, runs: level.FinishedRuns, n_runs: int) -> None:
+        self.kept[runs.last] = runs
+        if runs.last == self.stop_after:
+            raise _KilledError
+
+
+def test_run_level_resumes_after_its_last_finished_run() -> None:
+    """The hooks of the one level loop: a level stopped after a run resumes to the same."""
+    x, _ = blobs(n_per=40, k=6, d=3, seed=2)
+    p = level.validate_level(30, 5, 3, 3, "c", 1)
+    settings = level.KMeansSettings()
+    rows = km_rows.Rows(x, settings.device, settings.dtype)
+    seed = hierarchical.level_seed(np.random.SeedSequence(3), 1)
+    ref = level.run_level(rows, p, seed, settings)
+    kept: dict[int, level.FinishedRuns] = {}
+    with pytest.raises(_KilledError):
+        level.run_level(rows, p, seed, settings, _ResumingHooks(kept, stop_after=1))
+    assert sorted(kept) == [0, 1]
+    got = level.run_level(rows, p, seed, settings, _ResumingHooks(kept, stop_after=None))
+    np.testing.assert_array_equal(got.centroids, ref.centroids)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    assert got.potential_history == ref.potential_history
+
+
 def test_not_fitted() -> None:
     h = HierarchicalKMeans([2])
     with pytest.raises(NotFittedError, match="not fitted"):

@@ -219,11 +219,12 @@ def _per_level(name: str, value: Any, n_levels: int) -> list[Any]:
 class HierarchicalKMeans:
     """Hierarchical k-means with resampling (Vo et al. 2024; docs/design.md section 4).
 
-    Level 0 clusters the input points; level ``l + 1`` clusters the centroids of level
-    ``l`` (unweighted, which flattens the density). Each level runs
-    :func:`~astrocurate.algorithms.kmeans.level.run_level` (through :func:`fit_levels`,
-    as the clustering stage does). Per-level parameters are lists with one entry per level; a
-    scalar is used for every level.
+    Index 0 clusters the input points; index ``l + 1`` clusters the centroids of index
+    ``l`` (unweighted, which flattens the density). The API indexes levels like lists,
+    from 0: index ``l`` is level ``l + 1`` of :func:`fit_levels`, the loop that runs the
+    levels here and in the clustering stage (with stream ``(l,)`` of ``random_state``).
+    Per-level parameters are lists with one entry per level; a scalar is used for every
+    level.
 
     Parameters
     ----------
@@ -243,7 +244,8 @@ class HierarchicalKMeans:
     n_splits : int or list of int
         Sub-clusters per cluster (1 = no split). Not combined with resampling.
     init, tol, random_state, device, dtype, block_size, centroid_block_size
-        As for :class:`KMeans`; level ``l`` uses stream ``(l,)`` of ``random_state``.
+        As for :class:`~astrocurate.algorithms.kmeans.estimator.KMeans`; index ``l`` uses
+        stream ``(l,)`` of ``random_state``.
     matmul_precision, distributed
         As for :func:`~astrocurate.algorithms.kmeans.level.cluster_level`.
 

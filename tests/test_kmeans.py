@@ -807,13 +807,13 @@ KMEANS_ERRORS = [
     ({"n_clusters": 0}, X5, r"n_clusters=0 must be >= 1"),
     ({"n_clusters": 2.5}, X5, r"n_clusters=2.5 must be an integer"),
     ({"n_clusters": True}, X5, r"n_clusters=True must be an integer"),
-    ({"n_clusters": 2, "init": "kmeans++"}, X5, r"init='kmeans\+\+' is not valid; choose one"),
+    ({"n_clusters": 2, "init": "kmeans++"}, X5, r"init='kmeans\+\+' must be one of"),
     ({"n_clusters": 2, "n_iters": -1}, X5, r"n_iters=-1 must be >= 0"),
     ({"n_clusters": 2, "tol": -0.1}, X5, r"tol=-0.1 must be >= 0"),
     ({"n_clusters": 2, "tol": math.nan}, X5, r"tol=nan must be None or a finite number"),
     ({"n_clusters": 2, "random_state": -3}, X5, r"random_state=-3 must be >= 0"),
     ({"n_clusters": 2, "random_state": "a"}, X5, r"random_state='a' must be None, an integer"),
-    ({"n_clusters": 2, "dtype": "int8"}, X5, r"dtype='int8' is not valid; choose one of"),
+    ({"n_clusters": 2, "dtype": "int8"}, X5, r"dtype='int8' must be one of"),
     ({"n_clusters": 2, "device": "tpu"}, X5, r"device='tpu' is not a torch device"),
     ({"n_clusters": 2, "block_size": 0}, X5, r"block_size=0 must be >= 1"),
     ({"n_clusters": 2, "centroid_block_size": -1}, X5, r"centroid_block_size=-1 must be >= 1"),
@@ -880,7 +880,7 @@ HIER_ERRORS = [
     ),
     (
         {"n_clusters": [8, 4], "sampling_strategy": ["r", "x"]},
-        r"sampling_strategy\[1\]='x' is not valid; choose one of 'r', 'c'",
+        r"sampling_strategy\[1\]='x' must be one of 'r', 'c'",
     ),
     (
         {"n_clusters": [8, 4], "n_splits": [2, 1], "n_resampling_steps": [2, 1], "sample_size": 3},
@@ -893,7 +893,7 @@ HIER_ERRORS = [
     ({"n_clusters": [8, 4], "sample_size": [0, 2]}, r"sample_size\[0\]=0 must be >= 1"),
     ({"n_clusters": [8, 0]}, r"n_clusters\[1\]=0 must be >= 1"),
     ({"n_clusters": [8, 4], "n_splits": [1, 0]}, r"n_splits\[1\]=0 must be >= 1"),
-    ({"n_clusters": [8, 4], "init": "greedy"}, r"init='greedy' is not valid"),
+    ({"n_clusters": [8, 4], "init": "greedy"}, r"init='greedy' must be one of"),
 ]
 
 

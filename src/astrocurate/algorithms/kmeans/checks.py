@@ -1,15 +1,19 @@
-"""Parameter checks of the k-means estimators, used at their public boundary only."""
+"""Parameter checks of the k-means estimators, used at their public boundary only.
+
+Integers and choices are checked by :mod:`astrocurate.validation`, in the wording of every
+other layer; what is particular to k-means is here.
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.validation import check_choice, check_int
 
 __all__ = [
     "VALID_INITS",
@@ -24,25 +28,6 @@ __all__ = [
 
 VALID_INITS = ("k-means++", "random")
 VALID_PRECISIONS = ("highest", "tf32")
-
-
-def check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    """Return ``value`` as an int, checked to lie in ``[minimum, maximum]``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgumentError(f"{name}={value!r} must be an integer >= {minimum}")
-    if value < minimum:
-        raise InvalidArgumentError(f"{name}={value!r} must be >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise InvalidArgumentError(f"{name}={value!r} must be <= {maximum}")
-    return int(value)
-
-
-def check_choice(name: str, value: Any, options: Sequence[str]) -> str:
-    """Return ``value``, checked to be one of ``options``."""
-    if not isinstance(value, str) or value not in options:
-        valid = ", ".join(repr(o) for o in options)
-        raise InvalidArgumentError(f"{name}={value!r} is not valid; choose one of {valid}")
-    return value
 
 
 def check_tol(tol: Any) -> float | None:

@@ -100,7 +100,7 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
     valid = ", ".join(repr(n) for n in _DTYPES)
-    raise InvalidArgumentError(f"dtype={dtype!r} is not valid; choose one of {valid}")
+    raise InvalidArgumentError(f"dtype={dtype!r} must be one of {valid}")
 
 
 def dist_dtype(dtype: torch.dtype) -> torch.dtype:

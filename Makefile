@@ -44,9 +44,11 @@ test: $(STAMP) lint
 test-full: $(STAMP) lint
 	ASTROCURATE_FAULTS=full $(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
+# ruff, then the layer contracts of pyproject.toml [tool.importlinter] (docs/ARCHITECTURE.md)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src scripts tests benchmarks
 	$(VENV)/bin/ruff format --check src scripts tests benchmarks
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format src scripts tests benchmarks

@@ -59,14 +59,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from astrocurate.algorithms.kmeans.estimator import (
-    KMeans,
-    KMeansState,
-    _fused_assignment,
-    assign,
-    resolve_device,
-)
+from astrocurate.algorithms.kmeans.assignment import assign, fused_assignment
+from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.algorithms.kmeans.rows import resolve_device
 from astrocurate.stages.clustering.config import load_config
 
 try:
@@ -279,7 +275,7 @@ def run_case(
     else:
         init = np.asarray(x[chosen])
     # ours as configured by default, then with the other bounds setting
-    fused = _fused_assignment(device, torch.float32, args.precision)
+    fused = fused_assignment(device, torch.float32, args.precision)
     methods: dict[str, Callable[[], Timing]] = {
         "astrocurate": lambda: run_ours(x, init, args.iters, device, args.precision, None),
     }
@@ -368,7 +364,10 @@ def hierarchical_shape(args: argparse.Namespace) -> tuple[int, dict[str, Any], s
 
 
 def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
-    """A whole 3-level clustering shaped like config A; wall time per k-means run and level."""
+    """A whole 3-level clustering shaped like config A; wall time per k-means run and level.
+
+    ``HierarchicalKMeans.fit`` runs ``fit_levels``, the level loop the clustering stage runs.
+    """
     n, params, title = hierarchical_shape(args)
     d = args.hierarchical_dim
     print(f"\n## hierarchical, {n:,} x {d}, {title}", flush=True)

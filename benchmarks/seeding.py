@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from kmeans import _clock, make_mixture, parse_case  # benchmarks/kmeans.py
 
-from astrocurate.algorithms.kmeans import estimator as km_module
-from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState, resolve_device
+from astrocurate.algorithms.kmeans import seeding
+from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
+from astrocurate.algorithms.kmeans.rows import resolve_device
 
 
 def run_seeding(
@@ -42,7 +43,7 @@ def run_seeding(
 ) -> dict[str, Any]:
     """Seed ``k`` centres; return the seconds, the rows scored per centre and the rows."""
     scored: list[int] = []
-    original = km_module._seeding_blocks
+    original = seeding.seeding_blocks
 
     def counted(local: Any, rows: Any, block_rows: int) -> Iterator[Any]:
         scored.append(local.n if rows is None else len(rows))
@@ -57,11 +58,11 @@ def run_seeding(
     km = KMeans(
         k, n_iters=0, random_state=seed, device=device, matmul_precision=precision, bounds=bounds
     )
-    km_module._seeding_blocks = counted
+    seeding.seeding_blocks = counted
     try:
         km.fit(x, callback=callback)
     finally:
-        km_module._seeding_blocks = original
+        seeding.seeding_blocks = original
     return {
         "wall": marks[-1][0] - marks[0][0],
         "cpu": marks[-1][1] - marks[0][1],
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, d, k in cases:
             x = make_mixture(Path(tmp) / f"x_{n}_{d}.npy", n, d, args.seed, device)
             print(
-                f"greedy k-means++, {n:,} x {d}, k={k:,} ({km_module.n_candidates(k)} "
+                f"greedy k-means++, {n:,} x {d}, k={k:,} ({seeding.n_candidates(k)} "
                 "candidates per centre)",
                 flush=True,
             )

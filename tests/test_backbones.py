@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.algorithms.backbones.registry import (
+from astrocurate.algorithms.backbones import (
     Backbone,
     ScatteringSpec,
     WeightsError,

@@ -10,20 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.algorithms.kmeans import estimator as km_module
-from astrocurate.algorithms.kmeans import hierarchical
-from astrocurate.algorithms.kmeans.estimator import (
-    KMeans,
-    KMeansState,
-    NotFittedError,
-    assign,
-    n_candidates,
-)
-from astrocurate.algorithms.kmeans.hierarchical import (
-    HierarchicalKMeans,
-    cluster_level,
-    sort_clusters,
-)
+from astrocurate.algorithms.kmeans import assignment, hierarchical, level
+from astrocurate.algorithms.kmeans import bounds as km_bounds
+from astrocurate.algorithms.kmeans import rows as km_rows
+from astrocurate.algorithms.kmeans.assignment import assign
+from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState, NotFittedError
+from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.algorithms.kmeans.level import cluster_level, sort_clusters
+from astrocurate.algorithms.kmeans.seeding import GreedySeeding, n_candidates
 from astrocurate.errors import InvalidArgumentError
 
 
@@ -154,7 +148,7 @@ def test_update_keeps_empty_and_averages_in_float64() -> None:
     sums = torch.tensor([[6.0], [0.0]], dtype=torch.float64)
     counts = torch.tensor([3, 0])
     old = torch.tensor([[1.0], [-7.0]])
-    new = km_module._update_centers(sums, counts, old)
+    new = assignment.update_centers(sums, counts, old)
     assert new.dtype == torch.float32
     np.testing.assert_allclose(new.numpy(), [[2.0], [-7.0]])
 
@@ -260,8 +254,8 @@ def test_memmap_equals_in_memory(
     mm = np.load(path, mmap_mode="r")
     assert isinstance(mm, np.memmap)
     if stream:  # force block-by-block conversion even for small inputs
-        monkeypatch.setattr(km_module, "_PRELOAD_BYTES_CPU", 0)
-        monkeypatch.setattr(km_module._Rows, "_whole", lambda self: None)
+        monkeypatch.setattr(km_rows, "_PRELOAD_BYTES_CPU", 0)
+        monkeypatch.setattr(km_rows.Rows, "_whole", lambda self: None)
     a = KMeans(6, n_iters=5, random_state=2, block_size=33).fit(mm)
     b = KMeans(6, n_iters=5, random_state=2, block_size=33).fit(np.array(x))
     np.testing.assert_array_equal(a.labels_, b.labels_)
@@ -439,9 +433,9 @@ def test_seeding_bounds_leave_out_only_rows_no_candidate_brings_closer(
 ) -> None:
     x, k, kw = SEEDING_CASES[case]
     left_out: list[float] = []
-    original = KMeans._seeding_rows
+    original = GreedySeeding.seeding_rows
 
-    def checked(self: KMeans, local, state, cx, cx_sq, block_rows, d2):
+    def checked(self: GreedySeeding, local, state, cx, cx_sq, block_rows, d2):
         scored = original(self, local, state, cx, cx_sq, block_rows, d2)
         if scored is not None:
             out = np.ones(len(x), dtype=bool)
@@ -451,7 +445,7 @@ def test_seeding_bounds_leave_out_only_rows_no_candidate_brings_closer(
             left_out.append(float(out.mean()))
         return scored
 
-    monkeypatch.setattr(KMeans, "_seeding_rows", checked)
+    monkeypatch.setattr(GreedySeeding, "seeding_rows", checked)
     pruned = KMeans(k, n_iters=0, random_state=3, **kw).fit(x)
     full = KMeans(k, n_iters=0, random_state=3, bounds=False, **kw).fit(x)
     assert left_out and max(left_out) > 0.75  # the bounds did leave most rows out
@@ -483,7 +477,7 @@ def test_rescoring_in_small_batches_gives_the_same_fit(monkeypatch: pytest.Monke
     x = _mixture(2500, 16, 30, 10)
     ref = KMeans(250, n_iters=12, random_state=2).fit(x)
     assert any(0 < r < len(x) for r in ref.n_recomputed_[1:])  # some rows rescored, not all
-    monkeypatch.setattr(km_module, "_RESCORE_ROWS", 37)  # many flushes, across blocks
+    monkeypatch.setattr(km_bounds, "_RESCORE_ROWS", 37)  # many flushes, across blocks
     small = KMeans(250, n_iters=12, random_state=2, block_size=500).fit(x)
     np.testing.assert_array_equal(small.labels_, ref.labels_)
     np.testing.assert_array_equal(small.cluster_centers_, ref.cluster_centers_)
@@ -494,7 +488,7 @@ def test_moved_down_never_exceeds_the_exact_difference() -> None:
     gen = torch.Generator().manual_seed(0)
     lower = (torch.rand(200_000, generator=gen) * 100).reshape(-1, 8)
     shift64 = torch.rand(8, generator=gen, dtype=torch.float64) * 10
-    got = km_module._moved_down(lower, km_module._up_f32(shift64)).to(torch.float64)
+    got = km_bounds._moved_down(lower, km_bounds._up_f32(shift64)).to(torch.float64)
     exact = lower.to(torch.float64) - shift64
     assert bool((got <= exact).all())
     assert float((exact - got).max()) < 1e-4  # and only an ulp or two below
@@ -534,8 +528,8 @@ def test_nearest_groups_matches_brute_force() -> None:
     c_sq = (centers * centers).sum(1)
     scores = (c_sq - 2 * xb @ centers.T).numpy()
     for block in (13, 5, 1):
-        labels, group_min = km_module._nearest_groups(xb, centers, c_sq, block, groups, 3)
-        expected = km_module._nearest(xb, centers, c_sq, block)
+        labels, group_min = km_bounds._nearest_groups(xb, centers, c_sq, block, groups, 3)
+        expected = assignment.nearest(xb, centers, c_sq, block)
         np.testing.assert_array_equal(labels.numpy(), expected.numpy())
         for g in range(3):
             masked = np.where(groups.numpy()[None, :] == g, scores, np.inf)
@@ -545,17 +539,17 @@ def test_nearest_groups_matches_brute_force() -> None:
 
 def test_lower_bounds_round_down_to_float32() -> None:
     values = torch.tensor([1 / 3, 2.0, math.inf, 0.0, 1e-50], dtype=torch.float64)
-    down = km_module._down_f32(values)
+    down = km_bounds._down_f32(values)
     assert down.dtype == torch.float32
     assert bool((down.to(torch.float64) <= values).all())
     assert down[1] == 2.0 and math.isinf(down[2])
 
 
 def test_score_error_factor() -> None:
-    f32 = km_module._score_error_factor(torch.float32, 384, torch.device("cpu"))
-    f64 = km_module._score_error_factor(torch.float64, 384, torch.device("cpu"))
+    f32 = km_bounds.score_error_factor(torch.float32, 384, torch.device("cpu"))
+    f64 = km_bounds.score_error_factor(torch.float64, 384, torch.device("cpu"))
     assert 384 * 2**-24 < f32 < 1e-4 and f64 < 1e-13
-    assert km_module._score_error_factor(torch.bfloat16, 384, torch.device("cpu")) is None
+    assert km_bounds.score_error_factor(torch.bfloat16, 384, torch.device("cpu")) is None
     x = _mixture(200, 8, 3, 9).astype(np.float16)
     km = KMeans(4, n_iters=3, random_state=0, dtype="float16").fit(x)
     assert km.n_recomputed_ == []  # 16-bit compute dtypes are not pruned
@@ -578,7 +572,7 @@ def test_sort_clusters_hand_checked() -> None:
 def test_resampling_pool_takes_first_s_per_cluster() -> None:
     labels = np.array([0, 0, 0, 1, 1, 2])
     keys = np.array([3.0, 1.0, 2.0, 5.0, 4.0, 9.0])
-    pool = hierarchical._first_per_cluster(labels, keys, 3, 2)
+    pool = level.first_per_cluster(labels, keys, 3, 2)
     np.testing.assert_array_equal(pool, [1, 2, 3, 4, 5])
 
 
@@ -756,9 +750,42 @@ def test_hierarchical_resume_and_one_level_at_a_time() -> None:
         n_iters=5,
         n_resampling_steps=3,
         sample_size=3,
-        random_state=hierarchical._child_seed(np.random.SeedSequence(3), 0),
+        random_state=hierarchical.level_seed(np.random.SeedSequence(3), 1),
     )
     np.testing.assert_array_equal(level0.centroids, ref.centroids_[0])
+
+
+class _ResumingHooks(level.NoLevelHooks):
+    """Level hooks that keep every finished run and resume after the last one kept."""
+
+    def __init__(self, kept: dict[int, level.FinishedRuns], stop_after: int | None) -> None:
+        self.kept, self.stop_after = kept, stop_after
+
+    def finished_runs(self, n_runs: int) -> level.FinishedRuns | None:
+        return self.kept[max(self.kept)] if self.kept else None
+
+    def run_done(self, runs: level.FinishedRuns, n_runs: int) -> None:
+        self.kept[runs.last] = runs
+        if runs.last == self.stop_after:
+            raise _KilledError
+
+
+def test_run_level_resumes_after_its_last_finished_run() -> None:
+    """The hooks of the one level loop: a level stopped after a run resumes to the same."""
+    x, _ = blobs(n_per=40, k=6, d=3, seed=2)
+    p = level.validate_level(30, 5, 3, 3, "c", 1)
+    settings = level.KMeansSettings()
+    rows = km_rows.Rows(x, settings.device, settings.dtype)
+    seed = hierarchical.level_seed(np.random.SeedSequence(3), 1)
+    ref = level.run_level(rows, p, seed, settings)
+    kept: dict[int, level.FinishedRuns] = {}
+    with pytest.raises(_KilledError):
+        level.run_level(rows, p, seed, settings, _ResumingHooks(kept, stop_after=1))
+    assert sorted(kept) == [0, 1]
+    got = level.run_level(rows, p, seed, settings, _ResumingHooks(kept, stop_after=None))
+    np.testing.assert_array_equal(got.centroids, ref.centroids)
+    np.testing.assert_array_equal(got.labels, ref.labels)
+    assert got.potential_history == ref.potential_history
 
 
 def test_not_fitted() -> None:
@@ -780,13 +807,13 @@ KMEANS_ERRORS = [
     ({"n_clusters": 0}, X5, r"n_clusters=0 must be >= 1"),
     ({"n_clusters": 2.5}, X5, r"n_clusters=2.5 must be an integer"),
     ({"n_clusters": True}, X5, r"n_clusters=True must be an integer"),
-    ({"n_clusters": 2, "init": "kmeans++"}, X5, r"init='kmeans\+\+' is not valid; choose one"),
+    ({"n_clusters": 2, "init": "kmeans++"}, X5, r"init='kmeans\+\+' must be one of"),
     ({"n_clusters": 2, "n_iters": -1}, X5, r"n_iters=-1 must be >= 0"),
     ({"n_clusters": 2, "tol": -0.1}, X5, r"tol=-0.1 must be >= 0"),
     ({"n_clusters": 2, "tol": math.nan}, X5, r"tol=nan must be None or a finite number"),
     ({"n_clusters": 2, "random_state": -3}, X5, r"random_state=-3 must be >= 0"),
     ({"n_clusters": 2, "random_state": "a"}, X5, r"random_state='a' must be None, an integer"),
-    ({"n_clusters": 2, "dtype": "int8"}, X5, r"dtype='int8' is not valid; choose one of"),
+    ({"n_clusters": 2, "dtype": "int8"}, X5, r"dtype='int8' must be one of"),
     ({"n_clusters": 2, "device": "tpu"}, X5, r"device='tpu' is not a torch device"),
     ({"n_clusters": 2, "block_size": 0}, X5, r"block_size=0 must be >= 1"),
     ({"n_clusters": 2, "centroid_block_size": -1}, X5, r"centroid_block_size=-1 must be >= 1"),
@@ -853,7 +880,7 @@ HIER_ERRORS = [
     ),
     (
         {"n_clusters": [8, 4], "sampling_strategy": ["r", "x"]},
-        r"sampling_strategy\[1\]='x' is not valid; choose one of 'r', 'c'",
+        r"sampling_strategy\[1\]='x' must be one of 'r', 'c'",
     ),
     (
         {"n_clusters": [8, 4], "n_splits": [2, 1], "n_resampling_steps": [2, 1], "sample_size": 3},
@@ -866,7 +893,7 @@ HIER_ERRORS = [
     ({"n_clusters": [8, 4], "sample_size": [0, 2]}, r"sample_size\[0\]=0 must be >= 1"),
     ({"n_clusters": [8, 0]}, r"n_clusters\[1\]=0 must be >= 1"),
     ({"n_clusters": [8, 4], "n_splits": [1, 0]}, r"n_splits\[1\]=0 must be >= 1"),
-    ({"n_clusters": [8, 4], "init": "greedy"}, r"init='greedy' is not valid"),
+    ({"n_clusters": [8, 4], "init": "greedy"}, r"init='greedy' must be one of"),
 ]
 
 
@@ -954,7 +981,7 @@ def test_cuda_matches_cpu(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
         np.testing.assert_array_equal(hg.labels_[lvl], hc.labels_[lvl])
         np.testing.assert_allclose(hg.centroids_[lvl], hc.centroids_[lvl], rtol=1e-5, atol=1e-4)
     # rows copied to the GPU block by block on every pass give the same result
-    monkeypatch.setattr(km_module, "_PRELOAD_FRACTION_CUDA", 0.0)
+    monkeypatch.setattr(km_rows, "_PRELOAD_FRACTION_CUDA", 0.0)
     streamed = KMeans(k, device="cuda", block_size=257, **kw).fit(x)
     np.testing.assert_array_equal(streamed.labels_, gpu.labels_)
     labels, _ = assign(x, cpu.cluster_centers_, device="cuda", dtype=dtype)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.algorithms.kmeans.estimator import KMeans, assign
+from astrocurate.algorithms.kmeans.assignment import assign
+from astrocurate.algorithms.kmeans.estimator import KMeans
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 from astrocurate.errors import InvalidArgumentError
 
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 from astrocurate.algorithms.kmeans.distributed import init_distributed
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
-from astrocurate.algorithms.kmeans.estimator import KMeans, assign
+from astrocurate.algorithms.kmeans.assignment import assign
+from astrocurate.algorithms.kmeans.estimator import KMeans
 
 torch.set_num_threads(1)
 data, out = sys.argv[1], sys.argv[2]

@@ -18,17 +18,15 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
+from astrocurate.io.fits_image import InvalidMosaicError, UnsupportedCubeError
+from astrocurate.io.mosaic_names import FITS_SUFFIXES, mosaic_name
 from astrocurate.io.mosaics import (
-    FITS_SUFFIXES,
-    InvalidMosaicError,
     MosaicFile,
-    UnsupportedCubeError,
     discover_mosaics,
     file_fingerprint,
     fingerprint_mismatch,
     fits_problem,
     is_fits_file,
-    mosaic_name,
     open_mosaic,
     scan_mosaics,
 )

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from astrocurate.algorithms.kmeans.estimator import KMeans, _fused_assignment, _score_error_factor
+from astrocurate.algorithms.kmeans.assignment import fused_assignment
+from astrocurate.algorithms.kmeans.bounds import score_error_factor
+from astrocurate.algorithms.kmeans.estimator import KMeans
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 
 pytest.importorskip("triton")
@@ -92,13 +94,13 @@ def test_interpreted_fit_equals_plain_cpu_fit(interpreted: dict) -> None:
 def test_fused_assignment_only_for_float32_tf32_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert _fused_assignment(cuda, torch.float32, "tf32")
-    assert not _fused_assignment(cuda, torch.float32, "highest")
-    assert not _fused_assignment(cuda, torch.float64, "tf32")
-    assert not _fused_assignment(cpu, torch.float32, "tf32")
+    assert fused_assignment(cuda, torch.float32, "tf32")
+    assert not fused_assignment(cuda, torch.float32, "highest")
+    assert not fused_assignment(cuda, torch.float64, "tf32")
+    assert not fused_assignment(cpu, torch.float32, "tf32")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert _fused_assignment(cpu, torch.float32, "highest")
-    assert not _fused_assignment(cpu, torch.float64, "highest")
+    assert fused_assignment(cpu, torch.float32, "highest")
+    assert not fused_assignment(cpu, torch.float64, "highest")
 
 
 def test_bounds_default_prunes_on_the_cpu() -> None:
@@ -126,7 +128,7 @@ def test_cuda_tf32_labels_are_nearest_within_the_tf32_error() -> None:
     exact = torch.cdist(x.double(), c.double()).square_()
     best = exact.min(dim=1).values
     chosen = exact.gather(1, got[:, None]).squeeze(1)
-    rho = _score_error_factor(torch.float32, 384, x.device) + 2.0**-9
+    rho = score_error_factor(torch.float32, 384, x.device) + 2.0**-9
     bound = 2 * rho * (x.double().norm(dim=1) + c.double().norm(dim=1).max()) ** 2
     assert bool((chosen - best <= bound).all())
     assert float((got == exact.argmin(dim=1)).double().mean()) > 0.9

@@ -23,15 +23,15 @@ import pytest
 from PIL import Image
 
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
-from astrocurate.stages.curated_sampling.report import (
+from astrocurate.stages.curated_sampling.report import write_report
+from astrocurate.stages.curated_sampling.report_data import load_sampling_run
+from astrocurate.stages.curated_sampling.report_galleries import (
     asinh_stretch,
-    feature_map,
     gallery_clusters,
-    load_sampling_run,
     pick_gallery_rows,
     thumbnail_png,
-    write_report,
 )
+from astrocurate.stages.curated_sampling.report_map import feature_map
 from needs import unavailable
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -247,9 +247,9 @@ def test_write_report_rejects_bad_arguments(sampling_dir: Path, tmp_path: Path) 
 
 
 def test_umap_without_the_package_is_refused(sampling_dir: Path, monkeypatch) -> None:
-    import astrocurate.stages.curated_sampling.report as report_module
+    import astrocurate.stages.curated_sampling.report_map as report_map
 
-    monkeypatch.setattr(report_module, "_umap_available", lambda: False)
+    monkeypatch.setattr(report_map, "_umap_available", lambda: False)
     with pytest.raises(InvalidArgumentError, match="umap-learn"):
         write_report(sampling_dir, projection="umap")
 

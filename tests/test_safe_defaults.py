@@ -136,7 +136,7 @@ SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
 #: The one audited ``torch.load(..., weights_only=False)``: the API's explicit opt-in
 #: ``create_backbone(..., allow_pickle=True)``, never reachable from the command line.
 TRUSTED_TORCH_LOAD = {
-    ("src/astrocurate/algorithms/backbones/registry.py", "_load_trusted_checkpoint"),
+    ("src/astrocurate/algorithms/backbones/weights.py", "_load_trusted_checkpoint"),
 }
 
 
@@ -744,9 +744,13 @@ def test_tracking_environment_never_writes_credentials() -> None:
 def test_scripts_of_a_store_with_credentials_do_not_store_them(
     hostile_store: Path, secret_pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import astrocurate.stages.clustering.run as clustering
+    from astrocurate.tracking import PreparedRun, experiment_name
+    from astrocurate.tracking.store import StoreAddress
 
-    monkeypatch.setattr(clustering, "tracking_uri", lambda: CREDENTIAL_URI)  # scripts only
+    def store() -> StoreAddress:  # what the scripts are given, not the client's store
+        return StoreAddress(CREDENTIAL_URI, experiment_name())
+
+    monkeypatch.setattr(PreparedRun, "store", staticmethod(store))
     for slurm in (None, SlurmOptions(partition="cpu")):
         prepared = prepare_clustering(
             secret_pipeline["features"],
@@ -772,14 +776,15 @@ def test_scripts_of_a_store_with_credentials_do_not_store_them(
 def _rendered_scripts(tmp_path: Path) -> dict[str, str]:
     """Every kind of script astrocurate writes, rendered for this process's tracking store.
 
-    Keys are ``module:function`` of the renderers; :func:`_script_renderers` lists them
-    from the source, so a new renderer left out here fails the test below.
+    Keys are ``module:function`` of the functions that describe a script for the one
+    renderer, :func:`astrocurate.launch.render_script`; :func:`_script_renderers` lists
+    them from the source, so a new one left out here fails the test below.
     """
     from astrocurate.launch import absolute_tracking_uri
     from astrocurate.stages.clustering import scripts as clustering_scripts
     from astrocurate.stages.clustering.config import ClusteringConfig as Config
     from astrocurate.stages.cutting_out import run as cutouts
-    from astrocurate.stages.feature_extraction import shards as feature_shards
+    from astrocurate.stages.feature_extraction import job_array
     from astrocurate.tracking import experiment_name, tracking_uri
 
     launch = clustering_scripts._Launch(
@@ -788,40 +793,52 @@ def _rendered_scripts(tmp_path: Path) -> dict[str, str]:
     )  # fmt: skip
     slurm = SlurmOptions(account="a", partition="p", time="01:00:00")
     one, two = Config.from_mapping(SMALL), Config.from_mapping({**SMALL, "nprocs_per_node": 2})
-    features = feature_shards.ArrayScript(["features"], 2, tmp_path / "logs", slurm, "gpu:1")
+    gpus = SlurmOptions(account="a", partition="p", time="01:00:00", gres="gpu:1")
+    features = job_array.ArrayScript(["features"], 2, tmp_path / "logs", gpus)
     return {
         "stages.clustering.scripts:_render_run_script": "\n".join(
             clustering_scripts._render_run_script(launch, config, options)
             for config in (one, two)
             for options in (None, slurm)
         ),
-        "stages.clustering.scripts:_sbatch_header": "\n".join(
+        "stages.clustering.scripts:_render_sbatch": "\n".join(
             clustering_scripts._render_sbatch(launch, config, slurm, 1) for config in (one, two)
         ),
         "stages.cutting_out.run:render_array_script": cutouts.render_array_script(
             ["cutouts"], 2, 32, tmp_path / "logs", slurm
         ),
-        "stages.feature_extraction.shards:render_array_script": feature_shards.render_array_script(
+        "stages.feature_extraction.job_array:render_array_script": job_array.render_array_script(
             features
         ),
     }
 
 
 def _script_renderers() -> set[str]:
-    """``module:function`` of every function in the package that writes a ``#!`` line."""
+    """``module:function`` of every function in the package that calls ``render_script``.
+
+    Only :func:`astrocurate.launch.sbatch.render_script` itself writes a ``#!`` line.
+    """
     import astrocurate
 
+    def calls_renderer(node: ast.AST) -> bool:
+        target = node.func if isinstance(node, ast.Call) else None
+        name = getattr(target, "attr", None) or getattr(target, "id", None)
+        return name == "render_script"
+
     package = Path(astrocurate.__file__).parent
-    found = set()
+    callers, shebangs = set(), set()
     for path in package.rglob("*.py"):
         module = ".".join(path.relative_to(package).with_suffix("").parts)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef) and any(
-                isinstance(c, ast.Constant) and isinstance(c.value, str) and "#!/" in c.value
-                for c in ast.walk(node)
-            ):
-                found.add(f"{module}:{node.name}")
-    return found
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            inside = list(ast.walk(node))
+            if any(isinstance(c, ast.Constant) and "#!/" in str(c.value) for c in inside):
+                shebangs.add(f"{module}:{node.name}")
+            if any(calls_renderer(c) for c in inside):
+                callers.add(f"{module}:{node.name}")
+    assert shebangs == {"launch.sbatch:render_script"}
+    return callers
 
 
 def test_every_generated_script_keeps_credentials_out(
@@ -849,4 +866,4 @@ def test_only_the_launch_module_writes_a_tracking_uri_into_a_script() -> None:
         for path in package.rglob("*.py")
         if "export MLFLOW_TRACKING_URI=" in path.read_text()
     ]
-    assert writers == ["launch/__init__.py"]
+    assert writers == ["launch/environment.py"]

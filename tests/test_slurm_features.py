@@ -23,7 +23,7 @@ import pytest
 
 from astrocurate.cli import main
 from astrocurate.launch import SlurmOptions
-from astrocurate.stages.feature_extraction.shards import ArrayScript, render_array_script
+from astrocurate.stages.feature_extraction.job_array import ArrayScript, render_array_script
 from slurm_cluster import SlurmCluster
 from test_features_sharded import (
     Inputs,
@@ -72,13 +72,11 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         ["/opt/py", "-m", "astrocurate.cli", "features", "--merged-cutouts-id", "abc"],
         4,
         Path("/data/logs"),
-        SlurmOptions("acct", "gpu", "02:00:00", None),
-        "gpu:1",
-        4,
+        SlurmOptions("acct", "gpu", "02:00:00", None, gres="gpu:1", cpus_per_task=4),
     )
     text = render_array_script(script.validate())
     lines = text.splitlines()
-    assert lines[0] == "#!/bin/bash" and "set -euo pipefail" in lines
+    assert lines[0] == "#!/usr/bin/env bash" and "set -euo pipefail" in lines
     assert f"export MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/rel/mlflow.db" in lines
     assert "export MLFLOW_EXPERIMENT_NAME='survey A'" in lines
     command = "/opt/py -m astrocurate.cli features --merged-cutouts-id abc"
@@ -87,15 +85,15 @@ def test_script_content(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert '        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"' in lines
     assert f"    --finish) exec {command} --finish ;;" in lines
     assert (
-        'submit "the job array" --array="$tasks" --job-name=astrocurate-features --requeue '
-        "--open-mode=append --output=/data/logs/features-%A_%a.out --account=acct "
-        '--partition=gpu --time=02:00:00 --gres=gpu:1 --cpus-per-task=4 "$0" --task'
+        'submit "the job array" --array="$tasks" --job-name=astrocurate-features --account=acct '
+        "--partition=gpu --time=02:00:00 --gres=gpu:1 --cpus-per-task=4 --requeue "
+        '--open-mode=append --output=/data/logs/features-%A_%a.out "$0" --task'
     ) in lines
     assert (
         'submit "the finishing job" --dependency=afterok:"$array" '
-        "--job-name=astrocurate-features-finish --kill-on-invalid-dep=yes "
-        "--output=/data/logs/features-finish-%j.out --account=acct "
-        '--partition=gpu --time=02:00:00 "$0" --finish'
+        "--job-name=astrocurate-features-finish --account=acct --partition=gpu "
+        "--time=02:00:00 --kill-on-invalid-dep=yes "
+        '--output=/data/logs/features-finish-%j.out "$0" --finish'
     ) in lines  # no GPU for the finishing job
     assert lines[-1] == 'echo "$array $finish"'
     assert "#SBATCH" not in text  # every option on sbatch's command line, shell-quoted
@@ -131,7 +129,7 @@ def test_hostile_directory_names_are_quoted(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", HOSTILE)
     command = [str(python), "-m", "astrocurate.cli", "features", "--output_path", str(hostile)]
-    script = ArrayScript(command, 2, hostile / "logs", SlurmOptions(), None)
+    script = ArrayScript(command, 2, hostile / "logs", SlurmOptions())
     path = hostile / "features 2 shards.sh"
     path.write_text(render_array_script(script))
     path.chmod(0o755)

@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.validation import check_int
 
 __all__ = [
     "STRATEGIES",
@@ -56,17 +57,6 @@ RandomStateLike = int | np.random.Generator | np.random.SeedSequence | None
 
 
 # -- validation ---------------------------------------------------------------------------
-
-
-def _check_count(value: Any, name: str, *, minimum: int) -> int:
-    """Return ``value`` as an int if it is an integer >= ``minimum``, else raise."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise InvalidArgumentError(
-            f"{name}={value!r} must be an integer >= {minimum} (got {type(value).__name__})"
-        )
-    if value < minimum:
-        raise InvalidArgumentError(f"{name}={value!r} must be an integer >= {minimum}")
-    return int(value)
 
 
 def _as_generator(random_state: RandomStateLike, name: str = "random_state") -> np.random.Generator:
@@ -313,7 +303,7 @@ def split_budget(sizes: ArrayLike, budget: int, rng: RandomStateLike = None) -> 
     [5, 3, 1]
     """
     sizes = _check_int_array(sizes, "sizes")
-    budget = _check_count(budget, "budget", minimum=0)
+    budget = check_int("budget", budget, minimum=0)
     generator = _as_generator(rng, "rng")
     return _split_grouped(
         sizes, np.zeros(sizes.size, dtype=np.int64), np.array([budget], np.int64), generator
@@ -504,7 +494,7 @@ def balanced_sample(
     >>> balanced_sample([leaves], 3, random_state=0).size
     3
     """
-    budget = _check_count(budget, "budget", minimum=1)
+    budget = check_int("budget", budget, minimum=1)
     strategy = _check_strategy(strategy)
     levels, _ = _check_labels(point_labels_per_level, level)
     n = levels[0].size
@@ -541,8 +531,8 @@ def random_sample(n: int, budget: int, random_state: RandomStateLike = None) -> 
         (a ``ValueError``) if ``n`` is not an integer >= 0 or ``budget`` not an integer
         >= 1.
     """
-    n = _check_count(n, "n", minimum=0)
-    budget = _check_count(budget, "budget", minimum=1)
+    n = check_int("n", n, minimum=0)
+    budget = check_int("budget", budget, minimum=1)
     rng = _as_generator(random_state)
     if budget >= n:
         return np.arange(n, dtype=np.int64)
@@ -653,7 +643,7 @@ def normalized_entropy(counts: ArrayLike, n_categories: int | None = None) -> fl
     nonzero = array[array > 0]
     if n_categories is None:
         n_categories = array.size
-    n_categories = _check_count(n_categories, "n_categories", minimum=1)
+    n_categories = check_int("n_categories", n_categories, minimum=1)
     if n_categories < nonzero.size:
         raise InvalidArgumentError(
             f"n_categories={n_categories} is smaller than the {nonzero.size} non-zero counts"

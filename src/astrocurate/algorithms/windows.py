@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from astrocurate.validation import check_int, check_real
+
 __all__ = [
     "DEFAULT_FILL_VALUE",
     "MAD_TO_SIGMA",
@@ -56,19 +58,11 @@ ROBUST_GRID = 32
 
 
 def _check_window_size(window_size: Any) -> int:
-    if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral):
-        raise ValueError(f"window_size={window_size!r} must be a positive integer")
-    if window_size <= 0:
-        raise ValueError(f"window_size={window_size!r} must be a positive integer")
-    return int(window_size)
+    return check_int("window_size", window_size, minimum=1)
 
 
 def _check_overlap(overlap: Any) -> float:
-    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real):
-        raise ValueError(f"overlap={overlap!r} must be a number in [0, 1)")
-    if not (math.isfinite(overlap) and 0.0 <= overlap < 1.0):
-        raise ValueError(f"overlap={overlap!r} must be in [0, 1)")
-    return float(overlap)
+    return check_real("overlap", overlap, 0.0, 1.0, low_open=False)
 
 
 def window_stride(window_size: int, overlap: float) -> int:

@@ -1,7 +1,8 @@
 """Find and read FITS survey mosaics: files in, float32 row bands and sky positions out.
 
 This is the data layer under the cutouts stage. It knows nothing of MLflow or the
-command line.
+command line. The image inside the file (which HDU, its stored values) is read by
+:mod:`astrocurate.io.fits_image`; sky positions come from :mod:`astrocurate.io.wcs`.
 
 * :func:`scan_mosaics` / :func:`discover_mosaics` find FITS images under a directory.
 * :func:`open_mosaic` opens one mosaic as a :class:`Mosaic`: the first HDU holding a 2-D
@@ -35,71 +36,48 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import math
 import os
-import warnings
 import zlib
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
-from astropy import units as u
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
-from astropy.wcs.utils import proj_plane_pixel_scales
 
-from astrocurate.errors import AstrocurateError
+from astrocurate.io.fits_image import (
+    BITPIX_DTYPES,
+    ImageChoice,
+    InvalidMosaicError,
+    RowReader,
+    Scaling,
+    check_plain_size,
+    corrupt_message,
+    open_image_hdu,
+    stored_nbytes,
+)
+from astrocurate.io.mosaic_names import is_fits_name, mosaic_name, unique_names
+from astrocurate.io.wcs import celestial_wcs, pixel_scale_arcsec, world_to_icrs
 
 __all__ = [
-    "FITS_SUFFIXES",
-    "LOTSS_FILE_STEMS",
-    "InvalidMosaicError",
     "Mosaic",
     "MosaicFile",
     "MosaicScan",
-    "UnsupportedCubeError",
     "discover_mosaics",
     "file_fingerprint",
     "fingerprint_mismatch",
     "fits_problem",
     "is_fits_file",
-    "is_fits_name",
-    "mosaic_name",
     "open_mosaic",
     "scan_mosaics",
-    "strip_fits_suffix",
 ]
 
-#: File-name endings recognised as FITS images (matched case-insensitively).
-FITS_SUFFIXES: tuple[str, ...] = (
-    ".fits.fz",
-    ".fits.gz",
-    ".fit.gz",
-    ".fts.gz",
-    ".fits",
-    ".fit",
-    ".fts",
-    ".fz",
-)
-#: File stems of the LoTSS layout ``<mosaic>/mosaic-blanked.fits``: named after the folder.
-LOTSS_FILE_STEMS: frozenset[str] = frozenset({"mosaic", "mosaic-blanked"})
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _FITS_MAGIC = b"SIMPLE  ="
-_BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 _FINGERPRINT_VERSION = b"astrocurate-fingerprint-v1"
-
-
-class InvalidMosaicError(AstrocurateError, ValueError):
-    """A file that cannot be used as a mosaic; the message names the file and why."""
-
-
-class UnsupportedCubeError(InvalidMosaicError):
-    """A FITS image with more than two non-degenerate axes (a real cube)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -185,98 +163,6 @@ class MosaicScan:
         return f"{len(self.unreadable)} skipped, e.g. {first} ({unreadable_reason(first)})"
 
 
-def strip_fits_suffix(filename: str) -> str | None:
-    """Return ``filename`` without its FITS suffix, or None if it has none.
-
-    Parameters
-    ----------
-    filename : str
-        A file name (no directory part).
-
-    Returns
-    -------
-    str or None
-        The stem, e.g. ``"P000+23"`` for ``"P000+23.fits.gz"``.
-    """
-    lower = filename.lower()
-    for suffix in FITS_SUFFIXES:  # longest first where one is a suffix of another
-        if lower.endswith(suffix) and len(filename) > len(suffix):
-            return filename[: -len(suffix)]
-    return None
-
-
-def is_fits_name(filename: str) -> bool:
-    """Whether ``filename`` ends with one of :data:`FITS_SUFFIXES` (case-insensitive)."""
-    return strip_fits_suffix(filename) is not None
-
-
-def mosaic_name(path: str | os.PathLike[str]) -> str:
-    """Name of a mosaic from its path, before any disambiguation.
-
-    The file stem without FITS suffixes; for the LoTSS layout ``<mosaic>/mosaic.fits`` and
-    ``<mosaic>/mosaic-blanked.fits`` (any FITS suffix) the parent folder's name.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Path of the file.
-
-    Returns
-    -------
-    str
-        The mosaic name.
-    """
-    p = Path(os.path.abspath(os.fspath(path)))
-    stem = strip_fits_suffix(p.name) or p.name
-    if stem.lower() in LOTSS_FILE_STEMS and p.parent.name:
-        return p.parent.name
-    return stem
-
-
-def _relative_name(relative_path: str, keep_suffix: bool) -> str:
-    """Relative path made into a name: ``a/b/x.fits`` -> ``a__b__x`` (or ``a__b__x.fits``)."""
-    rel = PurePosixPath(relative_path)
-    stem = strip_fits_suffix(rel.name) or rel.name
-    if keep_suffix:
-        parts = rel.parts
-    elif stem.lower() in LOTSS_FILE_STEMS and len(rel.parts) > 1:
-        parts = rel.parts[:-1]
-    else:
-        parts = (*rel.parts[:-1], stem)
-    return "__".join(parts)
-
-
-def _unique_names(root: Path, relative_paths: Sequence[str]) -> list[str]:
-    """Assign unique mosaic names, renaming only the files whose names clash.
-
-    Clashing names are replaced, in turn, by the relative path without FITS suffix
-    (``/`` -> ``__``), then with the suffix kept, then by appending ``~1``, ``~2``, ... in
-    sorted-path order. Names that do not clash are never changed.
-    """
-    names = [mosaic_name(root / rel) for rel in relative_paths]
-    renamers: list[Callable[[str], str]] = [
-        lambda rel: _relative_name(rel, keep_suffix=False),
-        lambda rel: _relative_name(rel, keep_suffix=True),
-    ]
-    for rename in renamers:
-        clashing = {n for n, c in Counter(names).items() if c > 1}
-        if not clashing:
-            return names
-        names = [
-            rename(rel) if n in clashing else n
-            for rel, n in zip(relative_paths, names, strict=True)
-        ]
-    seen: Counter[str] = Counter()
-    counts = Counter(names)
-    unique = []
-    for n in names:
-        if counts[n] > 1:
-            seen[n] += 1
-            n = f"{n}~{seen[n]}"
-        unique.append(n)
-    return unique
-
-
 def _check_root(root: str | os.PathLike[str]) -> Path:
     """Absolute, normalised root; raise a clear OSError when it cannot be listed."""
     path = Path(os.path.abspath(os.fspath(root)))
@@ -327,8 +213,9 @@ def _walk_files(root: Path) -> tuple[list[Path], list[Path]]:
 def scan_mosaics(root: str | os.PathLike[str]) -> MosaicScan:
     """Find every FITS image under ``root``, recursively, by file name.
 
-    FITS names end with one of :data:`FITS_SUFFIXES` (case-insensitive). Hidden files and
-    directories (name starting with ``.``) are skipped; symbolic links are followed.
+    FITS names end with one of :data:`~astrocurate.io.mosaic_names.FITS_SUFFIXES`
+    (case-insensitive). Hidden files and directories (name starting with ``.``) are skipped;
+    symbolic links are followed.
 
     Mosaic names are the file stem without FITS suffixes, or for the LoTSS layout
     ``<mosaic>/mosaic-blanked.fits`` the folder name. When several files would get the same
@@ -369,7 +256,7 @@ def scan_mosaics(root: str | os.PathLike[str]) -> MosaicScan:
             candidates.append((path.relative_to(root_path).as_posix(), path))
     candidates.sort(key=lambda c: c[0])
     rels = [rel for rel, _ in candidates]
-    names = _unique_names(root_path, rels)
+    names = unique_names(root_path, rels)
     mosaics = tuple(
         MosaicFile(path=path, name=name, relative_path=rel)
         for (rel, path), name in zip(candidates, names, strict=True)
@@ -526,223 +413,6 @@ def fingerprint_mismatch(path: str | os.PathLike[str], expected: dict[str, Any])
 # --------------------------------------------------------------------------------------
 
 
-_IMAGE_HDU_TYPES = (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)
-
-
-@dataclass(frozen=True)
-class _ImageChoice:
-    """The HDU chosen as the mosaic image and how its axes map to (ny, nx)."""
-
-    index: int
-    full_shape: tuple[int, ...]  # numpy order, degenerate axes included
-    image_axes: tuple[int, int]  # numpy axes of (y, x) in full_shape
-
-
-def _hdu_label(hdu: Any) -> str:
-    shape = "x".join(str(n) for n in getattr(hdu, "shape", ()) or ()) or "empty"
-    return f"{type(hdu).__name__} ({shape})"
-
-
-def _choose_image_hdu(hdul: fits.HDUList, path: Path) -> _ImageChoice:
-    """First HDU with exactly two axes longer than 1; explain when there is none."""
-    seen: list[str] = []
-    cube: str | None = None
-    zero_size: str | None = None
-    for index, hdu in enumerate(hdul):
-        seen.append(_hdu_label(hdu))
-        if not isinstance(hdu, _IMAGE_HDU_TYPES) or isinstance(hdu, fits.GroupsHDU):
-            continue
-        shape = tuple(int(n) for n in (hdu.shape or ()))
-        if not shape:
-            continue
-        if 0 in shape:
-            zero_size = zero_size or f"HDU {index} is a zero-size image (shape {shape})"
-            continue
-        long_axes = tuple(i for i, n in enumerate(shape) if n > 1)
-        if len(long_axes) == 2:
-            return _ImageChoice(index, shape, (long_axes[0], long_axes[1]))
-        if len(long_axes) > 2 and cube is None:
-            cube = f"HDU {index} has shape {shape}: {len(long_axes)} axes longer than 1"
-    if cube is not None:
-        raise UnsupportedCubeError(f"{path}: unsupported cube, {cube}; need a 2-D image")
-    if zero_size is not None:
-        raise InvalidMosaicError(f"{path}: {zero_size}")
-    raise InvalidMosaicError(f"{path}: no 2-D image HDU (found {', '.join(seen) or 'none'})")
-
-
-def _build_wcs(header: fits.Header, axes: list[int] | None = None) -> WCS:
-    """WCS of a header (optionally only FITS ``axes``, 1-based), set up and checked."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(header) if axes is None else WCS(header, naxis=axes)
-        wcs.wcs.set()
-    return wcs
-
-
-def _celestial_wcs(header: fits.Header, choice: _ImageChoice) -> tuple[WCS | None, str | None]:
-    """2-D celestial WCS matching the image axes, or (None, reason).
-
-    The full WCS is built first, so that celestial axes which are not the image axes
-    are noticed. If it is invalid as a whole (e.g. CDELT = 0 on a degenerate FREQ axis,
-    which makes the matrix singular), the image axes alone are tried.
-    """
-    naxis = len(choice.full_shape)
-    # numpy axis i is FITS axis naxis - i (1-based); FITS axis order is (x, y).
-    image_axes = sorted(naxis - i for i in choice.image_axes)
-    try:
-        full = _build_wcs(header)
-    except Exception as exc:  # astropy raises many types for bad headers
-        try:
-            celestial = _build_wcs(header, image_axes)
-        except Exception:
-            return None, f"invalid WCS ({type(exc).__name__}: {' '.join(str(exc).split())})"
-        if not (celestial.has_celestial and celestial.naxis == 2):
-            return None, "no celestial WCS for the image axes"
-    else:
-        if not full.has_celestial:
-            return None, "no celestial WCS in the header"
-        celestial_axes = sorted((full.wcs.lng + 1, full.wcs.lat + 1))
-        if image_axes != celestial_axes:
-            return None, f"celestial WCS axes {celestial_axes} are not the image axes {image_axes}"
-        celestial = full.sub(image_axes)
-    not_sky = _not_a_sky_frame(celestial)
-    if not_sky:
-        return None, not_sky
-    try:
-        ny, nx = (choice.full_shape[a] for a in choice.image_axes)
-        _world_to_icrs(celestial, np.array([(nx - 1) / 2]), np.array([(ny - 1) / 2]))
-    except Exception as exc:
-        return None, f"celestial WCS not usable ({type(exc).__name__}: {exc})"
-    return celestial, None
-
-
-#: Celestial axis types (the first four letters of the longitude's CTYPE) of solar and
-#: body-fixed frames: WCS calls them celestial, but they are no place on the sky.
-_NOT_SKY_FRAMES = {
-    "HPLN": "helioprojective",
-    "HGLN": "heliographic Stonyhurst",
-    "CRLN": "heliographic Carrington",
-    "SOLX": "heliocentric",
-}
-
-
-def _not_a_sky_frame(wcs: WCS) -> str | None:
-    """Say why a 2-D celestial WCS has no RA/Dec (a solar or unknown frame), else None."""
-    from astropy.wcs.utils import wcs_to_celestial_frame
-
-    ctype = [str(c) for c in wcs.wcs.ctype]
-    prefix = ctype[wcs.wcs.lng][:4].rstrip("-")
-    axes = "/".join(c.split("-")[0] for c in ctype)
-    if prefix in _NOT_SKY_FRAMES:
-        return f"{_NOT_SKY_FRAMES[prefix]} WCS ({axes}), not a sky frame"
-    try:
-        wcs_to_celestial_frame(wcs)
-    except ValueError:
-        return f"{axes} WCS, not a sky frame astropy knows (RA/DEC, GLON/GLAT, ELON/ELAT)"
-    return None
-
-
-def _world_to_icrs(wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ICRS (ra, dec) in degrees of 0-based pixel positions under a 2-D celestial WCS."""
-    coords = wcs.pixel_to_world(x, y)
-    if coords.frame.name != "icrs":
-        coords = coords.icrs
-    return (
-        np.asarray(coords.ra.deg, dtype=np.float64),
-        np.asarray(coords.dec.deg, dtype=np.float64),
-    )
-
-
-def _pixel_scale_arcsec(wcs: WCS | None) -> float:
-    """Geometric mean of the two projection-plane pixel scales, in arcsec (NaN if none)."""
-    if wcs is None:
-        return math.nan
-    scales = proj_plane_pixel_scales(wcs)
-    units = [str(c) or "deg" for c in wcs.wcs.cunit]
-    try:
-        arcsec = [
-            float(u.Quantity(s, unit).to_value(u.arcsec))
-            for s, unit in zip(scales, units, strict=True)
-        ]
-    except (u.UnitsError, ValueError):
-        return math.nan
-    return math.sqrt(abs(arcsec[0] * arcsec[1]))
-
-
-@dataclass(frozen=True)
-class _Scaling:
-    """BSCALE/BZERO/BLANK of the stored values (FITS: physical = BZERO + BSCALE * stored)."""
-
-    bscale: float
-    bzero: float
-    blank: int | None
-
-    @classmethod
-    def from_header(cls, header: fits.Header) -> _Scaling:
-        blank = header.get("BLANK")
-        is_int = int(header.get("BITPIX", -32)) > 0
-        return cls(
-            bscale=float(header.get("BSCALE", 1.0)),
-            bzero=float(header.get("BZERO", 0.0)),
-            blank=int(blank) if blank is not None and is_int else None,
-        )
-
-    def apply(self, raw: np.ndarray, owned: bool = False) -> np.ndarray:
-        """Convert stored values (any dtype) to a new float32 array with blanks as NaN.
-
-        With ``owned=True`` (``raw`` is a new array nobody else holds) float32 values are
-        byte-swapped in place and returned: no second band-sized allocation.
-        """
-        if self.bscale == 1.0 and self.bzero == 0.0:
-            if owned and raw.dtype.kind == "f" and raw.dtype.itemsize == 4:
-                if raw.dtype.isnative:
-                    return raw
-                return raw.byteswap(inplace=True).view(raw.dtype.newbyteorder())
-            out = np.array(raw, dtype=np.float32)
-        else:  # float64 so that 32-bit integers scale exactly before the final rounding
-            out = (raw.astype(np.float64) * self.bscale + self.bzero).astype(np.float32)
-        if self.blank is not None and raw.dtype.kind in "iu":
-            out[raw == self.blank] = np.nan
-        return out
-
-
-class _RowReader:
-    """Read rows of a plain (not tile-compressed) image from a stream, by position.
-
-    Works on a raw file and on a gzip stream (forward seeks decompress and skip; a
-    backward seek restarts the stream). Length-1 axes do not change the byte layout, so
-    row ``y`` of the squeezed ``(ny, nx)`` image is ``nx`` values at ``y * nx`` from the
-    start of the data.
-    """
-
-    def __init__(self, path: Path, gzipped: bool, data_offset: int, nx: int, dtype: str):
-        opener = gzip.open if gzipped else open
-        self._fh = opener(path, "rb")  # closed by close()
-        self._offset = data_offset
-        self._nx = nx
-        self._dtype = np.dtype(dtype)
-        self._row_bytes = nx * self._dtype.itemsize
-
-    def __call__(self, y0: int, y1: int) -> np.ndarray:
-        """Read the stored values of rows y0:y1 into a new array of shape (y1 - y0, nx)."""
-        start = self._offset + y0 * self._row_bytes
-        if self._fh.tell() != start:
-            self._fh.seek(start)
-        out = np.empty((y1 - y0, self._nx), dtype=self._dtype)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        filled = 0
-        while filled < len(view):
-            n = self._fh.readinto(view[filled:])
-            if not n:
-                missing = len(view) - filled
-                raise EOFError(f"data ended {missing} bytes early in rows {y0}:{y1}")
-            filled += n
-        return out
-
-    def close(self) -> None:
-        self._fh.close()
-
-
 _Compression = Literal["gzip", "tile"] | None
 _READ_ERRORS = (OSError, EOFError, ValueError, TypeError, IndexError, zlib.error)
 
@@ -782,7 +452,7 @@ class Mosaic:
         path: Path,
         name: str,
         hdul: fits.HDUList,
-        choice: _ImageChoice,
+        choice: ImageChoice,
         compression: _Compression,
         open_warnings: Iterable[str] = (),
     ) -> None:
@@ -794,15 +464,15 @@ class Mosaic:
         ny, nx = (choice.full_shape[a] for a in choice.image_axes)
         self.shape: tuple[int, int] = (ny, nx)
         self.compression = compression
-        self.stored_dtype = np.dtype(_BITPIX_DTYPES[int(hdu.header["BITPIX"])])
+        self.stored_dtype = np.dtype(BITPIX_DTYPES[int(hdu.header["BITPIX"])])
         self.open_warnings = tuple(open_warnings)
-        self.wcs, self.wcs_problem = _celestial_wcs(hdu.header, choice)
-        self.pixel_scale_arcsec = _pixel_scale_arcsec(self.wcs)
+        self.wcs, self.wcs_problem = celestial_wcs(hdu.header, choice.full_shape, choice.image_axes)
+        self.pixel_scale_arcsec = pixel_scale_arcsec(self.wcs)
         self._hdul = hdul
         self._choice = choice
-        self._scaling = _Scaling.from_header(hdu.header)
+        self._scaling = Scaling.from_header(hdu.header)
         self._cache: tuple[int, int, np.ndarray] | None = None  # last band (gzip / tile)
-        self._row_reader: _RowReader | None = None
+        self._row_reader: RowReader | None = None
         self._memmap: np.ndarray | None = None  # plain files: for read_region
         self._read_raw = self._make_raw_reader(hdu)
 
@@ -817,7 +487,7 @@ class Mosaic:
         # stays bounded by the band; a memory map would keep every page read resident).
         offset = int(hdu.fileinfo()["datLoc"])
         gzipped = self.compression == "gzip"
-        self._row_reader = _RowReader(self.path, gzipped, offset, nx, self.stored_dtype.str)
+        self._row_reader = RowReader(self.path, gzipped, offset, nx, self.stored_dtype.str)
         if not gzipped:  # opened with memmap=True and without scaling: a view, no read
             self._memmap = hdu.data.reshape(ny, nx)
         return self._row_reader
@@ -930,7 +600,7 @@ class Mosaic:
         if self.wcs is None:
             nan = np.full(xb.shape, np.nan)
             return nan, nan.copy()
-        return _world_to_icrs(self.wcs, xb, yb)
+        return world_to_icrs(self.wcs, xb, yb)
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -962,60 +632,6 @@ class Mosaic:
         return f"Mosaic({self.name!r}, {ny}x{nx}, HDU {self.hdu_index}, {wcs}, {self.path})"
 
 
-def _open_image_hdu(path: Path) -> tuple[fits.HDUList, _ImageChoice, list[str]]:
-    """Open lazily, memory-mapped, without astropy's scaling; choose the image HDU.
-
-    Returns the open HDU list, the choice and the warnings astropy emitted (truncation
-    warnings left out: truncation is checked separately and is an error).
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            hdul = fits.open(
-                path,
-                mode="readonly",
-                memmap=True,
-                do_not_scale_image_data=True,
-                lazy_load_hdus=True,
-            )
-        except Exception as exc:  # astropy raises OSError, VerifyError, ValueError, ...
-            raise InvalidMosaicError(_corrupt(path, exc)) from exc
-        try:
-            choice = _choose_image_hdu(hdul, path)
-        except Exception as exc:
-            hdul.close()
-            if isinstance(exc, InvalidMosaicError):
-                raise
-            raise InvalidMosaicError(_corrupt(path, exc)) from exc
-    messages = [
-        str(w.message)
-        for w in caught
-        if not issubclass(w.category, ResourceWarning) and "truncated" not in str(w.message)
-    ]
-    return hdul, choice, messages
-
-
-def _corrupt(path: Path, exc: BaseException) -> str:
-    return f"{path}: corrupt FITS file ({type(exc).__name__}: {exc})"
-
-
-def _stored_nbytes(header: fits.Header, choice: _ImageChoice) -> int:
-    return abs(int(header["BITPIX"])) // 8 * math.prod(choice.full_shape)
-
-
-def _check_plain_size(path: Path, hdu: Any, choice: _ImageChoice) -> None:
-    """Raise InvalidMosaicError if an uncompressed file ends before its image data do.
-
-    The padding of the data to a multiple of 2880 bytes may be missing.
-    """
-    end = int(hdu.fileinfo()["datLoc"]) + _stored_nbytes(hdu.header, choice)
-    size = path.stat().st_size
-    if size < end:
-        raise InvalidMosaicError(
-            f"{path}: truncated file ({size} bytes, the image data need {end} bytes)"
-        )
-
-
 def _check_compressed_complete(mosaic: Mosaic, hdu: Any) -> None:
     """Raise InvalidMosaicError if the image data of a gzip/tile-compressed file are cut.
 
@@ -1027,7 +643,7 @@ def _check_compressed_complete(mosaic: Mosaic, hdu: Any) -> None:
     if mosaic.compression == "gzip" and not isinstance(hdu, fits.CompImageHDU):
         info = hdu.fileinfo()
         start = int(info["datLoc"])
-        ends = {start + int(info["datSpan"]), start + _stored_nbytes(hdu.header, mosaic._choice)}
+        ends = {start + int(info["datSpan"]), start + stored_nbytes(hdu.header, mosaic._choice)}
         with open(mosaic.path, "rb") as fh:
             fh.seek(-4, os.SEEK_END)
             isize = int.from_bytes(fh.read(4), "little")
@@ -1080,14 +696,14 @@ def open_mosaic(
     if problem is not None:
         raise InvalidMosaicError(f"{path}: {problem}")
     compression: _Compression = "gzip" if _is_gzip(path) else None
-    hdul, choice, messages = _open_image_hdu(path)
+    hdul, choice, messages = open_image_hdu(path)
     hdu = hdul[choice.index]
     if isinstance(hdu, fits.CompImageHDU) and compression is None:
         compression = "tile"
     mosaic = None
     try:
         if compression is None:
-            _check_plain_size(path, hdu, choice)
+            check_plain_size(path, hdu, choice)
         mosaic = Mosaic(path, name, hdul, choice, compression, messages)
         if compression is not None:
             _check_compressed_complete(mosaic, hdu)
@@ -1098,5 +714,5 @@ def open_mosaic(
             hdul.close()
         if isinstance(exc, InvalidMosaicError):
             raise
-        raise InvalidMosaicError(_corrupt(path, exc)) from exc
+        raise InvalidMosaicError(corrupt_message(path, exc)) from exc
     return mosaic

@@ -121,9 +121,7 @@ class PreparedRun:
         with run.failing():
             run.directory.mkdir(parents=True, exist_ok=True)
             handle = run.handle()
-            handle.log_params(
-                {**params, "input_run_ids": inputs, "output_dir": str(run.directory)}
-            )
+            handle.log_params({**params, "input_run_ids": inputs, "output_dir": str(run.directory)})
             handle.set_tags({TAG_OUTPUT_DIR: run.directory, TAG_HOST: socket.gethostname()})
         return run
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -17,9 +17,18 @@ import torch
 from astrocurate.errors import AstrocurateError, InvalidArgumentError
 
 if TYPE_CHECKING:
-    from astrocurate.algorithms.kmeans.estimator import _Rows
+    from typing import Self  # Python >= 3.11; annotations only
 
 __all__ = ["Comm", "init_distributed", "slurm_master_port"]
+
+
+class _Sliceable(Protocol):
+    """Rows that can be cut into a contiguous slice (a ``Rows``)."""
+
+    def slice(self, start: int, stop: int) -> Self: ...
+
+
+_RowsT = TypeVar("_RowsT", bound=_Sliceable)
 
 
 def _rank_span(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -56,7 +65,7 @@ class Comm:
         self.n = n
         self.start, self.stop = _rank_span(n, self.rank, self.world)
 
-    def local(self, rows: _Rows) -> _Rows:
+    def local(self, rows: _RowsT) -> _RowsT:
         """Return the rows of this rank (``rows`` itself when alone)."""
         return rows if self.world == 1 else rows.slice(self.start, self.stop)
 

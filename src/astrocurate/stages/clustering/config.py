@@ -17,6 +17,7 @@ from typing import Any
 from astrocurate import steps
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.launch import SLURM_NAME
+from astrocurate.validation import is_int
 
 STEP = steps.CLUSTERING
 CONFIG_FILE = "config.yaml"
@@ -296,16 +297,12 @@ def _unknown_key(key: str) -> InvalidArgumentError:
     )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _n_levels(mapping: Mapping[str, Any]) -> int:
     """``n_levels`` as given, else the length of ``n_clusters`` (1 for a scalar)."""
     clusters = mapping["n_clusters"]
     default = len(clusters) if isinstance(clusters, list | tuple) else 1
     n_levels = mapping.get("n_levels", default)
-    if not _is_int(n_levels) or n_levels < 1:
+    if not is_int(n_levels) or n_levels < 1:
         raise InvalidArgumentError(f"config key n_levels={n_levels!r} must be an integer >= 1")
     return n_levels
 
@@ -335,7 +332,7 @@ def _check_level_value(key: str, value: Any, level: int) -> Any:
     if key in ("sample_size", "nprocs_per_node") and value is None:
         return None
     minimum = 0 if key in ("n_iters", "ngpus_per_node") else 1
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         null = "null or " if key == "nprocs_per_node" else ""
         raise InvalidArgumentError(f"{where}; it must be {null}an integer >= {minimum}")
     return value
@@ -345,10 +342,10 @@ def _check_scalar(key: str, value: Any) -> Any:
     """Check one non-per-level key."""
     bad = f"config key {key}={value!r}"
     if key in ("checkpoint_period", "seed"):
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise InvalidArgumentError(f"{bad} must be an integer >= 0")
     elif key == "ncpus_per_gpu":
-        if not _is_int(value) or value < 1:
+        if not is_int(value) or value < 1:
             raise InvalidArgumentError(f"{bad} must be an integer >= 1")
     elif key in ("dtype", "high_precision") and value not in VALID_DTYPES:
         raise InvalidArgumentError(f"{bad} is not valid; valid dtypes: {', '.join(VALID_DTYPES)}")

@@ -117,10 +117,12 @@ def compute_levels(
     on_level: Callable[[int, Any, np.ndarray, float], None] | None = None,
     ranks: _Ranks | None = None,
 ) -> list[Any]:
-    """Cluster level by level into ``directory``, resuming from its checkpoints.
+    """Cluster level by level into ``directory``, resuming from its files and checkpoints.
 
-    Gives what ``HierarchicalKMeans(...).fit(X)`` gives with the config's parameters and
-    ``random_state=config.seed``, plus the files of the module notes.
+    Runs the level loop of :func:`~astrocurate.algorithms.kmeans.hierarchical.fit_levels`,
+    which ``HierarchicalKMeans(...).fit(X)`` also runs (with the config's parameters and
+    ``random_state=config.seed`` it gives the same levels); :class:`_StageLevels` adds the
+    files of the module notes.
 
     Parameters
     ----------
@@ -150,45 +152,123 @@ def compute_levels(
     list of LevelResult
         Levels 1 to ``last_level``.
     """
-    import torch
+    from astrocurate.algorithms.kmeans.hierarchical import fit_levels
 
-    directory = Path(directory)
+    settings = _kmeans_settings(config)
     n = int(X.shape[0])
     indices = np.arange(n, dtype=np.int64) if input_indices is None else input_indices
     total = n_points if n_points is not None else (int(indices.max()) + 1 if n else 0)
+    hooks = _StageLevels(
+        config, Path(directory), settings, indices, total, stop or StopRequest(), on_level, ranks
+    )
+    seed = np.random.SeedSequence(config.seed)
     last = config.n_levels if last_level is None else last_level
-    device = resolve_device(config.device)
-    dtype = getattr(torch, config.dtype)
-    stop = stop or StopRequest()
-    levels: list[Any] = []
-    point_labels = np.full(total, -1, dtype=np.int64)
-    for lvl in range(1, last + 1):
-        if ranks is not None:
-            ranks.barrier()
-        if (directory / f"level_{lvl}" / LEVEL_DONE).is_file():
-            log.info("resuming: level %d is already complete in %s", lvl, directory)
-            result = load_level_result(directory, lvl)
-            point_labels = _point_labels(point_labels, indices, result.labels, lvl)
-        else:
-            started = time.perf_counter()
-            inputs = X if lvl == 1 else levels[-1].centroids
-            _check_level_inputs(config, lvl, int(inputs.shape[0]))
-            checkpoints = _Checkpoints(
-                directory / CHECKPOINTS / f"level_{lvl}", config, stop, ranks
-            )
-            result = _LevelRun(config, lvl, device, dtype, checkpoints).run(inputs)
-            seconds = time.perf_counter() - started
-            point_labels = _point_labels(point_labels, indices, result.labels, lvl)
-            if ranks is None or ranks.writer:
-                _write_level(directory, lvl, result, point_labels, seconds)
-                checkpoints.clear()
-                if on_level is not None:
-                    on_level(lvl, result, point_labels, seconds)
-            checkpoints.check_stop()
-        levels.append(result)
-    if ranks is not None:
-        ranks.barrier()
-    return levels
+    return fit_levels(X, _level_params(config), seed, settings, hooks, last_level=last)
+
+
+def _level_params(config: ClusteringConfig) -> list[Any]:
+    """Return the ``LevelParams`` of every level of ``config`` (already checked)."""
+    from astrocurate.algorithms.kmeans.level import LevelParams
+
+    return [
+        LevelParams(
+            n_clusters=config.n_clusters[i],
+            n_iters=config.n_iters[i],
+            n_resampling_steps=config.n_resampling_steps[i],
+            sample_size=config.sample_size[i],
+            sampling_strategy=config.sampling_strategy[i],
+            n_splits=config.n_splits[i],
+        )
+        for i in range(config.n_levels)
+    ]
+
+
+def _kmeans_settings(config: ClusteringConfig) -> Any:
+    """Return the ``KMeansSettings`` of ``config`` (default blocks, distributed when launched)."""
+    import torch
+
+    from astrocurate.algorithms.kmeans.level import KMeansSettings
+
+    return KMeansSettings(
+        init=config.init,
+        tol=config.tol,
+        device=resolve_device(config.device),
+        dtype=getattr(torch, config.dtype),
+        matmul_precision=config.matmul_precision,
+    )
+
+
+class _StageLevels:
+    """The stage's hooks into the level loop: level files, checkpoints, stop requests, ranks.
+
+    A level whose ``level.json`` exists is read back instead of computed; a computed level
+    is written (rank 0), its checkpoints cleared and ``on_level`` called; then the ranks
+    agree on a stop request. ``point_labels`` follows the levels down to the feature rows.
+    """
+
+    def __init__(
+        self,
+        config: ClusteringConfig,
+        directory: Path,
+        settings: Any,
+        indices: np.ndarray,
+        n_points: int,
+        stop: StopRequest,
+        on_level: Callable[[int, Any, np.ndarray, float], None] | None,
+        ranks: _Ranks | None,
+    ) -> None:
+        self.config, self.directory, self.settings = config, directory, settings
+        self.indices = indices
+        self.point_labels = np.full(n_points, -1, dtype=np.int64)
+        self.stop, self.on_level, self.ranks = stop, on_level, ranks
+        self.checkpoints: _Checkpoints | None = None
+
+    @property
+    def writer(self) -> bool:
+        """Return whether this process writes files (alone, or rank 0)."""
+        return self.ranks is None or self.ranks.writer
+
+    def before_level(self, level: int) -> None:
+        """Meet the other ranks."""
+        if self.ranks is not None:
+            self.ranks.barrier()
+
+    def completed_level(self, level: int) -> Any:
+        """Read ``level`` back when ``level.json`` says that it is complete."""
+        if not (self.directory / f"level_{level}" / LEVEL_DONE).is_file():
+            return None
+        log.info("resuming: level %d is already complete in %s", level, self.directory)
+        result = load_level_result(self.directory, level)
+        self.point_labels = _point_labels(self.point_labels, self.indices, result.labels, level)
+        return result
+
+    def check_inputs(self, level: int, n_clusters: int, n_inputs: int) -> None:
+        """Raise when the level has fewer inputs than clusters (names the config key)."""
+        _check_level_inputs(self.config, level, n_inputs)
+
+    def level_hooks(self, level: int) -> _Checkpoints:
+        """Return the checkpoints of ``level``: they resume, save and stop its k-means runs."""
+        root = self.directory / CHECKPOINTS / f"level_{level}"
+        self.checkpoints = _Checkpoints(
+            root, self.config, self.stop, self.ranks, level, self.settings
+        )
+        return self.checkpoints
+
+    def level_done(self, level: int, result: Any, seconds: float) -> None:
+        """Write the level, clear its checkpoints, report it; stop if asked to."""
+        self.point_labels = _point_labels(self.point_labels, self.indices, result.labels, level)
+        assert self.checkpoints is not None  # made by level_hooks
+        if self.writer:
+            _write_level(self.directory, level, result, self.point_labels, seconds)
+            self.checkpoints.clear()
+            if self.on_level is not None:
+                self.on_level(level, result, self.point_labels, seconds)
+        self.checkpoints.check_stop()
+
+    def after_levels(self) -> None:
+        """Meet the other ranks."""
+        if self.ranks is not None:
+            self.ranks.barrier()
 
 
 def _check_level_inputs(config: ClusteringConfig, level: int, n_inputs: int) -> None:
@@ -213,7 +293,7 @@ def _point_labels(
 
 def resolve_device(device: str) -> Any:
     """Return the torch device for the config key ``device`` (see :func:`kmeans.resolve_device`)."""
-    from astrocurate.algorithms.kmeans.estimator import resolve_device as resolve
+    from astrocurate.algorithms.kmeans.rows import resolve_device as resolve
 
     _check_device_text(device)
     return resolve(device)
@@ -282,6 +362,9 @@ class _Checkpoints:
     so a resumed level restarts its current k-means run or its splits from the start,
     which gives the same result. The ranks agree on a stop request after every finished
     k-means run (:meth:`check_stop`), so they all stop at the same place.
+
+    The public methods are the level hooks of
+    :func:`~astrocurate.algorithms.kmeans.level.run_level` (``LevelHooks``).
     """
 
     def __init__(
@@ -289,12 +372,16 @@ class _Checkpoints:
         root: Path,
         config: ClusteringConfig,
         stop: StopRequest,
-        ranks: _Ranks | None = None,
+        ranks: _Ranks | None,
+        level: int,
+        settings: Any,
     ) -> None:
         self.root = root
         self.period = config.checkpoint_period
         self.stop = stop
         self.ranks = ranks
+        self.level = level
+        self.settings = settings
         self.fingerprint = run_key(STEP, config.key_params(), [])
         self._last = time.monotonic()
 
@@ -337,29 +424,39 @@ class _Checkpoints:
 
     # -- finished k-means runs (one per resampling step) --------------------------------
 
-    def save_step(self, step: int, centers, labels, sq, history: list[float]) -> None:
-        if not self.writer:
-            return
-        self._save(
-            f"step_{step}",
-            {"history": history},
-            centers=centers,
-            labels=labels,
-            sq=sq,
-        )
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / f"kmeans_{step}.npz").unlink()
+    def finished_runs(self, n_runs: int) -> Any:
+        """Return the ``FinishedRuns`` of the last saved run, or None."""
+        from astrocurate.algorithms.kmeans.level import FinishedRuns
 
-    def last_step(self, n_steps: int) -> tuple[int, dict[str, Any], dict[str, np.ndarray]] | None:
-        for step in range(n_steps - 1, -1, -1):
-            loaded = self._load(f"step_{step}")
+        for run in range(n_runs - 1, -1, -1):
+            loaded = self._load(f"step_{run}")
             if loaded is not None:
-                return step, *loaded
+                meta, arrays = loaded
+                log.info("level %d: resuming after k-means run %d", self.level, run)
+                centers, labels, sq = arrays["centers"], arrays["labels"], arrays["sq"]
+                return FinishedRuns(run, centers, labels, sq, meta["history"])
         return None
+
+    def run_done(self, runs: Any, n_runs: int) -> None:
+        """Save a finished run (replacing its live state), then stop if asked to."""
+        if self.writer:
+            arrays = {"centers": runs.centers, "labels": runs.labels, "sq": runs.sq_distances}
+            self._save(f"step_{runs.last}", {"history": runs.histories}, **arrays)
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / f"kmeans_{runs.last}.npz").unlink()
+        self.check_stop()
+        log.info(
+            "level %d: k-means run %d of %d done (potential %.6g)",
+            self.level,
+            runs.last + 1,
+            n_runs,
+            runs.histories[-1][-1],
+        )
 
     # -- live k-means state ---------------------------------------------------------------
 
-    def kmeans_callback(self, step: int) -> Callable[[Any], None] | None:
+    def kmeans_callback(self, run: int) -> Callable[[Any], None] | None:
+        """Return a callback saving the live state of run ``run`` every period (alone only)."""
         if self.distributed:
             return None
 
@@ -377,17 +474,18 @@ class _Checkpoints:
                 "potential_history": d["potential_history"],
                 "rng_state": d["rng_state"],
             }
-            self._save(f"kmeans_{step}", meta, **arrays)
+            self._save(f"kmeans_{run}", meta, **arrays)
             self.stop.check()
 
         return callback
 
-    def load_kmeans(self, step: int, device: Any, dtype: Any) -> Any:
+    def kmeans_state(self, run: int) -> Any:
+        """Return the saved live ``KMeansState`` of run ``run``, or None (alone only)."""
         from astrocurate.algorithms.kmeans.estimator import KMeansState
 
         if self.distributed:
             return None
-        loaded = self._load(f"kmeans_{step}")
+        loaded = self._load(f"kmeans_{run}")
         if loaded is None:
             return None
         meta, arrays = loaded
@@ -400,30 +498,39 @@ class _Checkpoints:
             "rng_state": meta["rng_state"],
             **{optional: arrays.get(optional) for optional in _OPTIONAL_KMEANS_ARRAYS},
         }
-        log.info("resuming k-means run %d from its %s step %d", step, meta["phase"], meta["step"])
+        log.info("resuming k-means run %d from its %s step %d", run, meta["phase"], meta["step"])
+        device, dtype = self.settings.device, self.settings.dtype
         return KMeansState.from_state_dict(state, device=device, dtype=dtype)
 
     # -- splits ---------------------------------------------------------------------------
 
-    def save_split(self, next_cluster: int, labels, sq, centroids, force: bool = False) -> None:
-        if self.distributed:
+    def split_done(self, progress: Any) -> None:
+        """Save the splits done so far every period (alone only), then stop if asked to."""
+        if self.distributed or not self._due():
             return
-        if force or self._due():
-            self._save(
-                "split",
-                {"next_cluster": next_cluster},
-                labels=labels,
-                sq=sq,
-                centroids=centroids,
-            )
-            self.stop.check()
+        self._save(
+            "split",
+            {"next_cluster": progress.next_cluster},
+            labels=progress.labels,
+            sq=progress.sq_distances,
+            centroids=progress.centroids,
+        )
+        self.stop.check()
 
-    def load_split(self) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
-        if self.distributed:
+    def split_progress(self) -> Any:
+        """Return the saved ``SplitProgress``, or None (alone only)."""
+        from astrocurate.algorithms.kmeans.level import SplitProgress
+
+        loaded = None if self.distributed else self._load("split")
+        if loaded is None:
             return None
-        return self._load("split")
+        meta, arrays = loaded
+        return SplitProgress(
+            meta["next_cluster"], arrays["labels"], arrays["sq"], arrays["centroids"]
+        )
 
     def clear(self) -> None:
+        """Remove the level's checkpoints (rank 0)."""
         if not self.writer:
             return
         if self.root.is_dir():
@@ -432,191 +539,6 @@ class _Checkpoints:
             self.root.rmdir()
         with contextlib.suppress(OSError):
             self.root.parent.rmdir()  # checkpoints/ once empty
-
-
-class _LevelRun:
-    """One level: k-means, resampling steps, splits, with checkpoints (cf. ``cluster_level``).
-
-    Seeds follow :class:`~astrocurate.algorithms.kmeans.hierarchical.HierarchicalKMeans`: level
-    ``L`` (1-based)
-    uses stream ``(L - 1,)`` of ``config.seed``; within it k-means run ``s`` uses
-    ``(L - 1, 0, s)``, the random draw of resampling step ``s`` ``(L - 1, 1, s)`` and the
-    split of cluster ``j`` ``(L - 1, 2, j)``.
-    """
-
-    def __init__(
-        self, config: ClusteringConfig, level: int, device: Any, dtype: Any, ckpt: _Checkpoints
-    ) -> None:
-        i = level - 1
-        self.config = config
-        self.level = level
-        self.device = device
-        self.dtype = dtype
-        self.ckpt = ckpt
-        self.k = config.n_clusters[i]
-        self.n_iters = config.n_iters[i]
-        self.steps = config.n_resampling_steps[i]
-        self.sample_size = config.sample_size[i]
-        self.strategy = config.sampling_strategy[i]
-        self.n_splits = config.n_splits[i]
-
-    def _seed(self, *key: int) -> np.random.SeedSequence:
-        return np.random.SeedSequence(self.config.seed, spawn_key=(self.level - 1, *key))
-
-    def _kmeans(self, k: int, seed: np.random.SeedSequence) -> Any:
-        from astrocurate.algorithms.kmeans.estimator import KMeans
-
-        return KMeans(
-            k,
-            init=self.config.init,
-            n_iters=self.n_iters,
-            tol=self.config.tol,
-            random_state=seed,
-            device=self.device,
-            dtype=self.dtype,
-            matmul_precision=self.config.matmul_precision,
-        )
-
-    def run(self, inputs: Any) -> Any:
-        """Cluster ``inputs`` (n_in, d); return a LevelResult."""
-        from astrocurate.algorithms.kmeans.estimator import assign
-
-        # Distributed: no copy of the whole input per rank; KMeans reads each rank's slice.
-        Y = inputs if self.ckpt.distributed else _on_device(inputs, self.device, self.dtype)  # noqa: N806
-        n = int(Y.shape[0])
-        start, centers, labels, sq, histories = 0, None, None, None, []
-        done = self.ckpt.last_step(self.steps)
-        if done is not None:
-            last, meta, arrays = done
-            start, histories = last + 1, meta["history"]
-            centers, labels, sq = arrays["centers"], arrays["labels"], arrays["sq"]
-            log.info("level %d: resuming after k-means run %d", self.level, last)
-        for step in range(start, self.steps):
-            data = Y if step == 0 else _take(Y, self._pool(step, labels, sq, n))
-            km = self._kmeans(self.k, self._seed(0, step))
-            km.fit(
-                data,
-                state=self.ckpt.load_kmeans(step, self.device, self.dtype),
-                callback=self.ckpt.kmeans_callback(step),
-            )
-            centers = km.cluster_centers_
-            if step == 0:
-                labels, sq = km.labels_, km.sq_distances_
-            else:
-                labels, sq = assign(
-                    Y,
-                    centers,
-                    device=self.device,
-                    dtype=self.dtype,
-                    matmul_precision=self.config.matmul_precision,
-                )
-            histories = [*histories, list(km.potential_history_)]
-            self.ckpt.save_step(step, centers, labels, sq, histories)
-            self.ckpt.check_stop()
-            log.info(
-                "level %d: k-means run %d of %d done (potential %.6g)",
-                self.level,
-                step + 1,
-                self.steps,
-                km.potential_history_[-1],
-            )
-        if self.n_splits > 1:
-            centers, labels, sq = self._split(Y, labels)
-        return _level_result(centers, labels, sq, histories)
-
-    def _pool(self, step: int, labels: np.ndarray, sq: np.ndarray, n: int) -> np.ndarray:
-        """Return the inputs pooled by resampling step ``step`` (sorted indices)."""
-        from astrocurate.algorithms.kmeans.hierarchical import sort_clusters
-
-        rng = np.random.default_rng(self._seed(1, step))
-        keys = sq if self.strategy == "c" else rng.random(n)
-        members, offsets, _ = sort_clusters(labels, keys, self.k)
-        rank = np.arange(len(members)) - np.repeat(offsets[:-1], np.diff(offsets))
-        pool = np.sort(members[rank < self.sample_size])
-        if len(pool) < self.k:
-            raise InvalidArgumentError(
-                f"level {self.level}: resampling step {step} pooled only {len(pool)} inputs "
-                f"for n_clusters={self.k} (empty clusters); increase sample_size="
-                f"{self.sample_size}"
-            )
-        return pool
-
-    def _split(self, Y: Any, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: N803
-        """Split every cluster into up to ``n_splits`` sub-clusters; drop empty ones."""
-        from astrocurate.algorithms.kmeans.hierarchical import sort_clusters
-
-        n = len(labels)
-        members, offsets, _ = sort_clusters(labels, np.zeros(n), self.k)
-        new_labels = np.empty(n, dtype=np.int64)
-        new_sq: np.ndarray | None = None
-        parts: list[np.ndarray] = []
-        first = 0
-        saved = self.ckpt.load_split()
-        if saved is not None:
-            meta, arrays = saved
-            first, new_labels, new_sq = meta["next_cluster"], arrays["labels"], arrays["sq"]
-            parts = [arrays["centroids"]]
-        for j in range(first, self.k):
-            idx = members[offsets[j] : offsets[j + 1]]
-            if len(idx) == 0:
-                continue
-            km = self._kmeans(min(self.n_splits, len(idx)), self._seed(2, j)).fit(_take(Y, idx))
-            used, sub = np.unique(km.labels_, return_inverse=True)
-            if new_sq is None:
-                new_sq = np.empty(n, dtype=km.sq_distances_.dtype)
-            new_labels[idx] = sum(len(p) for p in parts) + sub
-            new_sq[idx] = km.sq_distances_
-            parts.append(km.cluster_centers_[used])
-            if j + 1 < self.k:
-                self.ckpt.save_split(j + 1, new_labels, new_sq, np.concatenate(parts))
-        return np.concatenate(parts), new_labels, new_sq  # type: ignore[return-value]
-
-
-def _on_device(Y: Any, device: Any, dtype: Any) -> Any:  # noqa: N803
-    """On CUDA, copy the inputs to the GPU once when they fit in half its free memory."""
-    import torch
-
-    if device.type != "cuda" or isinstance(Y, torch.Tensor):
-        return Y
-    n, d = Y.shape
-    nbytes = n * d * torch.empty(0, dtype=dtype).element_size()
-    free, _ = torch.cuda.mem_get_info(device)
-    if nbytes > free // 2:
-        return Y
-    out = torch.empty((n, d), dtype=dtype, device=device)
-    for start in range(0, n, 65536):
-        part = np.ascontiguousarray(Y[start : start + 65536])
-        out[start : start + len(part)] = torch.from_numpy(part).to(device, dtype)
-    return out
-
-
-def _take(Y: Any, idx: np.ndarray) -> Any:  # noqa: N803
-    """Rows ``idx`` of a numpy array, memmap or tensor."""
-    import torch
-
-    if isinstance(Y, torch.Tensor):
-        return Y[torch.from_numpy(idx).to(Y.device)]
-    return np.asarray(Y[idx])
-
-
-def _level_result(centroids, labels, sq, histories) -> Any:
-    from astrocurate.algorithms.kmeans.hierarchical import LevelResult, sort_clusters
-
-    k = centroids.shape[0]
-    members, offsets, distances = sort_clusters(labels, sq, k)
-    sizes = np.diff(offsets)
-    return LevelResult(
-        centroids=centroids,
-        labels=np.asarray(labels, dtype=np.int64),
-        sq_distances=sq,
-        members=members,
-        offsets=offsets,
-        distances=distances,
-        sizes=sizes,
-        inertia=float(np.asarray(sq).sum(dtype=np.float64)),
-        n_empty=int((sizes == 0).sum()),
-        potential_history=[list(h) for h in histories],
-    )
 
 
 # =========================================================================== outputs
@@ -657,7 +579,7 @@ def _write_level(
 
 def load_level_result(directory: Path | str, level: int) -> Any:
     """Read a complete level back as a hierarchical ``LevelResult``."""
-    from astrocurate.algorithms.kmeans.hierarchical import LevelResult
+    from astrocurate.algorithms.kmeans.level import LevelResult
 
     out = Path(directory) / f"level_{level}"
     summary = json.loads((out / LEVEL_DONE).read_text())

@@ -93,7 +93,6 @@ from astrocurate.stages.clustering.config import (
     STEP,
     VOLATILE_KEYS,
     ClusteringConfig,
-    _is_int,
     load_config,
     parse_overrides,
     valid_keys,
@@ -125,6 +124,7 @@ from astrocurate.stages.clustering.outputs import (
 )
 from astrocurate.stages.clustering.scripts import _Launch, _render_run_script, _render_sbatch
 from astrocurate.tracking import PreparedRun, RunRecord, StepRun, get_run, require_run
+from astrocurate.validation import is_int
 
 __all__ = [
     "LEVEL_ARRAYS",
@@ -611,7 +611,7 @@ def _cluster_and_report(
 
 
 def _check_level_arg(level: Any, n_levels: int) -> int:
-    if not _is_int(level) or not 1 <= level <= n_levels:
+    if not is_int(level) or not 1 <= level <= n_levels:
         raise InvalidArgumentError(f"--level={level!r}: expected a level from 1 to {n_levels}")
     return int(level)
 

@@ -1,8 +1,9 @@
-"""Step 4 scripts: SLURM options, ``run.sh`` and the ``sbatch`` files of a clustering.
+"""Step 4 scripts: ``run.sh`` and the ``sbatch`` files of a clustering.
 
-Renders ``run.sh`` (local, per-level process counts, or the SLURM chain) and one SLURM job
-per level (one process, or several through torchrun / srun). The SLURM options, the
-submission functions and the tracking environment come from :mod:`astrocurate.launch`.
+Describes ``run.sh`` (local, per-level process counts, or the SLURM chain) and one SLURM
+job per level (one process, or several through torchrun / srun);
+:func:`astrocurate.launch.render_script` writes them. The SLURM options, the submission
+functions and the tracking environment come from :mod:`astrocurate.launch`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import logging
 import shlex
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from astrocurate.launch import (
+    Job,
+    Script,
     SlurmOptions,
+    cli_command,
+    render_script,
+    shell_words,
     submit_functions,
     time_limit_seconds,
     tracking_environment,
@@ -58,7 +63,7 @@ class _Launch:
         return self.words_for("clustering-run", *extra)
 
     def words_for(self, subcommand: str, *extra: str) -> list[str]:
-        return [self.python, "-m", "astrocurate.cli", subcommand, str(self.directory), *extra]
+        return cli_command(subcommand, str(self.directory), *extra, python=self.python)
 
     def torchrun_words(self, nprocs: int, *extra: str) -> list[str]:
         """``clustering-run`` in ``nprocs`` processes on this machine (the venv's torchrun).
@@ -84,49 +89,57 @@ def _render_run_script(
     n_processes`): consecutive levels with the same count share one command, ``torchrun``
     when it is more than one.
     """
-    head = [
-        "#!/usr/bin/env bash",
-        f"# Clustering run {launch.run_id}, prepared by astrocurate (guide step 4a).",
-    ]
+    title = f"Clustering run {launch.run_id}, prepared by astrocurate (guide step 4a)."
     if slurm is not None:
-        return "\n".join(head + _slurm_run_body(launch, config)) + "\n"
+        return render_script(
+            Script(
+                [title, *_SLURM_RUN_COMMENTS.format(n_levels=config.n_levels).splitlines()],
+                _slurm_run_body(launch, config),
+                launch.environment(),
+                directory=launch.directory,
+            )
+        )
     groups = _process_groups(config)
     distributed = any(nprocs > 1 for _, _, nprocs in groups)
-    if len(groups) > 1:
-        body = [
-            "# Runs every level on this machine, each in the processes its config entries ask",
-            "# for (ngpus_per_node, nprocs_per_node per level; torchrun when more than one):",
-            *(f"#   {_levels_text(a, b)}: {n} process(es)" for a, b, n in groups),
-        ]
-    elif distributed:
-        body = [
-            f"# Runs every level on this machine in {groups[0][2]} processes (torchrun; the ranks",
-            "# share the rows of every k-means run through torch.distributed).",
-        ]
-    else:
-        body = ["# Runs every level on this machine."]
-    if distributed:
-        body += [
-            "# After an interruption, run it again: it resumes from the checkpoints in this",
-            "# directory (saved after every k-means run of a level). Logs: logs/clustering.log",
-            "# (rank 0), logs/clustering.rank<R>.log (the others). The ranks talk over loopback",
-            "# only: torchrun --standalone meets on localhost, and gloo binds to the loopback",
-            "# device.",
-        ]
-    else:
-        body += [
-            "# After an interruption, run it again: it resumes from the checkpoints in this",
-            "# directory. Log: logs/clustering.log.",
-        ]
-    body += ["set -euo pipefail", *launch.environment()]
-    if distributed:
-        body += _loopback_gloo()
+    body = _loopback_gloo() if distributed else []
     for _, last, nprocs in groups:
         final = last == config.n_levels
         extra = () if final else ("--level", str(last))
         words = launch.torchrun_words(nprocs, *extra) if nprocs > 1 else launch.words(*extra)
-        body.append(("exec " if final else "") + _shell_words(words) + ' "$@"')
-    return "\n".join(head + body) + "\n"
+        body.append(("exec " if final else "") + shell_words(words) + ' "$@"')
+    comments = [title, *_local_comments(groups, distributed)]
+    return render_script(Script(comments, body, launch.environment()))
+
+
+def _local_comments(groups: list[tuple[int, int, int]], distributed: bool) -> list[str]:
+    """Return what the comments of a ``run.sh`` running on this machine say."""
+    if len(groups) > 1:
+        lines = [
+            "Runs every level on this machine, each in the processes its config entries ask",
+            "for (ngpus_per_node, nprocs_per_node per level; torchrun when more than one):",
+            *(f"  {_levels_text(a, b)}: {n} process(es)" for a, b, n in groups),
+        ]
+    elif distributed:
+        lines = [
+            f"Runs every level on this machine in {groups[0][2]} processes (torchrun; the ranks",
+            "share the rows of every k-means run through torch.distributed).",
+        ]
+    else:
+        lines = ["Runs every level on this machine."]
+    if distributed:
+        return [
+            *lines,
+            "After an interruption, run it again: it resumes from the checkpoints in this",
+            "directory (saved after every k-means run of a level). Logs: logs/clustering.log",
+            "(rank 0), logs/clustering.rank<R>.log (the others). The ranks talk over loopback",
+            "only: torchrun --standalone meets on localhost, and gloo binds to the loopback",
+            "device.",
+        ]
+    return [
+        *lines,
+        "After an interruption, run it again: it resumes from the checkpoints in this",
+        "directory. Log: logs/clustering.log.",
+    ]
 
 
 def _process_groups(config: ClusteringConfig) -> list[tuple[int, int, int]]:
@@ -143,10 +156,6 @@ def _process_groups(config: ClusteringConfig) -> list[tuple[int, int, int]]:
 
 def _levels_text(first: int, last: int) -> str:
     return f"level {first}" if first == last else f"levels {first}-{last}"
-
-
-def _shell_words(words: list[str]) -> str:
-    return " ".join(shlex.quote(w) for w in words)
 
 
 def _loopback_gloo() -> list[str]:
@@ -177,24 +186,26 @@ _AFTER_A_REFUSAL = (
 )
 
 
-def _level_job(level: int) -> str:
+#: The comments of a run.sh that submits the levels as SLURM jobs.
+_SLURM_RUN_COMMENTS = """\
+Submits one SLURM job per level ({n_levels}), chained with --dependency=afterok,
+then waits for the last one; --no-wait returns at once. Prints the job IDs.
+Run it again after a failure: finished levels are kept, a level resumes from its
+checkpoints. Job logs: logs/level_<L>-<job>.out. While waiting it asks squeue
+every ASTROCURATE_SLURM_POLL seconds (default 10). If sbatch refuses a job, the
+jobs already submitted are cancelled and it stops with sbatch's message."""
+
+
+def _level_words(level: int) -> str:
     """Return the words naming a level's job in run.sh's messages, quoted for bash."""
     return shlex.quote(f"the job of level {level} (slurm/level_{level}.sbatch)")
 
 
 def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
+    """Return the commands of a run.sh that submits the level jobs, after its environment."""
     n_levels = config.n_levels
     gpus = " ".join(f"[{lvl}]={config.ngpus_per_node[lvl - 1]}" for lvl in range(1, n_levels + 1))
     lines = [
-        f"# Submits one SLURM job per level ({n_levels}), chained with --dependency=afterok,",
-        "# then waits for the last one; --no-wait returns at once. Prints the job IDs.",
-        "# Run it again after a failure: finished levels are kept, a level resumes from its",
-        "# checkpoints. Job logs: logs/level_<L>-<job>.out. While waiting it asks squeue",
-        "# every ASTROCURATE_SLURM_POLL seconds (default 10). If sbatch refuses a job, the",
-        "# jobs already submitted are cancelled and it stops with sbatch's message.",
-        "set -euo pipefail",
-        f"cd {shlex.quote(str(launch.directory))}",
-        *launch.environment(),
         "wait_for_jobs=1",
         'for arg in "$@"; do',
         '    case "$arg" in',
@@ -209,10 +220,10 @@ def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
         "fi",
         f"level_gpus=({gpus})  # GPUs per node of each level's job (ngpus_per_node)",
         submit_functions("run.sh", _GRES_HINT, _AFTER_A_REFUSAL),
-        f"submit {_level_job(1)} slurm/level_1.sbatch",
+        f"submit {_level_words(1)} slurm/level_1.sbatch",
     ]
     lines += [
-        f'submit {_level_job(lvl)} --dependency=afterok:"${{submitted[-1]}}" '
+        f'submit {_level_words(lvl)} --dependency=afterok:"${{submitted[-1]}}" '
         f"slurm/level_{lvl}.sbatch"
         for lvl in range(2, n_levels + 1)
     ]
@@ -224,7 +235,7 @@ def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
         'while squeue --noheader --jobs="${submitted[-1]}" 2>/dev/null | grep -q .; do',
         '    sleep "$poll"',
         "done",
-        "exec " + _shell_words(launch.words_for("clustering-status")),
+        "exec " + shell_words(launch.words_for("clustering-status")),
     ]
     return lines
 
@@ -232,93 +243,60 @@ def _slurm_run_body(launch: _Launch, config: ClusteringConfig) -> list[str]:
 def _render_sbatch(
     launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int
 ) -> str:
-    """Return the SLURM batch script of one level (1-based); paths only in its body."""
-    partition = slurm.partition or config.slurm_partition
-    gpus = config.ngpus_per_node[level - 1]
-    if config.n_processes(level) > 1:
-        return _render_distributed_sbatch(launch, config, slurm, level, partition)
-    lines = _sbatch_header(
-        launch,
-        config,
-        slurm,
-        level,
-        partition,
-        tasks_per_node=1,
-        cpus_per_task=config.ncpus_per_gpu * max(1, gpus),
-        signal="B:USR1",
-    )
-    lines += [
-        f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate).",
-        "# Submitted by run.sh from the experiment directory; SIGUSR1 before the time limit",
-        "# makes it checkpoint and requeue itself. SIGUSR1 is ignored until the clustering",
-        "# installs its handler (and after it is done), so it never kills the job.",
-        "set -euo pipefail",
-        *launch.environment(),
-        "trap '' USR1",
-        "exec " + _shell_words(launch.words("--level", str(level))),
-    ]
-    return "\n".join(lines) + "\n"
+    """Return the SLURM batch script of one level (1-based); paths only in its body.
+
+    One process, or ``n_processes(level)`` tasks started by ``srun`` that share the rows
+    of every k-means run.
+    """
+    n = config.n_processes(level)
+    header = f"Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate)"
+    if n > 1:
+        comments = [
+            f"{header},",
+            f"in {n} tasks that share the rows of every k-means run",
+            "(torch.distributed; rank 0 writes the outputs and talks to MLflow). Submitted by",
+            "run.sh from the experiment directory; SIGUSR1 before the time limit goes to every",
+            "task: they stop after the current k-means run, and rank 0 checkpoints and requeues",
+            "the job.",
+        ]
+        body = ["exec " + shell_words(launch.srun_words("--level", str(level)))]
+    else:
+        comments = [
+            f"{header}.",
+            "Submitted by run.sh from the experiment directory; SIGUSR1 before the time limit",
+            "makes it checkpoint and requeue itself. SIGUSR1 is ignored until the clustering",
+            "installs its handler (and after it is done), so it never kills the job.",
+        ]
+        body = ["trap '' USR1", "exec " + shell_words(launch.words("--level", str(level)))]
+    job = _level_job(launch, config, slurm, level)
+    return render_script(Script(comments, body, launch.environment(), job))
 
 
-def _sbatch_header(
-    launch: _Launch,
-    config: ClusteringConfig,
-    slurm: SlurmOptions,
-    level: int,
-    partition: Any,
-    *,
-    tasks_per_node: int,
-    cpus_per_task: int,
-    signal: str,
-) -> list[str]:
-    """Return the shebang and ``#SBATCH`` lines of one level's job.
+def _level_job(launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int) -> Job:
+    """Return the sbatch options of one level's job.
 
-    ``signal`` is ``B:USR1`` (to the batch shell alone) or ``USR1`` (to every task too);
-    it comes before the time limit, early enough to checkpoint.
+    One process gets ``--signal=B:USR1`` (to the batch shell alone) and the CPUs of its
+    GPUs; several tasks get ``USR1`` (to every task too) and ``ncpus_per_gpu`` each. The
+    signal comes before the time limit, early enough to checkpoint.
     """
     gpus = config.ngpus_per_node[level - 1]
+    if config.n_processes(level) > 1:
+        tasks, cpus, signal = config.procs_per_node(level), config.ncpus_per_gpu, "USR1"
+    else:
+        tasks, cpus, signal = 1, config.ncpus_per_gpu * max(1, gpus), "B:USR1"
     options = [
-        f"--job-name=clustering-L{level}-{launch.run_id[:8]}",
-        f"--account={slurm.account}" if slurm.account else None,
-        f"--partition={partition}" if partition else None,
-        f"--qos={slurm.qos}" if slurm.qos else None,
-        f"--time={slurm.time}" if slurm.time else None,
         f"--nodes={config.nnodes[level - 1]}",
-        f"--ntasks-per-node={tasks_per_node}",
+        f"--ntasks-per-node={tasks}",
         f"--gpus-per-node={gpus}" if gpus else None,
-        f"--cpus-per-task={cpus_per_task}",
+        f"--cpus-per-task={cpus}",
         "--requeue",
         "--open-mode=append",
         "--kill-on-invalid-dep=yes",
         f"--signal={signal}@{_signal_lead(slurm.time)}",
         f"--output=logs/level_{level}-%j.out",
     ]
-    return ["#!/usr/bin/env bash"] + [f"#SBATCH {o}" for o in options if o]
-
-
-def _render_distributed_sbatch(
-    launch: _Launch, config: ClusteringConfig, slurm: SlurmOptions, level: int, partition: Any
-) -> str:
-    """Return the batch script of one level run by ``srun`` in ``n_processes(level)`` tasks."""
-    lines = _sbatch_header(
-        launch,
-        config,
-        slurm,
-        level,
-        partition,
-        tasks_per_node=config.procs_per_node(level),
-        cpus_per_task=config.ncpus_per_gpu,
-        signal="USR1",
+    return Job(
+        f"clustering-L{level}-{launch.run_id[:8]}",
+        replace(slurm, partition=slurm.partition or config.slurm_partition),
+        tuple(o for o in options if o),
     )
-    lines += [
-        f"# Level {level} of {config.n_levels} of clustering run {launch.run_id} (astrocurate),",
-        f"# in {config.n_processes(level)} tasks that share the rows of every k-means run",
-        "# (torch.distributed; rank 0 writes the outputs and talks to MLflow). Submitted by",
-        "# run.sh from the experiment directory; SIGUSR1 before the time limit goes to every",
-        "# task: they stop after the current k-means run, and rank 0 checkpoints and requeues",
-        "# the job.",
-        "set -euo pipefail",
-        *launch.environment(),
-        "exec " + _shell_words(launch.srun_words("--level", str(level))),
-    ]
-    return "\n".join(lines) + "\n"

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import os
 import re
-import shlex
 import shutil
 import sys
 import threading
@@ -236,33 +235,72 @@ def render_array_script(
     log_dir : Path
         Directory of the tasks' logs (``cutouts-w<W>-<job>_<task>.out``).
     slurm : SlurmOptions
-        Account, partition, time limit and QOS of every task.
+        Account, partition, time limit and QOS of every task (validated).
     """
-    from astrocurate.launch import sbatch_path_pattern, script_environment
+    from astrocurate import launch
 
-    pattern = sbatch_path_pattern(log_dir, f"cutouts-w{window_size}-%A_%a.out", "--output_path")
-    output = '"' + pattern.replace('"', '\\"') + '"'  # sbatch's quoting of #SBATCH values
-    lines = [
-        "#!/bin/bash",
-        f"# astrocurate: cut a survey in {n_shards} shards, one cutting_out run per array task.",
-        "# Submit with sbatch; then merge the shards' runs (their IDs end each task's log).",
-        f"#SBATCH --job-name=astrocurate-cutouts-w{window_size}",
-        f"#SBATCH --array=0-{n_shards - 1}",
-        "#SBATCH --requeue",
-        f"#SBATCH --output={output}",
+    logs = launch.sbatch_path_pattern(log_dir, f"cutouts-w{window_size}-%A_%a.out", "--output_path")
+    job = launch.Job(
+        f"astrocurate-cutouts-w{window_size}",
+        slurm,
+        (f"--array=0-{n_shards - 1}", "--requeue", f"--output={logs}"),
+    )
+    comments = [
+        f"astrocurate: cut a survey in {n_shards} shards, one cutting_out run per array task.",
+        "Submit with sbatch; then merge the shards' runs (their IDs end each task's log).",
     ]
-    for flag in ("account", "partition", "time", "qos"):
-        value = getattr(slurm, flag)  # validated SLURM names and times: nothing to quote
-        if value:
-            lines.append(f"#SBATCH --{flag}={value}")
-    command = " ".join(shlex.quote(a) for a in argv)
-    lines += [
-        "set -euo pipefail",
-        *script_environment("cutouts job array"),
-        f'exec {command} --shard "$SLURM_ARRAY_TASK_ID/{n_shards}" '
-        '--workers "${SLURM_CPUS_PER_TASK:-1}"',
+    body = [
+        f'exec {launch.shell_words(argv)} --shard "$SLURM_ARRAY_TASK_ID/{n_shards}" '
+        '--workers "${SLURM_CPUS_PER_TASK:-1}"'
     ]
-    return "\n".join(lines) + "\n"
+    environment = launch.script_environment("cutouts job array")
+    return launch.render_script(launch.Script(comments, body, environment, job))
+
+
+def write_array_script(
+    mosaics_path: Path, output_path: Path, options: CutoutOptions, n_shards: int, slurm: Any
+) -> Path:
+    """Write the job-array script of ``cutouts --slurm-array N``; return its path.
+
+    Parameters
+    ----------
+    mosaics_path, output_path : Path
+        The survey and the parent directory of the runs (made absolute in the script).
+    options : CutoutOptions
+        The parameters of every shard's run.
+    n_shards : int
+        Array size N (at least 1).
+    slurm : SlurmOptions
+        The ``--slurm_*`` options of every task.
+
+    Returns
+    -------
+    Path
+        ``OUTPUT_PATH/cutouts_w<W>_<N>shards.sbatch`` (logs go to ``OUTPUT_PATH/logs``).
+    """
+    from astrocurate.io.atomic import write_text
+    from astrocurate.launch import cli_command
+
+    validate_options(options)
+    if n_shards < 1:
+        raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {n_shards}")
+    output = Path(output_path).resolve()
+    argv = cli_command(
+        "cutouts",
+        "--mosaics_path", str(Path(mosaics_path).resolve()),
+        "--output_path", str(output),
+        "--window_size", str(options.window_size),
+        "--overlap", repr(options.overlap),
+        "--max-nan-fraction", repr(options.max_nan_fraction),
+        "--store", options.store,
+    )  # fmt: skip
+    text = render_array_script(
+        argv, n_shards, options.window_size, output / "logs", slurm.validate()
+    )
+    (output / "logs").mkdir(parents=True, exist_ok=True)
+    path = output / f"cutouts_w{options.window_size}_{n_shards}shards.sbatch"
+    write_text(path, text, 0o755)
+    return path
 
 
 def _assembled(run_dir: Path) -> bool:

@@ -38,13 +38,10 @@ import contextlib
 import json
 import logging
 import os
-import re
-import shlex
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.stages.feature_extraction.extraction import (
@@ -64,7 +61,6 @@ log = logging.getLogger(__name__)
 
 #: Tag holding the N of the latest ``--shard K/N`` that joined the run.
 TAG_SHARDS = "astrocurate.feature_shards"
-_GRES = re.compile(r"^[A-Za-z0-9_.:+-]+$")
 
 
 # --------------------------------------------------------------------------- which shard
@@ -446,147 +442,3 @@ def find_run_of(plan: Extraction) -> str:
         f"--finish: no {STEP} run of merge {plan.merged.run_id} with these arguments "
         "(in this MLflow experiment); run the shards first"
     )
-
-
-# --------------------------------------------------------------------------- SLURM
-
-
-@dataclass(frozen=True)
-class ArrayScript:
-    """What a feature job-array script runs.
-
-    Attributes
-    ----------
-    command : list of str
-        The ``features`` command of every task, without ``--shard`` (absolute paths).
-    n_shards : int
-        Array size N; each task runs ``--shard auto``.
-    log_dir : Path
-        Where the tasks' and the finishing job's logs go.
-    slurm : SlurmOptions
-        Account, partition, time limit and QOS of every job.
-    gres : str, optional
-        ``--gres`` of the array tasks (``gpu:1``); the finishing job needs none.
-    cpus_per_task : int, optional
-        ``--cpus-per-task`` of the array tasks (the model's threads and the loader
-        workers); None: the partition's default, often one CPU.
-    name : str
-        Job name of the array (the finishing job adds ``-finish``).
-    """
-
-    command: list[str]
-    n_shards: int
-    log_dir: Path
-    slurm: Any
-    gres: str | None = None
-    cpus_per_task: int | None = None
-    name: str = "astrocurate-features"
-
-    def validate(self) -> ArrayScript:
-        """Check N, the gres and the CPUs (raises :class:`InvalidArgumentError`); return self."""
-        if self.n_shards < 1:
-            raise InvalidArgumentError(f"--slurm-array: expected N >= 1, got {self.n_shards}")
-        if self.cpus_per_task is not None and self.cpus_per_task < 1:
-            raise InvalidArgumentError(
-                f"--slurm_cpus_per_task: expected a CPU count >= 1, got {self.cpus_per_task}"
-            )
-        if self.gres is not None and not _GRES.match(self.gres):
-            raise InvalidArgumentError(
-                f"--slurm_gres={self.gres!r}: expected a SLURM gres such as gpu:1 or gpu:a100:2"
-            )
-        return self
-
-
-#: The features array's hint when sbatch refuses the tasks' GPUs.
-_GRES_HINT = (
-    '    echo "the array tasks ask for --slurm_gres; on a partition without GPUs leave it out"'
-)
-_AFTER_A_REFUSAL = "write the script again with the corrected flags (features ... --slurm-array N)"
-
-
-def render_array_script(script: ArrayScript) -> str:
-    """Return a bash script that submits a feature job array and its finishing job.
-
-    Run it (not ``sbatch`` it): it submits N tasks (``sbatch --array=0-<N-1>``), task K
-    running the command with ``--shard K/N`` (N is written into the script, so a task
-    resubmitted alone still computes its own shard), then the command with ``--finish`` as
-    a job that starts once every task succeeded (``--dependency=afterok``), and prints the
-    two job IDs. ``--resubmit K[,K...]`` submits those tasks again with the same options,
-    and a new finishing job. sbatch runs the same file with ``--task`` or ``--finish``. If
-    sbatch refuses a job, the script stops with its message (cancelling the tasks it
-    submitted). Every interpolated value is shell-quoted; the options are given to sbatch
-    on its command line, not in ``#SBATCH`` lines; the log directory is escaped for sbatch
-    (:func:`~astrocurate.launch.sbatch_path_pattern`).
-    """
-    from astrocurate.launch import sbatch_path_pattern, script_environment, submit_functions
-
-    def q(values: Sequence[str]) -> str:
-        return " ".join(shlex.quote(str(v)) for v in values)
-
-    common = [
-        f"--{flag}={getattr(script.slurm, flag)}"
-        for flag in ("account", "partition", "time", "qos")
-        if getattr(script.slurm, flag)
-    ]
-    logs = script.log_dir
-    array = [
-        f"--job-name={script.name}",
-        "--requeue",
-        "--open-mode=append",
-        "--output=" + sbatch_path_pattern(logs, "features-%A_%a.out", "--output_path"),
-        *common,
-        *([f"--gres={script.gres}"] if script.gres else []),
-        *([f"--cpus-per-task={script.cpus_per_task}"] if script.cpus_per_task else []),
-    ]
-    finish = [
-        f"--job-name={script.name}-finish",
-        "--kill-on-invalid-dep=yes",
-        "--output=" + sbatch_path_pattern(logs, "features-finish-%j.out", "--output_path"),
-        *common,
-    ]
-    n = script.n_shards
-    lines = [
-        "#!/bin/bash",
-        f"# astrocurate: feature extraction in {n} shards of one feature_extraction run.",
-        "# Run this file (do not sbatch it): it submits a SLURM job array whose task K",
-        f"# computes shard K/{n}, and a job that finishes the run once every task succeeded;",
-        "# it prints the two job IDs. A task that failed or ran out of time: run this file",
-        "# with --resubmit K (several: --resubmit 3,5); it submits them again with the same",
-        "# options, and a new finishing job. The run ID ends each task's log.",
-        "set -euo pipefail",
-        *script_environment("features job array"),
-        f"tasks=0-{n - 1}",
-        'case "${1:-}" in',
-        "    --task)  # torch threads: the task's CPUs, not the node's (tasks share nodes)",
-        '        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"',
-        f'        exec {q(script.command)} --shard "$SLURM_ARRAY_TASK_ID/{n}" ;;',
-        f"    --finish) exec {q(script.command)} --finish ;;",
-        "    --resubmit)",
-        '        tasks="${2:-}"',
-        '        if [[ ! "$tasks" =~ ^[0-9]+(,[0-9]+)*$ ]]; then',
-        f'            echo "$0: --resubmit expects task IDs such as 3 or 3,5 (0 to {n - 1})" >&2',
-        "            exit 2",
-        "        fi",
-        "        for k in ${tasks//,/ }; do",
-        f"            if ((k >= {n})); then",
-        f'                echo "$0: --resubmit: task $k is not one of 0 to {n - 1}" >&2',
-        "                exit 2",
-        "            fi",
-        "        done ;;",
-        "    '') ;;",
-        '    *) echo "$0: unknown option $1 (none, --resubmit K, --task, --finish)" >&2; exit 2;;',
-        "esac",
-        "if ! command -v sbatch >/dev/null; then",
-        '    echo "$0: sbatch not found: run this where SLURM is" >&2',
-        "    exit 1",
-        "fi",
-        f"mkdir -p {shlex.quote(str(logs))}",
-        submit_functions("features job array", _GRES_HINT, _AFTER_A_REFUSAL),
-        f'submit "the job array" --array="$tasks" {q(array)} "$0" --task',
-        "array=${submitted[-1]}",
-        f'submit "the finishing job" --dependency=afterok:"$array" {q(finish)} "$0" --finish',
-        "finish=${submitted[-1]}",
-        'echo "submitted feature shards $tasks as job array $array, finishing job $finish" >&2',
-        'echo "$array $finish"',
-    ]
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,164 @@
+"""What every backbone family shares: the result, the options, the common checks.
+
+A family returns a :class:`Backbone`, receives the validated :class:`Options`, and uses
+the small checks and poolings here.
+
+A builder is ``builder(name, spec, options) -> Backbone``: ``name`` as given, ``spec`` the
+part after a registered prefix (``'resnet18'`` in ``'timm:resnet18'``), ``options`` the
+validated :class:`Options`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from astrocurate.errors import InvalidArgumentError
+
+__all__ = [
+    "Backbone",
+    "Builder",
+    "Options",
+    "Preprocessing",
+    "check_pooling",
+    "finish",
+    "import_optional",
+    "pool_tokens",
+    "reject",
+]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the caller must do to a cutout before it reaches :attr:`Backbone.module`.
+
+    Attributes
+    ----------
+    input_size : int
+        Square side ``S`` the module expects (resize to it).
+    in_chans : int
+        Channels fed to the module: 1, or 3 identical copies of the cutout.
+    mean, std : tuple of float
+        Per-channel standardisation ``(x - mean[c]) / std[c]``, applied after the
+        astronomical normalisation; ``len == in_chans``.
+    """
+
+    input_size: int
+    in_chans: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as plain JSON-serialisable values."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Backbone:
+    """A feature extractor and everything needed to feed it and to record it.
+
+    Attributes
+    ----------
+    name : str
+        The name it was created from (``'scattering'``, ``'timm:resnet18'``, ...).
+    module : torch.nn.Module
+        Eval-mode module mapping ``(B, in_chans, S, S)`` float to ``(B, dim)`` features.
+    dim : int
+        Feature dimension ``D``.
+    preprocessing : Preprocessing
+        Input size, channels and standardisation the module expects.
+    layer : str
+        What gives the vector: ``'cls'``, ``'token-mean'``, ``'avg'``, ``'pooler'``,
+        ``'scattering-logmean'``, ...
+    weights_sha256 : str or None
+        SHA-256 of the weights file(s) loaded; None for weight-free or random-init models.
+    description : str
+        One line for humans and run metadata.
+    """
+
+    name: str
+    module: nn.Module = field(repr=False)
+    dim: int
+    preprocessing: Preprocessing
+    layer: str
+    weights_sha256: str | None
+    description: str
+
+    def metadata(self) -> dict[str, Any]:
+        """Return what identifies the features (for a sidecar or run parameters)."""
+        return {
+            "backbone": self.name,
+            "dim": self.dim,
+            "layer": self.layer,
+            "weights_sha256": self.weights_sha256,
+            "description": self.description,
+            **self.preprocessing.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated options shared by every builder."""
+
+    weights: Path | None
+    arch: str | None
+    pooling: str | None
+    channels: str
+    pretrained: bool
+    input_size: int | None
+    allow_pickle: bool
+
+
+Builder = Callable[[str, str, Options], Backbone]
+
+
+def reject(options: Options, name: str, *fields: str) -> None:
+    """Raise when an option that ``name`` does not use was given."""
+    for option in fields:
+        value = getattr(options, option)
+        if value is not None:
+            raise InvalidArgumentError(f"{option}={value!s} does not apply to backbone {name!r}")
+
+
+def check_pooling(name: str, pooling: str, valid: Iterable[str]) -> str:
+    """Return ``pooling`` when it is one of ``valid``; raise naming the valid ones."""
+    valid = tuple(valid)
+    if pooling not in valid:
+        raise InvalidArgumentError(
+            f"pooling={pooling!r} is not valid for backbone {name!r}; valid: {', '.join(valid)}"
+        )
+    return pooling
+
+
+def finish(module: nn.Module) -> nn.Module:
+    """Put ``module`` in inference state: eval mode, no gradients."""
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str, num_prefix: int) -> torch.Tensor:
+    """Pool a ``(B, N, D)`` token sequence whose first ``num_prefix`` are cls/registers."""
+    if pooling == "cls":
+        return tokens[:, 0]
+    mean = tokens[:, num_prefix:].mean(dim=1)
+    if pooling in ("token-mean", "avg"):
+        return mean
+    if pooling == "cls+token-mean":
+        return torch.cat([tokens[:, 0], mean], dim=1)
+    raise ValueError(f"unknown token pooling {pooling!r}")
+
+
+def import_optional(module: str, purpose: str) -> Any:
+    """Import an optional dependency; raise saying how to install it when missing."""
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise InvalidArgumentError(
+            f"{purpose} need the {module!r} package: pip install {module}"
+        ) from error

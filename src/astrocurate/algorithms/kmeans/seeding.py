@@ -1,0 +1,237 @@
+"""Greedy k-means++ seeding with its exact bounds, one centre per step.
+
+Each new centre is the best of :func:`n_candidates` candidates drawn with probability
+proportional to the squared distance ``D^2`` to the nearest chosen centre, "best" meaning
+the lowest resulting potential. Rows that no candidate can bring closer (a
+triangle-inequality test that accounts for rounding) are not scored
+(:meth:`GreedySeeding.seeding_rows`). Distributed, every rank scores its own rows and the
+gains are summed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from astrocurate.algorithms.kmeans.bounds import score_error_factor
+from astrocurate.algorithms.kmeans.distributed import Comm
+from astrocurate.algorithms.kmeans.rows import (
+    MAX_SCORE_ELEMENTS,
+    Rows,
+    block_sizes,
+    dist_dtype,
+    spans,
+)
+
+__all__ = ["GreedySeeding", "SeedingState", "n_candidates", "seeding_blocks"]
+
+#: Greedy k-means++ scores only the rows its bounds keep while they are at most this
+#: fraction of the rows; above it a plain pass over all rows (no gathering) costs less.
+_GATHER_FRACTION = 0.25
+
+
+def n_candidates(n_clusters: int) -> int:
+    """Candidates drawn per centre by greedy k-means++: ``2 + floor(ln k)``.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of clusters ``k`` (>= 1).
+
+    Returns
+    -------
+    int
+        The number of candidates evaluated for each new centre.
+    """
+    return 2 + int(math.log(n_clusters))
+
+
+def seeding_blocks(
+    local: Rows, scored: torch.Tensor | None, block_rows: int
+) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
+    """Yield ``(where, rows)``: all rows block by block (``scored`` None) or the ``scored``."""
+    if scored is None:
+        for start, stop, xb in local.blocks(block_rows):
+            yield slice(start, stop), xb
+    else:
+        for start, stop in spans(len(scored), block_rows):
+            yield scored[start:stop], local.gather(scored[start:stop])
+
+
+class SeedingState(Protocol):
+    """What greedy k-means++ reads and updates of a fit's live state (a ``KMeansState``)."""
+
+    step: int
+    centers: torch.Tensor
+    center_indices: np.ndarray
+    min_sq_distances: torch.Tensor | None
+    nearest_centers: torch.Tensor | None
+    rng: np.random.Generator
+
+
+@dataclass(frozen=True)
+class GreedySeeding:
+    """Greedy k-means++ for one fit: the parameters it needs of the estimator.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Centres to choose.
+    device : torch.device
+        Compute device.
+    dtype : torch.dtype
+        Compute dtype.
+    block_size, centroid_block_size : int or None
+        As for :class:`~astrocurate.algorithms.kmeans.estimator.KMeans`.
+    bounds : bool or None
+        False: score every row for every centre; otherwise leave out the rows that the
+        bounds prove no candidate brings closer.
+    """
+
+    n_clusters: int
+    device: torch.device
+    dtype: torch.dtype
+    block_size: int | None
+    centroid_block_size: int | None
+    bounds: bool | None
+
+    def first(self, rows: Rows, local: Rows, comm: Comm, state: SeedingState) -> None:
+        """Choose the first centre, uniformly among the rows."""
+        first = np.array([state.rng.integers(rows.n)], dtype=np.int64)
+        inf = torch.full((local.n,), math.inf, dtype=dist_dtype(self.dtype))
+        self.add_center(rows, local, comm, state, first, inf.to(self.device))
+
+    def step(self, rows: Rows, local: Rows, comm: Comm, state: SeedingState) -> None:
+        """Choose the next greedy k-means++ centre (updates ``state`` in place)."""
+        d2 = state.min_sq_distances
+        cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
+        offsets = np.zeros(comm.world + 1)  # where each rank's share of the potential starts
+        np.cumsum(comm.gather(cums[-1:]), out=offsets[1:])
+        total = float(offsets[-1])
+        rng = state.rng
+        if total > 0:
+            u = rng.random(n_candidates(self.n_clusters)) * total
+            u = np.minimum(u, np.nextafter(total, 0.0))  # u < total
+            cand = self.draw(cums, u, offsets, comm)
+        else:  # every row coincides with a chosen centre: pick an unchosen row uniformly
+            free = np.ones(rows.n, dtype=bool)
+            free[state.center_indices[: state.step]] = False
+            cand = np.array([rng.choice(np.flatnonzero(free))], dtype=np.int64)
+        self.add_center(rows, local, comm, state, cand, d2)
+
+    @staticmethod
+    def draw(cums: torch.Tensor, u: np.ndarray, offsets: np.ndarray, comm: Comm) -> np.ndarray:
+        """Rows (global indices) where the cumulative potential first exceeds each ``u``."""
+        if comm.world == 1:
+            found = torch.searchsorted(cums, torch.from_numpy(u).to(cums.device), right=True)
+            return found.clamp_(max=len(cums) - 1).cpu().numpy()
+        lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
+        mine = (u >= lo) & (u < hi)  # the ranges of the ranks partition [0, total)
+        cand = torch.full((len(u),), -1, dtype=torch.int64, device=cums.device)
+        if mine.any():
+            where = torch.from_numpy(np.flatnonzero(mine)).to(cums.device)
+            local_u = torch.from_numpy(u[mine] - lo).to(cums.device)
+            found = torch.searchsorted(cums, local_u, right=True).clamp_(max=len(cums) - 1)
+            cand[where] = found + comm.start
+        torch.distributed.all_reduce(cand, op=torch.distributed.ReduceOp.MAX)
+        return cand.cpu().numpy()
+
+    def add_center(
+        self,
+        rows: Rows,
+        local: Rows,
+        comm: Comm,
+        state: SeedingState,
+        cand: np.ndarray,
+        d2: torch.Tensor,
+    ) -> None:
+        """Keep the candidate that most lowers the potential; update D^2 (this rank's rows).
+
+        The potential with candidate ``c`` is the current one less its gain, the sum over
+        the rows of ``D^2(x) - min(D^2(x), |x - c|^2)``; rows that no candidate can bring
+        closer (:meth:`seeding_rows`) add nothing and are not scored.
+        """
+        block_rows, _ = self._blocks(len(cand))
+        if local.full is not None and self.block_size is None:
+            # few columns: take many rows at once (fewer, larger kernels)
+            block_rows = max(block_rows, MAX_SCORE_ELEMENTS[local.device.type] // len(cand))
+        cx = rows.take(cand).to(d2.dtype)
+        cx_sq = (cx * cx).sum(dim=1)
+        x_sq = local.sq_norms(block_rows)
+        scored = self.seeding_rows(local, state, cx, cx_sq, block_rows, d2)
+        gains = torch.zeros(len(cand), dtype=torch.float64, device=d2.device)
+        parts = []  # (rows, their new D^2 with each candidate)
+        for where, xb in seeding_blocks(local, scored, block_rows):
+            old = d2[where]
+            new = torch.addmm(cx_sq, xb.to(d2.dtype), cx.T, alpha=-2)
+            new.add_(x_sq[where, None]).clamp_(min=0)
+            torch.minimum(new, old[:, None], out=new)
+            gains += (old[:, None].double() - new.double()).sum(dim=0)
+            parts.append((where, new))
+        best = int(torch.argmax(comm.sum_(gains)))
+        chosen = int(cand[best])
+        nearest = state.nearest_centers
+        if nearest is None and state.step == 0 and self.error_factor(local) is not None:
+            nearest = torch.zeros(local.n, dtype=torch.int64, device=d2.device)
+        for where, new in parts:
+            if nearest is not None:
+                moved = new[:, best] < d2[where]
+                nearest[where] = torch.where(moved, state.step, nearest[where])
+            d2[where] = new[:, best]
+        if comm.start <= chosen < comm.stop:
+            d2[chosen - comm.start] = 0
+            if nearest is not None:
+                nearest[chosen - comm.start] = state.step
+        state.centers[state.step] = cx[best]
+        state.center_indices[state.step] = chosen
+        state.min_sq_distances = d2
+        state.nearest_centers = nearest
+        state.step += 1
+
+    def seeding_rows(
+        self,
+        local: Rows,
+        state: SeedingState,
+        cx: torch.Tensor,
+        cx_sq: torch.Tensor,
+        block_rows: int,
+        d2: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """Find this rank's rows that a k-means++ candidate may bring closer (None: all).
+
+        A row ``x`` at ``D^2(x)`` from its nearest chosen centre ``a`` is left out when
+        ``|c - a|^2 >= 4 D^2(x) + 5E`` for every candidate ``c``, ``E`` bounding the
+        rounding error of every computed squared distance: then ``|x - c| >= |c - a| -
+        |x - a| >= |x - a|`` holds with the errors included, so the full computation
+        would keep ``D^2(x)`` and add no gain. Rows are only left out, never scored
+        differently, so the choice is that of the full pass up to the rounding of the
+        products of another row count. Late in the seeding, when the centres are dense,
+        few rows are left to score.
+        """
+        nearest, rho = state.nearest_centers, self.error_factor(local)
+        if nearest is None or rho is None:
+            return None
+        centers = state.centers[: state.step].to(cx.dtype)
+        c_sq = (centers * centers).sum(dim=1)
+        gaps = torch.addmm(c_sq, cx, centers.T, alpha=-2).add_(cx_sq[:, None])
+        norms = [local.largest_sq_norm(block_rows), c_sq.max(), cx_sq.max()]
+        largest_sq = torch.stack(norms).max().double()
+        err = 4 * rho * largest_sq  # rho (|x| + |c|)^2 <= rho (2 max norm)^2
+        closest = gaps.min(dim=0).values.double()  # nearest candidate to each centre
+        keep = closest[nearest] < 4 * d2.double() + 5 * err  # d2.double() may be d2
+        scored = torch.nonzero(keep).squeeze(1)
+        return None if len(scored) > _GATHER_FRACTION * local.n else scored
+
+    def error_factor(self, local: Rows) -> float | None:
+        """Return the rounding-error factor of the k-means++ bounds, None when they are off."""
+        if self.bounds is False:
+            return None
+        return score_error_factor(self.dtype, local.d, local.device)
+
+    def _blocks(self, k: int) -> tuple[int, int]:
+        return block_sizes(self.device, k, self.block_size, self.centroid_block_size)

@@ -1,0 +1,92 @@
+"""``sample`` (step 5) and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+
+from astrocurate.cli.base import announce, command, optional_path, positive_int
+
+
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clustering-id", "--clustering_id", required=True, help="finished clustering run ID"
+    )
+    parser.add_argument(
+        "--num-samples",
+        "--num_samples",
+        required=True,
+        type=positive_int,
+        help="size of the curated sample (more than the pool takes the whole pool)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=["r", "c", "f"],
+        default="r",
+        help="inside a level-1 cluster: r random (default), c closest, f farthest from centroid",
+    )
+    parser.add_argument(
+        "--level",
+        type=positive_int,
+        default=None,
+        help="split the budget from this level down (1-based; default the top level)",
+    )
+    parser.add_argument(
+        "--baseline",
+        choices=["none", "random"],
+        default="none",
+        help="random: a plain uniform sample of the same size instead, for comparison",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--export",
+        nargs="+",
+        choices=["npy", "hdf5", "fits", "png"],
+        default=[],
+        help="write the curated pixels: npy (training), hdf5, fits (one per cutout), png",
+    )
+    parser.add_argument(
+        "--no-report", action="store_true", help="skip the HTML report (astrocurate report)"
+    )
+    parser.add_argument(
+        "--output_path", "--output-path", default=None, help="parent directory (default: input's)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="recompute even if an identical finished run exists"
+    )
+
+
+@command(
+    "sample", "Draw a balanced curated sample from a clustering run (step 5).", _sample_arguments
+)
+def _sample(args: argparse.Namespace) -> int:
+    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+
+    options = SamplingOptions(
+        num_samples=args.num_samples,
+        strategy=args.strategy,
+        level=args.level,
+        baseline=args.baseline,
+        seed=args.seed,
+        export=tuple(args.export),
+    )
+    run = curated_sample(
+        args.clustering_id,
+        options,
+        output_path=optional_path(args.output_path),
+        force=args.force,
+        report=not args.no_report,
+    )
+    announce(run)
+    return 0
+
+
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="curated_sampling run ID")
+
+
+@command("report", "Regenerate the HTML report of a sampling run.", _report_arguments)
+def _report(args: argparse.Namespace) -> int:
+    from astrocurate.stages.curated_sampling.run import regenerate_report
+
+    print(regenerate_report(args.run_id))
+    return 0

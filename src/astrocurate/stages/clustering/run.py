@@ -336,7 +336,7 @@ def _refresh_prepared(
     indices: np.ndarray,
 ) -> PreparedClustering:
     """Reuse an unfinished run with the same key: rewrite its scripts (resources may differ)."""
-    directory: Path = record.output_dir  # type: ignore[assignment] - _reusable checked it
+    directory: Path = record.output_dir  # type: ignore[assignment] - PreparedRun.find checked it
     lock = PreparedRun(record.run_id, STEP, directory).try_lock()
     if lock is None:
         log.warning(

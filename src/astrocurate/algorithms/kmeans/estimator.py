@@ -53,14 +53,13 @@ from astrocurate.algorithms.kmeans.rows import (
     check_finite,
     dist_dtype,
     matmul_precision_scope,
-    resolve_device,
     resolve_dtype,
     resolve_torch_device,
 )
 from astrocurate.algorithms.kmeans.seeding import GreedySeeding
 from astrocurate.errors import AstrocurateError, InvalidArgumentError
 
-__all__ = ["KMeans", "KMeansState", "NotFittedError", "resolve_device"]
+__all__ = ["KMeans", "KMeansState", "NotFittedError"]
 
 
 class NotFittedError(AstrocurateError, AttributeError):

@@ -16,11 +16,10 @@ import numpy as np
 from astrocurate.errors import InvalidRunError
 from astrocurate.stages.clustering.config import CONFIG_FILE, STEP, ClusteringConfig, load_config
 from astrocurate.tracking import TAG_ERROR, RunRecord, get_run, require_run
+from astrocurate.tracking.prepared import PREPARED
 
 #: The run's description: its ID, its features run and the parameters that define it.
 RUN_FILE = "run.json"
-#: MLflow status of a run prepared by step 4a and not yet run.
-PREPARED = "SCHEDULED"
 INPUT_INDICES = "input_indices.npy"
 LEVEL_DONE = "level.json"
 LEVEL_ARRAYS = ("centroids", "labels", "members", "offsets", "distances", "point_labels")

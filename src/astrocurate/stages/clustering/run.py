@@ -27,9 +27,9 @@ The guide makes a clustering in two commands, and so does this module:
   equidistant from two centroids within rounding). With ``subset_indices_path`` every
   rank loads the subset's rows.
 
-Levels are numbered from 1 here, in file names, metrics and messages (level 1 clusters
-the features, as in the design notes); :mod:`astrocurate.algorithms.kmeans.hierarchical` numbers
-them from 0.
+Levels are numbered from 1, in file names, metrics and messages (level 1 clusters the
+features, as in the design notes), as in the algorithm's one level loop
+(:func:`astrocurate.algorithms.kmeans.hierarchical.fit_levels`).
 
 The experiment directory (the run's output directory)::
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from astrocurate import steps
-from astrocurate.algorithms.kmeans.estimator import resolve_device
+from astrocurate.algorithms.kmeans.rows import resolve_device
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.cutout_store import read_manifest

@@ -1,8 +1,9 @@
-"""Atomic file writes: a temporary name in the same directory, fsync, then rename.
+"""Atomic writes: a temporary name in the same directory, fsync, then rename.
 
 A reader (or a rerun after a kill) sees either the old file or the complete new one, never
 a partial file under the final name. Temporaries are named ``.tmp-<pid>-<name>`` so a
-step can find and remove an interrupted attempt's leftovers.
+step can find and remove an interrupted attempt's leftovers. :func:`atomic_directory`
+does the same for a whole folder (the curation report).
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -90,3 +94,32 @@ def write_text(path: Path, text: str, mode: int | None = None) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (floats for numpy scalars)."""
     write_text(path, json.dumps(obj, indent=1, default=float) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path, prefix: str) -> Iterator[Path]:
+    """Yield a new folder beside ``final``; swap it into place when the block succeeds.
+
+    The folder is built under ``<prefix><pid>-*``; then the old ``final`` is renamed out of
+    the way (``<prefix><pid>-old-*``), the new one into place, and the old one removed. A
+    process killed at any point leaves ``final`` complete (old or new) or absent, never
+    partial; the caller removes leftovers named ``<prefix><pid>-*`` of dead processes. If
+    the block raises, the new folder is removed and the old one put back.
+    """
+    built = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=final.parent))
+    old = None
+    try:
+        yield built
+        os.chmod(built, 0o755)
+        if final.exists():
+            old = final.parent / f"{prefix}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(built, final)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        if old is not None and not final.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

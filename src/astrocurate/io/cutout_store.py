@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astrocurate.errors import AstrocurateError
-from astrocurate.io.atomic import atomic_path
+from astrocurate.io.atomic import atomic_path, temporary_path
 
 MANIFEST = "manifest.parquet"
 MOSAICS = "mosaics.parquet"
@@ -243,7 +243,7 @@ class NpyStackWriter:
         self.path = Path(path)
         self.window_size = int(window_size)
         self.count = 0
-        self._tmp = self.path.with_name(f".tmp-{os.getpid()}-{self.path.name}")
+        self._tmp = temporary_path(self.path)
         self._handle = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._handle.write(b"\0" * _NPY_HEADER_BYTES)
 

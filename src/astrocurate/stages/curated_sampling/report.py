@@ -29,17 +29,15 @@ cluster and class counts), :mod:`.report_map` (feature projection),
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.io.atomic import atomic_directory
 from astrocurate.stages.curated_sampling.report_data import (
     class_shares,
     level_counts,
@@ -165,25 +163,10 @@ def _publish(directory: Path, page: str, figures: Sequence[Figure]) -> Path:
     """
     final = directory / REPORT_DIR
     _remove_leftovers(directory)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=directory))
-    old = None
-    try:
+    with atomic_directory(final, _TMP_PREFIX) as built:
         for figure in figures:
-            (tmp / figure.name).write_bytes(figure.png)
-        (tmp / INDEX).write_text(page, encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            old = directory / f"{_TMP_PREFIX}{os.getpid()}-old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not final.exists():  # put the old report back
-            with contextlib.suppress(OSError):
-                os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+            (built / figure.name).write_bytes(figure.png)
+        (built / INDEX).write_text(page, encoding="utf-8")
     return final / INDEX
 
 

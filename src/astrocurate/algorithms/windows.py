@@ -182,8 +182,7 @@ def row_bands(row_starts: Any, window_size: int, max_rows: int) -> list[tuple[in
         ``(band_y0, band_y1)`` per band, in increasing order.
     """
     w = _check_window_size(window_size)
-    if isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 1:
-        raise ValueError(f"max_rows={max_rows!r} must be a positive integer")
+    check_int("max_rows", max_rows, minimum=1)
     starts = np.unique(np.asarray(row_starts, dtype=np.int64))
     bands: list[tuple[int, int]] = []
     first = last = None

@@ -48,7 +48,6 @@ Preprocessing(input_size=64, in_chans=1, mean=(0.0,), std=(1.0,))
 from __future__ import annotations
 
 import difflib
-import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from astrocurate.algorithms.backbones.scattering import SCATTERING_NAMES, build_
 from astrocurate.algorithms.backbones.timm_models import build_ssl, build_timm
 from astrocurate.algorithms.backbones.weights import WeightsError
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.validation import check_int
 
 __all__ = ["create_backbone", "list_backbones", "register_backbone"]
 
@@ -180,12 +180,8 @@ def create_backbone(
         raise InvalidArgumentError(
             f"channels={channels!r} is not valid; valid values: {', '.join(CHANNEL_MODES)}"
         )
-    if input_size is not None and (
-        isinstance(input_size, bool) or not isinstance(input_size, numbers.Integral)
-    ):
-        raise InvalidArgumentError(f"input_size={input_size!r} must be an integer >= 8")
-    if input_size is not None and input_size < 8:
-        raise InvalidArgumentError(f"input_size={input_size!r} must be an integer >= 8")
+    if input_size is not None:
+        check_int("input_size", input_size, minimum=8)
     key, spec = _resolve_name(name)
     path = None
     if weights is not None:

@@ -140,11 +140,22 @@ def test_positions_by_name_or_path(tmp_path):
 
 def test_parquet_labels(tmp_path):
     path = tmp_path / "labels.parquet"
-    pd.DataFrame({"cutout_id": [0, 3], "categories": ["a", "b|c"]}).to_parquet(path)
+    pd.DataFrame({"cutout_id": [0, 3], "categories": [["a"], ["b", "c"]]}).to_parquet(path)
     table = read_label_file(path)
     assert table["line"].tolist() == [1, 2]
     rows, categories, _ = match_labels(table, _manifest(), source=path.name)
     assert rows.tolist() == [0, 3] and categories == [("a",), ("b", "c")]
+
+
+def test_blank_lines_and_bom_keep_line_numbers(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("cutout_id,categories\n0,a\n\n3,b\n", encoding="utf-8-sig")
+    table = read_label_file(path)
+    assert table["line"].tolist() == [2, 4]
+    path.write_text("cutout_id,categories\n0,a\n\n3,\n", encoding="utf-8-sig")
+    with pytest.raises(InvalidArgumentError) as excinfo:
+        read_label_file(path)
+    _one_line_error(excinfo, "labels.csv line 4: categories ''")
 
 
 def test_no_label_matches(tmp_path):

@@ -154,3 +154,12 @@ def test_fewer_groups_than_folds():
         sky_folds(ra[:2], dec[:2], np.full(2, 0.1), np.zeros(2, int))
     with pytest.raises(InvalidArgumentError, match="dec_deg"):
         sky_folds(ra, dec[:2], np.full(4, 0.1), np.zeros(4, int))
+
+
+def test_windows_across_ra_zero_never_cross_train_and_test():
+    ra = np.mod(np.arange(40) * 0.1 - 2.0, 360.0)  # 358.0 .. 359.9, 0.0 .. 1.9
+    dec = np.zeros(ra.size)
+    folds = sky_folds(ra, dec, np.full(ra.size, 0.1), np.zeros(ra.size, int), n_folds=3)
+    for train, test in folds:
+        gap = np.abs(((ra[train][:, None] - ra[test][None]) + 180.0) % 360.0 - 180.0)
+        assert (gap >= 0.2 * 0.999).all()

@@ -133,7 +133,8 @@ def read_label_file(path: str | os.PathLike[str]) -> pd.DataFrame:
         ``cutout_id`` and ``run_id``, or :data:`POSITION_COLUMNS`), the parsed reference
         ``cutout_id`` (Int64), ``run_id`` (str or None), ``mosaic`` (str or None), ``x0``,
         ``y0``, ``window_size`` (Int64, NA where unknown), ``line`` (the line of the file,
-        the header being line 1; the row number plus 1 for Parquet) and ``categories``
+        the header being line 1, blank lines skipped but counted, a label's cells on one
+        line; the row number plus 1 for Parquet) and ``categories``
         (tuple of str). ``attrs["form"]`` is the reference form used.
 
     Raises
@@ -146,7 +147,7 @@ def read_label_file(path: str | os.PathLike[str]) -> pd.DataFrame:
     raw = _read_table(path)
     form = _reference_form(raw, path)
     first_line = 1 if path.suffix.lower() == ".parquet" else 2
-    lines = np.arange(first_line, first_line + len(raw), dtype=np.int64)
+    lines = raw.index.to_numpy(dtype=np.int64) + first_line
     parse = {"file_path": _parse_file_path, "cutout_id": _parse_cutout_id}.get(form[0])
     references = []
     for line, record in zip(lines, raw.to_dict("records"), strict=True):
@@ -159,11 +160,18 @@ def read_label_file(path: str | os.PathLike[str]) -> pd.DataFrame:
         table.insert(0, "file_path", raw["file_path"].to_numpy())
     table["line"] = lines
     table["categories"] = [
-        parse_categories(text, where=f"{path.name} line {line}")
-        for line, text in zip(lines, raw["categories"], strict=True)
+        parse_categories(_as_text(value), where=f"{path.name} line {line}")
+        for line, value in zip(lines, raw["categories"], strict=True)
     ]
     table.attrs["form"] = form
     return table
+
+
+def _as_text(value: Any) -> str:
+    """Return a categories cell as text (Parquet may hold a list of strings)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return repr([str(v) if isinstance(v, str) else v for v in value])
+    return str(value)
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -178,7 +186,13 @@ def _read_table(path: Path) -> pd.DataFrame:
                 # More fields than the header: an unquoted list with commas, refused.
                 warnings.simplefilter("error", pd.errors.ParserWarning)
                 raw = pd.read_csv(
-                    path, dtype=str, keep_default_na=False, skipinitialspace=True, index_col=False
+                    path,
+                    dtype=str,
+                    keep_default_na=False,
+                    skipinitialspace=True,
+                    index_col=False,
+                    skip_blank_lines=False,  # kept, then dropped, so line numbers stay right
+                    encoding="utf-8-sig",
                 )
     except pd.errors.EmptyDataError:
         raw = pd.DataFrame()
@@ -199,7 +213,12 @@ def _read_table(path: Path) -> pd.DataFrame:
             " and one line per labelled cutout"
         )
     raw.columns = [str(c).strip().lower() for c in raw.columns]
-    return raw.where(raw.notna(), "")
+    raw = raw.where(raw.notna(), "")
+    blank = raw.map(lambda value: isinstance(value, str) and not value.strip()).all(axis=1)
+    raw = raw[~blank]
+    if raw.empty:
+        raise InvalidArgumentError(f"{path}: no label in the file, only blank lines")
+    return raw
 
 
 def _reference_form(raw: pd.DataFrame, path: Path) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The demo: the five pipeline steps on a small synthetic survey.
+"""The demo: the six pipeline steps on a small synthetic survey.
 
 It calls the same functions as the guide's scripts, so its runs are ordinary
 runs: ``find_run.py`` finds them and ``mlflow ui`` shows them.
@@ -16,6 +16,7 @@ import numpy as np
 from astrocurate.stages.curated_sampling.outputs import METRICS
 from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
 from astrocurate.stages.feature_extraction.run import extract_features
 from astrocurate.stages.merge_cutouts.run import merge_cutouts
 from astrocurate.tracking import StepRun, redact_uri, tracking_uri
@@ -28,6 +29,10 @@ DEMO_WINDOW_SIZES = (64, 128)
 DEMO_CLUSTERING_CONFIG = "demo_2lvl_64_8.yaml"
 #: Size of the demo's curated sample (about a tenth of the demo survey's cutouts).
 DEMO_NUM_SAMPLES = 250
+#: The demo's evaluation: a small pretraining budget (about a minute on two cores).
+DEMO_EVALUATION = EvaluationOptions(
+    seeds=2, images_seen=512, batch_size=64, max_per_category=60, folds=3
+)
 
 
 def demo_survey(directory: Path, seed: int = 0) -> Path:
@@ -65,7 +70,7 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     -------
     dict of str to StepRun
         The runs by label (``cutouts_64``, ``cutouts_128``, ``merge``, ``features``,
-        ``clustering``, ``sampling``).
+        ``clustering``, ``sampling``, ``evaluation``).
     """
     started = time.time()
     workdir = Path(workdir).resolve()
@@ -80,6 +85,8 @@ def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[
     runs["sampling"] = curated_sample(
         runs["clustering"].run_id, SamplingOptions(DEMO_NUM_SAMPLES, export=("npy", "png"))
     )
+    if mosaics is None:  # the user's own mosaics have no labels to score encoders on
+        runs["evaluation"] = evaluate(runs["sampling"].run_id, DEMO_EVALUATION)
     _print_summary(runs, survey, time.time() - started)
     return runs
 
@@ -105,10 +112,26 @@ def _describe(run: StepRun) -> str:
         return f"{rows} x {dim} features{quality}"
     if run.step == "curated_sampling":
         return f"{len(np.load(run.output_dir / 'selected.npy'))} cutouts selected"
+    if run.step == "evaluation":
+        return _describe_evaluation(run)
     if run.step == "clustering":
         sizes = sorted(run.output_dir.glob("level_*/centroids.npy"))
         return "clusters per level: " + "/".join(str(len(np.load(p))) for p in sizes)
     return f"{len(read_manifest(run.output_dir, ['cutout_id']))} cutouts"
+
+
+def _describe_evaluation(run: StepRun) -> str:
+    """Curated against random on the kNN probe, in a few words."""
+    from astrocurate.stages.evaluation.outputs import METRICS as EVALUATION_METRICS
+
+    metrics = json.loads((run.output_dir / EVALUATION_METRICS).read_text())
+    scores = [
+        f"{arm} {metrics[f'{arm}_knn_balanced_accuracy_mean']:.2f}"
+        f"+-{metrics[f'{arm}_knn_balanced_accuracy_std']:.2f}"
+        for arm in ("curated", "random")
+        if f"{arm}_knn_balanced_accuracy_mean" in metrics
+    ]
+    return "kNN balanced accuracy " + " vs ".join(scores)
 
 
 def _metric(run_id: str, name: str) -> float | None:
@@ -125,6 +148,9 @@ def _print_summary(runs: dict[str, StepRun], survey: Path, seconds: float) -> No
         print(f"  {'':<12} {run.output_dir}")
     if "sampling" in runs:
         _print_curation(runs["sampling"])
+    if "evaluation" in runs:
+        report = runs["evaluation"].output_dir / "report" / "index.html"
+        print(f"Evaluation report (curated vs random pretraining): {report}")
     print(
         f"\nTracking store: {redact_uri(tracking_uri())}\n"
         "Inspect the runs:   mlflow ui        (from this directory, then open http://127.0.0.1:5000)\n"

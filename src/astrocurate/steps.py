@@ -11,6 +11,7 @@ MERGE_CUTOUTS = "merge_cutouts"
 FEATURE_EXTRACTION = "feature_extraction"
 CLUSTERING = "clustering"
 CURATED_SAMPLING = "curated_sampling"
+EVALUATION = "evaluation"
 
 #: Run names of the steps, in pipeline order (the guide's names).
 ORDER: tuple[str, ...] = (
@@ -19,6 +20,7 @@ ORDER: tuple[str, ...] = (
     FEATURE_EXTRACTION,
     CLUSTERING,
     CURATED_SAMPLING,
+    EVALUATION,
 )
 
 

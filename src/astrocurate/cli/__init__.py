@@ -10,7 +10,8 @@ command`), in the order ``--help`` lists them: :mod:`~astrocurate.cli.find_run`,
 :mod:`~astrocurate.cli.cutouts` (cutouts, merge), :mod:`~astrocurate.cli.synthetic`
 (make-survey, demo), :mod:`~astrocurate.cli.features` (features, features-finish,
 backbones), :mod:`~astrocurate.cli.clustering`, :mod:`~astrocurate.cli.sampling` (sample,
-report), :mod:`~astrocurate.cli.verify`. ``python -m astrocurate.cli`` runs :func:`main`.
+report), :mod:`~astrocurate.cli.evaluation` (evaluate), :mod:`~astrocurate.cli.verify`.
+``python -m astrocurate.cli`` runs :func:`main`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ from astrocurate.cli.base import COMMANDS, command
 from astrocurate.errors import AstrocurateError, StepInterrupted
 
 #: The subcommand modules, in the order ``astrocurate --help`` lists their subcommands.
-GROUPS = ("find_run", "cutouts", "synthetic", "features", "clustering", "sampling", "verify")
+GROUPS = (
+    "find_run",
+    "cutouts",
+    "synthetic",
+    "features",
+    "clustering",
+    "sampling",
+    "evaluation",
+    "verify",
+)
 for _group in GROUPS:  # each module registers its subcommands with @command
     importlib.import_module(f"astrocurate.cli.{_group}")
 

@@ -81,12 +81,17 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", help="curated_sampling run ID")
+    parser.add_argument("run_id", help="curated_sampling or evaluation run ID")
 
 
-@command("report", "Regenerate the HTML report of a sampling run.", _report_arguments)
+@command("report", "Regenerate the HTML report of a sampling or evaluation run.", _report_arguments)
 def _report(args: argparse.Namespace) -> int:
-    from astrocurate.stages.curated_sampling.run import regenerate_report
+    from astrocurate import steps
+    from astrocurate.tracking import get_run
 
+    if get_run(args.run_id, "RUN_ID").step == steps.EVALUATION:
+        from astrocurate.stages.evaluation.run import regenerate_report
+    else:
+        from astrocurate.stages.curated_sampling.run import regenerate_report
     print(regenerate_report(args.run_id))
     return 0

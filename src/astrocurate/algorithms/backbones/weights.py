@@ -160,7 +160,7 @@ def _unwrap_checkpoint(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
     """Find the tensor dict in a checkpoint container (``state_dict``, ``model``, ...)."""
     for _ in range(3):
         if isinstance(checkpoint, Mapping) and not _is_tensor_dict(checkpoint):
-            for key in ("state_dict", "model", "model_state_dict", "module", "teacher"):
+            for key in ("state_dict", "model", "model_state_dict", "module", "teacher", "encoder"):
                 if isinstance(checkpoint.get(key), Mapping):
                     checkpoint = checkpoint[key]
                     break

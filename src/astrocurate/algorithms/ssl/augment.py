@@ -1,0 +1,129 @@
+"""Augmentations for radio cutouts, batched: one affine resampling, noise, the asinh stretch.
+
+A view of a cutout is the cutout rotated by any angle, flipped, shifted and rescaled a
+little (all four in one ``affine_grid`` + ``grid_sample``, zero padding: the background
+of a radio map), plus Gaussian noise of up to ``max_noise`` times the cutout's rms, then
+stretched like step 3 (:func:`astrocurate.algorithms.normalization.normalize`). No colour
+jitter: a radio map has one channel and its intensities mean something. Every random
+number comes from the caller's generator, so a training step is reproducible from its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from astrocurate.algorithms.normalization import NormalizationConfig, normalize
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.validation import check_int, check_real
+
+_RMS_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """How views are drawn and images prepared.
+
+    Attributes
+    ----------
+    image_size : int
+        Side of the views, in pixels.
+    max_shift : float
+        Largest shift, as a fraction of the side.
+    scale_range : tuple of float
+        Range of the zoom factor (above 1 zooms in).
+    flip : bool
+        Random horizontal flip (with any rotation, this gives every mirror image).
+    max_noise : float
+        Added noise sigma is drawn in ``[0, max_noise]`` times the cutout's rms.
+    normalization : NormalizationConfig
+        The stretch applied last (default the feature step's asinh).
+    """
+
+    image_size: int = 64
+    max_shift: float = 0.0625
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    flip: bool = True
+    max_noise: float = 1.0
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+
+    def validate(self) -> AugmentConfig:
+        """Return ``self``; raise a one-line error naming a bad field."""
+        check_int("--image-size", self.image_size, 8)
+        check_real("max_shift", self.max_shift, 0.0, 0.5, low_open=False)
+        low, high = (check_real("scale_range", s, 0.0) for s in self.scale_range)
+        if low > high:
+            raise InvalidArgumentError(
+                f"scale_range={self.scale_range}: expected (low, high) with low <= high"
+            )
+        check_real("max_noise", self.max_noise, 0.0, low_open=False)
+        self.normalization.validate()
+        return self
+
+
+def robust_rms(images: torch.Tensor) -> torch.Tensor:
+    """Return 1.4826 x the median absolute deviation of each image (NaN ignored), shape (N,)."""
+    flat = images.reshape(len(images), -1).float()
+    median = flat.nanmedian(dim=1, keepdim=True).values
+    mad = (flat - median).abs().nanmedian(dim=1).values
+    return torch.nan_to_num(1.4826 * mad, nan=_RMS_FLOOR).clamp_min(_RMS_FLOOR)
+
+
+def resize_raw(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize raw pixels (N, H, W) to (N, size, size), area-averaged; NaN become 0."""
+    images = torch.nan_to_num(images.float(), nan=0.0)
+    if images.shape[-2:] == (size, size):
+        return images
+    mode = "area" if size < images.shape[-1] else "bilinear"
+    return F.interpolate(images[:, None], size=(size, size), mode=mode)[:, 0]
+
+
+def radio_views(
+    images: torch.Tensor,
+    rms: torch.Tensor,
+    config: AugmentConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Return one random view of each image, shape (B, 1, image_size, image_size).
+
+    Parameters
+    ----------
+    images : Tensor, shape (B, S, S)
+        Raw pixels (any device).
+    rms : Tensor, shape (B,)
+        Noise rms of each image, in its units.
+    config : AugmentConfig
+    generator : torch.Generator
+        A CPU generator: the only source of randomness.
+    """
+    n = len(images)
+    draw = torch.rand((n, 6), generator=generator, dtype=torch.float64)
+    noise = torch.randn((n, 1, config.image_size, config.image_size), generator=generator)
+    angle = draw[:, 0] * 2 * math.pi
+    low, high = config.scale_range
+    scale = low + (high - low) * draw[:, 1]
+    mirror = torch.where(draw[:, 2] < 0.5, -1.0, 1.0) if config.flip else torch.ones(n)
+    shift = (draw[:, 3:5] * 2 - 1) * config.max_shift * 2  # grid units span 2 per side
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [
+            torch.stack([cos * mirror, -sin, shift[:, 0]], dim=1),
+            torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    ).to(images.device, torch.float32)
+    size = (n, 1, config.image_size, config.image_size)
+    grid = F.affine_grid(theta, size, align_corners=False)
+    views = F.grid_sample(images[:, None].float(), grid, padding_mode="zeros", align_corners=False)
+    sigma = (draw[:, 5] * config.max_noise).to(images.device, torch.float32) * rms.float()
+    views = views + noise.to(images.device) * sigma[:, None, None, None]
+    return normalize(views[:, 0], config.normalization)[:, None]
+
+
+def eval_view(images: torch.Tensor, config: AugmentConfig) -> torch.Tensor:
+    """Return the unaugmented view of each image: resized and stretched, (B, 1, size, size)."""
+    resized = resize_raw(images, config.image_size)
+    return normalize(resized, config.normalization)[:, None]

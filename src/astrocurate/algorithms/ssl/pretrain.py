@@ -1,0 +1,327 @@
+"""Self-supervised pretraining of an encoder on cutouts: SimCLR or BYOL, losses from lightly.
+
+The budget is counted in images seen, not epochs, so that arms of different sizes get the
+same training. Step ``t`` takes its batch from a permutation of the images drawn for its
+epoch and its augmentations from a generator seeded by ``(seed, t)``; the model starts
+from ``seed``. So a run resumed from a checkpoint ends, on the CPU, with the same weights
+as an uninterrupted one. Under ``torch.distributed`` every rank takes its slice of each
+global batch and the gradients are averaged (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from astrocurate.algorithms.ssl.augment import AugmentConfig, eval_view, radio_views
+from astrocurate.algorithms.ssl.encoders import FEATURE_DIM, build_encoder
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.validation import check_choice, check_int, check_real
+
+METHODS: tuple[str, ...] = ("simclr", "byol")
+
+#: Share of the steps spent warming the learning rate up linearly (then cosine decay).
+WARMUP_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pretraining: method, model, budget, optimiser, seed and augmentations.
+
+    Attributes
+    ----------
+    method : {'simclr', 'byol'}
+    encoder : str
+        One of :data:`~astrocurate.algorithms.ssl.encoders.ENCODERS`.
+    images_seen : int
+        Budget in images; steps = ceil(images_seen / batch).
+    batch_size : int
+        Global batch (at most the number of images).
+    learning_rate, weight_decay : float
+        AdamW; linear warm-up over :data:`WARMUP_SHARE` of the steps, then cosine to 0.
+    temperature : float
+        SimCLR's NT-Xent temperature.
+    momentum : tuple of float
+        BYOL's momentum, from the first to the last step (cosine schedule).
+    projection_dim : int
+        Output of the projection head.
+    seed : int
+    augment : AugmentConfig
+    bf16 : bool
+        bf16 autocast on CUDA (the CPU always computes in float32).
+    """
+
+    method: str = "simclr"
+    encoder: str = "resnet18"
+    images_seen: int = 2048
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.5
+    momentum: tuple[float, float] = (0.99, 1.0)
+    projection_dim: int = 128
+    seed: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    bf16: bool = True
+
+    def validate(self) -> PretrainConfig:
+        """Return ``self``; raise a one-line error naming a bad option."""
+        check_choice("--method", self.method, METHODS)
+        check_choice("encoder", self.encoder, tuple(FEATURE_DIM))
+        check_int("--images-seen", self.images_seen, 1)
+        check_int("--batch-size", self.batch_size, 2)
+        check_real("--learning-rate", self.learning_rate, 0.0)
+        check_real("weight_decay", self.weight_decay, 0.0, low_open=False)
+        check_real("temperature", self.temperature, 0.0)
+        for value in self.momentum:
+            check_real("momentum", value, 0.0, 1.0, low_open=False, high_open=False)
+        check_int("projection_dim", self.projection_dim, 1)
+        check_int("seed", self.seed, 0)
+        self.augment.validate()
+        return self
+
+    def batch(self, n_images: int) -> int:
+        """Return the batch size for ``n_images`` images (never more than there are)."""
+        return min(self.batch_size, n_images)
+
+    def total_steps(self, n_images: int) -> int:
+        """Return the optimiser steps of the budget."""
+        return math.ceil(self.images_seen / self.batch(n_images))
+
+    def steps_per_epoch(self, n_images: int) -> int:
+        """Return the steps of one pass over the images (a checkpoint follows each)."""
+        return math.ceil(n_images / self.batch(n_images))
+
+
+class _SimCLR(nn.Module):
+    def __init__(self, config: PretrainConfig) -> None:
+        from lightly.models.modules import SimCLRProjectionHead
+
+        super().__init__()
+        dim = FEATURE_DIM[config.encoder]
+        self.encoder = build_encoder(config.encoder, seed=config.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            self.projection = SimCLRProjectionHead(dim, dim, config.projection_dim)
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(views))
+
+
+class _BYOL(nn.Module):
+    def __init__(self, config: PretrainConfig) -> None:
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        super().__init__()
+        dim, out = FEATURE_DIM[config.encoder], config.projection_dim
+        self.encoder = build_encoder(config.encoder, seed=config.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            self.projection = BYOLProjectionHead(dim, 2 * dim, out)
+            self.prediction = BYOLPredictionHead(out, 2 * dim, out)
+        self.momentum_encoder = copy.deepcopy(self.encoder)
+        self.momentum_projection = copy.deepcopy(self.projection)
+        deactivate_requires_grad(self.momentum_encoder)
+        deactivate_requires_grad(self.momentum_projection)
+        self.momentum_range = config.momentum
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        return self.prediction(self.projection(self.encoder(views)))
+
+    @torch.no_grad()
+    def target(self, views: torch.Tensor) -> torch.Tensor:
+        return self.momentum_projection(self.momentum_encoder(views))
+
+    @torch.no_grad()
+    def update_momentum(self, momentum: float) -> None:
+        from lightly.models.utils import update_momentum
+
+        update_momentum(self.encoder, self.momentum_encoder, momentum)
+        update_momentum(self.projection, self.momentum_projection, momentum)
+
+
+def _config_record(config: PretrainConfig) -> dict[str, Any]:
+    """Return what a checkpoint records of its configuration (to refuse another)."""
+    return {k: repr(v) for k, v in asdict(config).items()}
+
+
+def _learning_rate(step: int, total: int, base: float) -> float:
+    warmup = max(1, int(WARMUP_SHARE * total))
+    if step < warmup:
+        return base * (step + 1) / warmup
+    from lightly.utils.scheduler import cosine_schedule
+
+    return base * cosine_schedule(step - warmup, max(1, total - warmup), 1.0, 0.0)
+
+
+def _batch_indices(seed: int, step: int, n: int, batch: int, per_epoch: int) -> torch.Tensor:
+    """Images of global batch ``step``: a slice of its epoch's permutation (wrapping)."""
+    epoch, position = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[(position * batch + torch.arange(batch)) % n]
+
+
+def _world() -> tuple[int, int]:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed:
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def pretrain(
+    images: torch.Tensor,
+    rms: torch.Tensor,
+    config: PretrainConfig,
+    *,
+    device: str | torch.device = "cpu",
+    state: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> nn.Module:
+    """Pretrain an encoder on ``images`` and return it (eval mode, on the CPU).
+
+    Parameters
+    ----------
+    images : Tensor, shape (N, S, S)
+        Raw pixels, already at ``config.augment.image_size``.
+    rms : Tensor, shape (N,)
+        Noise rms of each image (the augmentation's noise scale).
+    config : PretrainConfig
+    device : str or torch.device
+    state : dict, optional
+        A checkpoint given earlier to ``on_checkpoint``: training resumes after its step.
+    on_checkpoint : callable, optional
+        Called (on rank 0) with the training state at each epoch end and at the last step.
+    on_step : callable, optional
+        Called (on rank 0) with each step's index and loss.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Fewer than two images, or a ``state`` of another configuration.
+    """
+    config.validate()
+    n = len(images)
+    if n < 2:
+        raise InvalidArgumentError(f"pretraining needs at least 2 images, got {n}")
+    device = torch.device(device)
+    model = (_SimCLR if config.method == "simclr" else _BYOL)(config).to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    start = 0
+    if state is not None:
+        if state.get("config") != _config_record(config):
+            raise InvalidArgumentError("checkpoint: written by another pretraining configuration")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+    _train_steps(model, optimizer, images, rms, config, device, start, on_checkpoint, on_step)
+    return model.encoder.eval().cpu()
+
+
+def _train_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    rms: torch.Tensor,
+    config: PretrainConfig,
+    device: torch.device,
+    start: int,
+    on_checkpoint: Callable[[dict], None] | None,
+    on_step: Callable[[int, float], None] | None,
+) -> None:
+    """Run steps ``start .. total - 1``, checkpointing at epoch ends and at the last step."""
+    n, rank, world = len(images), *_world()
+    batch, total, per_epoch = config.batch(n), config.total_steps(n), config.steps_per_epoch(n)
+    network = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    loss_of = _simclr_loss(config, world) if config.method == "simclr" else _byol_loss(model)
+    images, rms = images.to(device), rms.to(device)
+    autocast = device.type == "cuda" and config.bf16
+    model.train()
+    for step in range(start, total):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, total, config.learning_rate)
+        index = _batch_indices(config.seed, step, n, batch, per_epoch).tensor_split(world)[rank]
+        generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 64 + rank)
+        index = index.to(device)
+        x, r = images[index], rms[index]
+        views = [radio_views(x, r, config.augment, generator) for _ in range(2)]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_of(network, views, step, total)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if rank == 0 and on_step is not None:
+            on_step(step, float(loss.detach()))
+        if (
+            rank == 0
+            and on_checkpoint is not None
+            and ((step + 1) % per_epoch == 0 or step + 1 == total)
+        ):
+            on_checkpoint(
+                {
+                    "step": step + 1,
+                    "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                    "optimizer": copy.deepcopy(optimizer.state_dict()),
+                    "config": _config_record(config),
+                }
+            )
+
+
+def _simclr_loss(config: PretrainConfig, world: int) -> Callable:
+    from lightly.loss import NTXentLoss
+
+    criterion = NTXentLoss(temperature=config.temperature, gather_distributed=world > 1)
+
+    def loss(network: nn.Module, views: list[torch.Tensor], step: int, total: int) -> torch.Tensor:
+        return criterion(network(views[0]).float(), network(views[1]).float())
+
+    return loss
+
+
+def _byol_loss(model: _BYOL) -> Callable:
+    from lightly.loss import NegativeCosineSimilarity
+    from lightly.utils.scheduler import cosine_schedule
+
+    criterion = NegativeCosineSimilarity()
+
+    def loss(network: nn.Module, views: list[torch.Tensor], step: int, total: int) -> torch.Tensor:
+        first, last = model.momentum_range
+        model.update_momentum(cosine_schedule(step, total, first, last))
+        p0, p1 = network(views[0]).float(), network(views[1]).float()
+        z0, z1 = model.target(views[0]).float(), model.target(views[1]).float()
+        return 0.5 * (criterion(p0, z1) + criterion(p1, z0))
+
+    return loss
+
+
+@torch.inference_mode()
+def embed(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    config: AugmentConfig,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Return the frozen features of ``images`` (unaugmented views), float32 (N, dim)."""
+    encoder = encoder.to(device).eval()
+    parts = []
+    for start in range(0, len(images), batch_size):
+        views = eval_view(images[start : start + batch_size].to(device), config)
+        parts.append(encoder(views).float().cpu())
+    encoder.cpu()
+    return torch.cat(parts).numpy().astype(np.float32, copy=False)

@@ -1,0 +1,106 @@
+"""``evaluate`` (step 6): pretrain on the curated and the random sample, compare them."""
+
+from __future__ import annotations
+
+import argparse
+
+from astrocurate.cli.base import announce, command, optional_path, positive_int
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sampling-id", "--sampling_id", required=True, help="finished curated_sampling run ID"
+    )
+    parser.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help="labelled cutouts: a CSV of file_path,categories (or cutout_id[,run_id] or "
+        "mosaic,x0,y0,window_size with categories); default the survey's truth catalogue",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="also score these encoders trained elsewhere (ResNet-18, one input channel)",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="*",
+        choices=["curated", "random", "pool"],
+        default=["curated", "random"],
+        help="what to pretrain on (default: curated random); none with --weights only",
+    )
+    parser.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument(
+        "--method", choices=["simclr", "byol"], default="simclr", help="SSL method (lightly)"
+    )
+    parser.add_argument(
+        "--images-seen",
+        "--images_seen",
+        type=positive_int,
+        default=50_000,
+        help="pretraining budget per arm and seed, in images (default 50000)",
+    )
+    parser.add_argument("--batch-size", "--batch_size", type=positive_int, default=128)
+    parser.add_argument(
+        "--image-size",
+        "--image_size",
+        type=positive_int,
+        default=64,
+        help="side the cutouts are resized to for training (default 64)",
+    )
+    parser.add_argument("--learning-rate", "--learning_rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--max-per-category",
+        type=positive_int,
+        default=200,
+        help="score at most N labelled cutouts per category (default 200)",
+    )
+    parser.add_argument("--folds", type=positive_int, default=5, help="probe folds (default 5)")
+    parser.add_argument("--knn-k", type=positive_int, default=20, help="kNN neighbours (20)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    parser.add_argument(
+        "--output_path", "--output-path", default=None, help="parent directory (default: input's)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="recompute even if an identical finished run exists"
+    )
+
+
+@command(
+    "evaluate",
+    "Pretrain an SSL encoder on the curated and the random sample and compare them (step 6).",
+    _evaluate_arguments,
+)
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
+
+    options = EvaluationOptions(
+        arms=tuple(args.arms),
+        seeds=args.seeds,
+        method=args.method,
+        images_seen=args.images_seen,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        learning_rate=args.learning_rate,
+        max_per_category=args.max_per_category,
+        folds=args.folds,
+        knn_k=args.knn_k,
+        device=args.device,
+    )
+    run = evaluate(
+        args.sampling_id,
+        options,
+        labels=optional_path(args.labels),
+        weights=tuple(Path(w) for w in args.weights),
+        output_path=optional_path(args.output_path),
+        force=args.force,
+        report=not args.no_report,
+    )
+    announce(run)
+    return 0

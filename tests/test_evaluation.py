@@ -1,0 +1,202 @@
+"""Step 6, evaluation: pretrain on the curated and the random sample, score on labelled cutouts.
+
+Runs the real step (lightly SimCLR on a timm ResNet-18, sky-grouped probes) on the small
+session pipeline (tests/curation_pipeline.py) with a budget of a few dozen images, so
+that every path runs in seconds: the arms, the truth-catalogue labels and a user's label
+file, weights trained elsewhere, reuse, the report, and the refusals.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from astrocurate.algorithms.backbones.weights import WeightsError
+from astrocurate.algorithms.ssl import build_encoder, save_encoder
+from astrocurate.cli import main
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+from astrocurate.stages.evaluation.outputs import (
+    ARMS_DIR,
+    ENCODER,
+    INFO,
+    LABELS,
+    METRICS,
+    SCORES,
+)
+from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate, summarise
+
+pytestmark = pytest.mark.xdist_group("curation")
+
+TINY = EvaluationOptions(
+    seeds=2,
+    images_seen=48,
+    batch_size=16,
+    image_size=32,
+    max_per_category=25,
+    folds=2,
+    knn_k=5,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def sampling_id(curation_pipeline) -> str:
+    """A balanced sample of the session pipeline, with its random baseline."""
+    run = curated_sample(curation_pipeline.clustering_id, SamplingOptions(60), report=False)
+    return run.run_id
+
+
+@pytest.fixture(scope="module")
+def evaluation(sampling_id):
+    return evaluate(sampling_id, TINY)
+
+
+def test_evaluation_scores_both_arms_over_seeds_and_writes_its_report(evaluation):
+    out = evaluation.output_dir
+    info = json.loads((out / INFO).read_text())
+    assert list(info["arms"]) == ["curated", "random"]
+    assert info["arms"]["curated"]["cutouts"] == info["arms"]["random"]["cutouts"] == 60
+    assert info["labels"]["source"] == "truth catalogue"
+    scores = pd.read_parquet(out / SCORES)
+    assert sorted(scores["seed"].unique()) == [0, 1]
+    assert set(scores["arm"]) == {"curated", "random"}
+    metrics = json.loads((out / METRICS).read_text())
+    for arm in ("curated", "random"):
+        for probe in ("knn", "linear"):
+            assert 0.0 <= metrics[f"{arm}_{probe}_balanced_accuracy_mean"] <= 1.0
+            assert metrics[f"{arm}_{probe}_balanced_accuracy_std"] >= 0.0
+            assert f"{arm}_{probe}_rarest_recall_mean" in metrics
+    assert "curated_minus_random_knn_balanced_accuracy" in metrics
+    for arm in ("curated", "random"):
+        for seed in (0, 1):
+            assert (out / ARMS_DIR / arm / f"seed_{seed}" / ENCODER).is_file()
+            assert not (out / ARMS_DIR / arm / f"seed_{seed}" / "checkpoint.pt").exists()
+    page = (out / "report" / "index.html").read_text()
+    assert "Balanced accuracy" in page and "data:image/png;base64," in page
+
+
+def test_the_same_command_reuses_the_finished_run(sampling_id, evaluation):
+    again = evaluate(sampling_id, TINY)
+    assert again.reused and again.run_id == evaluation.run_id
+
+
+def test_seeds_differ_and_arms_are_trained_apart(evaluation):
+    out = evaluation.output_dir
+    embeddings = {
+        (arm, seed): np.load(out / ARMS_DIR / arm / f"seed_{seed}" / "embeddings.npy")
+        for arm in ("curated", "random")
+        for seed in (0, 1)
+    }
+    assert not np.array_equal(embeddings["curated", 0], embeddings["curated", 1])
+    assert not np.array_equal(embeddings["curated", 0], embeddings["random", 0])
+    labels = pd.read_parquet(out / LABELS)
+    assert all(len(e) == len(labels) for e in embeddings.values())
+
+
+def test_weights_trained_elsewhere_are_scored_as_their_own_arm(sampling_id, tmp_path):
+    weights = tmp_path / "mine.pt"
+    save_encoder(build_encoder("resnet18", seed=3), weights)
+    options = EvaluationOptions(**{**TINY.__dict__, "arms": ()})
+    run = evaluate(sampling_id, options, weights=(weights,), report=False)
+    metrics = json.loads((run.output_dir / METRICS).read_text())
+    assert "weights_mine_knn_balanced_accuracy_mean" in metrics
+    assert not any(k.startswith("curated_") for k in metrics)
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(sampling_id, tmp_path):
+    import torch
+
+    weights = tmp_path / "vit.pt"
+    torch.save({"patch_embed.proj.weight": torch.zeros(384, 3, 16, 16)}, weights)
+    with pytest.raises(WeightsError, match=r"vit\.pt.*another architecture") as caught:
+        evaluate(sampling_id, TINY, weights=(weights,))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_label_file_pointing_at_no_cutout_is_refused(sampling_id, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("mosaic,x0,y0,window_size,categories\nnowhere,0,0,64,['artefact']\n")
+    with pytest.raises(InvalidArgumentError, match=r"labels\.csv: none of its 1 labels"):
+        evaluate(sampling_id, TINY, labels=labels)
+
+
+def test_a_user_label_file_is_matched_to_the_cutouts(sampling_id, curation_pipeline, tmp_path):
+    manifest = curation_pipeline.manifest
+    rows = manifest.iloc[::3]
+    labels = tmp_path / "labels.csv"
+    names = ["['diffuse', 'little-resolved']", "['sparse', 'point-like']", "['artefact']"]
+    table = rows[["mosaic", "x0", "y0", "window_size"]].copy()
+    table["categories"] = [names[i % 3] for i in range(len(rows))]
+    table.to_csv(labels, index=False)
+    options = EvaluationOptions(**{**TINY.__dict__, "arms": ("curated",), "seeds": 1})
+    run = evaluate(sampling_id, options, labels=labels, report=False)
+    info = json.loads((run.output_dir / INFO).read_text())
+    assert info["labels"]["source"] == str(labels)
+    assert set(info["labels"]["categories"]) == {
+        "diffuse",
+        "little-resolved",
+        "sparse",
+        "point-like",
+        "artefact",
+    }
+
+
+def test_a_random_baseline_run_is_refused_as_the_sample_to_evaluate(curation_pipeline):
+    baseline = curated_sample(
+        curation_pipeline.clustering_id, SamplingOptions(60, baseline="random"), report=False
+    )
+    with pytest.raises(InvalidRunError, match="--baseline random"):
+        evaluate(baseline.run_id, TINY)
+
+
+@pytest.mark.parametrize(
+    ("change", "flag"),
+    [
+        ({"arms": ("everything",)}, "--arms"),
+        ({"method": "dino"}, "--method"),
+        ({"seeds": 0}, "--seeds"),
+        ({"learning_rate": -1.0}, "--learning-rate"),
+        ({"folds": 1}, "--folds"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_option(change, flag):
+    with pytest.raises(InvalidArgumentError, match=flag):
+        EvaluationOptions(**{**TINY.__dict__, **change}).validate()
+
+
+def test_summary_flags_curated_ahead_only_beyond_both_spreads():
+    rows = []
+    for seed, (cur, ran) in enumerate([(0.80, 0.60), (0.82, 0.62), (0.78, 0.58)]):
+        for arm, value in (("curated", cur), ("random", ran)):
+            rows += [
+                {"arm": arm, "seed": seed, "metric": "knn_balanced_accuracy", "value": value},
+                {"arm": arm, "seed": seed, "metric": "knn_recall_rare", "value": value - 0.1},
+                {"arm": arm, "seed": seed, "metric": "linear_balanced_accuracy", "value": 0.5},
+                {"arm": arm, "seed": seed, "metric": "linear_recall_rare", "value": 0.5},
+            ]
+    metrics = summarise(pd.DataFrame(rows), "rare")
+    assert metrics["curated_knn_balanced_accuracy_mean"] == pytest.approx(0.80)
+    assert metrics["curated_knn_balanced_accuracy_std"] == pytest.approx(0.02)
+    assert metrics["curated_minus_random_knn_rarest_recall"] == pytest.approx(0.20)
+    assert metrics["curated_ahead_knn"] == 1.0
+    assert metrics["curated_ahead_linear"] == 0.0
+
+
+def test_the_command_line_prints_the_run_id(sampling_id, evaluation, capsys):
+    argv = ["evaluate", "--sampling-id", sampling_id, "--seeds", "2", "--images-seen", "48"]
+    argv += ["--batch-size", "16", "--image-size", "32", "--max-per-category", "25"]
+    argv += ["--folds", "2", "--knn-k", "5", "--device", "cpu"]
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == evaluation.run_id
+
+
+def test_report_command_rewrites_an_evaluation_report(evaluation, capsys):
+    page = Path(evaluation.output_dir) / "report" / "index.html"
+    page.unlink()
+    assert main(["report", evaluation.run_id]) == 0
+    assert page.is_file()

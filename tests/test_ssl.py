@@ -1,0 +1,215 @@
+"""Self-supervised pretraining (algorithms/ssl): augmentations, encoders, training, resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from astrocurate.algorithms.backbones.weights import WeightsError
+from astrocurate.algorithms.ssl import (
+    AugmentConfig,
+    PretrainConfig,
+    build_encoder,
+    embed,
+    eval_view,
+    load_encoder,
+    pretrain,
+    radio_views,
+    resize_raw,
+    robust_rms,
+    save_encoder,
+)
+from astrocurate.errors import InvalidArgumentError
+
+SMALL = AugmentConfig(image_size=32)
+
+
+def _images(n: int = 8, size: int = 32, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn((n, size, size), generator=generator) * 1e-4
+
+
+def _views(images, rms, config=SMALL, seed=0):
+    return radio_views(images, rms, config, torch.Generator().manual_seed(seed))
+
+
+def test_views_have_the_size_asked_and_depend_only_on_the_generator_seed():
+    images = _images()
+    rms = robust_rms(images)
+    first, again, other = _views(images, rms), _views(images, rms), _views(images, rms, seed=1)
+    assert first.shape == (8, 1, 32, 32)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.isfinite(first).all()
+
+
+def test_rotation_moves_an_off_centre_source():
+    rows, columns = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    image = torch.exp(-((rows - 15.5) ** 2 + (columns - 25.5) ** 2) / 4.5)[None]  # 10 px right
+    config = AugmentConfig(
+        image_size=32, max_shift=0.0, scale_range=(1.0, 1.0), flip=False, max_noise=0.0
+    )
+    positions = set()
+    for seed in range(6):
+        view = _views(image, torch.ones(1), config, seed)[0, 0]
+        row, column = divmod(int(view.argmax()), 32)
+        positions.add((row, column))
+        assert math.hypot(row - 15.5, column - 15.5) == pytest.approx(10, abs=2.5)
+    assert len(positions) >= 4  # different angles put it elsewhere on the circle
+
+
+def test_noise_scales_with_the_images_rms():
+    flat = torch.zeros((64, 32, 32))
+    config = AugmentConfig(
+        image_size=32,
+        max_shift=0.0,
+        scale_range=(1.0, 1.0),
+        flip=False,
+        max_noise=1.0,
+        normalization=AugmentConfig().normalization.__class__(method="fixed"),
+    )
+    quiet = _views(flat, torch.full((64,), 1.0), config).std()
+    loud = _views(flat, torch.full((64,), 10.0), config).std()
+    assert loud / quiet == pytest.approx(10.0, rel=1e-3)
+
+
+def test_eval_view_has_no_randomness_and_resizes():
+    images = _images(size=64)
+    assert torch.equal(eval_view(images, SMALL), eval_view(images, SMALL))
+    assert eval_view(images, SMALL).shape == (8, 1, 32, 32)
+
+
+def test_robust_rms_and_resize_raw():
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn((4, 64, 64), generator=generator) * 3.0
+    noise[:, :4, :4] = float("nan")
+    assert torch.allclose(robust_rms(noise), torch.full((4,), 3.0), rtol=0.1)
+    resized = resize_raw(noise, 32)
+    assert resized.shape == (4, 32, 32) and torch.isfinite(resized).all()
+    block = torch.nan_to_num(noise[:, :2, :2], nan=0.0).mean(dim=(1, 2))
+    assert torch.allclose(resized[:, 0, 0], block)  # area average of each 2x2 block
+
+
+@pytest.mark.parametrize(
+    ("config", "option"),
+    [
+        (AugmentConfig(image_size=4), "--image-size"),
+        (AugmentConfig(max_shift=0.9), "max_shift"),
+        (AugmentConfig(scale_range=(1.2, 0.8)), "scale_range"),
+        (AugmentConfig(max_noise=-1.0), "max_noise"),
+    ],
+)
+def test_bad_augmentations_are_refused_naming_the_field(config, option):
+    with pytest.raises(InvalidArgumentError, match=option) as caught:
+        config.validate()
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "option"),
+    [
+        ({"method": "dino"}, "--method"),
+        ({"images_seen": 0}, "--images-seen"),
+        ({"batch_size": 1}, "--batch-size"),
+        ({"learning_rate": 0.0}, "--learning-rate"),
+        ({"momentum": (0.99, 1.5)}, "momentum"),
+    ],
+)
+def test_bad_pretraining_options_are_refused_naming_the_option(change, option):
+    with pytest.raises(InvalidArgumentError, match=option):
+        PretrainConfig(**change).validate()
+
+
+def test_budget_is_counted_in_images():
+    config = PretrainConfig(images_seen=100, batch_size=16)
+    assert config.total_steps(1000) == 7
+    assert config.total_steps(10) == 10  # the batch is never larger than the images
+    assert config.steps_per_epoch(40) == 3
+
+
+def test_encoder_is_one_channel_512_d_and_seeded():
+    encoder = build_encoder(seed=1).eval()
+    with torch.no_grad():
+        assert encoder(torch.zeros((2, 1, 32, 32))).shape == (2, 512)
+    same, other = build_encoder(seed=1), build_encoder(seed=2)
+    weight = "conv1.weight"
+    assert torch.equal(encoder.state_dict()[weight], same.state_dict()[weight])
+    assert not torch.equal(encoder.state_dict()[weight], other.state_dict()[weight])
+
+
+def test_encoder_files_round_trip_in_every_accepted_form(tmp_path):
+    encoder = build_encoder(seed=4)
+    reference = encoder.state_dict()
+    ours = tmp_path / "ours.pt"
+    save_encoder(encoder, ours)
+    assert _same(load_encoder(ours).state_dict(), reference)
+
+    prefixed = tmp_path / "lightly.pt"
+    state = {f"backbone.{k}": v for k, v in reference.items()}
+    state["projection_head.layers.0.weight"] = torch.zeros(4, 4)  # an SSL head: ignored
+    torch.save({"state_dict": state}, prefixed)
+    assert _same(load_encoder(prefixed).state_dict(), reference)
+
+    rgb = tmp_path / "rgb.pt"
+    three = dict(reference)
+    three["conv1.weight"] = reference["conv1.weight"].repeat(1, 3, 1, 1) / 3
+    torch.save(three, rgb)
+    folded = load_encoder(rgb).state_dict()["conv1.weight"]
+    assert torch.allclose(folded, reference["conv1.weight"], atol=1e-6)
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path):
+    vit = tmp_path / "vit_small.pt"
+    torch.save({"patch_embed.proj.weight": torch.zeros(384, 1, 16, 16)}, vit)
+    with pytest.raises(WeightsError, match=r"vit_small\.pt") as caught:
+        load_encoder(vit)
+    assert "\n" not in str(caught.value)
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_a_resumed_pretraining_ends_with_the_same_weights_on_the_cpu(method):
+    images = _images(40)
+    rms = robust_rms(images)
+    config = PretrainConfig(method=method, images_seen=96, batch_size=16, augment=SMALL)
+    states, losses = [], []
+    whole = pretrain(
+        images, rms, config, on_checkpoint=states.append, on_step=lambda s, v: losses.append(v)
+    )
+    assert [s["step"] for s in states] == [3, 6]  # epoch ends (40 images / 16) and the last
+    assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
+    resumed = pretrain(images, rms, config, state=states[0])
+    assert _same(whole.state_dict(), resumed.state_dict())
+    untrained = build_encoder(seed=0).state_dict()
+    assert not _same(whole.state_dict(), untrained)
+
+
+def test_a_checkpoint_of_another_configuration_is_refused():
+    images = _images(20)
+    rms = robust_rms(images)
+    config = PretrainConfig(images_seen=32, batch_size=16, augment=SMALL)
+    states = []
+    pretrain(images, rms, config, on_checkpoint=states.append)
+    other = PretrainConfig(images_seen=32, batch_size=16, augment=SMALL, seed=1)
+    with pytest.raises(InvalidArgumentError, match="another pretraining configuration"):
+        pretrain(images, rms, other, state=states[0])
+
+
+def test_pretraining_needs_two_images():
+    with pytest.raises(InvalidArgumentError, match="at least 2 images"):
+        pretrain(_images(1), torch.ones(1), PretrainConfig(augment=SMALL))
+
+
+def test_embed_gives_float32_features_in_order():
+    images = _images(10)
+    encoder = build_encoder()
+    features = embed(encoder, images, SMALL, batch_size=4)
+    assert features.shape == (10, 512) and features.dtype == np.float32
+    single = embed(encoder, images[3:4], SMALL)
+    assert np.allclose(features[3], single[0], atol=1e-5)

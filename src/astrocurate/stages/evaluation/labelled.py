@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from astrocurate import steps
-from astrocurate.algorithms.probes import primary_strata
+from astrocurate.algorithms.probes import primary_strata, rarest_category
 from astrocurate.algorithms.ssl import resize_raw, robust_rms
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.cutout_store import (
@@ -30,7 +30,7 @@ from astrocurate.io.cutout_store import (
     read_manifest_rows,
 )
 from astrocurate.io.label_files import categories_matrix, match_labels, read_label_file
-from astrocurate.io.labels import truth_labels_for_manifest
+from astrocurate.io.labels import EMPTY_LABEL, truth_labels_for_manifest
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ POSITION_COLUMNS = (
     "dec",
     "pixel_scale_arcsec",
 )
+
+#: ``LabelledSet.source`` of labels from the survey's truth catalogue.
+TRUTH = "truth catalogue"
 
 #: Seed of the draw of at most ``max_per_category`` cutouts per category.
 SUBSAMPLE_SEED = 0
@@ -75,6 +78,13 @@ class LabelledSet:
     categories: tuple[str, ...]
     source: str
     unmatched: int = 0
+
+    @property
+    def rarest(self) -> str:
+        """Return the rarest category (of the truth catalogue, the rarest source class)."""
+        keep = [name != EMPTY_LABEL or self.source != TRUTH for name in self.categories]
+        names = tuple(n for n, k in zip(self.categories, keep, strict=True) if k)
+        return rarest_category(self.labels[:, keep], names)
 
     @property
     def rows(self) -> np.ndarray:
@@ -114,7 +124,7 @@ def labelled_set(merged_dir: Path, label_file: Path | None, max_per_category: in
                 "FILE (a CSV of file_path,categories or cutout_id,categories)"
             )
         rows = np.arange(len(manifest), dtype=np.int64)
-        categories, unmatched, source = [(str(c),) for c in truth], 0, "truth catalogue"
+        categories, unmatched, source = [(str(c),) for c in truth], 0, TRUTH
     labels, names = categories_matrix(list(categories))
     keep = _subsample(labels, names, max_per_category)
     labels = labels[keep]

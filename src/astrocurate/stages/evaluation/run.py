@@ -34,7 +34,7 @@ import pandas as pd
 from astrocurate import steps
 from astrocurate.algorithms.backbones.weights import sha256
 from astrocurate.algorithms.kmeans.rows import resolve_device
-from astrocurate.algorithms.probes import primary_strata, rarest_category, sky_folds
+from astrocurate.algorithms.probes import primary_strata, sky_folds
 from astrocurate.algorithms.ssl import METHODS, AugmentConfig, PretrainConfig, load_encoder
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.io.atomic import write_json
@@ -304,7 +304,7 @@ def _evaluate(
             ]
     scores = pd.DataFrame.from_records(records, columns=["arm", "seed", "metric", "value"])
     write_parquet_atomic(scores, out / SCORES)
-    metrics = summarise(scores, rarest_category(labelled.labels, labelled.categories))
+    metrics = summarise(scores, labelled.rarest)
     write_json(out / METRICS, metrics)
     run.log_metrics(metrics)
     run.log_artifact(out / METRICS)
@@ -378,7 +378,7 @@ def _info(
             "categories": {
                 name: int(labelled.labels[:, i].sum()) for i, name in enumerate(labelled.categories)
             },
-            "rarest": rarest_category(labelled.labels, labelled.categories),
+            "rarest": labelled.rarest,
         },
     }
 

@@ -200,3 +200,61 @@ def test_report_command_rewrites_an_evaluation_report(evaluation, capsys):
     page.unlink()
     assert main(["report", evaluation.run_id]) == 0
     assert page.is_file()
+
+
+@pytest.fixture(scope="module")
+def sampling_without_baseline(sampling_id, curation_pipeline) -> str:
+    """A sampling run as an older version wrote it: no ``baseline_random.npy``."""
+    import shutil
+
+    from astrocurate.tracking import get_run, tracked_step
+
+    source = get_run(sampling_id).output_dir
+    params = {"copy_of": sampling_id, "without": "baseline"}
+    inputs = [curation_pipeline.clustering_id]
+    with tracked_step("curated_sampling", params, input_run_ids=inputs, force=True) as run:
+        for name in ("selected.npy", "sampling.json", "curated.parquet"):
+            shutil.copy(source / name, run.output_dir / name)
+    return run.run_id
+
+
+def _bad_cases(tmp_path: Path, sampling_id: str, without_baseline: str) -> dict[str, tuple]:
+    import torch
+
+    nowhere = tmp_path / "nowhere.csv"
+    nowhere.write_text("mosaic,x0,y0,window_size,categories\nnowhere,0,0,64,['artefact']\n")
+    braces = tmp_path / "braces.csv"
+    braces.write_text("cutout_id,categories\n0,{'artefact': 1}\n")
+    vit = tmp_path / "vit.pt"
+    torch.save({"patch_embed.proj.weight": torch.zeros(384, 3, 16, 16)}, vit)
+    return {
+        "labels point at no cutout": (["--labels", str(nowhere)], "nowhere.csv"),
+        "unknown categories format": (["--labels", str(braces)], "braces.csv"),
+        "weights of another architecture": (["--weights", str(vit)], "vit.pt"),
+        "no random baseline": (["--sampling-id", without_baseline], "baseline_random.npy"),
+        "missing label file": (["--labels", str(tmp_path / "absent.csv")], "absent.csv"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "labels point at no cutout",
+        "unknown categories format",
+        "weights of another architecture",
+        "no random baseline",
+        "missing label file",
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_records_no_run(
+    case, sampling_id, sampling_without_baseline, tmp_path, capsys
+):
+    from astrocurate.tracking import find_runs
+
+    extra, named = _bad_cases(tmp_path, sampling_id, sampling_without_baseline)[case]
+    argv = ["evaluate", "--sampling-id", sampling_id, "--seeds", "1", "--device", "cpu", *extra]
+    before = len(find_runs("evaluation", include_unfinished=True))
+    assert main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and named in err[0], err
+    assert len(find_runs("evaluation", include_unfinished=True)) == before

@@ -32,6 +32,7 @@ table{border-collapse:collapse;font-size:.9em}
 td,th{padding:.2em .7em;text-align:right;border-bottom:1px solid #eee}
 td:first-child,th:first-child{text-align:left}
 p.note{color:#555;font-size:.9em}img{max-width:100%}
+table.kv td{text-align:left}
 """
 
 
@@ -126,7 +127,7 @@ def _chart(metrics: dict[str, float], arms: list[str]) -> str:
     axis.set_xticks(x + width * (len(PROBES) - 1) / 2, arms)
     axis.set_ylabel("balanced accuracy")
     axis.set_ylim(0, 1)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="upper right", fontsize=8, ncols=len(PROBES))
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -152,4 +153,4 @@ def _setup(info: dict[str, Any], scores: pd.DataFrame) -> str:
     body = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows.items()
     )
-    return f"<table>{body}</table>"
+    return f"<table class='kv'>{body}</table>"

@@ -213,3 +213,36 @@ def test_embed_gives_float32_features_in_order():
     assert features.shape == (10, 512) and features.dtype == np.float32
     single = embed(encoder, images[3:4], SMALL)
     assert np.allclose(features[3], single[0], atol=1e-5)
+
+
+def _distributed_worker(rank: int, world: int, port: int, method: str, out: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        images = _images(24)
+        config = PretrainConfig(method=method, images_seen=48, batch_size=16, augment=SMALL)
+        checkpoints = []
+        encoder = pretrain(images, robust_rms(images), config, on_checkpoint=checkpoints.append)
+        torch.save({"encoder": encoder.state_dict(), "checkpoints": len(checkpoints)}, out % rank)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_two_processes_train_one_model_with_their_halves_of_each_batch(method, tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = str(tmp_path / "rank%d.pt")
+    torch.multiprocessing.spawn(
+        _distributed_worker, args=(2, port, method, out), nprocs=2, join=True
+    )
+    results = [torch.load(out % rank) for rank in range(2)]
+    assert _same(results[0]["encoder"], results[1]["encoder"])  # gradients were averaged
+    assert [r["checkpoints"] for r in results] == [2, 0]  # rank 0 alone checkpoints
+    assert not _same(results[0]["encoder"], build_encoder(seed=0).state_dict())

@@ -226,6 +226,9 @@ def pretrain(
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
     _train_steps(model, optimizer, images, rms, config, device, start, on_checkpoint, on_step)
+    if _world()[1] > 1:  # rank 0's BatchNorm statistics (DDP broadcasts them at each forward)
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, 0)
     return model.encoder.eval().cpu()
 
 

@@ -24,6 +24,7 @@ import torch
 
 from astrocurate.cli import main
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.launch import parse_shard_spec, shard_from_environment
 from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 from astrocurate.stages.feature_extraction.run import (
     FEATURES,
@@ -34,9 +35,7 @@ from astrocurate.stages.feature_extraction.run import (
 from astrocurate.stages.feature_extraction.shards import (
     TAG_SHARDS,
     describe_rows,
-    parse_shard_spec,
     shard_blocks,
-    shard_from_environment,
     shard_of_block,
 )
 from astrocurate.stages.merge_cutouts.run import merge_cutouts

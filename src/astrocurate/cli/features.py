@@ -197,7 +197,8 @@ def _plan(args: argparse.Namespace, options, computing: bool):
 
 def _features_shard(args: argparse.Namespace, options) -> int:
     """``features --shard K/N``: one shard; prints the shared run's ID."""
-    from astrocurate.stages.feature_extraction.shards import extract_shard, parse_shard_spec
+    from astrocurate.launch import parse_shard_spec
+    from astrocurate.stages.feature_extraction.shards import extract_shard
 
     shard = parse_shard_spec(args.shard)
     plan = _plan(args, options, computing=True)

@@ -26,7 +26,7 @@ from astrocurate.launch.sbatch import (
     shell_words,
     submit_functions,
 )
-from astrocurate.launch.shards import parse_shard
+from astrocurate.launch.shards import parse_shard, parse_shard_spec, shard_from_environment
 from astrocurate.launch.slurm import (
     SLURM_FLAGS,
     SLURM_NAME,
@@ -45,9 +45,11 @@ __all__ = [
     "add_slurm_arguments",
     "cli_command",
     "parse_shard",
+    "parse_shard_spec",
     "render_script",
     "sbatch_path_pattern",
     "script_environment",
+    "shard_from_environment",
     "shell_words",
     "submit_functions",
     "time_limit_seconds",

@@ -28,7 +28,8 @@ from astrocurate.stages.evaluation.outputs import (
     METRICS,
     SCORES,
 )
-from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate, summarise
+from astrocurate.stages.evaluation.results import summarise
+from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
 
 pytestmark = pytest.mark.xdist_group("curation")
 
@@ -258,3 +259,17 @@ def test_bad_input_is_one_line_on_stderr_and_records_no_run(
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(err) == 1 and named in err[0], err
     assert len(find_runs("evaluation", include_unfinished=True)) == before
+
+
+def test_two_shards_compute_the_same_run_as_one_process(sampling_id, evaluation, tmp_path):
+    first = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(0, 2))
+    assert not (first.output_dir / METRICS).exists()  # shard 1/2 has pairs left to do
+    second = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(1, 2))
+    assert second.run_id == first.run_id
+    from astrocurate.tracking import get_run
+
+    assert get_run(second.run_id).finished
+    sharded = json.loads((second.output_dir / METRICS).read_text())
+    assert sharded == json.loads((evaluation.output_dir / METRICS).read_text())
+    again = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(0, 2))
+    assert again.reused

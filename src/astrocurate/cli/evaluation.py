@@ -61,6 +61,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--folds", type=positive_int, default=5, help="probe folds (default 5)")
     parser.add_argument("--knn-k", type=positive_int, default=20, help="kNN neighbours (20)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N|auto",
+        help="compute every N-th (seed, arm) from the K-th in the run N processes share; auto "
+        "reads torchrun, srun or a SLURM array (each process on cuda:LOCAL_RANK)",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip the HTML report")
     parser.add_argument(
         "--output_path", "--output-path", default=None, help="parent directory (default: input's)"
@@ -78,6 +85,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from astrocurate.launch import parse_shard_spec
     from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
 
     options = EvaluationOptions(
@@ -101,6 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         output_path=optional_path(args.output_path),
         force=args.force,
         report=not args.no_report,
+        shard=None if args.shard is None else parse_shard_spec(args.shard),
     )
     announce(run)
     return 0

@@ -1,0 +1,260 @@
+"""The plan of an evaluation: its options, the sampling run's arms, the labelled cutouts.
+
+Everything is checked here, before any run is recorded, so that bad input (an option, a
+label file, weights of another architecture, a sampling run without baseline) fails in one
+line and leaves nothing behind. :func:`plan_evaluation` returns the :class:`Plan` that
+:func:`astrocurate.stages.evaluation.run.evaluate` and the shards
+(:mod:`astrocurate.stages.evaluation.shards`) carry out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from astrocurate import steps
+from astrocurate.algorithms.backbones.weights import sha256
+from astrocurate.algorithms.probes import primary_strata, sky_folds
+from astrocurate.algorithms.ssl import METHODS, AugmentConfig, PretrainConfig, load_encoder
+from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.stages.curated_sampling.outputs import BASELINE, SELECTED
+from astrocurate.stages.curated_sampling.outputs import INFO as SAMPLING_INFO
+from astrocurate.stages.evaluation.arms import Arm, ArmContext
+from astrocurate.stages.evaluation.labelled import LabelledSet, labelled_set, load_pixels
+from astrocurate.tracking import require_run
+from astrocurate.validation import check_choice, check_int, check_real
+
+log = logging.getLogger(__name__)
+
+STEP = steps.EVALUATION
+#: Parameters left out of the reuse key, and those an unfinished run resumes only with.
+VOLATILE_PARAMS = ("device",)
+RESUME_PARAMS = {"device": "--device"}
+ARMS = ("curated", "random", "pool")
+PROBES = ("knn", "linear")
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How to pretrain and score each arm (the same for every arm).
+
+    Attributes
+    ----------
+    arms : tuple of str
+        Arms to pretrain, some of :data:`ARMS` (empty: only ``--weights`` encoders).
+    seeds : int
+        Number of seeds (0 .. seeds-1), >= 1; the spread is over these.
+    method : {'simclr', 'byol'}
+    images_seen : int
+        Pretraining budget per arm and seed, in images (not epochs).
+    batch_size, image_size : int
+    learning_rate : float
+    max_per_category : int
+        At most this many labelled cutouts per category are scored.
+    folds : int
+        Cross-validation folds of the probes (fewer when the sky has fewer cells).
+    knn_k : int
+        Neighbours of the kNN probe.
+    device : str
+        ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    arms: tuple[str, ...] = ("curated", "random")
+    seeds: int = 3
+    method: str = "simclr"
+    images_seen: int = 50_000
+    batch_size: int = 128
+    image_size: int = 64
+    learning_rate: float = 1e-3
+    max_per_category: int = 200
+    folds: int = 5
+    knn_k: int = 20
+    device: str = "auto"
+
+    def validate(self) -> EvaluationOptions:
+        """Return a copy with the arms in canonical order; refuse bad values in one line."""
+        for arm in self.arms:
+            check_choice("--arms", arm, ARMS)
+        check_choice("--method", self.method, METHODS)
+        check_int("--seeds", self.seeds, 1)
+        check_int("--images-seen", self.images_seen, 1)
+        check_int("--batch-size", self.batch_size, 2)
+        check_int("--image-size", self.image_size, 16)
+        check_real("--learning-rate", self.learning_rate, 0.0)
+        check_int("--max-per-category", self.max_per_category, 2)
+        check_int("--folds", self.folds, 2)
+        check_int("--knn-k", self.knn_k, 1)
+        arms = tuple(a for a in ARMS if a in self.arms)
+        return replace(self, arms=arms)
+
+    def pretrain_config(self, seed: int) -> PretrainConfig:
+        """Return the pretraining of every arm for ``seed``."""
+        return PretrainConfig(
+            method=self.method,
+            images_seen=self.images_seen,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            seed=seed,
+            augment=AugmentConfig(image_size=self.image_size),
+        ).validate()
+
+    def params(self) -> dict[str, Any]:
+        """Return the options as MLflow parameters."""
+        return {**asdict(self), "arms": ",".join(self.arms) or "none"}
+
+
+@dataclass(frozen=True)
+class SamplingInputs:
+    """The sampling run evaluated and the rows of its arms."""
+
+    run_id: str
+    directory: Path
+    merged_dir: Path
+    curated: np.ndarray
+    random: np.ndarray
+    pool: np.ndarray
+
+
+def _resolve_sampling(sampling_id: str) -> SamplingInputs:
+    """Check the sampling run and read its sample, baseline and pool rows."""
+    record = require_run(sampling_id, steps.CURATED_SAMPLING, "--sampling-id")
+    directory = record.output_dir
+    info = json.loads((directory / SAMPLING_INFO).read_text())
+    if info.get("baseline") == "random":
+        raise InvalidRunError(
+            f"--sampling-id: run {record.run_id} was drawn with --baseline random, so it has "
+            "no curated arm; evaluate a balanced sampling run"
+        )
+    if not (directory / BASELINE).is_file():
+        raise InvalidRunError(
+            f"--sampling-id: run {record.run_id} has no random baseline ({BASELINE}); "
+            "rerun scripts/random_sampling.py with this version to write one"
+        )
+    from astrocurate.stages.clustering.outputs import INPUT_INDICES
+
+    pool = np.load(Path(info["clustering_dir"]) / INPUT_INDICES)
+    return SamplingInputs(
+        record.run_id,
+        directory,
+        Path(info["merged_dir"]),
+        np.load(directory / SELECTED),
+        np.load(directory / BASELINE),
+        np.asarray(pool, dtype=np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one evaluation run needs, checked before any run is recorded.
+
+    Attributes
+    ----------
+    options : EvaluationOptions
+    sampling : SamplingInputs
+    arms : list of Arm
+    labelled : LabelledSet
+    root : Path
+        Parent of the run directory.
+    params : dict
+        The run's parameters (options, label file and weights hashes, output path).
+    """
+
+    options: EvaluationOptions
+    sampling: SamplingInputs
+    arms: list[Arm]
+    labelled: LabelledSet
+    root: Path
+    params: dict[str, Any]
+
+    def jobs(self) -> list[tuple[int, Arm]]:
+        """Every (seed, arm) to score, seed by seed: the order of the scores table."""
+        return [(seed, arm) for seed in range(self.options.seeds) for arm in self.arms]
+
+    def folds(self, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Return the probes' folds for ``seed`` (train and test never share sky)."""
+        table = self.labelled.table
+        return sky_folds(
+            table["ra"].to_numpy(),
+            table["dec"].to_numpy(),
+            self.labelled.footprint_radius_deg(),
+            primary_strata(self.labelled.labels, self.labelled.categories),
+            n_folds=self.options.folds,
+            seed=seed,
+        )
+
+    def context(self, directory: Path, device: Any) -> ArmContext:
+        """Return what the arms share in ``directory``: labelled pixels, the arms' reader."""
+        size, merged = self.options.image_size, self.sampling.merged_dir
+        images, _ = load_pixels(merged, self.labelled.rows, size)
+        return ArmContext(
+            directory=directory,
+            pretrain_config=self.options.pretrain_config,
+            labelled_images=images,
+            labels=self.labelled.labels,
+            categories=self.labelled.categories,
+            knn_k=self.options.knn_k,
+            device=device,
+            arm_pixels=lambda arm: load_pixels(merged, arm.rows, size),
+        )
+
+
+def plan_evaluation(
+    sampling_id: str,
+    options: EvaluationOptions,
+    *,
+    labels: Path | None = None,
+    weights: tuple[Path, ...] = (),
+    output_path: Path | None = None,
+) -> Plan:
+    """Check the inputs of an evaluation and return its plan (see :func:`evaluate`)."""
+    options = options.validate()
+    sampling = _resolve_sampling(sampling_id)
+    arms = _arms(sampling, options, weights)
+    if not arms:
+        raise InvalidArgumentError("--arms: nothing to evaluate; name an arm or pass --weights")
+    labelled = labelled_set(sampling.merged_dir, labels, options.max_per_category)
+    root = Path(output_path).resolve() if output_path else sampling.directory.parent.parent
+    params = {
+        **options.params(),
+        "labels": labelled.source,
+        "labels_sha256": sha256(Path(labels)) if labels else "none",
+        "weights": ",".join(f"{a.name}:{sha256(a.weights)}" for a in arms if a.weights) or "none",
+        "output_path": str(root),
+    }
+    return Plan(options, sampling, arms, labelled, root, params)
+
+
+def _arms(
+    sampling: SamplingInputs, options: EvaluationOptions, weights: tuple[Path, ...]
+) -> list[Arm]:
+    """Return the arms to evaluate; weights files are loaded here, so a bad one fails early."""
+    rows = {
+        "curated": sampling.curated,
+        "random": sampling.random,
+        "pool": _pool_draw(sampling, options),
+    }
+    arms = [Arm(name, rows=rows[name]) for name in options.arms]
+    names = set(options.arms)
+    for path in weights:
+        path = Path(path).expanduser().resolve()
+        if not path.is_file():
+            raise InvalidArgumentError(f"--weights: no file {str(path)!r}")
+        load_encoder(path)  # one-line error for weights of another architecture
+        name = f"weights_{path.stem}"
+        if name in names:
+            raise InvalidArgumentError(f"--weights: two files named {path.stem!r}")
+        names.add(name)
+        arms.append(Arm(name, weights=path))
+    return arms
+
+
+def _pool_draw(sampling: SamplingInputs, options: EvaluationOptions) -> np.ndarray:
+    """Draw ``min(pool, images seen)`` pool rows uniformly (what the budget can see)."""
+    size = min(len(sampling.pool), options.images_seen)
+    rng = np.random.default_rng(np.random.SeedSequence([len(sampling.pool), size]))
+    return np.sort(rng.choice(sampling.pool, size, replace=False))

@@ -10,6 +10,7 @@ global batch and the gradients are averaged (DistributedDataParallel).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from astrocurate.algorithms.ssl.augment import AugmentConfig, eval_view, radio_views
 from astrocurate.algorithms.ssl.encoders import FEATURE_DIM, build_encoder
@@ -252,7 +253,7 @@ def _train_steps(
         network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loss_of = _simclr_loss(config, world) if config.method == "simclr" else _byol_loss(model)
     images, rms = images.to(device), rms.to(device)
-    autocast = device.type == "cuda" and config.bf16
+    precision = _precision(device, config.bf16)
     model.train()
     for step in range(start, total):
         for group in optimizer.param_groups:
@@ -262,8 +263,7 @@ def _train_steps(
         index = index.to(device)
         x, r = images[index], rms[index]
         views = [radio_views(x, r, config.augment, generator) for _ in range(2)]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = loss_of(network, views, step, total)
+        loss = loss_of(network, views, step, total, precision)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -284,13 +284,22 @@ def _train_steps(
             )
 
 
+def _precision(device: torch.device, bf16: bool) -> Callable[[], Any]:
+    """Return a context factory: bf16 autocast on CUDA when asked, else float32."""
+    if device.type == "cuda" and bf16:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def _simclr_loss(config: PretrainConfig, world: int) -> Callable:
     from lightly.loss import NTXentLoss
 
     criterion = NTXentLoss(temperature=config.temperature, gather_distributed=world > 1)
 
-    def loss(network: nn.Module, views: list[torch.Tensor], step: int, total: int) -> torch.Tensor:
-        return criterion(network(views[0]).float(), network(views[1]).float())
+    def loss(network: nn.Module, views: list, step: int, total: int, precision: Any) -> Tensor:
+        with precision():
+            z0, z1 = network(views[0]), network(views[1])
+        return criterion(z0.float(), z1.float())  # the loss in float32, outside autocast
 
     return loss
 
@@ -301,11 +310,13 @@ def _byol_loss(model: _BYOL) -> Callable:
 
     criterion = NegativeCosineSimilarity()
 
-    def loss(network: nn.Module, views: list[torch.Tensor], step: int, total: int) -> torch.Tensor:
+    def loss(network: nn.Module, views: list, step: int, total: int, precision: Any) -> Tensor:
         first, last = model.momentum_range
         model.update_momentum(cosine_schedule(step, total, first, last))
-        p0, p1 = network(views[0]).float(), network(views[1]).float()
-        z0, z1 = model.target(views[0]).float(), model.target(views[1]).float()
+        with precision():
+            p0, p1 = network(views[0]), network(views[1])
+            z0, z1 = model.target(views[0]), model.target(views[1])
+        p0, p1, z0, z1 = (t.float() for t in (p0, p1, z0, z1))  # the loss in float32
         return 0.5 * (criterion(p0, z1) + criterion(p1, z0))
 
     return loss

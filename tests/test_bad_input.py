@@ -996,6 +996,30 @@ CASES = [
         "expected a 'curated_sampling' run",
     ),
     ("report-placeholder", lambda c: ["report", "SAMPLING_RUN_ID"], 1, "$SAMPLING_RUN_ID"),
+    (
+        "evaluate-placeholder",
+        lambda c: ["evaluate", "--sampling-id", "SAMPLING_RUN_ID"],
+        1,
+        "$SAMPLING_RUN_ID",
+    ),
+    (
+        "evaluate-clustering-id",
+        lambda c: ["evaluate", "--sampling-id", c.pipeline.clustering_id],
+        1,
+        "expected a 'curated_sampling' run",
+    ),
+    (
+        "evaluate-unknown-id",
+        lambda c: ["evaluate", "--sampling-id", ABSENT_ID],
+        1,
+        ABSENT_ID,
+    ),
+    (
+        "evaluate-shard-out-of-range",
+        lambda c: ["evaluate", "--sampling-id", ABSENT_ID, "--shard", "2/2"],
+        1,
+        "--shard",
+    ),
 ]
 
 # --- malformed values of every flag, generated from the parsers: each subcommand's
@@ -1016,6 +1040,7 @@ BASE: dict[str, Callable[[Context], list[str]]] = {
     "clustering-status": lambda c: [str(c.pipeline.clustering_dir)],
     "sample": lambda c: sample(c)[1:],
     "report": lambda c: [ABSENT_ID],
+    "evaluate": lambda c: ["--sampling-id", ABSENT_ID],
     "verify": lambda c: [ABSENT_ID],
 }
 NOT_A_NUMBER = "many"

@@ -145,6 +145,12 @@ class StepRun:
         """Copy a small file into the run's artifacts (never large arrays)."""
         client().log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_folder(self, folder: Path, artifact_path: str) -> None:
+        """Copy the files of ``folder`` (not its subfolders) into artifacts ``artifact_path``."""
+        for path in sorted(Path(folder).iterdir()):
+            if path.is_file():
+                self.log_artifact(path, artifact_path)
+
     def remove_temporaries(self) -> int:
         """Remove the temporaries of interrupted attempts from the output directory.
 

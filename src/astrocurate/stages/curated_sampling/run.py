@@ -435,9 +435,7 @@ def _write_report(run: StepRun) -> Path:
     from astrocurate.stages.curated_sampling.report import write_report
 
     page = write_report(run.output_dir)
-    for path in sorted(page.parent.iterdir()):
-        if path.is_file():
-            run.log_artifact(path, REPORT_DIR)
+    run.log_folder(page.parent, REPORT_DIR)
     log.info("report: %s", page)
     return page
 

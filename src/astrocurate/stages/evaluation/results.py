@@ -137,8 +137,6 @@ def write_report_artifacts(run: StepRun) -> Path:
     from astrocurate.stages.evaluation.report import write_report
 
     page = write_report(run.output_dir)
-    for path in sorted(page.parent.iterdir()):
-        if path.is_file():
-            run.log_artifact(path, REPORT_DIR)
+    run.log_folder(page.parent, REPORT_DIR)
     log.info("evaluation report: %s", page)
     return page

@@ -57,3 +57,30 @@ def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> N
     for label in ("(default)", "scattering-j4-renorm", "timm ResNet-18", "timm ViT-S/16"):
         rows = [line for line in out.splitlines() if label in line]
         assert len(rows) == 1 and len(rows[0].split()) >= 3, out
+
+
+def test_evaluation_benchmark_runs_the_pipeline_and_prints_both_arms(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "evaluation.py", "--workdir", str(tmp_path / "work"), "--mosaics", "2",
+        "--mosaic-size", "512", "--config", "demo_2lvl_64_8.yaml", "--num-samples", "60",
+        "--images-seen", "32", "--batch-size", "16", "--seeds", "2",
+        "--max-per-category", "20", "--device", "cpu", tmp_path=tmp_path,
+    )  # fmt: skip
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith(("curated", "random"))]
+    assert rows[:2] == ["curated", "random"], out
+    assert "knn: curated - random =" in out and "linear: curated - random =" in out
+    assert (tmp_path / "work" / "evaluation_benchmark.json").is_file()
+
+
+def test_evaluation_throughput_benchmark_compares_pretrain_with_the_bare_step(
+    tmp_path: Path,
+) -> None:
+    out = run_benchmark(
+        "evaluation.py", "--throughput", "--steps", "1", "--batch-size", "4", "--device", "cpu",
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.startswith(("simclr", "byol"))]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("simclr", "64"), ("simclr", "128"), ("byol", "64"), ("byol", "128")
+    ], out  # fmt: skip
+    assert all(float(r[4]) > 0 for r in rows)

@@ -247,6 +247,10 @@ def _train_steps(
     """Run steps ``start .. total - 1``, checkpointing at epoch ends and at the last step."""
     n, rank, world = len(images), *_world()
     batch, total, per_epoch = config.batch(n), config.total_steps(n), config.steps_per_epoch(n)
+    if batch % world:  # NT-Xent gathers equal slices from every rank
+        raise InvalidArgumentError(
+            f"--batch-size: {batch} does not split evenly over {world} processes"
+        )
     network = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -333,6 +337,8 @@ def embed(
 ) -> np.ndarray:
     """Return the frozen features of ``images`` (unaugmented views), float32 (N, dim)."""
     encoder = encoder.to(device).eval()
+    # torch.nanquantile (the asinh stretch) takes at most 2**24 values at once
+    batch_size = max(1, min(batch_size, (1 << 24) // config.image_size**2 - 1))
     parts = []
     for start in range(0, len(images), batch_size):
         views = eval_view(images[start : start + batch_size].to(device), config)

@@ -273,3 +273,18 @@ def test_two_shards_compute_the_same_run_as_one_process(sampling_id, evaluation,
     assert sharded == json.loads((evaluation.output_dir / METRICS).read_text())
     again = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(0, 2))
     assert again.reused
+
+
+def test_the_pool_arm_draws_what_the_budget_can_see(sampling_id, curation_pipeline):
+    options = EvaluationOptions(**{**TINY.__dict__, "arms": ("pool",), "seeds": 1})
+    run = evaluate(sampling_id, options, report=False)
+    info = json.loads((run.output_dir / INFO).read_text())
+    assert info["arms"]["pool"]["cutouts"] == min(len(curation_pipeline.pool), TINY.images_seen)
+    assert "pool_knn_balanced_accuracy_mean" in json.loads((run.output_dir / METRICS).read_text())
+
+
+def test_find_run_finds_the_evaluation(evaluation, capsys):
+    root = str(evaluation.output_dir.parent.parent)  # other tests' runs differ in these
+    argv = ["find-run", "--run-name", "evaluation", "--get-path", "--arms", "curated,random"]
+    assert main([*argv, "--output_path", root]) == 0
+    assert Path(capsys.readouterr().out.strip()) == evaluation.output_dir

@@ -131,14 +131,14 @@ def _pipeline(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, floa
     from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
     from astrocurate.stages.feature_extraction.run import extract_features
     from astrocurate.stages.merge_cutouts.run import merge_cutouts
-    from astrocurate.synthetic.survey import make_survey
+    from astrocurate.synthetic.survey import existing_or_new_survey
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    survey = make_survey(
+    survey = existing_or_new_survey(  # a rerun with other options reuses steps 1 to 5
         work / "survey", n_mosaics=args.mosaics, mosaic_size=args.mosaic_size, seed=0
     )
-    cutouts = make_cutouts(survey.output_dir, work / "outputs", CutoutOptions(args.window_size))
+    cutouts = make_cutouts(survey, work / "outputs", CutoutOptions(args.window_size))
     merged = merge_cutouts([cutouts.run_id])
     seconds["survey, cutouts, merge"] = time.perf_counter() - started
     started = time.perf_counter()

@@ -529,3 +529,15 @@ def test_invalid_arguments_are_rejected(tmp_path: Path, kwargs: dict, message: s
     with pytest.raises(ValueError, match=message):
         make_survey(tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_survey_with_the_same_parameters_is_reused(tmp_path):
+    from astrocurate.synthetic.survey import existing_or_new_survey
+
+    first = existing_or_new_survey(tmp_path / "s", n_mosaics=2, mosaic_size=128, seed=1)
+    mosaics = sorted(first.rglob("*.fits"))
+    stamps = [p.stat().st_mtime_ns for p in mosaics]
+    again = existing_or_new_survey(tmp_path / "s", n_mosaics=2, mosaic_size=128, seed=1)
+    assert again == first and [p.stat().st_mtime_ns for p in mosaics] == stamps
+    existing_or_new_survey(tmp_path / "s", n_mosaics=2, mosaic_size=128, seed=2)
+    assert [p.stat().st_mtime_ns for p in mosaics] != stamps  # other parameters: made anew

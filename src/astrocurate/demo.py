@@ -37,21 +37,9 @@ DEMO_EVALUATION = EvaluationOptions(
 
 def demo_survey(directory: Path, seed: int = 0) -> Path:
     """Return the demo survey in ``directory``, generating it unless already there."""
-    from astrocurate.synthetic.survey import METADATA_NAME, make_survey
+    from astrocurate.synthetic.survey import existing_or_new_survey
 
-    metadata = directory / METADATA_NAME
-    wanted = {**DEMO_SURVEY, "seed": seed}
-    if metadata.is_file() and _same_parameters(json.loads(metadata.read_text()), wanted):
-        log.info("using the demo survey in %s", directory)
-        return directory
-    log.info("generating the demo survey in %s", directory)
-    make_survey(directory, seed=seed, **DEMO_SURVEY)
-    return directory
-
-
-def _same_parameters(metadata: dict, wanted: dict) -> bool:
-    recorded = metadata.get("parameters", {})
-    return all(recorded.get(k) == v for k, v in wanted.items())
+    return existing_or_new_survey(directory, seed=seed, **DEMO_SURVEY)
 
 
 def run_demo(workdir: Path, mosaics: Path | None = None, seed: int = 0) -> dict[str, StepRun]:

@@ -35,11 +35,13 @@ Examples
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -101,6 +103,8 @@ DEFAULT_SOURCE_DENSITY_PER_DEG2 = 5000.0
 About six times the LoTSS-DR2 catalogue density, so that the rare classes appear in
 small test surveys.
 """
+
+log = logging.getLogger(__name__)
 
 METADATA_NAME = "survey.json"
 
@@ -262,6 +266,23 @@ def _write_mosaics(
         image = render_mosaic(p, wcs, sky, np.random.default_rng(ss))
         _write_fits(out / m.relpath, image, mosaic_header(p, m))
         del image
+
+
+def existing_or_new_survey(output_dir: str | os.PathLike[str], **parameters: Any) -> Path:
+    """Return the survey in ``output_dir``, made by :func:`make_survey` unless already there.
+
+    A survey is reused when its ``survey.json`` records the same values of the given
+    ``parameters`` (so its mosaics, and the runs made from them, stay unchanged).
+    """
+    out = Path(output_dir)
+    metadata = out / METADATA_NAME
+    if metadata.is_file():
+        recorded = json.loads(metadata.read_text()).get("parameters", {})
+        if all(recorded.get(k) == v for k, v in parameters.items()):
+            log.info("using the survey in %s", out)
+            return out
+    log.info("generating the survey in %s", out)
+    return make_survey(out, **parameters).output_dir
 
 
 def _survey_info(out: Path, p: SurveyParams, mosaics: list[SurveyMosaic], sky: Sky) -> SurveyInfo:

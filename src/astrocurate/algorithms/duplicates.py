@@ -1,0 +1,169 @@
+"""Semantic near-duplicates: cutouts whose features are almost the same, within each cluster.
+
+Neighbouring sliding windows overlap and look alike; so do repeated imaging artefacts. Two
+cutouts are near-duplicates when the cosine similarity of their feature vectors is at
+least ``threshold`` and they share a group (a level-1 cluster: the comparison stays inside
+clusters, so its cost is the sum of the squared cluster sizes, not the square of the pool).
+
+Inside a group the cutouts are taken by decreasing ``priority`` (e.g. peak SNR; ties by
+index). The first is kept; every later cutout within the threshold of it is marked as its
+duplicate; the next cutout not yet marked is kept, and so on. So no two kept cutouts of a
+group are near-duplicates, and every marked cutout names the kept one it repeats.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+
+from astrocurate.validation import check_real
+
+#: Rows of one block of the similarity matrix (block x group size floats at a time).
+BLOCK_ROWS = 2048
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """Which cutouts repeat which.
+
+    Attributes
+    ----------
+    duplicate_of : ndarray of int64, shape (n,)
+        Index of the kept cutout each one repeats; -1 for kept cutouts.
+    similarity : ndarray of float32, shape (n,)
+        Cosine similarity to that cutout; NaN for kept cutouts.
+    threshold : float
+    """
+
+    duplicate_of: np.ndarray
+    similarity: np.ndarray
+    threshold: float
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Boolean mask of the cutouts kept (not a duplicate of another)."""
+        return self.duplicate_of < 0
+
+    @property
+    def n_duplicates(self) -> int:
+        """Number of cutouts marked as duplicates."""
+        return int((self.duplicate_of >= 0).sum())
+
+
+def _unit_rows(features: ArrayLike, device: str | torch.device) -> torch.Tensor:
+    rows = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
+    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _groups(groups: ArrayLike, n: int) -> list[np.ndarray]:
+    """Members of every group, in index order (groups with one member are left out)."""
+    labels = np.asarray(groups)
+    if labels.shape != (n,):
+        raise ValueError(f"groups has shape {labels.shape}, expected ({n},)")
+    order = np.argsort(labels, kind="stable")
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    return [part for part in np.split(order, bounds) if len(part) > 1]
+
+
+def near_duplicates(
+    features: ArrayLike,
+    groups: ArrayLike,
+    threshold: float,
+    priority: ArrayLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> NearDuplicates:
+    """Mark near-duplicate cutouts inside each group, keeping the highest priority one.
+
+    Parameters
+    ----------
+    features : array_like, shape (n, d)
+        Feature vectors (any scale: they are compared by cosine similarity).
+    groups : array_like of int, shape (n,)
+        Group of each cutout (e.g. its level-1 cluster).
+    threshold : float
+        Cosine similarity in (0, 1] at and above which two cutouts are near-duplicates.
+    priority : array_like of float, shape (n,), optional
+        Higher is kept first (e.g. peak SNR); default the index order.
+    device : str or torch.device
+        Where the similarities are computed.
+
+    Returns
+    -------
+    NearDuplicates
+    """
+    threshold = check_real("--dedup-threshold", threshold, 0.0, 1.0, high_open=False)
+    n = len(features)
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    similarity = np.full(n, np.nan, dtype=np.float32)
+    rank = np.zeros(n) if priority is None else -np.asarray(priority, dtype=np.float64)
+    for members in _groups(groups, n):
+        members = members[np.lexsort((members, rank[members]))]  # priority, then index
+        unit = _unit_rows(np.asarray(features)[members], device)
+        _mark_group(unit, members, threshold, duplicate_of, similarity)
+    return NearDuplicates(duplicate_of, similarity, threshold)
+
+
+def _mark_group(
+    unit: torch.Tensor,
+    members: np.ndarray,
+    threshold: float,
+    duplicate_of: np.ndarray,
+    similarity: np.ndarray,
+) -> None:
+    """Greedy marking inside one group whose members are in priority order."""
+    m = len(members)
+    neighbours: list[np.ndarray] = []
+    values: list[np.ndarray] = []
+    for start in range(0, m, BLOCK_ROWS):
+        block = unit[start : start + BLOCK_ROWS] @ unit.T  # (b, m)
+        rows, cols = torch.nonzero(block >= threshold, as_tuple=True)
+        later = cols > rows + start  # only members after the row in priority order
+        rows, cols = rows[later].cpu().numpy() + start, cols[later].cpu().numpy()
+        sims = block[rows - start, cols].float().cpu().numpy()
+        split = np.searchsorted(rows, np.arange(start, min(start + BLOCK_ROWS, m) + 1))
+        neighbours += [cols[a:b] for a, b in itertools.pairwise(split)]
+        values += [sims[a:b] for a, b in itertools.pairwise(split)]
+    marked = np.zeros(m, dtype=bool)
+    for i in range(m):
+        if marked[i] or not len(neighbours[i]):
+            continue
+        fresh = ~marked[neighbours[i]]
+        targets = neighbours[i][fresh]
+        marked[targets] = True
+        duplicate_of[members[targets]] = members[i]
+        similarity[members[targets]] = values[i][fresh]
+
+
+def pairs_within(
+    features: ArrayLike,
+    groups: ArrayLike,
+    threshold: float,
+    subset: ArrayLike,
+    *,
+    device: str | torch.device = "cpu",
+) -> int:
+    """Count pairs of ``subset`` in one group whose cosine similarity is >= ``threshold``.
+
+    Parameters
+    ----------
+    features, groups
+        As for :func:`near_duplicates`.
+    threshold : float
+    subset : array_like of int
+        Indices of the cutouts to look at (e.g. a sample).
+    """
+    subset = np.asarray(subset, dtype=np.int64)
+    sub_groups = np.asarray(groups)[subset]
+    total = 0
+    for members in _groups(sub_groups, len(subset)):
+        unit = _unit_rows(np.asarray(features)[subset[members]], device)
+        for start in range(0, len(members), BLOCK_ROWS):
+            block = unit[start : start + BLOCK_ROWS] @ unit.T
+            rows, cols = torch.nonzero(block >= threshold, as_tuple=True)
+            total += int((cols > rows + start).sum())
+    return total

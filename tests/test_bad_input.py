@@ -997,6 +997,12 @@ CASES = [
     ),
     ("report-placeholder", lambda c: ["report", "SAMPLING_RUN_ID"], 1, "$SAMPLING_RUN_ID"),
     (
+        "sample-dedup-threshold-out-of-range",
+        lambda c: sample(c, "--dedup-threshold", "1.5"),
+        1,
+        "--dedup-threshold",
+    ),
+    (
         "evaluate-placeholder",
         lambda c: ["evaluate", "--sampling-id", "SAMPLING_RUN_ID"],
         1,

@@ -358,3 +358,43 @@ def test_report_is_written_logged_and_regenerated(pipeline, capsys) -> None:
     assert capsys.readouterr().out.strip() == str(page)
     assert page.is_file()
     assert main(["report", pipeline.clustering_id]) == 1  # not a sampling run
+
+
+# --------------------------------------------------------------------------- near-duplicates
+
+
+def test_near_duplicates_are_left_out_and_listed(pipeline) -> None:
+    from astrocurate.algorithms.duplicates import pairs_within
+    from astrocurate.stages.curated_sampling.outputs import NEAR_DUPLICATES
+
+    threshold = 0.995
+    out = sample(pipeline, 60, dedup_threshold=threshold)
+    metrics = json.loads((out / METRICS).read_text())
+    table = pd.read_parquet(out / NEAR_DUPLICATES)
+    assert metrics["near_duplicates_pool"] == len(table) > 0
+    assert metrics["near_duplicate_share_pool"] == pytest.approx(len(table) / len(pipeline.pool))
+    selected = np.load(out / SELECTED)
+    assert not set(selected) & set(table["cutout_id"])
+    assert set(table["duplicate_of"]) <= set(pipeline.pool) - set(table["cutout_id"])
+    assert (table["similarity"] >= threshold).all()
+    features = np.load(pipeline.features.output_dir / "features.npy")
+    groups = clusters(pipeline)[0]
+    assert metrics["near_duplicate_pairs_curated"] == 0
+    assert pairs_within(features, groups, threshold, selected) == 0
+    baseline = np.load(out / BASELINE)
+    assert metrics["near_duplicate_pairs_random"] == pairs_within(
+        features, groups, threshold, baseline
+    )
+    assert get_run(out.name).params["dedup_threshold"] == str(threshold)
+
+
+def test_without_dedup_a_run_keeps_its_earlier_parameters(pipeline) -> None:
+    out = sample(pipeline, 61)
+    assert "dedup_threshold" not in get_run(out.name).params
+    assert not (out / "near_duplicates.parquet").exists()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5, float("nan")])
+def test_a_dedup_threshold_out_of_range_is_refused(threshold) -> None:
+    with pytest.raises(InvalidArgumentError, match="--dedup-threshold"):
+        SamplingOptions(10, dedup_threshold=threshold).validate()

@@ -45,6 +45,15 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
         help="write the curated pixels: npy (training), hdf5, fits (one per cutout), png",
     )
     parser.add_argument(
+        "--dedup-threshold",
+        "--dedup_threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="leave out near-duplicates: cutouts whose features have cosine similarity >= T "
+        "(0 < T <= 1) to one of higher peak SNR in their level-1 cluster",
+    )
+    parser.add_argument(
         "--no-report", action="store_true", help="skip the HTML report (astrocurate report)"
     )
     parser.add_argument(
@@ -68,6 +77,7 @@ def _sample(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         seed=args.seed,
         export=tuple(args.export),
+        dedup_threshold=args.dedup_threshold,
     )
     run = curated_sample(
         args.clustering_id,

@@ -9,6 +9,8 @@ A sampling run directory holds::
     baseline_random.npy    int64 rows of the uniform baseline of the same size
     curated.parquet        the manifest rows of the sample
     metrics.json           entropies, class shares (also logged to the run)
+    near_duplicates.parquet  with --dedup-threshold: each near-duplicate left out, the
+                           cutout it repeats, their cosine similarity, its level-1 cluster
     sampling.json          the options and the runs it read
     export/<format>/       the training-ready export (npy: stacks + manifest.parquet)
     report/                the HTML curation report
@@ -20,6 +22,7 @@ SELECTED = "selected.npy"
 BASELINE = "baseline_random.npy"
 CURATED = "curated.parquet"
 METRICS = "metrics.json"
+NEAR_DUPLICATES = "near_duplicates.parquet"
 INFO = "sampling.json"
 EXPORT_DIR = "export"
 REPORT_DIR = "report"

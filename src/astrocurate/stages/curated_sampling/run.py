@@ -49,10 +49,12 @@ from astrocurate.stages.curated_sampling.outputs import (
     EXPORT_DIR,
     INFO,
     METRICS,
+    NEAR_DUPLICATES,
     REPORT_DIR,
     SELECTED,
 )
 from astrocurate.tracking import StepRun, require_run, tracked_step
+from astrocurate.validation import check_real
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,10 @@ class SamplingOptions:
         Seed of the remainder rule, strategy ``'r'`` and the random baseline.
     export : tuple of str
         Formats of :data:`astrocurate.io.export.EXPORT_FORMATS` to write the pixels in.
+    dedup_threshold : float, optional
+        Leave out semantic near-duplicates: inside each level-1 cluster, cutouts whose
+        features have a cosine similarity of at least this (in (0, 1]) to a cutout of higher
+        peak SNR (:mod:`astrocurate.algorithms.duplicates`). Default: keep every cutout.
     """
 
     num_samples: int
@@ -87,6 +93,7 @@ class SamplingOptions:
     baseline: str = "none"
     seed: int = 0
     export: tuple[str, ...] = field(default_factory=tuple)
+    dedup_threshold: float | None = None
 
     def validate(self) -> SamplingOptions:
         """Return a copy with the export formats in canonical order; refuse bad values."""
@@ -108,6 +115,8 @@ class SamplingOptions:
             )
         if not _is_int(self.seed) or self.seed < 0:
             raise InvalidArgumentError(f"--seed: expected a whole number >= 0, got {self.seed!r}")
+        if self.dedup_threshold is not None:
+            check_real("--dedup-threshold", self.dedup_threshold, 0.0, 1.0, high_open=False)
         return SamplingOptions(**{**asdict(self), "export": check_formats(self.export)})
 
 
@@ -224,6 +233,8 @@ def curated_sample(
         )
     root = Path(output_path).resolve() if output_path else inputs.clustering_dir.parent.parent
     params = {**asdict(options), "level": level, "export": ",".join(options.export) or "none"}
+    if options.dedup_threshold is None:  # the parameters (and run key) of earlier versions
+        params.pop("dedup_threshold")
     params.pop("seed")
     params["output_path"] = str(root)
     with tracked_step(
@@ -249,21 +260,29 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     curated_rng, baseline_rng = np.random.SeedSequence(options.seed).spawn(2)
     labels = inputs.point_labels()
     baseline = sampling.random_sample(inputs.pool_size, options.num_samples, baseline_rng)
+    duplicates = None if options.dedup_threshold is None else _near_duplicates(inputs, options)
     if options.baseline == "random":
         chosen = baseline
     else:
-        chosen = sampling.balanced_sample(
-            labels,
-            options.num_samples,
-            strategy=options.strategy,
-            distances=inputs.level_one_distances() if options.strategy != "r" else None,
-            level=level - 1,
-            random_state=np.random.default_rng(curated_rng),
-        )
+        eligible = np.arange(inputs.pool_size) if duplicates is None else duplicates.eligible
+        distances = inputs.level_one_distances() if options.strategy != "r" else None
+        chosen = eligible[
+            sampling.balanced_sample(
+                [level_labels[eligible] for level_labels in labels],
+                options.num_samples,
+                strategy=options.strategy,
+                distances=None if distances is None else distances[eligible],
+                level=level - 1,
+                random_state=np.random.default_rng(curated_rng),
+            )
+        ]
     rows = inputs.rows
     truth = pool_truth_classes(inputs.merged_dir, rows)
     curated = _curated_manifest(inputs.merged_dir, rows[chosen], labels, chosen, truth)
     metrics = sample_metrics(labels, chosen, baseline, truth)
+    if duplicates is not None:
+        metrics.update(duplicates.metrics(chosen, baseline))
+        write_parquet_atomic(duplicates.table(labels[0]), out / NEAR_DUPLICATES)
     save_npy(out / SELECTED, rows[chosen])
     save_npy(out / BASELINE, rows[baseline])
     write_parquet_atomic(curated, out / CURATED)
@@ -280,6 +299,73 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
         "uniform baseline" if options.baseline == "random" else f"strategy {options.strategy}",
         out,
     )
+
+
+@dataclass(frozen=True)
+class _PoolDuplicates:
+    """Near-duplicates among the pool (positions in the pool, rows in the features)."""
+
+    found: Any  # algorithms.duplicates.NearDuplicates over every feature row
+    rows: np.ndarray  # feature row of each pool position
+    features: np.ndarray
+    groups: np.ndarray
+
+    @property
+    def eligible(self) -> np.ndarray:
+        """Pool positions that are not a near-duplicate of another cutout."""
+        return np.flatnonzero(self.found.kept[self.rows])
+
+    def metrics(self, chosen: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
+        """Duplicates in the pool, and near-duplicate pairs left in each sample."""
+        from astrocurate.algorithms.duplicates import pairs_within
+
+        threshold = self.found.threshold
+        n = int((self.found.duplicate_of[self.rows] >= 0).sum())
+        return {
+            "near_duplicates_pool": n,
+            "near_duplicate_share_pool": n / len(self.rows),
+            **{
+                f"near_duplicate_pairs_{kind}": pairs_within(
+                    self.features, self.groups, threshold, self.rows[positions]
+                )
+                for kind, positions in (("curated", chosen), ("random", baseline))
+            },
+        }
+
+    def table(self, level_one: np.ndarray) -> pd.DataFrame:
+        """One row per duplicate: its row, the row it repeats, their similarity, cluster."""
+        positions = np.flatnonzero(self.found.duplicate_of[self.rows] >= 0)
+        rows = self.rows[positions]
+        return pd.DataFrame(
+            {
+                "cutout_id": rows,
+                "duplicate_of": self.found.duplicate_of[rows],
+                "similarity": self.found.similarity[rows],
+                "cluster_l1": np.asarray(level_one)[positions].astype(np.int64),
+            }
+        )
+
+
+def _near_duplicates(inputs: _Inputs, options: SamplingOptions) -> _PoolDuplicates:
+    """Find the pool's near-duplicates inside its level-1 clusters, keeping the highest SNR."""
+    from astrocurate.algorithms.duplicates import near_duplicates
+    from astrocurate.stages.feature_extraction.outputs import load_features
+
+    features = load_features(inputs.features_dir, random_access=True)
+    rows = inputs.rows
+    groups = -1 - np.arange(len(features), dtype=np.int64)  # outside the pool: alone
+    groups[rows] = inputs.point_labels()[0]
+    priority = np.zeros(len(features))
+    snr = read_manifest_rows(inputs.merged_dir, rows, ["peak_snr"])["peak_snr"].to_numpy()
+    priority[rows] = np.nan_to_num(snr, nan=-np.inf)
+    found = near_duplicates(features, groups, options.dedup_threshold, priority)
+    log.info(
+        "%d of %d cutouts are near-duplicates (cosine >= %g in their level-1 cluster)",
+        found.n_duplicates,
+        len(rows),
+        options.dedup_threshold,
+    )
+    return _PoolDuplicates(found, rows, features, groups)
 
 
 def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
@@ -399,6 +485,7 @@ def _info(inputs: _Inputs, options: SamplingOptions, level: int) -> dict[str, An
         "baseline": options.baseline,
         "seed": options.seed,
         "export": list(options.export),
+        "dedup_threshold": options.dedup_threshold,
         "n_levels": inputs.n_levels,
         "pool_size": inputs.pool_size,
     }

@@ -84,3 +84,11 @@ def test_evaluation_throughput_benchmark_compares_pretrain_with_the_bare_step(
         ("simclr", "64"), ("simclr", "128"), ("byol", "64"), ("byol", "128")
     ], out  # fmt: skip
     assert all(float(r[4]) > 0 for r in rows)
+
+
+def test_duplicates_benchmark_compares_with_the_plain_way(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "duplicates.py", "--rows", "3000", "--clusters", "60", "--dim", "16",
+        "--compare-rows", "1000", tmp_path=tmp_path,
+    )  # fmt: skip
+    assert "near_duplicates:" in out and "same marking: True" in out and "peak RSS" in out

@@ -1003,6 +1003,12 @@ CASES = [
         "--dedup-threshold",
     ),
     (
+        "sample-outlier-share-out-of-range",
+        lambda c: sample(c, "--outliers", "list", "--outlier-share", "0.9"),
+        1,
+        "--outlier-share",
+    ),
+    (
         "evaluate-placeholder",
         lambda c: ["evaluate", "--sampling-id", "SAMPLING_RUN_ID"],
         1,

@@ -398,3 +398,37 @@ def test_without_dedup_a_run_keeps_its_earlier_parameters(pipeline) -> None:
 def test_a_dedup_threshold_out_of_range_is_refused(threshold) -> None:
     with pytest.raises(InvalidArgumentError, match="--dedup-threshold"):
         SamplingOptions(10, dedup_threshold=threshold).validate()
+
+
+# --------------------------------------------------------------------------- outliers
+
+
+@pytest.mark.parametrize("mode", ["list", "exclude", "include"])
+def test_outliers_are_scored_listed_and_excluded_or_included(pipeline, mode) -> None:
+    from astrocurate.stages.curated_sampling.outputs import OUTLIERS
+
+    out = sample(pipeline, 50, outliers=mode, outlier_share=0.05)
+    table = pd.read_parquet(out / OUTLIERS)
+    assert len(table) == int(np.ceil(0.05 * len(pipeline.pool)))
+    assert table["rank"].tolist() == list(range(1, len(table) + 1))
+    assert table["outlier_score"].is_monotonic_decreasing
+    assert set(table["cutout_id"]) <= set(pipeline.pool)
+    selected = set(np.load(out / SELECTED).tolist())
+    listed = set(table["cutout_id"])
+    metrics = json.loads((out / METRICS).read_text())
+    share = len(selected & listed) / len(selected)
+    assert metrics["outlier_share_curated"] == pytest.approx(share)
+    if mode == "exclude":
+        assert not selected & listed
+    if mode == "include":
+        assert listed <= selected
+    assert any(k.startswith("outlier_top100_class_share_") for k in metrics)  # truth known
+    curated = pd.read_parquet(out / CURATED)
+    assert "outlier_score" in curated.columns
+
+
+def test_outlier_options_are_checked() -> None:
+    with pytest.raises(InvalidArgumentError, match="--outliers"):
+        SamplingOptions(10, outliers="drop").validate()
+    with pytest.raises(InvalidArgumentError, match="--outlier-share"):
+        SamplingOptions(10, outliers="list", outlier_share=0.9).validate()

@@ -54,6 +54,20 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
         "(0 < T <= 1) to one of higher peak SNR in their level-1 cluster",
     )
     parser.add_argument(
+        "--outliers",
+        choices=["none", "list", "exclude", "include"],
+        default="none",
+        help="score cutouts with an isolation forest on their features: list the top "
+        "--outlier-share, exclude them from the sample, or include them all (default none)",
+    )
+    parser.add_argument(
+        "--outlier-share",
+        "--outlier_share",
+        type=float,
+        default=0.01,
+        help="share of the pool called outliers, in (0, 0.5] (default 0.01)",
+    )
+    parser.add_argument(
         "--no-report", action="store_true", help="skip the HTML report (astrocurate report)"
     )
     parser.add_argument(
@@ -78,6 +92,8 @@ def _sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         export=tuple(args.export),
         dedup_threshold=args.dedup_threshold,
+        outliers=args.outliers,
+        outlier_share=args.outlier_share,
     )
     run = curated_sample(
         args.clustering_id,

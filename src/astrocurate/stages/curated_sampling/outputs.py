@@ -11,6 +11,8 @@ A sampling run directory holds::
     metrics.json           entropies, class shares (also logged to the run)
     near_duplicates.parquet  with --dedup-threshold: each near-duplicate left out, the
                            cutout it repeats, their cosine similarity, its level-1 cluster
+    outliers.parquet       with --outliers: the outliers, most anomalous first (cutout_id,
+                           outlier_score, rank)
     sampling.json          the options and the runs it read
     export/<format>/       the training-ready export (npy: stacks + manifest.parquet)
     report/                the HTML curation report
@@ -23,6 +25,7 @@ BASELINE = "baseline_random.npy"
 CURATED = "curated.parquet"
 METRICS = "metrics.json"
 NEAR_DUPLICATES = "near_duplicates.parquet"
+OUTLIERS = "outliers.parquet"
 INFO = "sampling.json"
 EXPORT_DIR = "export"
 REPORT_DIR = "report"

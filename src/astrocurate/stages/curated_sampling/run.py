@@ -43,24 +43,25 @@ from astrocurate.io.cutout_store import (
     read_manifest_rows,
     write_parquet_atomic,
 )
+from astrocurate.stages.curated_sampling import quality
 from astrocurate.stages.curated_sampling.outputs import (
     BASELINE,
     CURATED,
     EXPORT_DIR,
     INFO,
     METRICS,
-    NEAR_DUPLICATES,
     REPORT_DIR,
     SELECTED,
 )
 from astrocurate.tracking import StepRun, require_run, tracked_step
-from astrocurate.validation import check_real
+from astrocurate.validation import check_choice, check_real
 
 log = logging.getLogger(__name__)
 
 STEP = steps.CURATED_SAMPLING
 STRATEGIES = ("r", "c", "f")
 BASELINES = ("none", "random")
+OUTLIER_MODES = ("none", "list", "exclude", "include")
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,13 @@ class SamplingOptions:
         Leave out semantic near-duplicates: inside each level-1 cluster, cutouts whose
         features have a cosine similarity of at least this (in (0, 1]) to a cutout of higher
         peak SNR (:mod:`astrocurate.algorithms.duplicates`). Default: keep every cutout.
+    outliers : {'none', 'list', 'exclude', 'include'}
+        Score every pool cutout with an isolation forest on its features
+        (:mod:`astrocurate.algorithms.outliers`) and take the ``outlier_share`` highest as
+        outliers: ``list`` them only, ``exclude`` them from the sample, or ``include`` them
+        all in it (the rest of the budget balanced as usual). ``none``: no scores.
+    outlier_share : float
+        Share of the pool called outliers, in (0, 0.5].
     """
 
     num_samples: int
@@ -94,6 +102,8 @@ class SamplingOptions:
     seed: int = 0
     export: tuple[str, ...] = field(default_factory=tuple)
     dedup_threshold: float | None = None
+    outliers: str = "none"
+    outlier_share: float = 0.01
 
     def validate(self) -> SamplingOptions:
         """Return a copy with the export formats in canonical order; refuse bad values."""
@@ -117,6 +127,8 @@ class SamplingOptions:
             raise InvalidArgumentError(f"--seed: expected a whole number >= 0, got {self.seed!r}")
         if self.dedup_threshold is not None:
             check_real("--dedup-threshold", self.dedup_threshold, 0.0, 1.0, high_open=False)
+        check_choice("--outliers", self.outliers, OUTLIER_MODES)
+        check_real("--outlier-share", self.outlier_share, 0.0, 0.5, high_open=False)
         return SamplingOptions(**{**asdict(self), "export": check_formats(self.export)})
 
 
@@ -235,6 +247,9 @@ def curated_sample(
     params = {**asdict(options), "level": level, "export": ",".join(options.export) or "none"}
     if options.dedup_threshold is None:  # the parameters (and run key) of earlier versions
         params.pop("dedup_threshold")
+    if options.outliers == "none":
+        params.pop("outliers")
+        params.pop("outlier_share")
     params.pop("seed")
     params["output_path"] = str(root)
     with tracked_step(
@@ -260,29 +275,28 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     curated_rng, baseline_rng = np.random.SeedSequence(options.seed).spawn(2)
     labels = inputs.point_labels()
     baseline = sampling.random_sample(inputs.pool_size, options.num_samples, baseline_rng)
-    duplicates = None if options.dedup_threshold is None else _near_duplicates(inputs, options)
+    checks = _quality_checks(inputs, options)
     if options.baseline == "random":
         chosen = baseline
     else:
-        eligible = np.arange(inputs.pool_size) if duplicates is None else duplicates.eligible
         distances = inputs.level_one_distances() if options.strategy != "r" else None
-        chosen = eligible[
-            sampling.balanced_sample(
-                [level_labels[eligible] for level_labels in labels],
-                options.num_samples,
-                strategy=options.strategy,
-                distances=None if distances is None else distances[eligible],
-                level=level - 1,
-                random_state=np.random.default_rng(curated_rng),
-            )
-        ]
+        chosen = quality.select(
+            labels,
+            options.num_samples,
+            strategy=options.strategy,
+            distances=distances,
+            level=level - 1,
+            random_state=np.random.default_rng(curated_rng),
+            eligible=checks.eligible(inputs.pool_size, options.outliers == "exclude"),
+            forced=checks.forced(options.outliers == "include"),
+        )
     rows = inputs.rows
     truth = pool_truth_classes(inputs.merged_dir, rows)
     curated = _curated_manifest(inputs.merged_dir, rows[chosen], labels, chosen, truth)
     metrics = sample_metrics(labels, chosen, baseline, truth)
-    if duplicates is not None:
-        metrics.update(duplicates.metrics(chosen, baseline))
-        write_parquet_atomic(duplicates.table(labels[0]), out / NEAR_DUPLICATES)
+    metrics.update(checks.write(out, rows, labels[0], chosen, baseline, truth))
+    if checks.outliers is not None:
+        curated["outlier_score"] = checks.outliers.scores[chosen]
     save_npy(out / SELECTED, rows[chosen])
     save_npy(out / BASELINE, rows[baseline])
     write_parquet_atomic(curated, out / CURATED)
@@ -301,71 +315,22 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     )
 
 
-@dataclass(frozen=True)
-class _PoolDuplicates:
-    """Near-duplicates among the pool (positions in the pool, rows in the features)."""
-
-    found: Any  # algorithms.duplicates.NearDuplicates over every feature row
-    rows: np.ndarray  # feature row of each pool position
-    features: np.ndarray
-    groups: np.ndarray
-
-    @property
-    def eligible(self) -> np.ndarray:
-        """Pool positions that are not a near-duplicate of another cutout."""
-        return np.flatnonzero(self.found.kept[self.rows])
-
-    def metrics(self, chosen: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
-        """Duplicates in the pool, and near-duplicate pairs left in each sample."""
-        from astrocurate.algorithms.duplicates import pairs_within
-
-        threshold = self.found.threshold
-        n = int((self.found.duplicate_of[self.rows] >= 0).sum())
-        return {
-            "near_duplicates_pool": n,
-            "near_duplicate_share_pool": n / len(self.rows),
-            **{
-                f"near_duplicate_pairs_{kind}": pairs_within(
-                    self.features, self.groups, threshold, self.rows[positions]
-                )
-                for kind, positions in (("curated", chosen), ("random", baseline))
-            },
-        }
-
-    def table(self, level_one: np.ndarray) -> pd.DataFrame:
-        """One row per duplicate: its row, the row it repeats, their similarity, cluster."""
-        positions = np.flatnonzero(self.found.duplicate_of[self.rows] >= 0)
-        rows = self.rows[positions]
-        return pd.DataFrame(
-            {
-                "cutout_id": rows,
-                "duplicate_of": self.found.duplicate_of[rows],
-                "similarity": self.found.similarity[rows],
-                "cluster_l1": np.asarray(level_one)[positions].astype(np.int64),
-            }
+def _quality_checks(inputs: _Inputs, options: SamplingOptions) -> quality.QualityChecks:
+    """Near-duplicates and outliers of the pool, as the options ask."""
+    duplicates = outliers = None
+    if options.dedup_threshold is not None:
+        duplicates = quality.find_near_duplicates(
+            inputs.features_dir,
+            inputs.merged_dir,
+            inputs.rows,
+            inputs.point_labels()[0],
+            options.dedup_threshold,
         )
-
-
-def _near_duplicates(inputs: _Inputs, options: SamplingOptions) -> _PoolDuplicates:
-    """Find the pool's near-duplicates inside its level-1 clusters, keeping the highest SNR."""
-    from astrocurate.algorithms.duplicates import near_duplicates
-    from astrocurate.stages.feature_extraction.outputs import load_features
-
-    features = load_features(inputs.features_dir, random_access=True)
-    rows = inputs.rows
-    groups = -1 - np.arange(len(features), dtype=np.int64)  # outside the pool: alone
-    groups[rows] = inputs.point_labels()[0]
-    priority = np.zeros(len(features))
-    snr = read_manifest_rows(inputs.merged_dir, rows, ["peak_snr"])["peak_snr"].to_numpy()
-    priority[rows] = np.nan_to_num(snr, nan=-np.inf)
-    found = near_duplicates(features, groups, options.dedup_threshold, priority)
-    log.info(
-        "%d of %d cutouts are near-duplicates (cosine >= %g in their level-1 cluster)",
-        found.n_duplicates,
-        len(rows),
-        options.dedup_threshold,
-    )
-    return _PoolDuplicates(found, rows, features, groups)
+    if options.outliers != "none":
+        outliers = quality.find_outliers(
+            inputs.features_dir, inputs.rows, options.outlier_share, options.seed
+        )
+    return quality.QualityChecks(duplicates, outliers)
 
 
 def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
@@ -486,6 +451,8 @@ def _info(inputs: _Inputs, options: SamplingOptions, level: int) -> dict[str, An
         "seed": options.seed,
         "export": list(options.export),
         "dedup_threshold": options.dedup_threshold,
+        "outliers": options.outliers,
+        "outlier_share": options.outlier_share,
         "n_levels": inputs.n_levels,
         "pool_size": inputs.pool_size,
     }

@@ -13,7 +13,6 @@ group are near-duplicates, and every marked cutout names the kept one it repeats
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +53,17 @@ class NearDuplicates:
         return int((self.duplicate_of >= 0).sum())
 
 
-def _unit_rows(features: ArrayLike, device: str | torch.device) -> torch.Tensor:
-    rows = torch.as_tensor(np.asarray(features, dtype=np.float32), device=device)
-    return rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-12)
+def _unit_rows(features: ArrayLike, device: str | torch.device) -> np.ndarray | torch.Tensor:
+    """Rows scaled to unit length: a NumPy array on the CPU, a tensor on another device."""
+    rows = np.asarray(features, dtype=np.float32)
+    rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    return rows if torch.device(device).type == "cpu" else torch.as_tensor(rows, device=device)
+
+
+def _similarities(unit: np.ndarray | torch.Tensor, start: int) -> np.ndarray:
+    """Cosine similarities of rows ``start .. start + BLOCK_ROWS`` with every row, (b, m)."""
+    block = unit[start : start + BLOCK_ROWS] @ unit.T
+    return block if isinstance(block, np.ndarray) else block.float().cpu().numpy()
 
 
 def _groups(groups: ArrayLike, n: int) -> list[np.ndarray]:
@@ -109,7 +116,7 @@ def near_duplicates(
 
 
 def _mark_group(
-    unit: torch.Tensor,
+    unit: np.ndarray | torch.Tensor,
     members: np.ndarray,
     threshold: float,
     duplicate_of: np.ndarray,
@@ -117,26 +124,19 @@ def _mark_group(
 ) -> None:
     """Greedy marking inside one group whose members are in priority order."""
     m = len(members)
-    neighbours: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    for start in range(0, m, BLOCK_ROWS):
-        block = unit[start : start + BLOCK_ROWS] @ unit.T  # (b, m)
-        rows, cols = torch.nonzero(block >= threshold, as_tuple=True)
-        later = cols > rows + start  # only members after the row in priority order
-        rows, cols = rows[later].cpu().numpy() + start, cols[later].cpu().numpy()
-        sims = block[rows - start, cols].float().cpu().numpy()
-        split = np.searchsorted(rows, np.arange(start, min(start + BLOCK_ROWS, m) + 1))
-        neighbours += [cols[a:b] for a, b in itertools.pairwise(split)]
-        values += [sims[a:b] for a, b in itertools.pairwise(split)]
     marked = np.zeros(m, dtype=bool)
-    for i in range(m):
-        if marked[i] or not len(neighbours[i]):
-            continue
-        fresh = ~marked[neighbours[i]]
-        targets = neighbours[i][fresh]
-        marked[targets] = True
-        duplicate_of[members[targets]] = members[i]
-        similarity[members[targets]] = values[i][fresh]
+    for start in range(0, m, BLOCK_ROWS):
+        block = _similarities(unit, start)
+        for offset, row in enumerate(block):
+            i = start + offset
+            if marked[i]:
+                continue
+            hits = np.flatnonzero(row[i + 1 :] >= threshold) + i + 1
+            hits = hits[~marked[hits]]
+            if len(hits):
+                marked[hits] = True
+                duplicate_of[members[hits]] = members[i]
+                similarity[members[hits]] = row[hits]
 
 
 def pairs_within(
@@ -163,7 +163,6 @@ def pairs_within(
     for members in _groups(sub_groups, len(subset)):
         unit = _unit_rows(np.asarray(features)[subset[members]], device)
         for start in range(0, len(members), BLOCK_ROWS):
-            block = unit[start : start + BLOCK_ROWS] @ unit.T
-            rows, cols = torch.nonzero(block >= threshold, as_tuple=True)
+            rows, cols = np.nonzero(_similarities(unit, start) >= threshold)
             total += int((cols > rows + start).sum())
     return total

@@ -159,7 +159,11 @@ def _train(context: ArmContext, arm: Arm, seed: int, directory: Path) -> torch.n
     """Pretrain the arm's encoder for one seed, from its last checkpoint if there is one."""
     config = context.pretrain_config(seed)
     checkpoint = directory / CHECKPOINT
-    state = torch.load(checkpoint, map_location="cpu") if checkpoint.is_file() else None
+    state = (
+        torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if checkpoint.is_file()
+        else None
+    )
     losses: list[float] = []
     if state is not None:
         losses = np.load(directory / LOSS).tolist()[: state["step"]]

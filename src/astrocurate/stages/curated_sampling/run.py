@@ -12,6 +12,9 @@ the clustering run clustered, and writes one run directory::
                           ``cluster_lL`` (cluster at each level) and ``truth_class`` when
                           the survey has a truth catalogue
     metrics.json          the metrics logged to the run (balance per level, classes)
+    near_duplicates.parquet, outliers.parquet
+                          with ``--dedup-threshold`` / ``--outliers``: what quality curation
+                          found (:mod:`astrocurate.stages.curated_sampling.quality`)
     sampling.json         parameters and the directories of the clustering, feature and
                           merge runs it came from
     export/               the curated pixels (``--export``; :mod:`astrocurate.io.export`)

@@ -1,0 +1,136 @@
+"""Quality curation at sampling: near-duplicates and outliers, against sampling without them.
+
+Runs steps 1 to 4 on a synthetic survey with truth (reused when the work directory already
+holds them), then draws, side by side in this one run, samples of ``--num-samples`` from the
+same clustering: plain (no option), with ``--dedup-threshold``, and with ``--outliers
+exclude``. It prints per sample: the near-duplicate pairs left at the threshold, the class
+shares (pool / random / curated), and for the isolation forest the class shares among the
+100 most anomalous cutouts against the pool's.
+
+Usage::
+
+    python benchmarks/quality.py --workdir /tmp/quality-bench
+    python benchmarks/quality.py --mosaics 8 --mosaic-size 2048 --threshold 0.95
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
+    parser.add_argument("--mosaics", type=int, default=4)
+    parser.add_argument("--mosaic-size", type=int, default=2048)
+    parser.add_argument("--window-size", type=int, default=64)
+    parser.add_argument("--config", default="demo_3lvl_100_20_5.yaml")
+    parser.add_argument("--num-samples", type=int, default=2000)
+    parser.add_argument("--threshold", type=float, default=0.98, help="--dedup-threshold")
+    parser.add_argument("--outlier-share", type=float, default=0.01)
+    return parser.parse_args()
+
+
+def _clustering(args: argparse.Namespace, work: Path) -> str:
+    """Steps 1 to 4 (reused when already there); return the clustering run ID."""
+    from astrocurate.stages.clustering.run import load_config, prepare_clustering, run_clustering
+    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
+    from astrocurate.stages.feature_extraction.run import extract_features
+    from astrocurate.stages.merge_cutouts.run import merge_cutouts
+    from astrocurate.synthetic.survey import existing_or_new_survey
+
+    survey = existing_or_new_survey(
+        work / "survey", n_mosaics=args.mosaics, mosaic_size=args.mosaic_size, seed=0
+    )
+    cutouts = make_cutouts(survey, work / "outputs", CutoutOptions(args.window_size))
+    features = extract_features(merge_cutouts([cutouts.run_id]).run_id)
+    prepared = prepare_clustering(features.run_id, load_config(args.config))
+    run_clustering(prepared.directory)
+    return prepared.run_id
+
+
+def main() -> None:
+    """Draw the three samples and print their figures side by side."""
+    args = _arguments()
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="astrocurate-quality-"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    os.environ.setdefault("ASTROCURATE_DATA_DIR", str(work / "outputs"))
+    os.chdir(work)
+    from astrocurate.stages.curated_sampling.outputs import METRICS
+    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+
+    clustering_id = _clustering(args, work)
+    variants = {
+        "plain": {},
+        "dedup": {"dedup_threshold": args.threshold},
+        "outliers excluded": {"outliers": "exclude", "outlier_share": args.outlier_share},
+    }
+    results = {}
+    for name, extra in variants.items():
+        started = time.perf_counter()
+        run = curated_sample(
+            clustering_id, SamplingOptions(args.num_samples, **extra), report=False, force=True
+        )
+        seconds = time.perf_counter() - started
+        results[name] = (json.loads((run.output_dir / METRICS).read_text()), seconds)
+        if name == "plain":
+            plain_pairs = _pairs_left(run.output_dir, args.threshold)
+    print(
+        f"quality curation, {args.mosaics} x {args.mosaic_size} px survey, windows "
+        f"{args.window_size} px, samples of {args.num_samples}, threshold {args.threshold}"
+    )
+    _print(results, plain_pairs)
+
+
+def _pairs_left(sample_dir: Path, threshold: float) -> int:
+    """Near-duplicate pairs (same level-1 cluster) in a sample drawn without the option."""
+    import numpy as np
+
+    from astrocurate.algorithms.duplicates import pairs_within
+    from astrocurate.stages.feature_extraction.outputs import load_features
+
+    info = json.loads((sample_dir / "sampling.json").read_text())
+    labels = np.load(Path(info["clustering_dir"]) / "level_1" / "point_labels.npy")
+    groups = np.where(labels >= 0, labels, -1 - np.arange(len(labels)))
+    features = load_features(info["features_dir"])
+    return pairs_within(features, groups, threshold, np.load(sample_dir / "selected.npy"))
+
+
+def _print(results: dict, plain_pairs: int) -> None:
+    dedup, _ = results["dedup"]
+    outliers, _ = results["outliers excluded"]
+    print(
+        f"near-duplicates in the pool: {dedup['near_duplicates_pool']} "
+        f"({dedup['near_duplicate_share_pool']:.1%}); pairs left at the threshold: "
+        f"with --dedup-threshold {dedup['near_duplicate_pairs_curated']}, without it "
+        f"{plain_pairs}, random sample {dedup['near_duplicate_pairs_random']}"
+    )
+    classes = sorted(k[len("class_share_") : -len("_pool")] for k in dedup if k.endswith("_pool")
+                     and k.startswith("class_share_"))  # fmt: skip
+    print(f"{'class':<10} {'pool':>6} {'random':>7} " + " ".join(f"{n:>18}" for n in results))
+    for name in classes:
+        pool = dedup[f"class_share_{name}_pool"]
+        random = dedup[f"class_share_{name}_random"]
+        cells = " ".join(f"{m[f'class_share_{name}_curated']:>18.3f}" for m, _ in results.values())
+        print(f"{name:<10} {pool:>6.3f} {random:>7.3f} {cells}")
+    print("top-100 outliers (isolation forest) by class, against the pool:")
+    for name in classes:
+        top = outliers.get(f"outlier_top100_class_share_{name}", 0.0)
+        pool = dedup[f"class_share_{name}_pool"]
+        print(
+            f"  {name:<10} {top:.2f} of the top 100 vs {pool:.3f} of the pool ({top / pool:.1f}x)"
+        )
+    print("seconds per sampling run: " + ", ".join(f"{n} {s:.1f}" for n, (_, s) in results.items()))
+
+
+if __name__ == "__main__":
+    main()

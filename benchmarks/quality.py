@@ -102,7 +102,9 @@ def _pairs_left(sample_dir: Path, threshold: float) -> int:
     labels = np.load(Path(info["clustering_dir"]) / "level_1" / "point_labels.npy")
     groups = np.where(labels >= 0, labels, -1 - np.arange(len(labels)))
     features = load_features(info["features_dir"])
-    return pairs_within(features, groups, threshold, np.load(sample_dir / "selected.npy"))
+    center = np.asarray(features[labels >= 0], dtype=np.float64).mean(axis=0)  # as the step
+    selected = np.load(sample_dir / "selected.npy")
+    return pairs_within(features, groups, threshold, selected, center=center)
 
 
 def _print(results: dict, plain_pairs: int) -> None:

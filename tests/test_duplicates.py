@@ -71,3 +71,12 @@ def test_no_two_kept_cutouts_of_a_group_are_near_duplicates(seed, monkeypatch):
 def test_a_threshold_out_of_range_is_refused(threshold):
     with pytest.raises(InvalidArgumentError, match="--dedup-threshold"):
         near_duplicates(np.ones((2, 2)), [0, 0], threshold)
+
+
+def test_a_shared_component_is_taken_out_by_the_center():
+    rng = np.random.default_rng(0)
+    features = 100.0 + rng.normal(size=(50, 6))  # every vector points the same way
+    assert near_duplicates(features, np.zeros(50), 0.98).n_duplicates == 49
+    centred = near_duplicates(features, np.zeros(50), 0.98, center=features.mean(axis=0))
+    assert centred.n_duplicates == 0
+    assert pairs_within(features, np.zeros(50), 0.98, np.arange(50), center=features.mean(0)) == 0

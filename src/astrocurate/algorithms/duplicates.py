@@ -1,9 +1,10 @@
 """Semantic near-duplicates: cutouts whose features are almost the same, within each cluster.
 
 Neighbouring sliding windows overlap and look alike; so do repeated imaging artefacts. Two
-cutouts are near-duplicates when the cosine similarity of their feature vectors is at
-least ``threshold`` and they share a group (a level-1 cluster: the comparison stays inside
-clusters, so its cost is the sum of the squared cluster sizes, not the square of the pool).
+cutouts are near-duplicates when the cosine similarity of their feature vectors (less an
+optional ``center``, such as the pool's mean) is at least ``threshold`` and they share a
+group (a level-1 cluster: the comparison stays inside clusters, so its cost is the sum of
+the squared cluster sizes, not the square of the pool).
 
 Inside a group the cutouts are taken by decreasing ``priority`` (e.g. peak SNR; ties by
 index). The first is kept; every later cutout within the threshold of it is marked as its
@@ -53,9 +54,13 @@ class NearDuplicates:
         return int((self.duplicate_of >= 0).sum())
 
 
-def _unit_rows(features: ArrayLike, device: str | torch.device) -> np.ndarray | torch.Tensor:
-    """Rows scaled to unit length: a NumPy array on the CPU, a tensor on another device."""
+def _unit_rows(
+    features: ArrayLike, device: str | torch.device, center: np.ndarray | None = None
+) -> np.ndarray | torch.Tensor:
+    """Rows (less ``center``) scaled to unit length: NumPy on the CPU, a tensor elsewhere."""
     rows = np.asarray(features, dtype=np.float32)
+    if center is not None:
+        rows = rows - center
     rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     return rows if torch.device(device).type == "cpu" else torch.as_tensor(rows, device=device)
 
@@ -82,6 +87,7 @@ def near_duplicates(
     threshold: float,
     priority: ArrayLike | None = None,
     *,
+    center: ArrayLike | None = None,
     device: str | torch.device = "cpu",
 ) -> NearDuplicates:
     """Mark near-duplicate cutouts inside each group, keeping the highest priority one.
@@ -96,6 +102,10 @@ def near_duplicates(
         Cosine similarity in (0, 1] at and above which two cutouts are near-duplicates.
     priority : array_like of float, shape (n,), optional
         Higher is kept first (e.g. peak SNR); default the index order.
+    center : array_like, shape (d,), optional
+        Subtracted from every vector before the cosine (e.g. the pool's mean: a component
+        all cutouts share, as weight-free features have, would otherwise make them all
+        alike).
     device : str or torch.device
         Where the similarities are computed.
 
@@ -108,9 +118,10 @@ def near_duplicates(
     duplicate_of = np.full(n, -1, dtype=np.int64)
     similarity = np.full(n, np.nan, dtype=np.float32)
     rank = np.zeros(n) if priority is None else -np.asarray(priority, dtype=np.float64)
+    shift = None if center is None else np.asarray(center, dtype=np.float32)
     for members in _groups(groups, n):
         members = members[np.lexsort((members, rank[members]))]  # priority, then index
-        unit = _unit_rows(np.asarray(features)[members], device)
+        unit = _unit_rows(np.asarray(features)[members], device, shift)
         _mark_group(unit, members, threshold, duplicate_of, similarity)
     return NearDuplicates(duplicate_of, similarity, threshold)
 
@@ -145,13 +156,14 @@ def pairs_within(
     threshold: float,
     subset: ArrayLike,
     *,
+    center: ArrayLike | None = None,
     device: str | torch.device = "cpu",
 ) -> int:
     """Count pairs of ``subset`` in one group whose cosine similarity is >= ``threshold``.
 
     Parameters
     ----------
-    features, groups
+    features, groups, center
         As for :func:`near_duplicates`.
     threshold : float
     subset : array_like of int
@@ -161,7 +173,8 @@ def pairs_within(
     sub_groups = np.asarray(groups)[subset]
     total = 0
     for members in _groups(sub_groups, len(subset)):
-        unit = _unit_rows(np.asarray(features)[subset[members]], device)
+        shift = None if center is None else np.asarray(center, dtype=np.float32)
+        unit = _unit_rows(np.asarray(features)[subset[members]], device, shift)
         for start in range(0, len(members), BLOCK_ROWS):
             rows, cols = np.nonzero(_similarities(unit, start) >= threshold)
             total += int((cols > rows + start).sum())

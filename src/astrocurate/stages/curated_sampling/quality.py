@@ -38,6 +38,7 @@ class PoolDuplicates:
     rows: np.ndarray  # feature row of each pool position
     features: np.ndarray
     groups: np.ndarray
+    center: np.ndarray  # the pool's mean feature vector
 
     @property
     def kept(self) -> np.ndarray:
@@ -51,7 +52,11 @@ class PoolDuplicates:
         n = int((~self.kept).sum())
         pairs = {
             f"near_duplicate_pairs_{kind}": pairs_within(
-                self.features, self.groups, self.found.threshold, self.rows[positions]
+                self.features,
+                self.groups,
+                self.found.threshold,
+                self.rows[positions],
+                center=self.center,
             )
             for kind, positions in (("curated", chosen), ("random", baseline))
         }
@@ -158,7 +163,11 @@ def find_near_duplicates(
     level_one: np.ndarray,
     threshold: float,
 ) -> PoolDuplicates:
-    """Find the pool's near-duplicates inside its level-1 clusters, keeping the highest SNR."""
+    """Find the pool's near-duplicates inside its level-1 clusters, keeping the highest SNR.
+
+    Features are compared centred on the pool's mean (a component every cutout shares,
+    as weight-free features have, would otherwise make them all alike).
+    """
     from astrocurate.algorithms.duplicates import near_duplicates
 
     features = load_features(features_dir, random_access=True)
@@ -167,14 +176,23 @@ def find_near_duplicates(
     priority = np.zeros(len(features))
     snr = read_manifest_rows(merged_dir, rows, ["peak_snr"])["peak_snr"].to_numpy()
     priority[rows] = np.nan_to_num(snr, nan=-np.inf)
-    found = near_duplicates(features, groups, threshold, priority)
+    center = _mean_row(features, rows)
+    found = near_duplicates(features, groups, threshold, priority, center=center)
     log.info(
         "%d of %d cutouts are near-duplicates (cosine >= %g in their level-1 cluster)",
         found.n_duplicates,
         len(rows),
         threshold,
     )
-    return PoolDuplicates(found, rows, features, groups)
+    return PoolDuplicates(found, rows, features, groups, center)
+
+
+def _mean_row(features: np.ndarray, rows: np.ndarray, block: int = 65_536) -> np.ndarray:
+    """Mean of the pool's feature vectors, read a block of rows at a time."""
+    total = np.zeros(features.shape[1], dtype=np.float64)
+    for start in range(0, len(rows), block):
+        total += np.asarray(features[rows[start : start + block]], dtype=np.float64).sum(axis=0)
+    return (total / max(len(rows), 1)).astype(np.float32)
 
 
 def find_outliers(features_dir: Path, rows: np.ndarray, share: float, seed: int) -> PoolOutliers:

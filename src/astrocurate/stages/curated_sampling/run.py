@@ -293,6 +293,13 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
             eligible=checks.eligible(inputs.pool_size, options.outliers == "exclude"),
             forced=checks.forced(options.outliers == "include"),
         )
+    if len(chosen) < min(options.num_samples, inputs.pool_size):
+        log.warning(
+            "only %d cutouts are left to sample after quality curation (%d asked): lower "
+            "--outlier-share or raise --dedup-threshold for more",
+            len(chosen),
+            options.num_samples,
+        )
     rows = inputs.rows
     truth = pool_truth_classes(inputs.merged_dir, rows)
     curated = _curated_manifest(inputs.merged_dir, rows[chosen], labels, chosen, truth)

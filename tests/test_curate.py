@@ -433,3 +433,14 @@ def test_outlier_options_are_checked() -> None:
         SamplingOptions(10, outliers="drop").validate()
     with pytest.raises(InvalidArgumentError, match="--outlier-share"):
         SamplingOptions(10, outliers="list", outlier_share=0.9).validate()
+
+
+def test_the_report_shows_the_outliers_and_the_near_duplicate_pairs(pipeline) -> None:
+    run = curated_sample(
+        pipeline.clustering_id,
+        SamplingOptions(40, dedup_threshold=0.995, outliers="list", outlier_share=0.05),
+    )
+    page = (run.output_dir / "report" / "index.html").read_text()
+    assert "Quality: outliers and near-duplicates" in page
+    assert "outliers: the 12 highest isolation-forest scores of the pool" in page
+    assert "near-duplicates: the 6 closest pairs, kept cutout then the left-out one" in page

@@ -44,7 +44,7 @@ from astrocurate.stages.curated_sampling.report_data import (
     load_sampling_run,
     set_entropies,
 )
-from astrocurate.stages.curated_sampling.report_galleries import build_galleries
+from astrocurate.stages.curated_sampling.report_galleries import build_galleries, quality_galleries
 from astrocurate.stages.curated_sampling.report_html import render_html
 from astrocurate.stages.curated_sampling.report_map import check_projection, feature_map
 from astrocurate.stages.curated_sampling.report_plots import (
@@ -127,6 +127,7 @@ def write_report(
         feature_map(run, max_points=max_points, projection=projection, rng=rng), run.top
     )
     galleries = build_galleries(run, top, n_clusters=gallery_clusters, size=gallery_size, rng=rng)
+    galleries += quality_galleries(run, gallery_size)
     sizes = [cluster_size_figure(c) for c in counts]
     page = render_html(
         run,

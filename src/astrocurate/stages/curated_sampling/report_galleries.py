@@ -23,6 +23,7 @@ __all__ = [
     "build_galleries",
     "gallery_clusters",
     "pick_gallery_rows",
+    "quality_galleries",
     "thumbnail_png",
 ]
 
@@ -123,6 +124,7 @@ class Gallery:
     pool_count: int
     curated_count: int
     thumbnails: list[Thumbnail]
+    title: str | None = None  # a quality gallery's own title (outliers, near-duplicates)
 
 
 def gallery_clusters(pool_counts: np.ndarray, n: int) -> list[tuple[str, int, int]]:
@@ -207,6 +209,57 @@ def build_galleries(
             )
         )
     return galleries
+
+
+def quality_galleries(run: SamplingRun, size: int) -> list[Gallery]:
+    """Galleries of the run's outliers (most anomalous first) and near-duplicate pairs.
+
+    Only for a run sampled with ``--outliers`` or ``--dedup-threshold``: the pairs with the
+    highest similarity, each the cutout kept followed by the one left out.
+    """
+    from astrocurate.stages.curated_sampling.outputs import NEAR_DUPLICATES, OUTLIERS
+
+    picks = []
+    if (run.directory / OUTLIERS).is_file():
+        top = pd.read_parquet(run.directory / OUTLIERS).head(size)
+        title = f"outliers: the {len(top)} highest isolation-forest scores of the pool"
+        picks.append(("outliers", top["cutout_id"].to_numpy(np.int64), title))
+    if (run.directory / NEAR_DUPLICATES).is_file():
+        pairs = pd.read_parquet(run.directory / NEAR_DUPLICATES)
+        pairs = pairs.sort_values(["similarity", "cutout_id"], ascending=[False, True])
+        pairs = pairs.head(max(1, size // 2))
+        rows = np.column_stack([pairs["duplicate_of"], pairs["cutout_id"]]).ravel()
+        title = (
+            f"near-duplicates: the {len(pairs)} closest pairs, kept cutout then the left-out one"
+        )
+        picks.append(("near-duplicates", rows.astype(np.int64), title))
+    if not picks:
+        return []
+    images, classes = _read_cutouts(
+        run.merged_dir, np.unique(np.concatenate([p[1] for p in picks]))
+    )
+    selected = set(np.asarray(run.selected).tolist())
+    return [
+        Gallery(
+            cluster=-1,
+            kind=kind,
+            rank=0,
+            pool_count=len(rows),
+            curated_count=sum(int(r) in selected for r in rows),
+            thumbnails=[
+                Thumbnail(
+                    int(r),
+                    int(images[int(r)].shape[0]),
+                    int(r) in selected,
+                    classes.get(int(r)),
+                    thumbnail_png(images[int(r)]),
+                )
+                for r in rows
+            ],
+            title=title,
+        )
+        for kind, rows, title in picks
+    ]
 
 
 def _members(labels: np.ndarray, cluster: int) -> np.ndarray:

@@ -128,7 +128,7 @@ def _gallery_html(gallery: Gallery, top: int) -> str:
             f'<figure class="{css}"><img src="{_data_uri(t.png)}" alt="{html.escape(alt)}" '
             f'title="{html.escape(label)}"><figcaption>{html.escape(label)}</figcaption></figure>'
         )
-    title = (
+    title = gallery.title or (
         f"{gallery.kind} #{gallery.rank}: level-{top} cluster {gallery.cluster} — "
         f"{gallery.pool_count:,} pool points, {gallery.curated_count:,} curated"
     )
@@ -146,6 +146,7 @@ def render_html(
     sizes: Sequence[Figure],
 ) -> str:
     """Assemble the page (every image embedded as a data URI)."""
+    quality = [g for g in galleries if g.title is not None]
     lo, hi = STRETCH_PERCENTILES
     stretch = (
         f"Each cutout is clipped to its own {lo:g}th-{hi:g}th percentile and shown as "
@@ -162,7 +163,9 @@ def render_html(
         _figure_html(feature_map_figure),
         f"<h2>Galleries: largest and smallest level-{run.top} clusters</h2>",
         f'<p class="note">{html.escape(stretch)}</p>',
-        *(_gallery_html(g, run.top) for g in galleries),
+        *(_gallery_html(g, run.top) for g in galleries if g.title is None),
+        *(["<h2>Quality: outliers and near-duplicates</h2>"] if quality else []),
+        *(_gallery_html(g, run.top) for g in quality),
         "<h2>Cluster sizes per level</h2>",
         *(_figure_html(f) for f in sizes),
         f'<p class="note">astrocurate {html.escape(__version__)}</p>',

@@ -1,6 +1,7 @@
 """Step 5 under faults: ``scripts/random_sampling.py ... --export npy fits png`` killed, rerun.
 
-A curated sample of 120 of the session clustering's 532 cutouts, exported as NumPy
+A curated sample of 120 of the session clustering's 532 cutouts, with near-duplicates left
+out and outliers listed, exported as NumPy
 stacks, one FITS and one PNG file per cutout, with its report. Kill points: with the
 NumPy stack written but not yet renamed, after a seeded FITS file, before a seeded PNG
 file, and (from outside) a seeded moment after the report appeared. The result (the
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.slow
 
 NUM_SAMPLES = 120
 EXPORT = ("npy", "fits", "png")
+#: Quality curation too: near-duplicates left out and outliers listed (their files compared).
+QUALITY = {"dedup_threshold": 0.995, "outliers": "list", "outlier_share": 0.05}
 NOT_RESULTS = ("report/*",)
 
 
@@ -44,6 +47,12 @@ def _argv(clustering_id: str) -> list[str]:
         str(NUM_SAMPLES),
         "--export",
         *EXPORT,
+        "--dedup-threshold",
+        str(QUALITY["dedup_threshold"]),
+        "--outliers",
+        QUALITY["outliers"],
+        "--outlier-share",
+        str(QUALITY["outlier_share"]),
     ]
 
 
@@ -52,7 +61,7 @@ def test_sampling_with_export_killed_at_seeded_points_resumes_to_the_same_result
 ):
     fault_env.use("reference")
     reference = curated_sample(
-        fault_inputs.clustering_id, SamplingOptions(NUM_SAMPLES, export=EXPORT)
+        fault_inputs.clustering_id, SamplingOptions(NUM_SAMPLES, export=EXPORT, **QUALITY)
     )
     n_fits = len(result_files(reference.output_dir, include=["export/fits/*.fits"]))
     assert n_fits == NUM_SAMPLES
@@ -106,7 +115,7 @@ def test_sampling_leaves_no_partial_file_of_a_killed_attempt(fault_inputs, fault
     )
     assert attempt.fired and attempt.returncode == -9, attempt.where()
     run = curated_sample(  # the same command's code, in-process: the rerun resumes the run
-        fault_inputs.clustering_id, SamplingOptions(NUM_SAMPLES, export=EXPORT)
+        fault_inputs.clustering_id, SamplingOptions(NUM_SAMPLES, export=EXPORT, **QUALITY)
     )
     assert run.resumed
     leftovers = sorted(p.relative_to(run.output_dir) for p in run.output_dir.rglob(".tmp*"))

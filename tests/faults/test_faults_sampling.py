@@ -1,8 +1,8 @@
 """Step 5 under faults: ``scripts/random_sampling.py ... --export npy fits png`` killed, rerun.
 
 A curated sample of 120 of the session clustering's 532 cutouts, with near-duplicates left
-out and outliers listed, exported as NumPy
-stacks, one FITS and one PNG file per cutout, with its report. Kill points: with the
+out and outliers listed, exported as NumPy stacks, one FITS and one PNG file per cutout,
+with its report. Kill points: with the
 NumPy stack written but not yet renamed, after a seeded FITS file, before a seeded PNG
 file, and (from outside) a seeded moment after the report appeared. The result (the
 selection, curated manifest, metrics, every exported file) must be bit for bit that of

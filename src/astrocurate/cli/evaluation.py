@@ -23,7 +23,8 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=[],
         metavar="FILE",
-        help="also score these encoders trained elsewhere (ResNet-18, one input channel)",
+        help="also score these ResNet-18 encoders trained elsewhere (timm or torchvision names; "
+        "an RGB first layer is folded to one channel)",
     )
     parser.add_argument(
         "--arms",

@@ -246,3 +246,15 @@ def test_two_processes_train_one_model_with_their_halves_of_each_batch(method, t
     assert _same(results[0]["encoder"], results[1]["encoder"])  # gradients were averaged
     assert [r["checkpoints"] for r in results] == [2, 0]  # rank 0 alone checkpoints
     assert not _same(results[0]["encoder"], build_encoder(seed=0).state_dict())
+
+
+def test_a_torchvision_resnet18_checkpoint_loads_folded_to_one_channel(tmp_path):
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "torchvision_resnet18.pt"
+    torch.save(model.state_dict(), path)
+    encoder = load_encoder(path)
+    folded = model.state_dict()["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(encoder.state_dict()["conv1.weight"], folded)
+    assert torch.equal(encoder.state_dict()["layer4.1.bn2.weight"], model.layer4[1].bn2.weight)

@@ -2,10 +2,11 @@
 
 Runs steps 1 to 4 on a synthetic survey with truth (reused when the work directory already
 holds them), then draws, side by side in this one run, samples of ``--num-samples`` from the
-same clustering: plain (no option), with ``--dedup-threshold``, and with ``--outliers
-exclude``. It prints per sample: the near-duplicate pairs left at the threshold, the class
-shares (pool / random / curated), and for the isolation forest the class shares among the
-100 most anomalous cutouts against the pool's.
+same clustering: plain (no option), with ``--dedup-threshold``, with ``--outliers
+exclude`` and with ``--min-peak-snr``. It prints per sample: the near-duplicate pairs left
+at the threshold, the class shares (pool / random / curated; ``empty``: no catalogued
+source in the window), and for the isolation forest the class shares among the 100 most
+anomalous cutouts against the pool's.
 
 Usage::
 
@@ -36,6 +37,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--threshold", type=float, default=0.98, help="--dedup-threshold")
     parser.add_argument("--outlier-share", type=float, default=0.01)
+    parser.add_argument("--min-peak-snr", type=float, default=5.0)
     return parser.parse_args()
 
 
@@ -73,6 +75,7 @@ def main() -> None:
         "plain": {},
         "dedup": {"dedup_threshold": args.threshold},
         "outliers excluded": {"outliers": "exclude", "outlier_share": args.outlier_share},
+        f"peak SNR >= {args.min_peak_snr:g}": {"min_peak_snr": args.min_peak_snr},
     }
     results = {}
     for name, extra in variants.items():

@@ -1009,6 +1009,12 @@ CASES = [
         "--outlier-share",
     ),
     (
+        "sample-min-peak-snr-not-positive",
+        lambda c: sample(c, "--min-peak-snr", "0"),
+        1,
+        "--min-peak-snr",
+    ),
+    (
         "evaluate-placeholder",
         lambda c: ["evaluate", "--sampling-id", "SAMPLING_RUN_ID"],
         1,

@@ -444,3 +444,17 @@ def test_the_report_shows_the_outliers_and_the_near_duplicate_pairs(pipeline) ->
     assert "Quality: outliers and near-duplicates" in page
     assert "outliers: the 12 highest isolation-forest scores of the pool" in page
     assert "near-duplicates: the 6 closest pairs, kept cutout then the left-out one" in page
+
+
+def test_empty_sky_below_a_peak_snr_is_left_out(pipeline) -> None:
+    out = sample(pipeline, 50, min_peak_snr=8.0)
+    selected = np.load(out / SELECTED)
+    snr = pipeline.manifest.set_index("cutout_id").loc[selected, "peak_snr"]
+    assert (snr >= 8.0).all()
+    metrics = json.loads((out / METRICS).read_text())
+    pool_snr = pipeline.manifest.set_index("cutout_id").loc[pipeline.pool, "peak_snr"]
+    assert metrics["faint_pool"] == int((~(pool_snr >= 8.0)).sum()) > 0
+    assert metrics["faint_share_curated"] == 0.0
+    assert get_run(out.name).params["min_peak_snr"] == "8.0"
+    with pytest.raises(InvalidArgumentError, match="--min-peak-snr"):
+        SamplingOptions(10, min_peak_snr=0.0).validate()

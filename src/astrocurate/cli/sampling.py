@@ -68,6 +68,15 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of the pool called outliers, in (0, 0.5] (default 0.01)",
     )
     parser.add_argument(
+        "--min-peak-snr",
+        "--min_peak_snr",
+        type=float,
+        default=None,
+        metavar="K",
+        help="leave out empty sky: cutouts whose peak is less than K times their robust noise "
+        "above their median (the manifest's peak_snr)",
+    )
+    parser.add_argument(
         "--no-report", action="store_true", help="skip the HTML report (astrocurate report)"
     )
     parser.add_argument(
@@ -94,6 +103,7 @@ def _sample(args: argparse.Namespace) -> int:
         dedup_threshold=args.dedup_threshold,
         outliers=args.outliers,
         outlier_share=args.outlier_share,
+        min_peak_snr=args.min_peak_snr,
     )
     run = curated_sample(
         args.clustering_id,

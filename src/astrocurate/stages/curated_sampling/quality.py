@@ -1,11 +1,12 @@
-"""What no training set wants, found before sampling: near-duplicates and outliers.
+"""What no training set wants, found before sampling: near-duplicates, outliers, empty sky.
 
 Positions are pool positions (index into the clustering's pool); rows are feature rows
 (= merged ``cutout_id``). :func:`find_near_duplicates` marks the semantic near-duplicates
 inside each level-1 cluster (:mod:`astrocurate.algorithms.duplicates`);
 :func:`find_outliers` scores every pool cutout with an isolation forest
-(:mod:`astrocurate.algorithms.outliers`). :func:`select` draws the balanced sample from the
-cutouts left eligible, after the outliers forced in.
+(:mod:`astrocurate.algorithms.outliers`); :func:`find_faint` finds the cutouts whose peak
+stands less than a given SNR above their noise (empty sky). :func:`select` draws the
+balanced sample from the cutouts left eligible, after the outliers forced in.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class QualityChecks:
 
     duplicates: PoolDuplicates | None
     outliers: PoolOutliers | None
+    faint: np.ndarray | None = None  # mask over pool positions: peak SNR below the minimum
 
     def eligible(self, pool_size: int, exclude_outliers: bool) -> np.ndarray:
         """Pool positions the balanced sample may draw: no duplicate, no excluded outlier."""
@@ -127,14 +129,20 @@ class QualityChecks:
             mask &= self.duplicates.kept
         if exclude_outliers and self.outliers is not None:
             mask[self.outliers.top] = False
+        if self.faint is not None:
+            mask &= ~self.faint
         return np.flatnonzero(mask)
 
     def forced(self, include_outliers: bool) -> np.ndarray:
         """Pool positions put in the sample first: the outliers, with ``include``."""
         if not include_outliers or self.outliers is None:
             return np.empty(0, dtype=np.int64)
-        top = self.outliers.top
-        return top if self.duplicates is None else top[self.duplicates.kept[top]]
+        keep = np.ones(len(self.outliers.scores), dtype=bool)
+        if self.duplicates is not None:
+            keep &= self.duplicates.kept
+        if self.faint is not None:
+            keep &= ~self.faint
+        return self.outliers.top[keep[self.outliers.top]]
 
     def write(
         self,
@@ -153,6 +161,15 @@ class QualityChecks:
         if self.outliers is not None:
             metrics.update(self.outliers.metrics(chosen, baseline, truth))
             write_parquet_atomic(self.outliers.table(rows), out / OUTLIERS)
+        if self.faint is not None:
+            metrics.update(
+                {
+                    "faint_pool": int(self.faint.sum()),
+                    "faint_share_pool": float(self.faint.mean()),
+                    "faint_share_curated": float(self.faint[chosen].mean()),
+                    "faint_share_random": float(self.faint[baseline].mean()),
+                }
+            )
         return metrics
 
 
@@ -204,6 +221,14 @@ def find_outliers(features_dir: Path, rows: np.ndarray, share: float, seed: int)
     top = top_outliers(scores, share)
     log.info("%d of %d cutouts are outliers (isolation forest, top %g)", len(top), len(rows), share)
     return PoolOutliers(scores, top)
+
+
+def find_faint(merged_dir: Path, rows: np.ndarray, min_peak_snr: float) -> np.ndarray:
+    """Mask of the pool's cutouts whose ``peak_snr`` is below ``min_peak_snr`` (or unknown)."""
+    snr = read_manifest_rows(merged_dir, rows, ["peak_snr"])["peak_snr"].to_numpy(float)
+    faint = ~(snr >= min_peak_snr)  # NaN (blank or constant cutouts) counts as faint
+    log.info("%d of %d cutouts have a peak SNR below %g", faint.sum(), len(rows), min_peak_snr)
+    return faint
 
 
 def select(

@@ -96,6 +96,9 @@ class SamplingOptions:
         all in it (the rest of the budget balanced as usual). ``none``: no scores.
     outlier_share : float
         Share of the pool called outliers, in (0, 0.5].
+    min_peak_snr : float, optional
+        Leave out cutouts whose peak stands less than this many times the cutout's robust
+        noise above its median (the manifest's ``peak_snr``): empty sky. Default: keep them.
     """
 
     num_samples: int
@@ -107,6 +110,7 @@ class SamplingOptions:
     dedup_threshold: float | None = None
     outliers: str = "none"
     outlier_share: float = 0.01
+    min_peak_snr: float | None = None
 
     def validate(self) -> SamplingOptions:
         """Return a copy with the export formats in canonical order; refuse bad values."""
@@ -132,6 +136,8 @@ class SamplingOptions:
             check_real("--dedup-threshold", self.dedup_threshold, 0.0, 1.0, high_open=False)
         check_choice("--outliers", self.outliers, OUTLIER_MODES)
         check_real("--outlier-share", self.outlier_share, 0.0, 0.5, high_open=False)
+        if self.min_peak_snr is not None:
+            check_real("--min-peak-snr", self.min_peak_snr, 0.0)
         return SamplingOptions(**{**asdict(self), "export": check_formats(self.export)})
 
 
@@ -253,6 +259,8 @@ def curated_sample(
     if options.outliers == "none":
         params.pop("outliers")
         params.pop("outlier_share")
+    if options.min_peak_snr is None:
+        params.pop("min_peak_snr")
     params.pop("seed")
     params["output_path"] = str(root)
     with tracked_step(
@@ -296,7 +304,7 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     if len(chosen) < min(options.num_samples, inputs.pool_size):
         log.warning(
             "only %d cutouts are left to sample after quality curation (%d asked): lower "
-            "--outlier-share or raise --dedup-threshold for more",
+            "--outlier-share or --min-peak-snr, or raise --dedup-threshold, for more",
             len(chosen),
             options.num_samples,
         )
@@ -340,7 +348,10 @@ def _quality_checks(inputs: _Inputs, options: SamplingOptions) -> quality.Qualit
         outliers = quality.find_outliers(
             inputs.features_dir, inputs.rows, options.outlier_share, options.seed
         )
-    return quality.QualityChecks(duplicates, outliers)
+    faint = None
+    if options.min_peak_snr is not None:
+        faint = quality.find_faint(inputs.merged_dir, inputs.rows, options.min_peak_snr)
+    return quality.QualityChecks(duplicates, outliers, faint)
 
 
 def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
@@ -463,6 +474,7 @@ def _info(inputs: _Inputs, options: SamplingOptions, level: int) -> dict[str, An
         "dedup_threshold": options.dedup_threshold,
         "outliers": options.outliers,
         "outlier_share": options.outlier_share,
+        "min_peak_snr": options.min_peak_snr,
         "n_levels": inputs.n_levels,
         "pool_size": inputs.pool_size,
     }

@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 
 from astrocurate.algorithms.backbones.weights import WeightsError
-from astrocurate.algorithms.ssl import build_encoder, save_encoder
+from astrocurate.algorithms.ssl import build_encoder, encoder_checkpoint
 from astrocurate.cli import main
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.io.atomic import save_torch
 from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 from astrocurate.stages.evaluation.outputs import (
     ARMS_DIR,
@@ -101,7 +102,7 @@ def test_seeds_differ_and_arms_are_trained_apart(evaluation):
 
 def test_weights_trained_elsewhere_are_scored_as_their_own_arm(sampling_id, tmp_path):
     weights = tmp_path / "mine.pt"
-    save_encoder(build_encoder("resnet18", seed=3), weights)
+    save_torch(weights, encoder_checkpoint(build_encoder("resnet18", seed=3)))
     options = EvaluationOptions(**{**TINY.__dict__, "arms": ()})
     run = evaluate(sampling_id, options, weights=(weights,), report=False)
     metrics = json.loads((run.output_dir / METRICS).read_text())

@@ -14,15 +14,16 @@ from astrocurate.algorithms.ssl import (
     PretrainConfig,
     build_encoder,
     embed,
+    encoder_checkpoint,
     eval_view,
     load_encoder,
     pretrain,
     radio_views,
     resize_raw,
     robust_rms,
-    save_encoder,
 )
 from astrocurate.errors import InvalidArgumentError
+from astrocurate.io.atomic import save_torch
 
 SMALL = AugmentConfig(image_size=32)
 
@@ -144,7 +145,7 @@ def test_encoder_files_round_trip_in_every_accepted_form(tmp_path):
     encoder = build_encoder(seed=4)
     reference = encoder.state_dict()
     ours = tmp_path / "ours.pt"
-    save_encoder(encoder, ours)
+    save_torch(ours, encoder_checkpoint(encoder))
     assert _same(load_encoder(ours).state_dict(), reference)
 
     prefixed = tmp_path / "lightly.pt"

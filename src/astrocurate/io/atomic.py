@@ -60,6 +60,23 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def save_torch(path: Path, obj: Any) -> None:
+    """Write a ``torch.save`` archive of ``obj`` to ``path`` atomically.
+
+    The archive is built in memory first: ``torch.save`` names its entries after the file it
+    writes to, so writing the temporary file directly would make the same object give other
+    bytes under every process's temporary name.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
 def save_npz(path: Path, meta: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays and a JSON ``meta`` string to one ``.npz`` atomically (no pickles)."""
     tmp = temporary_path(path)

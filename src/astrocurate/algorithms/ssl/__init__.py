@@ -18,8 +18,8 @@ from astrocurate.algorithms.ssl.encoders import (
     ENCODERS,
     FEATURE_DIM,
     build_encoder,
+    encoder_checkpoint,
     load_encoder,
-    save_encoder,
 )
 from astrocurate.algorithms.ssl.pretrain import METHODS, PretrainConfig, embed, pretrain
 
@@ -31,11 +31,11 @@ __all__ = [
     "PretrainConfig",
     "build_encoder",
     "embed",
+    "encoder_checkpoint",
     "eval_view",
     "load_encoder",
     "pretrain",
     "radio_views",
     "resize_raw",
     "robust_rms",
-    "save_encoder",
 ]

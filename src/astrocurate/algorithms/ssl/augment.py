@@ -52,7 +52,7 @@ class AugmentConfig:
 
     def validate(self) -> AugmentConfig:
         """Return ``self``; raise a one-line error naming a bad field."""
-        check_int("--image-size", self.image_size, 8)
+        check_int("--image-size", self.image_size, 16)  # ResNet-18 downsamples 32x
         check_real("max_shift", self.max_shift, 0.0, 0.5, low_open=False)
         low, high = (check_real("scale_range", s, 0.0) for s in self.scale_range)
         if low > high:

@@ -9,9 +9,8 @@ is folded to one channel by summing over its input channels.
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,20 +52,11 @@ def load_encoder(path: Path | str, name: str = "resnet18") -> nn.Module:
     return encoder.eval()
 
 
-def save_encoder(encoder: nn.Module, path: Path, name: str = "resnet18") -> None:
-    """Write ``{"architecture": name, "encoder": state_dict}`` atomically.
+def encoder_checkpoint(encoder: nn.Module, name: str = "resnet18") -> dict[str, Any]:
+    """Return what an encoder file holds: ``{"architecture": name, "encoder": state_dict}``.
 
-    The same weights give the same bytes: the archive is built in memory (``torch.save``
-    names its entries after the file it writes to), then written under a temporary name,
-    synced and renamed into place.
+    The stage writes it with :func:`astrocurate.io.atomic.save_torch`; :func:`load_encoder`
+    reads it back.
     """
-    path = Path(path)
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"architecture": name, "encoder": state}, buffer)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(temporary, "wb") as handle:
-        handle.write(buffer.getbuffer())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    return {"architecture": name, "encoder": state}

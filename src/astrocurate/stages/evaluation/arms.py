@@ -22,8 +22,14 @@ import numpy as np
 import torch
 
 from astrocurate.algorithms.probes import cross_validate_probes
-from astrocurate.algorithms.ssl import PretrainConfig, embed, load_encoder, pretrain, save_encoder
-from astrocurate.io.atomic import atomic_path, save_npy, write_json
+from astrocurate.algorithms.ssl import (
+    PretrainConfig,
+    embed,
+    encoder_checkpoint,
+    load_encoder,
+    pretrain,
+)
+from astrocurate.io.atomic import save_npy, save_torch, write_json
 from astrocurate.stages.evaluation.outputs import (
     ARMS_DIR,
     CHECKPOINT,
@@ -150,7 +156,7 @@ def _encoder(context: ArmContext, arm: Arm, seed: int, directory: Path) -> torch
     if final.is_file():
         return load_encoder(final)
     encoder = _train(context, arm, seed, directory)
-    save_encoder(encoder, final)
+    save_torch(final, encoder_checkpoint(encoder))
     (directory / CHECKPOINT).unlink(missing_ok=True)
     return encoder
 
@@ -171,8 +177,7 @@ def _train(context: ArmContext, arm: Arm, seed: int, directory: Path) -> torch.n
 
     def on_checkpoint(checkpoint_state: dict) -> None:
         save_npy(directory / LOSS, np.asarray(losses, dtype=np.float32))  # before: may run ahead
-        with atomic_path(checkpoint) as temporary:
-            torch.save(checkpoint_state, temporary)
+        save_torch(checkpoint, checkpoint_state)
 
     images, rms = context.pixels(arm)
     first_step = 0 if state is None else int(state["step"])

@@ -20,14 +20,14 @@ import numpy as np
 from astrocurate import steps
 from astrocurate.algorithms.backbones.weights import sha256
 from astrocurate.algorithms.probes import primary_strata, sky_folds
-from astrocurate.algorithms.ssl import METHODS, AugmentConfig, PretrainConfig, load_encoder
+from astrocurate.algorithms.ssl import AugmentConfig, PretrainConfig, load_encoder
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.stages.curated_sampling.outputs import BASELINE, SELECTED
 from astrocurate.stages.curated_sampling.outputs import INFO as SAMPLING_INFO
 from astrocurate.stages.evaluation.arms import Arm, ArmContext
 from astrocurate.stages.evaluation.labelled import LabelledSet, labelled_set, load_pixels
 from astrocurate.tracking import require_run
-from astrocurate.validation import check_choice, check_int, check_real
+from astrocurate.validation import check_choice, check_int
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,8 @@ class EvaluationOptions:
         """Return a copy with the arms in canonical order; refuse bad values in one line."""
         for arm in self.arms:
             check_choice("--arms", arm, ARMS)
-        check_choice("--method", self.method, METHODS)
         check_int("--seeds", self.seeds, 1)
-        check_int("--images-seen", self.images_seen, 1)
-        check_int("--batch-size", self.batch_size, 2)
-        check_int("--image-size", self.image_size, 16)
-        check_real("--learning-rate", self.learning_rate, 0.0)
+        self.pretrain_config(0)  # --method, --images-seen, --batch-size, --image-size, ...
         check_int("--max-per-category", self.max_per_category, 2)
         check_int("--folds", self.folds, 2)
         check_int("--knn-k", self.knn_k, 1)
@@ -233,12 +229,13 @@ def _arms(
     sampling: SamplingInputs, options: EvaluationOptions, weights: tuple[Path, ...]
 ) -> list[Arm]:
     """Return the arms to evaluate; weights files are loaded here, so a bad one fails early."""
-    rows = {
-        "curated": sampling.curated,
-        "random": sampling.random,
-        "pool": _pool_draw(sampling, options),
-    }
-    arms = [Arm(name, rows=rows[name]) for name in options.arms]
+
+    def rows(name: str) -> np.ndarray:
+        if name == "pool":
+            return _pool_draw(sampling, options)
+        return sampling.curated if name == "curated" else sampling.random
+
+    arms = [Arm(name, rows=rows(name)) for name in options.arms]
     names = set(options.arms)
     for path in weights:
         path = Path(path).expanduser().resolve()

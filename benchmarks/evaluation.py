@@ -124,10 +124,11 @@ def _bare_steps(model, batch: int, size: int, steps: int, device) -> float:
     return batch * steps / (time.perf_counter() - started)
 
 
-def _pipeline(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, float]]:
-    """Run steps 1 to 5; return the sampling run ID and the seconds of each step."""
+def survey_clustering(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, float]]:
+    """Run steps 1 to 4 (reused when ``work`` holds them); return the clustering run ID and
+    the seconds of each part. ``args``: mosaics, mosaic_size, window_size, config, device.
+    """
     from astrocurate.stages.clustering.run import load_config, prepare_clustering, run_clustering
-    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
     from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
     from astrocurate.stages.feature_extraction.run import extract_features
     from astrocurate.stages.merge_cutouts.run import merge_cutouts
@@ -135,7 +136,7 @@ def _pipeline(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, floa
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    survey = existing_or_new_survey(  # a rerun with other options reuses steps 1 to 5
+    survey = existing_or_new_survey(  # a rerun with other options reuses steps 1 to 4
         work / "survey", n_mosaics=args.mosaics, mosaic_size=args.mosaic_size, seed=0
     )
     cutouts = make_cutouts(survey, work / "outputs", CutoutOptions(args.window_size))
@@ -147,8 +148,18 @@ def _pipeline(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, floa
     started = time.perf_counter()
     prepared = prepare_clustering(features.run_id, load_config(args.config))
     run_clustering(prepared.directory)
-    sample = curated_sample(prepared.run_id, SamplingOptions(args.num_samples), report=False)
-    seconds["clustering, sampling"] = time.perf_counter() - started
+    seconds["clustering"] = time.perf_counter() - started
+    return prepared.run_id, seconds
+
+
+def _pipeline(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, float]]:
+    """Run steps 1 to 5; return the sampling run ID and the seconds of each step."""
+    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+
+    clustering_id, seconds = survey_clustering(args, work)
+    started = time.perf_counter()
+    sample = curated_sample(clustering_id, SamplingOptions(args.num_samples), report=False)
+    seconds["sampling"] = time.perf_counter() - started
     return sample.run_id, seconds
 
 

@@ -38,39 +38,29 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.98, help="--dedup-threshold")
     parser.add_argument("--outlier-share", type=float, default=0.01)
     parser.add_argument("--min-peak-snr", type=float, default=5.0)
+    parser.add_argument("--device", default="auto", help="of the feature step")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser.parse_args()
-
-
-def _clustering(args: argparse.Namespace, work: Path) -> str:
-    """Steps 1 to 4 (reused when already there); return the clustering run ID."""
-    from astrocurate.stages.clustering.run import load_config, prepare_clustering, run_clustering
-    from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
-    from astrocurate.stages.feature_extraction.run import extract_features
-    from astrocurate.stages.merge_cutouts.run import merge_cutouts
-    from astrocurate.synthetic.survey import existing_or_new_survey
-
-    survey = existing_or_new_survey(
-        work / "survey", n_mosaics=args.mosaics, mosaic_size=args.mosaic_size, seed=0
-    )
-    cutouts = make_cutouts(survey, work / "outputs", CutoutOptions(args.window_size))
-    features = extract_features(merge_cutouts([cutouts.run_id]).run_id)
-    prepared = prepare_clustering(features.run_id, load_config(args.config))
-    run_clustering(prepared.directory)
-    return prepared.run_id
 
 
 def main() -> None:
     """Draw the three samples and print their figures side by side."""
     args = _arguments()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="astrocurate-quality-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     os.environ.setdefault("ASTROCURATE_DATA_DIR", str(work / "outputs"))
     os.chdir(work)
+    from evaluation import survey_clustering  # benchmarks/evaluation.py, beside this one
+
     from astrocurate.stages.curated_sampling.outputs import METRICS
     from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 
-    clustering_id = _clustering(args, work)
+    clustering_id, _ = survey_clustering(args, work)
     variants = {
         "plain": {},
         "dedup": {"dedup_threshold": args.threshold},

@@ -44,8 +44,8 @@ CATALOGUE_COLUMNS: tuple[str, ...] = (
 UNKNOWN = "unknown"
 _CODE_COLUMNS = {"S": "n_single", "M": "n_multiple", "C": "n_complex"}
 #: (source, window) pairs handled at a time by :func:`match_sources`: bounds its memory
-#: to a few hundred MB whatever the numbers of sources and windows.
-_MAX_PAIRS = 1 << 22
+#: to about a hundred MB whatever the numbers of sources and windows.
+_MAX_PAIRS = 1 << 20
 
 
 # --------------------------------------------------------------------------- matching
@@ -72,8 +72,7 @@ def match_sources(
     ``(x0, y0)`` keys). Cost: ``O(m log m + (n + P) log m + M)`` for ``m`` windows, ``n``
     sources, ``P`` (source, ``x0``) pairs (at most ``n * min(w, distinct x0)``; about
     ``n * w / stride`` on a grid) and ``M`` (source, window) matches. Memory:
-    ``O(m + n + max_pairs)``: pairs are handled in chunks of at most ``max_pairs`` (a
-    chunk holds one source's pairs at least).
+    ``O(m + n + max_pairs)``: pairs go in chunks of at most ``max_pairs`` (or one source's).
 
     Parameters
     ----------
@@ -106,8 +105,8 @@ def match_sources(
     Raises
     ------
     InvalidArgumentError
-        Arrays of different lengths or not one-dimensional, origins that are not integers,
-        ``window_size`` or ``max_pairs`` below 1, coordinates too large to combine.
+        Arrays not 1-D or of different lengths, origins not integers, ``window_size`` or
+        ``max_pairs`` below 1, coordinates too large to combine.
     """
     sources = _source_arrays(x, y, total_flux, major, s_code)
     ox, oy = _window_origins(x0, y0)
@@ -115,10 +114,33 @@ def match_sources(
     max_pairs = check_int("max_pairs", max_pairs, minimum=1)
     m = ox.size
     acc = {name: np.zeros(m) for name in (*CATALOGUE_COLUMNS, "n_unknown")}
-    acc["max_flux_jy"][:] = np.nan
-    acc["max_size_arcsec"][:] = np.nan
+    acc["max_flux_jy"][:] = acc["max_size_arcsec"][:] = np.nan
     if m == 0 or sources["px"].size == 0:
         return _finish(acc, np.arange(m))
+    keys, order, (xmin, ymin, span) = _sorted_windows(ox, oy)
+    distinct_x = np.unique(ox) - xmin
+    px, py = sources["px"] - xmin, sources["py"] - ymin
+    first = np.searchsorted(distinct_x, px - w + 1, side="left")
+    stop = np.searchsorted(distinct_x, px + 1, side="left")
+    for source, column in _expand_ranges(first, stop - first, max_pairs):
+        base = distinct_x[column] * span
+        low = base + np.clip(py[source] - w + 1, 0, span)
+        high = base + np.clip(py[source] + 1, 0, span)
+        start = np.searchsorted(keys, low, side="left")
+        end = np.searchsorted(keys, high, side="left")
+        for pair, window in _expand_ranges(start, end - start, max_pairs):
+            _accumulate(acc, window, sources, source[pair])
+    return _finish(acc, order)
+
+
+def _sorted_windows(
+    ox: np.ndarray, oy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """Sort windows by ``(x0, y0)``: keys ``(x0 - xmin) * span + y0 - ymin``, sorted.
+
+    Returns the sorted keys, the order that sorts the windows, and ``(xmin, ymin, span)``
+    with ``span`` the number of rows from the lowest ``y0`` to the highest.
+    """
     xmin, ymin = int(ox.min()), int(oy.min())
     span = int(oy.max()) - ymin + 1
     if (int(ox.max()) - xmin + 1) * span >= 2**62:
@@ -128,20 +150,7 @@ def match_sources(
         )
     keys = (ox - xmin) * span + (oy - ymin)
     order = np.argsort(keys, kind="stable")
-    keys = keys[order]
-    distinct_x = np.unique(ox)
-    px, py = sources["px"], sources["py"]
-    first = np.searchsorted(distinct_x, px - w + 1, side="left")
-    stop = np.searchsorted(distinct_x, px + 1, side="left")
-    for source, column in _expand_ranges(first, stop - first, max_pairs):
-        base = (distinct_x[column] - xmin) * span
-        low = base + np.clip(py[source] - w + 1 - ymin, 0, span)
-        high = base + np.clip(py[source] + 1 - ymin, 0, span)
-        start = np.searchsorted(keys, low, side="left")
-        end = np.searchsorted(keys, high, side="left")
-        for pair, window in _expand_ranges(start, end - start, max_pairs):
-            _accumulate(acc, window, sources, source[pair])
-    return _finish(acc, order)
+    return keys[order], order, (xmin, ymin, span)
 
 
 def _source_arrays(x: Any, y: Any, flux: Any, major: Any, code: Any) -> dict[str, np.ndarray]:
@@ -161,9 +170,10 @@ def _source_arrays(x: Any, y: Any, flux: Any, major: Any, code: Any) -> dict[str
             )
     keep = np.isfinite(arrays["x"]) & np.isfinite(arrays["y"])
     codes = np.char.upper(np.char.strip(arrays["s_code"][keep]))
+    limit = 2.0**52  # far outside any image, and safe from int64 overflow
     out = {
-        "px": np.floor(arrays["x"][keep] + 0.5).astype(np.int64),
-        "py": np.floor(arrays["y"][keep] + 0.5).astype(np.int64),
+        "px": np.floor(np.clip(arrays["x"][keep], -limit, limit) + 0.5).astype(np.int64),
+        "py": np.floor(np.clip(arrays["y"][keep], -limit, limit) + 0.5).astype(np.int64),
         "total_flux": arrays["total_flux"][keep],
         "major": arrays["major"][keep],
     }

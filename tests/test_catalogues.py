@@ -179,6 +179,17 @@ def test_lotss_style_table_in_arcsec_and_mjy(tmp_path) -> None:
     np.testing.assert_allclose(table["peak_flux_jy"], [1e-3, 10e-3, 0.3e-3])
 
 
+def test_upper_case_units(tmp_path) -> None:
+    path = tmp_path / "upper.fits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # astropy warns about units it does not know
+        _fits_table(path, units={"Maj": "DEG", "Peak_flux": "JY/BEAM", "Total_flux": "mJY"})
+        table = read_catalogue(path)
+    np.testing.assert_allclose(table["major_arcsec"], [6.0, 36.0, 9.0])
+    np.testing.assert_allclose(table["peak_flux_jy"], [1.0, 10.0, 0.3])
+    np.testing.assert_allclose(table["total_flux_jy"], [1.5e-3, 20e-3, 0.3e-3])
+
+
 def test_fits_table_without_units_follows_pybdsf(tmp_path) -> None:
     from astropy.table import Table
 

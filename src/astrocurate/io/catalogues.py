@@ -19,8 +19,9 @@ File formats, by suffix (case-insensitive; :data:`CATALOGUE_SUFFIXES`):
 
 * FITS binary tables (``.fits``, ``.fit``, ``.fits.gz``, ``.fit.gz``): the first table
   HDU, read with :meth:`astropy.table.Table.read`. A column's ``TUNIT`` is converted
-  (``mJy`` -> Jy, ``arcsec`` -> arcsec, ``deg`` -> arcsec ...): the LoTSS releases give
-  fluxes in mJy and sizes in arcsec, PyBDSF in Jy and degrees.
+  (``mJy`` -> Jy, ``deg`` -> arcsec ...; upper-case spellings such as ``JY/BEAM`` or
+  ``DEG`` too): the LoTSS releases give fluxes in mJy and sizes in arcsec, PyBDSF in Jy
+  and degrees.
 * Text tables (``.csv``; ``.srl`` and ``.txt`` for PyBDSF's ``ascii`` format): PyBDSF
   writes ``#`` comment lines, then the column names as one more comment line
   (``# Source_id, Isl_id, RA, E_RA, ...``), then the rows. A plain CSV with a header row
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -108,6 +110,19 @@ _TARGET_UNITS = {
     "total_flux_jy": "Jy",
     "peak_flux_jy": "Jy",
     "major_arcsec": "arcsec",
+}
+#: Unit names of catalogue columns in other case or spelling (FITS headers often give
+#: ``JY/BEAM`` or ``DEG``), lower case -> astropy name; applied to each side of a ``/``.
+_UNIT_SPELLINGS = {
+    "deg": "deg",
+    "degree": "deg",
+    "degrees": "deg",
+    "arcsec": "arcsec",
+    "arcmin": "arcmin",
+    "jy": "Jy",
+    "mjy": "mJy",
+    "ujy": "uJy",
+    "beam": "beam",
 }
 #: PyBDSF source codes kept in ``s_code``; any other value becomes ``""``.
 S_CODES: tuple[str, ...] = ("S", "M", "C")
@@ -359,6 +374,8 @@ def _unit_factor(unit: Any, default_unit: str, target: str, name: str, path: Pat
     if unit is None or (isinstance(unit, u.UnitBase) and unit == u.dimensionless_unscaled):
         unit = u.Unit(default_unit)
     if isinstance(unit, u.UnrecognizedUnit):
+        unit = _respelled_unit(unit.name) or unit
+    if isinstance(unit, u.UnrecognizedUnit):
         raise InvalidArgumentError(
             f"catalogue {path}: column {name} has unknown unit {unit.name!r}; expected a unit "
             f"convertible to {target}"
@@ -371,6 +388,19 @@ def _unit_factor(unit: Any, default_unit: str, target: str, name: str, path: Pat
         raise InvalidArgumentError(
             f"catalogue {path}: column {name} in {unit} does not convert to {target}"
         ) from exc
+
+
+def _respelled_unit(name: str) -> Any:
+    """Parse a unit name in other case or spelling (``JY/BEAM``, ``DEG``); None if unknown."""
+    import astropy.units as u
+
+    parts = re.split(r"\s*/\s*", name.strip())
+    spelled = "/".join(_UNIT_SPELLINGS.get(part.lower(), part) for part in parts)
+    try:
+        unit = u.Unit(spelled)
+    except ValueError:
+        return None
+    return None if isinstance(unit, u.UnrecognizedUnit) else unit
 
 
 def _s_codes(values: Any, n_rows: int) -> np.ndarray:

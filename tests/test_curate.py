@@ -449,10 +449,12 @@ def test_the_report_shows_the_outliers_and_the_near_duplicate_pairs(pipeline) ->
 def test_empty_sky_below_a_peak_snr_is_left_out(pipeline) -> None:
     out = sample(pipeline, 50, min_peak_snr=8.0)
     selected = np.load(out / SELECTED)
-    snr = pipeline.manifest.set_index("cutout_id").loc[selected, "peak_snr"]
-    assert (snr >= 8.0).all()
+    by_row = pipeline.manifest.set_index("cutout_id")
+    local = by_row["peak_snr_map"]  # against the rms map beside each mosaic
+    assert local.notna().all()
+    assert (local.loc[selected] >= 8.0).all()
     metrics = json.loads((out / METRICS).read_text())
-    pool_snr = pipeline.manifest.set_index("cutout_id").loc[pipeline.pool, "peak_snr"]
+    pool_snr = local.loc[pipeline.pool]
     assert metrics["faint_pool"] == int((~(pool_snr >= 8.0)).sum()) > 0
     assert metrics["faint_share_curated"] == 0.0
     assert get_run(out.name).params["min_peak_snr"] == "8.0"

@@ -16,6 +16,7 @@ from astropy.io import fits
 
 from astrocurate.io import mosaics as mosaic_io
 from astrocurate.io.cutout_store import (
+    COMPANION_COLUMNS,
     MANIFEST,
     MANIFEST_COLUMNS,
     MANIFEST_TYPES,
@@ -95,6 +96,7 @@ def _manifest_frame(n: int, store: str = "copy") -> pd.DataFrame:
             "y0": np.zeros(n, dtype=np.int64),
             **{c: np.zeros(n) for c in ("ra", "dec", "pixel_scale_arcsec", "nan_fraction")},
             **{c: np.ones(n) for c in ("mean", "std", "max", "noise_mad", "peak_snr")},
+            **{c: np.full(n, np.nan) for c in COMPANION_COLUMNS},
             "store": [store] * n,
             "array_file": ["pixels/m.npy" if store == "copy" else None] * n,
             "array_row": np.arange(n, dtype=np.int64) if store == "copy" else np.full(n, -1),

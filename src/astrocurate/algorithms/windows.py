@@ -39,6 +39,7 @@ __all__ = [
     "robust_step",
     "row_bands",
     "window_centres",
+    "window_medians",
     "window_origins",
     "window_statistics",
     "window_stride",
@@ -611,6 +612,50 @@ def _robust_of_windows(
         medians.append(median)
         noises.append(noise)
     return np.concatenate(medians), np.concatenate(noises)
+
+
+def window_medians(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, window_size: int
+) -> np.ndarray:
+    """Median of each square window of an image on the robust grid, NaN pixels ignored.
+
+    For smooth maps such as a noise (rms) map: the median of the pixels
+    ``image[y0 + i * k, x0 + j * k]`` of each window, ``k =`` :func:`robust_step` ``(w)``
+    (every pixel below 64 px), as :func:`window_statistics` takes its ``median``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Shape ``(ny, nx)``, float (NaN = blank).
+    x0, y0 : array_like of int
+        Window origins, shape ``(n,)``; each window must lie inside ``image``.
+    window_size : int
+        Window side ``w``.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n,)
+        NaN for a window whose grid pixels are all blank.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D or a window falls outside it.
+    """
+    w = _check_window_size(window_size)
+    image = np.asarray(image)
+    if image.dtype.kind != "f":
+        image = image.astype(np.float64)
+    x0, y0 = _check_origins(image, x0, y0, w)
+    k = robust_step(w)
+    grid_views = np.lib.stride_tricks.sliding_window_view(image, (w, w))[:, :, ::k, ::k]
+    side = grid_views.shape[2]
+    chunk = max(1, _CHUNK_ELEMENTS // (side * side))
+    medians = [np.empty(0, dtype=np.float64)]
+    for i in range(0, len(x0), chunk):
+        grid = grid_views[y0[i : i + chunk], x0[i : i + chunk]].reshape(-1, side * side)
+        medians.append(_median_rows(grid, side * side - np.isnan(grid).sum(axis=1)))
+    return np.concatenate(medians).astype(np.float64)
 
 
 def fill_nan(

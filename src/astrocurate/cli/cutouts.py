@@ -47,6 +47,22 @@ def _cutouts_arguments(parser: argparse.ArgumentParser) -> None:
         help="copy pixels into per-mosaic arrays (default) or reference the mosaics (virtual)",
     )
     parser.add_argument(
+        "--rms-maps",
+        "--rms_maps",
+        default="auto",
+        metavar="auto|none|PATTERN",
+        help="each mosaic's noise (rms) map: beside it (auto: LoTSS and PyBDSF names, e.g. "
+        "mosaic.rms.fits), none, or a pattern with {dir}, {stem}, {name} (default auto)",
+    )
+    parser.add_argument(
+        "--catalogue",
+        default="auto",
+        metavar="auto|none|PATTERN|FILE",
+        help="source catalogue (PyBDSF source list, FITS or CSV): beside each mosaic (auto: "
+        "<stem>.srl.fits, ...), none, a pattern with {dir}, {stem}, {name}, or one "
+        "survey-wide file (default auto)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=None, help="parallel mosaics (default: cores)"
     )
     parser.add_argument(
@@ -67,7 +83,14 @@ def _cutouts(args: argparse.Namespace) -> int:
     from astrocurate.launch import parse_shard
     from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts, write_array_script
 
-    options = CutoutOptions(args.window_size, args.overlap, args.max_nan_fraction, args.store)
+    options = CutoutOptions(
+        args.window_size,
+        args.overlap,
+        args.max_nan_fraction,
+        args.store,
+        args.rms_maps,
+        args.catalogue,
+    )
     if args.slurm_array is not None:
         if args.shard:
             raise InvalidArgumentError("--shard: not with --slurm-array (each task sets its shard)")
@@ -107,6 +130,21 @@ def _merge_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop cutouts of the same sky from overlapping mosaics (default: on with sky coords)",
     )
     parser.add_argument(
+        "--min-peak-snr",
+        type=float,
+        default=None,
+        metavar="K",
+        help="drop empty sky before features and clustering: cutouts whose peak is below K "
+        "noise sigma (rms map where known, else the cutout's robust noise)",
+    )
+    parser.add_argument(
+        "--max-noise-ratio",
+        type=float,
+        default=None,
+        metavar="F",
+        help="drop cutouts whose noise exceeds F times the median of their mosaic and size",
+    )
+    parser.add_argument(
         "--output_path",
         "--output-path",
         default=None,
@@ -124,6 +162,8 @@ def _merge(args: argparse.Namespace) -> int:
     run = merge_cutouts(
         ids,
         dedup_sky=args.dedup_sky,
+        min_peak_snr=args.min_peak_snr,
+        max_noise_ratio=args.max_noise_ratio,
         output_path=optional_path(args.output_path),
         force=args.force,
     )

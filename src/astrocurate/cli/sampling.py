@@ -7,6 +7,66 @@ import argparse
 from astrocurate.cli.base import announce, command, optional_path, positive_int
 
 
+def _quality_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of quality curation and catalogue steering."""
+    parser.add_argument(
+        "--dedup-threshold",
+        "--dedup_threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="leave out near-duplicates: cutouts whose features have cosine similarity >= T "
+        "(0 < T <= 1) to one of higher peak SNR in their level-1 cluster",
+    )
+    parser.add_argument(
+        "--outliers",
+        choices=["none", "list", "exclude", "include"],
+        default="none",
+        help="score cutouts with an isolation forest on their features: list the top "
+        "--outlier-share, exclude them from the sample, or include them all (default none)",
+    )
+    parser.add_argument(
+        "--outlier-share",
+        "--outlier_share",
+        type=float,
+        default=0.01,
+        help="share of the pool called outliers, in (0, 0.5] (default 0.01)",
+    )
+    parser.add_argument(
+        "--min-peak-snr",
+        "--min_peak_snr",
+        type=float,
+        default=None,
+        metavar="K",
+        help="leave out empty sky: cutouts whose peak is less than K noise sigma above their "
+        "median (against the rms map where known, else the cutout's robust noise)",
+    )
+    parser.add_argument(
+        "--max-noise-ratio",
+        "--max_noise_ratio",
+        type=float,
+        default=None,
+        metavar="F",
+        help="leave out too-noisy cutouts: noise above F times the median of their mosaic and "
+        "window size, F > 1",
+    )
+    parser.add_argument(
+        "--steer-by",
+        "--steer_by",
+        default=None,
+        metavar="COLUMN",
+        help="balance over a source-catalogue column inside every level-1 cluster: "
+        "max_size_arcsec, max_flux_jy, n_sources or s_code (needs cutouts --catalogue)",
+    )
+    parser.add_argument(
+        "--steer-bins",
+        "--steer_bins",
+        default="4",
+        metavar="N|EDGES",
+        help="bins of --steer-by: N quantile bins (default 4) or increasing edges, e.g. 10,30,60",
+    )
+
+
 def _sample_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clustering-id", "--clustering_id", required=True, help="finished clustering run ID"
@@ -44,38 +104,7 @@ def _sample_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="write the curated pixels: npy (training), hdf5, fits (one per cutout), png",
     )
-    parser.add_argument(
-        "--dedup-threshold",
-        "--dedup_threshold",
-        type=float,
-        default=None,
-        metavar="T",
-        help="leave out near-duplicates: cutouts whose features have cosine similarity >= T "
-        "(0 < T <= 1) to one of higher peak SNR in their level-1 cluster",
-    )
-    parser.add_argument(
-        "--outliers",
-        choices=["none", "list", "exclude", "include"],
-        default="none",
-        help="score cutouts with an isolation forest on their features: list the top "
-        "--outlier-share, exclude them from the sample, or include them all (default none)",
-    )
-    parser.add_argument(
-        "--outlier-share",
-        "--outlier_share",
-        type=float,
-        default=0.01,
-        help="share of the pool called outliers, in (0, 0.5] (default 0.01)",
-    )
-    parser.add_argument(
-        "--min-peak-snr",
-        "--min_peak_snr",
-        type=float,
-        default=None,
-        metavar="K",
-        help="leave out empty sky: cutouts whose peak is less than K times their robust noise "
-        "above their median (the manifest's peak_snr)",
-    )
+    _quality_arguments(parser)
     parser.add_argument(
         "--no-report", action="store_true", help="skip the HTML report (astrocurate report)"
     )
@@ -104,6 +133,9 @@ def _sample(args: argparse.Namespace) -> int:
         outliers=args.outliers,
         outlier_share=args.outlier_share,
         min_peak_snr=args.min_peak_snr,
+        max_noise_ratio=args.max_noise_ratio,
+        steer_by=args.steer_by,
+        steer_bins=args.steer_bins,
     )
     run = curated_sample(
         args.clustering_id,

@@ -21,6 +21,12 @@ def _survey_arguments(parser: argparse.ArgumentParser) -> None:
         "--noise-rms", type=float, default=1e-4, help="noise rms in Jy/beam (default 1e-4)"
     )
     parser.add_argument(
+        "--noise-edge-factor",
+        type=float,
+        default=1.0,
+        help="noise rms at a mosaic's edge over its centre's (default 1: uniform noise)",
+    )
+    parser.add_argument(
         "--class-fractions",
         default=None,
         metavar="CLASS=F,...",
@@ -36,6 +42,7 @@ _SURVEY_FLAGS = {
     "n_mosaics": "--mosaics",
     "mosaic_size": "--size",
     "noise_rms_jy": "--noise-rms",
+    "noise_edge_factor": "--noise-edge-factor",
     "class_fractions": "--class-fractions",
     "seed": "--seed",
     "layout": "--layout",
@@ -72,6 +79,7 @@ def _make_survey(args: argparse.Namespace) -> int:
             n_mosaics=args.mosaics,
             mosaic_size=args.size,
             noise_rms_jy=args.noise_rms,
+            noise_edge_factor=args.noise_edge_factor,
             class_fractions=fractions,
             seed=args.seed,
             layout=args.layout,

@@ -30,6 +30,15 @@ Manifest columns (Arrow types in :data:`MANIFEST_TYPES`, the same for every run)
     mean, std and max of all of them; the median and ``noise_mad`` (1.4826 x MAD), and so
     ``peak_snr = (max - median) / noise_mad``, of those on the grid of every k-th row and
     column from the first pixel, ``k = max(1, w // 32)`` (every pixel below 64 px).
+``rms_map``, ``peak_snr_map``
+    From the mosaic's noise (rms) map, where one was found: the median of the map over the
+    cutout (on the same grid as ``noise_mad``) and ``(max - median) / rms_map``; NaN
+    without a map.
+``n_sources``, ``max_flux_jy``, ``max_size_arcsec``, ``n_single``, ``n_multiple``, ``n_complex``
+    From a source catalogue (a PyBDSF source list), where one was given: the sources whose
+    position falls inside the cutout, the largest total flux and major axis among them, and
+    how many have ``S_Code`` S, M and C; NaN without a catalogue (0 and NaN where it has
+    no source inside).
 ``store``, ``array_file``, ``array_row``
     ``"copy"``: row ``array_row`` of the ``.npy`` file ``array_file`` (relative to the
     run directory; absolute in merged manifests). ``"virtual"``: read from the mosaic
@@ -81,6 +90,14 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
     "max": pa.float64(),
     "noise_mad": pa.float64(),
     "peak_snr": pa.float64(),
+    "rms_map": pa.float64(),
+    "peak_snr_map": pa.float64(),
+    "n_sources": pa.float64(),
+    "max_flux_jy": pa.float64(),
+    "max_size_arcsec": pa.float64(),
+    "n_single": pa.float64(),
+    "n_multiple": pa.float64(),
+    "n_complex": pa.float64(),
     "store": pa.string(),
     "array_file": pa.string(),
     "array_row": pa.int64(),
@@ -88,6 +105,18 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
 
 #: Columns of a cutout manifest, in order.
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_TYPES)
+#: Columns from a mosaic's noise map and source catalogue; manifests written before they
+#: existed lack them (readers take them as NaN).
+COMPANION_COLUMNS: tuple[str, ...] = (
+    "rms_map",
+    "peak_snr_map",
+    "n_sources",
+    "max_flux_jy",
+    "max_size_arcsec",
+    "n_single",
+    "n_multiple",
+    "n_complex",
+)
 
 _NPY_HEADER_BYTES = 128
 #: Rows decoded at a time by :func:`read_manifest_rows`.

@@ -13,8 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 
 __all__ = [
+    "COMPANION_MARKERS",
     "FITS_SUFFIXES",
     "LOTSS_FILE_STEMS",
+    "is_companion_name",
     "is_fits_name",
     "mosaic_name",
     "strip_fits_suffix",
@@ -34,6 +36,22 @@ FITS_SUFFIXES: tuple[str, ...] = (
 )
 #: File stems of the LoTSS layout ``<mosaic>/mosaic-blanked.fits``: named after the folder.
 LOTSS_FILE_STEMS: frozenset[str] = frozenset({"mosaic", "mosaic-blanked"})
+#: Stem endings of the files a source finder writes beside a mosaic (PyBDSF, the LoTSS
+#: releases): noise (rms) and residual maps, masks, source and Gaussian lists. Such files are
+#: a mosaic's companions, never mosaics themselves (matched case-insensitively).
+COMPANION_MARKERS: tuple[str, ...] = (
+    ".rms",
+    "-rms",
+    "_rms",
+    ".pybdsf_rms",
+    ".resid",
+    ".pybdsf_gaus_resid",
+    ".pybdsmmask",
+    ".mask",
+    ".srl",
+    ".gaul",
+    ".cat",
+)
 
 
 def strip_fits_suffix(filename: str) -> str | None:
@@ -59,6 +77,16 @@ def strip_fits_suffix(filename: str) -> str | None:
 def is_fits_name(filename: str) -> bool:
     """Whether ``filename`` ends with one of :data:`FITS_SUFFIXES` (case-insensitive)."""
     return strip_fits_suffix(filename) is not None
+
+
+def is_companion_name(filename: str) -> bool:
+    """Whether ``filename`` is a FITS file a source finder writes beside a mosaic.
+
+    E.g. ``mosaic.rms.fits``, ``P000+23_rms.fits`` or ``image.pybdsf.srl.fits``: its stem
+    ends with one of :data:`COMPANION_MARKERS`.
+    """
+    stem = strip_fits_suffix(filename)
+    return stem is not None and stem.lower().endswith(COMPANION_MARKERS)
 
 
 def mosaic_name(path: str | os.PathLike[str]) -> str:

@@ -58,8 +58,13 @@ from astrocurate.io.fits_image import (
     open_image_hdu,
     stored_nbytes,
 )
-from astrocurate.io.mosaic_names import is_fits_name, mosaic_name, unique_names
-from astrocurate.io.wcs import celestial_wcs, pixel_scale_arcsec, world_to_icrs
+from astrocurate.io.mosaic_names import (
+    is_companion_name,
+    is_fits_name,
+    mosaic_name,
+    unique_names,
+)
+from astrocurate.io.wcs import celestial_wcs, icrs_to_pixel, pixel_scale_arcsec, world_to_icrs
 
 __all__ = [
     "Mosaic",
@@ -115,7 +120,9 @@ class MosaicScan:
     mosaics : tuple of MosaicFile
         FITS-named files, sorted by relative path.
     ignored : tuple of Path
-        Files skipped because their name is not a FITS name (or is hidden), sorted.
+        Files skipped because their name is not a FITS name (or is hidden), or is the
+        name of a mosaic's companion (:func:`~astrocurate.io.mosaic_names.is_companion_name`:
+        an rms map, a source list), sorted.
     unreadable : tuple of Path
         Sub-directories that could not be listed and FITS-named entries that are not
         regular files (e.g. broken links), sorted.
@@ -210,12 +217,21 @@ def _walk_files(root: Path) -> tuple[list[Path], list[Path]]:
     return files, unreadable
 
 
+def _may_be_mosaic(filename: str) -> bool:
+    """Tell whether a file is a visible FITS file and not a companion (rms map, source list)."""
+    return (
+        not filename.startswith(".") and is_fits_name(filename) and not is_companion_name(filename)
+    )
+
+
 def scan_mosaics(root: str | os.PathLike[str]) -> MosaicScan:
     """Find every FITS image under ``root``, recursively, by file name.
 
     FITS names end with one of :data:`~astrocurate.io.mosaic_names.FITS_SUFFIXES`
-    (case-insensitive). Hidden files and directories (name starting with ``.``) are skipped;
-    symbolic links are followed.
+    (case-insensitive). Hidden files and directories (name starting with ``.``) and a
+    mosaic's companions (rms maps, source lists:
+    :func:`~astrocurate.io.mosaic_names.is_companion_name`) are skipped; symbolic links are
+    followed.
 
     Mosaic names are the file stem without FITS suffixes, or for the LoTSS layout
     ``<mosaic>/mosaic-blanked.fits`` the folder name. When several files would get the same
@@ -248,7 +264,7 @@ def scan_mosaics(root: str | os.PathLike[str]) -> MosaicScan:
     candidates: list[tuple[str, Path]] = []
     ignored: list[Path] = []
     for path in files:
-        if path.name.startswith(".") or not is_fits_name(path.name):
+        if not _may_be_mosaic(path.name):
             ignored.append(path)
         elif not path.is_file():
             unreadable.append(path)
@@ -601,6 +617,18 @@ class Mosaic:
             nan = np.full(xb.shape, np.nan)
             return nan, nan.copy()
         return world_to_icrs(self.wcs, xb, yb)
+
+    def icrs_to_pixel(self, ra: Any, dec: Any) -> tuple[np.ndarray, np.ndarray]:
+        """0-based pixel positions ``(x, y)`` of ICRS positions in degrees.
+
+        Raises
+        ------
+        InvalidMosaicError
+            If the mosaic has no celestial WCS.
+        """
+        if self.wcs is None:
+            raise InvalidMosaicError(f"{self.path}: {self.wcs_problem or 'no celestial WCS'}")
+        return icrs_to_pixel(self.wcs, ra, dec)
 
     # -- lifetime -----------------------------------------------------------------------
 

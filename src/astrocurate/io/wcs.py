@@ -104,6 +104,15 @@ def world_to_icrs(wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, n
     )
 
 
+def icrs_to_pixel(wcs: WCS, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """0-based pixel positions (x, y) of ICRS positions in degrees under a 2-D celestial WCS."""
+    from astropy.coordinates import SkyCoord
+
+    coords = SkyCoord(np.asarray(ra, np.float64), np.asarray(dec, np.float64), unit="deg")
+    x, y = wcs.world_to_pixel(coords)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
 def pixel_scale_arcsec(wcs: WCS | None) -> float:
     """Geometric mean of the two projection-plane pixel scales, in arcsec (NaN if none)."""
     if wcs is None:

@@ -17,6 +17,7 @@ __all__ = [
     "FOOTPRINT_RADIUS_FRACTION",
     "LAYOUTS",
     "LOTSS_FILE_NAME",
+    "LOTSS_RMS_NAME",
     "ORIGIN",
     "REFERENCE_FREQUENCY_HZ",
     "SurveyMosaic",
@@ -36,6 +37,9 @@ LAYOUTS: tuple[str, ...] = ("lotss", "flat")
 """File layouts: ``<name>/mosaic-blanked.fits`` (LoTSS) or ``<name>.fits`` (flat)."""
 
 LOTSS_FILE_NAME = "mosaic-blanked.fits"
+#: The noise map beside a LoTSS-layout mosaic (``<name>/mosaic.rms.fits``); beside a flat
+#: one it is ``<name>.rms.fits``.
+LOTSS_RMS_NAME = "mosaic.rms.fits"
 ORIGIN = "astrocurate synthetic survey"
 REFERENCE_FREQUENCY_HZ = 144e6  # LOFAR HBA, as LoTSS
 
@@ -56,6 +60,7 @@ class SurveyParams:
     overlap_fraction: float
     seed: int
     layout: str
+    noise_edge_factor: float = 1.0  # noise rms at the footprint's edge over the centre's
 
     @property
     def footprint_radius_px(self) -> float:
@@ -77,6 +82,13 @@ class SurveyMosaic:
     ra_deg: float
     dec_deg: float
     relpath: str
+
+    @property
+    def rms_relpath(self) -> str:
+        """Path of the mosaic's noise (rms) map, relative to the survey root."""
+        if self.relpath.endswith(f"/{LOTSS_FILE_NAME}"):
+            return f"{self.relpath.rsplit('/', 1)[0]}/{LOTSS_RMS_NAME}"
+        return f"{self.relpath.removesuffix('.fits')}.rms.fits"
 
 
 def grid_rows(n: int) -> list[int]:

@@ -15,7 +15,7 @@ from scipy.ndimage import gaussian_filter
 from astrocurate.synthetic.geometry import SurveyParams
 from astrocurate.synthetic.sky import FWHM_PER_SIGMA, STAMP_FLOOR_RMS, Ripples, Sky
 
-__all__ = ["render_mosaic"]
+__all__ = ["noise_rms_map", "render_mosaic"]
 
 
 def render_mosaic(p: SurveyParams, wcs: WCS, sky: Sky, rng: np.random.Generator) -> np.ndarray:
@@ -27,6 +27,8 @@ def render_mosaic(p: SurveyParams, wcs: WCS, sky: Sky, rng: np.random.Generator)
         Jy/beam, NaN outside the footprint.
     """
     image = _beam_noise(p, rng)
+    if p.noise_edge_factor != 1.0:
+        image *= noise_rms_map(p) / np.float32(p.noise_rms_jy)
     _add_gaussians(image, p, wcs, sky)
     _add_ripples(image, p, wcs, sky)
     _blank_outside_footprint(image, p.footprint_radius_px)
@@ -46,6 +48,29 @@ def _beam_noise(p: SurveyParams, rng: np.random.Generator) -> np.ndarray:
     del white
     noise *= np.float32(p.noise_rms_jy / _smoothing_gain(sigma_px))
     return noise
+
+
+def noise_rms_map(p: SurveyParams) -> np.ndarray:
+    """Return the noise rms of every pixel (what a source finder's rms map estimates).
+
+    ``noise_rms_jy`` at the centre, rising with the squared distance from it to
+    ``noise_edge_factor * noise_rms_jy`` at the footprint's edge (the primary-beam
+    correction of a mosaic: noise grows towards its edges), NaN outside the footprint.
+
+    Returns
+    -------
+    numpy.ndarray of float32, shape (mosaic_size, mosaic_size)
+        Jy/beam.
+    """
+    n = p.mosaic_size
+    c = (n - 1) / 2.0
+    r2 = (np.arange(n, dtype=np.float32) - np.float32(c)) ** 2
+    rms = r2[:, None] + r2[None, :]
+    rms *= np.float32((p.noise_edge_factor - 1.0) / p.footprint_radius_px**2)
+    rms += np.float32(1.0)
+    rms *= np.float32(p.noise_rms_jy)
+    _blank_outside_footprint(rms, p.footprint_radius_px)
+    return rms
 
 
 def _smoothing_gain(sigma_px: float) -> float:

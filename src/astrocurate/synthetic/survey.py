@@ -72,7 +72,7 @@ from astrocurate.synthetic.geometry import (
     mosaic_wcs,
     spacing_deg,
 )
-from astrocurate.synthetic.render import render_mosaic
+from astrocurate.synthetic.render import noise_rms_map, render_mosaic
 from astrocurate.synthetic.sky import Sky, make_sky
 from astrocurate.validation import check_choice, check_int, check_real
 
@@ -186,6 +186,7 @@ def make_survey(
     overlap_fraction: float = 0.25,
     seed: int = 0,
     layout: str = "lotss",
+    noise_edge_factor: float = 1.0,
 ) -> SurveyInfo:
     """Write a synthetic LoTSS-like radio survey and its truth catalogue.
 
@@ -219,7 +220,12 @@ def make_survey(
     seed : int, default 0
         Seed of every random draw; the same seed gives byte-identical files.
     layout : {"lotss", "flat"}, default "lotss"
-        ``<output_dir>/<name>/mosaic-blanked.fits`` or ``<output_dir>/<name>.fits``.
+        ``<output_dir>/<name>/mosaic-blanked.fits`` or ``<output_dir>/<name>.fits``; the
+        noise (rms) map lies beside it as ``<name>/mosaic.rms.fits`` or ``<name>.rms.fits``.
+    noise_edge_factor : float, default 1.0
+        Noise rms at the edge of a mosaic's footprint over the rms at its centre, >= 1;
+        the rms rises with the squared distance from the centre (a mosaic's primary-beam
+        correction). 1 gives uniform noise.
 
     Returns
     -------
@@ -233,12 +239,17 @@ def make_survey(
 
     Notes
     -----
-    The truth catalogue (``truth_catalogue.parquet`` and ``.csv``) has one row per
-    source and mosaic whose footprint contains the source centre, with the columns of
-    :data:`CATALOGUE_COLUMNS`; see :func:`load_truth_catalogue`.
+    The rms maps hold the rms the noise was drawn with. The truth catalogue
+    (``truth_catalogue.parquet`` and ``.csv``) has one row per source and mosaic whose
+    footprint contains the source centre, with the columns of :data:`CATALOGUE_COLUMNS`;
+    see :func:`load_truth_catalogue`.
     """
     p = _validate(**locals())  # the arguments, before any other local exists
-    out = Path(output_dir).resolve()
+    return _write_survey(Path(output_dir).resolve(), p)
+
+
+def _write_survey(out: Path, p: SurveyParams) -> SurveyInfo:
+    """Draw the sky and write the mosaics, their rms maps, the metadata and the truth."""
     mosaics = layout_mosaics(p)
     wcss = [mosaic_wcs(p, m) for m in mosaics]
     sky_seed, noise_seed = np.random.SeedSequence(p.seed).spawn(2)
@@ -266,6 +277,7 @@ def _write_mosaics(
         image = render_mosaic(p, wcs, sky, np.random.default_rng(ss))
         _write_fits(out / m.relpath, image, mosaic_header(p, m))
         del image
+        _write_fits(out / m.rms_relpath, noise_rms_map(p), mosaic_header(p, m))
 
 
 def existing_or_new_survey(output_dir: str | os.PathLike[str], **parameters: Any) -> Path:
@@ -338,6 +350,9 @@ def _validate(**kw: object) -> SurveyParams:
         ),
         seed=check_int("seed", kw["seed"], 0, 2**63 - 1),
         layout=check_choice("layout", kw["layout"], LAYOUTS),
+        noise_edge_factor=check_real(
+            "noise_edge_factor", kw["noise_edge_factor"], 1.0, 100.0, low_open=False
+        ),
     )
     if p.beam_fwhm_arcsec < 2.0 * p.pixel_scale_arcsec:
         raise ValueError(

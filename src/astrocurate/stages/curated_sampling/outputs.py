@@ -13,6 +13,8 @@ A sampling run directory holds::
                            cutout it repeats, their cosine similarity, its level-1 cluster
     outliers.parquet       with --outliers: the outliers, most anomalous first (cutout_id,
                            outlier_score, rank)
+    quality_flags.parquet  with --min-peak-snr or --max-noise-ratio: each flagged cutout
+                           (cutout_id, peak_snr_local, noise_ratio, empty, noisy)
     sampling.json          the options and the runs it read
     export/<format>/       the training-ready export (npy: stacks + manifest.parquet)
     report/                the HTML curation report
@@ -26,6 +28,7 @@ CURATED = "curated.parquet"
 METRICS = "metrics.json"
 NEAR_DUPLICATES = "near_duplicates.parquet"
 OUTLIERS = "outliers.parquet"
+QUALITY_FLAGS = "quality_flags.parquet"
 INFO = "sampling.json"
 EXPORT_DIR = "export"
 REPORT_DIR = "report"

@@ -1,11 +1,11 @@
-"""What no training set wants, found before sampling: near-duplicates, outliers, empty sky.
+"""What no training set wants, found before sampling: near-duplicates, outliers, noise.
 
 Positions are pool positions (index into the clustering's pool); rows are feature rows
 (= merged ``cutout_id``). :func:`find_near_duplicates` marks the semantic near-duplicates
 inside each level-1 cluster (:mod:`astrocurate.algorithms.duplicates`);
 :func:`find_outliers` scores every pool cutout with an isolation forest
-(:mod:`astrocurate.algorithms.outliers`); :func:`find_faint` finds the cutouts whose peak
-stands less than a given SNR above their noise (empty sky). :func:`select` draws the
+(:mod:`astrocurate.algorithms.outliers`); :func:`find_noise_flags` finds empty sky and
+too-noisy regions (:mod:`astrocurate.algorithms.noise_flags`). :func:`select` draws the
 balanced sample from the cutouts left eligible, after the outliers forced in.
 """
 
@@ -22,7 +22,7 @@ import pandas as pd
 
 from astrocurate.algorithms import sampling
 from astrocurate.io.cutout_store import read_manifest_rows, write_parquet_atomic
-from astrocurate.stages.curated_sampling.outputs import NEAR_DUPLICATES, OUTLIERS
+from astrocurate.stages.curated_sampling.outputs import NEAR_DUPLICATES, OUTLIERS, QUALITY_FLAGS
 from astrocurate.stages.feature_extraction.outputs import load_features
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class QualityChecks:
 
     duplicates: PoolDuplicates | None
     outliers: PoolOutliers | None
-    faint: np.ndarray | None = None  # mask over pool positions: peak SNR below the minimum
+    noise: Any = None  # algorithms.noise_flags.NoiseFlags over pool positions
 
     def eligible(self, pool_size: int, exclude_outliers: bool) -> np.ndarray:
         """Pool positions the balanced sample may draw: no duplicate, no excluded outlier."""
@@ -129,8 +129,8 @@ class QualityChecks:
             mask &= self.duplicates.kept
         if exclude_outliers and self.outliers is not None:
             mask[self.outliers.top] = False
-        if self.faint is not None:
-            mask &= ~self.faint
+        if self.noise is not None:
+            mask &= ~self.noise.flagged
         return np.flatnonzero(mask)
 
     def forced(self, include_outliers: bool) -> np.ndarray:
@@ -140,8 +140,8 @@ class QualityChecks:
         keep = np.ones(len(self.outliers.scores), dtype=bool)
         if self.duplicates is not None:
             keep &= self.duplicates.kept
-        if self.faint is not None:
-            keep &= ~self.faint
+        if self.noise is not None:
+            keep &= ~self.noise.flagged
         return self.outliers.top[keep[self.outliers.top]]
 
     def write(
@@ -153,7 +153,7 @@ class QualityChecks:
         baseline: np.ndarray,
         truth: np.ndarray | None,
     ) -> dict[str, float]:
-        """Write the lists of duplicates and outliers; return their metrics."""
+        """Write the lists of duplicates, outliers and flagged cutouts; return their metrics."""
         metrics: dict[str, float] = {}
         if self.duplicates is not None:
             metrics.update(self.duplicates.metrics(chosen, baseline))
@@ -161,16 +161,42 @@ class QualityChecks:
         if self.outliers is not None:
             metrics.update(self.outliers.metrics(chosen, baseline, truth))
             write_parquet_atomic(self.outliers.table(rows), out / OUTLIERS)
-        if self.faint is not None:
-            metrics.update(
-                {
-                    "faint_pool": int(self.faint.sum()),
-                    "faint_share_pool": float(self.faint.mean()),
-                    "faint_share_curated": float(self.faint[chosen].mean()),
-                    "faint_share_random": float(self.faint[baseline].mean()),
-                }
-            )
+        if self.noise is not None:
+            for name, flag in (("faint", self.noise.empty), ("noisy", self.noise.noisy)):
+                if flag is not None:
+                    metrics.update(_flag_metrics(name, flag, chosen, baseline))
+            write_parquet_atomic(_flag_table(self.noise, rows), out / QUALITY_FLAGS)
         return metrics
+
+
+def _flag_metrics(
+    name: str, flag: np.ndarray, chosen: np.ndarray, baseline: np.ndarray
+) -> dict[str, float]:
+    """How many of the pool a flag marks, and its share in the pool and each sample."""
+    return {
+        f"{name}_pool": int(flag.sum()),
+        f"{name}_share_pool": float(flag.mean()),
+        f"{name}_share_curated": float(flag[chosen].mean()) if len(chosen) else 0.0,
+        f"{name}_share_random": float(flag[baseline].mean()) if len(baseline) else 0.0,
+    }
+
+
+def _flag_table(noise: Any, rows: np.ndarray) -> pd.DataFrame:
+    """One row per flagged cutout, lowest peak S/N first."""
+    positions = np.flatnonzero(noise.flagged)
+    positions = positions[
+        np.argsort(np.nan_to_num(noise.snr[positions], nan=-np.inf), kind="stable")
+    ]
+    no_flag = np.zeros(len(positions), dtype=bool)
+    return pd.DataFrame(
+        {
+            "cutout_id": rows[positions],
+            "peak_snr_local": noise.snr[positions],
+            "noise_ratio": noise.ratio[positions],
+            "empty": no_flag if noise.empty is None else noise.empty[positions],
+            "noisy": no_flag if noise.noisy is None else noise.noisy[positions],
+        }
+    )
 
 
 def find_near_duplicates(
@@ -223,12 +249,29 @@ def find_outliers(features_dir: Path, rows: np.ndarray, share: float, seed: int)
     return PoolOutliers(scores, top)
 
 
-def find_faint(merged_dir: Path, rows: np.ndarray, min_peak_snr: float) -> np.ndarray:
-    """Mask of the pool's cutouts whose ``peak_snr`` is below ``min_peak_snr`` (or unknown)."""
-    snr = read_manifest_rows(merged_dir, rows, ["peak_snr"])["peak_snr"].to_numpy(float)
-    faint = ~(snr >= min_peak_snr)  # NaN (blank or constant cutouts) counts as faint
-    log.info("%d of %d cutouts have a peak SNR below %g", faint.sum(), len(rows), min_peak_snr)
-    return faint
+def find_noise_flags(
+    merged_dir: Path,
+    rows: np.ndarray,
+    min_peak_snr: float | None,
+    max_noise_ratio: float | None,
+) -> Any:
+    """Flag the pool's empty (peak S/N below the minimum, or unknown) and too-noisy cutouts.
+
+    Returns :class:`astrocurate.algorithms.noise_flags.NoiseFlags` over pool positions;
+    the noise ratio is taken within each mosaic and window size of the pool.
+    """
+    from astrocurate.algorithms.noise_flags import NOISE_COLUMNS, flag_noise
+
+    table = read_manifest_rows(merged_dir, rows, [*NOISE_COLUMNS, "mosaic_path", "window_size"])
+    groups = table["mosaic_path"].astype(str) + "\0" + table["window_size"].astype(str)
+    flags = flag_noise(table, groups.to_numpy(), min_peak_snr, max_noise_ratio)
+    for name, flag, limit in (
+        ("a peak S/N below", flags.empty, min_peak_snr),
+        ("a noise ratio above", flags.noisy, max_noise_ratio),
+    ):
+        if flag is not None:
+            log.info("%d of %d cutouts have %s %g", flag.sum(), len(rows), name, limit)
+    return flags
 
 
 def select(

@@ -46,7 +46,7 @@ from astrocurate.io.cutout_store import (
     read_manifest_rows,
     write_parquet_atomic,
 )
-from astrocurate.stages.curated_sampling import quality
+from astrocurate.stages.curated_sampling import quality, steering
 from astrocurate.stages.curated_sampling.outputs import (
     BASELINE,
     CURATED,
@@ -97,8 +97,19 @@ class SamplingOptions:
     outlier_share : float
         Share of the pool called outliers, in (0, 0.5].
     min_peak_snr : float, optional
-        Leave out cutouts whose peak stands less than this many times the cutout's robust
-        noise above its median (the manifest's ``peak_snr``): empty sky. Default: keep them.
+        Leave out empty sky: cutouts whose peak stands less than this many noise sigma
+        above their median, against the mosaic's rms map where the cutout has one
+        (``peak_snr_map``), else its own robust noise (``peak_snr``). Default: keep them.
+    max_noise_ratio : float, optional
+        Leave out too-noisy cutouts: noise (rms map, else robust noise) above this many
+        times the median of the pool's cutouts of the same mosaic and window size, > 1.
+        Default: keep them.
+    steer_by : str, optional
+        Balance over this source-catalogue column inside every level-1 cluster
+        (:mod:`.steering`: ``max_size_arcsec``, ``max_flux_jy``, ``n_sources``, ``s_code``).
+    steer_bins : str
+        Bins of ``steer_by``: a number of quantile bins (default ``"4"``) or increasing
+        edges ``"10,30,60"``; ``s_code`` takes its codes.
     """
 
     num_samples: int
@@ -111,6 +122,9 @@ class SamplingOptions:
     outliers: str = "none"
     outlier_share: float = 0.01
     min_peak_snr: float | None = None
+    max_noise_ratio: float | None = None
+    steer_by: str | None = None
+    steer_bins: str = "4"
 
     def validate(self) -> SamplingOptions:
         """Return a copy with the export formats in canonical order; refuse bad values."""
@@ -138,6 +152,11 @@ class SamplingOptions:
         check_real("--outlier-share", self.outlier_share, 0.0, 0.5, high_open=False)
         if self.min_peak_snr is not None:
             check_real("--min-peak-snr", self.min_peak_snr, 0.0)
+        if self.max_noise_ratio is not None:
+            check_real("--max-noise-ratio", self.max_noise_ratio, 1.0)
+        if self.steer_by is not None:
+            check_choice("--steer-by", self.steer_by, steering.STEERABLE)
+            steering.parse_bins(self.steer_bins)
         return SamplingOptions(**{**asdict(self), "export": check_formats(self.export)})
 
 
@@ -259,8 +278,15 @@ def curated_sample(
     if options.outliers == "none":
         params.pop("outliers")
         params.pop("outlier_share")
-    if options.min_peak_snr is None:
-        params.pop("min_peak_snr")
+    for name in ("min_peak_snr", "max_noise_ratio"):
+        if params[name] is None:
+            params.pop(name)
+    steered = None
+    if options.steer_by is None:
+        del params["steer_by"], params["steer_bins"]
+    else:
+        bins = steering.parse_bins(options.steer_bins)
+        steered = steering.steer(inputs.merged_dir, inputs.rows, options.steer_by, bins)
     params.pop("seed")
     params["output_path"] = str(root)
     with tracked_step(
@@ -273,13 +299,19 @@ def curated_sample(
     ) as run:
         if run.reused:
             return run
-        _write_sample(run, inputs, options, level)
+        _write_sample(run, inputs, options, level, steered)
         if report:
             _write_report(run)
     return run
 
 
-def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level: int) -> None:
+def _write_sample(
+    run: StepRun,
+    inputs: _Inputs,
+    options: SamplingOptions,
+    level: int,
+    steered: steering.Steering | None,
+) -> None:
     """Select, describe, measure and export the sample into ``run.output_dir``."""
     out = run.output_dir
     run.remove_temporaries()
@@ -292,11 +324,11 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     else:
         distances = inputs.level_one_distances() if options.strategy != "r" else None
         chosen = quality.select(
-            labels,
+            labels if steered is None else steered.levels(labels),
             options.num_samples,
             strategy=options.strategy,
             distances=distances,
-            level=level - 1,
+            level=level - 1 if steered is None else level,
             random_state=np.random.default_rng(curated_rng),
             eligible=checks.eligible(inputs.pool_size, options.outliers == "exclude"),
             forced=checks.forced(options.outliers == "include"),
@@ -304,7 +336,8 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     if len(chosen) < min(options.num_samples, inputs.pool_size):
         log.warning(
             "only %d cutouts are left to sample after quality curation (%d asked): lower "
-            "--outlier-share or --min-peak-snr, or raise --dedup-threshold, for more",
+            "--outlier-share or --min-peak-snr, or raise --dedup-threshold or "
+            "--max-noise-ratio, for more",
             len(chosen),
             options.num_samples,
         )
@@ -313,6 +346,8 @@ def _write_sample(run: StepRun, inputs: _Inputs, options: SamplingOptions, level
     curated = _curated_manifest(inputs.merged_dir, rows[chosen], labels, chosen, truth)
     metrics = sample_metrics(labels, chosen, baseline, truth)
     metrics.update(checks.write(out, rows, labels[0], chosen, baseline, truth))
+    if steered is not None:
+        metrics.update(steered.metrics(chosen, baseline))
     if checks.outliers is not None:
         curated["outlier_score"] = checks.outliers.scores[chosen]
     save_npy(out / SELECTED, rows[chosen])
@@ -348,10 +383,12 @@ def _quality_checks(inputs: _Inputs, options: SamplingOptions) -> quality.Qualit
         outliers = quality.find_outliers(
             inputs.features_dir, inputs.rows, options.outlier_share, options.seed
         )
-    faint = None
-    if options.min_peak_snr is not None:
-        faint = quality.find_faint(inputs.merged_dir, inputs.rows, options.min_peak_snr)
-    return quality.QualityChecks(duplicates, outliers, faint)
+    noise = None
+    if options.min_peak_snr is not None or options.max_noise_ratio is not None:
+        noise = quality.find_noise_flags(
+            inputs.merged_dir, inputs.rows, options.min_peak_snr, options.max_noise_ratio
+        )
+    return quality.QualityChecks(duplicates, outliers, noise)
 
 
 def pool_truth_classes(merged_dir: Path, rows: np.ndarray) -> np.ndarray | None:
@@ -475,6 +512,9 @@ def _info(inputs: _Inputs, options: SamplingOptions, level: int) -> dict[str, An
         "outliers": options.outliers,
         "outlier_share": options.outlier_share,
         "min_peak_snr": options.min_peak_snr,
+        "max_noise_ratio": options.max_noise_ratio,
+        "steer_by": options.steer_by,
+        "steer_bins": options.steer_bins,
         "n_levels": inputs.n_levels,
         "pool_size": inputs.pool_size,
     }

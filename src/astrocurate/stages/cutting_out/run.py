@@ -34,7 +34,7 @@ import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from astrocurate.io.cutout_store import (
     NpyStackWriter,
     write_parquet_atomic,
 )
+from astrocurate.stages.cutting_out import companions
 from astrocurate.tracking import StepRun, tracked_step
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class CutoutOptions:
     overlap: float = 0.5
     max_nan_fraction: float = 0.0
     store: str = "copy"
+    rms_maps: str = companions.AUTO
+    catalogue: str = companions.AUTO
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class _MosaicTask:
     name: str
     run_dir: str
     options: CutoutOptions
+    beside: companions.Companions = field(default_factory=companions.Companions)
 
 
 def validate_options(options: CutoutOptions) -> None:
@@ -109,6 +113,7 @@ def validate_options(options: CutoutOptions) -> None:
         raise InvalidArgumentError(
             f"--store: expected one of {', '.join(STORES)}, got {options.store!r}"
         )
+    companions.check_specs(options.rms_maps, options.catalogue)
 
 
 def make_cutouts(
@@ -130,7 +135,8 @@ def make_cutouts(
     output_path : Path
         Parent directory; the run writes ``<output_path>/cutting_out/<run_id>/``.
     options : CutoutOptions
-        Window size, overlap, blank policy and store.
+        Window size, overlap, blank policy, store, and where the mosaics' rms maps and
+        source catalogues are (:mod:`.companions`).
     workers : int, optional
         Mosaics cut in parallel; default the cores this process may use
         (:func:`astrocurate.cpus.usable_cpus`). Does not change the output.
@@ -155,20 +161,12 @@ def make_cutouts(
     survey = _discover(mosaics_path)
     found = select_shard(survey, shard)
     _check_output_path(output_path, mosaics_path)
+    beside = companions.find_companions(found, options.rms_maps, options.catalogue)
     workers = workers or usable_cpus()
     if workers > 1 and len(found) > 1:
         _start_forkserver()  # its imports overlap the tracking layer's start-up
-    params = {
-        "mosaics_path": str(mosaics_path),
-        "output_path": str(output_path),
-        **asdict(options),
-        "n_mosaics": len(found),
-        "mosaics_digest": _listing_digest([m.path for m in found]),
-        "workers": workers,
-    }
-    if shard is not None:
-        params["shard"] = f"{shard[0]}/{shard[1]}"
-        params["survey_digest"] = _listing_digest([m.path for m in survey])
+    params = _run_params(mosaics_path, output_path, options, survey, found, beside, shard)
+    params["workers"] = workers
     with tracked_step(
         STEP, params, output_root=output_path, volatile_params=["workers"], force=force
     ) as run:
@@ -180,8 +178,8 @@ def make_cutouts(
             summaries = pd.read_parquet(run.output_dir / MOSAICS).to_dict("records")
         else:
             tasks = [
-                _MosaicTask(i, str(m.path), m.name, str(run.output_dir), options)
-                for i, m in enumerate(found)
+                _MosaicTask(i, str(m.path), m.name, str(run.output_dir), options, c)
+                for i, (m, c) in enumerate(zip(found, beside, strict=True))
             ]
             _cut_all(tasks, workers, _show_progress(progress))
             summaries = _assemble(run.output_dir, tasks)
@@ -190,6 +188,35 @@ def make_cutouts(
             raise InvalidArgumentError(_nothing_readable(mosaics_path, summaries))
         _log_summary(run, summaries)
     return run
+
+
+def _run_params(
+    mosaics_path: Path,
+    output_path: Path,
+    options: CutoutOptions,
+    survey: list,
+    found: list,
+    beside: list[companions.Companions],
+    shard: tuple[int, int] | None,
+) -> dict[str, Any]:
+    """Return the run's parameters (a run without companions keyed as before they existed)."""
+    params = {
+        "mosaics_path": str(mosaics_path),
+        "output_path": str(output_path),
+        **asdict(options),
+        "n_mosaics": len(found),
+        "mosaics_digest": _listing_digest([m.path for m in found]),
+    }
+    digest = companions.digest(beside)
+    if digest is not None:
+        params["companions_digest"] = digest
+    for name in ("rms_maps", "catalogue"):
+        if digest is None and params[name] == companions.AUTO:
+            del params[name]
+    if shard is not None:
+        params["shard"] = f"{shard[0]}/{shard[1]}"
+        params["survey_digest"] = _listing_digest([m.path for m in survey])
+    return params
 
 
 def _nothing_readable(mosaics_path: Path, summaries: list[dict]) -> str:
@@ -293,6 +320,8 @@ def write_array_script(
         "--overlap", repr(options.overlap),
         "--max-nan-fraction", repr(options.max_nan_fraction),
         "--store", options.store,
+        "--rms-maps", options.rms_maps,
+        "--catalogue", options.catalogue,
     )  # fmt: skip
     text = render_array_script(
         argv, n_shards, options.window_size, output / "logs", slurm.validate()
@@ -321,7 +350,7 @@ def _discover(mosaics_path: Path) -> list:
     for path in scan.unreadable:
         log.warning("skipping %s: %s", path, mosaic_io.unreadable_reason(path))
     if scan.ignored:
-        log.info("ignoring files without a FITS name: %s", scan.describe_ignored())
+        log.info("ignoring files that are not mosaics: %s", scan.describe_ignored())
     if not scan.mosaics:
         skipped = f"; {scan.describe_unreadable()}" if scan.unreadable else ""
         raise InvalidArgumentError(
@@ -494,7 +523,11 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
     """
     opts = task.options
     w = int(opts.window_size)
-    with mosaic_io.open_mosaic(task.path) as mosaic:
+    rms_path = task.beside.rms_map
+    with (
+        mosaic_io.open_mosaic(task.path) as mosaic,
+        mosaic_io.open_mosaic(rms_path) if rms_path else contextlib.nullcontext() as rms,
+    ):
         x0, y0 = windows.window_origins(mosaic.shape, w, opts.overlap)
         if mosaic.wcs is None:
             notes.append(f"{task.path}: {mosaic.wcs_problem or 'no celestial WCS'}; ra/dec are NaN")
@@ -513,7 +546,10 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
             for b0, b1 in windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w)):
                 inside = (y0 >= b0) & (y0 + w <= b1)
                 band = mosaic.read_rows(b0, b1)
-                tables.append(_cut_band(band, x0[inside], y0[inside] - b0, b0, w, opts, writer))
+                rms_band = rms.read_rows(b0, b1) if rms is not None else None
+                tables.append(
+                    _cut_band(band, rms_band, x0[inside], y0[inside] - b0, b0, w, opts, writer)
+                )
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -526,6 +562,7 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
                 rows["x0"].to_numpy() + (w - 1) / 2, rows["y0"].to_numpy() + (w - 1) / 2
             )
             rows["ra"], rows["dec"] = ra, dec
+            _add_catalogue_columns(rows, task, mosaic, notes)
         rows["pixel_scale_arcsec"] = mosaic.pixel_scale_arcsec
     rows["mosaic"] = task.name
     rows["mosaic_path"] = task.path
@@ -549,6 +586,19 @@ def _cut_windows(task: _MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dic
     return rows, {"status": "ok", "n_kept": n_kept, "n_skipped": int(len(x0) - n_kept), **info}
 
 
+def _add_catalogue_columns(rows: pd.DataFrame, task: _MosaicTask, mosaic, notes: list) -> None:
+    """Add the catalogue's per-cutout columns to a mosaic's rows (NaN without a WCS)."""
+    catalogue = task.beside.catalogue
+    if catalogue is None:
+        return
+    if mosaic.wcs is None:
+        notes.append(f"{task.path}: no celestial WCS to place the sources of {catalogue}")
+        return
+    columns = companions.catalogue_columns(catalogue, mosaic, rows, int(task.options.window_size))
+    for name, values in columns.items():
+        rows[name] = values
+
+
 def _band_rows(nx: int, w: int) -> int:
     """Rows read at once: about :data:`BAND_PIXELS` pixels, at least one window row."""
     return max(w, BAND_PIXELS // max(nx, 1))
@@ -556,6 +606,7 @@ def _band_rows(nx: int, w: int) -> int:
 
 def _cut_band(
     band: np.ndarray,
+    rms_band: np.ndarray | None,
     xs: np.ndarray,
     ys: np.ndarray,
     band_y0: int,
@@ -566,10 +617,13 @@ def _cut_band(
     """Cut the windows of one band of rows; write the kept ones; return their rows.
 
     ``xs``, ``ys`` are window origins relative to the band, whose first row is row
-    ``band_y0`` of the mosaic. Statistics come straight from the band; only kept
-    windows of a copied store are copied, a bounded number at a time.
+    ``band_y0`` of the mosaic; ``rms_band`` holds the same rows of its rms map, if any.
+    Statistics come straight from the band; only kept windows of a copied store are
+    copied, a bounded number at a time.
     """
     stats = windows.window_statistics(band, xs, ys, w)
+    if rms_band is not None:
+        stats.update(companions.rms_columns(rms_band, xs, ys, w, stats))
     nan_fraction = stats["nan_fraction"]
     keep = (nan_fraction <= opts.max_nan_fraction) & (nan_fraction < 1.0)
     if writer is not None:

@@ -44,6 +44,7 @@ from astrocurate.algorithms import windows
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.atomic import atomic_path
 from astrocurate.io.cutout_store import (
+    COMPANION_COLUMNS,
     MANIFEST,
     MANIFEST_COLUMNS,
     MANIFEST_TYPES,
@@ -58,6 +59,7 @@ from astrocurate.tracking import (
     require_run,
     tracked_step,
 )
+from astrocurate.validation import check_real
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ def merge_cutouts(
     cutouts_ids: Sequence[str],
     *,
     dedup_sky: bool | None = None,
+    min_peak_snr: float | None = None,
+    max_noise_ratio: float | None = None,
     output_path: Path | None = None,
     force: bool = False,
 ) -> StepRun:
@@ -87,6 +91,14 @@ def merge_cutouts(
     dedup_sky : bool, optional
         Drop cutouts of the same sky from overlapping mosaics. Default: on when the
         inputs have sky positions (cutouts without them are always kept).
+    min_peak_snr : float, optional
+        Leave out empty sky before features and clustering: cutouts whose peak stands
+        less than this many noise sigma above their median (against the rms map where
+        the cutouts have one, else their own robust noise;
+        :mod:`astrocurate.algorithms.noise_flags`). Default: keep them.
+    max_noise_ratio : float, optional
+        Leave out cutouts whose noise is more than this many times the median noise of
+        their mosaic and window size (too-noisy regions). Default: keep them.
     output_path : Path, optional
         Parent directory of the run directory; default the first input's.
     force : bool
@@ -96,6 +108,7 @@ def merge_cutouts(
     -------
     StepRun
     """
+    noise = _noise_options(min_peak_snr, max_noise_ratio)
     ids = [parse_run_id(i, "--cutouts-id") for i in cutouts_ids]
     if not ids:
         raise InvalidArgumentError("--cutouts-id: expected at least one cutout run ID")
@@ -122,12 +135,13 @@ def merge_cutouts(
         "dedup_sky": dedup_sky,
         "output_path": str(root),
     }
+    params.update(noise)  # only those given: the run keys of earlier versions stay
     with tracked_step(STEP, params, input_run_ids=ids, output_root=root, force=force) as run:
         if run.reused:
             return run
         run.remove_temporaries()  # of an interrupted attempt
         try:
-            _merge_into(run, runs, tables, mosaics, dedup_sky)
+            _merge_into(run, runs, tables, mosaics, dedup_sky, noise)
         except BaseException:  # a full disk, SIGTERM: no partial file left behind
             run.remove_temporaries()
             raise
@@ -140,13 +154,18 @@ def _merge_into(
     tables: list[pa.Table],
     mosaics: pd.DataFrame,
     dedup_sky: bool,
+    noise: dict[str, float],
 ) -> None:
-    """Join, de-duplicate and write the merged tables into ``run.output_dir``; log metrics."""
+    """Join, de-duplicate, filter and write the merged tables into ``run.output_dir``."""
     merged = pa.concat_tables(tables).unify_dictionaries()
     n_before = merged.num_rows
     if dedup_sky:
         keep = sky_duplicates_mask(merged, mosaics, _strides(runs))
         merged = merged.filter(pa.array(keep))
+    n_deduplicated = merged.num_rows
+    flag_counts: dict[str, int] = {}
+    if noise:
+        merged, flag_counts = _drop_noise_flagged(merged, noise)
     ids_column = pa.array(np.arange(merged.num_rows, dtype=np.int64))
     merged = merged.add_column(0, pa.field("cutout_id", pa.int64()), ids_column)
     write_parquet_atomic(mosaics, run.output_dir / MOSAICS)
@@ -156,17 +175,52 @@ def _merge_into(
         {
             "n_cutouts": merged.num_rows,
             "n_inputs": len(runs),
-            "n_sky_duplicates_dropped": n_before - merged.num_rows,
+            "n_sky_duplicates_dropped": n_before - n_deduplicated,
+            **flag_counts,
             **{f"n_cutouts_w{int(w)}": int(n) for w, n in zip(sizes, counts, strict=True)},
         }
     )
     log.info(
-        "merged %d cutout runs: %d cutouts (%d sky duplicates dropped) in %s",
+        "merged %d cutout runs: %d cutouts (%d sky duplicates dropped%s) in %s",
         len(runs),
         merged.num_rows,
-        n_before - merged.num_rows,
+        n_before - n_deduplicated,
+        "".join(
+            f", {n} {name.removeprefix('n_').replace('_', ' ')}" for name, n in flag_counts.items()
+        ),
         run.output_dir,
     )
+
+
+def _noise_options(min_peak_snr: float | None, max_noise_ratio: float | None) -> dict[str, float]:
+    """Return the noise filters asked for, checked (one line for a value out of range)."""
+    options = {}
+    if min_peak_snr is not None:
+        options["min_peak_snr"] = check_real("--min-peak-snr", min_peak_snr, 0.0)
+    if max_noise_ratio is not None:
+        options["max_noise_ratio"] = check_real("--max-noise-ratio", max_noise_ratio, 1.0)
+    return options
+
+
+def _drop_noise_flagged(table: pa.Table, noise: dict[str, float]) -> tuple[pa.Table, dict]:
+    """Leave out empty and too-noisy cutouts; return the table and the counts dropped."""
+    from astrocurate.algorithms.noise_flags import NOISE_COLUMNS, flag_noise
+
+    columns = {name: _numpy(table[name]) for name in NOISE_COLUMNS}
+    groups = pc.binary_join_element_wise(
+        table["mosaic_path"].cast(pa.string()),
+        table["window_size"].cast(pa.string()),
+        "\0",
+    )
+    flags = flag_noise(
+        columns, _numpy(groups), noise.get("min_peak_snr"), noise.get("max_noise_ratio")
+    )
+    counts = {}
+    if flags.empty is not None:
+        counts["n_empty_dropped"] = int(flags.empty.sum())
+    if flags.noisy is not None:
+        counts["n_noisy_dropped"] = int(flags.noisy.sum())
+    return table.filter(pa.array(~flags.flagged)), counts
 
 
 def _source_table(record: RunRecord) -> pa.Table:
@@ -180,7 +234,13 @@ def _source_table(record: RunRecord) -> pa.Table:
     if not path.is_file():
         raise CutoutStoreError(f"{path}: no cutout manifest (is this a cutout or merge run?)")
     text = [c for c in MANIFEST_COLUMNS if MANIFEST_TYPES[c] == pa.string()]
-    table = pq.read_table(path, columns=list(MANIFEST_COLUMNS), read_dictionary=text)
+    present = set(pq.read_schema(path).names)
+    table = pq.read_table(
+        path, columns=[c for c in MANIFEST_COLUMNS if c in present], read_dictionary=text
+    )
+    for name in COMPANION_COLUMNS:  # a manifest written before they existed
+        if name not in present:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
     columns = {
         "source_run_id": _constant(record.run_id, table.num_rows),
         "source_cutout_id": table["cutout_id"],

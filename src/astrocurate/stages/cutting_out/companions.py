@@ -1,0 +1,188 @@
+"""A mosaic's companions in the cutting step: its noise (rms) map and its source catalogue.
+
+Both are found in the main process before any work (:func:`find_companions`), beside each
+mosaic (``auto``: the LoTSS and PyBDSF names, see :mod:`astrocurate.io.catalogues`), by a
+pattern, or (a catalogue) as one survey-wide file; each is checked there, so a map of
+another shape or WCS, or a catalogue without RA/DEC, stops the run in one line before
+anything is written. The workers then add the columns of
+:data:`~astrocurate.io.cutout_store.COMPANION_COLUMNS` to each mosaic's cutouts:
+
+* :func:`rms_columns`, band by band beside the image: the map's median over each window
+  (``rms_map``) and the peak S/N against it (``peak_snr_map``);
+* :func:`catalogue_columns`, once per mosaic: the catalogue's sources inside each window
+  (:func:`astrocurate.algorithms.catalogue_match.match_sources`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from astrocurate.algorithms import windows
+from astrocurate.algorithms.catalogue_match import match_sources
+from astrocurate.errors import InvalidArgumentError
+from astrocurate.io import catalogues
+from astrocurate.io import mosaics as mosaic_io
+
+log = logging.getLogger(__name__)
+
+#: Where companions are looked for by default: beside each mosaic.
+AUTO = "auto"
+#: No companions at all.
+NONE = "none"
+#: Largest offset, in pixels, between a mosaic's and its rms map's pixel grids.
+WCS_TOLERANCE_PX = 0.1
+
+
+@dataclass(frozen=True)
+class Companions:
+    """Paths of one mosaic's companions (None: it has none)."""
+
+    rms_map: str | None = None
+    catalogue: str | None = None
+
+
+def check_specs(rms_maps: str, catalogue: str) -> None:
+    """Refuse an rms-map or catalogue option that is not auto, none or a valid pattern."""
+    if rms_maps not in (AUTO, NONE):
+        catalogues.check_companion_spec(rms_maps, "--rms-maps")
+    if catalogue not in (AUTO, NONE):
+        catalogues.check_companion_spec(catalogue, "--catalogue")
+
+
+def find_companions(found: list, rms_maps: str, catalogue: str) -> list[Companions]:
+    """Resolve and check the companions of every mosaic; one line for the first bad one.
+
+    Parameters
+    ----------
+    found : list of MosaicFile
+        The mosaics to cut.
+    rms_maps, catalogue : str
+        ``auto``, ``none``, a pattern with ``{dir}``, ``{stem}``, ``{name}``, or (a
+        catalogue only) the path of one survey-wide file.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a map of another shape or WCS than its mosaic, or a catalogue that cannot be
+        read or has no RA/DEC.
+    """
+    result = []
+    for mosaic in found:
+        rms = None
+        if rms_maps != NONE:
+            rms = catalogues.rms_map_for_mosaic(rms_maps, mosaic.path, mosaic.name)
+        source_list = None
+        if catalogue != NONE:
+            source_list = catalogues.catalogue_for_mosaic(catalogue, mosaic.path, mosaic.name)
+        if rms is not None:
+            _check_rms_map(Path(rms), mosaic.path)
+        result.append(Companions(_text(rms), _text(source_list)))
+    for source_list in sorted({c.catalogue for c in result if c.catalogue}):
+        _read_catalogue(source_list)  # checked once, and cached for this process
+    _log_found(result, rms_maps, catalogue)
+    return result
+
+
+def _text(path: Path | str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
+
+
+def _log_found(found: list[Companions], rms_maps: str, catalogue: str) -> None:
+    n = len(found)
+    n_rms = sum(c.rms_map is not None for c in found)
+    n_cat = sum(c.catalogue is not None for c in found)
+    log.info("rms maps for %d of %d mosaics; source catalogues for %d", n_rms, n, n_cat)
+    for option, spec, count in (("--rms-maps", rms_maps, n_rms), ("--catalogue", catalogue, n_cat)):
+        if spec not in (AUTO, NONE) and count < n:
+            log.warning("%s %s: found for %d of %d mosaics", option, spec, count, n)
+
+
+def _check_rms_map(rms_path: Path, mosaic_path: Path) -> None:
+    """Refuse an rms map whose shape or pixel grid on the sky differs from its mosaic's."""
+    try:
+        with mosaic_io.open_mosaic(rms_path) as rms, mosaic_io.open_mosaic(mosaic_path) as image:
+            if rms.shape != image.shape:
+                raise InvalidArgumentError(
+                    f"--rms-maps: {rms_path} has {rms.shape[0]}x{rms.shape[1]} pixels, "
+                    f"expected {image.shape[0]}x{image.shape[1]} like its mosaic {mosaic_path}"
+                )
+            if rms.wcs is not None and image.wcs is not None:
+                offset = _grid_offset(image, rms)
+                if not offset <= WCS_TOLERANCE_PX:
+                    raise InvalidArgumentError(
+                        f"--rms-maps: {rms_path} has another WCS than its mosaic {mosaic_path} "
+                        f"(pixels {offset:.3g} px apart on the sky); expected the same grid"
+                    )
+    except mosaic_io.InvalidMosaicError as exc:
+        raise InvalidArgumentError(f"--rms-maps: {exc}") from exc
+
+
+def _grid_offset(image: mosaic_io.Mosaic, rms: mosaic_io.Mosaic) -> float:
+    """Largest distance, in pixels, between the same sky positions on the two grids."""
+    ny, nx = image.shape
+    x = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2])
+    y = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2])
+    ra, dec = image.pixel_to_icrs(x, y)
+    x_rms, y_rms = rms.icrs_to_pixel(ra, dec)
+    return float(np.max(np.hypot(x_rms - x, y_rms - y)))
+
+
+def digest(found: list[Companions]) -> str | None:
+    """Hash of the companions' paths, sizes and times (None when there are none)."""
+    paths = sorted({p for c in found for p in (c.rms_map, c.catalogue) if p is not None})
+    if not paths:
+        return None
+    hashed = hashlib.sha256()
+    for path in paths:
+        stat = Path(path).stat()
+        hashed.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return hashed.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- in the workers
+
+
+def rms_columns(rms_band: np.ndarray, xs: np.ndarray, ys: np.ndarray, w: int, stats: dict) -> dict:
+    """``rms_map`` and ``peak_snr_map`` of the windows of one band of rows.
+
+    ``stats`` are the windows' :func:`~astrocurate.algorithms.windows.window_statistics`
+    (``max``, ``median``) from the image band with the same rows.
+    """
+    rms = windows.window_medians(rms_band, xs, ys, w)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = np.where(rms > 0, (stats["max"] - stats["median"]) / rms, np.nan)
+    return {"rms_map": rms, "peak_snr_map": snr}
+
+
+def catalogue_columns(catalogue: str, mosaic: mosaic_io.Mosaic, rows: pd.DataFrame, w: int) -> dict:
+    """Per-cutout source counts, largest flux and size, S_Code mix of one mosaic's cutouts."""
+    table = _read_catalogue(catalogue)
+    x, y = mosaic.icrs_to_pixel(table["ra_deg"].to_numpy(), table["dec_deg"].to_numpy())
+    ny, nx = mosaic.shape
+    inside = (x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5)
+    return match_sources(
+        x[inside],
+        y[inside],
+        table["total_flux_jy"].to_numpy()[inside],
+        table["major_arcsec"].to_numpy()[inside],
+        table["s_code"].to_numpy()[inside],
+        rows["x0"].to_numpy(),
+        rows["y0"].to_numpy(),
+        w,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _read_catalogue(path: str) -> pd.DataFrame:
+    """Read a source list once per process (a survey-wide one serves every mosaic)."""
+    try:
+        return catalogues.read_catalogue(path)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"--catalogue: {exc}") from exc

@@ -443,6 +443,26 @@ def _long_features(ctx: Context) -> str:
     return feature_run(ctx.pipeline.merged.run_id, np.vstack([X, X[:5]])).run_id
 
 
+def _survey_with_bad_rms_map(ctx: Context, kind: str) -> Path:
+    """A copy of the survey whose first rms map has another shape or another WCS."""
+    copy = ctx.work / f"survey-bad-rms-{kind}"
+    shutil.copytree(ctx.survey, copy)
+    path = sorted(copy.rglob("mosaic.rms.fits"))[0]
+    data, header = fits.getdata(path, header=True)
+    if kind == "shape":
+        data = data[:40]
+    else:
+        header["CRVAL2"] += 0.01
+    fits.writeto(path, data, header, overwrite=True)
+    return copy
+
+
+def _catalogue_without_positions(ctx: Context) -> str:
+    path = ctx.work / "sources.csv"
+    path.write_text("Source_id,Total_flux,Maj\n0,0.01,0.002\n")
+    return str(path)
+
+
 # Each case: (id, build argv from the context, exit status, text the error must contain).
 Case = tuple[str, Callable[[Context], list[str]], int, str]
 
@@ -1013,6 +1033,67 @@ CASES = [
         lambda c: sample(c, "--min-peak-snr", "0"),
         1,
         "--min-peak-snr",
+    ),
+    (
+        "sample-max-noise-ratio-below-one",
+        lambda c: sample(c, "--max-noise-ratio", "0.5"),
+        1,
+        "--max-noise-ratio",
+    ),
+    ("sample-steer-by-unknown", lambda c: sample(c, "--steer-by", "colour"), 1, "--steer-by"),
+    (
+        "sample-steer-bins-decreasing",
+        lambda c: sample(c, "--steer-by", "n_sources", "--steer-bins", "3,2"),
+        1,
+        "--steer-bins",
+    ),
+    (
+        "sample-steer-by-without-catalogue",
+        lambda c: sample(c, "--steer-by", "max_size_arcsec"),
+        1,
+        "no catalogue values",
+    ),
+    (
+        "merge-max-noise-ratio-below-one",
+        lambda c: ["merge", "--cutouts-id", ABSENT_ID, "--max-noise-ratio", "0.5"],
+        1,
+        "--max-noise-ratio",
+    ),
+    (
+        "merge-min-peak-snr-negative",
+        lambda c: ["merge", "--cutouts-id", ABSENT_ID, "--min-peak-snr", "-1"],
+        1,
+        "--min-peak-snr",
+    ),
+    (
+        "cutouts-rms-maps-unknown-placeholder",
+        lambda c: cutouts(c, "--rms-maps", "{dir}/{field}.rms.fits"),
+        1,
+        "--rms-maps",
+    ),
+    (
+        "cutouts-rms-map-other-shape",
+        lambda c: cutouts(c, mosaics=_survey_with_bad_rms_map(c, "shape")),
+        1,
+        "expected 64x64 like its mosaic",
+    ),
+    (
+        "cutouts-rms-map-other-wcs",
+        lambda c: cutouts(c, mosaics=_survey_with_bad_rms_map(c, "wcs")),
+        1,
+        "another WCS than its mosaic",
+    ),
+    (
+        "cutouts-catalogue-missing",
+        lambda c: cutouts(c, "--catalogue", str(c.work / "nowhere.srl.fits")),
+        1,
+        "nowhere.srl.fits",
+    ),
+    (
+        "cutouts-catalogue-without-ra-dec",
+        lambda c: cutouts(c, "--catalogue", _catalogue_without_positions(c)),
+        1,
+        "RA/DEC",
     ),
     (
         "evaluate-placeholder",

@@ -272,3 +272,15 @@ def test_bad_sampling_options_are_refused_in_one_line(
         code, err = _cli(capsys, "sample", "--clustering-id", cid, "--num-samples", "10", *extra)
         assert code == 1 and message in err and "\n" not in err, (extra, err)
         assert _finished_runs("curated_sampling") == before
+
+
+def test_the_report_shows_the_empty_and_noisy_cutouts(steered_pipeline) -> None:
+    from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
+
+    _, _, clustering_id = steered_pipeline
+    options = SamplingOptions(40, min_peak_snr=5.0, max_noise_ratio=1.25)
+    run = curated_sample(clustering_id, options)
+    page = (run.output_dir / "report" / "index.html").read_text()
+    flags = pd.read_parquet(run.output_dir / "quality_flags.parquet")
+    assert f"empty sky: {int(flags['empty'].sum())} left out" in page
+    assert f"too noisy: {int(flags['noisy'].sum())} left out" in page

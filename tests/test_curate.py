@@ -441,7 +441,7 @@ def test_the_report_shows_the_outliers_and_the_near_duplicate_pairs(pipeline) ->
         SamplingOptions(40, dedup_threshold=0.995, outliers="list", outlier_share=0.05),
     )
     page = (run.output_dir / "report" / "index.html").read_text()
-    assert "Quality: outliers and near-duplicates" in page
+    assert "Quality: outliers, near-duplicates, noise" in page
     assert "outliers: the 12 highest isolation-forest scores of the pool" in page
     assert "near-duplicates: the 6 closest pairs, kept cutout then the left-out one" in page
 

@@ -212,12 +212,14 @@ def find_near_duplicates(
     as weight-free features have, would otherwise make them all alike).
     """
     from astrocurate.algorithms.duplicates import near_duplicates
+    from astrocurate.algorithms.noise_flags import local_peak_snr
 
     features = load_features(features_dir, random_access=True)
     groups = -1 - np.arange(len(features), dtype=np.int64)  # outside the pool: alone
     groups[rows] = level_one
     priority = np.zeros(len(features))
-    snr = read_manifest_rows(merged_dir, rows, ["peak_snr"])["peak_snr"].to_numpy()
+    table = read_manifest_rows(merged_dir, rows, ["peak_snr", "peak_snr_map"])
+    snr = local_peak_snr(table["peak_snr"], table.get("peak_snr_map", np.nan))
     priority[rows] = np.nan_to_num(snr, nan=-np.inf)
     center = _mean_row(features, rows)
     found = near_duplicates(features, groups, threshold, priority, center=center)

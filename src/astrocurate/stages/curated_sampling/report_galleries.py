@@ -212,14 +212,16 @@ def build_galleries(
 
 
 def quality_galleries(run: SamplingRun, size: int) -> list[Gallery]:
-    """Galleries of the run's outliers (most anomalous first) and near-duplicate pairs.
+    """Galleries of the run's outliers, near-duplicate pairs and noise-flagged cutouts.
 
-    Only for a run sampled with ``--outliers`` or ``--dedup-threshold``: the pairs with the
-    highest similarity, each the cutout kept followed by the one left out.
+    Only for a run sampled with ``--outliers``, ``--dedup-threshold``, ``--min-peak-snr``
+    or ``--max-noise-ratio``: the outliers most anomalous first; the pairs with the highest
+    similarity, each the cutout kept followed by the one left out; the empty cutouts with
+    the lowest peak S/N and the noisiest ones.
     """
     from astrocurate.stages.curated_sampling.outputs import NEAR_DUPLICATES, OUTLIERS
 
-    picks = []
+    picks = _flag_picks(run, size)
     if (run.directory / OUTLIERS).is_file():
         top = pd.read_parquet(run.directory / OUTLIERS).head(size)
         title = f"outliers: the {len(top)} highest isolation-forest scores of the pool"
@@ -260,6 +262,29 @@ def quality_galleries(run: SamplingRun, size: int) -> list[Gallery]:
         )
         for kind, rows, title in picks
     ]
+
+
+def _flag_picks(run: SamplingRun, size: int) -> list[tuple[str, np.ndarray, str]]:
+    """Empty cutouts (lowest peak S/N first) and too-noisy ones (noisiest first), if flagged."""
+    from astrocurate.stages.curated_sampling.outputs import QUALITY_FLAGS
+
+    path = run.directory / QUALITY_FLAGS
+    if not path.is_file():
+        return []
+    flags = pd.read_parquet(path)
+    picks = []
+    empty = flags[flags["empty"]].sort_values("peak_snr_local", na_position="first")
+    if len(empty):
+        title = f"empty sky: {len(empty)} left out, the {min(size, len(empty))} faintest"
+        picks.append(("empty", empty["cutout_id"].to_numpy(np.int64)[:size], title))
+    noisy = flags[flags["noisy"]].sort_values("noise_ratio", ascending=False)
+    if len(noisy):
+        title = (
+            f"too noisy: {len(noisy)} left out, the {min(size, len(noisy))} noisiest "
+            f"(up to {noisy['noise_ratio'].max():.2f}x their mosaic's median noise)"
+        )
+        picks.append(("noisy", noisy["cutout_id"].to_numpy(np.int64)[:size], title))
+    return picks
 
 
 def _members(labels: np.ndarray, cluster: int) -> np.ndarray:

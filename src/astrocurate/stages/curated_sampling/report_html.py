@@ -164,7 +164,7 @@ def render_html(
         f"<h2>Galleries: largest and smallest level-{run.top} clusters</h2>",
         f'<p class="note">{html.escape(stretch)}</p>',
         *(_gallery_html(g, run.top) for g in galleries if g.title is None),
-        *(["<h2>Quality: outliers and near-duplicates</h2>"] if quality else []),
+        *(["<h2>Quality: outliers, near-duplicates, noise</h2>"] if quality else []),
         *(_gallery_html(g, run.top) for g in quality),
         "<h2>Cluster sizes per level</h2>",
         *(_figure_html(f) for f in sizes),

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -513,17 +514,24 @@ def _one_line(exc: BaseException) -> str:
 def _run_pybdsf(task: _MosaicTask, work: Path) -> dict:
     """PyBDSF on one mosaic inside ``work``; move the catalogue, rms map and log into place.
 
-    PyBDSF's console output (it prints what it writes even when quiet) goes to its log, not
-    to this process's stdout, which carries only the run ID.
+    PyBDSF's console output (it prints what it writes even when quiet) and its log records
+    go to its log file, not to this process's stdout (which carries only the run ID) or
+    stderr; so do the numpy warnings of its fits.
     """
     import bdsf
 
+    logging.getLogger("PyBDSF").propagate = False  # its log file has it all
     run_dir = Path(task.run_dir)
     kwargs: dict[str, Any] = {"rms_box": task.rms_box} if task.rms_box else {}
     catalogue, rms = work / "catalogue.srl.fits", work / "rms.fits"
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with (
+            contextlib.redirect_stdout(chatter),
+            contextlib.redirect_stderr(chatter),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")  # numpy's warnings inside PyBDSF's fits
             image = bdsf.process_image(
                 task.path, thresh_isl=task.thresh_isl, thresh_pix=task.thresh_pix,
                 beam=task.beam_deg, frequency=task.frequency_hz, outdir=str(work),

@@ -4,7 +4,8 @@
 #                 (the fault-injection suite, tests/faults, with a fast subset of kill points)
 #   make test-full - every test: the fault-injection suite with every kill point and the
 #                 second kill/resume checks marked `full` (ASTROCURATE_FAULTS=full)
-# The environment is made once (.venv) and reused; `feat_extract_env` and `clustering_env`
+# The environment (with the `sources` extra, PyBDSF, so the tests of find-sources run) is
+# made once (.venv) and reused; `feat_extract_env` and `clustering_env`
 # (the guide's two environments) are links to it: one environment serves every step.
 
 PYTHON ?= python3
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,sources]"
 	ln -sfn $(VENV) feat_extract_env
 	ln -sfn $(VENV) clustering_env
 	touch $(STAMP)

@@ -1129,6 +1129,7 @@ BASE: dict[str, Callable[[Context], list[str]]] = {
     "find-run": lambda c: ["--run-name", "cutting_out"],
     "cutouts": lambda c: cutouts(c)[1:],
     "merge": lambda c: ["--cutouts-id", ABSENT_ID],
+    "find-sources": lambda c: ["--mosaics_path", str(c.survey)],
     "make-survey": lambda c: survey_cmd(c)[1:],
     "demo": lambda c: ["--workdir", str(c.work / "demo")],
     "features": lambda c: features(c)[1:],

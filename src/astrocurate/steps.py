@@ -1,7 +1,9 @@
 """The pipeline's steps: their MLflow run names and their order.
 
 Each step is a package under :mod:`astrocurate.stages` named after its run; a step's
-runs take the runs of the step before as inputs (docs/design.md section 2).
+runs take the runs of the step before as inputs (docs/design.md section 2). Optional
+steps (:data:`OPTIONAL_STEPS`) read the survey itself, not another run, and stand outside
+that chain.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ FEATURE_EXTRACTION = "feature_extraction"
 CLUSTERING = "clustering"
 CURATED_SAMPLING = "curated_sampling"
 EVALUATION = "evaluation"
+SOURCE_FINDING = "source_finding"
 
 #: Run names of the steps, in pipeline order (the guide's names).
 ORDER: tuple[str, ...] = (
@@ -22,6 +25,12 @@ ORDER: tuple[str, ...] = (
     CURATED_SAMPLING,
     EVALUATION,
 )
+
+#: Run names of the optional steps, outside :data:`ORDER`: each reads the mosaics directly.
+OPTIONAL_STEPS: tuple[str, ...] = (SOURCE_FINDING,)
+
+#: Every run name a step records: the chain, then the optional steps.
+ALL_STEPS: tuple[str, ...] = ORDER + OPTIONAL_STEPS
 
 
 def source_of(step: str) -> str | None:

@@ -7,7 +7,8 @@ errors exit 2 (argparse).
 
 One module per group of subcommands registers them (:func:`~astrocurate.cli.base.
 command`), in the order ``--help`` lists them: :mod:`~astrocurate.cli.find_run`,
-:mod:`~astrocurate.cli.cutouts` (cutouts, merge), :mod:`~astrocurate.cli.synthetic`
+:mod:`~astrocurate.cli.cutouts` (cutouts, merge), :mod:`~astrocurate.cli.sources`
+(find-sources, optional), :mod:`~astrocurate.cli.synthetic`
 (make-survey, demo), :mod:`~astrocurate.cli.features` (features, features-finish,
 backbones), :mod:`~astrocurate.cli.clustering`, :mod:`~astrocurate.cli.sampling` (sample,
 report), :mod:`~astrocurate.cli.evaluation` (evaluate), :mod:`~astrocurate.cli.verify`.
@@ -31,6 +32,7 @@ from astrocurate.errors import AstrocurateError, StepInterrupted
 GROUPS = (
     "find_run",
     "cutouts",
+    "sources",
     "synthetic",
     "features",
     "clustering",

@@ -21,8 +21,9 @@ from typing import Any
 
 from astrocurate import steps
 
-#: Run names of the pipeline steps, in pipeline order (the guide's names).
-STEP_NAMES: tuple[str, ...] = steps.ORDER
+#: Run names of the pipeline steps, in pipeline order (the guide's names), then the optional
+#: steps (``source_finding``).
+STEP_NAMES: tuple[str, ...] = steps.ALL_STEPS
 
 DEFAULT_EXPERIMENT = "astrocurate"
 TAG_STEP = "astrocurate.step"

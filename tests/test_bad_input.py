@@ -1084,6 +1084,12 @@ CASES = [
         "another WCS than its mosaic",
     ),
     (
+        "cutouts-sources-id-unknown",
+        lambda c: cutouts(c, "--sources-id", ABSENT_ID),
+        1,
+        "--sources-id",
+    ),
+    (
         "cutouts-catalogue-missing",
         lambda c: cutouts(c, "--catalogue", str(c.work / "nowhere.srl.fits")),
         1,

@@ -284,3 +284,25 @@ def test_the_report_shows_the_empty_and_noisy_cutouts(steered_pipeline) -> None:
     flags = pd.read_parquet(run.output_dir / "quality_flags.parquet")
     assert f"empty sky: {int(flags['empty'].sum())} left out" in page
     assert f"too noisy: {int(flags['noisy'].sum())} left out" in page
+
+
+def test_cutouts_take_a_source_finding_runs_maps_and_lists(store: Path, survey) -> None:
+    pytest.importorskip("bdsf")
+    from astrocurate.stages.source_finding.run import SourceFindingOptions, find_sources
+
+    sf_options = SourceFindingOptions(rms_box="60,15", workers=2)
+    found = find_sources(survey.output_dir, sf_options, store / "out")
+    options = CutoutOptions(W, sources_id=found.run_id)
+    run = make_cutouts(survey.output_dir, store / "out", options, workers=1)
+    record = tracking.get_run(run.run_id)
+    assert record.input_run_ids == [found.run_id]
+    assert record.params["sources_id"] == found.run_id
+    manifest = read_manifest(run.output_dir)
+    assert np.isfinite(manifest["rms_map"]).all() and np.isfinite(manifest["n_sources"]).all()
+    assert manifest["n_sources"].sum() > 0
+    # PyBDSF's rms map follows the noise drawn, rising towards the edges
+    centre = (manifest[["x0", "y0"]].to_numpy() + (W - 1) / 2) - 127.5
+    drawn = 1e-4 * (1.0 + 2.0 * (centre**2).sum(axis=1) / survey.footprint_radius_px**2)
+    ratio = manifest["rms_map"].to_numpy() / drawn
+    assert 0.8 < np.median(ratio) < 1.4
+    assert np.corrcoef(manifest["rms_map"], drawn)[0, 1] > 0.2

@@ -63,6 +63,14 @@ def _cutouts_arguments(parser: argparse.ArgumentParser) -> None:
         "survey-wide file (default auto)",
     )
     parser.add_argument(
+        "--sources-id",
+        "--sources_id",
+        default=None,
+        metavar="ID",
+        help="a finished source_finding run (astrocurate find-sources): its rms maps and "
+        "source lists instead of the files beside the mosaics",
+    )
+    parser.add_argument(
         "--workers", type=int, default=None, help="parallel mosaics (default: cores)"
     )
     parser.add_argument(
@@ -90,6 +98,7 @@ def _cutouts(args: argparse.Namespace) -> int:
         args.store,
         args.rms_maps,
         args.catalogue,
+        args.sources_id,
     )
     if args.slurm_array is not None:
         if args.shard:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +57,9 @@ def check_specs(rms_maps: str, catalogue: str) -> None:
         catalogues.check_companion_spec(catalogue, "--catalogue")
 
 
-def find_companions(found: list, rms_maps: str, catalogue: str) -> list[Companions]:
+def find_companions(
+    found: list, rms_maps: str, catalogue: str, sources_dir: Path | None = None
+) -> list[Companions]:
     """Resolve and check the companions of every mosaic; one line for the first bad one.
 
     Parameters
@@ -66,6 +69,9 @@ def find_companions(found: list, rms_maps: str, catalogue: str) -> list[Companio
     rms_maps, catalogue : str
         ``auto``, ``none``, a pattern with ``{dir}``, ``{stem}``, ``{name}``, or (a
         catalogue only) the path of one survey-wide file.
+    sources_dir : Path, optional
+        A ``source_finding`` run directory: with ``auto``, its rms maps and source lists
+        are used instead of the files beside the mosaics.
 
     Raises
     ------
@@ -75,12 +81,10 @@ def find_companions(found: list, rms_maps: str, catalogue: str) -> list[Companio
     """
     result = []
     for mosaic in found:
-        rms = None
-        if rms_maps != NONE:
-            rms = catalogues.rms_map_for_mosaic(rms_maps, mosaic.path, mosaic.name)
-        source_list = None
-        if catalogue != NONE:
-            source_list = catalogues.catalogue_for_mosaic(catalogue, mosaic.path, mosaic.name)
+        rms = _resolve(rms_maps, mosaic, catalogues.rms_map_for_mosaic, sources_dir, "rms")
+        source_list = _resolve(
+            catalogue, mosaic, catalogues.catalogue_for_mosaic, sources_dir, "catalogue"
+        )
         if rms is not None:
             _check_rms_map(Path(rms), mosaic.path)
         result.append(Companions(_text(rms), _text(source_list)))
@@ -88,6 +92,19 @@ def find_companions(found: list, rms_maps: str, catalogue: str) -> list[Companio
         _read_catalogue(source_list)  # checked once, and cached for this process
     _log_found(result, rms_maps, catalogue)
     return result
+
+
+def _resolve(spec: str, mosaic: Any, find: Any, sources_dir: Path | None, kind: str) -> Any:
+    """One companion of a mosaic: from the source-finding run (auto), or by ``find``."""
+    if spec == NONE:
+        return None
+    if spec == AUTO and sources_dir is not None:
+        from astrocurate.stages.source_finding import outputs
+
+        locate = outputs.rms_map_path if kind == "rms" else outputs.catalogue_path
+        path = locate(sources_dir, mosaic.name)
+        return path if path.is_file() else None
+    return find(spec, mosaic.path, mosaic.name)
 
 
 def _text(path: Path | str | None) -> str | None:

@@ -59,7 +59,7 @@ from astrocurate.io.cutout_store import (
     write_parquet_atomic,
 )
 from astrocurate.stages.cutting_out import companions
-from astrocurate.tracking import StepRun, tracked_step
+from astrocurate.tracking import StepRun, require_run, tracked_step
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ class CutoutOptions:
     store: str = "copy"
     rms_maps: str = companions.AUTO
     catalogue: str = companions.AUTO
+    sources_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,26 @@ def make_cutouts(
     survey = _discover(mosaics_path)
     found = select_shard(survey, shard)
     _check_output_path(output_path, mosaics_path)
-    beside = companions.find_companions(found, options.rms_maps, options.catalogue)
+    sources = (
+        require_run(options.sources_id, steps.SOURCE_FINDING, "--sources-id")
+        if (options.sources_id)
+        else None
+    )
+    beside = companions.find_companions(
+        found, options.rms_maps, options.catalogue, sources.output_dir if sources else None
+    )
     workers = workers or usable_cpus()
     if workers > 1 and len(found) > 1:
         _start_forkserver()  # its imports overlap the tracking layer's start-up
     params = _run_params(mosaics_path, output_path, options, survey, found, beside, shard)
     params["workers"] = workers
     with tracked_step(
-        STEP, params, output_root=output_path, volatile_params=["workers"], force=force
+        STEP,
+        params,
+        input_run_ids=[sources.run_id] if sources else [],
+        output_root=output_path,
+        volatile_params=["workers"],
+        force=force,
     ) as run:
         if run.reused:
             log.info("%s run %s already holds these cutouts", STEP, run.run_id)
@@ -213,6 +226,8 @@ def _run_params(
     for name in ("rms_maps", "catalogue"):
         if digest is None and params[name] == companions.AUTO:
             del params[name]
+    if params["sources_id"] is None:
+        del params["sources_id"]
     if shard is not None:
         params["shard"] = f"{shard[0]}/{shard[1]}"
         params["survey_digest"] = _listing_digest([m.path for m in survey])
@@ -322,6 +337,7 @@ def write_array_script(
         "--store", options.store,
         "--rms-maps", options.rms_maps,
         "--catalogue", options.catalogue,
+        *(["--sources-id", options.sources_id] if options.sources_id else []),
     )  # fmt: skip
     text = render_array_script(
         argv, n_shards, options.window_size, output / "logs", slurm.validate()

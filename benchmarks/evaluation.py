@@ -126,7 +126,9 @@ def _bare_steps(model, batch: int, size: int, steps: int, device) -> float:
 
 def survey_clustering(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, float]]:
     """Run steps 1 to 4 (reused when ``work`` holds them); return the clustering run ID and
-    the seconds of each part. ``args``: mosaics, mosaic_size, window_size, config, device.
+    the seconds of each part. ``args``: mosaics, mosaic_size, window_size, config, device;
+    optional noise_edge_factor (of the survey) and find_sources (PyBDSF's rms maps and
+    source lists for the cutouts, ``astrocurate find-sources``).
     """
     from astrocurate.stages.clustering.run import load_config, prepare_clustering, run_clustering
     from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
@@ -136,10 +138,22 @@ def survey_clustering(args: argparse.Namespace, work: Path) -> tuple[str, dict[s
 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
+    edge = getattr(args, "noise_edge_factor", 1.0)
     survey = existing_or_new_survey(  # a rerun with other options reuses steps 1 to 4
-        work / "survey", n_mosaics=args.mosaics, mosaic_size=args.mosaic_size, seed=0
+        work / "survey",
+        n_mosaics=args.mosaics,
+        mosaic_size=args.mosaic_size,
+        seed=0,
+        **({"noise_edge_factor": edge} if edge != 1.0 else {}),
     )
-    cutouts = make_cutouts(survey, work / "outputs", CutoutOptions(args.window_size))
+    options = CutoutOptions(args.window_size)
+    if getattr(args, "find_sources", False):
+        from astrocurate.stages.source_finding.run import SourceFindingOptions, find_sources
+
+        found = find_sources(survey, SourceFindingOptions(), work / "outputs")
+        options = CutoutOptions(args.window_size, sources_id=found.run_id)
+        seconds["source finding"] = time.perf_counter() - started
+    cutouts = make_cutouts(survey, work / "outputs", options)
     merged = merge_cutouts([cutouts.run_id])
     seconds["survey, cutouts, merge"] = time.perf_counter() - started
     started = time.perf_counter()

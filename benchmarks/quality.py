@@ -1,12 +1,15 @@
-"""Quality curation at sampling: near-duplicates and outliers, against sampling without them.
+"""Quality curation at sampling: duplicates, outliers, noise, catalogue steering, side by side.
 
-Runs steps 1 to 4 on a synthetic survey with truth (reused when the work directory already
-holds them), then draws, side by side in this one run, samples of ``--num-samples`` from the
-same clustering: plain (no option), with ``--dedup-threshold``, with ``--outliers
-exclude`` and with ``--min-peak-snr``. It prints per sample: the near-duplicate pairs left
-at the threshold, the class shares (pool / random / curated; ``empty``: no catalogued
-source in the window), and for the isolation forest the class shares among the 100 most
-anomalous cutouts against the pool's.
+Runs steps 1 to 4 on a synthetic survey with truth whose noise rises towards each mosaic's
+edge (``--noise-edge-factor``), with PyBDSF's rms maps and source lists for the cutouts
+(``astrocurate find-sources``; reused when the work directory already holds them), then
+draws, side by side in this one run, samples of ``--num-samples`` from the same
+clustering: plain (no option), with ``--dedup-threshold``, ``--outliers exclude``,
+``--min-peak-snr`` (against the rms map), ``--max-noise-ratio``, ``--steer-by`` each
+catalogue column of ``--steer``, and everything at once. It prints per sample: the
+near-duplicate pairs left at the threshold, the class shares (pool / random / curated;
+``empty``: no catalogued source in the window), the shares of noisy cutouts, and for the
+isolation forest the class shares among the 100 most anomalous cutouts against the pool's.
 
 Usage::
 
@@ -38,6 +41,17 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.98, help="--dedup-threshold")
     parser.add_argument("--outlier-share", type=float, default=0.01)
     parser.add_argument("--min-peak-snr", type=float, default=5.0)
+    parser.add_argument("--max-noise-ratio", type=float, default=1.5)
+    parser.add_argument("--noise-edge-factor", type=float, default=3.0, help="of the survey")
+    parser.add_argument(
+        "--steer", nargs="*", default=["max_size_arcsec", "s_code"], help="--steer-by columns"
+    )
+    parser.add_argument(
+        "--no-find-sources",
+        dest="find_sources",
+        action="store_false",
+        help="no PyBDSF run: the survey's own rms maps, no catalogue (and no steering)",
+    )
     parser.add_argument("--device", default="auto", help="of the feature step")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser.parse_args()
@@ -61,11 +75,21 @@ def main() -> None:
     from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
 
     clustering_id, _ = survey_clustering(args, work)
+    noise = {"min_peak_snr": args.min_peak_snr, "max_noise_ratio": args.max_noise_ratio}
     variants = {
         "plain": {},
         "dedup": {"dedup_threshold": args.threshold},
         "outliers excluded": {"outliers": "exclude", "outlier_share": args.outlier_share},
         f"peak SNR >= {args.min_peak_snr:g}": {"min_peak_snr": args.min_peak_snr},
+        f"noise <= {args.max_noise_ratio:g}x": {"max_noise_ratio": args.max_noise_ratio},
+        **{f"steer {c}": {"steer_by": c} for c in (args.steer if args.find_sources else [])},
+        "all": {
+            "dedup_threshold": args.threshold,
+            "outliers": "exclude",
+            "outlier_share": args.outlier_share,
+            **noise,
+            **({"steer_by": args.steer[0]} if args.find_sources and args.steer else {}),
+        },
     }
     results = {}
     for name, extra in variants.items():
@@ -78,8 +102,9 @@ def main() -> None:
         if name == "plain":
             plain_pairs = _pairs_left(run.output_dir, args.threshold)
     print(
-        f"quality curation, {args.mosaics} x {args.mosaic_size} px survey, windows "
-        f"{args.window_size} px, samples of {args.num_samples}, threshold {args.threshold}"
+        f"quality curation, {args.mosaics} x {args.mosaic_size} px survey (noise x"
+        f"{args.noise_edge_factor:g} at the edges), windows {args.window_size} px, samples of "
+        f"{args.num_samples}, threshold {args.threshold}"
     )
     _print(results, plain_pairs)
 
@@ -111,12 +136,14 @@ def _print(results: dict, plain_pairs: int) -> None:
     )
     classes = sorted(k[len("class_share_") : -len("_pool")] for k in dedup if k.endswith("_pool")
                      and k.startswith("class_share_"))  # fmt: skip
-    print(f"{'class':<10} {'pool':>6} {'random':>7} " + " ".join(f"{n:>18}" for n in results))
+    print("share of each class in each sample (columns: the options it was drawn with)")
+    print(f"{'class':<10} {'pool':>6} {'random':>7} " + " ".join(f"{n:>16}" for n in results))
     for name in classes:
         pool = dedup[f"class_share_{name}_pool"]
         random = dedup[f"class_share_{name}_random"]
-        cells = " ".join(f"{m[f'class_share_{name}_curated']:>18.3f}" for m, _ in results.values())
+        cells = " ".join(f"{m[f'class_share_{name}_curated']:>16.3f}" for m, _ in results.values())
         print(f"{name:<10} {pool:>6.3f} {random:>7.3f} {cells}")
+    _print_noise(results)
     print("top-100 outliers (isolation forest) by class, against the pool:")
     for name in classes:
         top = outliers.get(f"outlier_top100_class_share_{name}", 0.0)
@@ -125,6 +152,25 @@ def _print(results: dict, plain_pairs: int) -> None:
             f"  {name:<10} {top:.2f} of the top 100 vs {pool:.3f} of the pool ({top / pool:.1f}x)"
         )
     print("seconds per sampling run: " + ", ".join(f"{n} {s:.1f}" for n, (_, s) in results.items()))
+
+
+def _print_noise(results: dict) -> None:
+    """Shares of the cutouts flagged empty and noisy: pool, random, curated."""
+    for flag in ("faint", "noisy"):
+        for name, (metrics, _) in results.items():
+            if f"{flag}_share_pool" in metrics:
+                print(
+                    f"{flag} (flagged by '{name}'): pool {metrics[f'{flag}_share_pool']:.3f}, "
+                    f"random {metrics[f'{flag}_share_random']:.3f}, curated "
+                    f"{metrics[f'{flag}_share_curated']:.3f}"
+                )
+    for name, (metrics, _) in results.items():
+        if "steer_entropy_pool" in metrics:
+            print(
+                f"{name}: entropy of its bins pool {metrics['steer_entropy_pool']:.3f}, random "
+                f"{metrics['steer_entropy_random']:.3f}, curated "
+                f"{metrics['steer_entropy_curated']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -94,13 +96,17 @@ def test_duplicates_benchmark_compares_with_the_plain_way(tmp_path: Path) -> Non
     assert "near_duplicates:" in out and "same marking: True" in out and "peak RSS" in out
 
 
-def test_quality_benchmark_prints_the_four_samples_side_by_side(tmp_path: Path) -> None:
+def test_quality_benchmark_prints_the_samples_side_by_side(tmp_path: Path) -> None:
+    pytest.importorskip("bdsf")
     out = run_benchmark(
         "quality.py", "--workdir", str(tmp_path / "work"), "--mosaics", "2",
         "--mosaic-size", "512", "--config", "demo_2lvl_64_8.yaml", "--num-samples", "60",
         "--device", "cpu", tmp_path=tmp_path,
     )  # fmt: skip
     assert "pairs left at the threshold: with --dedup-threshold 0," in out
-    header = next(line for line in out.splitlines() if line.startswith("class"))
+    header = next(line for line in out.splitlines() if line.startswith("class "))
     assert "plain" in header and "dedup" in header and "outliers excluded" in header
     assert "top-100 outliers (isolation forest) by class" in out
+    assert "steer max_size_arcsec" in header and "steer s_code" in header and "all" in header
+    assert "noisy (flagged by 'noise <= 1.5x'): pool" in out
+    assert "steer s_code: entropy of its bins pool" in out

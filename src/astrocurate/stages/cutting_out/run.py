@@ -162,14 +162,7 @@ def make_cutouts(
     survey = _discover(mosaics_path)
     found = select_shard(survey, shard)
     _check_output_path(output_path, mosaics_path)
-    sources = (
-        require_run(options.sources_id, steps.SOURCE_FINDING, "--sources-id")
-        if (options.sources_id)
-        else None
-    )
-    beside = companions.find_companions(
-        found, options.rms_maps, options.catalogue, sources.output_dir if sources else None
-    )
+    sources, beside = _companions(found, options)
     workers = workers or usable_cpus()
     if workers > 1 and len(found) > 1:
         _start_forkserver()  # its imports overlap the tracking layer's start-up
@@ -201,6 +194,17 @@ def make_cutouts(
             raise InvalidArgumentError(_nothing_readable(mosaics_path, summaries))
         _log_summary(run, summaries)
     return run
+
+
+def _companions(found: list, options: CutoutOptions) -> tuple[Any, list[companions.Companions]]:
+    """Return the source-finding run asked for (or None) and every mosaic's companions."""
+    sources = None
+    if options.sources_id:
+        sources = require_run(options.sources_id, steps.SOURCE_FINDING, "--sources-id")
+    directory = sources.output_dir if sources else None
+    return sources, companions.find_companions(
+        found, options.rms_maps, options.catalogue, directory
+    )
 
 
 def _run_params(

@@ -1,5 +1,8 @@
 """Step 1 under faults: ``scripts/cutouts.py`` killed at seeded points, then rerun.
 
+The cutouts carry the columns of each mosaic's rms map (beside it) and of a survey-wide
+source catalogue (``--catalogue``), which must come out the same too.
+
 The survey has 4 mosaics, cut one at a time (``--workers 1``); each mosaic leaves its
 pixel file, then its rows and summary under ``parts/``; assembly writes the tables and
 drops ``parts/``. First a SIGTERM after the first mosaic (graceful: the run is marked
@@ -10,6 +13,7 @@ assembly; every rerun continues the same run.
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from faultkit import (
     FULL,
@@ -30,7 +34,26 @@ pytestmark = pytest.mark.slow
 WINDOW = 32
 
 
-def _argv(survey, output) -> list[str]:
+def _catalogue(survey, directory) -> str:
+    """A survey-wide source list (PyBDSF's CSV columns and units) from the survey's truth."""
+    import numpy as np
+    import pandas as pd
+
+    truth = pd.read_parquet(survey / "truth_catalogue.parquet").drop_duplicates("source_id")
+    path = directory / "sources.csv"
+    pd.DataFrame(
+        {
+            "RA": truth["ra"],
+            "DEC": truth["dec"],
+            "Total_flux": truth["flux_jy"],
+            "Maj": truth["size_arcsec"] / 3600.0,
+            "S_Code": np.array(["S", "M", "C"])[truth["source_id"].to_numpy() % 3],
+        }
+    ).to_csv(path, index=False)
+    return str(path)
+
+
+def _argv(survey, output, catalogue) -> list[str]:
     return [
         PYTHON,
         str(ROOT / "scripts" / "cutouts.py"),
@@ -42,13 +65,19 @@ def _argv(survey, output) -> list[str]:
         str(WINDOW),
         "--workers",
         "1",
+        "--catalogue",
+        catalogue,
     ]
 
 
 def test_cutouts_killed_at_seeded_points_resume_to_the_same_result(fault_inputs, fault_env):
     output = fault_env.work / "cut"
     fault_env.use("reference")
-    reference = make_cutouts(fault_inputs.survey, output, CutoutOptions(WINDOW), workers=1)
+    catalogue = _catalogue(fault_inputs.survey, fault_env.work)
+    options = CutoutOptions(WINDOW, catalogue=catalogue)
+    reference = make_cutouts(fault_inputs.survey, output, options, workers=1)
+    manifest = pd.read_parquet(reference.output_dir / "manifest.parquet")
+    assert manifest["rms_map"].notna().all() and manifest["n_sources"].sum() > 0
 
     r = rng(1)
     first, second = int(r.integers(1, 3)), int(r.integers(2, 4))
@@ -62,7 +91,7 @@ def test_cutouts_killed_at_seeded_points_resume_to_the_same_result(fault_inputs,
         kills.insert(-1, At("*/mosaics.parquet", when="after"))
     runner = fault_env.runner("faulted")
     experiment = fault_env.use("faulted")
-    argv = _argv(fault_inputs.survey, output)
+    argv = _argv(fault_inputs.survey, output, catalogue)
     for kill in kills:
         attempt = runner.run(argv, kill)
         assert attempt.fired, runner.summary()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -597,13 +598,8 @@ def _robust_of_windows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median and MAD noise of each window on the robust grid, gathered in chunks."""
     k = robust_step(w)
-    grid_views = np.lib.stride_tricks.sliding_window_view(image, (w, w))[:, :, ::k, ::k]
-    side = grid_views.shape[2]
-    chunk = max(1, _CHUNK_ELEMENTS // (side * side))
     medians, noises = [], []
-    for i in range(0, len(x0), chunk):
-        sl = slice(i, i + chunk)
-        grid = grid_views[y0[sl], x0[sl]].reshape(-1, side * side)
+    for sl, grid in _grid_chunks(image, x0, y0, w):
         median, noise = _median_and_mad(grid, count[sl] == w * w)
         empty = np.isnan(median) & (count[sl] > 0)
         if k > 1 and empty.any():  # grid all blank, window not: use every pixel
@@ -647,15 +643,26 @@ def window_medians(
     if image.dtype.kind != "f":
         image = image.astype(np.float64)
     x0, y0 = _check_origins(image, x0, y0, w)
+    medians = [np.empty(0, dtype=np.float64)]
+    for _, grid in _grid_chunks(image, x0, y0, w):
+        medians.append(_median_rows(grid, grid.shape[1] - np.isnan(grid).sum(axis=1)))
+    return np.concatenate(medians).astype(np.float64)
+
+
+def _grid_chunks(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield the robust-grid pixels of the windows, a bounded chunk of windows at a time.
+
+    Each item: the windows' slice of ``x0`` and their grid pixels, ``(chunk, side**2)``.
+    """
     k = robust_step(w)
     grid_views = np.lib.stride_tricks.sliding_window_view(image, (w, w))[:, :, ::k, ::k]
     side = grid_views.shape[2]
     chunk = max(1, _CHUNK_ELEMENTS // (side * side))
-    medians = [np.empty(0, dtype=np.float64)]
     for i in range(0, len(x0), chunk):
-        grid = grid_views[y0[i : i + chunk], x0[i : i + chunk]].reshape(-1, side * side)
-        medians.append(_median_rows(grid, side * side - np.isnan(grid).sum(axis=1)))
-    return np.concatenate(medians).astype(np.float64)
+        sl = slice(i, i + chunk)
+        yield sl, grid_views[y0[sl], x0[sl]].reshape(-1, side * side)
 
 
 def fill_nan(

@@ -63,6 +63,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from astrocurate.algorithms.catalogue_match import CATALOGUE_COLUMNS
 from astrocurate.errors import AstrocurateError
 from astrocurate.io.atomic import atomic_path, temporary_path
 
@@ -72,6 +73,10 @@ PIXELS_DIR = "pixels"
 #: Value written in place of blank (NaN) pixels of cutouts kept with ``max_nan_fraction > 0``:
 #: 0 Jy/beam, the expected background of a radio image.
 NAN_FILL_VALUE = 0.0
+
+#: Columns from a mosaic's noise map and source catalogue; manifests written before they
+#: existed lack them (readers take them as NaN).
+COMPANION_COLUMNS: tuple[str, ...] = ("rms_map", "peak_snr_map", *CATALOGUE_COLUMNS)
 
 #: Arrow type of every manifest column (the same whatever the rows, even with none).
 MANIFEST_TYPES: dict[str, pa.DataType] = {
@@ -90,14 +95,7 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
     "max": pa.float64(),
     "noise_mad": pa.float64(),
     "peak_snr": pa.float64(),
-    "rms_map": pa.float64(),
-    "peak_snr_map": pa.float64(),
-    "n_sources": pa.float64(),
-    "max_flux_jy": pa.float64(),
-    "max_size_arcsec": pa.float64(),
-    "n_single": pa.float64(),
-    "n_multiple": pa.float64(),
-    "n_complex": pa.float64(),
+    **dict.fromkeys(COMPANION_COLUMNS, pa.float64()),
     "store": pa.string(),
     "array_file": pa.string(),
     "array_row": pa.int64(),
@@ -105,18 +103,6 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
 
 #: Columns of a cutout manifest, in order.
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_TYPES)
-#: Columns from a mosaic's noise map and source catalogue; manifests written before they
-#: existed lack them (readers take them as NaN).
-COMPANION_COLUMNS: tuple[str, ...] = (
-    "rms_map",
-    "peak_snr_map",
-    "n_sources",
-    "max_flux_jy",
-    "max_size_arcsec",
-    "n_single",
-    "n_multiple",
-    "n_complex",
-)
 
 _NPY_HEADER_BYTES = 128
 #: Rows decoded at a time by :func:`read_manifest_rows`.

@@ -75,6 +75,7 @@ __all__ = [
     "fingerprint_mismatch",
     "fits_problem",
     "is_fits_file",
+    "listing_digest",
     "open_mosaic",
     "scan_mosaics",
 ]
@@ -222,6 +223,19 @@ def _may_be_mosaic(filename: str) -> bool:
     return (
         not filename.startswith(".") and is_fits_name(filename) and not is_companion_name(filename)
     )
+
+
+def listing_digest(paths: Iterable[str | os.PathLike[str]]) -> str:
+    """Hash a list of files by path, size and modification time (16 hex digits).
+
+    A survey whose files were added, removed, replaced or touched gets another digest, so
+    a step keyed by it makes a new run.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def scan_mosaics(root: str | os.PathLike[str]) -> MosaicScan:

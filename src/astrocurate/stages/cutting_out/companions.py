@@ -16,7 +16,6 @@ anything is written. The workers then add the columns of
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,13 +153,7 @@ def _grid_offset(image: mosaic_io.Mosaic, rms: mosaic_io.Mosaic) -> float:
 def digest(found: list[Companions]) -> str | None:
     """Hash of the companions' paths, sizes and times (None when there are none)."""
     paths = sorted({p for c in found for p in (c.rms_map, c.catalogue) if p is not None})
-    if not paths:
-        return None
-    hashed = hashlib.sha256()
-    for path in paths:
-        stat = Path(path).stat()
-        hashed.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return hashed.hexdigest()[:16]
+    return mosaic_io.listing_digest(paths) if paths else None
 
 
 # --------------------------------------------------------------------------- in the workers

@@ -23,7 +23,6 @@ mosaic, so the result does not depend on ``workers`` or on interruptions.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -222,7 +221,7 @@ def _run_params(
         "output_path": str(output_path),
         **asdict(options),
         "n_mosaics": len(found),
-        "mosaics_digest": _listing_digest([m.path for m in found]),
+        "mosaics_digest": mosaic_io.listing_digest([m.path for m in found]),
     }
     digest = companions.digest(beside)
     if digest is not None:
@@ -234,7 +233,7 @@ def _run_params(
         del params["sources_id"]
     if shard is not None:
         params["shard"] = f"{shard[0]}/{shard[1]}"
-        params["survey_digest"] = _listing_digest([m.path for m in survey])
+        params["survey_digest"] = mosaic_io.listing_digest([m.path for m in survey])
     return params
 
 
@@ -396,15 +395,6 @@ def _check_output_path(output_path: Path, mosaics_path: Path) -> None:
         ) from exc
     if not os.access(output_path, os.W_OK | os.X_OK):
         raise InvalidArgumentError(f"--output_path: {output_path} is not writable")
-
-
-def _listing_digest(paths: list[Path]) -> str:
-    """Hash the mosaic list (path, size, mtime) so a changed survey is a new run."""
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def _show_progress(progress: bool | None) -> bool:

@@ -232,7 +232,7 @@ def find_sources(
         **asdict(options),
         "workers": workers,
         "n_mosaics": len(found),
-        "mosaics_digest": _listing_digest([m.path for m in found]),
+        "mosaics_digest": mosaic_io.listing_digest([m.path for m in found]),
     }
     started = time.perf_counter()
     with tracked_step(
@@ -276,17 +276,6 @@ def _check_output_path(output_root: Path, mosaics_path: Path) -> None:
             f"--output_path: {output_root} is inside --mosaics_path {mosaics_path}; "
             "choose a directory outside the survey"
         )
-
-
-def _listing_digest(paths: Iterable[Path]) -> str:
-    """Hash the mosaic list (path, size, mtime) so a changed survey is a new run."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in paths:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def _show_progress(progress: bool | None) -> bool:

@@ -91,7 +91,7 @@ def main() -> None:
             **({"steer_by": args.steer[0]} if args.find_sources and args.steer else {}),
         },
     }
-    results = {}
+    results, directories = {}, {}
     for name, extra in variants.items():
         started = time.perf_counter()
         run = curated_sample(
@@ -99,6 +99,7 @@ def main() -> None:
         )
         seconds = time.perf_counter() - started
         results[name] = (json.loads((run.output_dir / METRICS).read_text()), seconds)
+        directories[name] = run.output_dir
         if name == "plain":
             plain_pairs = _pairs_left(run.output_dir, args.threshold)
     print(
@@ -107,6 +108,8 @@ def main() -> None:
         f"{args.num_samples}, threshold {args.threshold}"
     )
     _print(results, plain_pairs)
+    for column in args.steer if args.find_sources else []:
+        _print_steering(column, directories)
 
 
 def _pairs_left(sample_dir: Path, threshold: float) -> int:
@@ -155,7 +158,7 @@ def _print(results: dict, plain_pairs: int) -> None:
 
 
 def _print_noise(results: dict) -> None:
-    """Shares of the cutouts flagged empty and noisy: pool, random, curated."""
+    """Print the shares of the cutouts flagged empty and noisy: pool, random, curated."""
     for flag in ("faint", "noisy"):
         for name, (metrics, _) in results.items():
             if f"{flag}_share_pool" in metrics:
@@ -164,13 +167,32 @@ def _print_noise(results: dict) -> None:
                     f"random {metrics[f'{flag}_share_random']:.3f}, curated "
                     f"{metrics[f'{flag}_share_curated']:.3f}"
                 )
-    for name, (metrics, _) in results.items():
-        if "steer_entropy_pool" in metrics:
-            print(
-                f"{name}: entropy of its bins pool {metrics['steer_entropy_pool']:.3f}, random "
-                f"{metrics['steer_entropy_random']:.3f}, curated "
-                f"{metrics['steer_entropy_curated']:.3f}"
-            )
+
+
+def _print_steering(column: str, directories: dict[str, Path]) -> None:
+    """Entropy of the column's bins (quartiles of the pool) in each sample, side by side."""
+    import numpy as np
+
+    from astrocurate.algorithms.sampling import normalized_entropy
+    from astrocurate.io.cutout_store import read_manifest
+    from astrocurate.stages.curated_sampling.steering import steer
+
+    info = json.loads((directories["plain"] / "sampling.json").read_text())
+    rows = np.arange(len(read_manifest(info["merged_dir"], columns=["cutout_id"])))
+    binned = steer(Path(info["merged_dir"]), rows, column, 4)
+    k = len(binned.names)
+
+    def entropy(rows_or_all: np.ndarray | slice) -> float:
+        return normalized_entropy(np.bincount(binned.labels[rows_or_all], minlength=k), k)
+
+    cells = {"pool": entropy(slice(None))}
+    cells["random"] = entropy(np.load(directories["plain"] / "baseline_random.npy"))
+    for name, directory in directories.items():
+        cells[name] = entropy(np.load(directory / "selected.npy"))
+    print(
+        f"entropy of the {column} bins ({', '.join(binned.names)}): "
+        + ", ".join(f"{n} {v:.3f}" for n, v in cells.items())
+    )
 
 
 if __name__ == "__main__":

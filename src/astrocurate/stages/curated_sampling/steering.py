@@ -106,5 +106,7 @@ def steer(merged_dir: Path, rows: np.ndarray, column: str, bins: int | list[floa
 
 
 def _metric_name(name: str) -> str:
-    """Return a bin's name as MLflow metric names allow (letters, digits, ``_ - .``)."""
-    return "".join(c if c.isalnum() or c in "_-." else "_" for c in str(name))
+    """Return a bin's name as MLflow metric names allow: ``[5.3, 6.7)`` -> ``5.3_to_6.7``."""
+    text = str(name).strip("[]() ").replace(", ", "_to_")
+    text = text.replace("<", "below_").replace(">", "above_").replace(" ", "")
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in text)

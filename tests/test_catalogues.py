@@ -19,14 +19,13 @@ from astrocurate.algorithms.catalogue_match import (
     steering_labels,
 )
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.io.catalogues import (
-    CANONICAL_COLUMNS,
+from astrocurate.io.catalogues import CANONICAL_COLUMNS, read_catalogue
+from astrocurate.io.companion_files import (
     CATALOGUE_AUTO_NAMES,
     RMS_AUTO_NAMES,
     catalogue_for_mosaic,
     check_companion_spec,
     companion_file,
-    read_catalogue,
     rms_map_for_mosaic,
 )
 

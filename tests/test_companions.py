@@ -306,3 +306,37 @@ def test_cutouts_take_a_source_finding_runs_maps_and_lists(store: Path, survey) 
     ratio = manifest["rms_map"].to_numpy() / drawn
     assert 0.8 < np.median(ratio) < 1.4
     assert np.corrcoef(manifest["rms_map"], drawn)[0, 1] > 0.2
+
+
+def test_a_reused_cutouts_run_opens_no_fits_file_and_imports_no_heavy_library(
+    store: Path, survey, tmp_path
+) -> None:
+    """Keyed by the listing alone: astropy, pandas, pyarrow and MLflow stay unimported."""
+    import subprocess
+    import sys
+
+    _write_source_list(survey, tmp_path / "survey.srl.fits")
+    argv = ["--mosaics_path", str(survey.output_dir), "--output_path", str(store / "out"),
+            "--window_size", "32", "--catalogue", str(tmp_path / "survey.srl.fits")]  # fmt: skip
+    first = make_cutouts(
+        survey.output_dir,
+        store / "out",
+        CutoutOptions(32, catalogue=str(tmp_path / "survey.srl.fits")),
+    )
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "cutouts.py")
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = [{script!r}, *{argv!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "heavy = ('mlflow', 'sqlalchemy', 'pandas', 'pyarrow', 'astropy', 'torch')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=store, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == first.run_id
+    assert done.stderr.strip().splitlines()[-1] == "[]"

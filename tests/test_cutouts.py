@@ -36,6 +36,7 @@ from astrocurate.io.cutout_store import (
     CutoutStoreError,
     read_manifest,
 )
+from astrocurate.stages.cutting_out import cutting
 from astrocurate.stages.cutting_out import run as cutouts
 from astrocurate.stages.cutting_out.run import STEP, CutoutOptions, make_cutouts
 from astrocurate.synthetic.survey import make_survey
@@ -450,8 +451,8 @@ def test_statistics(zoo_run, zoo) -> None:
 @pytest.mark.parametrize("store_kind", ["copy", "virtual"])
 def test_large_windows_cut_in_several_bands(store, monkeypatch, store_kind) -> None:
     """w=64 (median and noise on the 32x32 grid), bands of 100 rows: same as by hand."""
-    monkeypatch.setattr(cutouts, "BAND_PIXELS", 100 * 150)
-    monkeypatch.setattr(cutouts, "WRITE_PIXELS", 3 * 64 * 64)  # several writes per band
+    monkeypatch.setattr(cutting, "BAND_PIXELS", 100 * 150)
+    monkeypatch.setattr(cutting, "WRITE_PIXELS", 3 * 64 * 64)  # several writes per band
     (store / "survey").mkdir()
     data = _noise((260, 150), 5)
     data[:70, :40] = np.nan
@@ -839,7 +840,7 @@ def test_resume_after_assembly_does_not_cut_again(store, monkeypatch) -> None:
     def no_cutting(task):
         raise AssertionError(f"{task.path} cut again")
 
-    monkeypatch.setattr(cutouts, "_cut_mosaic", no_cutting)
+    monkeypatch.setattr(cutting, "cut_mosaic", no_cutting)
     run = make_cutouts(store / "survey", store / "out", options, workers=1)
     assert run.run_id == run_dir.name and run.resumed
     assert tracking.get_run(run.run_id).status == "FINISHED"

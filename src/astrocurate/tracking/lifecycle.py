@@ -31,7 +31,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,7 @@ def tracked_step(
     volatile_params: Iterable[str] = (),
     resume_params: Mapping[str, str] | None = None,
     force: bool = False,
+    before_work: Callable[[], None] | None = None,
 ) -> Iterator[StepRun]:
     """Record one pipeline step as one MLflow run.
 
@@ -240,6 +241,11 @@ def tracked_step(
         with (:func:`check_resume_params`), so that no output mixes two of them.
     force : bool
         Never reuse a finished run: compute into a new one.
+    before_work : callable, optional
+        Called once it is known that the step will compute (no finished run to reuse),
+        before any run is recorded or directory made: checks of the inputs that cost more
+        than keying the run (e.g. opening files), and start-up work that may overlap with
+        opening the store. An exception from it leaves nothing behind.
 
     Yields
     ------
@@ -261,6 +267,8 @@ def tracked_step(
         log.info("reusing finished %s run %s (same inputs and parameters)", step, previous.run_id)
         yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
         return
+    if before_work is not None:
+        before_work()
     _check_previous(previous, all_params, resume_params or {})
     make_output_root(root, inputs)  # before any run is recorded: a bad path leaves none
     mlflow_client = client()

@@ -1,10 +1,11 @@
 """A mosaic's companions in the cutting step: its noise (rms) map and its source catalogue.
 
-Both are found in the main process before any work (:func:`find_companions`), beside each
-mosaic (``auto``: the LoTSS and PyBDSF names, see :mod:`astrocurate.io.catalogues`), by a
-pattern, or (a catalogue) as one survey-wide file; each is checked there, so a map of
-another shape or WCS, or a catalogue without RA/DEC, stops the run in one line before
-anything is written. The workers then add the columns of
+Both are found in the main process before any work (:func:`find_companions`, paths only,
+so that a rerun is keyed and reused without opening a file), beside each mosaic (``auto``:
+the LoTSS and PyBDSF names, see :mod:`astrocurate.io.companion_files`), by a pattern, or (a
+catalogue) as one survey-wide file. When the step computes, :func:`check_companions` opens
+them first, so a map of another shape or WCS, or a catalogue without RA/DEC, stops the run
+in one line before anything is written. The workers then add the columns of
 :data:`~astrocurate.io.cutout_store.COMPANION_COLUMNS` to each mosaic's cutouts:
 
 * :func:`rms_columns`, band by band beside the image: the map's median over each window
@@ -19,16 +20,18 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from astrocurate.algorithms import windows
-from astrocurate.algorithms.catalogue_match import match_sources
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.io import catalogues
-from astrocurate.io import mosaics as mosaic_io
+from astrocurate.io import companion_files
+from astrocurate.io.mosaic_files import listing_digest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from astrocurate.io.mosaics import Mosaic
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +54,15 @@ class Companions:
 def check_specs(rms_maps: str, catalogue: str) -> None:
     """Refuse an rms-map or catalogue option that is not auto, none or a valid pattern."""
     if rms_maps not in (AUTO, NONE):
-        catalogues.check_companion_spec(rms_maps, "--rms-maps")
+        companion_files.check_companion_spec(rms_maps, "--rms-maps")
     if catalogue not in (AUTO, NONE):
-        catalogues.check_companion_spec(catalogue, "--catalogue")
+        companion_files.check_companion_spec(catalogue, "--catalogue")
 
 
 def find_companions(
     found: list, rms_maps: str, catalogue: str, sources_dir: Path | None = None
 ) -> list[Companions]:
-    """Resolve and check the companions of every mosaic; one line for the first bad one.
+    """Find the companions of every mosaic (paths only; :func:`check_companions` opens them).
 
     Parameters
     ----------
@@ -75,22 +78,33 @@ def find_companions(
     Raises
     ------
     InvalidArgumentError
-        For a map of another shape or WCS than its mosaic, or a catalogue that cannot be
-        read or has no RA/DEC.
+        For a survey-wide catalogue that does not exist.
     """
     result = []
     for mosaic in found:
-        rms = _resolve(rms_maps, mosaic, catalogues.rms_map_for_mosaic, sources_dir, "rms")
+        rms = _resolve(rms_maps, mosaic, companion_files.rms_map_for_mosaic, sources_dir, "rms")
         source_list = _resolve(
-            catalogue, mosaic, catalogues.catalogue_for_mosaic, sources_dir, "catalogue"
+            catalogue, mosaic, companion_files.catalogue_for_mosaic, sources_dir, "catalogue"
         )
-        if rms is not None:
-            _check_rms_map(Path(rms), mosaic.path)
         result.append(Companions(_text(rms), _text(source_list)))
-    for source_list in sorted({c.catalogue for c in result if c.catalogue}):
-        _read_catalogue(source_list)  # checked once, and cached for this process
     _log_found(result, rms_maps, catalogue)
     return result
+
+
+def check_companions(found: list, beside: list[Companions]) -> None:
+    """Open every companion; refuse the first bad one in one line.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For an rms map of another shape or WCS than its mosaic, or a catalogue that cannot
+        be read or has no RA/DEC.
+    """
+    for mosaic, companion in zip(found, beside, strict=True):
+        if companion.rms_map is not None:
+            _check_rms_map(Path(companion.rms_map), mosaic.path)
+    for source_list in sorted({c.catalogue for c in beside if c.catalogue}):
+        _read_catalogue(source_list)  # checked once, and cached for this process
 
 
 def _resolve(spec: str, mosaic: Any, find: Any, sources_dir: Path | None, kind: str) -> Any:
@@ -122,6 +136,8 @@ def _log_found(found: list[Companions], rms_maps: str, catalogue: str) -> None:
 
 def _check_rms_map(rms_path: Path, mosaic_path: Path) -> None:
     """Refuse an rms map whose shape or pixel grid on the sky differs from its mosaic's."""
+    from astrocurate.io import mosaics as mosaic_io
+
     try:
         with mosaic_io.open_mosaic(rms_path) as rms, mosaic_io.open_mosaic(mosaic_path) as image:
             if rms.shape != image.shape:
@@ -140,7 +156,7 @@ def _check_rms_map(rms_path: Path, mosaic_path: Path) -> None:
         raise InvalidArgumentError(f"--rms-maps: {exc}") from exc
 
 
-def _grid_offset(image: mosaic_io.Mosaic, rms: mosaic_io.Mosaic) -> float:
+def _grid_offset(image: Mosaic, rms: Mosaic) -> float:
     """Largest distance, in pixels, between the same sky positions on the two grids."""
     ny, nx = image.shape
     x = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2])
@@ -153,7 +169,7 @@ def _grid_offset(image: mosaic_io.Mosaic, rms: mosaic_io.Mosaic) -> float:
 def digest(found: list[Companions]) -> str | None:
     """Hash of the companions' paths, sizes and times (None when there are none)."""
     paths = sorted({p for c in found for p in (c.rms_map, c.catalogue) if p is not None})
-    return mosaic_io.listing_digest(paths) if paths else None
+    return listing_digest(paths) if paths else None
 
 
 # --------------------------------------------------------------------------- in the workers
@@ -165,14 +181,18 @@ def rms_columns(rms_band: np.ndarray, xs: np.ndarray, ys: np.ndarray, w: int, st
     ``stats`` are the windows' :func:`~astrocurate.algorithms.windows.window_statistics`
     (``max``, ``median``) from the image band with the same rows.
     """
+    from astrocurate.algorithms import windows
+
     rms = windows.window_medians(rms_band, xs, ys, w)
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where(rms > 0, (stats["max"] - stats["median"]) / rms, np.nan)
     return {"rms_map": rms, "peak_snr_map": snr}
 
 
-def catalogue_columns(catalogue: str, mosaic: mosaic_io.Mosaic, rows: pd.DataFrame, w: int) -> dict:
+def catalogue_columns(catalogue: str, mosaic: Mosaic, rows: pd.DataFrame, w: int) -> dict:
     """Per-cutout source counts, largest flux and size, S_Code mix of one mosaic's cutouts."""
+    from astrocurate.algorithms.catalogue_match import match_sources
+
     table = _read_catalogue(catalogue)
     x, y = mosaic.icrs_to_pixel(table["ra_deg"].to_numpy(), table["dec_deg"].to_numpy())
     ny, nx = mosaic.shape
@@ -192,6 +212,8 @@ def catalogue_columns(catalogue: str, mosaic: mosaic_io.Mosaic, rows: pd.DataFra
 @functools.lru_cache(maxsize=2)
 def _read_catalogue(path: str) -> pd.DataFrame:
     """Read a source list once per process (a survey-wide one serves every mosaic)."""
+    from astrocurate.io import catalogues
+
     try:
         return catalogues.read_catalogue(path)
     except InvalidArgumentError as exc:

@@ -716,3 +716,21 @@ def test_cuda_matches_cpu(name, kwargs, tol):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         half = run(backbone, x.to("cuda")).float().cpu()
     assert torch.isfinite(half).all() and half.shape == expected.shape
+
+
+@pytest.mark.parametrize(("J", "L"), [(3, 8), (4, 8), (2, 4), (4, 6)])
+def test_scattering_paths_known_before_the_filter_bank_is_built(J: int, L: int) -> None:  # noqa: N803
+    """The channels come from kymatio's filter order without building its filters."""
+    from astrocurate.algorithms.backbones.scattering import _filter_labels, _scattering_transform
+
+    built = _scattering_transform(J, L, 4 * 2**J)
+    assert [(f["j"], f["theta"]) for f in built.psi] == [
+        (f["j"], f["theta"]) for f in _filter_labels(J, L)
+    ]
+
+
+def test_scattering_builds_its_filters_only_when_it_runs() -> None:
+    backbone = create_backbone("scattering")
+    assert backbone.module.scattering is None and backbone.dim > 0
+    features = backbone.module(torch.zeros(2, 1, 64, 64))
+    assert backbone.module.scattering is not None and features.shape == (2, backbone.dim)

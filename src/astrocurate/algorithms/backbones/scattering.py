@@ -128,14 +128,18 @@ class ScatteringFeatures(nn.Module):
     optionally renormalised by the parent path and extended by the spatial maximum and
     the quadrant means. Always computed in float32, also under autocast; a cutout's
     features do not depend on the rest of the batch.
+
+    kymatio's filter bank (seconds to build) is made at the first ``forward``, on the
+    input's device: describing the backbone (its dimension, for a run's parameters) costs
+    nothing, so a rerun that reuses a finished feature run does not build it.
     """
 
     def __init__(self, spec: ScatteringSpec, size: int) -> None:
         super().__init__()
         self.spec = spec
         self.size = size
-        self.scattering = copy.deepcopy(_scattering_transform(spec.J, spec.L, size))
-        paths = _scattering_paths(self.scattering.psi)
+        self.scattering: nn.Module | None = None  # kymatio's transform, made on first use
+        paths = _scattering_paths(_filter_labels(spec.J, spec.L))
         groups = _orientation_groups(paths, spec.L, spec.rotation_invariant)
         matrix = torch.zeros(len(paths), len(groups))
         for column, members in enumerate(groups):
@@ -152,7 +156,7 @@ class ScatteringFeatures(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             x = x.mean(dim=1) if x.shape[1] > 1 else x[:, 0]
-            coeffs = self.scattering(x.contiguous())  # (B, paths, h, w)
+            coeffs = self._transform(x.device)(x.contiguous())  # (B, paths, h, w)
             pooled = [coeffs.mean(dim=(-2, -1))]
             if self.spec.max_pool:
                 pooled.append(coeffs.amax(dim=(-2, -1)))
@@ -162,6 +166,13 @@ class ScatteringFeatures(nn.Module):
                     for cols in (slice(0, w), slice(w, None)):
                         pooled.append(coeffs[..., rows, cols].mean(dim=(-2, -1)))
             return torch.cat([self._log_energy(p) for p in pooled], dim=1)
+
+    def _transform(self, device: torch.device) -> nn.Module:
+        """Return kymatio's transform on ``device`` (a copy of the cached one, made once)."""
+        if self.scattering is None:
+            J, L = self.spec.J, self.spec.L  # noqa: N806
+            self.scattering = copy.deepcopy(_scattering_transform(J, L, self.size))
+        return self.scattering.to(device)
 
     def _log_energy(self, pooled: torch.Tensor) -> torch.Tensor:
         energy = torch.log((pooled @ self.group_matrix).clamp_min(0) + self.spec.eps)
@@ -185,6 +196,11 @@ def _scattering_transform(n_scales: int, n_angles: int, size: int) -> nn.Module:
             f"scattering backbones need the 'kymatio' package (pip install kymatio): {error}"
         ) from error
     return ScatteringTorch2D(J=n_scales, shape=(size, size), L=n_angles)
+
+
+def _filter_labels(n_scales: int, n_angles: int) -> list[dict]:
+    """``j`` and ``theta`` of kymatio's band-pass filters, in its order (scale, then angle)."""
+    return [{"j": j, "theta": theta} for j in range(n_scales) for theta in range(n_angles)]
 
 
 def _scattering_paths(psi: list[dict]) -> list[Path_]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -261,9 +262,8 @@ def test_two_processes_killed_then_rerun_give_the_uninterrupted_result(store, tm
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert get_run(prepared.run_id).status == "FINISHED"
-    assert (
-        "resuming after k-means run 0"
-        in (prepared.directory / "logs" / "clustering.log").read_text()
-    )
+    # run 0 was checkpointed before the kill; on a loaded machine a later one may be too
+    log_text = (prepared.directory / "logs" / "clustering.log").read_text()
+    assert re.search(r"resuming after k-means run \d+", log_text), log_text[-2000:]
     compute_levels(X, cfg, tmp_path / "reference")
     assert_equal_up_to_summation(prepared.directory, tmp_path / "reference")

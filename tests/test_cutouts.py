@@ -37,7 +37,6 @@ from astrocurate.io.cutout_store import (
     read_manifest,
 )
 from astrocurate.stages.cutting_out import cutting
-from astrocurate.stages.cutting_out import run as cutouts
 from astrocurate.stages.cutting_out.run import STEP, CutoutOptions, make_cutouts
 from astrocurate.synthetic.survey import make_survey
 

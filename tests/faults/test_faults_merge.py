@@ -2,7 +2,9 @@
 
 The session's cutout runs of 32 and 64 px (4 mosaics each, with sky positions, so the
 sky de-duplication runs) are merged; the command gets their IDs in the reverse order of
-the uninterrupted in-process reference (the result must not depend on it). The merge
+the uninterrupted in-process reference (the result must not depend on it), and leave out
+empty and too-noisy cutouts (``--min-peak-snr``, ``--max-noise-ratio``: the mosaics have
+rms maps). The merge
 writes ``mosaics.parquet``, then ``manifest.parquet``, each under a temporary name
 renamed into place, then hashes them and marks the run FINISHED.
 
@@ -47,7 +49,11 @@ RENAME_POINTS = [
 ]
 
 
-def _argv(ids, output) -> list[str]:
+#: The noise filters of the merge (they drop rows, so the reference must match them).
+NOISE = {"min_peak_snr": 5.0, "max_noise_ratio": 1.2}
+
+
+def _argv(ids, output, noise: dict = NOISE) -> list[str]:
     return [
         PYTHON,
         str(ROOT / "scripts" / "merge.py"),
@@ -55,6 +61,7 @@ def _argv(ids, output) -> list[str]:
         *reversed(ids),
         "--output-path",
         str(output),
+        *(f"--{k.replace('_', '-')}={v}" for k, v in noise.items()),
     ]
 
 
@@ -74,7 +81,7 @@ def test_merge_killed_before_and_after_its_renames_resumes_to_the_same_result(
 ):
     output = fault_env.work / "merged"
     fault_env.use("reference")
-    reference = merge_cutouts(list(fault_inputs.cutouts_ids), output_path=output)
+    reference = merge_cutouts(list(fault_inputs.cutouts_ids), output_path=output, **NOISE)
 
     runner = fault_env.runner("faulted")
     experiment = fault_env.use("faulted")
@@ -108,7 +115,7 @@ def test_merge_killed_before_and_after_its_renames_resumes_to_the_same_result(
         assert said_resumed_or_reused(final.stderr), final.where()
         assert final.stdout.strip() == runs[0].run_id
     else:  # its code, in-process (saves starting a process)
-        run = merge_cutouts(list(fault_inputs.cutouts_ids), output_path=output)
+        run = merge_cutouts(list(fault_inputs.cutouts_ids), output_path=output, **NOISE)
         assert run.resumed or run.reused, runner.summary()
     runs = runs_of(experiment, STEP)
     assert [r.status for r in runs] == ["FINISHED"], runner.summary()
@@ -129,7 +136,7 @@ def test_merge_on_a_full_disk_fails_cleanly_and_resumes_once_space_is_freed(
     output = small_disk.path / "merged"
     small_disk.fill(free=36 * 1024)  # the mosaics table fits, the manifest does not
     try:
-        attempt = runner.run(_argv(ids, output))
+        attempt = runner.run(_argv(ids, output, noise={}))
     finally:
         small_disk.empty()
     assert_one_line_disk_error(attempt)

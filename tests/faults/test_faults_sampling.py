@@ -32,8 +32,14 @@ pytestmark = pytest.mark.slow
 
 NUM_SAMPLES = 120
 EXPORT = ("npy", "fits", "png")
-#: Quality curation too: near-duplicates left out and outliers listed (their files compared).
-QUALITY = {"dedup_threshold": 0.995, "outliers": "list", "outlier_share": 0.05}
+#: Quality curation too: near-duplicates left out, outliers listed, empty sky left out
+#: (against the survey's rms maps); their files compared.
+QUALITY = {
+    "dedup_threshold": 0.995,
+    "outliers": "list",
+    "outlier_share": 0.05,
+    "min_peak_snr": 5.0,
+}
 NOT_RESULTS = ("report/*",)
 
 
@@ -53,6 +59,8 @@ def _argv(clustering_id: str) -> list[str]:
         QUALITY["outliers"],
         "--outlier-share",
         str(QUALITY["outlier_share"]),
+        "--min-peak-snr",
+        str(QUALITY["min_peak_snr"]),
     ]
 
 

@@ -338,7 +338,10 @@ def test_client_and_experiment_cached_per_store_and_name(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One client per tracking URI; experiment IDs per store and name (env may change)."""
+    tracking.experiment_id(tracking.client())  # the store exists: the client writes directly
     first = tracking.client()
+    if tracking.direct.local_store() is not None:
+        assert isinstance(first, tracking.direct_client.DirectClient)
     assert tracking.client() is first
     experiment = tracking.experiment_id(first)
     assert tracking.experiment_id(tracking.client(), create=False) == experiment

@@ -128,9 +128,10 @@ def transaction(path: Path) -> Iterator[sqlite3.Connection]:
         try:
             yield db
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # sqlite may have rolled it back itself (a full disk)
+                db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
+        db.execute("COMMIT")  # if this fails, closing the connection rolls back
 
 
 def now_ms() -> int:

@@ -319,8 +319,11 @@ def _metric_row(metric: Any) -> tuple[str, float, int, int, int]:
     value, timestamp, step = metric.value, metric.timestamp, metric.step
     if not isinstance(value, numbers.Number) or isinstance(value, bool):
         raise UnsupportedError(f"metric value {value!r}")
-    if not isinstance(timestamp, int) or timestamp < 0 or not isinstance(step, int):
-        raise UnsupportedError("metric timestamp or step")
+    if not isinstance(timestamp, numbers.Integral) or not isinstance(step, numbers.Integral):
+        raise UnsupportedError("metric timestamp or step")  # MLflow's own checks and errors
+    timestamp, step = int(timestamp), int(step)  # NumPy integers too
+    if timestamp < 0:
+        raise UnsupportedError("negative metric timestamp")
     value = float(value)  # type: ignore[arg-type]
     if math.isnan(value):
         return check_key(metric.key), 0.0, timestamp, step, 1

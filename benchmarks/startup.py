@@ -12,7 +12,10 @@ Commands measured:
   few runs;
 - ``step, reused``: ``scripts/cutouts.py`` on a survey of 2 mosaics of 512 px whose
   finished run exists (the rerun of a finished step);
-- ``step, new run``: the same with ``--force`` (a new run: the whole fixed cost);
+- ``step, new run``: the same with ``--force`` (a new run: the fixed cost and the cutting);
+- ``empty step, new run``: ``tracked_step`` with ``force=True`` around writing one small
+  file, in ``python -c`` (a new run's fixed cost alone: create the run, log its
+  parameters and tags, hash, log ``outputs.json`` and ``metadata.json``, finish it);
 - for reference, ``import mlflow`` and ``from mlflow.tracking import MlflowClient``
   alone (the same for both variants).
 
@@ -40,6 +43,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 #: The last commit before the start-up work (MLflow imported and opened by every lookup).
 DEFAULT_BASELINE = "73d74bb"
+#: A step that creates a new run and writes one small file (``argv[1]``: the tree's src).
+EMPTY_STEP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from astrocurate import tracking\n"
+    "with tracking.tracked_step('cutting_out', {'window_size': 8}, force=True) as run:\n"
+    "    (run.output_dir / 'data.txt').write_text('payload')\n"
+)
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
@@ -152,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "find_run": [*find, "--run-name", "cutting_out"],
                 "step, reused": step_command(tree, survey, workdir),
                 "step, new run": [*step_command(tree, survey, workdir), "--force"],
+                "empty step, new run": [sys.executable, "-c", EMPTY_STEP, str(tree / "src")],
                 "import mlflow": [sys.executable, "-c", "import mlflow"],
                 "import MlflowClient": [
                     sys.executable,

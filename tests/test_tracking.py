@@ -255,6 +255,7 @@ def _through_mlflow(monkeypatch: pytest.MonkeyPatch, lookup):
 
 def test_direct_reads_match_mlflow(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Lookups read from the sqlite file give what MLflow's search_runs and get_run give."""
+    monkeypatch.delenv(tracking.FAST_LOOKUP_ENV, raising=False)  # the direct path, even in CI's =0
     ids = {}
     for size in (64, 128, 64):
         with tracked_step("cutting_out", {"window_size": size}, force=True) as run:
@@ -311,6 +312,7 @@ def test_direct_store_only_for_an_existing_local_sqlite_file(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Servers, URIs with options, missing files and old schemas are read through MLflow."""
+    monkeypatch.delenv(tracking.FAST_LOOKUP_ENV, raising=False)
     with tracked_step("cutting_out", {"window_size": 64}) as run:
         _write(run)
     assert tracking.direct.local_store() is not None
@@ -338,7 +340,10 @@ def test_client_and_experiment_cached_per_store_and_name(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One client per tracking URI; experiment IDs per store and name (env may change)."""
+    tracking.experiment_id(tracking.client())  # the store exists: the client writes directly
     first = tracking.client()
+    if tracking.direct.local_store() is not None:
+        assert isinstance(first, tracking.direct_client.DirectClient)
     assert tracking.client() is first
     experiment = tracking.experiment_id(first)
     assert tracking.experiment_id(tracking.client(), create=False) == experiment
@@ -357,8 +362,11 @@ def test_client_and_experiment_cached_per_store_and_name(
     assert tracking.client() is first
 
 
-def test_reused_step_and_lookups_do_not_import_mlflow(store: Path) -> None:
+def test_reused_step_and_lookups_do_not_import_mlflow(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Reusing a finished run, get_run and find_runs on a local store never import MLflow."""
+    monkeypatch.delenv(tracking.FAST_LOOKUP_ENV, raising=False)
     with tracked_step("cutting_out", {"window_size": 64}) as first:
         _write(first)
     code = textwrap.dedent(

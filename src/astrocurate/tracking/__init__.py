@@ -2,7 +2,10 @@
 
 The package in layers, each module on top of those before it:
 
-- :mod:`~astrocurate.tracking.store`: the tracking URI, MLflow client, experiment, tag names;
+- :mod:`~astrocurate.tracking.entities`: light stand-ins for MLflow's entities;
+- :mod:`~astrocurate.tracking.sqlite_writes`: MLflow's run writes as sqlite statements;
+- :mod:`~astrocurate.tracking.direct_client`: :class:`DirectClient`, those writes without MLflow;
+- :mod:`~astrocurate.tracking.store`: the tracking URI, client, experiment, tag names;
 - :mod:`~astrocurate.tracking.records`: :class:`RunRecord`, run ID checks;
 - :mod:`~astrocurate.tracking.direct`: direct reads of a local sqlite store (no MLflow);
 - :mod:`~astrocurate.tracking.fingerprints`: output hashes, reuse keys, git state;

@@ -11,22 +11,21 @@ finished step never import MLflow. Callers fall back to MLflow on
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from astrocurate.tracking.records import RunRecord
 from astrocurate.tracking.store import (
+    FAST_LOOKUP_ENV,
     FINISHED,
     TAG_RUN_KEY,
     experiment_name,
-    sqlite_file,
-    tracking_uri,
+    local_sqlite_store,
 )
 
-#: Set to ``0`` to read runs through MLflow even from a local sqlite store.
-FAST_LOOKUP_ENV = "ASTROCURATE_FAST_LOOKUP"
+__all__ = ["FAST_LOOKUP_ENV", "NoDirectReadError", "local_store", "read_run", "search_runs"]
+
 #: The columns of MLflow's sqlite schema that the direct reads use.
 _READ_COLUMNS = {
     "experiments": {"experiment_id", "name"},
@@ -56,15 +55,11 @@ def local_store() -> Path | None:
     ``sqlite:///`` store with :mod:`sqlite3`, read-only, with the queries MLflow's
     ``SqlAlchemyStore`` makes (active runs, newest first). Anything else goes
     through MLflow: a server, a URI with options, a store file that does not exist
-    yet (MLflow creates it), MLflow workspaces, ``ASTROCURATE_FAST_LOOKUP=0``, and
-    any store whose tables lack the columns read here.
+    yet (MLflow creates it), MLflow workspaces, ``ASTROCURATE_FAST_LOOKUP=0``
+    (:func:`~astrocurate.tracking.store.local_sqlite_store`), and any store whose
+    tables lack the columns read here.
     """
-    if os.environ.get(FAST_LOOKUP_ENV, "").strip().lower() in ("0", "false", "no"):
-        return None
-    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() not in ("", "0", "false"):
-        return None
-    path = sqlite_file(tracking_uri())
-    return path if path is not None and path.is_file() else None
+    return local_sqlite_store()
 
 
 @contextlib.contextmanager

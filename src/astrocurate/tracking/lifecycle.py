@@ -45,6 +45,8 @@ from astrocurate.errors import (
 )
 from astrocurate.tracking import direct
 from astrocurate.tracking.checks import check_reusable
+from astrocurate.tracking.direct_client import log_batch
+from astrocurate.tracking.entities import Metric, Param, RunTag, is_store_error
 from astrocurate.tracking.fingerprints import (
     git_state,
     hash_mode,
@@ -108,21 +110,17 @@ class StepRun:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log numeric metrics to the run."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         for start in range(0, len(batch), 1000):
-            client().log_batch(self.run_id, metrics=batch[start : start + 1000])
+            log_batch(client(), self.run_id, metrics=batch[start : start + 1000])
 
     def log_metric_series(self, name: str, values: Iterable[float]) -> None:
         """Log one metric as a series, value ``i`` at step ``i`` (plotted by ``mlflow ui``)."""
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [Metric(name, float(v), now, i) for i, v in enumerate(values)]
         for start in range(0, len(batch), 1000):
-            client().log_batch(self.run_id, metrics=batch[start : start + 1000])
+            log_batch(client(), self.run_id, metrics=batch[start : start + 1000])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log extra parameters (discovered during the run, e.g. the number of mosaics)."""
@@ -130,9 +128,7 @@ class StepRun:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set tags on the run."""
-        from mlflow.entities import RunTag
-
-        client().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        log_batch(client(), self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dict(self, obj: Any, name: str) -> None:
         """Log a JSON-serialisable object as an artifact file ``name``."""
@@ -161,11 +157,9 @@ class StepRun:
 
 
 def _log_params(mlflow_client: Any, run_id: str, params: Mapping[str, Any]) -> None:
-    from mlflow.entities import Param
-
     batch = [Param(k, param_text(v)) for k, v in params.items()]
     for start in range(0, len(batch), 100):
-        mlflow_client.log_batch(run_id, params=batch[start : start + 100])
+        log_batch(mlflow_client, run_id, params=batch[start : start + 100])
 
 
 def default_output_root() -> Path:
@@ -439,9 +433,6 @@ def record_start(
     mlflow_client: Any, run_id: str, params: Mapping[str, Any], inputs: list[str], out: Path
 ) -> None:
     """Log parameters and the tags that may change when a run is resumed."""
-    from mlflow.entities import RunTag
-    from mlflow.exceptions import MlflowException
-
     existing = mlflow_client.get_run(run_id).data.params
     fresh = {k: v for k, v in params.items() if k not in existing}
     if "input_run_ids" not in existing:
@@ -450,10 +441,12 @@ def record_start(
         fresh["output_dir"] = str(out)
     try:
         _log_params(mlflow_client, run_id, fresh)
-    except MlflowException as exc:  # a parameter changed value: not the same run
+    except Exception as exc:  # a parameter changed value: not the same run
+        if not is_store_error(exc):
+            raise
         raise InvalidRunError(f"cannot resume run {run_id}: {exc}") from exc
     tags = {TAG_OUTPUT_DIR: str(out), TAG_HOST: socket.gethostname(), TAG_PID: os.getpid()}
-    mlflow_client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    log_batch(mlflow_client, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def finish_step(
@@ -465,13 +458,11 @@ def finish_step(
     and sampled blocks go to the artifact ``outputs.json``; their :func:`content_hash`
     to the tag ``astrocurate.content_hash``.
     """
-    from mlflow.entities import RunTag
-
     started = time.time()
     mode = hash_mode()
     digest, listing = hash_outputs(handle.output_dir, full=mode == "full")
     commit, dirty = git_state()
-    mlflow_client.log_batch(handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, digest)])
+    log_batch(mlflow_client, handle.run_id, tags=[RunTag(TAG_CONTENT_HASH, digest)])
     handle.log_dict(listing, "outputs.json")
     handle.log_dict(
         {
@@ -507,12 +498,10 @@ def _status_on_exit(mlflow_client: Any, run_id: str) -> Iterator[None]:
 
 def mark_terminated(mlflow_client: Any, run_id: str, exc: BaseException) -> None:
     """Mark a run KILLED (interrupt) or FAILED (error), recording the first line of the error."""
-    from mlflow.entities import RunTag
-
     status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
     message = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
     with contextlib.suppress(Exception):
-        mlflow_client.log_batch(run_id, tags=[RunTag(TAG_ERROR, message)])
+        log_batch(mlflow_client, run_id, tags=[RunTag(TAG_ERROR, message)])
     with contextlib.suppress(Exception):
         mlflow_client.set_terminated(run_id, status=status)
 

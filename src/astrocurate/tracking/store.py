@@ -3,8 +3,10 @@
 The store is ``MLFLOW_TRACKING_URI`` when set, otherwise the embedded
 ``sqlite:///mlflow.db`` of the current directory (what ``mlflow ui`` opens when
 started there). The path is made absolute so that a step started from another
-directory (``run.sh`` in a clustering directory) writes to the same store. Writes
-always go through MLflow, with one client per process and tracking URI (:func:`client`).
+directory (``run.sh`` in a clustering directory) writes to the same store. One client
+per process and tracking URI (:func:`client`): MLflow's, or on an existing local sqlite
+store of a known schema a :class:`~astrocurate.tracking.direct_client.DirectClient`, which
+writes it without importing MLflow.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ TAG_USER = "mlflow.user"
 TAG_NOTE = "mlflow.note.content"
 
 LOCK_NAME = ".astrocurate.lock"
+#: Set to ``0`` to read and write runs through MLflow even on a local sqlite store.
+FAST_LOOKUP_ENV = "ASTROCURATE_FAST_LOOKUP"
 #: MLflow status of a completed run.
 FINISHED = "FINISHED"
 #: Tag of a run prepared by one command and completed by a script in its output directory
@@ -112,23 +116,61 @@ class StoreAddress:
 
 #: One ``MlflowClient`` per process and tracking URI (see :func:`client`).
 _CLIENTS: dict[tuple[int, str], Any] = {}
+#: One direct client per process and tracking URI; None where the schema is not known.
+_DIRECT: dict[tuple[int, str], Any] = {}
 #: Experiment IDs already looked up, by process, tracking URI and experiment name.
 _EXPERIMENTS: dict[tuple[int, str, str], str] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def client() -> Any:
-    """Return the process's ``MlflowClient`` on :func:`tracking_uri`.
+def local_sqlite_store() -> Path | None:
+    """Return the sqlite file that runs may be read and written in without MLflow, or None.
 
-    MLflow is imported on the first call only (importing it takes seconds). The
+    Importing MLflow costs seconds, so an existing local ``sqlite:///`` store is read
+    (:mod:`~astrocurate.tracking.direct`) and written
+    (:mod:`~astrocurate.tracking.direct_client`) with :mod:`sqlite3`. Anything else goes
+    through MLflow: a server, a URI with options, a store file that does not exist yet
+    (MLflow creates it), MLflow workspaces, and ``ASTROCURATE_FAST_LOOKUP=0``.
+    """
+    if os.environ.get(FAST_LOOKUP_ENV, "").strip().lower() in ("0", "false", "no"):
+        return None
+    if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() not in ("", "0", "false"):
+        return None
+    path = sqlite_file(tracking_uri())
+    return path if path is not None and path.is_file() else None
+
+
+def client() -> Any:
+    """Return the process's client on :func:`tracking_uri`.
+
+    On an existing local sqlite store of a known schema (:func:`local_sqlite_store`) it
+    is a :class:`~astrocurate.tracking.direct_client.DirectClient`: the ``MlflowClient``
+    methods the tracking layer uses, without importing MLflow; its other methods and
+    whatever it cannot write as MLflow would go through MLflow. Otherwise it is an
+    ``MlflowClient``; MLflow is imported on the first call only (it takes seconds). A
     client is created once per process and tracking URI, so a change of
     ``MLFLOW_TRACKING_URI`` (tests) gets a client on the new store.
 
     Returns
     -------
-    mlflow.tracking.MlflowClient
+    DirectClient or mlflow.tracking.MlflowClient
     """
-    key = (os.getpid(), tracking_uri())
+    uri = tracking_uri()
+    path = local_sqlite_store()
+    if path is not None:
+        key = (os.getpid(), uri)
+        if key not in _DIRECT:
+            from astrocurate.tracking.direct_client import DirectClient
+
+            _DIRECT[key] = DirectClient.open(path, uri, lambda: mlflow_client(uri))
+        if _DIRECT[key] is not None:
+            return _DIRECT[key]
+    return mlflow_client(uri)
+
+
+def mlflow_client(uri: str) -> Any:
+    """Return the process's ``MlflowClient`` on ``uri`` (MLflow creates or migrates a store)."""
+    key = (os.getpid(), uri)
     cached = _CLIENTS.get(key)
     if cached is None:
         from mlflow.tracking import MlflowClient
@@ -178,8 +220,8 @@ def experiment_id(mlflow_client: Any, create: bool = True) -> str | None:
 
     Parameters
     ----------
-    mlflow_client : mlflow.tracking.MlflowClient
-        Client on the tracking store.
+    mlflow_client : DirectClient or mlflow.tracking.MlflowClient
+        Client on the tracking store (:func:`client`).
     create : bool
         Create the experiment (:func:`experiment_name`) when it does not exist.
 

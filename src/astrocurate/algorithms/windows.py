@@ -457,11 +457,7 @@ def window_statistics(
     ValueError
         If ``image`` is not 2-D or a window falls outside it.
     """
-    w = _check_window_size(window_size)
-    image = np.asarray(image)
-    if image.dtype.kind != "f":
-        image = image.astype(np.float64)
-    x0, y0 = _check_origins(image, x0, y0, w)
+    image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
     if x0.size == 0:
         return cutout_statistics(np.empty((0, w, w), dtype=image.dtype))
     level = _reference_level(image)
@@ -485,6 +481,18 @@ def window_statistics(
 _WELL_CONDITIONED = 1e6
 #: Pixels converted to float64 at once by :func:`_block_columns` (8 MiB).
 _BLOCK_ELEMENTS = 1 << 20
+
+
+def _float_image_and_windows(
+    image: Any, x0: Any, y0: Any, window_size: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Validate an image and its windows; return a float image, int64 origins and ``w``."""
+    w = _check_window_size(window_size)
+    image = np.asarray(image)
+    if image.dtype.kind != "f":
+        image = image.astype(np.float64)
+    x0, y0 = _check_origins(image, x0, y0, w)
+    return image, x0, y0, w
 
 
 def _check_origins(image: np.ndarray, x0: Any, y0: Any, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -638,11 +646,7 @@ def window_medians(
     ValueError
         If ``image`` is not 2-D or a window falls outside it.
     """
-    w = _check_window_size(window_size)
-    image = np.asarray(image)
-    if image.dtype.kind != "f":
-        image = image.astype(np.float64)
-    x0, y0 = _check_origins(image, x0, y0, w)
+    image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
     medians = [np.empty(0, dtype=np.float64)]
     for _, grid in _grid_chunks(image, x0, y0, w):
         medians.append(_median_rows(grid, grid.shape[1] - np.isnan(grid).sum(axis=1)))

@@ -55,6 +55,17 @@ def sequential_write_mb_s(directory: Path, megabytes: int = 1024) -> float:
     return megabytes * 1.048576 / seconds
 
 
+def read_once_seconds(paths: list[Path]) -> float:
+    """Seconds to read every byte of ``paths`` once, in 8 MiB reads (what a cut must read)."""
+    buffer = bytearray(8 << 20)
+    start = time.perf_counter()
+    for path in paths:
+        with open(path, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
+    return time.perf_counter() - start
+
+
 def original_way(survey: Path, out: Path, window: int, overlap: float) -> dict:
     """One np.save per cutout and a JSON list, as the seed project did (same windows)."""
     from astrocurate.algorithms import windows
@@ -252,7 +263,11 @@ def main() -> None:
     if not (survey / "survey.json").is_file():
         print(f"generating {args.mosaics} mosaics of {args.size} px in {survey} ...", flush=True)
         make_survey(survey, n_mosaics=args.mosaics, mosaic_size=args.size, seed=0)
-    survey_bytes = sum(p.stat().st_size for p in survey.rglob("*.fits"))
+    from astrocurate.io.mosaic_names import is_companion_name
+
+    read_by_a_cut = sorted(survey.rglob("*.fits"))  # the mosaics and their rms maps
+    mosaics = [p for p in read_by_a_cut if not is_companion_name(p.name)]
+    survey_bytes = sum(p.stat().st_size for p in mosaics)
     store_uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"}
     os.environ.update({"MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"})
@@ -264,6 +279,7 @@ def main() -> None:
     variants = ["original", "copy", "virtual"]
     variants += [f"{v}@{args.baseline}" for v in ("copy", "virtual") if args.baseline]
     results = {}
+    read_once = read_once_seconds(read_by_a_cut)  # warm, as the cuts after it find them
     for variant in variants:
         src = sources[variant.partition("@")[2]]
         out = workdir / f"out-{variant.replace('@', '-')}"
@@ -294,6 +310,11 @@ def main() -> None:
     print(f"\ncopy / original speed:    {speed['copy'] / speed['original']:.1f}x")
     print(f"virtual / original speed: {speed['virtual'] / speed['original']:.1f}x")
     print(f"disk / copy bandwidth:    {disk / copy_mb_s:.2f}x (goal <= 1.5)")
+    print(
+        f"virtual run / reading its {len(read_by_a_cut)} files once "
+        f"({sum(p.stat().st_size for p in read_by_a_cut) / 1e9:.2f} GB in {read_once:.2f} s): "
+        f"{results['virtual']['seconds'] / read_once:.2f}x (goal <= 1.5)"
+    )
     for store in ("copy", "virtual") if args.baseline else ():
         old = speed[f"{store}@{args.baseline}"]
         print(f"{store} / {store}@{args.baseline} speed: {speed[store] / old:.1f}x")

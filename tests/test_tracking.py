@@ -408,3 +408,30 @@ def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> No
     results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     assert all(rc == 0 for rc, _, _ in results), [err.decode()[-500:] for _, _, err in results]
     assert len({out.strip() for _, out, _ in results}) == 1  # one experiment, found by all
+
+
+def test_before_work_runs_only_when_the_step_computes_and_a_refusal_leaves_nothing(
+    store: Path,
+) -> None:
+    calls: list[str] = []
+    with tracked_step("cutting_out", {"window_size": 48}, before_work=lambda: calls.append("new")):
+        assert calls == ["new"]  # before the body, once
+    with tracked_step(
+        "cutting_out", {"window_size": 48}, before_work=lambda: calls.append("again")
+    ) as run:
+        assert run.reused
+    assert calls == ["new"]  # a reused run does not call it
+
+    def refuse() -> None:
+        raise ValueError("bad companion file")
+
+    runs_before = {r.run_id for r in tracking.find_runs(include_unfinished=True)}
+    dirs_before = set((store / "outputs").rglob("*")) if (store / "outputs").exists() else set()
+    with (
+        pytest.raises(ValueError, match="bad companion file"),
+        tracked_step("cutting_out", {"window_size": 49}, before_work=refuse),
+    ):
+        raise AssertionError("the body must not run")
+    assert {r.run_id for r in tracking.find_runs(include_unfinished=True)} == runs_before
+    after = set((store / "outputs").rglob("*")) if (store / "outputs").exists() else set()
+    assert after == dirs_before

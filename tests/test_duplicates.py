@@ -80,3 +80,30 @@ def test_a_shared_component_is_taken_out_by_the_center():
     centred = near_duplicates(features, np.zeros(50), 0.98, center=features.mean(axis=0))
     assert centred.n_duplicates == 0
     assert pairs_within(features, np.zeros(50), 0.98, np.arange(50), center=features.mean(0)) == 0
+
+
+def test_pairs_at_the_threshold_are_decided_in_float64() -> None:
+    """Near-threshold pairs follow the float64 cosine of the float32 unit rows, whatever
+    the float32 product's rounding (which depends on how BLAS splits it)."""
+    from astrocurate.algorithms.duplicates import near_duplicates, pairs_within
+
+    rng = np.random.default_rng(7)
+    threshold = 0.995
+    base = rng.normal(size=(400, 64)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    noise = rng.normal(size=(400, 64)).astype(np.float32)
+    noise -= (noise * base).sum(axis=1, keepdims=True) * base  # orthogonal to base
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    angle = np.arccos(threshold + rng.uniform(-3e-7, 3e-7, size=400))[:, None]
+    other = (np.cos(angle) * base + np.sin(angle) * noise).astype(np.float32)
+    features = np.empty((800, 64), dtype=np.float32)
+    features[0::2], features[1::2] = base, other
+    groups = np.repeat(np.arange(400), 2)  # each pair alone in its group
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    exact = np.einsum("ij,ij->i", unit[0::2].astype(np.float64), unit[1::2].astype(np.float64))
+    found = near_duplicates(features, groups, threshold)
+    np.testing.assert_array_equal(
+        found.duplicate_of[1::2] == np.arange(0, 800, 2), exact >= threshold
+    )
+    assert 0 < (exact >= threshold).sum() < 400  # both sides of the threshold are hit
+    assert pairs_within(features, groups, threshold, np.arange(800)) == (exact >= threshold).sum()

@@ -10,6 +10,9 @@ Inside a group the cutouts are taken by decreasing ``priority`` (e.g. peak SNR; 
 index). The first is kept; every later cutout within the threshold of it is marked as its
 duplicate; the next cutout not yet marked is kept, and so on. So no two kept cutouts of a
 group are near-duplicates, and every marked cutout names the kept one it repeats.
+
+Similarities are float32 products; those within :data:`BORDER` of the threshold are decided
+again in float64, so the marking does not depend on the BLAS thread count.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from astrocurate.validation import check_real
 
 #: Rows of one block of the similarity matrix (block x group size floats at a time).
 BLOCK_ROWS = 2048
+#: Similarities this close to the threshold are decided again in float64, pair by pair: a
+#: float32 product's rounding depends on how BLAS splits it (its thread count), and the
+#: marking must not.
+BORDER = 1e-5
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,24 @@ def _similarities(unit: np.ndarray | torch.Tensor, start: int) -> np.ndarray:
     """Cosine similarities of rows ``start .. start + BLOCK_ROWS`` with every row, (b, m)."""
     block = unit[start : start + BLOCK_ROWS] @ unit.T
     return block if isinstance(block, np.ndarray) else block.float().cpu().numpy()
+
+
+def _at_least(
+    block: np.ndarray, unit: np.ndarray | torch.Tensor, start: int, threshold: float
+) -> np.ndarray:
+    """Mask of ``block >= threshold``, pairs within :data:`BORDER` of it decided in float64."""
+    hits = block >= threshold
+    rows, cols = np.nonzero(np.abs(block - threshold) <= BORDER)
+    if len(rows):
+        left = _float64_rows(unit, start + rows)
+        hits[rows, cols] = np.einsum("ij,ij->i", left, _float64_rows(unit, cols)) >= threshold
+    return hits
+
+
+def _float64_rows(unit: np.ndarray | torch.Tensor, index: np.ndarray) -> np.ndarray:
+    if isinstance(unit, np.ndarray):
+        return unit[index].astype(np.float64)
+    return unit[torch.as_tensor(index, device=unit.device)].double().cpu().numpy()
 
 
 def _groups(groups: ArrayLike, n: int) -> list[np.ndarray]:
@@ -138,11 +163,12 @@ def _mark_group(
     marked = np.zeros(m, dtype=bool)
     for start in range(0, m, BLOCK_ROWS):
         block = _similarities(unit, start)
+        decided = _at_least(block, unit, start, threshold)
         for offset, row in enumerate(block):
             i = start + offset
             if marked[i]:
                 continue
-            hits = np.flatnonzero(row[i + 1 :] >= threshold) + i + 1
+            hits = np.flatnonzero(decided[offset, i + 1 :]) + i + 1
             hits = hits[~marked[hits]]
             if len(hits):
                 marked[hits] = True
@@ -176,6 +202,7 @@ def pairs_within(
         shift = None if center is None else np.asarray(center, dtype=np.float32)
         unit = _unit_rows(np.asarray(features)[subset[members]], device, shift)
         for start in range(0, len(members), BLOCK_ROWS):
-            rows, cols = np.nonzero(_similarities(unit, start) >= threshold)
+            block = _similarities(unit, start)
+            rows, cols = np.nonzero(_at_least(block, unit, start, threshold))
             total += int((cols > rows + start).sum())
     return total

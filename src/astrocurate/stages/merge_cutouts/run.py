@@ -207,14 +207,11 @@ def _drop_noise_flagged(table: pa.Table, noise: dict[str, float]) -> tuple[pa.Ta
     from astrocurate.algorithms.noise_flags import NOISE_COLUMNS, flag_noise
 
     columns = {name: _numpy(table[name]) for name in NOISE_COLUMNS}
-    groups = pc.binary_join_element_wise(
-        table["mosaic_path"].cast(pa.string()),
-        table["window_size"].cast(pa.string()),
-        "\0",
-    )
-    flags = flag_noise(
-        columns, _numpy(groups), noise.get("min_peak_snr"), noise.get("max_noise_ratio")
-    )
+    # group = (mosaic, window size) as one integer, from the text column's dictionary codes
+    mosaic = _numpy(_dictionary(table["mosaic_path"]).combine_chunks().indices).astype(np.int64)
+    window = _numpy(table["window_size"]).astype(np.int64)
+    groups = mosaic * (int(window.max(initial=0)) + 1) + window
+    flags = flag_noise(columns, groups, noise.get("min_peak_snr"), noise.get("max_noise_ratio"))
     counts = {}
     if flags.empty is not None:
         counts["n_empty_dropped"] = int(flags.empty.sum())

@@ -721,7 +721,8 @@ def test_cuda_matches_cpu(name, kwargs, tol):
 @pytest.mark.parametrize(("J", "L"), [(3, 8), (4, 8), (2, 4), (4, 6)])
 def test_scattering_paths_known_before_the_filter_bank_is_built(J: int, L: int) -> None:  # noqa: N803
     """The channels come from kymatio's filter order without building its filters."""
-    from astrocurate.algorithms.backbones.scattering import _filter_labels, _scattering_transform
+    from astrocurate.algorithms.backbones.scattering import _scattering_transform
+    from astrocurate.algorithms.backbones.scattering_spec import _filter_labels
 
     built = _scattering_transform(J, L, 4 * 2**J)
     assert [(f["j"], f["theta"]) for f in built.psi] == [

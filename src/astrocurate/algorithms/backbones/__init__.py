@@ -1,28 +1,43 @@
 """Feature backbones: a registry of named models and the code that builds each family.
 
 The public API: :func:`create_backbone` and :func:`list_backbones` (:mod:`.registry`),
-the :class:`Backbone` they return with its :class:`Preprocessing` (:mod:`.base`), the
-scattering names (:mod:`.scattering`) and :class:`WeightsError` (:mod:`.weights`).
+the :class:`Backbone` they return (:mod:`.base`), what describes one without building it
+(:func:`describe_backbone`, :class:`BackboneCard`, :class:`Preprocessing`: :mod:`.spec`),
+the scattering names (:mod:`.scattering_spec`) and :class:`WeightsError`.
+
+Names are imported on first use: describing a backbone needs no torch, building one does.
 """
 
-from astrocurate.algorithms.backbones.base import Backbone, Preprocessing
-from astrocurate.algorithms.backbones.channels import CHANNEL_MODES
-from astrocurate.algorithms.backbones.registry import (
-    create_backbone,
-    list_backbones,
-    register_backbone,
-)
-from astrocurate.algorithms.backbones.scattering import ScatteringSpec, parse_scattering_name
-from astrocurate.algorithms.backbones.weights import WeightsError
+from __future__ import annotations
 
-__all__ = [
-    "CHANNEL_MODES",
-    "Backbone",
-    "Preprocessing",
-    "ScatteringSpec",
-    "WeightsError",
-    "create_backbone",
-    "list_backbones",
-    "parse_scattering_name",
-    "register_backbone",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CHANNEL_MODES": "spec",
+    "Backbone": "base",
+    "BackboneCard": "spec",
+    "Preprocessing": "spec",
+    "ScatteringSpec": "scattering_spec",
+    "WeightsError": "spec",
+    "create_backbone": "registry",
+    "describe_backbone": "spec",
+    "list_backbones": "registry",
+    "parse_scattering_name": "scattering_spec",
+    "register_backbone": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,14 +10,20 @@ validated :class:`Options`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from astrocurate.algorithms.backbones.spec import (
+    BackboneCard,
+    Options,
+    Preprocessing,
+    check_pooling,
+    reject,
+)
 from astrocurate.errors import InvalidArgumentError
 
 __all__ = [
@@ -31,31 +37,6 @@ __all__ = [
     "pool_tokens",
     "reject",
 ]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the caller must do to a cutout before it reaches :attr:`Backbone.module`.
-
-    Attributes
-    ----------
-    input_size : int
-        Square side ``S`` the module expects (resize to it).
-    in_chans : int
-        Channels fed to the module: 1, or 3 identical copies of the cutout.
-    mean, std : tuple of float
-        Per-channel standardisation ``(x - mean[c]) / std[c]``, applied after the
-        astronomical normalisation; ``len == in_chans``.
-    """
-
-    input_size: int
-    in_chans: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the fields as plain JSON-serialisable values."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass
@@ -89,6 +70,31 @@ class Backbone:
     weights_sha256: str | None
     description: str
 
+    @classmethod
+    def from_card(cls, card: BackboneCard, module: nn.Module) -> Backbone:
+        """Return the backbone described by ``card`` computed by ``module``."""
+        return cls(
+            card.name,
+            module,
+            card.dim,
+            card.preprocessing,
+            card.layer,
+            card.weights_sha256,
+            card.description,
+        )
+
+    @property
+    def card(self) -> BackboneCard:
+        """What identifies the features, without the module."""
+        return BackboneCard(
+            self.name,
+            self.dim,
+            self.preprocessing,
+            self.layer,
+            self.weights_sha256,
+            self.description,
+        )
+
     def metadata(self) -> dict[str, Any]:
         """Return what identifies the features (for a sidecar or run parameters)."""
         return {
@@ -101,38 +107,7 @@ class Backbone:
         }
 
 
-@dataclass(frozen=True)
-class Options:
-    """Validated options shared by every builder."""
-
-    weights: Path | None
-    arch: str | None
-    pooling: str | None
-    channels: str
-    pretrained: bool
-    input_size: int | None
-    allow_pickle: bool
-
-
 Builder = Callable[[str, str, Options], Backbone]
-
-
-def reject(options: Options, name: str, *fields: str) -> None:
-    """Raise when an option that ``name`` does not use was given."""
-    for option in fields:
-        value = getattr(options, option)
-        if value is not None:
-            raise InvalidArgumentError(f"{option}={value!s} does not apply to backbone {name!r}")
-
-
-def check_pooling(name: str, pooling: str, valid: Iterable[str]) -> str:
-    """Return ``pooling`` when it is one of ``valid``; raise naming the valid ones."""
-    valid = tuple(valid)
-    if pooling not in valid:
-        raise InvalidArgumentError(
-            f"pooling={pooling!r} is not valid for backbone {name!r}; valid: {', '.join(valid)}"
-        )
-    return pooling
 
 
 def finish(module: nn.Module) -> nn.Module:

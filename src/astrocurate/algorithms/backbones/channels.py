@@ -7,12 +7,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from astrocurate.algorithms.backbones.base import Preprocessing
+from astrocurate.algorithms.backbones.spec import CHANNEL_MODES, Preprocessing
 from astrocurate.errors import InvalidArgumentError
 
 __all__ = ["CHANNEL_MODES", "fold_first_conv", "rgb_preprocessing"]
 
-CHANNEL_MODES: tuple[str, ...] = ("repeat", "fold")
 """Ways of feeding single-channel images to a 3-channel network."""
 
 

@@ -50,16 +50,14 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from astrocurate.algorithms.backbones.base import Backbone, Builder, Options
-from astrocurate.algorithms.backbones.channels import CHANNEL_MODES
+from astrocurate.algorithms.backbones.base import Backbone, Builder
 from astrocurate.algorithms.backbones.hf import build_hf
-from astrocurate.algorithms.backbones.scattering import SCATTERING_NAMES, build_scattering
+from astrocurate.algorithms.backbones.scattering import build_scattering
+from astrocurate.algorithms.backbones.scattering_spec import SCATTERING_NAMES
+from astrocurate.algorithms.backbones.spec import check_options
 from astrocurate.algorithms.backbones.timm_models import build_ssl, build_timm
-from astrocurate.algorithms.backbones.weights import WeightsError
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.validation import check_int
 
 __all__ = ["create_backbone", "list_backbones", "register_backbone"]
 
@@ -173,23 +171,17 @@ def create_backbone(
     WeightsError
         Weights missing locally, unreadable, or made for another architecture.
     """
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgumentError(f"backbone name must be a non-empty string, got {name!r}")
-    name = name.strip()
-    if channels not in CHANNEL_MODES:
-        raise InvalidArgumentError(
-            f"channels={channels!r} is not valid; valid values: {', '.join(CHANNEL_MODES)}"
-        )
-    if input_size is not None:
-        check_int("input_size", input_size, minimum=8)
+    name, options = check_options(
+        name,
+        weights=weights,
+        arch=arch,
+        pooling=pooling,
+        channels=channels,
+        pretrained=pretrained,
+        input_size=input_size,
+        allow_pickle=allow_pickle,
+    )
     key, spec = _resolve_name(name)
-    path = None
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(f"weights file {str(path)!r} does not exist or is not a file")
-    size = None if input_size is None else int(input_size)
-    options = Options(path, arch, pooling, channels, bool(pretrained), size, allow_pickle)
     return _REGISTRY[key].builder(name, spec, options)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from astrocurate.errors import AstrocurateError
+from astrocurate.algorithms.backbones.spec import WeightsError
 
 __all__ = [
     "WEIGHT_FILES",
@@ -54,10 +54,6 @@ _HEAD_KEYS = frozenset(
 )
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 """File names of a model folder's single weights file, in order of preference."""
-
-
-class WeightsError(AstrocurateError, ValueError):
-    """Weights are missing, unreadable, or do not fit the requested architecture."""
 
 
 def hf_cache_dir() -> Path:

@@ -2,7 +2,8 @@
 
 The public API: :func:`create_backbone` and :func:`list_backbones` (:mod:`.registry`),
 the :class:`Backbone` they return (:mod:`.base`), what describes one without building it
-(:func:`describe_backbone`, :class:`BackboneCard`, :class:`Preprocessing`: :mod:`.spec`),
+(:func:`describe_backbone` in :mod:`.describe`; :class:`BackboneCard`,
+:class:`Preprocessing` in :mod:`.spec`),
 the scattering names (:mod:`.scattering_spec`) and :class:`WeightsError`.
 
 Names are imported on first use: describing a backbone needs no torch, building one does.
@@ -21,7 +22,7 @@ _EXPORTS = {
     "ScatteringSpec": "scattering_spec",
     "WeightsError": "spec",
     "create_backbone": "registry",
-    "describe_backbone": "spec",
+    "describe_backbone": "describe",
     "list_backbones": "registry",
     "parse_scattering_name": "scattering_spec",
     "register_backbone": "registry",

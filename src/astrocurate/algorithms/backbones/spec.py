@@ -1,17 +1,14 @@
-"""What describes a backbone without building it: no torch, no weights loaded.
+"""What describes a backbone without building it, and the checks every family shares.
 
-A feature run's reuse key holds the backbone's dimension, layer, preprocessing and
-weights hash. For the weight-free scattering family these follow from the name alone, so
-:func:`describe_backbone` returns them without importing torch: a rerun that reuses a
-finished feature run answers in a fraction of a second. The same checks and the same
-description serve :func:`~astrocurate.algorithms.backbones.registry.create_backbone`,
-which builds the module on top of them.
+No torch here: :mod:`.describe` uses these types to describe a backbone without building
+it, and every builder receives the checked :class:`Options` and returns its
+:class:`BackboneCard` with a module (:class:`~astrocurate.algorithms.backbones.base.Backbone`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +24,6 @@ __all__ = [
     "WeightsError",
     "check_options",
     "check_pooling",
-    "describe_backbone",
-    "register_description",
     "reject",
 ]
 
@@ -159,47 +154,3 @@ def check_pooling(name: str, pooling: str, valid: Iterable[str]) -> str:
             f"pooling={pooling!r} is not valid for backbone {name!r}; valid: {', '.join(valid)}"
         )
     return pooling
-
-
-Describer = Callable[[str, Options], BackboneCard]
-#: Name prefixes (or whole names) whose card follows from the name and options alone.
-_DESCRIBERS: dict[str, Describer] = {}
-
-
-def register_description(prefix: str, describer: Describer) -> None:
-    """Let names equal to or starting with ``prefix`` be described by ``describer``."""
-    _DESCRIBERS[prefix] = describer
-
-
-def describe_backbone(name: Any, **options: Any) -> BackboneCard | None:
-    """Return the card of backbone ``name`` if it can be known without building it.
-
-    Parameters
-    ----------
-    name : str
-        A backbone name (see :func:`~astrocurate.algorithms.backbones.list_backbones`).
-    **options
-        The keyword arguments of
-        :func:`~astrocurate.algorithms.backbones.registry.create_backbone`.
-
-    Returns
-    -------
-    BackboneCard or None
-        The card :func:`create_backbone` would give, checked the same way; None when the
-        backbone must be built to be described (weights, timm or transformers models).
-    """
-    name, checked = check_options(name, **options)
-    _register_builtin()
-    for prefix, describer in _DESCRIBERS.items():
-        if name == prefix or (prefix.endswith("-") and name.startswith(prefix)):
-            return describer(name, checked)
-    return None
-
-
-def _register_builtin() -> None:
-    """Register the torch-free describers shipped with the package (once)."""
-    if not _DESCRIBERS:
-        from astrocurate.algorithms.backbones.scattering_spec import scattering_card
-
-        register_description("scattering", scattering_card)
-        register_description("scattering-", scattering_card)

@@ -1,7 +1,7 @@
 """Do a cutout's features depend on the batch it is computed in? Per backbone, on this device.
 
 For each backbone the same 33 cutouts go through
-:class:`astrocurate.stages.feature_extraction.run.FeatureModel`
+:class:`astrocurate.stages.feature_extraction.extraction.FeatureModel`
 three ways: one batch of 33, 33 batches of 1, and batches of 16 + 17. Printed: the largest
 absolute difference of the features against the batch of 33, and whether the bytes are
 equal. This is the measurement behind the README's reproducibility statement (the batch
@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from astrocurate.algorithms.backbones.registry import create_backbone  # noqa: E402
 from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E402
-from astrocurate.stages.feature_extraction.run import DEFAULT_MODEL, FeatureModel  # noqa: E402
+from astrocurate.stages.feature_extraction.extraction import FeatureModel  # noqa: E402
+from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL  # noqa: E402
 
 #: (label, backbone name, create_backbone options); random init: no downloads.
 BACKBONES = (

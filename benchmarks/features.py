@@ -41,11 +41,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from astrocurate.algorithms.backbones.registry import create_backbone  # noqa: E402
 from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E402
 from astrocurate.stages.feature_extraction.extraction import (  # noqa: E402
-    DEFAULT_MODEL,
     FeatureModel,
     _features_of,
     plan_batches,
 )
+from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL  # noqa: E402
 
 QUALITY_MODELS = (
     "scattering",

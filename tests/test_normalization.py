@@ -84,3 +84,9 @@ def test_result_independent_of_batch(method: str) -> None:
 def test_invalid_configs(kwargs: dict, fragment: str) -> None:
     with pytest.raises(InvalidArgumentError, match=fragment):
         normalize(_batch([1.0, 2.0]), NormalizationConfig(**kwargs))
+
+
+def test_the_torch_free_method_names_are_the_methods() -> None:
+    from astrocurate.algorithms.normalization_config import METHOD_NAMES
+
+    assert tuple(METHODS) == METHOD_NAMES

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from astrocurate.algorithms.backbones.registry import WeightsError
+from astrocurate.algorithms.backbones import WeightsError
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.cutout_store import read_manifest
 from astrocurate.launch import SlurmOptions, tracking_environment

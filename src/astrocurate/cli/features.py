@@ -104,7 +104,7 @@ def _features_shard_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _feature_options(args: argparse.Namespace):
-    from astrocurate.algorithms.normalization import NormalizationConfig
+    from astrocurate.algorithms.normalization_config import NormalizationConfig
     from astrocurate.stages.feature_extraction.run import DEFAULT_MODEL, FeatureOptions
 
     normalization = NormalizationConfig(

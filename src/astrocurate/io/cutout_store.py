@@ -56,16 +56,18 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from astrocurate.algorithms.catalogue_match import CATALOGUE_COLUMNS
 from astrocurate.errors import AstrocurateError
 from astrocurate.io.atomic import atomic_path, temporary_path
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: counting rows needs none
+    import pandas as pd
 
 MANIFEST = "manifest.parquet"
 MOSAICS = "mosaics.parquet"
@@ -166,6 +168,8 @@ def read_manifest(directory: Path, columns: Sequence[str] | None = None) -> pd.D
     CutoutStoreError
         If the directory has no manifest.
     """
+    import pandas as pd
+
     path = manifest_path(directory)
     return pd.read_parquet(path, columns=list(columns) if columns else None)
 
@@ -228,6 +232,8 @@ def read_manifest_rows(
                 pieces.append(pa.Table.from_batches([batch.take(pa.array(inside))]))
             start += batch.num_rows
     if not pieces:
+        import pandas as pd
+
         return pd.DataFrame({c: [] for c in available})
     table = pa.concat_tables(pieces)
     for name in text:
@@ -353,6 +359,8 @@ class CutoutReader:
     @classmethod
     def from_directory(cls, directory: Path, max_open: int = 64) -> CutoutReader:
         """Open the store of a cutout or merge run directory."""
+        import pandas as pd
+
         directory = Path(directory)
         mosaics_path = directory / MOSAICS
         mosaics = pd.read_parquet(mosaics_path) if mosaics_path.is_file() else None

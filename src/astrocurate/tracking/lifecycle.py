@@ -206,7 +206,7 @@ def tracked_step(
     volatile_params: Iterable[str] = (),
     resume_params: Mapping[str, str] | None = None,
     force: bool = False,
-    before_work: Callable[[], None] | None = None,
+    before_work: Callable[[], Mapping[str, Any] | None] | None = None,
 ) -> Iterator[StepRun]:
     """Record one pipeline step as one MLflow run.
 
@@ -237,9 +237,9 @@ def tracked_step(
         Never reuse a finished run: compute into a new one.
     before_work : callable, optional
         Called once it is known that the step will compute (no finished run to reuse),
-        before any run is recorded or directory made: checks of the inputs that cost more
-        than keying the run (e.g. opening files), and start-up work that may overlap with
-        opening the store. An exception from it leaves nothing behind.
+        before any run is recorded or directory made: costly checks of the inputs, start-up
+        work. It may return volatile parameters known only then (the device), to be
+        logged. An exception from it leaves nothing behind.
 
     Yields
     ------
@@ -261,8 +261,7 @@ def tracked_step(
         log.info("reusing finished %s run %s (same inputs and parameters)", step, previous.run_id)
         yield StepRun(previous.run_id, step, previous.output_dir, reused=True)  # type: ignore[arg-type]
         return
-    if before_work is not None:
-        before_work()
+    all_params.update(_late_params(before_work, volatile))
     _check_previous(previous, all_params, resume_params or {})
     make_output_root(root, inputs)  # before any run is recorded: a bad path leaves none
     mlflow_client = client()
@@ -275,6 +274,14 @@ def tracked_step(
         with terminate_raises(), _status_on_exit(mlflow_client, handle.run_id):
             yield handle
             finish_step(mlflow_client, handle, all_params, inputs)
+
+
+def _late_params(before_work: Callable | None, volatile: set[str]) -> dict[str, Any]:
+    """Call ``before_work``; return the volatile parameters it gives (none if it is None)."""
+    late = dict((before_work() if before_work else None) or {})
+    if not late.keys() <= volatile:
+        raise ValueError(f"before_work returned non-volatile parameters {sorted(late)}")
+    return late
 
 
 def _check_previous(

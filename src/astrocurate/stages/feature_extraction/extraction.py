@@ -1,4 +1,4 @@
-"""The computation of a feature run: options, model, the planned run, its block matrix.
+"""The computation of a feature run: the model, the batches, the block matrix.
 
 Work is done in blocks of ``shard_rows`` rows. The matrix is pre-allocated as
 ``features.npy.partial`` and the sidecar written as ``progress/sidecar.json``; after
@@ -9,6 +9,7 @@ finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
 own (normalised, resized) so its features do not depend on the batch it is in, on the
 number of loader workers, or on which process computed its block.
 
+The plan (options, backbone card, device) is :mod:`~astrocurate.stages.feature_extraction.plan`.
 The run's lifecycle is elsewhere: one process records it with
 :mod:`~astrocurate.stages.feature_extraction.run`, several share it with
 :mod:`~astrocurate.stages.feature_extraction.shards`; both compute with this module.
@@ -21,7 +22,6 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,86 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
-from astrocurate import steps
-from astrocurate.algorithms.normalization import NormalizationConfig, normalize
-from astrocurate.errors import InvalidArgumentError, InvalidRunError
+from astrocurate.algorithms.normalization import normalize
+from astrocurate.algorithms.normalization_config import NormalizationConfig
+from astrocurate.errors import InvalidRunError
 from astrocurate.io.atomic import atomic_path, write_text
 from astrocurate.io.cutout_store import CutoutReader, read_manifest
 from astrocurate.stages.feature_extraction.outputs import FEATURES, SIDECAR, load_features
-from astrocurate.tracking import RunRecord, StepRun, run_key
+from astrocurate.stages.feature_extraction.plan import PROGRESS_DIR, Extraction
+from astrocurate.tracking import StepRun
 
 log = logging.getLogger(__name__)
 
-STEP = steps.FEATURE_EXTRACTION
-PROGRESS_DIR = "progress"
 PENDING_SIDECAR = "sidecar.json"
-#: Chosen by kNN balanced accuracy on the demo classes with folds by sky patch
-#: (BENCHMARKS.md, "Quality"): the best of the offline backbones at every patch size.
-DEFAULT_MODEL = "scattering-j4-rot-renorm-max"
-PRECISIONS = ("fp32", "bf16", "fp16")
-OUTPUT_DTYPES = ("float32", "float16")
-
-
-@dataclass(frozen=True)
-class FeatureOptions:
-    """Parameters of a feature-extraction run (all logged).
-
-    Attributes
-    ----------
-    model : str
-        Backbone name (see :func:`astrocurate.algorithms.backbones.registry.list_backbones`).
-    weights : str, optional
-        Local weights file (safetensors or torch state dict).
-    arch : str, optional
-        Architecture for a self-supervised checkpoint (``resnet18``, ...).
-    pooling : str, optional
-        Which layer/pooling gives the vector; default per backbone.
-    channels : str
-        ``repeat`` the single astronomy channel to 3, or ``fold`` the first convolution.
-    resize : int, optional
-        Side the cutouts are resized to; default the backbone's input size.
-    normalization : NormalizationConfig
-        Per-cutout intensity normalisation.
-    precision : str
-        ``fp32``, or ``bf16``/``fp16`` autocast on GPU.
-    output_dtype : str
-        ``float32`` or ``float16`` feature matrix.
-    shard_rows : int
-        Rows per resumable block (the unit of resuming and of sharding).
-    """
-
-    model: str = DEFAULT_MODEL
-    weights: str | None = None
-    arch: str | None = None
-    pooling: str | None = None
-    channels: str = "repeat"
-    resize: int | None = None
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
-    precision: str = "fp32"
-    output_dtype: str = "float32"
-    shard_rows: int = 8192
-
-    def validate(self) -> None:
-        """Raise :class:`InvalidArgumentError` on the first bad option."""
-        self.normalization.validate()
-        if self.precision not in PRECISIONS:
-            raise InvalidArgumentError(
-                f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.output_dtype not in OUTPUT_DTYPES:
-            raise InvalidArgumentError(
-                f"--dtype: expected one of {', '.join(OUTPUT_DTYPES)}, got {self.output_dtype!r}"
-            )
-        if self.resize is not None and self.resize < 8:
-            raise InvalidArgumentError(
-                f"--resize: expected a side of at least 8, got {self.resize}"
-            )
-        if self.shard_rows < 1:
-            raise InvalidArgumentError(f"--shard-rows: expected >= 1, got {self.shard_rows}")
-        if self.channels not in ("repeat", "fold"):
-            raise InvalidArgumentError(
-                f"--channels: expected repeat or fold, got {self.channels!r}"
-            )
 
 
 # --------------------------------------------------------------------------- data
@@ -213,84 +145,11 @@ class FeatureModel(torch.nn.Module):
 
 # --------------------------------------------------------------------------- stage
 
-#: Parameters left out of the run key: a finished run is reused whatever their values.
-VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type")
-#: Of those, the ones that can change the features' bytes at float rounding (on the CPU
-#: the default backbone differs by up to 4.8e-7 between batch sizes 1 and 33, a timm CNN by
-#: 1.2e-7; benchmarks/batch_invariance.py): an unfinished run is resumed or joined only
-#: with the values it started with, so that no matrix mixes two of them.
-RESUME_PARAMS = {"batch_size": "--batch-size", "device_type": "--device"}
 
-
-@dataclass
-class Extraction:
-    """A feature run resolved from its arguments, before any run is recorded.
-
-    Attributes
-    ----------
-    merged : RunRecord
-        The finished ``merge_cutouts`` run whose cutouts are featurised.
-    options : FeatureOptions
-        Model and preprocessing.
-    backbone : Backbone
-        The created backbone (module, preprocessing, dimension).
-    size : int
-        Side of the model's input images.
-    n_rows : int
-        Rows of the merge's manifest, rows of the matrix.
-    batch_size, workers : int
-        Cutouts per forward pass (see :data:`RESUME_PARAMS`) and DataLoader workers
-        (which never change the features).
-    device : torch.device
-        Where the model runs.
-    params : dict
-        Every parameter, as logged.
-    root : Path
-        Parent of the ``feature_extraction`` run directories.
-    """
-
-    merged: RunRecord
-    options: FeatureOptions
-    backbone: Any
-    size: int
-    n_rows: int
-    batch_size: int
-    workers: int
-    device: torch.device
-    params: dict[str, Any]
-    root: Path
-
-    @property
-    def block_starts(self) -> list[int]:
-        """First row of every resumable block, in order (independent of any sharding)."""
-        return list(range(0, self.n_rows, self.options.shard_rows))
-
-    @property
-    def run_key(self) -> str:
-        """The reuse key of the run (:func:`astrocurate.tracking.run_key`), volatile excluded."""
-        stable = {k: v for k, v in self.params.items() if k not in VOLATILE_PARAMS}
-        return run_key(STEP, stable, [self.merged.run_id])
-
-    def model(self) -> FeatureModel:
-        """Return the evaluation-mode model on the device."""
-        model = FeatureModel(self.backbone, self.size, self.options.normalization)
-        return model.to(self.device).eval()
-
-    def sidecar(self) -> dict[str, Any]:
-        """Return the content of ``features.json``."""
-        params, backbone = self.params, self.backbone
-        return {
-            "model": params["model"],
-            "layer": backbone.layer,
-            "dim": backbone.dim,
-            "dtype": params["output_dtype"],
-            "n_rows": params["n_rows"],
-            "weights": params["weights"],
-            "weights_sha256": backbone.weights_sha256,
-            "preprocessing": {k: v for k, v in params.items() if k.startswith(("norm_", "model_"))}
-            | {"input_size": params["input_size"], "channels": params["channels"]},
-            "description": backbone.description,
-        }
+def feature_model(plan: Extraction) -> FeatureModel:
+    """Return the evaluation-mode model of ``plan`` on its device."""
+    model = FeatureModel(plan.backbone, plan.size, plan.options.normalization)
+    return model.to(plan.device).eval()
 
 
 def is_complete(out_dir: Path) -> bool:
@@ -313,7 +172,7 @@ def prepare_output(plan: Extraction, out_dir: Path) -> bool:
     pending = progress / PENDING_SIDECAR
     if not pending.is_file():
         write_text(pending, json.dumps(plan.sidecar(), indent=2, default=str))
-    _ensure_matrix(out_dir, plan.n_rows, plan.backbone.dim, plan.options.output_dtype)
+    _ensure_matrix(out_dir, plan.n_rows, plan.card.dim, plan.options.output_dtype)
     return True
 
 
@@ -383,7 +242,7 @@ def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress:
     total = sum(_block_len(s, block_rows, plan.n_rows) for s in starts)
     done = total - sum(_block_len(s, block_rows, plan.n_rows) for s in todo)
     bar = _progress_bar(total, done, progress)
-    model = plan.model()
+    model = feature_model(plan)
     computed = 0
     for start in todo:
         rows = np.arange(start, start + _block_len(start, block_rows, plan.n_rows))

@@ -44,9 +44,6 @@ from pathlib import Path
 
 from astrocurate.errors import InvalidRunError
 from astrocurate.stages.feature_extraction.extraction import (
-    RESUME_PARAMS,
-    STEP,
-    Extraction,
     compute_blocks,
     finalise,
     log_quality,
@@ -54,6 +51,7 @@ from astrocurate.stages.feature_extraction.extraction import (
     prepare_output,
 )
 from astrocurate.stages.feature_extraction.outputs import SIDECAR
+from astrocurate.stages.feature_extraction.plan import RESUME_PARAMS, STEP, Extraction
 from astrocurate.tracking import RunRecord, SharedRun, StepRun, get_run, require_run
 
 log = logging.getLogger(__name__)

@@ -65,7 +65,7 @@ def _throughput(args: argparse.Namespace) -> None:
 
     from astrocurate.algorithms.kmeans.rows import resolve_device
     from astrocurate.algorithms.ssl import AugmentConfig, PretrainConfig, pretrain, robust_rms
-    from astrocurate.algorithms.ssl.pretrain import _BYOL, _SimCLR
+    from astrocurate.algorithms.ssl.training import _BYOL, _SimCLR
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{os.cpu_count()}"

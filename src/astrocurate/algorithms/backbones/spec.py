@@ -7,6 +7,7 @@ it, and every builder receives the checked :class:`Options` and returns its
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ __all__ = [
     "check_options",
     "check_pooling",
     "reject",
+    "sha256",
 ]
 
 CHANNEL_MODES: tuple[str, ...] = ("repeat", "fold")
@@ -154,3 +156,13 @@ def check_pooling(name: str, pooling: str, valid: Iterable[str]) -> str:
             f"pooling={pooling!r} is not valid for backbone {name!r}; valid: {', '.join(valid)}"
         )
     return pooling
+
+
+def sha256(*paths: Path) -> str:
+    """SHA-256 of the concatenated bytes of ``paths`` (one file: its usual hash)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -8,7 +8,6 @@ file it trusts (:func:`_load_trusted_checkpoint`, the one audited exception).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 from collections import Counter
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from astrocurate.algorithms.backbones.spec import WeightsError
+from astrocurate.algorithms.backbones.spec import WeightsError, sha256
 
 __all__ = [
     "WEIGHT_FILES",
@@ -107,16 +106,6 @@ def weights_in_folder(folder: Path, sharded: bool = False) -> list[Path]:
             if found:
                 return found
     return []
-
-
-def sha256(*paths: Path) -> str:
-    """SHA-256 of the concatenated bytes of ``paths`` (one file: its usual hash)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

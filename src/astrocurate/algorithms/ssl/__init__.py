@@ -3,39 +3,46 @@
 - :mod:`~astrocurate.algorithms.ssl.encoders`: the one-channel ResNet-18 and its files;
 - :mod:`~astrocurate.algorithms.ssl.augment`: batched radio augmentations (rotation by
   any angle, flips, shifts, rescaling, noise at the cutout's rms, the asinh stretch);
-- :mod:`~astrocurate.algorithms.ssl.pretrain`: SimCLR or BYOL with lightly's losses and
+- :mod:`~astrocurate.algorithms.ssl.training`: SimCLR or BYOL with lightly's losses and
   heads, a budget of images seen, deterministic resume from a checkpoint.
+- :mod:`~astrocurate.algorithms.ssl.config`: what a pretraining is (no torch).
+
+Names are imported on first use, so reading a configuration needs no torch.
 """
 
-from astrocurate.algorithms.ssl.augment import (
-    AugmentConfig,
-    eval_view,
-    radio_views,
-    resize_raw,
-    robust_rms,
-)
-from astrocurate.algorithms.ssl.encoders import (
-    ENCODERS,
-    FEATURE_DIM,
-    build_encoder,
-    encoder_checkpoint,
-    load_encoder,
-)
-from astrocurate.algorithms.ssl.pretrain import METHODS, PretrainConfig, embed, pretrain
+from __future__ import annotations
 
-__all__ = [
-    "ENCODERS",
-    "FEATURE_DIM",
-    "METHODS",
-    "AugmentConfig",
-    "PretrainConfig",
-    "build_encoder",
-    "embed",
-    "encoder_checkpoint",
-    "eval_view",
-    "load_encoder",
-    "pretrain",
-    "radio_views",
-    "resize_raw",
-    "robust_rms",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ENCODERS": "config",
+    "FEATURE_DIM": "config",
+    "METHODS": "config",
+    "AugmentConfig": "config",
+    "PretrainConfig": "config",
+    "build_encoder": "encoders",
+    "embed": "training",
+    "encoder_checkpoint": "encoders",
+    "eval_view": "augment",
+    "load_encoder": "encoders",
+    "pretrain": "training",
+    "radio_views": "augment",
+    "resize_raw": "augment",
+    "robust_rms": "augment",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``name`` from its module on first use (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

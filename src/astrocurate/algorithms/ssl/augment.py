@@ -11,57 +11,14 @@ number comes from the caller's generator, so a training step is reproducible fro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from astrocurate.algorithms.normalization import NormalizationConfig, normalize
-from astrocurate.errors import InvalidArgumentError
-from astrocurate.validation import check_int, check_real
+from astrocurate.algorithms.normalization import normalize
+from astrocurate.algorithms.ssl.config import AugmentConfig
 
 _RMS_FLOOR = 1e-12
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """How views are drawn and images prepared.
-
-    Attributes
-    ----------
-    image_size : int
-        Side of the views, in pixels.
-    max_shift : float
-        Largest shift, as a fraction of the side.
-    scale_range : tuple of float
-        Range of the zoom factor (above 1 zooms in).
-    flip : bool
-        Random horizontal flip (with any rotation, this gives every mirror image).
-    max_noise : float
-        Added noise sigma is drawn in ``[0, max_noise]`` times the cutout's rms.
-    normalization : NormalizationConfig
-        The stretch applied last (default the feature step's asinh).
-    """
-
-    image_size: int = 64
-    max_shift: float = 0.0625
-    scale_range: tuple[float, float] = (0.9, 1.1)
-    flip: bool = True
-    max_noise: float = 1.0
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
-
-    def validate(self) -> AugmentConfig:
-        """Return ``self``; raise a one-line error naming a bad field."""
-        check_int("--image-size", self.image_size, 16)  # ResNet-18 downsamples 32x
-        check_real("max_shift", self.max_shift, 0.0, 0.5, low_open=False)
-        low, high = (check_real("scale_range", s, 0.0) for s in self.scale_range)
-        if low > high:
-            raise InvalidArgumentError(
-                f"scale_range={self.scale_range}: expected (low, high) with low <= high"
-            )
-        check_real("max_noise", self.max_noise, 0.0, low_open=False)
-        self.normalization.validate()
-        return self
 
 
 def robust_rms(images: torch.Tensor) -> torch.Tensor:

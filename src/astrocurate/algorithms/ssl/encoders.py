@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from astrocurate.algorithms.backbones.weights import load_strict, read_state_dict
+from astrocurate.algorithms.ssl.config import ENCODERS
 from astrocurate.validation import check_choice
 
-ENCODERS: tuple[str, ...] = ("resnet18",)
-FEATURE_DIM: dict[str, int] = {"resnet18": 512}
 _FIRST_CONV = {"resnet18": "conv1.weight"}
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from astrocurate.algorithms.ssl import (
     pretrain,
 )
 from astrocurate.io.atomic import save_npy, save_torch, write_json
+from astrocurate.stages.evaluation.labelled import load_pixels
 from astrocurate.stages.evaluation.outputs import (
     ARMS_DIR,
     CHECKPOINT,
@@ -40,34 +42,11 @@ from astrocurate.stages.evaluation.outputs import (
     TIMING,
     seed_dir_name,
 )
+from astrocurate.stages.evaluation.plan import Arm, Plan
 
 log = logging.getLogger(__name__)
 
 Folds = Sequence[tuple[np.ndarray, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class Arm:
-    """What one arm pretrains on, or the encoder it brings.
-
-    Attributes
-    ----------
-    name : str
-        ``curated``, ``random``, ``pool`` or ``weights_<file stem>``.
-    rows : ndarray of int, optional
-        Merged manifest rows to pretrain on (None for an arm with ``weights``).
-    weights : Path, optional
-        An encoder file trained elsewhere.
-    """
-
-    name: str
-    rows: np.ndarray | None = None
-    weights: Path | None = None
-
-    @property
-    def pretrained_here(self) -> bool:
-        """Whether this arm pretrains its encoder here (no weights file)."""
-        return self.weights is None
 
 
 @dataclass
@@ -106,6 +85,22 @@ class ArmContext:
             self._cache.clear()  # one arm's pixels in memory at a time
             self._cache[arm.name] = self.arm_pixels(arm)
         return self._cache[arm.name]
+
+
+def arm_context(plan: Plan, directory: Path, device: Any) -> ArmContext:
+    """Return what the arms of ``plan`` share in ``directory``: labelled pixels, the reader."""
+    size, merged = plan.options.image_size, plan.sampling.merged_dir
+    images, _ = load_pixels(merged, plan.labelled.rows, size)
+    return ArmContext(
+        directory=directory,
+        pretrain_config=plan.options.pretrain_config,
+        labelled_images=images,
+        labels=plan.labelled.labels,
+        categories=plan.labelled.categories,
+        knn_k=plan.options.knn_k,
+        device=device,
+        arm_pixels=lambda arm: load_pixels(merged, arm.rows, size),
+    )
 
 
 def seed_directory(run_dir: Path, arm: str, seed: int) -> Path:

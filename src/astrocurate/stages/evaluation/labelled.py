@@ -31,6 +31,7 @@ from astrocurate.io.cutout_store import (
 )
 from astrocurate.io.label_files import categories_matrix, match_labels, read_label_file
 from astrocurate.io.labels import EMPTY_LABEL, truth_labels_for_manifest
+from astrocurate.stages.evaluation.outputs import TRUTH
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ POSITION_COLUMNS = (
 )
 
 #: ``LabelledSet.source`` of labels from the survey's truth catalogue.
-TRUTH = "truth catalogue"
 
 #: Seed of the draw of at most ``max_per_category`` cutouts per category.
 SUBSAMPLE_SEED = 0

@@ -20,6 +20,8 @@ directory holds::
 from __future__ import annotations
 
 INFO = "evaluation.json"
+#: The ``labels`` parameter of a run scored on the survey's truth catalogue.
+TRUTH = "truth catalogue"
 LABELS = "labels.parquet"
 ARMS_DIR = "arms"
 CHECKPOINT = "checkpoint.pt"

@@ -1,10 +1,12 @@
 """The plan of an evaluation: its options, the sampling run's arms, the labelled cutouts.
 
-Everything is checked here, before any run is recorded, so that bad input (an option, a
-label file, weights of another architecture, a sampling run without baseline) fails in one
-line and leaves nothing behind. :func:`plan_evaluation` returns the :class:`Plan` that
+Everything is checked before any run is recorded, so that bad input (an option, a label
+file, weights of another architecture, a sampling run without baseline) fails in one line
+and leaves nothing behind. :func:`plan_evaluation` returns the :class:`Plan` that
 :func:`astrocurate.stages.evaluation.run.evaluate` and the shards
-(:mod:`astrocurate.stages.evaluation.shards`) carry out.
+(:mod:`astrocurate.stages.evaluation.shards`) carry out. What keys the run is known
+without torch; the arms' encoders and the labelled cutouts are loaded and checked by
+:meth:`Plan.prepare`, only when there is work to do.
 """
 
 from __future__ import annotations
@@ -12,20 +14,19 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from astrocurate import steps
-from astrocurate.algorithms.backbones.weights import sha256
-from astrocurate.algorithms.probes import primary_strata, sky_folds
-from astrocurate.algorithms.ssl import AugmentConfig, PretrainConfig, load_encoder
+from astrocurate.algorithms.backbones.spec import sha256
+from astrocurate.algorithms.ssl.config import AugmentConfig, PretrainConfig
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.stages.curated_sampling.outputs import BASELINE, SELECTED
 from astrocurate.stages.curated_sampling.outputs import INFO as SAMPLING_INFO
-from astrocurate.stages.evaluation.arms import Arm, ArmContext
-from astrocurate.stages.evaluation.labelled import LabelledSet, labelled_set, load_pixels
+from astrocurate.stages.evaluation.outputs import TRUTH
 from astrocurate.tracking import require_run
 from astrocurate.validation import check_choice, check_int
 
@@ -145,15 +146,40 @@ def _resolve_sampling(sampling_id: str) -> SamplingInputs:
 
 
 @dataclass(frozen=True)
+class Arm:
+    """What one arm pretrains on, or the encoder it brings.
+
+    Attributes
+    ----------
+    name : str
+        ``curated``, ``random``, ``pool`` or ``weights_<file stem>``.
+    rows : ndarray of int, optional
+        Merged manifest rows to pretrain on (None for an arm with ``weights``).
+    weights : Path, optional
+        An encoder file trained elsewhere.
+    """
+
+    name: str
+    rows: np.ndarray | None = None
+    weights: Path | None = None
+
+    @property
+    def pretrained_here(self) -> bool:
+        """Whether this arm pretrains its encoder here (no weights file)."""
+        return self.weights is None
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Everything one evaluation run needs, checked before any run is recorded.
+    """Everything one evaluation run needs.
 
     Attributes
     ----------
     options : EvaluationOptions
     sampling : SamplingInputs
     arms : list of Arm
-    labelled : LabelledSet
+    label_file : Path, optional
+        The labels given; None: the survey's truth catalogue.
     root : Path
         Parent of the run directory.
     params : dict
@@ -163,9 +189,30 @@ class Plan:
     options: EvaluationOptions
     sampling: SamplingInputs
     arms: list[Arm]
-    labelled: LabelledSet
+    label_file: Path | None
     root: Path
     params: dict[str, Any]
+
+    @cached_property
+    def labelled(self) -> Any:
+        """The labelled cutouts scored (a :class:`~.labelled.LabelledSet`), read once."""
+        from astrocurate.stages.evaluation.labelled import labelled_set
+
+        sampling, options = self.sampling, self.options
+        return labelled_set(sampling.merged_dir, self.label_file, options.max_per_category)
+
+    def prepare(self) -> None:
+        """Load what the work needs, so that a bad input fails before any run is recorded.
+
+        Reads the labelled cutouts and loads every ``--weights`` encoder (weights of another
+        architecture fail here in one line). Not needed to reuse a finished run.
+        """
+        from astrocurate.algorithms.ssl import load_encoder
+
+        for arm in self.arms:
+            if arm.weights is not None:
+                load_encoder(arm.weights)
+        self.labelled  # noqa: B018 - reads and checks the labels
 
     def jobs(self) -> list[tuple[int, Arm]]:
         """Every (seed, arm) to score, seed by seed: the order of the scores table."""
@@ -173,6 +220,8 @@ class Plan:
 
     def folds(self, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Return the probes' folds for ``seed`` (train and test never share sky)."""
+        from astrocurate.algorithms.probes import primary_strata, sky_folds
+
         table = self.labelled.table
         return sky_folds(
             table["ra"].to_numpy(),
@@ -181,21 +230,6 @@ class Plan:
             primary_strata(self.labelled.labels, self.labelled.categories),
             n_folds=self.options.folds,
             seed=seed,
-        )
-
-    def context(self, directory: Path, device: Any) -> ArmContext:
-        """Return what the arms share in ``directory``: labelled pixels, the arms' reader."""
-        size, merged = self.options.image_size, self.sampling.merged_dir
-        images, _ = load_pixels(merged, self.labelled.rows, size)
-        return ArmContext(
-            directory=directory,
-            pretrain_config=self.options.pretrain_config,
-            labelled_images=images,
-            labels=self.labelled.labels,
-            categories=self.labelled.categories,
-            knn_k=self.options.knn_k,
-            device=device,
-            arm_pixels=lambda arm: load_pixels(merged, arm.rows, size),
         )
 
 
@@ -207,28 +241,32 @@ def plan_evaluation(
     weights: tuple[Path, ...] = (),
     output_path: Path | None = None,
 ) -> Plan:
-    """Check the inputs of an evaluation and return its plan (see :func:`evaluate`)."""
+    """Check the inputs of an evaluation and return its plan (see :func:`evaluate`).
+
+    The labelled cutouts and the weights' architecture are checked by :meth:`Plan.prepare`.
+    """
     options = options.validate()
     sampling = _resolve_sampling(sampling_id)
     arms = _arms(sampling, options, weights)
     if not arms:
         raise InvalidArgumentError("--arms: nothing to evaluate; name an arm or pass --weights")
-    labelled = labelled_set(sampling.merged_dir, labels, options.max_per_category)
+    if labels is not None and not Path(labels).is_file():
+        raise InvalidArgumentError(f"{labels}: no such label file")
     root = Path(output_path).resolve() if output_path else sampling.directory.parent.parent
     params = {
         **options.params(),
-        "labels": labelled.source,
+        "labels": str(labels) if labels is not None else TRUTH,
         "labels_sha256": sha256(Path(labels)) if labels else "none",
         "weights": ",".join(f"{a.name}:{sha256(a.weights)}" for a in arms if a.weights) or "none",
         "output_path": str(root),
     }
-    return Plan(options, sampling, arms, labelled, root, params)
+    return Plan(options, sampling, arms, labels, root, params)
 
 
 def _arms(
     sampling: SamplingInputs, options: EvaluationOptions, weights: tuple[Path, ...]
 ) -> list[Arm]:
-    """Return the arms to evaluate; weights files are loaded here, so a bad one fails early."""
+    """Return the arms to evaluate (their weights files are loaded by :meth:`Plan.prepare`)."""
 
     def rows(name: str) -> np.ndarray:
         if name == "pool":
@@ -241,7 +279,6 @@ def _arms(
         path = Path(path).expanduser().resolve()
         if not path.is_file():
             raise InvalidArgumentError(f"--weights: no file {str(path)!r}")
-        load_encoder(path)  # one-line error for weights of another architecture
         name = f"weights_{path.stem}"
         if name in names:
             raise InvalidArgumentError(f"--weights: two files named {path.stem!r}")

@@ -29,16 +29,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from astrocurate.algorithms.kmeans.rows import resolve_device
-from astrocurate.stages.evaluation.arms import score_arm_seed
 from astrocurate.stages.evaluation.plan import (
     RESUME_PARAMS,
     STEP,
     VOLATILE_PARAMS,
     EvaluationOptions,
+    Plan,
     plan_evaluation,
 )
-from astrocurate.stages.evaluation.results import complete, prepare_outputs, write_report_artifacts
 from astrocurate.tracking import StepRun, require_run, tracked_step
 
 __all__ = ["EvaluationOptions", "evaluate", "regenerate_report"]
@@ -93,8 +91,8 @@ def evaluate(
     if shard is not None:
         from astrocurate.stages.evaluation.shards import evaluate_shard
 
+        plan.prepare()
         return evaluate_shard(plan, shard, report=report)
-    device = resolve_device(plan.options.device)
     with tracked_step(
         STEP,
         plan.params,
@@ -103,19 +101,31 @@ def evaluate(
         volatile_params=VOLATILE_PARAMS,
         resume_params=RESUME_PARAMS,
         force=force,
+        before_work=plan.prepare,  # a finished run is reused without torch
     ) as run:
         if run.reused:
             return run
-        run.remove_temporaries()
-        prepare_outputs(run.output_dir, plan)
-        context = plan.context(run.output_dir, device)
-        for seed, arm in plan.jobs():
-            score_arm_seed(context, arm, seed, plan.folds(seed))
-        complete(run, plan, report)
+        _score_every_arm(run, plan, report)
     return run
+
+
+def _score_every_arm(run: StepRun, plan: Plan, report: bool) -> None:
+    """Pretrain and score every (seed, arm) of ``plan`` in ``run``, then complete it."""
+    from astrocurate.algorithms.kmeans.rows import resolve_device
+    from astrocurate.stages.evaluation.arms import arm_context, score_arm_seed
+    from astrocurate.stages.evaluation.results import complete, prepare_outputs
+
+    run.remove_temporaries()
+    prepare_outputs(run.output_dir, plan)
+    context = arm_context(plan, run.output_dir, resolve_device(plan.options.device))
+    for seed, arm in plan.jobs():
+        score_arm_seed(context, arm, seed, plan.folds(seed))
+    complete(run, plan, report)
 
 
 def regenerate_report(run_id: str) -> Path:
     """Rewrite the report of a finished evaluation run; return its path."""
+    from astrocurate.stages.evaluation.results import write_report_artifacts
+
     record = require_run(run_id, STEP, "RUN_ID")
     return write_report_artifacts(StepRun(record.run_id, STEP, record.output_dir))

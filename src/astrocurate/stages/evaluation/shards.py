@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from astrocurate.algorithms.kmeans.rows import resolve_device
-from astrocurate.stages.evaluation.arms import score_arm_seed, seed_directory
+from astrocurate.stages.evaluation.arms import arm_context, score_arm_seed, seed_directory
 from astrocurate.stages.evaluation.outputs import SEED_SCORES
 from astrocurate.stages.evaluation.plan import RESUME_PARAMS, STEP, VOLATILE_PARAMS, Plan
 from astrocurate.stages.evaluation.results import complete, prepare_outputs
@@ -63,7 +63,7 @@ def evaluate_shard(plan: Plan, shard: tuple[int, int], *, report: bool = True) -
         holder = shared.share(run)
         prepare_outputs(run.output_dir, plan)
     with contextlib.closing(holder), shared.working(run.run_id, f"shard {k}/{n}"):
-        context = plan.context(run.output_dir, shard_device(plan.options.device))
+        context = arm_context(plan, run.output_dir, shard_device(plan.options.device))
         for seed, arm in plan.jobs()[k::n]:
             score_arm_seed(context, arm, seed, plan.folds(seed))
         with shared.lease():

@@ -12,93 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from astrocurate.algorithms.ssl.augment import AugmentConfig, eval_view, radio_views
-from astrocurate.algorithms.ssl.encoders import FEATURE_DIM, build_encoder
+from astrocurate.algorithms.ssl.augment import eval_view, radio_views
+from astrocurate.algorithms.ssl.config import FEATURE_DIM, AugmentConfig, PretrainConfig
+from astrocurate.algorithms.ssl.encoders import build_encoder
 from astrocurate.errors import InvalidArgumentError
-from astrocurate.validation import check_choice, check_int, check_real
-
-METHODS: tuple[str, ...] = ("simclr", "byol")
 
 #: Share of the steps spent warming the learning rate up linearly (then cosine decay).
 WARMUP_SHARE = 0.1
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """One pretraining: method, model, budget, optimiser, seed and augmentations.
-
-    Attributes
-    ----------
-    method : {'simclr', 'byol'}
-    encoder : str
-        One of :data:`~astrocurate.algorithms.ssl.encoders.ENCODERS`.
-    images_seen : int
-        Budget in images; steps = ceil(images_seen / batch).
-    batch_size : int
-        Global batch (at most the number of images).
-    learning_rate, weight_decay : float
-        AdamW; linear warm-up over :data:`WARMUP_SHARE` of the steps, then cosine to 0.
-    temperature : float
-        SimCLR's NT-Xent temperature.
-    momentum : tuple of float
-        BYOL's momentum, from the first to the last step (cosine schedule).
-    projection_dim : int
-        Output of the projection head.
-    seed : int
-    augment : AugmentConfig
-    bf16 : bool
-        bf16 autocast on CUDA (the CPU always computes in float32).
-    """
-
-    method: str = "simclr"
-    encoder: str = "resnet18"
-    images_seen: int = 2048
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    temperature: float = 0.5
-    momentum: tuple[float, float] = (0.99, 1.0)
-    projection_dim: int = 128
-    seed: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    bf16: bool = True
-
-    def validate(self) -> PretrainConfig:
-        """Return ``self``; raise a one-line error naming a bad option."""
-        check_choice("--method", self.method, METHODS)
-        check_choice("encoder", self.encoder, tuple(FEATURE_DIM))
-        check_int("--images-seen", self.images_seen, 1)
-        check_int("--batch-size", self.batch_size, 2)
-        check_real("--learning-rate", self.learning_rate, 0.0)
-        check_real("weight_decay", self.weight_decay, 0.0, low_open=False)
-        check_real("temperature", self.temperature, 0.0)
-        for value in self.momentum:
-            check_real("momentum", value, 0.0, 1.0, low_open=False, high_open=False)
-        check_int("projection_dim", self.projection_dim, 1)
-        check_int("seed", self.seed, 0)
-        self.augment.validate()
-        return self
-
-    def batch(self, n_images: int) -> int:
-        """Return the batch size for ``n_images`` images (never more than there are)."""
-        return min(self.batch_size, n_images)
-
-    def total_steps(self, n_images: int) -> int:
-        """Return the optimiser steps of the budget."""
-        return math.ceil(self.images_seen / self.batch(n_images))
-
-    def steps_per_epoch(self, n_images: int) -> int:
-        """Return the steps of one pass over the images (a checkpoint follows each)."""
-        return math.ceil(n_images / self.batch(n_images))
 
 
 class _SimCLR(nn.Module):

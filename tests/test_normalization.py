@@ -90,3 +90,44 @@ def test_the_torch_free_method_names_are_the_methods() -> None:
     from astrocurate.algorithms.normalization_config import METHOD_NAMES
 
     assert tuple(METHODS) == METHOD_NAMES
+
+
+def _random_rows(generator: torch.Generator, trial: int) -> torch.Tensor:
+    """Rows of any length and scale, some with NaN, one all NaN, some with ties."""
+    rows = int(torch.randint(1, 9, (1,), generator=generator))
+    n = int(torch.randint(1, 300, (1,), generator=generator))
+    scale = 10 ** float(torch.randint(-3, 4, (1,), generator=generator))
+    x = torch.randn(rows, n, generator=generator) * scale
+    if trial % 3 == 0:
+        x[torch.rand(rows, n, generator=generator) < 0.3] = torch.nan
+    if trial % 7 == 0:
+        x[0] = torch.nan
+    if trial % 5 == 0:
+        x = x.round()
+    return x
+
+
+def test_quantiles_are_the_exact_ones_rounded_once() -> None:
+    """Top-k and sort paths alike give float64 nanquantile rounded to float32, bit for bit."""
+    from astrocurate.algorithms.normalization import nan_quantiles
+
+    generator = torch.Generator().manual_seed(0)
+    qs = (0.0, 0.01, 0.1, 0.3, 0.5, 0.7, 0.995, 1.0)
+    for trial in range(200):
+        x = _random_rows(generator, trial)
+        for q, got in zip(qs, nan_quantiles(x, qs), strict=True):
+            exact = torch.nanquantile(x.double(), q, dim=1, keepdim=True).float()
+            assert got.shape == (len(x), 1) and got.dtype == torch.float32
+            assert torch.equal(torch.isnan(got), torch.isnan(exact)), (trial, q)
+            assert torch.equal(got.nan_to_num(0), exact.nan_to_num(0)), (trial, q)
+            near = torch.nanquantile(x, torch.tensor([q]), dim=1, keepdim=True)[0]
+            scale = x.abs().nan_to_num(0).amax(dim=1, keepdim=True).clamp_min(1e-30)
+            assert ((got - near).abs() / scale).nan_to_num(0).max() < 4e-6  # float32 rounding
+
+
+def test_quantiles_of_empty_input_are_nan() -> None:
+    from astrocurate.algorithms.normalization import nan_quantiles
+
+    low, high = nan_quantiles(torch.empty(3, 0), (0.01, 0.995))
+    assert low.shape == (3, 1) and torch.isnan(low).all() and torch.isnan(high).all()
+    assert [q.shape for q in nan_quantiles(torch.empty(0, 16), (0.5,))] == [(0, 1)]

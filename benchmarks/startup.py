@@ -13,6 +13,9 @@ Commands measured:
 - ``step, reused``: ``scripts/cutouts.py`` on a survey of 2 mosaics of 512 px whose
   finished run exists (the rerun of a finished step);
 - ``step, new run``: the same with ``--force`` (a new run: the fixed cost and the cutting);
+- ``<step>, reused``: the guide's command of every later step (merge, features, clustering
+  4a, sampling, evaluation with a small budget) on the runs of that survey, each finished
+  once beforehand by the variant's own code (the rerun of a finished step);
 - ``empty step, new run``: ``tracked_step`` with ``force=True`` around writing one small
   file, in ``python -c`` (a new run's fixed cost alone: create the run, log its
   parameters and tags, hash, log ``outputs.json`` and ``metadata.json``, finish it);
@@ -84,11 +87,47 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, fl
     return wall, cpu
 
 
-def prepare(tree: Path, workdir: Path, survey: Path, env: dict[str, str]) -> None:
-    """Give ``workdir`` a tracking store with two finished cutout runs of ``survey``."""
+def prepare(tree: Path, workdir: Path, survey: Path, env: dict[str, str]) -> dict[str, list[str]]:
+    """Finish every step once in ``workdir``; return the commands that rerun each of them.
+
+    Two cutout runs of ``survey``, their merge, the features, the demo's clustering (4a and
+    its ``run.sh``), a curated sample and a small evaluation, each by ``tree``'s scripts.
+    """
     workdir.mkdir(parents=True)
-    for window in (64, 128):
-        timed(step_command(tree, survey, workdir, window), workdir, env)
+    cutouts = [run_id(step_command(tree, survey, workdir, w), workdir, env) for w in (64, 128)]
+    scripts = tree / "scripts"
+    merge = [sys.executable, str(scripts / "merge.py"), "-q", "--cutouts-id", *cutouts]
+    features = [sys.executable, str(scripts / "feature_extraction.py"), "-q"]
+    features += ["--merged-cutouts-id", run_id(merge, workdir, env)]
+    clustering = [sys.executable, str(scripts / "4_clustering.py"), "-q"]
+    clustering += ["--features-id", run_id(features, workdir, env)]
+    clustering += ["--config_file", str(tree / "configs" / "clusters" / "demo_2lvl_64_8.yaml")]
+    experiment = Path(run_id(clustering, workdir, env))
+    subprocess.run(["bash", str(experiment / "run.sh")], cwd=workdir, env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    sampling = [sys.executable, str(scripts / "random_sampling.py"), "-q"]
+    sampling += ["--clustering-id", experiment.name]
+    sampling += ["--num-samples", "60", "--no-report"]
+    evaluation = [sys.executable, str(scripts / "evaluate.py"), "-q"]
+    evaluation += ["--sampling-id", run_id(sampling, workdir, env)]
+    evaluation += ["--seeds", "1", "--images-seen", "64", "--batch-size", "16"]
+    evaluation += ["--max-per-category", "20", "--folds", "2", "--no-report"]
+    run_id(evaluation, workdir, env)
+    return {
+        "merge, reused": merge,
+        "features, reused": features,
+        "clustering 4a, reused": clustering,
+        "sampling, reused": sampling,
+        "evaluation, reused": evaluation,
+    }
+
+
+def run_id(command: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """Run ``command``; return the last line it prints (a run ID or directory)."""
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def step_command(tree: Path, survey: Path, workdir: Path, window: int = 64) -> list[str]:
@@ -151,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         variants = {"baseline": baseline_tree, "current": ROOT}
         workdirs = {name: scratch / name for name in variants}
-        for name, tree in variants.items():
-            prepare(tree, workdirs[name], survey, env)
+        reruns = {n: prepare(tree, workdirs[n], survey, env) for n, tree in variants.items()}
 
         def commands(name: str) -> dict[str, list[str]]:
             tree, workdir = variants[name], workdirs[name]
@@ -161,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "find_run": [*find, "--run-name", "cutting_out"],
                 "step, reused": step_command(tree, survey, workdir),
                 "step, new run": [*step_command(tree, survey, workdir), "--force"],
+                **reruns[name],
                 "empty step, new run": [sys.executable, "-c", EMPTY_STEP, str(tree / "src")],
                 "import mlflow": [sys.executable, "-c", "import mlflow"],
                 "import MlflowClient": [

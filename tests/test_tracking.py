@@ -435,3 +435,22 @@ def test_before_work_runs_only_when_the_step_computes_and_a_refusal_leaves_nothi
     assert {r.run_id for r in tracking.find_runs(include_unfinished=True)} == runs_before
     after = set((store / "outputs").rglob("*")) if (store / "outputs").exists() else set()
     assert after == dirs_before
+
+
+def test_before_work_may_add_volatile_parameters_only(store: Path) -> None:
+    """Parameters known only once the step computes are logged; a keyed one is refused."""
+    params = {"window_size": 50}
+    with tracked_step(
+        "cutting_out", params, volatile_params=["device"], before_work=lambda: {"device": "cpu"}
+    ) as run:
+        pass
+    assert tracking.get_run(run.run_id).params["device"] == "cpu"
+    with tracked_step(
+        "cutting_out", params, volatile_params=["device"], before_work=lambda: {"device": "cuda"}
+    ) as again:
+        assert again.reused and again.run_id == run.run_id  # the key holds no device
+    with (
+        pytest.raises(ValueError, match="non-volatile"),
+        tracked_step("cutting_out", {"window_size": 51}, before_work=lambda: {"overlap": 0.5}),
+    ):
+        raise AssertionError("the body must not run")

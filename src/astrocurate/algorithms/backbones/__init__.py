@@ -11,8 +11,7 @@ Names are imported on first use: describing a backbone needs no torch, building 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from astrocurate.lazy import lazy_exports
 
 _EXPORTS = {
     "CHANNEL_MODES": "spec",
@@ -30,15 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import ``name`` from its module on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,6 +14,7 @@ A cutout that is entirely NaN or constant becomes all zeros.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -106,8 +107,12 @@ def _nan_quantile(
     ranks = q * (count - 1).clamp_min(0).double()
     below, above = ranks.floor().long(), ranks.ceil().long()
     from_top = q > 0.5
-    deepest = (count - 1 - below) if from_top else above  # order statistics needed, per row
-    k = min(n, max(0, int(deepest.max())) + 1)
+    if blank is None:  # every row holds n values: k is known without reading the device
+        rank = q * (n - 1)
+        deepest = n - 1 - math.floor(rank) if from_top else math.ceil(rank)
+    else:
+        deepest = int(((count - 1 - below) if from_top else above).max())
+    k = min(n, max(0, deepest) + 1)  # order statistics needed from the chosen end
     if k > max(1, int(_TOPK_SHARE * n)):
         values = torch.sort(flat, dim=1).values  # NaN sort last
         first, second = below, above

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The k-means checks that need a GPU (issue 5), for a lent GPU machine whose python3 holds
-# torch and Triton. Run from the repository root; logs go to $OUT (default /tmp/gpu_kmeans).
+# The checks that need a GPU (k-means, features, pretraining), for a lent GPU machine whose
+# python3 holds torch and Triton. Run from the repository root; logs go to $OUT (default
+# /tmp/gpu_kmeans).
 #
 #   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
@@ -9,6 +10,9 @@
 #   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++, k=60k, with and without its
 #                                             bounds: on 3M x 384 (config A's level 1) and on
 #                                             300k x 384 (the size of its resampled pools)
+#   bash benchmarks/gpu_kmeans.sh features    the percentiles (top-k vs sort), then the feature
+#                                             pipeline against the model alone
+#   bash benchmarks/gpu_kmeans.sh pretraining SimCLR/BYOL throughput against the bare step
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src PYTHONUNBUFFERED=1
@@ -33,8 +37,17 @@ case "${1:-}" in
         python3 benchmarks/seeding.py --device cuda --precision tf32 \
             --case 3000000x384:60000 --case 300000x384:60000 2>&1 | tee "$out/seeding.log"
         ;;
+    features)
+        python3 benchmarks/normalization.py --device cuda --batch 1024 --repeat 20 2>&1 \
+            | tee "$out/normalization.log"
+        python3 benchmarks/features.py --speed --device cuda --synthetic 120000 \
+            --batch-size 1024 --workers 8 --rows 100000 2>&1 | tee "$out/features.log"
+        ;;
+    pretraining)
+        python3 benchmarks/evaluation.py --throughput --device cuda 2>&1 | tee "$out/pretraining.log"
+        ;;
     *)
-        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a|seeding" >&2
+        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a|seeding|features|pretraining" >&2
         exit 2
         ;;
 esac

@@ -308,4 +308,7 @@ def plan_extraction(
         card = built.card
     size = options.resize or card.preprocessing.input_size
     root = Path(output_path).resolve() if output_path else merged.output_dir.parent.parent
-    return Extraction(merged, options, card, size, n_rows, batch_size, device, workers, root, built)
+    plan = Extraction(merged, options, card, size, n_rows, batch_size, device, workers, root, built)
+    if device.startswith("cuda"):
+        plan.device  # noqa: B018 - asked for by name: refuse it now where there is no CUDA
+    return plan

@@ -201,19 +201,23 @@ def _cut_band(
 
     ``xs``, ``ys`` are window origins relative to the band, whose first row is row
     ``band_y0`` of the mosaic; ``rms_band`` holds the same rows of its rms map, if any.
-    Statistics come straight from the band; only kept windows of a copied store are
-    copied, a bounded number at a time.
+    Statistics come straight from the band: the blank fraction of every window, the rest
+    for the kept windows only; only kept windows of a copied store are copied, a bounded
+    number at a time.
     """
-    stats = windows.window_statistics(band, xs, ys, w)
+    moments = windows.window_moments(band, xs, ys, w)
+    nan_fraction = moments["nan_fraction"]
+    keep = (nan_fraction <= opts.max_nan_fraction) & (nan_fraction < 1.0)
+    xs, ys = xs[keep], ys[keep]
+    kept = {key: values[keep] for key, values in moments.items()}
+    stats = windows.add_robust_statistics(band, xs, ys, w, kept)
     if rms_band is not None:
         stats.update(companions.rms_columns(rms_band, xs, ys, w, stats))
-    nan_fraction = stats["nan_fraction"]
-    keep = (nan_fraction <= opts.max_nan_fraction) & (nan_fraction < 1.0)
     if writer is not None:
-        _write_windows(band, xs[keep], ys[keep], w, opts, writer)
-    table = pd.DataFrame({k: np.asarray(v)[keep] for k, v in stats.items()})
-    table.insert(0, "x0", xs[keep].astype(np.int64))
-    table.insert(1, "y0", ys[keep].astype(np.int64) + band_y0)
+        _write_windows(band, xs, ys, w, opts, writer)
+    table = pd.DataFrame(stats)
+    table.insert(0, "x0", xs.astype(np.int64))
+    table.insert(1, "y0", ys.astype(np.int64) + band_y0)
     return table
 
 

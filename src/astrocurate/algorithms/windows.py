@@ -699,7 +699,7 @@ def _add_columns(
     if np.isnan(sums).any():
         blank = np.isnan(rows)
         np.copyto(d, 0.0, where=blank)
-        count -= blank.sum(axis=0)
+        count -= np.add.reduce(blank.view(np.uint8), axis=0, dtype=np.int32)
         sums = d.sum(axis=0)
     count += len(rows)
     s1 += sums

@@ -39,7 +39,7 @@ from astrocurate.io.cutout_store import (
     NpyStackWriter,
     write_parquet_atomic,
 )
-from astrocurate.stages.cutting_out import companions
+from astrocurate.stages.cutting_out import bands, companions
 
 PARTS_DIR = "parts"
 _TEXT = ("mosaic", "mosaic_path", "store", "array_file")
@@ -120,19 +120,12 @@ def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict
                 f"{task.path}: image of {mosaic.shape[0]}x{mosaic.shape[1]} pixels is smaller "
                 f"than the window {w}; 0 cutouts"
             )
-        tables = []
         writer = None
         if opts.store == "copy":
             (Path(task.run_dir) / PIXELS_DIR).mkdir(exist_ok=True)
             writer = NpyStackWriter(Path(task.run_dir) / _pixel_file(task), w)
         try:
-            for b0, b1 in windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w)):
-                inside = (y0 >= b0) & (y0 + w <= b1)
-                band = mosaic.read_rows(b0, b1)
-                rms_band = rms.read_rows(b0, b1) if rms is not None else None
-                tables.append(
-                    _cut_band(band, rms_band, x0[inside], y0[inside] - b0, b0, w, opts, writer)
-                )
+            tables = _cut_bands(mosaic, rms, x0, y0, w, opts, writer)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -180,6 +173,27 @@ def _add_catalogue_columns(rows: pd.DataFrame, task: MosaicTask, mosaic, notes: 
     columns = companions.catalogue_columns(catalogue, mosaic, rows, int(task.options.window_size))
     for name, values in columns.items():
         rows[name] = values
+
+
+def _cut_bands(
+    mosaic: Any,
+    rms: Any,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    w: int,
+    opts: Any,
+    writer: NpyStackWriter | None,
+) -> list[pd.DataFrame]:
+    """Cut a mosaic's windows band by band (the next band read meanwhile); their rows."""
+    spans = windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w))
+    sources = [mosaic] if rms is None else [mosaic, rms]
+    tables = []
+    for (b0, b1), read in zip(spans, bands.read_ahead(sources, spans), strict=True):
+        inside = (y0 >= b0) & (y0 + w <= b1)
+        rms_band = read[1] if rms is not None else None
+        xs, ys = x0[inside], y0[inside] - b0
+        tables.append(_cut_band(read[0], rms_band, xs, ys, b0, w, opts, writer))
+    return tables
 
 
 def _band_rows(nx: int, w: int) -> int:

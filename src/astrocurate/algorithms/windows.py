@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -256,87 +256,95 @@ def robust_step(window_size: int) -> int:
     return max(1, _check_window_size(window_size) // ROBUST_GRID)
 
 
-def _median_rows(values: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Median of each row ignoring NaN; NaN for rows without values.
+#: Rows of at most this many values are sorted whole, longer ones in two halves (numpy sorts
+#: up to 512 float32 values with a sorting network: on AMD Zen 4, 1.2 ns a value against
+#: 5.7 ns for rows of 1024).
+_SORT_RUN = 512
 
-    Parameters
-    ----------
-    values : numpy.ndarray
-        Shape ``(m, p)``.
-    count : numpy.ndarray
-        Shape ``(m,)``: non-NaN values per row.
 
-    Returns
-    -------
-    numpy.ndarray
-        float64, shape ``(m,)``; the mean of the two middle values for even counts.
+class _Runs(NamedTuple):
+    """Each row's values sorted in two runs (NaN last), and the valid values in each run."""
+
+    first: np.ndarray
+    n_first: np.ndarray
+    second: np.ndarray
+    n_second: np.ndarray
+
+
+def _sorted_runs(x: np.ndarray, no_nan: np.ndarray | None = None) -> _Runs:
+    """Sort each row of ``x`` (m, p) in two runs; ``no_nan`` marks rows without NaN."""
+    m, p = x.shape
+    h = p if p <= _SORT_RUN else (p + 1) // 2
+    first = np.sort(x[:, :h], axis=1)
+    second = np.sort(x[:, h:], axis=1) if h < p else np.full((m, 1), np.nan, x.dtype)
+    if no_nan is not None and bool(no_nan.all()):
+        return _Runs(first, np.full(m, h), second, np.full(m, p - h))
+    n_second = p - h - np.isnan(second[:, : p - h]).sum(axis=1)
+    return _Runs(first, h - np.isnan(first).sum(axis=1), second, n_second)
+
+
+def _select(runs: _Runs, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the ``k``-th smallest valid value of each row (0-based) and the one after it.
+
+    A binary search for how many of the ``k + 1`` smallest come from the first run: exact,
+    as a sort of the whole row would give; -inf / +inf where there is no such value.
     """
-    m, p = values.shape
-    median = np.full(m, np.nan)
-    full = count == p
-    if p and full.any():  # no NaN: one linear-time partition, lower middle = max below it
-        k = p // 2
-        part = np.partition(values if full.all() else values[full], k, axis=1)
-        upper = part[:, k].astype(np.float64)
-        median[full] = upper if p % 2 else 0.5 * (part[:, :k].max(axis=1) + upper)
-    partial = (count > 0) & ~full
-    if partial.any():  # a sort puts NaN last: take the middle of the valid prefix
-        median[partial] = _sorted_medians(np.sort(values[partial], axis=1), count[partial])
-    return median
+    a, na, b, nb = runs
+    rows = np.arange(len(a))
+    lo, hi = np.maximum(0, k + 1 - nb), np.minimum(k + 1, na)
+    while (active := lo < hi).any():
+        i = (lo + hi) // 2
+        more = _at(a, rows, i, True, 0) < _at(b, rows, k - i, True, 0)
+        lo = np.where(active & more, i + 1, lo)
+        hi = np.where(active & ~more, i, hi)
+    j = k + 1 - lo
+    kth = np.maximum(_at(a, rows, lo - 1, lo > 0, -np.inf), _at(b, rows, j - 1, j > 0, -np.inf))
+    after = np.minimum(_at(a, rows, lo, lo < na, np.inf), _at(b, rows, j, j < nb, np.inf))
+    return kth, after
 
 
-def _sorted_medians(ordered: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Median of the first ``count[i]`` values of each sorted row (``count > 0``), float64.
+def _at(values: np.ndarray, rows: np.ndarray, index: np.ndarray, ok: Any, fill: float) -> Any:
+    """``values[rows, index]`` where ``ok``, else ``fill`` (indices clipped into range)."""
+    picked = values[rows, np.clip(index, 0, values.shape[1] - 1)]
+    return picked if ok is True else np.where(ok, picked, fill)
+
+
+def _runs_median(runs: _Runs) -> np.ndarray:
+    """Median of each row's valid values (float64, NaN for none).
 
     The mean of the two middle values, ``0.5 * (lower + upper)`` in float64 (the value
     itself for odd counts).
     """
-    lower = np.take_along_axis(ordered, ((count - 1) // 2)[:, None], axis=1)[:, 0]
-    upper = np.take_along_axis(ordered, (count // 2)[:, None], axis=1)[:, 0]
-    return 0.5 * (lower.astype(np.float64) + upper)
+    count = runs.n_first + runs.n_second
+    lower, after = _select(runs, (count - 1) // 2)
+    upper = np.where(count % 2 == 1, lower, after)
+    with np.errstate(invalid="ignore"):
+        median = 0.5 * (lower.astype(np.float64) + upper)
+    median[count == 0] = np.nan
+    return median
+
+
+def _median_rows(values: np.ndarray) -> np.ndarray:
+    """Median of each row of ``values`` (m, p) ignoring NaN; NaN for rows without values.
+
+    Returns float64, shape ``(m,)``; the mean of the two middle values for even counts.
+    """
+    return _runs_median(_sorted_runs(values))
 
 
 def _median_and_mad(x: np.ndarray, no_nan: np.ndarray | None = None) -> tuple:
     """Median and ``1.4826 * MAD`` of the rows of ``x`` (shape ``(m, p)``), NaN ignored.
 
     ``no_nan`` marks rows known to hold no NaN (saves a pass). The absolute deviations
-    are formed in the input precision. One sort per row gives both: the deviations of a
-    sorted row from its median fall and then rise, so their middle values are found
-    without a second sort (:func:`_valley_medians`); rows with NaN sort them again.
+    are formed in the input precision.
     """
-    m, p = x.shape
-    known = no_nan is not None and bool(no_nan.all())
-    count = np.full(m, p) if known else p - np.isnan(x).sum(axis=1)
-    ordered = np.sort(x, axis=1)  # NaN last
-    median = np.full(m, np.nan)
-    noise = np.full(m, np.nan)
-    some = count > 0
-    median[some] = _sorted_medians(ordered[some], count[some])
-    deviations = np.abs(ordered - median.astype(x.dtype)[:, None])
-    full = count == p
-    if p and full.any():
-        noise[full] = _valley_medians(deviations if full.all() else deviations[full])
-    partial = some & ~full
-    if partial.any():
-        noise[partial] = _sorted_medians(np.sort(deviations[partial], axis=1), count[partial])
-    return median, MAD_TO_SIGMA * noise
-
-
-def _valley_medians(valleys: np.ndarray) -> np.ndarray:
-    """Median of each row of ``valleys`` (m, p), whose values fall and then rise.
-
-    The ``r + 1`` smallest values of such a row are contiguous, so the ``r``-th smallest
-    is the least of ``max(v[a], v[a + r])`` over the starts ``a`` of ``r + 1`` values.
-    Exact, as a sort would give (float64; the mean of the two middle values for even p).
-    """
-    p = valleys.shape[1]
-
-    def smallest(r: int) -> np.ndarray:
-        return np.maximum(valleys[:, : p - r], valleys[:, r:]).min(axis=1)
-
-    lower = smallest((p - 1) // 2)
-    upper = lower if p % 2 else smallest(p // 2)
-    return 0.5 * (lower.astype(np.float64) + upper)
+    runs = _sorted_runs(x, no_nan)
+    median = _runs_median(runs)
+    centre = median.astype(x.dtype)[:, None]
+    first = np.sort(np.abs(runs.first - centre), axis=1)
+    second = np.sort(np.abs(runs.second - centre), axis=1)
+    deviations = _Runs(first, runs.n_first, second, runs.n_second)
+    return median, MAD_TO_SIGMA * _runs_median(deviations)
 
 
 def _robust_of_stack(stack: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -690,19 +698,16 @@ def _add_columns(
     """Add the valid count, sum and sum of squares of each column of ``rows - level``.
 
     Sums run down each column in row order, in float64 (numpy's order for a C-ordered
-    array). Rows with a blank (NaN: its column's sum is NaN) are summed again with the
-    blanks as zeros.
+    array), blanks (NaN) as zeros.
     """
     d = rows.astype(np.float64)
     d -= level
-    sums = d.sum(axis=0)
-    if np.isnan(sums).any():
-        blank = np.isnan(rows)
+    blank = np.isnan(rows)
+    if blank.any():
         np.copyto(d, 0.0, where=blank)
         count -= np.add.reduce(blank.view(np.uint8), axis=0, dtype=np.int32)
-        sums = d.sum(axis=0)
     count += len(rows)
-    s1 += sums
+    s1 += d.sum(axis=0)
     np.square(d, out=d)
     s2 += d.sum(axis=0)
 
@@ -774,7 +779,7 @@ def window_medians(
     image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
     medians = [np.empty(0, dtype=np.float64)]
     for _, grid in _grid_chunks(image, x0, y0, w):
-        medians.append(_median_rows(grid, grid.shape[1] - np.isnan(grid).sum(axis=1)))
+        medians.append(_median_rows(grid))
     return np.concatenate(medians).astype(np.float64)
 
 

@@ -497,26 +497,6 @@ def _added_in_order(values):
     return total
 
 
-@pytest.mark.parametrize("p", [1, 2, 7, 512, 1024, 1025], ids=str)
-def test_median_and_mad_equal_those_of_a_sort(p):
-    """Rows sorted in two runs give the exact middle values of a sort of the whole row."""
-    x = RNG.normal(0, 1, (300, p)).astype(np.float32)
-    x[:100] = np.round(x[:100] * 3)  # ties
-    x[200:, : p // 3] = np.nan  # some rows partly blank
-    x[250] = np.nan
-    median, noise = windows._median_and_mad(x)
-    for i, row in enumerate(x):
-        valid = np.sort(row[~np.isnan(row)])
-        if valid.size == 0:
-            assert np.isnan(median[i]) and np.isnan(noise[i])
-            continue
-        c = valid.size
-        m = 0.5 * (np.float64(valid[(c - 1) // 2]) + valid[c // 2])
-        dev = np.sort(np.abs(valid - np.float32(m)))
-        assert median[i] == m
-        assert noise[i] == 1.4826 * (0.5 * (np.float64(dev[(c - 1) // 2]) + dev[c // 2]))
-
-
 # -- filling ------------------------------------------------------------------------------
 
 

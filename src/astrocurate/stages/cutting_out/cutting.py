@@ -2,10 +2,11 @@
 
 :func:`cut_mosaic` slides the window over one mosaic band by band (about
 :data:`BAND_PIXELS` pixels and at least one window row; neighbouring bands share the rows of
-overlapping windows), so memory stays bounded whatever the mosaic's size. The statistics
-come straight from the band (:func:`astrocurate.algorithms.windows.window_statistics`),
-with the rms map's rows beside it (:mod:`.companions`); only the kept windows of a copied
-store are copied, :data:`WRITE_PIXELS` pixels at a time. A finished mosaic leaves
+overlapping windows; the next band is read in a thread meanwhile, :mod:`.bands`), so memory
+stays bounded whatever the mosaic's size. The statistics come straight from the band
+(:func:`astrocurate.algorithms.windows.window_moments`, then the robust ones for the kept
+windows only), with the rms map's rows beside it (:mod:`.companions`); only the kept windows
+of a copied store are copied, :data:`WRITE_PIXELS` pixels at a time. A finished mosaic leaves
 ``parts/<n>.parquet`` (its cutout rows) and ``parts/<n>.json`` (its summary, written last).
 :func:`assemble` joins the parts into ``manifest.parquet`` and ``mosaics.parquet``.
 

@@ -15,9 +15,10 @@ Usage::
     python benchmarks/cutouts.py --baseline ca012ff   # also astrocurate as of a commit
 
 Prints cutouts/s, MB/s, files written and peak memory per variant, the ratios
-between them, the disk's synced sequential write bandwidth measured in the same
-run, the merge time for ``--merge-rows`` rows (``benchmarks/merge.py``: overlapping
-mosaics, sky de-duplication on) and random reads/s by cutout_id.
+between them, the load average before and after, the disk's synced sequential write
+bandwidth measured in the same run, the merge time for ``--merge-rows`` rows
+(``benchmarks/merge.py``: overlapping mosaics, sky de-duplication on) and random reads/s
+by cutout_id.
 """
 
 from __future__ import annotations
@@ -243,6 +244,10 @@ def random_reads_per_s(run_dir: Path, n: int = 20000) -> float:
     return n / (time.perf_counter() - start)
 
 
+def _load(averages: tuple[float, float, float]) -> str:
+    return " ".join(f"{a:.2f}" for a in averages)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="keeps the survey between runs")
@@ -287,6 +292,7 @@ def main() -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"}
     os.environ.update({"MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"})
 
+    load_before = os.getloadavg()
     disk = sequential_write_mb_s(workdir)
     sources = {"": ROOT / "src"}
     if args.baseline:
@@ -311,7 +317,9 @@ def main() -> None:
         f"\nsurvey: {args.mosaics} mosaics of {args.size} px, {survey_bytes / 1e9:.2f} GB; "
         f"window {args.window}, overlap {args.overlap}; {os.cpu_count()} cores"
     )
-    print(f"disk sequential write (synced): {disk:.0f} MB/s\n")
+    print(f"disk sequential write (synced): {disk:.0f} MB/s")
+    load_after = _load(os.getloadavg())
+    print(f"load average (1, 5, 15 min): before {_load(load_before)}, after {load_after}\n")
     header = f"{'variant':<18}{'cutouts':>10}{'seconds':>9}{'cutouts/s':>11}{'MB/s':>8}"
     header += f"{'files':>9}{'peak MB':>9}{'largest':>9}"
     print(header)

@@ -11,12 +11,14 @@ from astropy.nddata import Cutout2D
 from astrocurate.algorithms import windows
 from astrocurate.algorithms.windows import (
     DEFAULT_FILL_VALUE,
+    add_robust_statistics,
     cutout_statistics,
     extract_windows,
     fill_nan,
     robust_step,
     row_bands,
     window_centres,
+    window_moments,
     window_origins,
     window_statistics,
     window_stride,
@@ -439,6 +441,60 @@ def test_window_statistics_reject_windows_outside():
         window_statistics(np.zeros((4, 4), np.float32), [1], [0], 4)
     with pytest.raises(ValueError, match="2-D"):
         window_statistics(np.zeros((4, 4, 1), np.float32), [0], [0], 1)
+
+
+def test_moments_then_robust_statistics_of_some_windows():
+    """The two halves, the second for some windows only, give window_statistics's values."""
+    image = _image((130, 170), nan_probability=0.02)
+    x0, y0 = window_origins(image.shape, 20, 0.5)
+    whole = window_statistics(image, x0, y0, 20)
+    moments = window_moments(image, x0, y0, 20)
+    assert list(moments) == ["nan_fraction", "mean", "std", "max"]
+    some = (moments["nan_fraction"] < 0.5) & (RNG.random(len(x0)) < 0.7)
+    part = add_robust_statistics(
+        image, x0[some], y0[some], 20, {k: v[some] for k, v in moments.items()}
+    )
+    assert list(part) == list(whole)
+    for key, values in whole.items():
+        np.testing.assert_array_equal(part[key], values[some], err_msg=key)
+
+
+def _sums_blanks_zeroed(image, breaks, level):
+    """Per-block column sums of v - level with every blank set to zero first (numpy's order)."""
+    n, nx = len(breaks) - 1, image.shape[1]
+    count, s1, s2 = np.zeros((n, nx)), np.zeros((n, nx)), np.zeros((n, nx))
+    for i in range(n):
+        d = image[breaks[i] : breaks[i + 1]].astype(np.float64) - level
+        blank = np.isnan(d)
+        d[blank] = 0.0
+        count[i] = (~blank).sum(axis=0)
+        s1[i] = d.sum(axis=0)
+        s2[i] = (d * d).sum(axis=0)
+    return count, s1, s2
+
+
+@pytest.mark.parametrize("nx", [1, 2, 37, 300], ids=["1-column", "2-columns", "37", "300"])
+def test_block_sums_are_those_with_blanks_zeroed_first(nx):
+    """Bit for bit, though only the blocks with a blank are summed again without them."""
+    image = (RNG.normal(0, 1, (90, nx)) * np.exp(RNG.normal(0, 6, (90, nx)))).astype(np.float32)
+    image[RNG.random(image.shape) < 0.03] = np.nan
+    image[:, nx // 2 :][40:50] = np.nan  # blank rows in some columns
+    breaks = np.array([0, 7, 40, 45, 90])
+    count, s1, s2, vmax = windows._block_columns(image, breaks, 0.25)
+    expected = _sums_blanks_zeroed(image, breaks, 0.25)
+    for got, want in zip((count, s1, s2), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(vmax[1], np.nanmax(image[7:40], axis=0))
+    if nx > 1:  # numpy adds the rows of a wide array in order (the sum of a column may not)
+        d = image[7:40, 0].astype(np.float64) - 0.25
+        assert s1[1, 0] == _added_in_order(d)
+
+
+def _added_in_order(values):
+    total = 0.0
+    for v in values[~np.isnan(values)]:
+        total += v
+    return total
 
 
 # -- filling ------------------------------------------------------------------------------

@@ -28,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from astrocurate.algorithms.medians import MAD_TO_SIGMA, median_and_mad, median_rows
 from astrocurate.validation import check_int, check_real
 
 __all__ = [
     "DEFAULT_FILL_VALUE",
     "MAD_TO_SIGMA",
     "ROBUST_GRID",
+    "add_robust_statistics",
     "cutout_statistics",
     "extract_windows",
     "fill_nan",
@@ -41,6 +43,7 @@ __all__ = [
     "row_bands",
     "window_centres",
     "window_medians",
+    "window_moments",
     "window_origins",
     "window_statistics",
     "window_stride",
@@ -50,8 +53,6 @@ __all__ = [
 #: Jy/beam (zero-mean noise). Pass another value (e.g. the median) for images with a sky
 #: pedestal.
 DEFAULT_FILL_VALUE = 0.0
-#: Scale from the median absolute deviation to the standard deviation of a Gaussian.
-MAD_TO_SIGMA = 1.4826
 #: Elements processed at once by the statistics (16 MiB per float64 temporary).
 _CHUNK_ELEMENTS = 1 << 21
 #: The median and MAD of a window of side ``w`` use a grid of about ROBUST_GRID pixels
@@ -254,53 +255,6 @@ def robust_step(window_size: int) -> int:
     return max(1, _check_window_size(window_size) // ROBUST_GRID)
 
 
-def _median_rows(values: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Median of each row ignoring NaN; NaN for rows without values.
-
-    Parameters
-    ----------
-    values : numpy.ndarray
-        Shape ``(m, p)``.
-    count : numpy.ndarray
-        Shape ``(m,)``: non-NaN values per row.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64, shape ``(m,)``; the mean of the two middle values for even counts.
-    """
-    m, p = values.shape
-    median = np.full(m, np.nan)
-    full = count == p
-    if p and full.any():  # no NaN: one linear-time partition, lower middle = max below it
-        k = p // 2
-        part = np.partition(values if full.all() else values[full], k, axis=1)
-        upper = part[:, k].astype(np.float64)
-        median[full] = upper if p % 2 else 0.5 * (part[:, :k].max(axis=1) + upper)
-    partial = (count > 0) & ~full
-    if partial.any():  # a sort puts NaN last: take the middle of the valid prefix
-        ordered = np.sort(values[partial], axis=1)
-        c = count[partial]
-        lower = np.take_along_axis(ordered, ((c - 1) // 2)[:, None], axis=1)[:, 0]
-        upper = np.take_along_axis(ordered, (c // 2)[:, None], axis=1)[:, 0]
-        median[partial] = 0.5 * (lower.astype(np.float64) + upper)
-    return median
-
-
-def _median_and_mad(x: np.ndarray, no_nan: np.ndarray | None = None) -> tuple:
-    """Median and ``1.4826 * MAD`` of the rows of ``x`` (shape ``(m, p)``), NaN ignored.
-
-    ``no_nan`` marks rows known to hold no NaN (saves a pass). The absolute deviations
-    are formed in the input precision.
-    """
-    m, p = x.shape
-    known = no_nan is not None and bool(no_nan.all())
-    count = np.full(m, p) if known else p - np.isnan(x).sum(axis=1)
-    median = _median_rows(x, count)
-    absdev = np.abs(x - median.astype(x.dtype)[:, None])
-    return median, MAD_TO_SIGMA * _median_rows(absdev, count)
-
-
 def _robust_of_stack(stack: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median and MAD noise of each cutout of ``stack`` (n, h, w) on the robust grid.
 
@@ -311,10 +265,10 @@ def _robust_of_stack(stack: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, 
     k = robust_step(min(h, w)) if h and w else 1
     grid = stack[:, ::k, ::k]
     grid = grid.reshape(n, grid.shape[1] * grid.shape[2])
-    median, noise = _median_and_mad(grid, count == h * w)
+    median, noise = median_and_mad(grid, count == h * w)
     empty = np.isnan(median) & (count > 0)
     if k > 1 and empty.any():
-        median[empty], noise[empty] = _median_and_mad(stack[empty].reshape(-1, h * w))
+        median[empty], noise[empty] = median_and_mad(stack[empty].reshape(-1, h * w))
     return median, noise
 
 
@@ -323,9 +277,6 @@ def _finish(
 ) -> dict[str, np.ndarray]:
     """Assemble the statistics dictionary (peak S/N, blank fraction)."""
     median, noise = robust
-    peak_snr = np.full(len(count), np.nan)
-    ok = noise > 0
-    peak_snr[ok] = (vmax[ok] - median[ok]) / noise[ok]
     nan_fraction = (p - count) / p if p else np.full(len(count), np.nan)
     return {
         "nan_fraction": np.asarray(nan_fraction, dtype=np.float64),
@@ -334,8 +285,16 @@ def _finish(
         "max": vmax,
         "median": median,
         "noise_mad": noise,
-        "peak_snr": peak_snr,
+        "peak_snr": _peak_snr(vmax, median, noise),
     }
+
+
+def _peak_snr(vmax: np.ndarray, median: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """``(max - median) / noise``; NaN where the noise is not positive."""
+    peak_snr = np.full(len(noise), np.nan)
+    ok = noise > 0
+    peak_snr[ok] = (vmax[ok] - median[ok]) / noise[ok]
+    return peak_snr
 
 
 def _moments_two_pass(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -437,6 +396,9 @@ def window_statistics(
       does, from the same grid pixels (:func:`robust_step`), gathered straight from the
       image: identical values.
 
+    It is :func:`window_moments` followed by :func:`add_robust_statistics`, which can be
+    called apart to take the robust statistics of some windows only.
+
     Parameters
     ----------
     image : numpy.ndarray
@@ -458,8 +420,40 @@ def window_statistics(
         If ``image`` is not 2-D or a window falls outside it.
     """
     image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
+    return add_robust_statistics(image, x0, y0, w, window_moments(image, x0, y0, w))
+
+
+def window_moments(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, window_size: int
+) -> dict[str, np.ndarray]:
+    """Compute the first half of :func:`window_statistics`: blanks, mean, std and max.
+
+    With :func:`add_robust_statistics` for only some of the windows (e.g. those not too
+    blank), the rest of :func:`window_statistics` costs only what those windows need.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Shape ``(ny, nx)``, float (NaN = blank).
+    x0, y0 : array_like of int
+        Window origins, shape ``(n,)``; each window must lie inside ``image``.
+    window_size : int
+        Window side ``w``.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        float64 arrays of shape ``(n,)``: ``nan_fraction``, ``mean``, ``std``, ``max``, as
+        :func:`window_statistics` gives them.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D or a window falls outside it.
+    """
+    image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
     if x0.size == 0:
-        return cutout_statistics(np.empty((0, w, w), dtype=image.dtype))
+        return {key: np.empty(0) for key in ("nan_fraction", "mean", "std", "max")}
     level = _reference_level(image)
     count, s1, s2, vmax = _window_sums(image, x0, y0, w, level)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -473,8 +467,41 @@ def window_statistics(
         _, mean[redo], std[redo] = _moments_two_pass(
             extract_windows(image, x0[redo], y0[redo], w).reshape(int(redo.sum()), -1)
         )
-    robust = _robust_of_windows(image, x0, y0, w, count)
-    return _finish(w * w, count, mean, std, vmax, robust)
+    nan_fraction = (w * w - count) / (w * w)
+    return {"nan_fraction": nan_fraction, "mean": mean, "std": std, "max": vmax}
+
+
+def add_robust_statistics(
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, window_size: int, moments: dict
+) -> dict[str, np.ndarray]:
+    """Add the second half of :func:`window_statistics`: median, MAD noise and peak S/N.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Shape ``(ny, nx)``, float (NaN = blank).
+    x0, y0 : array_like of int
+        Window origins, shape ``(n,)``; each window must lie inside ``image``.
+    window_size : int
+        Window side ``w``.
+    moments : dict of str to numpy.ndarray
+        :func:`window_moments` of these windows (``nan_fraction`` and ``max`` are used).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        A new dictionary: ``moments`` and the three robust statistics, as
+        :func:`window_statistics` gives them.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not 2-D or a window falls outside it.
+    """
+    image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
+    median, noise = _robust_of_windows(image, x0, y0, w, moments["nan_fraction"])
+    peak_snr = _peak_snr(moments["max"], median, noise)
+    return {**moments, "median": median, "noise_mad": noise, "peak_snr": peak_snr}
 
 
 #: ``var * _WELL_CONDITIONED > E[(v - c)^2]``: the one-pass variance is accurate.
@@ -554,8 +581,9 @@ _OPS = (np.add, np.add, np.add, np.fmax)
 def _block_columns(image: np.ndarray, breaks: np.ndarray, level: float) -> list[np.ndarray]:
     """Per-column count, sum, sum of squares (of ``v - level``) and max of row blocks.
 
-    Block ``i`` is rows ``breaks[i]:breaks[i + 1]``. Returns four arrays of shape
-    ``(len(breaks) - 1, nx)``: float64 for the first three, the image dtype for max.
+    Block ``i`` is rows ``breaks[i]:breaks[i + 1]``, reduced :data:`_BLOCK_ELEMENTS` pixels
+    at a time. Returns four arrays of shape ``(len(breaks) - 1, nx)``: float64 for the first
+    three, the image dtype for max.
     """
     nx = image.shape[1]
     n_blocks = len(breaks) - 1
@@ -567,19 +595,29 @@ def _block_columns(image: np.ndarray, breaks: np.ndarray, level: float) -> list[
     for i in range(n_blocks):
         for a in range(int(breaks[i]), int(breaks[i + 1]), step):
             rows = image[a : min(a + step, int(breaks[i + 1]))]
-            d = rows.astype(np.float64)
-            d -= level
-            blank = np.isnan(d)
-            if blank.any():
-                d[blank] = 0.0
-                count[i] += len(rows) - blank.sum(axis=0)
-            else:
-                count[i] += len(rows)
-            s1[i] += d.sum(axis=0)
-            np.square(d, out=d)
-            s2[i] += d.sum(axis=0)
+            _add_columns(rows, level, count[i], s1[i], s2[i])
             np.fmax(vmax[i], np.fmax.reduce(rows, axis=0), out=vmax[i])
     return [count, s1, s2, vmax]
+
+
+def _add_columns(
+    rows: np.ndarray, level: float, count: np.ndarray, s1: np.ndarray, s2: np.ndarray
+) -> None:
+    """Add the valid count, sum and sum of squares of each column of ``rows - level``.
+
+    Sums run down each column in row order, in float64 (numpy's order for a C-ordered
+    array), blanks (NaN) as zeros.
+    """
+    d = rows.astype(np.float64)
+    d -= level
+    blank = np.isnan(rows)
+    if blank.any():
+        np.copyto(d, 0.0, where=blank)
+        count -= np.add.reduce(blank.view(np.uint8), axis=0, dtype=np.int32)
+    count += len(rows)
+    s1 += d.sum(axis=0)
+    np.square(d, out=d)
+    s2 += d.sum(axis=0)
 
 
 def _range_reduce(
@@ -602,17 +640,17 @@ def _range_reduce(
 
 
 def _robust_of_windows(
-    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, count: np.ndarray
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, nan_fraction: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Median and MAD noise of each window on the robust grid, gathered in chunks."""
     k = robust_step(w)
-    medians, noises = [], []
+    medians, noises = [np.empty(0)], [np.empty(0)]
     for sl, grid in _grid_chunks(image, x0, y0, w):
-        median, noise = _median_and_mad(grid, count[sl] == w * w)
-        empty = np.isnan(median) & (count[sl] > 0)
+        median, noise = median_and_mad(grid, nan_fraction[sl] == 0)
+        empty = np.isnan(median) & (nan_fraction[sl] < 1)
         if k > 1 and empty.any():  # grid all blank, window not: use every pixel
             full = extract_windows(image, x0[sl][empty], y0[sl][empty], w)
-            median[empty], noise[empty] = _median_and_mad(full.reshape(-1, w * w))
+            median[empty], noise[empty] = median_and_mad(full.reshape(-1, w * w))
         medians.append(median)
         noises.append(noise)
     return np.concatenate(medians), np.concatenate(noises)
@@ -649,7 +687,7 @@ def window_medians(
     image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
     medians = [np.empty(0, dtype=np.float64)]
     for _, grid in _grid_chunks(image, x0, y0, w):
-        medians.append(_median_rows(grid, grid.shape[1] - np.isnan(grid).sum(axis=1)))
+        medians.append(median_rows(grid))
     return np.concatenate(medians).astype(np.float64)
 
 

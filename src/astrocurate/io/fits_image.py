@@ -144,12 +144,16 @@ class RowReader:
         self._dtype = np.dtype(dtype)
         self._row_bytes = nx * self._dtype.itemsize
 
-    def __call__(self, y0: int, y1: int) -> np.ndarray:
-        """Read the stored values of rows y0:y1 into a new array of shape (y1 - y0, nx)."""
+    def __call__(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Read the stored values of rows y0:y1 into ``out`` or a new array (y1 - y0, nx).
+
+        ``out``, if given, is C-contiguous with the stored dtype and that shape.
+        """
         start = self._offset + y0 * self._row_bytes
         if self._fh.tell() != start:
             self._fh.seek(start)
-        out = np.empty((y1 - y0, self._nx), dtype=self._dtype)
+        if out is None:
+            out = np.empty((y1 - y0, self._nx), dtype=self._dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
         filled = 0
         while filled < len(view):

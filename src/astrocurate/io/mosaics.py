@@ -287,8 +287,11 @@ class Mosaic:
 
     # -- reading ------------------------------------------------------------------------
 
-    def _make_raw_reader(self, hdu: Any) -> Callable[[int, int], np.ndarray]:
-        """Build the function (y0, y1) -> stored values of rows y0:y1, shape (y1 - y0, nx)."""
+    def _make_raw_reader(self, hdu: Any) -> Callable[..., np.ndarray]:
+        """Build the function (y0, y1) -> stored values of rows y0:y1, shape (y1 - y0, nx).
+
+        For plain files it is a :class:`RowReader`, which also reads into a given array.
+        """
         ny, nx = self.shape
         if isinstance(hdu, fits.CompImageHDU):
             return self._read_section
@@ -313,6 +316,21 @@ class Mosaic:
         """Rows y0:y1 as float32, reusing the cached previous band for compressed files."""
         if self.compression is None:
             return self._scaling.apply(self._read_raw(y0, y1), owned=True)
+        return self._read_compressed(y0, y1)
+
+    def _read_into(self, y0: int, y1: int, out: np.ndarray) -> np.ndarray:
+        """Rows y0:y1 as float32 into ``out``: read in place for plain float32 files."""
+        stored = self.stored_dtype
+        scaling = self._scaling
+        plain = scaling.bscale == 1.0 and scaling.bzero == 0.0 and self.compression is None
+        if plain and stored.kind == "f" and stored.itemsize == 4:
+            scaling.apply(self._read_raw(y0, y1, out.view(stored)), owned=True)  # swaps in place
+        else:
+            np.copyto(out, self._read_band(y0, y1))
+        return out
+
+    def _read_compressed(self, y0: int, y1: int) -> np.ndarray:
+        """Rows y0:y1 of a gzip or tile-compressed file, reusing the cached previous band."""
         cached = self._cache
         if cached is not None and cached[0] <= y0 and y1 <= cached[1]:
             return cached[2][y0 - cached[0] : y1 - cached[0]].copy()
@@ -332,7 +350,7 @@ class Mosaic:
             raise IndexError(f"rows {y0}:{y1} outside 0:{ny} of mosaic {self.name}")
         return y0, y1
 
-    def read_rows(self, y0: int, y1: int) -> np.ndarray:
+    def read_rows(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
         """Read a band of rows at full width.
 
         Only these rows are read from an uncompressed file; gzip and tile-compressed files
@@ -343,11 +361,14 @@ class Mosaic:
         ----------
         y0, y1 : int
             Row range, ``0 <= y0 <= y1 <= ny``.
+        out : numpy.ndarray, optional
+            C-contiguous float32 array of shape ``(y1 - y0, nx)`` to read into (an
+            uncompressed float32 file is read straight into it, without a new array).
 
         Returns
         -------
         numpy.ndarray
-            float32, shape ``(y1 - y0, nx)``, a new array owned by the caller.
+            float32, shape ``(y1 - y0, nx)``: ``out``, or a new array owned by the caller.
 
         Raises
         ------
@@ -360,7 +381,7 @@ class Mosaic:
         if self._hdul is None:
             raise ValueError(f"mosaic {self.name} is closed")
         try:
-            return self._read_band(y0, y1)
+            return self._read_band(y0, y1) if out is None else self._read_into(y0, y1, out)
         except _READ_ERRORS as exc:
             raise InvalidMosaicError(
                 f"{self.path}: cannot read rows {y0}:{y1} ({type(exc).__name__}: {exc})"

@@ -2,10 +2,11 @@
 
 :func:`cut_mosaic` slides the window over one mosaic band by band (about
 :data:`BAND_PIXELS` pixels and at least one window row; neighbouring bands share the rows of
-overlapping windows), so memory stays bounded whatever the mosaic's size. The statistics
-come straight from the band (:func:`astrocurate.algorithms.windows.window_statistics`),
-with the rms map's rows beside it (:mod:`.companions`); only the kept windows of a copied
-store are copied, :data:`WRITE_PIXELS` pixels at a time. A finished mosaic leaves
+overlapping windows; the next band is read in a thread meanwhile, :mod:`.bands`), so memory
+stays bounded whatever the mosaic's size. The statistics come straight from the band
+(:func:`astrocurate.algorithms.windows.window_moments`, then the robust ones for the kept
+windows only), with the rms map's rows beside it (:mod:`.companions`); only the kept windows
+of a copied store are copied, :data:`WRITE_PIXELS` pixels at a time. A finished mosaic leaves
 ``parts/<n>.parquet`` (its cutout rows) and ``parts/<n>.json`` (its summary, written last).
 :func:`assemble` joins the parts into ``manifest.parquet`` and ``mosaics.parquet``.
 
@@ -39,7 +40,7 @@ from astrocurate.io.cutout_store import (
     NpyStackWriter,
     write_parquet_atomic,
 )
-from astrocurate.stages.cutting_out import companions
+from astrocurate.stages.cutting_out import bands, companions
 
 PARTS_DIR = "parts"
 _TEXT = ("mosaic", "mosaic_path", "store", "array_file")
@@ -120,19 +121,12 @@ def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict
                 f"{task.path}: image of {mosaic.shape[0]}x{mosaic.shape[1]} pixels is smaller "
                 f"than the window {w}; 0 cutouts"
             )
-        tables = []
         writer = None
         if opts.store == "copy":
             (Path(task.run_dir) / PIXELS_DIR).mkdir(exist_ok=True)
             writer = NpyStackWriter(Path(task.run_dir) / _pixel_file(task), w)
         try:
-            for b0, b1 in windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w)):
-                inside = (y0 >= b0) & (y0 + w <= b1)
-                band = mosaic.read_rows(b0, b1)
-                rms_band = rms.read_rows(b0, b1) if rms is not None else None
-                tables.append(
-                    _cut_band(band, rms_band, x0[inside], y0[inside] - b0, b0, w, opts, writer)
-                )
+            tables = _cut_bands(mosaic, rms, x0, y0, w, opts, writer)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -182,6 +176,27 @@ def _add_catalogue_columns(rows: pd.DataFrame, task: MosaicTask, mosaic, notes: 
         rows[name] = values
 
 
+def _cut_bands(
+    mosaic: Any,
+    rms: Any,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    w: int,
+    opts: Any,
+    writer: NpyStackWriter | None,
+) -> list[pd.DataFrame]:
+    """Cut a mosaic's windows band by band (the next band read meanwhile); their rows."""
+    spans = windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w))
+    sources = [mosaic] if rms is None else [mosaic, rms]
+    tables = []
+    for (b0, b1), read in zip(spans, bands.read_ahead(sources, spans), strict=True):
+        inside = (y0 >= b0) & (y0 + w <= b1)
+        rms_band = read[1] if rms is not None else None
+        xs, ys = x0[inside], y0[inside] - b0
+        tables.append(_cut_band(read[0], rms_band, xs, ys, b0, w, opts, writer))
+    return tables
+
+
 def _band_rows(nx: int, w: int) -> int:
     """Rows read at once: about :data:`BAND_PIXELS` pixels, at least one window row."""
     return max(w, BAND_PIXELS // max(nx, 1))
@@ -201,19 +216,23 @@ def _cut_band(
 
     ``xs``, ``ys`` are window origins relative to the band, whose first row is row
     ``band_y0`` of the mosaic; ``rms_band`` holds the same rows of its rms map, if any.
-    Statistics come straight from the band; only kept windows of a copied store are
-    copied, a bounded number at a time.
+    Statistics come straight from the band: the blank fraction of every window, the rest
+    for the kept windows only; only kept windows of a copied store are copied, a bounded
+    number at a time.
     """
-    stats = windows.window_statistics(band, xs, ys, w)
+    moments = windows.window_moments(band, xs, ys, w)
+    nan_fraction = moments["nan_fraction"]
+    keep = (nan_fraction <= opts.max_nan_fraction) & (nan_fraction < 1.0)
+    xs, ys = xs[keep], ys[keep]
+    kept = {key: values[keep] for key, values in moments.items()}
+    stats = windows.add_robust_statistics(band, xs, ys, w, kept)
     if rms_band is not None:
         stats.update(companions.rms_columns(rms_band, xs, ys, w, stats))
-    nan_fraction = stats["nan_fraction"]
-    keep = (nan_fraction <= opts.max_nan_fraction) & (nan_fraction < 1.0)
     if writer is not None:
-        _write_windows(band, xs[keep], ys[keep], w, opts, writer)
-    table = pd.DataFrame({k: np.asarray(v)[keep] for k, v in stats.items()})
-    table.insert(0, "x0", xs[keep].astype(np.int64))
-    table.insert(1, "y0", ys[keep].astype(np.int64) + band_y0)
+        _write_windows(band, xs, ys, w, opts, writer)
+    table = pd.DataFrame(stats)
+    table.insert(0, "x0", xs.astype(np.int64))
+    table.insert(1, "y0", ys.astype(np.int64) + band_y0)
     return table
 
 

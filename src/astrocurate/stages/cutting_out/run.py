@@ -134,9 +134,9 @@ def make_cutouts(
     params["workers"] = workers
 
     def before_work() -> None:
-        companions.check_companions(found, beside)
         if workers > 1 and len(found) > 1:
-            _start_forkserver()  # its imports overlap opening the tracking store
+            _start_forkserver()  # its imports overlap checking companions, opening the store
+        companions.check_companions(found, beside)
 
     with tracked_step(
         STEP,

@@ -225,8 +225,9 @@ def speed(args, directory: Path, device: torch.device) -> None:
     cases = [(DEFAULT_MODEL, 64, False)]
     if args.kymatio:
         cases.append((DEFAULT_MODEL, 64, True))
-    cases += [("timm:resnet18", 64, False), ("timm:resnet18", 128, False)]
-    if device.type == "cuda":
+    if not args.default_only:
+        cases += [("timm:resnet18", 64, False), ("timm:resnet18", 128, False)]
+    if device.type == "cuda" and not args.default_only:
         cases.append(("timm:vit_small_patch14_reg4_dinov2", 126, False))
     print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")
     gemm = gemm_flops_per_second(device)
@@ -342,6 +343,7 @@ def main() -> None:
     parser.add_argument(
         "--kymatio", action="store_true", help="also time the default on kymatio's transform"
     )
+    parser.add_argument("--default-only", action="store_true", help="time the default only")
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic 64-px cutouts")

@@ -11,6 +11,10 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
   the most images/s any implementation gets, and so the most that batching can gain over
   the naive loop (``ceil/naive``). Not given for the FFT-based scattering.
 
+With ``--kymatio`` the default backbone also runs with kymatio's own scattering transform in
+place of astrocurate's (same filters, same features to float32 rounding), on the same
+cutouts in the same run, and the ratio of the two is printed.
+
 Quality (``--quality``): kNN balanced accuracy (10-NN, 5 folds) of each backbone on the
 demo survey's truth classes, next to raw pixels reduced by PCA and a random-init ResNet-18,
 with shuffled folds (which leak: overlapping cutouts are near-copies) and with folds by sky
@@ -20,6 +24,7 @@ Usage::
 
     python benchmarks/features.py --speed --quality            # CPU, on the demo survey
     python benchmarks/features.py --speed --device cuda --synthetic 200000   # GPU
+    python benchmarks/features.py --speed --kymatio --synthetic 4096 --rows 1024  # vs kymatio
 """
 
 from __future__ import annotations
@@ -202,16 +207,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def build(name: str, size: int, device: torch.device, pretrained: bool = True) -> FeatureModel:
+def build(
+    name: str, size: int, device: torch.device, pretrained: bool = True, kymatio: bool = False
+) -> FeatureModel:
+    """Make the feature model; ``kymatio``: a scattering backbone on kymatio's transform."""
     kwargs = {} if name.startswith("scattering") else {"pretrained": pretrained}
     backbone = create_backbone(name, input_size=size, **kwargs)
+    if kymatio:
+        from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+        spec = backbone.module.spec
+        backbone.module.transform = ScatteringTorch2D(J=spec.J, shape=(size, size), L=spec.L)
     return FeatureModel(backbone, size, NormalizationConfig()).to(device).eval()
 
 
 def speed(args, directory: Path, device: torch.device) -> None:
-    cases = [(DEFAULT_MODEL, 64), ("timm:resnet18", 64), ("timm:resnet18", 128)]
-    if device.type == "cuda":
-        cases.append(("timm:vit_small_patch14_reg4_dinov2", 126))
+    cases = [(DEFAULT_MODEL, 64, False)]
+    if args.kymatio:
+        cases.append((DEFAULT_MODEL, 64, True))
+    if not args.default_only:
+        cases += [("timm:resnet18", 64, False), ("timm:resnet18", 128, False)]
+    if device.type == "cuda" and not args.default_only:
+        cases.append(("timm:vit_small_patch14_reg4_dinov2", 126, False))
     print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")
     gemm = gemm_flops_per_second(device)
     print(f"dense matrix multiply: {gemm / 1e9:.0f} GFLOP/s")
@@ -219,8 +236,9 @@ def speed(args, directory: Path, device: torch.device) -> None:
         f"{'model':<40}{'size':>5}{'pipeline':>10}{'model only':>12}{'naive':>9}"
         f"{'pipe/model':>11}{'pipe/naive':>11}{'GFLOP/img':>10}{'ceiling':>9}{'ceil/naive':>11}"
     )
-    for name, size in cases:
-        model = build(name, size, device, pretrained=False)
+    rates = {}
+    for name, size, kymatio in cases:
+        model = build(name, size, device, pretrained=False, kymatio=kymatio)
         pipeline = time_pipeline(directory, model, args.batch_size, args.workers, device, args.rows)
         alone = time_model_only(directory, model, args.batch_size, device, args.rows)
         naive = time_naive(directory, model, device, args.naive_rows)
@@ -229,9 +247,20 @@ def speed(args, directory: Path, device: torch.device) -> None:
         ceiling = f"{'n/a':>10}{'n/a':>9}{'n/a':>11}"
         if flops:
             ceiling = f"{flops / 1e9:>10.3f}{gemm / flops:>9.0f}{gemm / flops / naive:>11.1f}"
+        label = f"{name} (kymatio)" if kymatio else name
+        rates[label] = pipeline, alone
         print(
-            f"{name:<40}{size:>5}{pipeline:>10.0f}{alone:>12.0f}{naive:>9.0f}"
+            f"{label:<40}{size:>5}{pipeline:>10.0f}{alone:>12.0f}{naive:>9.0f}"
             f"{pipeline / alone:>11.2f}{pipeline / naive:>11.1f}{ceiling}"
+        )
+    if args.kymatio:
+        (pipe, alone), (old_pipe, old_alone) = (
+            rates[DEFAULT_MODEL],
+            rates[f"{DEFAULT_MODEL} (kymatio)"],
+        )
+        print(
+            f"{DEFAULT_MODEL}, astrocurate's transform / kymatio's: "
+            f"pipeline {pipe / old_pipe:.2f}x, model only {alone / old_alone:.2f}x"
         )
 
 
@@ -311,6 +340,10 @@ def quality(directory: Path, labels: np.ndarray, manifest: Any, device: torch.de
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true")
+    parser.add_argument(
+        "--kymatio", action="store_true", help="also time the default on kymatio's transform"
+    )
+    parser.add_argument("--default-only", action="store_true", help="time the default only")
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic 64-px cutouts")

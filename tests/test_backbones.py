@@ -721,17 +721,18 @@ def test_cuda_matches_cpu(name, kwargs, tol):
 @pytest.mark.parametrize(("J", "L"), [(3, 8), (4, 8), (2, 4), (4, 6)])
 def test_scattering_paths_known_before_the_filter_bank_is_built(J: int, L: int) -> None:  # noqa: N803
     """The channels come from kymatio's filter order without building its filters."""
-    from astrocurate.algorithms.backbones.scattering import _scattering_transform
+    from kymatio.scattering2d.filter_bank import filter_bank
+
     from astrocurate.algorithms.backbones.scattering_spec import _filter_labels
 
-    built = _scattering_transform(J, L, 4 * 2**J)
-    assert [(f["j"], f["theta"]) for f in built.psi] == [
+    built = filter_bank(6 * 2**J, 6 * 2**J, J, L)
+    assert [(f["j"], f["theta"]) for f in built["psi"]] == [
         (f["j"], f["theta"]) for f in _filter_labels(J, L)
     ]
 
 
 def test_scattering_builds_its_filters_only_when_it_runs() -> None:
     backbone = create_backbone("scattering")
-    assert backbone.module.scattering is None and backbone.dim > 0
+    assert backbone.module.transform is None and backbone.dim > 0
     features = backbone.module(torch.zeros(2, 1, 64, 64))
-    assert backbone.module.scattering is not None and features.shape == (2, backbone.dim)
+    assert backbone.module.transform is not None and features.shape == (2, backbone.dim)

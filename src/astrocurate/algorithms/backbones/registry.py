@@ -12,7 +12,7 @@ weights from :mod:`.weights` and the channel handling of :mod:`.channels`.
 Names (:func:`list_backbones`):
 
 ``scattering``, ``scattering-*``
-    Wavelet scattering transforms (kymatio), no weights: the offline default family.
+    Wavelet scattering transforms (kymatio's filters), no weights: the offline default family.
 ``timm:<model>``
     Any timm model: a registry name (``timm:resnet18``,
     ``timm:vit_small_patch14_reg4_dinov2.lvd142m``), a Hugging Face Hub model

@@ -1,4 +1,4 @@
-"""Wavelet scattering backbones (kymatio): weight-free, the offline default family."""
+"""Wavelet scattering backbones (kymatio's filters): weight-free, the offline default family."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from astrocurate.algorithms.backbones.scattering_spec import (
     scattering_card,
     scattering_layout,
 )
-from astrocurate.errors import InvalidArgumentError
 
 __all__ = [
     "SCATTERING_NAMES",
@@ -28,7 +27,7 @@ __all__ = [
 
 
 class ScatteringFeatures(nn.Module):
-    """Spatially pooled log-energies of a 2-D wavelet scattering transform (kymatio).
+    """Spatially pooled log-energies of a 2-D wavelet scattering transform.
 
     ``forward`` maps ``(B, C, S, S)`` (channels averaged) to ``(B, dim)``: for every
     scattering path (order 0, 1, 2; or every rotation group) ``log(eps + mean_xy S)``,
@@ -36,16 +35,20 @@ class ScatteringFeatures(nn.Module):
     the quadrant means. Always computed in float32, also under autocast; a cutout's
     features do not depend on the rest of the batch.
 
-    kymatio's filter bank (seconds to build) is made at the first ``forward``, on the
-    input's device: describing the backbone (its dimension, for a run's parameters) costs
-    nothing, so a rerun that reuses a finished feature run does not build it.
+    The transform (:class:`~astrocurate.algorithms.backbones.scattering_transform.
+    Scattering2D`, kymatio's coefficients computed in batches) is made at the first
+    ``forward``, on the input's device, as kymatio's filter bank takes a second to build:
+    describing the backbone (its dimension, for a run's parameters) costs nothing, so a
+    rerun that reuses a finished feature run does not build it. Any module with the same
+    input and output, such as kymatio's own ``Scattering2D``, can be set as
+    :attr:`transform` instead (``benchmarks/features.py --kymatio`` compares them).
     """
 
     def __init__(self, spec: ScatteringSpec, size: int) -> None:
         super().__init__()
         self.spec = spec
         self.size = size
-        self.scattering: nn.Module | None = None  # kymatio's transform, made on first use
+        self.transform: nn.Module | None = None  # (B, S, S) -> (B, paths, h, w), made on first use
         layout = scattering_layout(spec)
         matrix = torch.zeros(layout.n_paths, len(layout.groups))
         for column, members in enumerate(layout.groups):
@@ -73,11 +76,11 @@ class ScatteringFeatures(nn.Module):
             return torch.cat([self._log_energy(p) for p in pooled], dim=1)
 
     def _transform(self, device: torch.device) -> nn.Module:
-        """Return kymatio's transform on ``device`` (a copy of the cached one, made once)."""
-        if self.scattering is None:
+        """Return the transform on ``device`` (a copy of the cached one, made once)."""
+        if self.transform is None:
             J, L = self.spec.J, self.spec.L  # noqa: N806
-            self.scattering = copy.deepcopy(_scattering_transform(J, L, self.size))
-        return self.scattering.to(device)
+            self.transform = copy.deepcopy(_scattering_transform(J, L, self.size))
+        return self.transform.to(device)
 
     def _log_energy(self, pooled: torch.Tensor) -> torch.Tensor:
         energy = torch.log((pooled @ self.group_matrix).clamp_min(0) + self.spec.eps)
@@ -88,16 +91,10 @@ class ScatteringFeatures(nn.Module):
 
 @functools.lru_cache(maxsize=8)
 def _scattering_transform(n_scales: int, n_angles: int, size: int) -> nn.Module:
-    """Build kymatio's transform once per shape (its filter bank takes seconds); copy it."""
-    # kymatio's top-level package imports its 3-D part, which breaks on SciPy >= 1.17
-    # (scipy.special.sph_harm removed); the 2-D torch frontend alone works.
-    try:
-        from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
-    except ImportError as error:
-        raise InvalidArgumentError(
-            f"scattering backbones need the 'kymatio' package (pip install kymatio): {error}"
-        ) from error
-    return ScatteringTorch2D(J=n_scales, shape=(size, size), L=n_angles)
+    """Build the transform once per shape (kymatio's filter bank takes a second); copy it."""
+    from astrocurate.algorithms.backbones.scattering_transform import Scattering2D
+
+    return Scattering2D(n_scales, (size, size), n_angles)
 
 
 def build_scattering(name: str, spec_text: str, options: Options) -> Backbone:

@@ -185,7 +185,10 @@ def scattering_card(name: str, options: Options) -> BackboneCard:
         preprocessing=Preprocessing(size, 1, (0.0,), (1.0,)),
         layer=spec.layer,
         weights_sha256=None,
-        description=f"kymatio 2-D scattering J={spec.J} L={spec.L} at {size} px, {spec.layer}",
+        description=(
+            f"2-D scattering J={spec.J} L={spec.L} at {size} px (kymatio's filters, batched "
+            f"transform), {spec.layer}"
+        ),
     )
 
 

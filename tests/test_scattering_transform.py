@@ -129,3 +129,17 @@ def test_backbone_features_equal_those_with_kymatios_transform(name: str) -> Non
     x = sky_images(4, (64, 64))[:, None]
     with torch.inference_mode():
         torch.testing.assert_close(ours.module(x), theirs.module(x), rtol=0, atol=5e-6)
+
+
+def test_the_smallest_input_a_scattering_backbone_accepts_matches_kymatio() -> None:
+    """J=4 at 32 px (2 * 2**J, the smallest side build_scattering accepts): padded to 64."""
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+    from astrocurate.algorithms.backbones.scattering_transform import Scattering2D
+
+    images = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ours = Scattering2D(4, (32, 32), 8)(images)
+    theirs = ScatteringTorch2D(J=4, shape=(32, 32), L=8)(images)
+    assert ours.shape == theirs.shape
+    scale = theirs.abs().amax(dim=(-2, -1), keepdim=True)
+    assert ((ours - theirs).abs() / scale).max() < 2e-6

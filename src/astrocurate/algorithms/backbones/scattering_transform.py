@@ -199,10 +199,10 @@ class Scattering2D(nn.Module):
         self.J, self.L, self.shape = n_scales, n_angles, tuple(shape)
         self.padded = padded_shape(self.shape, n_scales)
         pads = [p - s for p, s in zip(self.padded, self.shape, strict=True)]
-        if any(pad >= side for pad, side in zip(pads, self.shape, strict=True)):
+        if any((pad + 1) // 2 >= side for pad, side in zip(pads, self.shape, strict=True)):
             raise InvalidArgumentError(
-                f"shape={self.shape} is too small for J={n_scales}: reflective padding to "
-                f"{self.padded} needs more than {pads} px"
+                f"shape={self.shape} is too small for J={n_scales}: reflecting it into "
+                f"{self.padded} needs more pixels on a side than it has"
             )
         # F.pad order: (left, right, top, bottom); the odd pixel goes to the end
         self.padding = (pads[1] // 2, (pads[1] + 1) // 2, pads[0] // 2, (pads[0] + 1) // 2)

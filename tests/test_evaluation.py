@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from astrocurate.algorithms.backbones.weights import WeightsError
 from astrocurate.algorithms.ssl import build_encoder, encoder_checkpoint
@@ -289,3 +290,16 @@ def test_find_run_finds_the_evaluation(evaluation, capsys):
     argv = ["find-run", "--run-name", "evaluation", "--get-path", "--arms", "curated,random"]
     assert main([*argv, "--output_path", root]) == 0
     assert Path(capsys.readouterr().out.strip()) == evaluation.output_dir
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_where_there_is_none_is_one_line_and_records_no_run(sampling_id, evaluation, capsys):
+    """Refused in one line before any run is recorded."""
+    from astrocurate.tracking import find_runs
+
+    argv = ["evaluate", "--sampling-id", sampling_id, "--seeds", "1", "--device", "cuda"]
+    before = len(find_runs("evaluation", include_unfinished=True))
+    assert main(argv) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "CUDA" in err[0], err
+    assert len(find_runs("evaluation", include_unfinished=True)) == before

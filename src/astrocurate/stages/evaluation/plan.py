@@ -201,14 +201,23 @@ class Plan:
         sampling, options = self.sampling, self.options
         return labelled_set(sampling.merged_dir, self.label_file, options.max_per_category)
 
+    @cached_property
+    def device(self) -> Any:
+        """The torch device of the pretraining (``auto`` resolved, CUDA checked)."""
+        from astrocurate.algorithms.kmeans.rows import resolve_device
+
+        return resolve_device(self.options.device)
+
     def prepare(self) -> None:
         """Load what the work needs, so that a bad input fails before any run is recorded.
 
-        Reads the labelled cutouts and loads every ``--weights`` encoder (weights of another
-        architecture fail here in one line). Not needed to reuse a finished run.
+        Resolves the device, reads the labelled cutouts and loads every ``--weights``
+        encoder (weights of another architecture fail here in one line). Not needed to
+        reuse a finished run.
         """
         from astrocurate.algorithms.ssl import load_encoder
 
+        self.device  # noqa: B018 - resolves and checks it
         for arm in self.arms:
             if arm.weights is not None:
                 load_encoder(arm.weights)
@@ -260,7 +269,10 @@ def plan_evaluation(
         "weights": ",".join(f"{a.name}:{sha256(a.weights)}" for a in arms if a.weights) or "none",
         "output_path": str(root),
     }
-    return Plan(options, sampling, arms, labels, root, params)
+    plan = Plan(options, sampling, arms, labels, root, params)
+    if options.device.startswith("cuda"):
+        plan.device  # noqa: B018 - asked for by name: refuse it now where there is no CUDA
+    return plan
 
 
 def _arms(

@@ -111,13 +111,12 @@ def evaluate(
 
 def _score_every_arm(run: StepRun, plan: Plan, report: bool) -> None:
     """Pretrain and score every (seed, arm) of ``plan`` in ``run``, then complete it."""
-    from astrocurate.algorithms.kmeans.rows import resolve_device
     from astrocurate.stages.evaluation.arms import arm_context, score_arm_seed
     from astrocurate.stages.evaluation.results import complete, prepare_outputs
 
     run.remove_temporaries()
     prepare_outputs(run.output_dir, plan)
-    context = arm_context(plan, run.output_dir, resolve_device(plan.options.device))
+    context = arm_context(plan, run.output_dir, plan.device)
     for seed, arm in plan.jobs():
         score_arm_seed(context, arm, seed, plan.folds(seed))
     complete(run, plan, report)

@@ -94,7 +94,7 @@ def test_features_killed_at_seeded_points_resume_to_the_same_result(
             reference.root / "feature_extraction",
             "*/progress/*.done",
             count=1,  # the next shard's marker
-            delay=float(r.uniform(0.1, 1.5)),
+            delay=float(r.uniform(0.05, 0.4)),  # blocks take well under a second now
         ),
         At("*/features.npy", when="before"),
     ]
@@ -105,10 +105,11 @@ def test_features_killed_at_seeded_points_resume_to_the_same_result(
     argv = _argv(fault_inputs.merged64_id)
     for kill in kills:
         attempt = runner.run(argv, kill)
-        if not attempt.fired:  # the run ended before this kill point: nothing left to interrupt
+        if not attempt.fired or attempt.returncode == 0:
+            # the run ended before this kill point (or before a delayed kill landed)
             assert attempt.returncode == 0, attempt.where()
             break
-        assert attempt.fired and attempt.returncode == -9, runner.summary()
+        assert attempt.returncode == -9, runner.summary()
         check_finished_runs(experiment)
 
     final = runner.run(argv)

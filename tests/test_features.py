@@ -25,6 +25,7 @@ from astrocurate.stages.feature_extraction.run import (
     FeatureOptions,
     extract_features,
     load_features,
+    plan_extraction,
 )
 from astrocurate.stages.merge_cutouts.run import merge_cutouts
 from astrocurate.synthetic.survey import make_survey
@@ -167,6 +168,26 @@ def test_kill_and_resume_is_bitwise_identical(env, tmp_path) -> None:
     a = next(out_a.glob(f"feature_extraction/{run_a}/{FEATURES}")).read_bytes()
     b = next(out_b.glob(f"feature_extraction/{run_b}/{FEATURES}")).read_bytes()
     assert a == b
+
+
+#: The parameters a feature run was keyed on before its plan became torch-free (09f84e3's
+#: ``_run_params``): changing them would stop finished runs from being found.
+KEY_PARAMS_OF_09F84E3 = {
+    "model", "weights", "arch", "pooling", "channels", "resize", "precision", "output_dtype",
+    "shard_rows", "norm_method", "norm_low_percentile", "norm_high_percentile",
+    "norm_asinh_softening", "norm_sigma", "norm_sigma_iters", "norm_mean", "norm_std",
+    "input_size", "model_input_size", "in_chans", "model_mean", "model_std", "layer",
+    "feature_dim", "weights_sha256", "n_rows",
+}  # fmt: skip
+
+
+def test_the_run_key_holds_the_parameters_it_always_held(env) -> None:
+    from astrocurate.stages.feature_extraction.plan import VOLATILE_PARAMS
+
+    _, merged_run = env
+    plan = plan_extraction(merged_run.run_id)
+    assert set(plan.key_params) - set(VOLATILE_PARAMS) == KEY_PARAMS_OF_09F84E3
+    assert set(plan.params) - set(plan.key_params) == {"workers", "device", "device_type"}
 
 
 def test_rerun_of_a_finished_run_imports_no_torch(env) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,23 @@ def test_bands_read_ahead_equal_rows_read_directly(tmp_path, kind):
             assert band.dtype == np.float32 and band.shape == (b1 - b0, SHAPE[1])
             seen.append(band.copy())
         assert sum(len(b) for b in seen) >= SHAPE[0] - 8
+
+
+@pytest.mark.parametrize("kind", ["float32", "gzip"])
+def test_rows_read_from_two_threads_at_once_are_right(tmp_path, kind):
+    # One stream position per mosaic: reads from two threads must take turns, not
+    # interleave their seeks (the read-ahead thread and a caller reading the same file).
+    data = RNG.normal(size=(400, 301)).astype(np.float32)
+    spans = [(y, y + 37) for y in range(0, 360, 9)]
+    with open_mosaic(WRITERS[kind](tmp_path / "image.fits", data)) as mosaic:
+
+        def read_all(order):
+            for b0, b1 in order * 5:
+                np.testing.assert_array_equal(mosaic.read_rows(b0, b1), data[b0:b1])
+
+        with ThreadPoolExecutor(2) as pool:
+            for job in [pool.submit(read_all, spans), pool.submit(read_all, spans[::-1])]:
+                job.result()
 
 
 def test_rows_read_into_a_given_array(tmp_path):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -281,6 +282,7 @@ class Mosaic:
         self._choice = choice
         self._scaling = Scaling.from_header(hdu.header)
         self._cache: tuple[int, int, np.ndarray] | None = None  # last band (gzip / tile)
+        self._reading = threading.Lock()  # one stream position and cache: one read at a time
         self._row_reader: RowReader | None = None
         self._memmap: np.ndarray | None = None  # plain files: for read_region
         self._read_raw = self._make_raw_reader(hdu)
@@ -354,8 +356,9 @@ class Mosaic:
         """Read a band of rows at full width.
 
         Only these rows are read from an uncompressed file; gzip and tile-compressed files
-        decompress what they must (see the module notes). BSCALE/BZERO are applied and
-        BLANK pixels of integer images become NaN.
+        decompress what they must (see the module notes). Threads may call it at once:
+        reads of one mosaic take turns (they share one stream position). BSCALE/BZERO are
+        applied and BLANK pixels of integer images become NaN.
 
         Parameters
         ----------
@@ -381,7 +384,8 @@ class Mosaic:
         if self._hdul is None:
             raise ValueError(f"mosaic {self.name} is closed")
         try:
-            return self._read_band(y0, y1) if out is None else self._read_into(y0, y1, out)
+            with self._reading:
+                return self._read_band(y0, y1) if out is None else self._read_into(y0, y1, out)
         except _READ_ERRORS as exc:
             raise InvalidMosaicError(
                 f"{self.path}: cannot read rows {y0}:{y1} ({type(exc).__name__}: {exc})"

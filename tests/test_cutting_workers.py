@@ -1,0 +1,56 @@
+"""Tests of the cutting step's worker set-up (astrocurate.stages.cutting_out.run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+_ALLOCATE_AND_FREE = """
+import ctypes, json
+import numpy as np
+from astrocurate.stages.cutting_out import run
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+if {tuned}:
+    run._keep_freed_memory()
+band = np.ones(1 << 22)  # 32 MiB, as a band read at once
+mapped_alone = mallinfo2().hblkhd
+del band
+print(json.dumps({{"mapped_alone": mapped_alone, "kept_free": mallinfo2().fordblks}}))
+"""
+
+
+def _allocate_and_free(tuned: bool) -> dict:
+    """Bytes glibc mapped apart for a 32 MiB array, and kept free after it (a new process)."""
+    code = _ALLOCATE_AND_FREE.format(tuned=tuned)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _glibc_version() -> tuple[int, ...]:
+    name, version = platform.libc_ver()
+    return tuple(int(part) for part in version.split(".")) if name == "glibc" else ()
+
+
+@pytest.mark.skipif(
+    _glibc_version() < (2, 33), reason="tunes glibc's malloc only (mallinfo2 since glibc 2.33)"
+)
+def test_a_worker_keeps_the_memory_it_frees_for_reuse():
+    plain = _allocate_and_free(tuned=False)
+    assert plain["mapped_alone"] >= 32 << 20 > plain["kept_free"]  # mapped, then given back
+    tuned = _allocate_and_free(tuned=True)
+    assert tuned["mapped_alone"] < 32 << 20 <= tuned["kept_free"]  # from the heap, kept

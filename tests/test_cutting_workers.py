@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 _ALLOCATE_AND_FREE = """
@@ -54,3 +55,40 @@ def test_a_worker_keeps_the_memory_it_frees_for_reuse():
     assert plain["mapped_alone"] >= 32 << 20 > plain["kept_free"]  # mapped, then given back
     tuned = _allocate_and_free(tuned=True)
     assert tuned["mapped_alone"] < 32 << 20 <= tuned["kept_free"]  # from the heap, kept
+
+
+_CUT_ONE = """
+import json, sys
+from astrocurate.stages.cutting_out import cutting, companions
+from astrocurate.stages.cutting_out.run import CutoutOptions
+task = cutting.MosaicTask(0, {image!r}, "m", {run_dir!r}, CutoutOptions(64, store={store!r}),
+                          companions.Companions(rms_map={rms!r}))
+summary = cutting.cut_mosaic(task)
+print(json.dumps([summary["n_kept"], sorted(m for m in ("pandas", "torch") if m in sys.modules)]))
+"""
+
+
+@pytest.mark.parametrize("store", ["virtual", "copy"])
+def test_a_worker_cuts_a_mosaic_without_importing_pandas(tmp_path, store):
+    # pandas would add a quarter of a second to the start of every worker
+    from astrocurate.stages.cutting_out import assembly, cutting
+    from astrocurate.stages.cutting_out.run import CutoutOptions
+    from astrocurate.synthetic.survey import make_survey
+
+    info = make_survey(tmp_path / "survey", n_mosaics=1, mosaic_size=256, seed=4)
+    image = sorted(p for p in (tmp_path / "survey").rglob("*.fits") if ".rms." not in p.name)[0]
+    rms = image.with_name("mosaic.rms.fits")
+    assert rms.is_file(), info
+    run_dir = tmp_path / "run"
+    code = _CUT_ONE.format(image=str(image), rms=str(rms), run_dir=str(run_dir), store=store)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    n_kept, heavy = json.loads(done.stdout.splitlines()[-1])
+    assert n_kept > 0 and heavy == []
+    task = cutting.MosaicTask(0, str(image), "m", str(run_dir), CutoutOptions(64, store=store))
+    assembly.assemble(run_dir, [task])
+    manifest = pd.read_parquet(run_dir / "manifest.parquet")
+    assert len(manifest) == n_kept and (manifest["mosaic"] == "m").all()
+    assert manifest["rms_map"].notna().all() and (manifest["store"] == store).all()

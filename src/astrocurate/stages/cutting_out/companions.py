@@ -189,7 +189,9 @@ def rms_columns(rms_band: np.ndarray, xs: np.ndarray, ys: np.ndarray, w: int, st
     return {"rms_map": rms, "peak_snr_map": snr}
 
 
-def catalogue_columns(catalogue: str, mosaic: Mosaic, rows: pd.DataFrame, w: int) -> dict:
+def catalogue_columns(
+    catalogue: str, mosaic: Mosaic, x0: np.ndarray, y0: np.ndarray, w: int
+) -> dict:
     """Per-cutout source counts, largest flux and size, S_Code mix of one mosaic's cutouts."""
     from astrocurate.algorithms.catalogue_match import match_sources
 
@@ -204,8 +206,8 @@ def catalogue_columns(catalogue: str, mosaic: Mosaic, rows: pd.DataFrame, w: int
         table["total_flux_jy"].to_numpy()[near][inside],
         table["major_arcsec"].to_numpy()[near][inside],
         table["s_code"].to_numpy()[near][inside],
-        rows["x0"].to_numpy(),
-        rows["y0"].to_numpy(),
+        x0,
+        y0,
         w,
     )
 

@@ -7,11 +7,13 @@ stays bounded whatever the mosaic's size. The statistics come straight from the 
 (:func:`astrocurate.algorithms.windows.window_moments`, then the robust ones for the kept
 windows only), with the rms map's rows beside it (:mod:`.companions`); only the kept windows
 of a copied store are copied, :data:`WRITE_PIXELS` pixels at a time. A finished mosaic leaves
-``parts/<n>.parquet`` (its cutout rows) and ``parts/<n>.json`` (its summary, written last).
-:func:`assemble` joins the parts into ``manifest.parquet`` and ``mosaics.parquet``.
+``parts/<n>.npz`` (its cutout rows: the numeric columns of the manifest) and
+``parts/<n>.json`` (its summary, written last); :mod:`.assembly` joins the parts.
 
-The heavy half of the step (astropy, pandas, pyarrow): :mod:`.run` imports it only when it
-has mosaics to cut, so a rerun that reuses a finished run starts quickly.
+The module the worker processes run: numpy and astropy, not pandas (nor pyarrow, whose
+conversions import pandas), which would add a quarter of a second to every worker's start.
+:mod:`.run` imports it only when it has mosaics to cut, so a rerun that reuses a finished
+run starts quickly.
 """
 
 from __future__ import annotations
@@ -19,31 +21,21 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from astrocurate.algorithms import windows
 from astrocurate.io import mosaics as mosaic_io
-from astrocurate.io.atomic import write_json
-from astrocurate.io.cutout_store import (
-    MANIFEST,
-    MANIFEST_COLUMNS,
-    MANIFEST_TYPES,
-    MOSAICS,
-    NAN_FILL_VALUE,
-    PIXELS_DIR,
-    NpyStackWriter,
-    write_parquet_atomic,
-)
+from astrocurate.io.atomic import atomic_path, write_json
+from astrocurate.io.cutout_store import NAN_FILL_VALUE, PIXELS_DIR, NpyStackWriter
 from astrocurate.stages.cutting_out import bands, companions
 
 PARTS_DIR = "parts"
-_TEXT = ("mosaic", "mosaic_path", "store", "array_file")
+#: A mosaic's cutout rows: numeric column name to values (one value per kept window).
+Columns = dict[str, np.ndarray]
 #: Pixels of a mosaic read and reduced at once (32 MiB of float32; at least one window row).
 BAND_PIXELS = 1 << 23
 #: Pixels of kept windows copied at once before they are written (16 MiB of float32).
@@ -67,11 +59,18 @@ def summary_path(task: MosaicTask) -> Path:
     return Path(task.run_dir) / PARTS_DIR / f"{task.index:05d}.json"
 
 
-def _rows_path(task: MosaicTask) -> Path:
-    return Path(task.run_dir) / PARTS_DIR / f"{task.index:05d}.parquet"
+def rows_path(task: MosaicTask) -> Path:
+    """Return the path of the mosaic's cutout rows under ``parts/``."""
+    return Path(task.run_dir) / PARTS_DIR / f"{task.index:05d}.npz"
 
 
-def _pixel_file(task: MosaicTask) -> str:
+def is_cut(task: MosaicTask) -> bool:
+    """Whether the mosaic's rows and summary are written (an earlier attempt may have)."""
+    return summary_path(task).is_file() and rows_path(task).is_file()
+
+
+def pixel_file(task: MosaicTask) -> str:
+    """Return the copied store's pixel file of the mosaic, relative to the run directory."""
     safe = re.sub(r"[^A-Za-z0-9+._-]", "_", task.name)
     return f"{PIXELS_DIR}/{task.index:05d}-{safe}.npy"
 
@@ -90,7 +89,8 @@ def cut_mosaic(task: MosaicTask) -> dict:
     summary = {"index": task.index, "mosaic": task.name, "mosaic_path": task.path, **summary}
     summary.setdefault("n_skipped", 0)
     summary["warnings"] = notes
-    write_parquet_atomic(rows, _rows_path(task))
+    with atomic_path(rows_path(task)) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, allow_pickle=False, **rows)
     write_json(summary_path(task), summary)
     return summary
 
@@ -100,7 +100,7 @@ def _skip_message(path: str, reason: str) -> str:
     return f"skipping {reason}" if reason.startswith(path) else f"skipping {path}: {reason}"
 
 
-def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict]:
+def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[Columns, dict]:
     """Slide the window over one mosaic band by band; return its rows and summary.
 
     Warnings for the user are appended to ``notes`` (logged by the main process).
@@ -124,7 +124,7 @@ def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict
         writer = None
         if opts.store == "copy":
             (Path(task.run_dir) / PIXELS_DIR).mkdir(exist_ok=True)
-            writer = NpyStackWriter(Path(task.run_dir) / _pixel_file(task), w)
+            writer = NpyStackWriter(Path(task.run_dir) / pixel_file(task), w)
         try:
             tables = _cut_bands(mosaic, rms, x0, y0, w, opts, writer)
         except BaseException:
@@ -133,27 +133,17 @@ def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict
             raise
         if writer is not None:
             writer.close()
-        rows = pd.concat(tables, ignore_index=True) if tables else _empty_rows()
-        if len(rows):
-            ra, dec = mosaic.pixel_to_icrs(
-                rows["x0"].to_numpy() + (w - 1) / 2, rows["y0"].to_numpy() + (w - 1) / 2
-            )
+        rows = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]} if tables else {}
+        rows = rows or _empty_rows()
+        n_kept = len(rows["x0"])
+        if n_kept:
+            ra, dec = mosaic.pixel_to_icrs(rows["x0"] + (w - 1) / 2, rows["y0"] + (w - 1) / 2)
             rows["ra"], rows["dec"] = ra, dec
             _add_catalogue_columns(rows, task, mosaic, notes)
-        rows["pixel_scale_arcsec"] = mosaic.pixel_scale_arcsec
-    rows["mosaic"] = task.name
-    rows["mosaic_path"] = task.path
-    rows["window_size"] = w
-    rows["store"] = opts.store
-    rows["array_file"] = _pixel_file(task) if opts.store == "copy" else None
-    if opts.store == "copy":
-        rows["array_row"] = np.arange(len(rows), dtype=np.int64)
-    else:
-        rows["array_row"] = -1
-    n_kept = len(rows)
+        rows["pixel_scale_arcsec"] = np.full(n_kept, mosaic.pixel_scale_arcsec)
     if n_kept and not (rows["mean"].any() or rows["std"].any()):  # cutouts of nothing
         if opts.store == "copy":
-            (Path(task.run_dir) / _pixel_file(task)).unlink(missing_ok=True)
+            (Path(task.run_dir) / pixel_file(task)).unlink(missing_ok=True)
         raise mosaic_io.InvalidMosaicError(f"{task.path}: every pixel is 0 (an empty image)")
     if n_kept == 0 and len(x0):
         notes.append(
@@ -163,7 +153,7 @@ def _cut_windows(task: MosaicTask, notes: list[str]) -> tuple[pd.DataFrame, dict
     return rows, {"status": "ok", "n_kept": n_kept, "n_skipped": int(len(x0) - n_kept), **info}
 
 
-def _add_catalogue_columns(rows: pd.DataFrame, task: MosaicTask, mosaic, notes: list) -> None:
+def _add_catalogue_columns(rows: Columns, task: MosaicTask, mosaic, notes: list) -> None:
     """Add the catalogue's per-cutout columns to a mosaic's rows (NaN without a WCS)."""
     catalogue = task.beside.catalogue
     if catalogue is None:
@@ -171,9 +161,8 @@ def _add_catalogue_columns(rows: pd.DataFrame, task: MosaicTask, mosaic, notes: 
     if mosaic.wcs is None:
         notes.append(f"{task.path}: no celestial WCS to place the sources of {catalogue}")
         return
-    columns = companions.catalogue_columns(catalogue, mosaic, rows, int(task.options.window_size))
-    for name, values in columns.items():
-        rows[name] = values
+    w = int(task.options.window_size)
+    rows.update(companions.catalogue_columns(catalogue, mosaic, rows["x0"], rows["y0"], w))
 
 
 def _cut_bands(
@@ -184,7 +173,7 @@ def _cut_bands(
     w: int,
     opts: Any,
     writer: NpyStackWriter | None,
-) -> list[pd.DataFrame]:
+) -> list[Columns]:
     """Cut a mosaic's windows band by band (the next band read meanwhile); their rows."""
     spans = windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w))
     sources = [mosaic] if rms is None else [mosaic, rms]
@@ -211,7 +200,7 @@ def _cut_band(
     w: int,
     opts: Any,
     writer: NpyStackWriter | None,
-) -> pd.DataFrame:
+) -> Columns:
     """Cut the windows of one band of rows; write the kept ones; return their rows.
 
     ``xs``, ``ys`` are window origins relative to the band, whose first row is row
@@ -230,10 +219,7 @@ def _cut_band(
         stats.update(companions.rms_columns(rms_band, xs, ys, w, stats))
     if writer is not None:
         _write_windows(band, xs, ys, w, opts, writer)
-    table = pd.DataFrame(stats)
-    table.insert(0, "x0", xs.astype(np.int64))
-    table.insert(1, "y0", ys.astype(np.int64) + band_y0)
-    return table
+    return {"x0": xs.astype(np.int64), "y0": ys.astype(np.int64) + band_y0, **stats}
 
 
 def _write_windows(
@@ -271,53 +257,5 @@ def _mosaic_info(mosaic, task: MosaicTask) -> dict:
     }
 
 
-def _empty_rows() -> pd.DataFrame:
-    return pd.DataFrame(
-        {c: pd.Series(dtype="float64") for c in ("x0", "y0", "ra", "dec", "nan_fraction")}
-    )
-
-
-# --------------------------------------------------------------------------- assembly
-
-
-def assemble(run_dir: Path, tasks: list[MosaicTask]) -> list[dict]:
-    """Join the per-mosaic parts into the manifest and mosaics tables, then drop the parts."""
-    summaries = [json.loads(summary_path(t).read_text()) for t in tasks]
-    tables = [pd.read_parquet(_rows_path(t)) for t in tasks]
-    tables = [t for t in tables if len(t)]
-    manifest = pd.concat(tables, ignore_index=True) if tables else _empty_rows()
-    manifest["cutout_id"] = np.arange(len(manifest), dtype=np.int64)
-    for column in MANIFEST_COLUMNS:
-        if column not in manifest:
-            manifest[column] = pd.Series(dtype="object" if column in _TEXT else "float64")
-    manifest = manifest[list(MANIFEST_COLUMNS)]
-    for column in ("x0", "y0", "window_size", "array_row"):
-        manifest[column] = manifest[column].astype(np.int64)
-    mosaics = pd.DataFrame(summaries)
-    mosaics["warnings"] = mosaics["warnings"].map("\n".join)
-    write_parquet_atomic(mosaics, run_dir / MOSAICS)
-    write_parquet_atomic(manifest, run_dir / MANIFEST, MANIFEST_TYPES)
-    shutil.rmtree(run_dir / PARTS_DIR, ignore_errors=True)
-    _remove_temporaries(run_dir)
-    return summaries
-
-
-def _remove_temporaries(run_dir: Path) -> None:
-    """Delete partial files left by an interrupted earlier attempt (``.tmp-*``)."""
-    for directory in (run_dir, run_dir / PIXELS_DIR):
-        for path in directory.glob(".tmp-*") if directory.is_dir() else ():
-            path.unlink(missing_ok=True)
-
-
-def assembled(run_dir: Path) -> bool:
-    """Whether an interrupted run got past assembly (tables written, parts removed)."""
-    return (
-        (run_dir / MANIFEST).is_file()
-        and (run_dir / MOSAICS).is_file()
-        and not (run_dir / PARTS_DIR).exists()
-    )
-
-
-def read_summaries(run_dir: Path) -> list[dict]:
-    """Return the mosaics' summaries of an assembled run (``mosaics.parquet``)."""
-    return pd.read_parquet(run_dir / MOSAICS).to_dict("records")
+def _empty_rows() -> Columns:
+    return {c: np.empty(0) for c in ("x0", "y0", "ra", "dec", "nan_fraction")}

@@ -167,17 +167,17 @@ def _cut_and_assemble(
     progress: bool | None,
 ) -> list[dict]:
     """Cut the mosaics not cut yet and assemble the tables; return the mosaics' summaries."""
-    from astrocurate.stages.cutting_out import cutting
+    from astrocurate.stages.cutting_out import assembly, cutting
 
-    if run.resumed and cutting.assembled(run.output_dir):
+    if run.resumed and assembly.assembled(run.output_dir):
         log.info("resuming: every mosaic is cut and assembled; finishing the run")
-        return cutting.read_summaries(run.output_dir)
+        return assembly.read_summaries(run.output_dir)
     tasks = [
         cutting.MosaicTask(i, str(m.path), m.name, str(run.output_dir), options, c)
         for i, (m, c) in enumerate(zip(found, beside, strict=True))
     ]
     _cut_all(tasks, workers, _show_progress(progress))
-    return cutting.assemble(run.output_dir, tasks)
+    return assembly.assemble(run.output_dir, tasks)
 
 
 def _companions(found: list, options: CutoutOptions) -> tuple[Any, list[companions.Companions]]:
@@ -384,7 +384,7 @@ def _cut_all(tasks: list, workers: int, progress: bool) -> None:
     """Cut the mosaics that are not done yet, in parallel, logging each as it ends."""
     from astrocurate.stages.cutting_out import cutting
 
-    todo = [t for t in tasks if not cutting.summary_path(t).is_file()]
+    todo = [t for t in tasks if not cutting.is_cut(t)]
     if len(todo) < len(tasks):
         log.info("resuming: %d of %d mosaics already cut", len(tasks) - len(todo), len(tasks))
     bar = _progress_bar(len(tasks), len(tasks) - len(todo), progress)

@@ -15,6 +15,7 @@ from astrocurate import cli, tracking
 from astrocurate.io.cutout_store import read_manifest
 from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 from astrocurate.synthetic.survey import load_truth_catalogue, make_survey
+from script_imports import heavy_loaded, run_script
 
 W = 64
 
@@ -312,8 +313,6 @@ def test_a_reused_cutouts_run_opens_no_fits_file_and_imports_no_heavy_library(
     store: Path, survey, tmp_path
 ) -> None:
     """Keyed by the listing alone: astropy, pandas, pyarrow and MLflow stay unimported."""
-    import subprocess
-    import sys
 
     _write_source_list(survey, tmp_path / "survey.srl.fits")
     argv = ["--mosaics_path", str(survey.output_dir), "--output_path", str(store / "out"),
@@ -323,20 +322,8 @@ def test_a_reused_cutouts_run_opens_no_fits_file_and_imports_no_heavy_library(
         store / "out",
         CutoutOptions(32, catalogue=str(tmp_path / "survey.srl.fits")),
     )
-    script = str(Path(__file__).resolve().parents[1] / "scripts" / "cutouts.py")
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = [{script!r}, *{argv!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "heavy = ('mlflow', 'sqlalchemy', 'pandas', 'pyarrow', 'astropy', 'torch')\n"
-        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=store, check=False
-    )
+    heavy = ("mlflow", "sqlalchemy", "pandas", "pyarrow", "astropy", "torch")
+    done = run_script("cutouts.py", argv, heavy, cwd=store)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == first.run_id
-    assert done.stderr.strip().splitlines()[-1] == "[]"
+    assert heavy_loaded(done) == "[]"

@@ -9,9 +9,6 @@ file, weights trained elsewhere, reuse, the report, and the refusals.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +32,7 @@ from astrocurate.stages.evaluation.outputs import (
 )
 from astrocurate.stages.evaluation.results import summarise
 from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
+from script_imports import heavy_loaded, run_script
 
 pytestmark = pytest.mark.xdist_group("curation")
 
@@ -93,25 +91,16 @@ def test_the_same_command_reuses_the_finished_run(sampling_id, evaluation):
 
 def test_the_rerun_script_imports_no_torch_sklearn_or_pandas(sampling_id, evaluation):
     """Rerunning the guide's script finds the finished run from its key alone."""
-    script = str(Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py")
     options = ["--seeds", "2", "--images-seen", "48", "--batch-size", "16", "--image-size", "32"]
     options += ["--max-per-category", "25", "--folds", "2", "--knn-k", "5", "--device", "cpu"]
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = [{script!r}, '--sampling-id', {sampling_id!r}, *{options!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "heavy = ('torch', 'sklearn', 'pandas', 'mlflow')\n"
-        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)
+    done = run_script(
+        "evaluate.py",
+        ["--sampling-id", sampling_id, *options],
+        ("torch", "sklearn", "pandas", "mlflow"),
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == evaluation.run_id
-    assert done.stderr.strip().splitlines()[-1] == "[]"
+    assert heavy_loaded(done) == "[]"
 
 
 def test_seeds_differ_and_arms_are_trained_apart(evaluation):

@@ -30,6 +30,7 @@ from astrocurate.stages.feature_extraction.run import (
 from astrocurate.stages.merge_cutouts.run import merge_cutouts
 from astrocurate.synthetic.survey import make_survey
 from astrocurate.tracking import get_run, tracked_step
+from script_imports import heavy_loaded, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,23 +196,14 @@ def test_rerun_of_a_finished_run_imports_no_torch(env) -> None:
     _, merged_run = env
     first = extract_features(merged_run.run_id, batch_size=16, workers=0)
     assert get_run(first.run_id).params["device_type"] == "cpu"  # logged once resolved
-    script = str(Path(__file__).resolve().parents[1] / "scripts" / "feature_extraction.py")
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = [{script!r}, '--merged-cutouts-id', {merged_run.run_id!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "heavy = ('torch', 'pandas', 'mlflow', 'kymatio', 'timm')\n"
-        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)
+    done = run_script(
+        "feature_extraction.py",
+        ["--merged-cutouts-id", merged_run.run_id],
+        ("torch", "pandas", "mlflow", "kymatio", "timm"),
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == first.run_id
-    assert done.stderr.strip().splitlines()[-1] == "[]"
+    assert heavy_loaded(done) == "[]"
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import pytest
 
 from astrocurate.cli import main
 from astrocurate.tracking import tracked_step
+from script_imports import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,20 +176,8 @@ def test_script_as_in_the_guide(guide_runs, store) -> None:
 
 def test_script_imports_no_heavy_library(guide_runs, store) -> None:
     """The script answers from a local store without MLflow, pandas, numpy or astropy."""
-    script = str(ROOT / "scripts" / "find_run.py")
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = [{script!r}, '--run-name', 'merge_cutouts']\n"
-        "try:\n"
-        f"    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert not exc.code, exc.code\n"
-        "heavy = ('mlflow', 'sqlalchemy', 'pandas', 'numpy', 'astropy', 'torch')\n"
-        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=store, check=False
-    )
+    heavy = ("mlflow", "sqlalchemy", "pandas", "numpy", "astropy", "torch")
+    done = run_script("find_run.py", ["--run-name", "merge_cutouts"], heavy, cwd=store)
     assert done.returncode == 0, done.stderr
     assert done.stdout == guide_runs["merge_one"] + "\n"
     assert done.stderr.strip() == "[]"

@@ -92,3 +92,20 @@ def test_a_worker_cuts_a_mosaic_without_importing_pandas(tmp_path, store):
     manifest = pd.read_parquet(run_dir / "manifest.parquet")
     assert len(manifest) == n_kept and (manifest["mosaic"] == "m").all()
     assert manifest["rms_map"].notna().all() and (manifest["store"] == store).all()
+
+
+def test_a_mosaic_counts_as_cut_only_with_its_rows_and_summary(tmp_path):
+    # an earlier version left parts/<n>.parquet beside the summary: that mosaic is cut again
+    from astrocurate.stages.cutting_out import cutting
+    from astrocurate.stages.cutting_out.run import CutoutOptions
+    from astrocurate.synthetic.survey import make_survey
+
+    make_survey(tmp_path / "survey", n_mosaics=1, mosaic_size=128, seed=5)
+    image = sorted(p for p in (tmp_path / "survey").rglob("*.fits") if ".rms." not in p.name)[0]
+    task = cutting.MosaicTask(0, str(image), "m", str(tmp_path / "run"), CutoutOptions(64))
+    assert not cutting.is_cut(task)
+    cutting.cut_mosaic(task)
+    assert cutting.is_cut(task)
+    rows = cutting.rows_path(task)
+    rows.rename(rows.with_suffix(".parquet"))
+    assert cutting.summary_path(task).is_file() and not cutting.is_cut(task)

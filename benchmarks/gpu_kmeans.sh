@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a GPU (k-means, features, pretraining), for a lent GPU machine whose
 # python3 holds torch and Triton. Run from the repository root; logs go to $OUT (default
-# /tmp/gpu_kmeans).
+# /tmp/gpu_kmeans). Packages the machine lacks (lightly for pretraining, kymatio for the
+# scattering filters) can be put on PYTHONPATH, which is kept.
 #
 #   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
@@ -15,7 +16,7 @@
 #   bash benchmarks/gpu_kmeans.sh pretraining SimCLR/BYOL throughput against the bare step
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 out=${OUT:-/tmp/gpu_kmeans}
 mkdir -p "$out"
 case "${1:-}" in
@@ -40,8 +41,8 @@ case "${1:-}" in
     features)
         python3 benchmarks/normalization.py --device cuda --batch 1024 --repeat 20 2>&1 \
             | tee "$out/normalization.log"
-        python3 benchmarks/features.py --speed --device cuda --synthetic 120000 \
-            --batch-size 1024 --workers 8 --rows 100000 2>&1 | tee "$out/features.log"
+        python3 benchmarks/features.py --speed --device cuda --synthetic 60000 \
+            --batch-size 1024 --workers 8 --rows 50000 2>&1 | tee "$out/features.log"
         ;;
     pretraining)
         python3 benchmarks/evaluation.py --throughput --device cuda 2>&1 | tee "$out/pretraining.log"

@@ -392,16 +392,27 @@ def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) 
 
 @contextlib.contextmanager
 def _report_kmeans_runs(start: float) -> Iterator[None]:
-    """Print the size and wall time of every k-means run (init + Lloyd) while inside."""
+    """Print the size and wall time of every k-means run (seeding, then Lloyd) while inside."""
     original = KMeans._fit_rows
 
     def timed(self: KMeans, rows: Any, **kwargs: Any) -> KMeans:
         t0 = time.perf_counter()
-        out = original(self, rows, **kwargs)
+        seeded = [t0]  # when greedy k-means++ chose its last centre
+        inner = kwargs.get("callback")
+
+        def callback(state: KMeansState) -> None:
+            if state.phase == "init" and state.step == self.n_clusters:
+                if self._device.type == "cuda":
+                    torch.cuda.synchronize(self._device)
+                seeded[0] = time.perf_counter()
+            if inner is not None:
+                inner(state)
+
+        out = original(self, rows, **{**kwargs, "callback": callback})
         now = time.perf_counter()
         print(
-            f"  k-means n={rows.n:,} k={self.n_clusters:,}: {now - t0:.1f} s "
-            f"(at {now - start:.1f} s)",
+            f"  k-means n={rows.n:,} k={self.n_clusters:,}: {now - t0:.1f} s, seeding "
+            f"{seeded[0] - t0:.1f} s (at {now - start:.1f} s)",
             flush=True,
         )
         return out

@@ -453,6 +453,51 @@ def test_seeding_bounds_leave_out_only_rows_no_candidate_brings_closer(
     np.testing.assert_array_equal(pruned.cluster_centers_, full.cluster_centers_)
 
 
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that read a tensor's values on the host (on a GPU: a wait for it)."""
+
+    READS = frozenset(
+        {
+            torch.Tensor.item,
+            torch.Tensor.tolist,
+            torch.Tensor.cpu,
+            torch.Tensor.numpy,
+            torch.Tensor.__int__,
+            torch.Tensor.__float__,
+            torch.Tensor.__bool__,
+            torch.Tensor.__index__,
+            torch.Tensor.nonzero,
+            torch.nonzero,
+        }
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(("bounds", "most"), [(None, 2), (False, 1)])
+def test_a_greedy_seeding_step_reads_the_device_at_most_twice(bounds, most) -> None:
+    """Candidates are drawn and scored on the device: the host reads only which rows to
+    score (with the bounds) and the winner with the potential's total, so a GPU is not
+    left idle four more times per centre (60,000 centres per k-means run in config A)."""
+    x, k, _ = SEEDING_CASES["mixture-24d"]
+    reads, per_step = _HostReads(), []
+
+    def count(state: KMeansState) -> None:
+        if state.phase == "init":
+            per_step.append(reads.count)
+            reads.count = 0
+
+    with reads:
+        KMeans(k, n_iters=0, random_state=5, bounds=bounds).fit(torch.from_numpy(x), callback=count)
+    assert len(per_step) == k and max(per_step[1:]) == most
+
+
 def test_resume_mid_seeding_with_bounds_gives_the_same_result() -> None:
     x, k, _ = SEEDING_CASES["mixture-24d"]
     params = {"n_iters": 2, "random_state": 11}

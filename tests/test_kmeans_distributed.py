@@ -61,6 +61,8 @@ for lvl in range(2):
 labels, _ = assign(x, res["k-means++_centers"])
 res["assign_labels"] = labels
 res["dense_init"] = KMeans(200, n_iters=0, random_state=2).fit(x).init_indices_
+ties = np.repeat(x[:6], 5, axis=0)
+res["ties_init"] = KMeans(10, n_iters=0, random_state=4).fit(ties).init_indices_
 if rank == 0:
     np.savez(out, **res)
 torch.distributed.barrier()
@@ -135,6 +137,9 @@ def _one_process(x: np.ndarray) -> dict[str, np.ndarray]:
         res[f"h{lvl}_labels"] = h.labels_[lvl]
     # 200 centres for 465 rows: the k-means++ bounds leave most rows of each rank out
     res["dense_init"] = KMeans(200, n_iters=0, random_state=2).fit(x).init_indices_
+    # 10 centres for 6 distinct rows: the potential reaches 0 and the last 4 are drawn uniformly
+    ties = np.repeat(x[:6], 5, axis=0)
+    res["ties_init"] = KMeans(10, n_iters=0, random_state=4).fit(ties).init_indices_
     return res
 
 
@@ -155,6 +160,7 @@ def _check_equal(got: np.lib.npyio.NpzFile, ref: dict[str, np.ndarray]) -> None:
         np.testing.assert_allclose(got[f"h{lvl}_centers"], ref[f"h{lvl}_centers"], rtol=1e-6)
     np.testing.assert_array_equal(got["assign_labels"], ref["k-means++_labels"])
     np.testing.assert_array_equal(got["dense_init"], ref["dense_init"])
+    np.testing.assert_array_equal(got["ties_init"], ref["ties_init"])
 
 
 def test_torchrun_two_ranks_equal_one_process(data: Path, worker: Path, tmp_path: Path) -> None:

@@ -236,7 +236,7 @@ class Rows:
         return rows[inverse]
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows ``index`` (an ascending int64 tensor on the device), shape (m, d)."""
+        """Rows ``index`` (an int64 tensor on the device, any order), shape (m, d)."""
         if self.full is not None:
             return torch.index_select(self.full, 0, index)
         return self.take(index.cpu().numpy())

@@ -102,44 +102,60 @@ class GreedySeeding:
 
     def first(self, rows: Rows, local: Rows, comm: Comm, state: SeedingState) -> None:
         """Choose the first centre, uniformly among the rows."""
-        first = np.array([state.rng.integers(rows.n)], dtype=np.int64)
+        first = torch.tensor([state.rng.integers(rows.n)], device=self.device)
         inf = torch.full((local.n,), math.inf, dtype=dist_dtype(self.dtype))
         self.add_center(rows, local, comm, state, first, inf.to(self.device))
 
     def step(self, rows: Rows, local: Rows, comm: Comm, state: SeedingState) -> None:
-        """Choose the next greedy k-means++ centre (updates ``state`` in place)."""
+        """Choose the next greedy k-means++ centre (updates ``state`` in place).
+
+        The candidates are drawn and scored on the device; the host waits for it only to
+        learn which rows to score and which candidate won (with the potential's total).
+        """
         d2 = state.min_sq_distances
         cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
-        offsets = np.zeros(comm.world + 1)  # where each rank's share of the potential starts
-        np.cumsum(comm.gather(cums[-1:]), out=offsets[1:])
-        total = float(offsets[-1])
         rng = state.rng
-        if total > 0:
-            u = rng.random(n_candidates(self.n_clusters)) * total
-            u = np.minimum(u, np.nextafter(total, 0.0))  # u < total
-            cand = self.draw(cums, u, offsets, comm)
-        else:  # every row coincides with a chosen centre: pick an unchosen row uniformly
-            free = np.ones(rows.n, dtype=bool)
-            free[state.center_indices[: state.step]] = False
-            cand = np.array([rng.choice(np.flatnonzero(free))], dtype=np.int64)
+        before = rng.bit_generator.state
+        u = rng.random(n_candidates(self.n_clusters))
+        cand, total = self.draw(cums, u, comm)
+        if self.add_center(rows, local, comm, state, cand, d2, total):
+            return
+        # every row coincides with a chosen centre: pick an unchosen row uniformly instead
+        rng.bit_generator.state = before
+        free = np.ones(rows.n, dtype=bool)
+        free[state.center_indices[: state.step]] = False
+        cand = torch.tensor([rng.choice(np.flatnonzero(free))], device=d2.device)
         self.add_center(rows, local, comm, state, cand, d2)
 
     @staticmethod
-    def draw(cums: torch.Tensor, u: np.ndarray, offsets: np.ndarray, comm: Comm) -> np.ndarray:
-        """Rows (global indices) where the cumulative potential first exceeds each ``u``."""
+    def draw(cums: torch.Tensor, u: np.ndarray, comm: Comm) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows where the cumulative potential first exceeds each ``u x total``.
+
+        ``cums`` holds this rank's cumulative ``D^2``, ``u`` uniform draws in [0, 1). Returns
+        the candidates' global row indices and the total potential, both on the device.
+        """
+        device = cums.device
         if comm.world == 1:
-            found = torch.searchsorted(cums, torch.from_numpy(u).to(cums.device), right=True)
-            return found.clamp_(max=len(cums) - 1).cpu().numpy()
+            total = cums[-1]
+            scaled = torch.from_numpy(u).to(device, non_blocking=True) * total
+            scaled = torch.minimum(scaled, torch.nextafter(total, total.new_zeros(())))
+            found = torch.searchsorted(cums, scaled, right=True)
+            return found.clamp_(max=len(cums) - 1), total
+        offsets = np.zeros(comm.world + 1)  # where each rank's share of the potential starts
+        np.cumsum(comm.gather(cums[-1:]), out=offsets[1:])
+        total = float(offsets[-1])
+        u = np.minimum(u * total, np.nextafter(total, 0.0))  # u < total
         lo, hi = offsets[comm.rank], offsets[comm.rank + 1]
         mine = (u >= lo) & (u < hi)  # the ranges of the ranks partition [0, total)
-        cand = torch.full((len(u),), -1, dtype=torch.int64, device=cums.device)
+        cand = torch.full((len(u),), -1, dtype=torch.int64, device=device)
         if mine.any():
-            where = torch.from_numpy(np.flatnonzero(mine)).to(cums.device)
-            local_u = torch.from_numpy(u[mine] - lo).to(cums.device)
+            where = torch.from_numpy(np.flatnonzero(mine)).to(device)
+            local_u = torch.from_numpy(u[mine] - lo).to(device)
             found = torch.searchsorted(cums, local_u, right=True).clamp_(max=len(cums) - 1)
             cand[where] = found + comm.start
         torch.distributed.all_reduce(cand, op=torch.distributed.ReduceOp.MAX)
-        return cand.cpu().numpy()
+        cand.clamp_(min=0)  # -1 (no rank's range) only when the total is 0: the step is redone
+        return cand, torch.tensor(total, dtype=torch.float64, device=device)
 
     def add_center(
         self,
@@ -147,20 +163,23 @@ class GreedySeeding:
         local: Rows,
         comm: Comm,
         state: SeedingState,
-        cand: np.ndarray,
+        cand: torch.Tensor,
         d2: torch.Tensor,
-    ) -> None:
+        total: torch.Tensor | None = None,
+    ) -> bool:
         """Keep the candidate that most lowers the potential; update D^2 (this rank's rows).
 
         The potential with candidate ``c`` is the current one less its gain, the sum over
         the rows of ``D^2(x) - min(D^2(x), |x - c|^2)``; rows that no candidate can bring
-        closer (:meth:`seeding_rows`) add nothing and are not scored.
+        closer (:meth:`seeding_rows`) add nothing and are not scored. ``cand`` holds global
+        row indices on the device. When ``total``, the potential the candidates were drawn
+        from, is zero, nothing is changed and False is returned.
         """
         block_rows, _ = self._blocks(len(cand))
         if local.full is not None and self.block_size is None:
             # few columns: take many rows at once (fewer, larger kernels)
             block_rows = max(block_rows, MAX_SCORE_ELEMENTS[local.device.type] // len(cand))
-        cx = rows.take(cand).to(d2.dtype)
+        cx = rows.gather(cand).to(d2.dtype)
         cx_sq = (cx * cx).sum(dim=1)
         x_sq = local.sq_norms(block_rows)
         scored = self.seeding_rows(local, state, cx, cx_sq, block_rows, d2)
@@ -173,8 +192,12 @@ class GreedySeeding:
             torch.minimum(new, old[:, None], out=new)
             gains += (old[:, None].double() - new.double()).sum(dim=0)
             parts.append((where, new))
-        best = int(torch.argmax(comm.sum_(gains)))
-        chosen = int(cand[best])
+        best = torch.argmax(comm.sum_(gains))
+        picked = [best.double(), cand[best].double()]  # exact: row indices < 2^53
+        best, chosen, *rest = torch.stack(picked + [total] * (total is not None)).tolist()
+        if rest and rest[0] == 0:
+            return False
+        best, chosen = int(best), int(chosen)
         nearest = state.nearest_centers
         if nearest is None and state.step == 0 and self.error_factor(local) is not None:
             nearest = torch.zeros(local.n, dtype=torch.int64, device=d2.device)
@@ -192,6 +215,7 @@ class GreedySeeding:
         state.min_sq_distances = d2
         state.nearest_centers = nearest
         state.step += 1
+        return True
 
     def seeding_rows(
         self,

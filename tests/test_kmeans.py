@@ -13,6 +13,7 @@ import torch
 from astrocurate.algorithms.kmeans import assignment, hierarchical, level
 from astrocurate.algorithms.kmeans import bounds as km_bounds
 from astrocurate.algorithms.kmeans import rows as km_rows
+from astrocurate.algorithms.kmeans import seeding as km_seeding
 from astrocurate.algorithms.kmeans.assignment import assign
 from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState, NotFittedError
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
@@ -451,6 +452,14 @@ def test_seeding_bounds_leave_out_only_rows_no_candidate_brings_closer(
     assert left_out and max(left_out) > 0.75  # the bounds did leave most rows out
     np.testing.assert_array_equal(pruned.init_indices_, full.init_indices_)
     np.testing.assert_array_equal(pruned.cluster_centers_, full.cluster_centers_)
+
+
+def test_just_below_one_gives_the_double_below_a_potential() -> None:
+    """``total * _JUST_BELOW_ONE`` is ``nextafter(total, 0)``, powers of two included."""
+    rng = np.random.default_rng(0)
+    powers = 2.0 ** np.arange(-1021, 1024.0)
+    x = np.concatenate([np.exp(rng.uniform(-700, 700, 100_000)), powers, powers * 1.5])
+    np.testing.assert_array_equal(x * km_seeding._JUST_BELOW_ONE, np.nextafter(x, 0))
 
 
 class _HostReads(torch.overrides.TorchFunctionMode):

@@ -34,6 +34,11 @@ __all__ = ["GreedySeeding", "SeedingState", "n_candidates", "seeding_blocks"]
 #: fraction of the rows; above it a plain pass over all rows (no gathering) costs less.
 _GATHER_FRACTION = 0.25
 
+#: ``x * (1 - 2^-53)`` rounds to ``nextafter(x, 0)`` for every double ``x >= 2^-1021``
+#: (one kernel on the device instead of building ``nextafter``'s second operand); a total
+#: potential below that is 0 or beyond float32 data.
+_JUST_BELOW_ONE = 1.0 - 2.0**-53
+
 
 def n_candidates(n_clusters: int) -> int:
     """Candidates drawn per centre by greedy k-means++: ``2 + floor(ln k)``.
@@ -137,8 +142,8 @@ class GreedySeeding:
         device = cums.device
         if comm.world == 1:
             total = cums[-1]
-            scaled = torch.from_numpy(u).to(device, non_blocking=True) * total
-            scaled = torch.minimum(scaled, torch.nextafter(total, total.new_zeros(())))
+            below = total * _JUST_BELOW_ONE  # the double just below a positive total
+            scaled = (torch.from_numpy(u).to(device, non_blocking=True) * total).clamp_(max=below)
             found = torch.searchsorted(cums, scaled, right=True)
             return found.clamp_(max=len(cums) - 1), total
         offsets = np.zeros(comm.world + 1)  # where each rank's share of the potential starts
@@ -192,12 +197,13 @@ class GreedySeeding:
             torch.minimum(new, old[:, None], out=new)
             gains += (old[:, None].double() - new.double()).sum(dim=0)
             parts.append((where, new))
-        best = torch.argmax(comm.sum_(gains))
-        picked = [best.double(), cand[best].double()]  # exact: row indices < 2^53
-        best, chosen, *rest = torch.stack(picked + [total] * (total is not None)).tolist()
-        if rest and rest[0] == 0:
+        # one read of the device: the gains, the candidates (exact: row indices < 2^53), the total
+        known = [comm.sum_(gains), cand.double()]
+        fetched = torch.cat(known if total is None else [*known, total.view(1)]).tolist()
+        if total is not None and fetched[-1] == 0:
             return False
-        best, chosen = int(best), int(chosen)
+        best = int(np.argmax(fetched[: len(cand)]))  # the first of equal gains, as torch's
+        chosen = int(fetched[len(cand) + best])
         nearest = state.nearest_centers
         if nearest is None and state.step == 0 and self.error_factor(local) is not None:
             nearest = torch.zeros(local.n, dtype=torch.int64, device=d2.device)

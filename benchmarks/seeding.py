@@ -16,6 +16,12 @@ Examples
 ``python benchmarks/seeding.py``                            300k x 384, k=6000 (config A / 10)
 ``python benchmarks/seeding.py --case 100000x384:2000``
 ``python benchmarks/seeding.py --device cuda --precision tf32 --case 3000000x384:60000``
+``python benchmarks/seeding.py --dispatch``               operators run per centre (CPU profile)
+
+``--dispatch`` counts, on a small case, the operators each greedy step dispatches (views and
+allocations left out): on a GPU each is a kernel launch, and with ~1 ms per centre a step is
+bound by these and by its waits for the device, not by the rows. Run it with
+``PYTHONPATH=<another tree>/src`` to count another version's.
 """
 
 from __future__ import annotations
@@ -84,6 +90,70 @@ def report(label: str, run: dict[str, Any], n: int, base: dict[str, Any] | None)
     )
 
 
+#: Operators that launch no kernel: views, allocations, dtype and device moves that copy
+#: nothing, scalar reads.
+_NO_KERNEL = frozenset(
+    [
+        "as_strided",
+        "view",
+        "reshape",
+        "_reshape_alias",
+        "select",
+        "slice",
+        "unsqueeze",
+        "squeeze",
+        "expand",
+        "permute",
+        "t",
+        "transpose",
+        "detach",
+        "alias",
+        "numpy_T",
+        "squeeze_",
+        "unsqueeze_",
+        "as_strided_",
+        "empty",
+        "empty_strided",
+        "empty_like",
+        "lift_fresh",
+        "resolve_conj",
+        "resolve_neg",
+        "result_type",
+        "item",
+        "_local_scalar_dense",
+        "to",
+        "_to_copy",
+        "contiguous",
+    ]
+)
+
+
+def dispatch(case: tuple[int, int, int], seed: int) -> None:
+    """Print the operators dispatched per centre by greedy k-means++ on the CPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, d, k = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) + rng.integers(0, 50, (n, 1)) * 3
+    x = torch.from_numpy(x.astype(np.float32))
+    print(f"operators per centre, {n:,} x {d}, k={k:,}, CPU profile ({seeding.__file__})")
+    for bounds in (None, False):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            KMeans(k, n_iters=0, random_state=seed, bounds=bounds).fit(x)
+        ops = [
+            e
+            for e in prof.key_averages()
+            if e.key.startswith("aten::") and e.key[6:] not in _NO_KERNEL
+        ]
+        top = sorted(ops, key=lambda e: -e.count)[:8]
+        print(
+            f"  bounds={bounds!s:<5} {sum(e.count for e in ops) / k:5.1f} per centre ("
+            + ", ".join(f"{e.key[6:]} {e.count / k:.1f}" for e in top)
+            + ", ...)",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run the cases."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="highest", choices=["highest", "tf32"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", type=Path, default=None, help="where the data file goes")
+    parser.add_argument("--dispatch", action="store_true", help="count operators per centre")
     args = parser.parse_args(argv)
+    if args.dispatch:
+        dispatch(args.case[0] if args.case else (20_000, 32, 500), args.seed)
+        return 0
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     cases = args.case or [parse_case("300000x384:6000")]

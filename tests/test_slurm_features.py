@@ -26,6 +26,7 @@ from astrocurate.launch import SlurmOptions
 from astrocurate.stages.feature_extraction.job_array import ArrayScript, render_array_script
 from slurm_cluster import SlurmCluster
 from test_features_sharded import (
+    THREADS_ENV,
     Inputs,
     assert_same_as_reference,
     build_inputs,
@@ -316,7 +317,9 @@ def test_the_tasks_of_one_srun_step_are_the_shards(
     command = [sys.executable, "-m", "astrocurate.cli", "features"]
     command += [*feature_args(inputs, output), "--shard", "auto"]
     batch = tmp_path / "srun.sh"
-    batch.write_text(f"#!/bin/bash\nexec srun --ntasks=2 {shlex.join(command)}\n")
+    # one thread per task, as the reference: the default backbone's sums depend on the count
+    threads = " ".join(f"{k}={v}" for k, v in THREADS_ENV.items())
+    batch.write_text(f"#!/bin/bash\nexport {threads}\nexec srun --ntasks=2 {shlex.join(command)}\n")
     submit = cluster.command(
         "sbatch", "--parsable", "--ntasks=2", "--cpus-per-task=1", f"--account={cluster.account}",
         f"--output={log}", str(batch),

@@ -3,7 +3,12 @@
 Speed (``--speed``), per backbone and input size, side by side in one run:
 
 - pipeline: the stage's own loop (DataLoader over the memory-mapped cutouts,
-  batched preprocessing on the device, model, rows written to a memmap);
+  batched preprocessing on the device, model, rows written to a memmap), in steady state:
+  images/s after the first wave of batches (one per worker). The seconds to the end of
+  that wave (``start s``: the loader's ``--workers`` processes start, their batches go
+  through) are printed apart, and so is the rate over the whole run, start-up included
+  (``whole run``, the figure given before): a short run pays the start-up once, a run over
+  millions of cutouts hardly at all. ``pipe/model`` and ``pipe/naive`` are of the steady state;
 - model only: the same model on preprocessed images already in memory (the compute limit);
 - naive: one cutout at a time (read, normalise, resize, forward), as a simple script would;
 - ceiling: the machine's best dense fp32/bf16 matrix-multiply rate divided by the model's
@@ -108,8 +113,29 @@ def demo_store(workdir: Path) -> tuple[Path, np.ndarray, Any]:
     return merged, truth_labels_for_manifest(manifest), manifest
 
 
-def time_pipeline(directory, model, batch_size, workers, device, n_rows) -> float:
-    """Images/s of the stage's inner loop, writing rows into a memmap like the stage does."""
+def time_pipeline(
+    directory: Path,
+    model: FeatureModel,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    n_rows: int,
+) -> tuple[float, float, float]:
+    """Time the stage's inner loop, writing rows into a memmap like the stage does.
+
+    Returns
+    -------
+    startup : float
+        Seconds to the end of the first wave, one batch per worker (one batch without
+        workers): the workers start (a process each, opening the store), read their first
+        batch, and the wave goes through.
+    steady : float
+        Images/s after the first wave: the rows after it over the time after it, what a run
+        over millions of cutouts sees. Batches that workers read ahead during the first
+        wave are not counted in it, so a run limited by reading is not flattered.
+    whole : float
+        Images/s over the whole run, start-up included (the figure given before).
+    """
     from astrocurate.io.cutout_store import read_manifest
     from astrocurate.stages.feature_extraction.run import FeatureOptions
 
@@ -126,10 +152,19 @@ def time_pipeline(directory, model, batch_size, workers, device, n_rows) -> floa
             pass
         _sync(device)
         start = time.perf_counter()
+        wave, done = max(1, workers), 0
+        first_at, first_rows = None, 0
         for ids, feats in _features_of(directory, batches, model, options, workers, device):
             out[ids] = feats
+            done, first_rows = done + 1, first_rows + len(ids) * (first_at is None)
+            if done == wave:
+                first_at = time.perf_counter()
         _sync(device)
-        return len(rows) / (time.perf_counter() - start)
+        end = time.perf_counter()
+    whole = len(rows) / (end - start)
+    if first_at is None or len(rows) == first_rows:  # fewer batches than one wave
+        return end - start, whole, whole
+    return first_at - start, (len(rows) - first_rows) / (end - first_at), whole
 
 
 def model_dim(model: FeatureModel) -> int:
@@ -233,13 +268,16 @@ def speed(args, directory: Path, device: torch.device) -> None:
     gemm = gemm_flops_per_second(device)
     print(f"dense matrix multiply: {gemm / 1e9:.0f} GFLOP/s")
     print(
-        f"{'model':<40}{'size':>5}{'pipeline':>10}{'model only':>12}{'naive':>9}"
-        f"{'pipe/model':>11}{'pipe/naive':>11}{'GFLOP/img':>10}{'ceiling':>9}{'ceil/naive':>11}"
+        f"{'model':<40}{'size':>5}{'pipeline':>10}{'start s':>9}{'whole run':>11}"
+        f"{'model only':>12}{'naive':>9}{'pipe/model':>11}{'pipe/naive':>11}"
+        f"{'GFLOP/img':>10}{'ceiling':>9}{'ceil/naive':>11}"
     )
     rates = {}
     for name, size, kymatio in cases:
         model = build(name, size, device, pretrained=False, kymatio=kymatio)
-        pipeline = time_pipeline(directory, model, args.batch_size, args.workers, device, args.rows)
+        startup, pipeline, whole = time_pipeline(
+            directory, model, args.batch_size, args.workers, device, args.rows
+        )
         alone = time_model_only(directory, model, args.batch_size, device, args.rows)
         naive = time_naive(directory, model, device, args.naive_rows)
         # FFT-based scattering: torch's counter sees no FFT FLOPs, so no ceiling is given
@@ -250,7 +288,8 @@ def speed(args, directory: Path, device: torch.device) -> None:
         label = f"{name} (kymatio)" if kymatio else name
         rates[label] = pipeline, alone
         print(
-            f"{label:<40}{size:>5}{pipeline:>10.0f}{alone:>12.0f}{naive:>9.0f}"
+            f"{label:<40}{size:>5}{pipeline:>10.0f}{startup:>9.2f}{whole:>11.0f}"
+            f"{alone:>12.0f}{naive:>9.0f}"
             f"{pipeline / alone:>11.2f}{pipeline / naive:>11.1f}{ceiling}"
         )
     if args.kymatio:

@@ -1,17 +1,20 @@
-"""The asinh stretch's percentiles: ``torch.nanquantile`` (a sort) against our top-k.
+"""The asinh stretch's percentiles: ``torch.nanquantile`` against our sort and our top-k.
 
 The feature pipeline normalises every cutout by its 1 % and 99.5 % percentiles. On the
-H200 that sort of every cutout held the pipeline to 0.42-0.62x of the model alone
-(BENCHMARKS.md). :func:`astrocurate.algorithms.normalization.nan_quantiles` reads the same
-order statistics from a top-k of a few dozen values per row. Printed, per device and
-cutout side: the seconds per batch of each way (best of ``--repeat``, after a warm-up),
-their ratio, and the largest difference of the bounds (relative to the cutout's range) and
-of the normalised images.
+H200 ``torch.nanquantile``'s sort of every cutout held the pipeline to 0.42-0.62x of the
+model alone (BENCHMARKS.md). :func:`astrocurate.algorithms.normalization.nan_quantiles`
+reads the same order statistics either from a top-k of a few dozen values per row or from
+one sort shared by both percentiles, chosen by device and row length (on CUDA a sort below
+``CUDA_SORT_BELOW`` values, a top-k elsewhere). Printed, per device and cutout side: the
+milliseconds per batch of ``torch.nanquantile`` and of each of our two ways (best of
+``--repeat``, after a warm-up), the way ``nan_quantiles`` takes there and its speed-up over
+``torch.nanquantile``, and the largest difference of the bounds (relative to the cutout's
+range) and of the normalised images.
 
 Usage::
 
     python benchmarks/normalization.py                  # CPU, and CUDA when there is one
-    python benchmarks/normalization.py --device cuda --batch 4096 --repeat 20
+    python benchmarks/normalization.py --device cuda --batch 1024 --repeat 20 --sides 64,96,128
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from astrocurate.algorithms.normalization import nan_quantiles, normalize  # noqa: E402
+from astrocurate.algorithms.normalization import (  # noqa: E402
+    _quantiles,
+    _read_from_sort,
+    nan_quantiles,
+    normalize,
+)
 from astrocurate.algorithms.normalization_config import NormalizationConfig  # noqa: E402
 
 QS = (0.01, 0.995)
@@ -56,23 +64,35 @@ def cutouts(batch: int, side: int, device: torch.device) -> torch.Tensor:
     return x.reshape(batch, -1).to(device)
 
 
+def ours(flat: torch.Tensor, method: str) -> list[torch.Tensor]:
+    """Both percentiles the way ``nan_quantiles`` would on a batch with NaN, forced to one way."""
+    blank = torch.isnan(flat)
+    return _quantiles(flat, blank, flat.shape[1] - blank.sum(dim=1, keepdim=True), QS, method)
+
+
 def compare(device: torch.device, side: int, batch: int, repeat: int) -> str:
-    """One line: both ways timed on the same cutouts, their ratio and differences."""
+    """One line: the three ways timed on the same cutouts, the way taken and the differences."""
     flat = cutouts(batch, side, device)
     qs = torch.tensor(QS, device=device)
-    sort = best_seconds(lambda: torch.nanquantile(flat, qs, dim=1, keepdim=True), device, repeat)
-    topk = best_seconds(lambda: nan_quantiles(flat, QS), device, repeat)
+    torch_ms = 1e3 * best_seconds(
+        lambda: torch.nanquantile(flat, qs, dim=1, keepdim=True), device, repeat
+    )
+    sort_ms = 1e3 * best_seconds(lambda: ours(flat, "sort"), device, repeat)
+    topk_ms = 1e3 * best_seconds(lambda: ours(flat, "topk"), device, repeat)
+    n, high = flat.shape[1], QS[-1]  # the 99.5 % needs the most values of the two
+    taken = "sort" if _read_from_sort(device.type, n, n - int(high * (n - 1))) else "top-k"
     ref = torch.nanquantile(flat, qs, dim=1, keepdim=True)
-    ours = torch.stack(nan_quantiles(flat, QS))
+    ours_ = torch.stack(nan_quantiles(flat, QS))
     span = (ref[1] - ref[0]).abs().clamp_min(1e-30)
-    bounds = float(((ours - ref).abs() / span).nan_to_num(0).max())
+    bounds = float(((ours_ - ref).abs() / span).nan_to_num(0).max())
     images = flat.reshape(batch, side, side)
     new = normalize(images, NormalizationConfig())
     old = _normalize_with_nanquantile(images)
     pixels = float((new - old).abs().max())
+    chosen_ms = sort_ms if taken == "sort" else topk_ms
     return (
-        f"{device.type:<5} {side:>4} {batch:>6} {sort * 1e3:>10.2f} {topk * 1e3:>10.2f} "
-        f"{sort / topk:>7.2f}x {bounds:>12.2e} {pixels:>12.2e}"
+        f"{device.type:<5} {side:>4} {batch:>6} {torch_ms:>13.2f} {sort_ms:>9.2f} "
+        f"{topk_ms:>9.2f} {taken:>6} {torch_ms / chosen_ms:>7.2f}x {bounds:>12.2e} {pixels:>12.2e}"
     )
 
 
@@ -96,16 +116,18 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     parser.add_argument("--batch", type=int, default=1024, help="cutouts per batch")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sides", default="64,128", help="cutout sides, comma-separated")
     args = parser.parse_args()
+    sides = [int(side) for side in args.sides.split(",")]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, percentiles {QS}")
     print(
-        f"{'dev':<5} {'side':>4} {'batch':>6} {'sort ms':>10} {'top-k ms':>10} {'ratio':>8} "
-        f"{'bounds diff':>12} {'pixel diff':>12}"
+        f"{'dev':<5} {'side':>4} {'batch':>6} {'nanquantile':>13} {'sort ms':>9} "
+        f"{'top-k ms':>9} {'takes':>6} {'speedup':>8} {'bounds diff':>12} {'pixel diff':>12}"
     )
     for device in devices:
-        for side in (64, 128):
+        for side in sides:
             print(compare(torch.device(device), side, args.batch, args.repeat), flush=True)
 
 

@@ -131,3 +131,41 @@ def test_quantiles_of_empty_input_are_nan() -> None:
     low, high = nan_quantiles(torch.empty(3, 0), (0.01, 0.995))
     assert low.shape == (3, 1) and torch.isnan(low).all() and torch.isnan(high).all()
     assert [q.shape for q in nan_quantiles(torch.empty(0, 16), (0.5,))] == [(0, 1)]
+
+
+def test_sort_and_top_k_give_the_same_quantiles_bit_for_bit() -> None:
+    """Either way of reading the order statistics, with or without a NaN mask, same bits."""
+    from astrocurate.algorithms.normalization import _quantiles, nan_quantiles
+
+    generator = torch.Generator().manual_seed(1)
+    qs = (0.0, 0.01, 0.1, 0.5, 0.9, 0.995, 1.0)
+    for trial in range(200):
+        x = _random_rows(generator, trial)
+        blank = torch.isnan(x)  # kept even without NaN, as on CUDA
+        count = x.shape[1] - blank.sum(dim=1, keepdim=True)
+        default = nan_quantiles(x, qs)
+        for method in ("sort", "topk"):
+            forced = _quantiles(x, blank, count, qs, method)
+            for q, a, b in zip(qs, default, forced, strict=True):
+                assert torch.equal(a.view(torch.int32), b.view(torch.int32)), (trial, q, method)
+
+
+def test_cuda_sorts_short_rows_once_and_the_cpu_takes_a_top_k(monkeypatch) -> None:
+    from astrocurate.algorithms import normalization
+    from astrocurate.algorithms.normalization import CUDA_SORT_BELOW, _read_from_sort
+
+    assert 64 * 64 < CUDA_SORT_BELOW <= 128 * 128  # the sides measured on the H100
+    assert _read_from_sort("cuda", 64 * 64, 42) and not _read_from_sort("cpu", 64 * 64, 42)
+    assert not _read_from_sort("cuda", 128 * 128, 165)
+    assert _read_from_sort("cpu", 64 * 64, 2049)  # a median: a sort on any device
+
+    sorts, sort = [], torch.sort
+
+    def counted_sort(*args, **kwargs):
+        sorts.append(args)
+        return sort(*args, **kwargs)
+
+    monkeypatch.setattr(normalization.torch, "sort", counted_sort)
+    x = torch.randn(3, 50)
+    normalization._quantiles(x, None, torch.full((3, 1), 50), (0.01, 0.5, 0.995), "sort")
+    assert len(sorts) == 1  # one sort serves every quantile

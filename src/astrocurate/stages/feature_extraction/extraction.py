@@ -22,6 +22,8 @@ import json
 import logging
 import os
 import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +268,11 @@ def _block_len(start: int, block_rows: int, n_rows: int) -> int:
 
 
 def _features_of(merged_dir, batches, model, options, workers, device):
-    """Yield (cutout ids, features as float32 numpy) batch by batch."""
+    """Yield (cutout ids, features as float32 numpy) batch by batch, in order.
+
+    On CUDA a batch's features are yielded once the next batch is queued on the device,
+    so the device never waits for the host to copy them back (:class:`_HostFeatures`).
+    """
     loader = torch.utils.data.DataLoader(
         CutoutBatches(merged_dir, batches),
         batch_size=None,
@@ -275,12 +281,53 @@ def _features_of(merged_dir, batches, model, options, workers, device):
         prefetch_factor=4 if workers else None,
     )
     autocast = _autocast(device, options.precision)
-    with torch.inference_mode():
+
+    def computed() -> Iterator[_HostFeatures]:
         for ids, raw in loader:
             images = model.prepare(raw.to(device, non_blocking=True))
             with autocast:
                 feats = model(images)
-            yield ids.numpy(), feats.float().cpu().numpy()
+            yield _HostFeatures(ids, feats)
+
+    with torch.inference_mode():
+        yield from _lagging(computed(), lag=1 if device.type == "cuda" else 0)
+
+
+def _lagging(items: Iterable[_HostFeatures], lag: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield each item's result once ``lag`` more items are started, the last ones at the end."""
+    pending: deque[_HostFeatures] = deque()
+    for item in items:
+        pending.append(item)
+        if len(pending) > lag:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _HostFeatures:
+    """One batch's features on their way to the host, as float32.
+
+    From a CUDA device the copy into pinned memory is asynchronous and :meth:`result`
+    waits for it only; from the CPU the features are copied at once, as ``.cpu()`` does.
+    """
+
+    def __init__(self, ids: torch.Tensor, feats: torch.Tensor) -> None:
+        self.ids = ids.numpy()
+        self._copied: torch.cuda.Event | None = None
+        if feats.is_cuda:
+            feats = feats.float()
+            self._host = torch.empty(feats.shape, dtype=torch.float32, pin_memory=True)
+            self._host.copy_(feats, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record(torch.cuda.current_stream(feats.device))
+        else:
+            self._host = feats.float().cpu()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return (cutout ids, features (B, D) float32) once the copy is done."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self.ids, self._host.numpy()
 
 
 def _autocast(device: torch.device, precision: str):

@@ -1,0 +1,86 @@
+"""The feature loop's copies back to the host: order, lag, and CPU results unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from astrocurate.algorithms.normalization_config import NormalizationConfig
+from astrocurate.io.cutout_store import MANIFEST, NpyStackWriter
+from astrocurate.stages.feature_extraction.extraction import (
+    FeatureModel,
+    _features_of,
+    _lagging,
+    plan_batches,
+)
+
+
+class _Copy:
+    """A stand-in for one batch's copy that logs when it is started and when it is read."""
+
+    def __init__(self, log: list[str], i: int) -> None:
+        self.log, self.i = log, i
+        log.append(f"start {i}")
+
+    def result(self) -> tuple[int, None]:
+        self.log.append(f"read {self.i}")
+        return self.i, None
+
+
+@pytest.mark.parametrize(
+    ("lag", "expected"),
+    [
+        (0, ["start 0", "read 0", "start 1", "read 1", "start 2", "read 2"]),
+        (1, ["start 0", "start 1", "read 0", "start 2", "read 1", "read 2"]),
+    ],
+    ids=["cpu", "cuda"],
+)
+def test_each_batch_is_read_after_the_next_one_is_started_on_cuda_only(
+    lag: int, expected: list[str]
+) -> None:
+    log: list[str] = []
+    copies = (_Copy(log, i) for i in range(3))
+    assert [i for i, _ in _lagging(copies, lag)] == [0, 1, 2]
+    assert log == expected
+
+
+def test_no_batch_gives_nothing() -> None:
+    assert list(_lagging(iter([]), 1)) == []
+
+
+def _store(directory: Path, n: int, size: int) -> Path:
+    """A copied cutout store of ``n`` noise cutouts, some with blank pixels."""
+    cutouts = np.random.default_rng(0).normal(0, 1e-3, (n, size, size)).astype(np.float32)
+    cutouts[::3, :2] = np.nan
+    writer = NpyStackWriter(directory / "pixels.npy", size)
+    writer.append(cutouts)
+    writer.close()
+    columns = {"cutout_id": np.arange(n), "store": "copy", "array_file": "pixels.npy"}
+    columns |= {"array_row": np.arange(n), "mosaic_path": "synthetic", "x0": 0, "y0": 0}
+    columns |= {"window_size": size, "nan_fraction": 0.0}
+    pd.DataFrame(columns).to_parquet(directory / MANIFEST)
+    return directory
+
+
+def test_cpu_features_are_the_models_output_bit_for_bit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1))
+    prep = SimpleNamespace(in_chans=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    backbone = SimpleNamespace(module=module, preprocessing=prep)
+    model = FeatureModel(backbone, 16, NormalizationConfig()).eval()
+    directory = _store(tmp_path, 11, 20)
+    batches = plan_batches(np.full(11, 20), np.arange(11), 4)
+    options = SimpleNamespace(precision="fp32")
+    got = list(_features_of(directory, batches, model, options, 0, torch.device("cpu")))
+    raw = torch.from_numpy(np.load(directory / "pixels.npy"))
+    assert [ids.tolist() for ids, _ in got] == [b.tolist() for b in batches]
+    for ids, feats in got:
+        with torch.inference_mode():
+            expected = model(model.prepare(raw[ids])).numpy()
+        assert feats.dtype == np.float32 and feats.shape == (len(ids), 8)
+        assert feats.tobytes() == expected.tobytes()

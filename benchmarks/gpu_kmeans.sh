@@ -4,7 +4,8 @@
 # /tmp/gpu_kmeans). Packages the machine lacks (lightly for pretraining, kymatio for the
 # scattering filters) can be put on PYTHONPATH, which is kept.
 #
-#   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel
+#   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel,
+#                                             the feature loop's lagged copies, no wait in normalize
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
 #   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed
@@ -23,7 +24,7 @@ case "${1:-}" in
     tests)
         nvidia-smi -L | tee "$out/tests.log"
         python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py tests/test_backbones.py \
-            tests/test_kmeans.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
+            tests/test_kmeans.py tests/test_features_loop.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
         ;;
     iteration)
         python3 benchmarks/kmeans.py --device cuda --precision tf32 --iters 3 \

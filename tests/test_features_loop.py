@@ -84,3 +84,37 @@ def test_cpu_features_are_the_models_output_bit_for_bit(tmp_path: Path) -> None:
             expected = model(model.prepare(raw[ids])).numpy()
         assert feats.dtype == np.float32 and feats.shape == (len(ids), 8)
         assert feats.tobytes() == expected.tobytes()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_features_come_back_in_order_equal_to_the_cpu_ones(tmp_path: Path) -> None:
+    """The lagged copies through pinned memory give every batch, in order, the CPU's values."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1))
+    prep = SimpleNamespace(in_chans=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    model = FeatureModel(
+        SimpleNamespace(module=module, preprocessing=prep), 16, NormalizationConfig()
+    )
+    directory = _store(tmp_path, 11, 20)
+    batches = plan_batches(np.full(11, 20), np.arange(11), 4)
+    options = SimpleNamespace(precision="fp32")
+    cpu = list(_features_of(directory, batches, model.eval(), options, 0, torch.device("cpu")))
+    cuda = list(_features_of(directory, batches, model.cuda(), options, 0, torch.device("cuda")))
+    assert [ids.tolist() for ids, _ in cuda] == [ids.tolist() for ids, _ in cpu]
+    for (_, got), (_, expected) in zip(cuda, cpu, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_normalizing_a_batch_on_cuda_never_waits_for_the_device() -> None:
+    """No host read in the asinh stretch: a wait would stall the feature loop's queue."""
+    from astrocurate.algorithms.normalization import normalize
+
+    batch = torch.randn(64, 64, 64, device="cuda")
+    batch[::5, :3] = torch.nan
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        normalize(batch, NormalizationConfig())
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -507,6 +507,31 @@ def test_a_greedy_seeding_step_reads_the_device_at_most_twice(bounds, most) -> N
     assert len(per_step) == k and max(per_step[1:]) == most
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_greedy_seeding_step_on_cuda_synchronises_at_most_twice() -> None:
+    """The same as the host reads above, counted by CUDA itself (sync debug mode)."""
+    import warnings
+
+    x, k, _ = SEEDING_CASES["mixture-24d"]
+    rows = torch.from_numpy(x).cuda()
+    per_step: list[int] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def count(state: KMeansState) -> None:
+            if state.phase == "init":
+                torch.cuda.set_sync_debug_mode("default")
+                per_step.append(len(caught))
+                caught.clear()
+                torch.cuda.set_sync_debug_mode("warn")
+
+        try:
+            KMeans(k, n_iters=0, random_state=5, device="cuda").fit(rows, callback=count)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert len(per_step) == k and max(per_step[2:]) <= 2
+
+
 def test_resume_mid_seeding_with_bounds_gives_the_same_result() -> None:
     x, k, _ = SEEDING_CASES["mixture-24d"]
     params = {"n_iters": 2, "random_state": 11}

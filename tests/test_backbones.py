@@ -274,6 +274,23 @@ def test_scattering_does_not_depend_on_the_batch(scattering):
     torch.testing.assert_close(run(scattering, x[2:3]), whole[2:3], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(("size", "batch"), [(32, 5), (32, 6), (64, 7)])
+def test_default_backbone_gives_the_same_bits_on_one_thread_or_two(size: int, batch: int):
+    """Shards on nodes with other core counts than a single run write the same features:
+    the group means of the default backbone are not a float32 GEMM whose blocking follows
+    the thread count (these shapes differed in the last bit before)."""
+    backbone = create_backbone("scattering-j4-rot-renorm-max", input_size=size)
+    x = images(batch, 1, size)
+    threads, outs = torch.get_num_threads(), []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outs.append(run(backbone, x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+
+
 def test_scattering_runs_under_autocast(scattering):
     x = images(2, 1, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -83,7 +83,10 @@ class ScatteringFeatures(nn.Module):
         return self.transform.to(device)
 
     def _log_energy(self, pooled: torch.Tensor) -> torch.Tensor:
-        energy = torch.log((pooled @ self.group_matrix).clamp_min(0) + self.spec.eps)
+        # group means in float64 (exact for groups of 1 and 8 alike-sized terms, in any order),
+        # so the features do not depend on the GEMM's blocking, i.e. on the thread count
+        means = (pooled.double() @ self.group_matrix.double()).float()
+        energy = torch.log(means.clamp_min(0) + self.spec.eps)
         if self.spec.renormalise:
             energy = energy - energy[:, self.parent] * self.has_parent
         return energy

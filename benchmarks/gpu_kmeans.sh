@@ -8,7 +8,8 @@
 #                                             the feature loop's lagged copies, no wait in normalize
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
-#   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed
+#   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed (exit 3:
+#                                             stopped after STOP_AFTER s; run again to go on)
 #   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++, k=60k, with and without its
 #                                             bounds: on 3M x 384 (config A's level 1) and on
 #                                             300k x 384 (the size of its resampled pools)
@@ -31,9 +32,13 @@ case "${1:-}" in
             --case 3000000x384:60000 --no-alternative --verbose 2>&1 | tee "$out/iteration.log"
         ;;
     config-a)
+        # A call of the lent machine lasts at most 10 minutes: after STOP_AFTER seconds the run
+        # stops at its next finished k-means run (exit 3), kept in .gpu_state/config_a; the
+        # same command, run again on the still-warm machine, goes on from there.
         python3 benchmarks/kmeans.py --device cuda --precision tf32 \
             --hierarchical-config configs/clusters/A_3M_3lvl_60k_4k_300.yaml \
-            --hierarchical-scale 1 2>&1 | tee "$out/config_a.log"
+            --hierarchical-scale 1 --resume-dir .gpu_state/config_a \
+            --stop-after "${STOP_AFTER:-420}" 2>&1 | tee "$out/config_a.log"
         ;;
     seeding)
         python3 benchmarks/seeding.py --device cuda --precision tf32 \

@@ -46,6 +46,7 @@ import argparse
 import contextlib
 import itertools
 import os
+import pickle
 import resource
 import statistics
 import sys
@@ -59,9 +60,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from astrocurate.algorithms.kmeans import hierarchical
 from astrocurate.algorithms.kmeans.assignment import assign, fused_assignment
 from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from astrocurate.algorithms.kmeans.level import FinishedRuns, NoLevelHooks
 from astrocurate.algorithms.kmeans.rows import resolve_device
 from astrocurate.stages.clustering.config import load_config
 
@@ -363,10 +366,12 @@ def hierarchical_shape(args: argparse.Namespace) -> tuple[int, dict[str, Any], s
     return round(3_000_000 * scale), params, title
 
 
-def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) -> None:
+def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) -> bool:
     """A whole 3-level clustering shaped like config A; wall time per k-means run and level.
 
     ``HierarchicalKMeans.fit`` runs ``fit_levels``, the level loop the clustering stage runs.
+    With ``--resume-dir`` the run keeps each finished k-means run there and stops after
+    ``--stop-after`` seconds; the same command resumes it. Returns False when it stopped.
     """
     n, params, title = hierarchical_shape(args)
     d = args.hierarchical_dim
@@ -378,16 +383,102 @@ def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
+    saved = _SavedRuns(args.resume_dir, start, args.stop_after)
 
     def level_done(level: int, result: Any) -> None:
         print(f"level {level + 1} done at {time.perf_counter() - start:.1f} s", flush=True)
+        saved.level_done(result)
 
-    with _report_kmeans_runs(start):
-        hkm.fit(x, level_callback=level_done)
+    try:
+        with _report_kmeans_runs(start), saved.restoring():
+            hkm.fit(x, level_callback=level_done, completed_levels=saved.levels)
+    except _StopRequestedError:
+        print(
+            f"stopped after {time.perf_counter() - start:.1f} s, {saved.seconds:.1f} s of "
+            f"finished work kept in {args.resume_dir}: run the same command to go on"
+        )
+        return False
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     gpu = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     print(f"wall {wall:.1f} s, peak RSS {rss:.2f} GiB, peak GPU memory {gpu:.2f} GiB")
+    if saved.earlier:
+        print(
+            f"whole hierarchy {saved.earlier + wall:.1f} s over calls "
+            f"({saved.earlier:.1f} s before this one)"
+        )
+    saved.forget()
+    return True
+
+
+class _StopRequestedError(Exception):
+    """``--stop-after`` seconds have passed; what is finished is saved."""
+
+
+class _SavedRuns:
+    """Finished levels and k-means runs of a hierarchical run, kept in ``directory``.
+
+    Each finished k-means run (``FinishedRuns``) and level is pickled there, with the
+    seconds of finished work so far: a resumed run skips them and adds its own seconds
+    (the work of a stopped call after its last finished run is done again, counted once).
+    """
+
+    def __init__(self, directory: Path | None, start: float, stop_after: float | None) -> None:
+        self.path = None if directory is None else Path(directory) / "state.pkl"
+        self.start, self.stop_after = start, stop_after
+        state = {"levels": [], "runs": None, "seconds": 0.0}
+        if self.path is not None and self.path.exists():
+            state = pickle.loads(self.path.read_bytes())
+        self.levels, self.runs = state["levels"], state["runs"]
+        self.earlier = self.seconds = state["seconds"]
+
+    @contextlib.contextmanager
+    def restoring(self) -> Iterator[None]:
+        """Inside: every level's k-means runs go through :meth:`_level_hooks`."""
+        original = hierarchical._EstimatorHooks.level_hooks
+        if self.path is not None:
+            hierarchical._EstimatorHooks.level_hooks = lambda _, level: self._level_hooks(level)
+        try:
+            yield
+        finally:
+            hierarchical._EstimatorHooks.level_hooks = original
+
+    def _level_hooks(self, level: int) -> Any:
+        saved = self
+
+        class Hooks(NoLevelHooks):
+            def finished_runs(self, n_runs: int) -> FinishedRuns | None:
+                return saved.runs[1] if saved.runs and saved.runs[0] == level else None
+
+            def run_done(self, runs: FinishedRuns, n_runs: int) -> None:
+                saved.runs = (level, runs)
+                saved.save(stop=runs.last + 1 < n_runs)
+
+        return Hooks()
+
+    def level_done(self, result: Any) -> None:
+        """Keep a finished level (its runs are no longer needed)."""
+        self.levels, self.runs = [*self.levels, result], None
+        self.save(stop=False)  # the next run stops, if any: a finished top level goes on
+
+    def save(self, stop: bool) -> None:
+        """Write the state; raise _StopRequestedError when ``stop`` and the time is up."""
+        if self.path is None:
+            return
+        self.seconds = self.earlier + time.perf_counter() - self.start
+        state = {"levels": self.levels, "runs": self.runs, "seconds": self.seconds}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        partial.write_bytes(pickle.dumps(state))
+        os.replace(partial, self.path)
+        elapsed = time.perf_counter() - self.start
+        if stop and self.stop_after is not None and elapsed > self.stop_after:
+            raise _StopRequestedError
+
+    def forget(self) -> None:
+        """Remove the state of a finished run (a rerun measures afresh)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -451,6 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tmp", type=Path, default=None, help="where the data file goes")
     parser.add_argument("--verbose", action="store_true", help="print every iteration's time")
+    parser.add_argument(
+        "--resume-dir", type=Path, default=None, help="keep finished runs here; resume from them"
+    )
+    parser.add_argument(
+        "--stop-after", type=float, default=None, help="seconds; then stop (with --resume-dir)"
+    )
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
@@ -477,10 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for case in cases:
             run_case(args, case, device, Path(tmp))
+        finished = True
         if args.hierarchical or args.hierarchical_config:
-            run_hierarchical(args, device, Path(tmp))
+            finished = run_hierarchical(args, device, Path(tmp))
     print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
-    return 0
+    return 0 if finished else 3
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(script: str, *args: str, tmp_path: Path) -> str:
+def run_benchmark(script: str, *args: str, tmp_path: Path, status: int = 0) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--threads", "1", *args],
@@ -27,7 +27,7 @@ def run_benchmark(script: str, *args: str, tmp_path: Path) -> str:
         text=True,
         timeout=600,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert result.returncode == status, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
 
 
@@ -51,6 +51,27 @@ def test_kmeans_benchmark_runs_config_a_scaled_down(tmp_path: Path) -> None:
     for level in (1, 2, 3):
         assert f"level {level} done at" in out
     assert "peak RSS" in out
+
+
+def test_kmeans_benchmark_stops_and_resumes_config_a_over_calls(tmp_path: Path) -> None:
+    """A lent GPU's call lasts 10 minutes: config A is measured over calls, each going on
+    from the last finished k-means run; the total counts finished work once."""
+    config = ROOT / "configs" / "clusters" / "A_3M_3lvl_60k_4k_300.yaml"
+    state = tmp_path / "state"
+    args = ["kmeans.py", "--hierarchical-config", str(config), "--hierarchical-scale", "0.001",
+            "--tmp", str(tmp_path), "--resume-dir", str(state)]  # fmt: skip
+    first = run_benchmark(*args, "--stop-after", "0", tmp_path=tmp_path, status=3)
+    assert "stopped after" in first and "level 1 done" not in first
+    assert (state / "state.pkl").is_file()
+    last = run_benchmark(*args, tmp_path=tmp_path)
+    assert "level 3 done at" in last and "s over calls (" in last
+    assert not (state / "state.pkl").exists()  # a rerun measures afresh
+
+
+def test_seeding_benchmark_counts_operators_per_centre(tmp_path: Path) -> None:
+    out = run_benchmark("seeding.py", "--dispatch", "--case", "2000x8:40", tmp_path=tmp_path)
+    assert "operators per centre, 2,000 x 8, k=40" in out
+    assert "bounds=None" in out and "bounds=False" in out and "per centre (" in out
 
 
 def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:

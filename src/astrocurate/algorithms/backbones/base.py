@@ -11,7 +11,7 @@ validated :class:`Options`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -39,61 +39,30 @@ __all__ = [
 ]
 
 
-@dataclass
-class Backbone:
-    """A feature extractor and everything needed to feed it and to record it.
+@dataclass(frozen=True)
+class Backbone(BackboneCard):
+    """A feature extractor: its card (what identifies its features) and its module.
+
+    The card's fields (``name``, ``dim``, ``preprocessing``, ``layer``, ``weights_sha256``,
+    ``description``: see :class:`BackboneCard`) come first, then:
 
     Attributes
     ----------
-    name : str
-        The name it was created from (``'scattering'``, ``'timm:resnet18'``, ...).
     module : torch.nn.Module
         Eval-mode module mapping ``(B, in_chans, S, S)`` float to ``(B, dim)`` features.
-    dim : int
-        Feature dimension ``D``.
-    preprocessing : Preprocessing
-        Input size, channels and standardisation the module expects.
-    layer : str
-        What gives the vector: ``'cls'``, ``'token-mean'``, ``'avg'``, ``'pooler'``,
-        ``'scattering-logmean'``, ...
-    weights_sha256 : str or None
-        SHA-256 of the weights file(s) loaded; None for weight-free or random-init models.
-    description : str
-        One line for humans and run metadata.
     """
 
-    name: str
     module: nn.Module = field(repr=False)
-    dim: int
-    preprocessing: Preprocessing
-    layer: str
-    weights_sha256: str | None
-    description: str
 
     @classmethod
     def from_card(cls, card: BackboneCard, module: nn.Module) -> Backbone:
         """Return the backbone described by ``card`` computed by ``module``."""
-        return cls(
-            card.name,
-            module,
-            card.dim,
-            card.preprocessing,
-            card.layer,
-            card.weights_sha256,
-            card.description,
-        )
+        return cls(**_card_fields(card), module=module)
 
     @property
     def card(self) -> BackboneCard:
         """What identifies the features, without the module."""
-        return BackboneCard(
-            self.name,
-            self.dim,
-            self.preprocessing,
-            self.layer,
-            self.weights_sha256,
-            self.description,
-        )
+        return BackboneCard(**_card_fields(self))
 
     def metadata(self) -> dict[str, Any]:
         """Return what identifies the features (for a sidecar or run parameters)."""
@@ -105,6 +74,11 @@ class Backbone:
             "description": self.description,
             **self.preprocessing.to_dict(),
         }
+
+
+def _card_fields(card: BackboneCard) -> dict[str, Any]:
+    """Return the :class:`BackboneCard` fields of ``card`` (a card or a backbone), by name."""
+    return {f.name: getattr(card, f.name) for f in fields(BackboneCard)}
 
 
 Builder = Callable[[str, str, Options], Backbone]

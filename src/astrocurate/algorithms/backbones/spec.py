@@ -68,15 +68,16 @@ class BackboneCard:
     Attributes
     ----------
     name : str
-        The name it was described from.
+        The name it was described from (``'scattering'``, ``'timm:resnet18'``, ...).
     dim : int
-        Feature dimension.
+        Feature dimension ``D``.
     preprocessing : Preprocessing
         Input size, channels and standardisation the module expects.
     layer : str
-        What gives the vector.
+        What gives the vector: ``'cls'``, ``'token-mean'``, ``'avg'``, ``'pooler'``,
+        ``'scattering-logmean'``, ...
     weights_sha256 : str or None
-        SHA-256 of the weights; None for weight-free or random-init models.
+        SHA-256 of the weights file(s) loaded; None for weight-free or random-init models.
     description : str
         One line for humans and run metadata.
     """

@@ -383,7 +383,8 @@ def run_hierarchical(args: argparse.Namespace, device: torch.device, tmp: Path) 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    saved = _SavedRuns(args.resume_dir, start, args.stop_after)
+    key = f"{title}, {n} x {d}, seed {args.seed}, {args.precision}, {device.type}"
+    saved = _SavedRuns(args.resume_dir, key, start, args.stop_after)
 
     def level_done(level: int, result: Any) -> None:
         print(f"level {level + 1} done at {time.perf_counter() - start:.1f} s", flush=True)
@@ -423,12 +424,18 @@ class _SavedRuns:
     (the work of a stopped call after its last finished run is done again, counted once).
     """
 
-    def __init__(self, directory: Path | None, start: float, stop_after: float | None) -> None:
+    def __init__(
+        self, directory: Path | None, key: str, start: float, stop_after: float | None
+    ) -> None:
         self.path = None if directory is None else Path(directory) / "state.pkl"
-        self.start, self.stop_after = start, stop_after
-        state = {"levels": [], "runs": None, "seconds": 0.0}
+        self.key, self.start, self.stop_after = key, start, stop_after
+        state = {"key": key, "levels": [], "runs": None, "seconds": 0.0}
         if self.path is not None and self.path.exists():
-            state = pickle.loads(self.path.read_bytes())
+            kept = pickle.loads(self.path.read_bytes())
+            if kept["key"] == key:
+                state = kept
+            else:
+                print(f"{self.path} holds another run ({kept['key']}): starting afresh")
         self.levels, self.runs = state["levels"], state["runs"]
         self.earlier = self.seconds = state["seconds"]
 
@@ -466,7 +473,8 @@ class _SavedRuns:
         if self.path is None:
             return
         self.seconds = self.earlier + time.perf_counter() - self.start
-        state = {"levels": self.levels, "runs": self.runs, "seconds": self.seconds}
+        state = {"key": self.key, "levels": self.levels, "runs": self.runs}
+        state["seconds"] = self.seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".partial")
         partial.write_bytes(pickle.dumps(state))

@@ -45,15 +45,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import os
-import pickle
 import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,9 @@ from astrocurate.algorithms.kmeans import hierarchical
 from astrocurate.algorithms.kmeans.assignment import assign, fused_assignment
 from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
-from astrocurate.algorithms.kmeans.level import FinishedRuns, NoLevelHooks
+from astrocurate.algorithms.kmeans.level import FinishedRuns, LevelResult, NoLevelHooks
 from astrocurate.algorithms.kmeans.rows import resolve_device
+from astrocurate.io.atomic import save_npz
 from astrocurate.stages.clustering.config import load_config
 
 try:
@@ -419,7 +420,7 @@ class _StopRequestedError(Exception):
 class _SavedRuns:
     """Finished levels and k-means runs of a hierarchical run, kept in ``directory``.
 
-    Each finished k-means run (``FinishedRuns``) and level is pickled there, with the
+    Each finished k-means run (``FinishedRuns``) and level is kept there (``.npz``), with the
     seconds of finished work so far: a resumed run skips them and adds its own seconds
     (the work of a stopped call after its last finished run is done again, counted once).
     """
@@ -427,17 +428,30 @@ class _SavedRuns:
     def __init__(
         self, directory: Path | None, key: str, start: float, stop_after: float | None
     ) -> None:
-        self.path = None if directory is None else Path(directory) / "state.pkl"
+        self.path = None if directory is None else Path(directory) / "state.npz"
         self.key, self.start, self.stop_after = key, start, stop_after
-        state = {"key": key, "levels": [], "runs": None, "seconds": 0.0}
+        self.levels: list[LevelResult] = []
+        self.runs: tuple[int, FinishedRuns] | None = None
+        self.earlier = self.seconds = 0.0
+        self._written = 0  # levels in their files
         if self.path is not None and self.path.exists():
-            kept = pickle.loads(self.path.read_bytes())
-            if kept["key"] == key:
-                state = kept
-            else:
-                print(f"{self.path} holds another run ({kept['key']}): starting afresh")
-        self.levels, self.runs = state["levels"], state["runs"]
-        self.earlier = self.seconds = state["seconds"]
+            self._load()
+
+    def _load(self) -> None:
+        with np.load(self.path, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            arrays = {name: saved[name] for name in saved.files if name != "meta"}
+        if meta["key"] != self.key:
+            print(f"{self.path} holds another run ({meta['key']}): starting afresh")
+            return
+        self.levels = [
+            _read_dataclass(LevelResult, self._level_path(i)) for i in range(meta["levels"])
+        ]
+        self._written = len(self.levels)
+        if meta["runs"] is not None:
+            level, runs = meta["runs"]
+            self.runs = level, _dataclass_from(FinishedRuns, runs, arrays, "runs.")
+        self.earlier = self.seconds = meta["seconds"]
 
     @contextlib.contextmanager
     def restoring(self) -> Iterator[None]:
@@ -473,12 +487,16 @@ class _SavedRuns:
         if self.path is None:
             return
         self.seconds = self.earlier + time.perf_counter() - self.start
-        state = {"key": self.key, "levels": self.levels, "runs": self.runs}
-        state["seconds"] = self.seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        partial.write_bytes(pickle.dumps(state))
-        os.replace(partial, self.path)
+        for i in range(self._written, len(self.levels)):  # a level is written once
+            arrays: dict[str, np.ndarray] = {}
+            save_npz(self._level_path(i), _dataclass_to(self.levels[i], arrays, ""), arrays)
+        self._written = len(self.levels)
+        meta: dict[str, Any] = {"key": self.key, "seconds": self.seconds, "runs": None}
+        meta["levels"], arrays = len(self.levels), {}
+        if self.runs is not None:
+            meta["runs"] = [self.runs[0], _dataclass_to(self.runs[1], arrays, "runs.")]
+        save_npz(self.path, meta, arrays)
         elapsed = time.perf_counter() - self.start
         if stop and self.stop_after is not None and elapsed > self.stop_after:
             raise _StopRequestedError
@@ -486,7 +504,37 @@ class _SavedRuns:
     def forget(self) -> None:
         """Remove the state of a finished run (a rerun measures afresh)."""
         if self.path is not None:
+            for i in range(self._written):
+                self._level_path(i).unlink()
             self.path.unlink(missing_ok=True)
+
+    def _level_path(self, index: int) -> Path:
+        return self.path.with_name(f"level{index}.npz")
+
+
+def _dataclass_to(obj: Any, arrays: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
+    """Put ``obj``'s array fields in ``arrays`` (names prefixed); return the others."""
+    meta = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, np.ndarray):
+            arrays[prefix + f.name] = value
+        else:
+            meta[f.name] = value.item() if isinstance(value, np.generic) else value
+    return meta
+
+
+def _dataclass_from(cls: type, meta: dict[str, Any], arrays: dict, prefix: str) -> Any:
+    """Rebuild what :func:`_dataclass_to` took apart."""
+    mine = {name[len(prefix) :]: a for name, a in arrays.items() if name.startswith(prefix)}
+    return cls(**meta, **mine)
+
+
+def _read_dataclass(cls: type, path: Path) -> Any:
+    """Read a dataclass written whole to ``path`` by :func:`save_npz`."""
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {name: saved[name] for name in saved.files if name != "meta"}
+        return _dataclass_from(cls, json.loads(str(saved["meta"])), arrays, "")
 
 
 @contextlib.contextmanager

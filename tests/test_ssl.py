@@ -191,6 +191,59 @@ def test_a_resumed_pretraining_ends_with_the_same_weights_on_the_cpu(method):
     assert not _same(whole.state_dict(), untrained)
 
 
+def test_every_steps_loss_is_reported_in_order_before_its_epochs_checkpoint():
+    """Losses are read on the host once per epoch (not every step, which would make the
+    host wait for a GPU), but all of them, in order, before the checkpoint that saves them."""
+    images = _images(40)
+    config = PretrainConfig(images_seen=96, batch_size=16, augment=SMALL)
+    events: list[tuple[str, int]] = []
+    pretrain(
+        images,
+        robust_rms(images),
+        config,
+        on_checkpoint=lambda state: events.append(("checkpoint", state["step"])),
+        on_step=lambda step, loss: events.append(("loss", step)),
+    )
+    expected = [("loss", s) for s in range(3)] + [("checkpoint", 3)]
+    assert events == expected + [("loss", s) for s in range(3, 6)] + [("checkpoint", 6)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_making_views_on_cuda_never_waits_for_the_device():
+    """The draws come from a CPU generator; their copies to the GPU do not block."""
+    images = _images(16).cuda()
+    rms = robust_rms(images)
+    generator = torch.Generator().manual_seed(0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        radio_views(images, rms, SMALL, generator)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pretraining_steps_on_cuda_wait_for_the_device_once_per_epoch_at_most():
+    """Twice the steps (the same set-up) add no wait but the extra epochs' loss reads."""
+    import warnings
+
+    images = _images(40)
+    syncs = []
+    for seen in (96, 192):  # 6 and 12 steps, 2 and 4 epochs
+        config = PretrainConfig(images_seen=seen, batch_size=16, augment=SMALL)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                pretrain(
+                    images, robust_rms(images), config, device="cuda", on_step=lambda s, v: None
+                )
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert syncs[1] - syncs[0] <= 2, syncs
+
+
 def test_a_checkpoint_of_another_configuration_is_refused():
     images = _images(20)
     rms = robust_rms(images)

@@ -71,12 +71,13 @@ def radio_views(
             torch.stack([sin * mirror, cos, shift[:, 1]], dim=1),
         ],
         dim=1,
-    ).to(images.device, torch.float32)
+    ).to(images.device, torch.float32, non_blocking=True)
     size = (n, 1, config.image_size, config.image_size)
     grid = F.affine_grid(theta, size, align_corners=False)
     views = F.grid_sample(images[:, None].float(), grid, padding_mode="zeros", align_corners=False)
-    sigma = (draw[:, 5] * config.max_noise).to(images.device, torch.float32) * rms.float()
-    views = views + noise.to(images.device) * sigma[:, None, None, None]
+    sigma = (draw[:, 5] * config.max_noise).to(images.device, torch.float32, non_blocking=True)
+    noise = noise.to(images.device, non_blocking=True)  # no wait for the device's queue
+    views = views + noise * (sigma * rms.float())[:, None, None, None]
     return normalize(views[:, 0], config.normalization)[:, None]
 
 

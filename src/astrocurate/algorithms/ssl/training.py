@@ -130,7 +130,8 @@ def pretrain(
     on_checkpoint : callable, optional
         Called (on rank 0) with the training state at each epoch end and at the last step.
     on_step : callable, optional
-        Called (on rank 0) with each step's index and loss.
+        Called (on rank 0) with each step's index and loss, at the end of the step's epoch
+        (before ``on_checkpoint``): reading losses makes the host wait for the device.
 
     Raises
     ------
@@ -187,12 +188,13 @@ def _train_steps(
     images, rms = images.to(device), rms.to(device)
     precision = _precision(device, config.bf16)
     model.train()
+    losses: list[tuple[int, Tensor]] = []  # read on the host at epoch ends, not every step
     for step in range(start, total):
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, total, config.learning_rate)
         index = _batch_indices(config.seed, step, n, batch, per_epoch).tensor_split(world)[rank]
         generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 64 + rank)
-        index = index.to(device)
+        index = index.to(device, non_blocking=True)
         x, r = images[index], rms[index]
         views = [radio_views(x, r, config.augment, generator) for _ in range(2)]
         loss = loss_of(network, views, step, total, precision)
@@ -200,12 +202,11 @@ def _train_steps(
         loss.backward()
         optimizer.step()
         if rank == 0 and on_step is not None:
-            on_step(step, float(loss.detach()))
-        if (
-            rank == 0
-            and on_checkpoint is not None
-            and ((step + 1) % per_epoch == 0 or step + 1 == total)
-        ):
+            losses.append((step, loss.detach()))
+        epoch_end = (step + 1) % per_epoch == 0 or step + 1 == total
+        if rank == 0 and epoch_end:
+            _report_losses(losses, on_step)  # before the checkpoint, which may save them
+        if rank == 0 and on_checkpoint is not None and epoch_end:
             on_checkpoint(
                 {
                     "step": step + 1,
@@ -214,6 +215,19 @@ def _train_steps(
                     "config": _config_record(config),
                 }
             )
+
+
+def _report_losses(losses: list[tuple[int, Tensor]], on_step: Callable | None) -> None:
+    """Call ``on_step`` with each kept step's loss as a float, then forget them.
+
+    Reading a loss makes the host wait for the device: done once per epoch, the host can
+    prepare the next steps' views while the device still computes.
+    """
+    if on_step is not None and losses:
+        values = torch.stack([loss for _, loss in losses]).tolist()
+        for (step, _), value in zip(losses, values, strict=True):
+            on_step(step, value)
+    losses.clear()
 
 
 def _precision(device: torch.device, bf16: bool) -> Callable[[], Any]:

@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel,
 #                                             the feature loop's lagged copies, no wait in normalize
+#                                             or in pretraining steps
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
 #   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed (exit 3:
@@ -25,7 +26,7 @@ case "${1:-}" in
     tests)
         nvidia-smi -L | tee "$out/tests.log"
         python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py tests/test_backbones.py \
-            tests/test_kmeans.py tests/test_features_loop.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
+            tests/test_kmeans.py tests/test_features_loop.py tests/test_ssl.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
         ;;
     iteration)
         python3 benchmarks/kmeans.py --device cuda --precision tf32 --iters 3 \

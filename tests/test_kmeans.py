@@ -20,6 +20,7 @@ from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 from astrocurate.algorithms.kmeans.level import cluster_level, sort_clusters
 from astrocurate.algorithms.kmeans.seeding import GreedySeeding, n_candidates
 from astrocurate.errors import InvalidArgumentError
+from host_reads import HostReads
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -462,40 +463,13 @@ def test_just_below_one_gives_the_double_below_a_potential() -> None:
     np.testing.assert_array_equal(x * km_seeding._JUST_BELOW_ONE, np.nextafter(x, 0))
 
 
-class _HostReads(torch.overrides.TorchFunctionMode):
-    """Counts the calls that read a tensor's values on the host (on a GPU: a wait for it)."""
-
-    READS = frozenset(
-        {
-            torch.Tensor.item,
-            torch.Tensor.tolist,
-            torch.Tensor.cpu,
-            torch.Tensor.numpy,
-            torch.Tensor.__int__,
-            torch.Tensor.__float__,
-            torch.Tensor.__bool__,
-            torch.Tensor.__index__,
-            torch.Tensor.nonzero,
-            torch.nonzero,
-        }
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += func in self.READS
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize(("bounds", "most"), [(None, 2), (False, 1)])
 def test_a_greedy_seeding_step_reads_the_device_at_most_twice(bounds, most) -> None:
     """Candidates are drawn and scored on the device: the host reads only which rows to
     score (with the bounds) and the winner with the potential's total, so a GPU is not
     left idle four more times per centre (60,000 centres per k-means run in config A)."""
     x, k, _ = SEEDING_CASES["mixture-24d"]
-    reads, per_step = _HostReads(), []
+    reads, per_step = HostReads(), []
 
     def count(state: KMeansState) -> None:
         if state.phase == "init":

@@ -169,3 +169,19 @@ def test_cuda_sorts_short_rows_once_and_the_cpu_takes_a_top_k(monkeypatch) -> No
     x = torch.randn(3, 50)
     normalization._quantiles(x, None, torch.full((3, 1), 50), (0.01, 0.5, 0.995), "sort")
     assert len(sorts) == 1  # one sort serves every quantile
+
+
+def test_quantiles_from_a_nan_mask_never_read_the_device():
+    """The CUDA path (mask kept, depth of the top-k from the row length) reads nothing on
+    the host, so the feature loop's queue never drains for a percentile."""
+    from astrocurate.algorithms.normalization import _quantiles
+    from host_reads import HostReads
+
+    x = _random_rows(torch.Generator().manual_seed(3), 0)  # NaN, an all-NaN row, ties
+    blank = torch.isnan(x)
+    count = x.shape[1] - blank.sum(dim=1, keepdim=True)
+    for method in ("sort", "topk"):
+        reads = HostReads()
+        with reads:
+            _quantiles(x, blank, count, (0.01, 0.995), method)
+        assert reads.count == 0, method

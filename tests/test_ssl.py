@@ -191,12 +191,22 @@ def test_a_resumed_pretraining_ends_with_the_same_weights_on_the_cpu(method):
     assert not _same(whole.state_dict(), untrained)
 
 
-def test_every_steps_loss_is_reported_in_order_before_its_epochs_checkpoint():
-    """Losses are read on the host once per epoch (not every step, which would make the
-    host wait for a GPU), but all of them, in order, before the checkpoint that saves them."""
+def test_losses_are_read_once_per_epoch_in_order_before_its_checkpoint(monkeypatch):
+    """Losses are read on the host once per epoch, not after every step (which would make
+    the host wait for a GPU each step), all of them, in order, before the checkpoint that
+    saves them."""
+    from astrocurate.algorithms.ssl import training
+
     images = _images(40)
     config = PretrainConfig(images_seen=96, batch_size=16, augment=SMALL)
     events: list[tuple[str, int]] = []
+    batch_indices = training._batch_indices
+
+    def logged(seed, step, *args):
+        events.append(("batch", step))
+        return batch_indices(seed, step, *args)
+
+    monkeypatch.setattr(training, "_batch_indices", logged)
     pretrain(
         images,
         robust_rms(images),
@@ -204,8 +214,12 @@ def test_every_steps_loss_is_reported_in_order_before_its_epochs_checkpoint():
         on_checkpoint=lambda state: events.append(("checkpoint", state["step"])),
         on_step=lambda step, loss: events.append(("loss", step)),
     )
-    expected = [("loss", s) for s in range(3)] + [("checkpoint", 3)]
-    assert events == expected + [("loss", s) for s in range(3, 6)] + [("checkpoint", 6)]
+
+    def epoch(steps: range) -> list[tuple[str, int]]:
+        batches, losses = [("batch", s) for s in steps], [("loss", s) for s in steps]
+        return [*batches, *losses, ("checkpoint", steps.stop)]
+
+    assert events == epoch(range(3)) + epoch(range(3, 6))  # 40 images / 16: 3 steps an epoch
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -438,11 +438,15 @@ class _SavedRuns:
             self._load()
 
     def _load(self) -> None:
-        with np.load(self.path, allow_pickle=False) as saved:
-            meta = json.loads(str(saved["meta"]))
-            arrays = {name: saved[name] for name in saved.files if name != "meta"}
-        if meta["key"] != self.key:
-            print(f"{self.path} holds another run ({meta['key']}): starting afresh")
+        try:
+            with np.load(self.path, allow_pickle=False) as saved:
+                meta = json.loads(str(saved["meta"]))
+                arrays = {name: saved[name] for name in saved.files if name != "meta"}
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"{self.path}: unreadable ({type(exc).__name__}): starting afresh")
+            return
+        if meta.get("key") != self.key:
+            print(f"{self.path} holds another run ({meta.get('key')}): starting afresh")
             return
         self.levels = [
             _read_dataclass(LevelResult, self._level_path(i)) for i in range(meta["levels"])
@@ -605,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-after", type=float, default=None, help="seconds; then stop (with --resume-dir)"
     )
     args = parser.parse_args(argv)
+    if args.stop_after is not None and (args.resume_dir is None or args.stop_after < 0):
+        parser.error("--stop-after: expected seconds >= 0, with --resume-dir to keep the work")
     device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     if faiss is None:

@@ -68,6 +68,43 @@ def test_kmeans_benchmark_stops_and_resumes_config_a_over_calls(tmp_path: Path) 
     assert not list(state.iterdir())  # a rerun measures afresh
 
 
+def test_config_a_resumed_over_calls_ends_with_the_centroids_of_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after every finished k-means run and resumed each time, the hierarchy ends
+    where one uninterrupted call ends; ``--stop-after`` alone is refused."""
+    import numpy as np
+    import torch
+
+    from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import kmeans as benchmark
+
+    ends: list[list[np.ndarray]] = []
+    fit = HierarchicalKMeans.fit
+
+    def kept(self, *args, **kwargs):
+        fitted = fit(self, *args, **kwargs)
+        ends.append([c.copy() for c in fitted.centroids_])
+        return fitted
+
+    monkeypatch.setattr(HierarchicalKMeans, "fit", kept)
+    config = ROOT / "configs" / "clusters" / "A_3M_3lvl_60k_4k_300.yaml"
+    args = ["--hierarchical-config", str(config), "--hierarchical-scale", "0.001",
+            "--tmp", str(tmp_path), "--threads", str(torch.get_num_threads())]  # fmt: skip
+    assert benchmark.main(args) == 0
+    resumed = [*args, "--resume-dir", str(tmp_path / "state"), "--stop-after", "0"]
+    calls = 1
+    while benchmark.main(resumed) == 3:
+        calls += 1
+    assert calls > 10 and len(ends) == 2  # stopped after each run, fitted to the end twice
+    for one, over_calls in zip(ends[0], ends[1], strict=True):
+        np.testing.assert_array_equal(one, over_calls)
+    with pytest.raises(SystemExit):
+        benchmark.main([*args, "--stop-after", "5"])  # nowhere to keep the work
+
+
 def test_seeding_benchmark_counts_operators_per_centre(tmp_path: Path) -> None:
     out = run_benchmark("seeding.py", "--dispatch", "--case", "2000x8:40", tmp_path=tmp_path)
     assert "operators per centre, 2,000 x 8, k=40" in out

@@ -27,6 +27,8 @@ bound by these and by its waits for the device, not by the rows. Run it with
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import os
 import statistics
 import sys
@@ -38,16 +40,43 @@ from typing import Any
 import numpy as np
 import torch
 from kmeans import _clock, make_mixture, parse_case  # benchmarks/kmeans.py
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from astrocurate.algorithms.kmeans import seeding
+from astrocurate.algorithms.kmeans.assignment import fused_seeding
 from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
 from astrocurate.algorithms.kmeans.rows import resolve_device
 
+#: The seedings compared: (label, bounds, fused steps allowed).
+PATHS = [
+    ("no bounds", False, False),
+    ("bounds, plain steps", None, False),
+    ("bounds, fused kernels", None, True),
+]
+
+
+@contextlib.contextmanager
+def _fused_steps(allowed: bool) -> Iterator[None]:
+    """Let greedy k-means++ take its fused steps where it can, or keep it to plain ones."""
+    original = seeding.GreedySeeding.fused
+    if not allowed:
+        seeding.GreedySeeding.fused = lambda *args: False
+    try:
+        yield
+    finally:
+        seeding.GreedySeeding.fused = original
+
 
 def run_seeding(
-    x: Any, k: int, bounds: bool | None, device: torch.device, precision: str, seed: int
+    x: Any,
+    k: int,
+    bounds: bool | None,
+    fused: bool,
+    device: torch.device,
+    precision: str,
+    seed: int,
 ) -> dict[str, Any]:
-    """Seed ``k`` centres; return the seconds, the rows scored per centre and the rows."""
+    """Seed ``k`` centres; return the seconds, the rows scored per plain step and the rows."""
     scored: list[int] = []
     original = seeding.seeding_blocks
 
@@ -66,7 +95,8 @@ def run_seeding(
     )
     seeding.seeding_blocks = counted
     try:
-        km.fit(x, callback=callback)
+        with _fused_steps(fused):
+            km.fit(x, callback=callback)
     finally:
         seeding.seeding_blocks = original
     return {
@@ -79,13 +109,18 @@ def run_seeding(
 
 def report(label: str, run: dict[str, Any], n: int, base: dict[str, Any] | None) -> None:
     """Print one run's line (and its ratios to ``base``)."""
-    scored = np.asarray(run["scored"]) / n
     ratio = "" if base is None else f"  x{run['wall'] / base['wall']:.3f} wall"
     ratio += "" if base is None else f", x{run['cpu'] / base['cpu']:.3f} CPU"
+    if run["scored"]:
+        scored = np.asarray(run["scored"]) / n
+        rows = (
+            f"rows scored per centre: median {statistics.median(scored):.1%}, mean "
+            f"{scored.mean():.1%}, last 10% {scored[int(0.9 * len(scored)) :].mean():.1%}"
+        )
+    else:
+        rows = "rows kept by the bounds inside the kernel"
     print(
-        f"  {label:<22} {run['wall']:9.1f} s wall {run['cpu']:9.1f} s CPU   rows scored per "
-        f"centre: median {statistics.median(scored):.1%}, mean {scored.mean():.1%}, last 10% "
-        f"{scored[int(0.9 * len(scored)) :].mean():.1%}{ratio}",
+        f"  {label:<22} {run['wall']:9.1f} s wall {run['cpu']:9.1f} s CPU   {rows}{ratio}",
         flush=True,
     )
 
@@ -128,28 +163,83 @@ _NO_KERNEL = frozenset(
 )
 
 
-def dispatch(case: tuple[int, int, int], seed: int) -> None:
-    """Print the operators dispatched per centre by greedy k-means++ on the CPU."""
-    from torch.profiler import ProfilerActivity, profile
+class _Dispatched(TorchDispatchMode):
+    """Counts the operators dispatched (those in :data:`_NO_KERNEL` left out) and the launches
+    of the fused kernels, not what Triton's interpreter runs inside them (nor its reads)."""
 
+    def __init__(self, reads: Any) -> None:
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+        self.reads = reads
+        self.inside_kernel = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not self.inside_kernel and name not in _NO_KERNEL:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+    def launches(self, kernel: Any, name: str) -> Any:
+        """Wrap a Triton kernel so that each launch counts as one operator ``name``."""
+        mode = self
+
+        class Launcher:
+            def __getitem__(self, grid: Any) -> Any:
+                def launch(*args: Any, **kwargs: Any) -> Any:
+                    mode.ops[name] += 1
+                    mode.inside_kernel, reads = True, mode.reads.count
+                    try:
+                        return kernel[grid](*args, **kwargs)
+                    finally:
+                        mode.inside_kernel, mode.reads.count = False, reads
+
+                return launch
+
+        return Launcher()
+
+    def restart(self, state: KMeansState) -> None:
+        """A ``KMeans`` callback: count from the second centre on."""
+        if state.phase == "init" and state.step == 1:
+            self.ops.clear()
+            self.reads.count = 0
+
+
+def _count(x: torch.Tensor, k: int, bounds: bool | None, fused: bool, seed: int) -> _Dispatched:
+    """Seed ``k`` centres on the CPU, counting operators and host reads after the first."""
+    from astrocurate.algorithms.kmeans import seeding_kernel
+    from host_reads import HostReads  # tests/host_reads.py
+
+    counter = _Dispatched(HostReads())
+    kernels = {name: getattr(seeding_kernel, name) for name in ("_score_kernel", "_move_kernel")}
+    for name, kernel in kernels.items():
+        setattr(seeding_kernel, name, counter.launches(kernel, name.strip("_")))
+    try:
+        with _fused_steps(fused), counter, counter.reads:
+            KMeans(k, n_iters=0, random_state=seed, bounds=bounds).fit(x, callback=counter.restart)
+    finally:
+        for name, kernel in kernels.items():
+            setattr(seeding_kernel, name, kernel)
+    return counter
+
+
+def dispatch(case: tuple[int, int, int], seed: int) -> None:
+    """Print the operators and host reads per centre of each seeding path on the CPU.
+
+    The fused path runs its kernels in Triton's interpreter (``TRITON_INTERPRET=1``, set by
+    :func:`main`), each launch counted as one operator.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     n, d, k = case
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d)) + rng.integers(0, 50, (n, 1)) * 3
     x = torch.from_numpy(x.astype(np.float32))
-    print(f"operators per centre, {n:,} x {d}, k={k:,}, CPU profile ({seeding.__file__})")
-    for bounds in (None, False):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            KMeans(k, n_iters=0, random_state=seed, bounds=bounds).fit(x)
-        ops = [
-            e
-            for e in prof.key_averages()
-            if e.key.startswith("aten::") and e.key[6:] not in _NO_KERNEL
-        ]
-        top = sorted(ops, key=lambda e: -e.count)[:8]
+    print(f"operators per centre, {n:,} x {d}, k={k:,}, on the CPU ({seeding.__file__})")
+    for label, bounds, fused in PATHS:
+        counter = _count(x, k, bounds, fused, seed)
+        top = ", ".join(f"{name} {c / (k - 1):.2f}" for name, c in counter.ops.most_common(8))
         print(
-            f"  bounds={bounds!s:<5} {sum(e.count for e in ops) / k:5.1f} per centre ("
-            + ", ".join(f"{e.key[6:]} {e.count / k:.1f}" for e in top)
-            + ", ...)",
+            f"  {label:<22} {sum(counter.ops.values()) / (k - 1):5.1f} operators, "
+            f"{counter.reads.count / (k - 1):4.2f} host reads per centre ({top}, ...)",
             flush=True,
         )
 
@@ -166,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dispatch", action="store_true", help="count operators per centre")
     args = parser.parse_args(argv)
     if args.dispatch:
+        if os.environ.get("TRITON_INTERPRET") != "1":  # before Triton wraps the kernels
+            env = {**os.environ, "TRITON_INTERPRET": "1"}
+            os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
         dispatch(args.case[0] if args.case else (20_000, 32, 500), args.seed)
         return 0
     device = resolve_device(args.device)
@@ -183,12 +276,18 @@ def main(argv: list[str] | None = None) -> int:
                 "candidates per centre)",
                 flush=True,
             )
-            full = run_seeding(x, k, False, device, args.precision, args.seed)
-            report("no bounds", full, n, None)
-            bounded = run_seeding(x, k, None, device, args.precision, args.seed)
-            report("bounds (the default)", bounded, n, full)
-            same = np.array_equal(full["init"], bounded["init"])
-            print(f"  same initial rows: {same}", flush=True)
+            full = None
+            for label, bounds, fused in PATHS:
+                if fused and not fused_seeding(device, torch.float32):
+                    print(f"  {label:<22} not on {device} (float32 on CUDA with Triton)")
+                    continue
+                run = run_seeding(x, k, bounds, fused, device, args.precision, args.seed)
+                report(label, run, n, full)
+                if full is None:
+                    full = run
+                else:
+                    same = np.array_equal(full["init"], run["init"])
+                    print(f"  {'':<22} the initial rows of no bounds: {same}", flush=True)
     print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     return 0
 

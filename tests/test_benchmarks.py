@@ -35,8 +35,10 @@ def test_seeding_benchmark_compares_both_seedings(tmp_path: Path) -> None:
     out = run_benchmark("seeding.py", "--case", "3000x16:150", "--tmp", str(tmp_path),
                         tmp_path=tmp_path)  # fmt: skip
     assert "greedy k-means++, 3,000 x 16, k=150" in out
-    assert "no bounds" in out and "bounds (the default)" in out and " wall, x" in out
-    assert "same initial rows: True" in out
+    assert "no bounds" in out and "bounds, plain steps" in out and " wall, x" in out
+    fused = [line for line in out.splitlines() if "bounds, fused kernels" in line]
+    assert len(fused) == 1 and "not on cpu" in fused[0]  # float32 on CUDA only
+    assert "the initial rows of no bounds: True" in out
 
 
 def test_kmeans_benchmark_runs_config_a_scaled_down(tmp_path: Path) -> None:
@@ -108,7 +110,16 @@ def test_config_a_resumed_over_calls_ends_with_the_centroids_of_one_call(
 def test_seeding_benchmark_counts_operators_per_centre(tmp_path: Path) -> None:
     out = run_benchmark("seeding.py", "--dispatch", "--case", "2000x8:40", tmp_path=tmp_path)
     assert "operators per centre, 2,000 x 8, k=40" in out
-    assert "bounds=None" in out and "bounds=False" in out and "per centre (" in out
+    counts = {}
+    for line in out.splitlines():
+        label, _, rest = line.strip().partition("  ")
+        if "operators," in rest:
+            ops, _, reads = rest.split()[:3]
+            counts[label] = (float(ops), float(reads))
+    assert set(counts) == {"no bounds", "bounds, plain steps", "bounds, fused kernels"}
+    assert counts["bounds, plain steps"][1] >= 2  # the rows to score, then the winner
+    fused_ops, fused_reads = counts["bounds, fused kernels"]
+    assert fused_ops < counts["bounds, plain steps"][0] and fused_reads < 0.5  # one per batch
 
 
 def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "assign_all",
     "assign_pass",
     "fused_assignment",
+    "fused_seeding",
     "nearest",
     "sq_dist_to",
     "update_centers",
@@ -76,6 +77,16 @@ def fused_assignment(device: torch.device, dtype: torch.dtype, matmul_precision:
     """Whether Lloyd passes on ``device`` assign rows with the fused Triton kernel."""
     tf32 = device.type == "cuda" and matmul_precision == "tf32"
     return dtype == torch.float32 and _has_triton() and (tf32 or _triton_interpreter(device))
+
+
+def fused_seeding(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether greedy k-means++ on ``device`` may take its steps in the fused Triton kernels.
+
+    float32 on CUDA wherever Triton is installed (TF32 products only where torch allows
+    them), and float32 on the CPU under the Triton interpreter.
+    """
+    on_device = device.type == "cuda" or _triton_interpreter(device)
+    return dtype == torch.float32 and _has_triton() and on_device
 
 
 def _triton_interpreter(device: torch.device) -> bool:

@@ -484,7 +484,7 @@ class KMeans:
                 if callback is not None:
                     callback(state)
             while state.phase == "init" and state.step < self.n_clusters:
-                seeding.step(rows, local, comm, state)
+                seeding.advance(rows, local, comm, state)
                 if callback is not None:
                     callback(state)
             if state.phase == "init":

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from astrocurate.algorithms.kmeans.assignment import fused_seeding
 from astrocurate.algorithms.kmeans.bounds import score_error_factor
 from astrocurate.algorithms.kmeans.distributed import Comm
 from astrocurate.algorithms.kmeans.rows import (
@@ -28,11 +29,14 @@ from astrocurate.algorithms.kmeans.rows import (
     spans,
 )
 
-__all__ = ["GreedySeeding", "SeedingState", "n_candidates", "seeding_blocks"]
+__all__ = ["FUSED_BATCH", "GreedySeeding", "SeedingState", "n_candidates", "seeding_blocks"]
 
 #: Greedy k-means++ scores only the rows its bounds keep while they are at most this
 #: fraction of the rows; above it a plain pass over all rows (no gathering) costs less.
 _GATHER_FRACTION = 0.25
+
+#: Centres chosen by the fused steps between two reads of the device (:meth:`fused_steps`).
+FUSED_BATCH = 64
 
 #: ``x * (1 - 2^-53)`` rounds to ``nextafter(x, 0)`` for every double ``x >= 2^-1021``
 #: (one kernel on the device instead of building ``nextafter``'s second operand); a total
@@ -110,6 +114,109 @@ class GreedySeeding:
         first = torch.tensor([state.rng.integers(rows.n)], device=self.device)
         inf = torch.full((local.n,), math.inf, dtype=dist_dtype(self.dtype))
         self.add_center(rows, local, comm, state, first, inf.to(self.device))
+
+    def advance(self, rows: Rows, local: Rows, comm: Comm, state: SeedingState) -> None:
+        """Choose the next centre, or up to :data:`FUSED_BATCH` where :meth:`fused` holds.
+
+        Either way ``state`` is complete on return (host side included), so a callback
+        may save it.
+        """
+        if not self.fused(local, comm, state):
+            self.step(rows, local, comm, state)
+            return
+        left = min(FUSED_BATCH, self.n_clusters - state.step)
+        done = self.fused_steps(local, state, left)
+        for _ in range(left - done):  # the potential fell to zero: the plain steps handle it
+            self.step(rows, local, comm, state)
+
+    def fused(self, local: Rows, comm: Comm, state: SeedingState) -> bool:
+        """Whether :meth:`fused_steps` can choose the next centres.
+
+        One process, float32 rows held whole on CUDA (or on the CPU under Triton's
+        interpreter), the bounds on and started (after the first centre).
+        """
+        return (
+            comm.world == 1
+            and state.nearest_centers is not None
+            and fused_seeding(self.device, self.dtype)
+            and self.error_factor(local) is not None
+            and local.full is not None
+        )
+
+    def fused_steps(self, local: Rows, state: SeedingState, count: int) -> int:
+        """Choose ``count`` centres in the fused kernels, reading the device once at the end.
+
+        Each step draws its candidates from the host's generator as :meth:`step` does
+        (into pinned memory, copied without a wait) and leaves the choice, ``D^2``, the
+        nearest centres and the new centre on the device
+        (:mod:`~astrocurate.algorithms.kmeans.seeding_kernel`). The one read at the end
+        brings the chosen rows and the totals drawn from. A step whose total was zero
+        (every row on a chosen centre) changed nothing on the device; it is undone on the
+        host (generator included) with all after it.
+
+        Returns
+        -------
+        int
+            The centres kept: ``count``, or fewer where the potential fell to zero.
+        """
+        from astrocurate.algorithms.kmeans import seeding_kernel as kernels
+
+        x, first, k, rng = local.full, state.step, n_candidates(self.n_clusters), state.rng
+        d2, nearest, centers = state.min_sq_distances, state.nearest_centers, state.centers
+        rho, block_rows = self.error_factor(local), self._blocks(k)[0]
+        x_sq = local.sq_norms(block_rows)
+        c_sq = torch.empty(len(centers), dtype=centers.dtype, device=x.device)
+        c_sq[:first] = (centers[:first] * centers[:first]).sum(dim=1)
+        # largest[t]: the largest |x|^2 of a row or a centre chosen before step t of the batch
+        largest = torch.empty(count + 1, dtype=torch.float64, device=x.device)
+        largest[0] = torch.maximum(local.largest_sq_norm(block_rows), c_sq[:first].max())
+        new = torch.empty((local.n, kernels.candidate_columns(k)), dtype=d2.dtype, device=x.device)
+        chosen = torch.empty(count, dtype=torch.float64, device=x.device)
+        totals = torch.empty(count, dtype=torch.float64, device=x.device)
+        record = (centers, c_sq, chosen, totals)
+        draws = torch.empty((count, k), dtype=torch.float64, pin_memory=x.is_cuda)
+        drawn, generator_states = draws.numpy(), []
+        for t in range(count):
+            step = first + t
+            generator_states.append(rng.bit_generator.state)
+            drawn[t] = rng.random(k)
+            cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
+            total = cums[-1:]
+            scaled = draws[t].to(x.device, non_blocking=True).mul_(total)
+            cand = torch.searchsorted(cums, scaled.clamp_(max=total * _JUST_BELOW_ONE), right=True)
+            cand.clamp_(max=local.n - 1)
+            cx = torch.index_select(x, 0, cand)
+            cx_sq = (cx * cx).sum(dim=1)
+            gaps = torch.addmm(c_sq[:step], cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
+            closest = gaps.min(dim=0).values
+            gains = kernels.score_candidates(
+                x, x_sq, d2, nearest, closest, largest[t:], rho, cx, cx_sq, new
+            )
+            best = gains.argmax().view(1)
+            kernels.move_rows(
+                d2,
+                nearest,
+                closest,
+                largest,
+                rho,
+                cx,
+                cx_sq,
+                new,
+                best,
+                cand,
+                total,
+                record,
+                step,
+                t,
+            )
+        fetched = torch.cat([chosen, totals]).tolist()  # row indices < 2^53: exact
+        zero = [t for t in range(count) if fetched[count + t] == 0]
+        kept = zero[0] if zero else count
+        state.center_indices[first : first + kept] = fetched[:kept]
+        state.step = first + kept
+        if kept < count:
+            rng.bit_generator.state = generator_states[kept]
+        return kept
 
     def step(self, rows: Rows, local: Rows, comm: Comm, state: SeedingState) -> None:
         """Choose the next greedy k-means++ centre (updates ``state`` in place).

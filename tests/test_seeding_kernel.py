@@ -1,0 +1,279 @@
+"""Greedy k-means++ in the fused Triton kernels (astrocurate.algorithms.kmeans.seeding_kernel).
+
+Without a GPU the kernels run in Triton's numpy interpreter (``TRITON_INTERPRET=1``, set
+before Triton wraps them, hence a subprocess): the kernels must score exactly the rows the
+bounds keep and move exactly those that a plain step would, and a seeding through them must
+choose the rows of the plain CPU seeding, across batches, when the potential falls to zero,
+and when resumed. On a CUDA machine the fused steps are checked against the plain ones and
+counted for waits on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
+
+pytest.importorskip("triton")
+
+K = 40
+
+
+def _mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=3.0, size=(components, d))
+    return (means[rng.integers(components, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def _ties() -> np.ndarray:
+    """36 distinct grid points, many repeated: 40 centres exhaust the potential."""
+    grid = np.array([[i, j] for i in range(6) for j in range(6)], np.float32)
+    return np.concatenate([grid, grid[::3], grid[::5], np.zeros((7, 2), np.float32)])
+
+
+CASES = {"mixture": lambda: _mixture(700, 24, 12, 8), "ties": _ties}
+
+INTERPRETED = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import torch
+    from astrocurate.algorithms.kmeans import seeding, seeding_kernel
+    from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
+    sys.path.insert(0, sys.argv[1])
+    from test_seeding_kernel import CASES, K
+
+    calls = {"fused": 0, "plain": 0}
+    fused, plain = seeding.GreedySeeding.fused_steps, seeding.GreedySeeding.step
+    def counted_fused(self, *args):
+        calls["fused"] += 1
+        return fused(self, *args)
+    def counted_plain(self, *args):
+        calls["plain"] += 1
+        return plain(self, *args)
+    seeding.GreedySeeding.fused_steps = counted_fused
+    seeding.GreedySeeding.step = counted_plain
+
+    def fit(x, **kw):
+        calls.update(fused=0, plain=0)
+        callbacks = []
+        km = KMeans(K, n_iters=0, random_state=3).fit(
+            x, callback=lambda s: callbacks.append(s.step) if s.phase == "init" else None, **kw)
+        return {"init": km.init_indices_.tolist(), "centers": km.cluster_centers_.tolist(),
+                "callbacks": callbacks, **calls}
+
+    out = {name: fit(make()) for name, make in CASES.items()}
+    seeding.FUSED_BATCH = 7
+    out["batches_of_7"] = fit(CASES["mixture"]())
+    saved = {}
+    class Stop(Exception):
+        pass
+    def stop(state):
+        if state.phase == "init" and state.step >= 15:
+            saved.update(state.state_dict())
+            raise Stop
+    try:
+        KMeans(K, n_iters=0, random_state=3).fit(CASES["mixture"](), callback=stop)
+    except Stop:
+        pass
+    out["resumed_at"] = saved["step"]
+    out["resumed"] = fit(CASES["mixture"](), state=KMeansState.from_state_dict(saved))
+
+    # the kernels alone, against torch on the same inputs
+    gen = torch.Generator().manual_seed(0)
+    n, d, L = 3000, 40, 11
+    x = torch.randn(n, d, generator=gen) * 3
+    x_sq = (x * x).sum(1)
+    d2 = torch.rand(n, generator=gen) * 40
+    nearest = torch.randint(0, 50, (n,), generator=gen)
+    closest = torch.rand(50, generator=gen) * 200
+    rho = 1e-3
+    cand = torch.randint(0, n, (L,), generator=gen)
+    cx = x[cand]
+    cx_sq = (cx * cx).sum(1)
+    largest = torch.tensor([x_sq.max(), -1.0, 0.0], dtype=torch.float64)
+    new = torch.full((n, seeding_kernel.candidate_columns(L)), float("nan"))
+    gains = seeding_kernel.score_candidates(
+        x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, new)
+    err5 = 20 * rho * max(float(x_sq.max()), float(cx_sq.max()))
+    keep = closest.double()[nearest] < 4 * d2.double() + err5
+    ref = (torch.addmm(cx_sq, x, cx.T, alpha=-2) + x_sq[:, None]).clamp(min=0)
+    ref = torch.minimum(ref, d2[:, None])
+    ref_gains = ((d2.double()[:, None] - ref.double()) * keep.double()[:, None]).sum(0)
+    best = ref_gains.argmax().view(1)
+    total = torch.tensor([2.5], dtype=torch.float64)
+    centers, c_sq = torch.zeros(90, d), torch.zeros(90)
+    chosen, totals = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    record = (centers, c_sq, chosen, totals)
+    d2_out, nearest_out = d2.clone(), nearest.clone()
+    seeding_kernel.move_rows(d2_out, nearest_out, closest, largest, rho, cx, cx_sq, new, best,
+                             cand, total, record, 77, 0)
+    b = int(best)
+    moved = keep & (ref[:, b] < d2)
+    want_d2 = torch.where(moved, ref[:, b], d2)
+    want_d2[cand[b]] = 0
+    want_nearest = torch.where(moved, 77, nearest)
+    want_nearest[cand[b]] = 77
+    stay_d2, stay_nearest = torch.zeros_like(d2), nearest.clone()  # a zero total: all stays
+    seeding_kernel.move_rows(stay_d2, stay_nearest, closest, largest, rho, cx, cx_sq, new, best,
+                             cand, total * 0, record, 5, 1)
+    out["kernels"] = {
+        "kept": int(keep.sum()),
+        "unwritten_nan": bool(new[~keep].isnan().all()),
+        "written": bool(not new[keep][:, :L].isnan().any()),
+        "new_error": float((new[keep][:, :L] - ref[keep]).abs().max()),
+        "gain_error": float(((gains - ref_gains).abs() / ref_gains.abs().max()).max()),
+        "argmax_equal": int(gains.argmax()) == int(best),
+        "d2_equal": bool(torch.equal(d2_out, want_d2)),
+        "nearest_equal": bool(torch.equal(nearest_out, want_nearest)),
+        "recorded": bool(torch.equal(centers[77], cx[b]) and c_sq[77] == cx_sq[b]
+                         and chosen[0] == cand[b] and totals.tolist() == [2.5, 0.0, 0.0]
+                         and largest[1] == max(float(x_sq.max()), float(cx_sq[b]))
+                         and torch.equal(centers[5], cx[b]) and largest[2] == largest[1]),
+        "zero_total_unchanged": bool(torch.equal(stay_nearest, nearest) and not stay_d2.any()),
+    }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    here = os.path.dirname(__file__)
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERPRETED, here],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _plain(x: np.ndarray) -> KMeans:
+    return KMeans(K, n_iters=0, random_state=3).fit(x)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_seeding_chooses_the_rows_of_the_plain_cpu_seeding(
+    interpreted: dict, case: str
+) -> None:
+    ref, got = _plain(CASES[case]()), interpreted[case]
+    np.testing.assert_array_equal(got["init"], ref.init_indices_)
+    np.testing.assert_array_equal(np.asarray(got["centers"], np.float32), ref.cluster_centers_)
+
+
+def test_fused_steps_run_in_batches_with_one_callback_each(interpreted: dict) -> None:
+    """Centre 0 is the plain first draw; then batches of 64 (all 39 steps in one)."""
+    got = interpreted["mixture"]
+    assert got["callbacks"] == [1, K]
+    assert (got["fused"], got["plain"]) == (1, 0)
+    small = interpreted["batches_of_7"]
+    assert small["callbacks"] == [1, *range(8, K, 7), K]
+    np.testing.assert_array_equal(small["init"], got["init"])
+
+
+def test_a_zero_potential_hands_the_remaining_steps_to_the_plain_path(interpreted: dict) -> None:
+    """36 distinct points, 40 centres: the fused batch keeps 35 (36 centres in all), the
+    steps after are undone and chosen by the plain step, as on the CPU."""
+    got = interpreted["ties"]
+    assert got["fused"] == 1 and got["plain"] == K - 36
+
+
+def test_fused_seeding_resumes_from_a_saved_batch(interpreted: dict) -> None:
+    assert interpreted["resumed_at"] == 15  # saved at the end of the third batch of 7
+    np.testing.assert_array_equal(
+        interpreted["resumed"]["init"], _plain(CASES["mixture"]()).init_indices_
+    )
+
+
+def test_the_kernels_score_and_move_exactly_the_rows_the_bounds_keep(interpreted: dict) -> None:
+    got = interpreted["kernels"]
+    assert 0 < got["kept"] < 3000  # the bounds keep some rows and leave others out
+    assert got["unwritten_nan"] and got["written"]
+    assert got["new_error"] < 1e-3 and got["gain_error"] < 1e-6
+    assert got["argmax_equal"] and got["d2_equal"] and got["nearest_equal"]
+    assert got["zero_total_unchanged"] and got["recorded"]
+
+
+COMPILED = textwrap.dedent(
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from astrocurate.algorithms.kmeans import seeding_kernel as sk
+
+    def signature(fn, types):
+        return {name: types.get(name, "constexpr") for name in fn.arg_names}
+
+    f32, f64, i32, i64 = "*fp32", "*fp64", "i32", "*i64"
+    score = signature(sk._score_kernel, {
+        "x_ptr": f32, "x_sq_ptr": f32, "d2_ptr": f32, "nearest_ptr": i64, "closest_ptr": f32,
+        "largest_ptr": f64, "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "gains_ptr": f64,
+        "n": i32, "d": i32, "n_cand": i32, "rho20": "fp32", "stride_x": i32, "stride_c": i32})
+    move = signature(sk._move_kernel, {
+        "d2_ptr": f32, "nearest_ptr": i64, "closest_ptr": f32, "largest_ptr": f64,
+        "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "best_ptr": i64, "cand_ptr": i64,
+        "total_ptr": f64, "centers_ptr": f32, "c_sq_ptr": f32, "chosen_ptr": f64,
+        "totals_ptr": f64, "n": i32, "d": i32, "n_cand": i32, "rho20": "fp32", "step": i32,
+        "t": i32, "stride_c": i32, "stride_centers": i32})
+    tiles = {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}
+    for arch in (80, 90):
+        target = GPUTarget("cuda", arch, 32)
+        for precision in ("tf32", "ieee"):
+            src = ASTSource(sk._score_kernel, score, {**tiles, "PRECISION": precision})
+            assert triton.compile(src, target=target, options={"num_warps": 4}).asm["cubin"]
+        src = ASTSource(sk._move_kernel, move, tiles)
+        assert triton.compile(src, target=target, options={"num_warps": 4}).asm["cubin"]
+        print("compiled for sm_%d" % arch)
+    """
+)
+
+
+def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu(tmp_path) -> None:
+    """Triton compiles for a named GPU without one: the interpreter does not check types,
+    the compiler does (to PTX and SASS with the ptxas that Triton ships)."""
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["compiled", "for", "sm_80", "compiled", "for", "sm_90"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_seeding_on_cuda_chooses_the_plain_rows_and_waits_once_per_batch() -> None:
+    x = _mixture(20_000, 32, 50, 4)
+    k = 300
+    plain = KMeans(k, n_iters=0, random_state=5).fit(x)
+    rows = torch.from_numpy(x).cuda()
+    syncs: list[int] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        def count(state: KMeansState) -> None:
+            if state.phase == "init":
+                torch.cuda.set_sync_debug_mode("default")
+                syncs.append(len(caught))
+                caught.clear()
+                torch.cuda.set_sync_debug_mode("warn")
+
+        try:
+            fused = KMeans(k, n_iters=0, random_state=5, device="cuda").fit(rows, callback=count)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    np.testing.assert_array_equal(fused.init_indices_, plain.init_indices_)
+    assert len(syncs) == 1 + -(-(k - 1) // 64)  # the first centre, then batches of 64
+    assert max(syncs[2:]) <= 1

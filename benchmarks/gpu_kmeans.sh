@@ -4,16 +4,15 @@
 # /tmp/gpu_kmeans). Packages the machine lacks (lightly for pretraining, kymatio for the
 # scattering filters) can be put on PYTHONPATH, which is kept.
 #
-#   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernel,
+#   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernels,
 #                                             the feature loop's lagged copies, no wait in normalize
 #                                             or in pretraining steps
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
 #   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed (exit 3:
 #                                             stopped after STOP_AFTER s; run again to go on)
-#   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++, k=60k, with and without its
-#                                             bounds: on 3M x 384 (config A's level 1) and on
-#                                             300k x 384 (the size of its resampled pools)
+#   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++ with its bounds, k=60k on 300k x
+#                                             384: plain steps against the fused kernels
 #   bash benchmarks/gpu_kmeans.sh features    the percentiles (top-k vs sort), then the feature
 #                                             pipeline against the model alone
 #   bash benchmarks/gpu_kmeans.sh pretraining SimCLR/BYOL throughput against the bare step
@@ -26,7 +25,8 @@ case "${1:-}" in
     tests)
         nvidia-smi -L | tee "$out/tests.log"
         python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py tests/test_backbones.py \
-            tests/test_kmeans.py tests/test_features_loop.py tests/test_ssl.py -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
+            tests/test_kmeans.py tests/test_seeding_kernel.py tests/test_features_loop.py tests/test_ssl.py \
+            -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
         ;;
     iteration)
         python3 benchmarks/kmeans.py --device cuda --precision tf32 --iters 3 \
@@ -42,8 +42,8 @@ case "${1:-}" in
             --stop-after "${STOP_AFTER:-420}" 2>&1 | tee "$out/config_a.log"
         ;;
     seeding)
-        python3 benchmarks/seeding.py --device cuda --precision tf32 \
-            --case 3000000x384:60000 --case 300000x384:60000 2>&1 | tee "$out/seeding.log"
+        python3 benchmarks/seeding.py --device cuda --precision tf32 --path plain --path fused \
+            --case 300000x384:60000 2>&1 | tee "$out/seeding.log"
         ;;
     features)
         python3 benchmarks/normalization.py --device cuda --batch 1024 --repeat 20 2>&1 \

@@ -17,6 +17,7 @@ Examples
 ``python benchmarks/seeding.py --case 100000x384:2000``
 ``python benchmarks/seeding.py --device cuda --precision tf32 --case 3000000x384:60000``
 ``python benchmarks/seeding.py --dispatch``               operators run per centre (CPU profile)
+``python benchmarks/seeding.py --device cuda --path plain --path fused``   the fused kernels
 
 ``--dispatch`` counts, on a small case, the operators each greedy step dispatches (views and
 allocations left out): on a GPU each is a kernel launch, and with ~1 ms per centre a step is
@@ -47,12 +48,12 @@ from astrocurate.algorithms.kmeans.assignment import fused_seeding
 from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
 from astrocurate.algorithms.kmeans.rows import resolve_device
 
-#: The seedings compared: (label, bounds, fused steps allowed).
-PATHS = [
-    ("no bounds", False, False),
-    ("bounds, plain steps", None, False),
-    ("bounds, fused kernels", None, True),
-]
+#: The seedings compared, by ``--path`` name: (label, bounds, fused steps allowed).
+PATHS = {
+    "none": ("no bounds", False, False),
+    "plain": ("bounds, plain steps", None, False),
+    "fused": ("bounds, fused kernels", None, True),
+}
 
 
 @contextlib.contextmanager
@@ -234,7 +235,7 @@ def dispatch(case: tuple[int, int, int], seed: int) -> None:
     x = rng.normal(size=(n, d)) + rng.integers(0, 50, (n, 1)) * 3
     x = torch.from_numpy(x.astype(np.float32))
     print(f"operators per centre, {n:,} x {d}, k={k:,}, on the CPU ({seeding.__file__})")
-    for label, bounds, fused in PATHS:
+    for label, bounds, fused in PATHS.values():
         counter = _count(x, k, bounds, fused, seed)
         top = ", ".join(f"{name} {c / (k - 1):.2f}" for name, c in counter.ops.most_common(8))
         print(
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tmp", type=Path, default=None, help="where the data file goes")
     parser.add_argument("--dispatch", action="store_true", help="count operators per centre")
+    parser.add_argument(
+        "--path", action="append", choices=list(PATHS), help="seedings to run (default: all)"
+    )
     args = parser.parse_args(argv)
     if args.dispatch:
         if os.environ.get("TRITON_INTERPRET") != "1":  # before Triton wraps the kernels
@@ -276,18 +280,18 @@ def main(argv: list[str] | None = None) -> int:
                 "candidates per centre)",
                 flush=True,
             )
-            full = None
-            for label, bounds, fused in PATHS:
+            base = None
+            for label, bounds, fused in (PATHS[name] for name in args.path or PATHS):
                 if fused and not fused_seeding(device, torch.float32):
                     print(f"  {label:<22} not on {device} (float32 on CUDA with Triton)")
                     continue
                 run = run_seeding(x, k, bounds, fused, device, args.precision, args.seed)
-                report(label, run, n, full)
-                if full is None:
-                    full = run
+                report(label, run, n, base)
+                if base is None:
+                    base = {**run, "label": label}
                 else:
-                    same = np.array_equal(full["init"], run["init"])
-                    print(f"  {'':<22} the initial rows of no bounds: {same}", flush=True)
+                    same = np.array_equal(base["init"], run["init"])
+                    print(f"  {'':<22} the initial rows of {base['label']}: {same}", flush=True)
     print("load average at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     return 0
 

@@ -232,7 +232,8 @@ class KMeans:
     Notes
     -----
     Checkpointing: ``fit(X, callback=f)`` calls ``f(state)`` after every k-means++ centre
-    and every Lloyd update with the live :class:`KMeansState`; ``f`` may save
+    (after every batch of up to 64 where the fused steps run, see below) and every Lloyd
+    update with the live :class:`KMeansState`; ``f`` may save
     ``state.state_dict()`` (every N steps, say), and ``fit(X, state=...)`` with the state
     restored by :meth:`KMeansState.from_state_dict` resumes to the same result. The work is
     split into small steps over that state (``_init_state``, :class:`GreedySeeding` steps,
@@ -252,7 +253,11 @@ class KMeans:
     bounds keep each row's nearest chosen centre (8 bytes per row) and score only the
     rows that the triangle inequality cannot rule out (``GreedySeeding.seeding_rows``): once the
     centres are dense, a few per cent of the rows per centre; the step then costs one
-    ``n_candidates x step`` product and a few passes over ``n`` scalars. A Lloyd
+    ``n_candidates x step`` product and a few passes over ``n`` scalars. In one process,
+    with float32 rows held whole on CUDA, the steps after the first run in two Triton
+    kernels (:mod:`~astrocurate.algorithms.kmeans.seeding_kernel`: the bounds test, the
+    scoring and the update of ``D^2``) with the winner chosen on the device, so the host
+    reads the device once per batch of 64 centres instead of twice per centre. A Lloyd
     iteration is one pass whose cost is the ``n x k x d`` matrix product, done in blocks.
     With ``bounds`` (Yinyang-style: centres in ``min(64, k // 10)`` groups, one lower
     bound per row and group, 4 bytes each) only the rows whose bounds do not prove their
@@ -330,8 +335,9 @@ class KMeans:
             Continue a fit from this state (e.g. restored from a checkpoint) instead of
             starting afresh; it must come from the same parameters and ``X``.
         callback : callable, optional
-            Called with the live :class:`KMeansState` after each k-means++ centre and after
-            each Lloyd update (e.g. to checkpoint every N steps).
+            Called with the live :class:`KMeansState` after each k-means++ centre (each
+            batch of centres where the fused steps run) and after each Lloyd update (e.g.
+            to checkpoint every N steps).
 
         Returns
         -------

@@ -199,10 +199,16 @@ class _Dispatched(TorchDispatchMode):
         return Launcher()
 
     def restart(self, state: KMeansState) -> None:
-        """A ``KMeans`` callback: count from the second centre on."""
+        """A ``KMeans`` callback: count from the second centre on, stop at the last."""
         if state.phase == "init" and state.step == 1:
             self.ops.clear()
             self.reads.count = 0
+        elif state.phase == "init" and state.step == len(state.centers):
+            raise _SeededError
+
+
+class _SeededError(Exception):
+    """Every centre is chosen: what is counted is done (no Lloyd pass)."""
 
 
 def _count(x: torch.Tensor, k: int, bounds: bool | None, fused: bool, seed: int) -> _Dispatched:
@@ -215,7 +221,7 @@ def _count(x: torch.Tensor, k: int, bounds: bool | None, fused: bool, seed: int)
     for name, kernel in kernels.items():
         setattr(seeding_kernel, name, counter.launches(kernel, name.strip("_")))
     try:
-        with _fused_steps(fused), counter, counter.reads:
+        with _fused_steps(fused), counter, counter.reads, contextlib.suppress(_SeededError):
             KMeans(k, n_iters=0, random_state=seed, bounds=bounds).fit(x, callback=counter.restart)
     finally:
         for name, kernel in kernels.items():

@@ -9,6 +9,10 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
   through) are printed apart, and so is the rate over the whole run, start-up included
   (``whole run``, the figure given before): a short run pays the start-up once, a run over
   millions of cutouts hardly at all. ``pipe/model`` and ``pipe/naive`` are of the steady state;
+- loader: the stage's loader alone (workers read the batches, pinned, copied to the device),
+  steady images/s: the most the pipeline can get from reading;
+- prep+model: raw cutouts already on the device, prepared (normalised, resized,
+  standardised) and run through the model: the most the pipeline can get on the device;
 - model only: the same model on preprocessed images already in memory (the compute limit);
 - naive: one cutout at a time (read, normalise, resize, forward), as a simple script would;
 - ceiling: the machine's best dense fp32/bf16 matrix-multiply rate divided by the model's
@@ -39,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +58,7 @@ from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E4
 from astrocurate.stages.feature_extraction.extraction import (  # noqa: E402
     FeatureModel,
     _features_of,
+    cutout_loader,
     plan_batches,
 )
 from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL  # noqa: E402
@@ -136,35 +142,72 @@ def time_pipeline(
     whole : float
         Images/s over the whole run, start-up included (the figure given before).
     """
-    from astrocurate.io.cutout_store import read_manifest
     from astrocurate.stages.feature_extraction.run import FeatureOptions
 
-    sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
-    rows = np.arange(min(n_rows, len(sizes)))
-    batches = plan_batches(sizes, rows, batch_size)
+    batches = _batches(directory, batch_size, n_rows)
     with tempfile.TemporaryDirectory() as tmp:
         out = np.lib.format.open_memmap(
-            Path(tmp) / "f.npy", mode="w+", dtype=np.float32, shape=(len(rows), model_dim(model))
+            Path(tmp) / "f.npy",
+            mode="w+",
+            dtype=np.float32,
+            shape=(sum(map(len, batches)), model_dim(model)),
         )
         options = FeatureOptions(precision="bf16" if device.type == "cuda" else "fp32")
-        warm = batches[: min(3, len(batches))]
-        for _ in _features_of(directory, warm, model, options, 0, device):
+        for _ in _features_of(directory, batches[:3], model, options, 0, device):  # warm-up
             pass
-        _sync(device)
-        start = time.perf_counter()
-        wave, done = max(1, workers), 0
-        first_at, first_rows = None, 0
-        for ids, feats in _features_of(directory, batches, model, options, workers, device):
-            out[ids] = feats
-            done, first_rows = done + 1, first_rows + len(ids) * (first_at is None)
-            if done == wave:
-                first_at = time.perf_counter()
-        _sync(device)
-        end = time.perf_counter()
-    whole = len(rows) / (end - start)
-    if first_at is None or len(rows) == first_rows:  # fewer batches than one wave
+
+        def written() -> Iterator[int]:
+            for ids, feats in _features_of(directory, batches, model, options, workers, device):
+                out[ids] = feats
+                yield len(ids)
+
+        return _steady_rate(written(), workers, device)
+
+
+def time_loader_only(
+    directory: Path, batch_size: int, workers: int, device: torch.device, n_rows: int
+) -> float:
+    """Steady images/s of the stage's loader alone: read, pinned, copied to the device."""
+    batches = _batches(directory, batch_size, n_rows)
+
+    def copied() -> Iterator[int]:
+        for ids, raw in cutout_loader(directory, batches, workers, device):
+            raw.to(device, non_blocking=True)
+            yield len(ids)
+
+    return _steady_rate(copied(), workers, device)[1]
+
+
+def _batches(directory: Path, batch_size: int, n_rows: int) -> list[np.ndarray]:
+    from astrocurate.io.cutout_store import read_manifest
+
+    sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
+    return plan_batches(sizes, np.arange(min(n_rows, len(sizes))), batch_size)
+
+
+def _steady_rate(
+    batch_rows: Iterator[int], workers: int, device: torch.device
+) -> tuple[float, float, float]:
+    """``(startup s, steady images/s, whole-run images/s)`` of a loop yielding its batches' rows.
+
+    The start-up is the time to the end of the first wave, one batch per worker; the steady
+    rate counts the rows after it (see :func:`time_pipeline`).
+    """
+    _sync(device)
+    start = time.perf_counter()
+    wave, done, rows = max(1, workers), 0, 0
+    first_at, first_rows = None, 0
+    for n in batch_rows:
+        done, rows = done + 1, rows + n
+        first_rows += n * (first_at is None)
+        if done == wave:
+            first_at = time.perf_counter()
+    _sync(device)
+    end = time.perf_counter()
+    whole = rows / (end - start)
+    if first_at is None or rows == first_rows:  # fewer batches than one wave
         return end - start, whole, whole
-    return first_at - start, (len(rows) - first_rows) / (end - first_at), whole
+    return first_at - start, (rows - first_rows) / (end - first_at), whole
 
 
 def model_dim(model: FeatureModel) -> int:
@@ -173,23 +216,29 @@ def model_dim(model: FeatureModel) -> int:
         return int(model(model.prepare(probe)).shape[1])
 
 
-def time_model_only(directory, model, batch_size, device, n_rows) -> float:
-    """Images/s of the model on prepared images already on the device."""
+def time_model_only(directory, model, batch_size, device, n_rows, prepare=False) -> float:
+    """Images/s of the model on images already on the device: prepared ones, or raw cutouts
+    prepared in the loop (``prepare``: normalisation, resizing, standardisation)."""
     from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     n = min(n_rows, len(reader), 20 * batch_size)
-    raw = torch.from_numpy(reader.read(np.arange(min(batch_size, n))))
+    raw = torch.from_numpy(reader.read(np.arange(min(batch_size, n)))).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     with torch.inference_mode():
-        images = model.prepare(raw.to(device))
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-        with autocast:
-            model(images)
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(max(1, n // len(images))):
-                model(images)
-            _sync(device)
+        images = model.prepare(raw)
+
+        def step() -> None:
+            batch = model.prepare(raw) if prepare else images
+            with autocast:
+                model(batch)
+
+        step()
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(max(1, n // len(images))):
+            step()
+        _sync(device)
     return max(1, n // len(images)) * len(images) / (time.perf_counter() - start)
 
 
@@ -269,6 +318,7 @@ def speed(args, directory: Path, device: torch.device) -> None:
     print(f"dense matrix multiply: {gemm / 1e9:.0f} GFLOP/s")
     print(
         f"{'model':<40}{'size':>5}{'pipeline':>10}{'start s':>9}{'whole run':>11}"
+        f"{'loader':>9}{'prep+model':>12}"
         f"{'model only':>12}{'naive':>9}{'pipe/model':>11}{'pipe/naive':>11}"
         f"{'GFLOP/img':>10}{'ceiling':>9}{'ceil/naive':>11}"
     )
@@ -278,6 +328,8 @@ def speed(args, directory: Path, device: torch.device) -> None:
         startup, pipeline, whole = time_pipeline(
             directory, model, args.batch_size, args.workers, device, args.rows
         )
+        loader = time_loader_only(directory, args.batch_size, args.workers, device, args.rows)
+        prepared = time_model_only(directory, model, args.batch_size, device, args.rows, True)
         alone = time_model_only(directory, model, args.batch_size, device, args.rows)
         naive = time_naive(directory, model, device, args.naive_rows)
         # FFT-based scattering: torch's counter sees no FFT FLOPs, so no ceiling is given
@@ -289,7 +341,7 @@ def speed(args, directory: Path, device: torch.device) -> None:
         rates[label] = pipeline, alone
         print(
             f"{label:<40}{size:>5}{pipeline:>10.0f}{startup:>9.2f}{whole:>11.0f}"
-            f"{alone:>12.0f}{naive:>9.0f}"
+            f"{loader:>9.0f}{prepared:>12.0f}{alone:>12.0f}{naive:>9.0f}"
             f"{pipeline / alone:>11.2f}{pipeline / naive:>11.1f}{ceiling}"
         )
     if args.kymatio:
@@ -385,6 +437,7 @@ def main() -> None:
     parser.add_argument("--default-only", action="store_true", help="time the default only")
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
     parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic 64-px cutouts")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0)
@@ -392,6 +445,8 @@ def main() -> None:
     parser.add_argument("--naive-rows", type=int, default=200)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="astrocurate-features-"))
     print(

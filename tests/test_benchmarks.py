@@ -122,6 +122,23 @@ def test_seeding_benchmark_counts_operators_per_centre(tmp_path: Path) -> None:
     assert fused_ops < counts["bounds, plain steps"][0] and fused_reads < 0.5  # one per batch
 
 
+def test_features_benchmark_times_each_part_of_the_pipeline(tmp_path: Path) -> None:
+    """The columns that tell, on a GPU, whether reading, preparing or the model limits."""
+    out = run_benchmark(
+        "features.py", "--speed", "--default-only", "--synthetic", "600", "--rows", "512",
+        "--batch-size", "64", "--workers", "1", "--naive-rows", "4",
+        "--workdir", str(tmp_path / "work"), tmp_path=tmp_path,
+    )  # fmt: skip
+    header = next(line for line in out.splitlines() if line.startswith("model "))
+    row = next(line for line in out.splitlines() if line.startswith("scattering-j4-rot"))
+    columns = header.replace("start s", "start_s").replace("whole run", "whole_run")
+    values = dict(
+        zip(columns.replace("model only", "model_only").split(), row.split(), strict=True)
+    )
+    for column in ("pipeline", "loader", "prep+model", "model_only", "pipe/model"):
+        assert float(values[column]) > 0, (column, row)
+
+
 def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:
     out = run_benchmark("batch_invariance.py", "--n", "5", tmp_path=tmp_path)
     assert "max |difference| against one batch of 5" in out

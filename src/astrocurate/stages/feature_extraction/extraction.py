@@ -267,19 +267,29 @@ def _block_len(start: int, block_rows: int, n_rows: int) -> int:
     return min(block_rows, n_rows - start)
 
 
-def _features_of(merged_dir, batches, model, options, workers, device):
-    """Yield (cutout ids, features as float32 numpy) batch by batch, in order.
+def cutout_loader(
+    merged_dir: Path, batches: list[np.ndarray], workers: int, device: torch.device
+) -> torch.utils.data.DataLoader:
+    """Return the stage's loader: ``(ids, raw cutouts)`` per batch, read by ``workers``.
 
-    On CUDA a batch's features are yielded once the next batch is queued on the device,
-    so the device never waits for the host to copy them back (:class:`_HostFeatures`).
+    Batches come in order, four per worker read ahead, in pinned memory for CUDA.
     """
-    loader = torch.utils.data.DataLoader(
+    return torch.utils.data.DataLoader(
         CutoutBatches(merged_dir, batches),
         batch_size=None,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
+
+
+def _features_of(merged_dir, batches, model, options, workers, device):
+    """Yield (cutout ids, features as float32 numpy) batch by batch, in order.
+
+    On CUDA a batch's features are yielded once the next batch is queued on the device,
+    so the device never waits for the host to copy them back (:class:`_HostFeatures`).
+    """
+    loader = cutout_loader(merged_dir, batches, workers, device)
     autocast = _autocast(device, options.precision)
 
     def computed() -> Iterator[_HostFeatures]:

@@ -72,6 +72,7 @@ INTERPRETED = textwrap.dedent(
                 "callbacks": callbacks, **calls}
 
     out = {name: fit(make()) for name, make in CASES.items()}
+    out["column_major"] = fit(torch.from_numpy(np.asfortranarray(CASES["mixture"]())))
     seeding.FUSED_BATCH = 7
     out["batches_of_7"] = fit(CASES["mixture"]())
     saved = {}
@@ -172,6 +173,12 @@ def test_fused_seeding_chooses_the_rows_of_the_plain_cpu_seeding(
     ref, got = _plain(CASES[case]()), interpreted[case]
     np.testing.assert_array_equal(got["init"], ref.init_indices_)
     np.testing.assert_array_equal(np.asarray(got["centers"], np.float32), ref.cluster_centers_)
+
+
+def test_rows_not_contiguous_take_the_plain_steps(interpreted: dict) -> None:
+    got = interpreted["column_major"]
+    assert (got["fused"], got["plain"]) == (0, K - 1)
+    np.testing.assert_array_equal(got["init"], interpreted["mixture"]["init"])
 
 
 def test_fused_steps_run_in_batches_with_one_callback_each(interpreted: dict) -> None:

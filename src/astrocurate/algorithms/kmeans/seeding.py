@@ -133,7 +133,8 @@ class GreedySeeding:
         """Whether :meth:`fused_steps` can choose the next centres.
 
         One process, float32 rows held whole on CUDA (or on the CPU under Triton's
-        interpreter), the bounds on and started (after the first centre).
+        interpreter), each row contiguous, the bounds on and started (after the first
+        centre).
         """
         return (
             comm.world == 1
@@ -141,6 +142,7 @@ class GreedySeeding:
             and fused_seeding(self.device, self.dtype)
             and self.error_factor(local) is not None
             and local.full is not None
+            and local.full.stride(1) == 1
         )
 
     def fused_steps(self, local: Rows, state: SeedingState, count: int) -> int:

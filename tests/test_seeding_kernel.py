@@ -125,8 +125,8 @@ INTERPRETED = textwrap.dedent(
     want_nearest = torch.where(moved, 77, nearest)
     want_nearest[cand[b]] = 77
     stay_d2, stay_nearest = torch.zeros_like(d2), nearest.clone()  # a zero total: all stays
-    seeding_kernel.move_rows(stay_d2, stay_nearest, closest, largest, rho, cx, cx_sq, new, best,
-                             cand, total * 0, record, 5, 1)
+    seeding_kernel.move_rows(stay_d2, stay_nearest, closest, largest[1:], rho, cx, cx_sq, new,
+                             best, cand, total * 0, record, 5, 1)
     out["kernels"] = {
         "kept": int(keep.sum()),
         "unwritten_nan": bool(new[~keep].isnan().all()),

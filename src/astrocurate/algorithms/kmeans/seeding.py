@@ -125,7 +125,7 @@ class GreedySeeding:
             self.step(rows, local, comm, state)
             return
         left = min(FUSED_BATCH, self.n_clusters - state.step)
-        done = self.fused_steps(local, state, left)
+        done = self.fused_steps(local, comm, state, left)
         for _ in range(left - done):  # the potential fell to zero: the plain steps handle it
             self.step(rows, local, comm, state)
 
@@ -145,7 +145,7 @@ class GreedySeeding:
             and local.full.stride(1) == 1
         )
 
-    def fused_steps(self, local: Rows, state: SeedingState, count: int) -> int:
+    def fused_steps(self, local: Rows, comm: Comm, state: SeedingState, count: int) -> int:
         """Choose ``count`` centres in the fused kernels, reading the device once at the end.
 
         Each step draws its candidates from the host's generator as :meth:`step` does
@@ -167,55 +167,26 @@ class GreedySeeding:
         d2, nearest, centers = state.min_sq_distances, state.nearest_centers, state.centers
         rho, block_rows = self.error_factor(local), self._blocks(k)[0]
         x_sq = local.sq_norms(block_rows)
-        c_sq = torch.empty(len(centers), dtype=centers.dtype, device=x.device)
-        c_sq[:first] = (centers[:first] * centers[:first]).sum(dim=1)
-        # largest[t]: the largest |x|^2 of a row or a centre chosen before step t of the batch
-        largest = torch.empty(count + 1, dtype=torch.float64, device=x.device)
-        largest[0] = torch.maximum(local.largest_sq_norm(block_rows), c_sq[:first].max())
-        new = torch.empty((local.n, kernels.candidate_columns(k)), dtype=d2.dtype, device=x.device)
-        chosen = torch.empty(count, dtype=torch.float64, device=x.device)
-        totals = torch.empty(count, dtype=torch.float64, device=x.device)
-        record = (centers, c_sq, chosen, totals)
-        draws = torch.empty((count, k), dtype=torch.float64, pin_memory=x.is_cuda)
-        drawn, generator_states = draws.numpy(), []
+        batch = _FusedBatch.allocate(local, state, count, k, block_rows)
+        drawn, generator_states = batch.draws.numpy(), []
         for t in range(count):
             step = first + t
             generator_states.append(rng.bit_generator.state)
             drawn[t] = rng.random(k)
             cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
-            total = cums[-1:]
-            scaled = draws[t].to(x.device, non_blocking=True).mul_(total)
-            cand = torch.searchsorted(cums, scaled.clamp_(max=total * _JUST_BELOW_ONE), right=True)
-            cand.clamp_(max=local.n - 1)
+            cand, total = self.draw(cums, batch.draws[t], comm)
             cx = torch.index_select(x, 0, cand)
             cx_sq = (cx * cx).sum(dim=1)
-            gaps = torch.addmm(c_sq[:step], cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
+            c_sq = batch.c_sq[:step]
+            gaps = torch.addmm(c_sq, cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
             closest = gaps.min(dim=0).values
-            gains = kernels.score_candidates(
-                x, x_sq, d2, nearest, closest, largest[t:], rho, cx, cx_sq, new
-            )
+            bounds = (d2, nearest, closest, batch.largest[t:], rho)
+            gains = kernels.score_candidates(x, x_sq, *bounds, cx, cx_sq, batch.new)
             best = gains.argmax().view(1)
             kernels.move_rows(
-                d2,
-                nearest,
-                closest,
-                largest,
-                rho,
-                cx,
-                cx_sq,
-                new,
-                best,
-                cand,
-                total,
-                record,
-                step,
-                t,
+                *bounds, cx, cx_sq, batch.new, best, cand, total, batch.record, step, t
             )
-        fetched = torch.cat([chosen, totals]).tolist()  # row indices < 2^53: exact
-        zero = [t for t in range(count) if fetched[count + t] == 0]
-        kept = zero[0] if zero else count
-        state.center_indices[first : first + kept] = fetched[:kept]
-        state.step = first + kept
+        kept = batch.kept(state)
         if kept < count:
             rng.bit_generator.state = generator_states[kept]
         return kept
@@ -230,7 +201,7 @@ class GreedySeeding:
         cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
         rng = state.rng
         before = rng.bit_generator.state
-        u = rng.random(n_candidates(self.n_clusters))
+        u = torch.from_numpy(rng.random(n_candidates(self.n_clusters)))
         cand, total = self.draw(cums, u, comm)
         if self.add_center(rows, local, comm, state, cand, d2, total):
             return
@@ -242,19 +213,22 @@ class GreedySeeding:
         self.add_center(rows, local, comm, state, cand, d2)
 
     @staticmethod
-    def draw(cums: torch.Tensor, u: np.ndarray, comm: Comm) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(cums: torch.Tensor, u: torch.Tensor, comm: Comm) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows where the cumulative potential first exceeds each ``u x total``.
 
-        ``cums`` holds this rank's cumulative ``D^2``, ``u`` uniform draws in [0, 1). Returns
-        the candidates' global row indices and the total potential, both on the device.
+        ``cums`` holds this rank's cumulative ``D^2``, ``u`` uniform draws in [0, 1) on the
+        host (float64; pinned, they are copied without a wait; ``u`` may be overwritten).
+        Returns the candidates' global row indices and the total potential (one element),
+        both on the device.
         """
         device = cums.device
         if comm.world == 1:
-            total = cums[-1]
+            total = cums[-1:]
             below = total * _JUST_BELOW_ONE  # the double just below a positive total
-            scaled = (torch.from_numpy(u).to(device, non_blocking=True) * total).clamp_(max=below)
+            scaled = u.to(device, non_blocking=True).mul_(total).clamp_(max=below)
             found = torch.searchsorted(cums, scaled, right=True)
             return found.clamp_(max=len(cums) - 1), total
+        u = u.numpy()
         offsets = np.zeros(comm.world + 1)  # where each rank's share of the potential starts
         np.cumsum(comm.gather(cums[-1:]), out=offsets[1:])
         total = float(offsets[-1])
@@ -269,7 +243,7 @@ class GreedySeeding:
             cand[where] = found + comm.start
         torch.distributed.all_reduce(cand, op=torch.distributed.ReduceOp.MAX)
         cand.clamp_(min=0)  # -1 (no rank's range) only when the total is 0: the step is redone
-        return cand, torch.tensor(total, dtype=torch.float64, device=device)
+        return cand, torch.tensor([total], dtype=torch.float64, device=device)
 
     def add_center(
         self,
@@ -308,7 +282,7 @@ class GreedySeeding:
             parts.append((where, new))
         # one read of the device: the gains, the candidates (exact: row indices < 2^53), the total
         known = [comm.sum_(gains), cand.double()]
-        fetched = torch.cat(known if total is None else [*known, total.view(1)]).tolist()
+        fetched = torch.cat(known if total is None else [*known, total]).tolist()
         if total is not None and fetched[-1] == 0:
             return False
         best = int(np.argmax(fetched[: len(cand)]))  # the first of equal gains, as torch's
@@ -374,3 +348,62 @@ class GreedySeeding:
 
     def _blocks(self, k: int) -> tuple[int, int]:
         return block_sizes(self.device, k, self.block_size, self.centroid_block_size)
+
+
+@dataclass
+class _FusedBatch:
+    """The device buffers of one batch of fused steps (:meth:`GreedySeeding.fused_steps`).
+
+    ``record`` is what the second kernel writes at each step: the centres and their
+    ``|c|^2`` (indexed by step), the chosen rows and the totals drawn from (by the step's
+    place ``t`` in the batch); ``largest[t]`` is the largest ``|x|^2`` of a row or a centre
+    chosen before step ``t``; ``new`` the kept rows' ``D^2`` with each candidate; ``draws``
+    the uniform draws, in pinned memory on CUDA.
+    """
+
+    record: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    largest: torch.Tensor
+    new: torch.Tensor
+    draws: torch.Tensor
+    first: int
+
+    @property
+    def c_sq(self) -> torch.Tensor:
+        return self.record[1]
+
+    @classmethod
+    def allocate(
+        cls, local: Rows, state: SeedingState, count: int, n_cand: int, block_rows: int
+    ) -> _FusedBatch:
+        """Return the buffers of ``count`` steps from ``state``, ``n_cand`` candidates each."""
+        from astrocurate.algorithms.kmeans.seeding_kernel import candidate_columns
+
+        centers, first, dev = state.centers, state.step, state.centers.device
+        c_sq = torch.empty(len(centers), dtype=centers.dtype, device=dev)
+        c_sq[:first] = (centers[:first] * centers[:first]).sum(dim=1)
+        largest = torch.empty(count + 1, dtype=torch.float64, device=dev)
+        largest[0] = torch.maximum(local.largest_sq_norm(block_rows), c_sq[:first].max())
+        d2 = state.min_sq_distances
+        return cls(
+            record=(
+                centers,
+                c_sq,
+                torch.empty(count, dtype=torch.float64, device=dev),  # chosen rows
+                torch.empty(count, dtype=torch.float64, device=dev),  # totals drawn from
+            ),
+            largest=largest,
+            new=torch.empty((local.n, candidate_columns(n_cand)), dtype=d2.dtype, device=dev),
+            draws=torch.empty((count, n_cand), dtype=torch.float64, pin_memory=dev.type == "cuda"),
+            first=first,
+        )
+
+    def kept(self, state: SeedingState) -> int:
+        """Read the batch back into ``state``: the steps before the first zero total."""
+        chosen, totals = self.record[2:]
+        count = len(chosen)
+        fetched = torch.cat([chosen, totals]).tolist()  # row indices < 2^53: exact
+        zero = [t for t in range(count) if fetched[count + t] == 0]
+        kept = zero[0] if zero else count
+        state.center_indices[self.first : self.first + kept] = fetched[:kept]
+        state.step = self.first + kept
+        return kept

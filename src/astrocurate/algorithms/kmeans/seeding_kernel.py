@@ -158,8 +158,8 @@ def _move_kernel(
     ``step`` as its nearest centre. The bounds test is :func:`_kept`'s on the same inputs,
     so it keeps the same rows as the scoring kernel. The first program also records the
     step: the winner as centre ``step`` (and its ``|c|^2``), its row in ``chosen[t]``, the
-    total in ``totals[t]``, and ``largest[t + 1]`` for the next step (``largest[t]`` is
-    what every program reads).
+    total in ``totals[t]``, and ``largest[1]`` for the next step (``largest[0]`` is what
+    every program reads).
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -168,7 +168,7 @@ def _move_kernel(
         d2_ptr,
         nearest_ptr,
         closest_ptr,
-        largest_ptr + t,
+        largest_ptr,
         cx_sq_ptr,
         n_cand,
         rho20,
@@ -192,7 +192,7 @@ def _move_kernel(
             tl.store(centers_ptr + step * stride_centers + f, row, mask=f < d)
         c_sq = tl.load(cx_sq_ptr + best)
         tl.store(c_sq_ptr + step, c_sq)
-        tl.store(largest_ptr + t + 1, tl.maximum(tl.load(largest_ptr + t), c_sq.to(tl.float64)))
+        tl.store(largest_ptr + 1, tl.maximum(tl.load(largest_ptr), c_sq.to(tl.float64)))
         tl.store(chosen_ptr + t, winner.to(tl.float64))
         tl.store(totals_ptr + t, total)
 
@@ -234,7 +234,8 @@ def score_candidates(
     closest : torch.Tensor, shape (step,), float32
         Per chosen centre, the squared distance to the nearest candidate as computed.
     largest : torch.Tensor, float64
-        ``largest[0]``: the largest ``|x|^2`` of a row or a chosen centre.
+        ``largest[0]``: the largest ``|x|^2`` of a row or a chosen centre (the batch's
+        buffer from this step on).
     rho : float
         The scores' rounding-error factor
         (:func:`~astrocurate.algorithms.kmeans.bounds.score_error_factor`).
@@ -302,8 +303,8 @@ def move_rows(
     ``best`` (int64, one element) indexes ``cand`` (the candidates' rows); ``total`` (one
     element) is the potential they were drawn from; ``record`` is ``(centers, c_sq,
     chosen, totals)``, written at ``step`` (the first two) and ``t`` (the others), and
-    ``largest[t + 1]`` is written. The other arguments are those given to
-    :func:`score_candidates` (``largest`` offset by ``t`` there), whose ``new`` this reads.
+    ``largest[1]`` is written. The other arguments are those given to
+    :func:`score_candidates`, whose ``new`` this reads.
     """
     centers, c_sq, chosen, totals = record
     n, block_rows = d2.shape[0], _block_rows()

@@ -20,7 +20,8 @@ from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
 from astrocurate.algorithms.kmeans.level import cluster_level, sort_clusters
 from astrocurate.algorithms.kmeans.seeding import GreedySeeding, n_candidates
 from astrocurate.errors import InvalidArgumentError
-from host_reads import HostReads
+from host_reads import CudaSyncsPerCallback, HostReads
+from kmeans_data import mixture, ties
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -373,30 +374,18 @@ def test_callback_sees_every_step() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def _mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    means = rng.normal(scale=3.0, size=(components, d))
-    return (means[rng.integers(components, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
-
-
-def _ties() -> np.ndarray:
-    """Integer points on a grid, many of them repeated: exact ties between centres."""
-    grid = np.array([[i, j] for i in range(6) for j in range(6)], np.float32)
-    return np.concatenate([grid, grid[::3], grid[::5], np.zeros((7, 2), np.float32)])
-
-
 BOUNDS_CASES = {
     "blobs": (blobs(n_per=80, k=6, d=5)[0], 9, {}),
-    "mixture-32d": (_mixture(1500, 32, 12, 2), 40, {}),
-    "mixture-blocks": (_mixture(700, 16, 6, 3), 25, {"block_size": 64, "centroid_block_size": 7}),
+    "mixture-32d": (mixture(1500, 32, 12, 2), 40, {}),
+    "mixture-blocks": (mixture(700, 16, 6, 3), 25, {"block_size": 64, "centroid_block_size": 7}),
     "unstructured": (unstructured(n=600, d=6), 30, {}),
-    "ties-duplicates": (_ties(), 8, {}),
-    "k1": (_mixture(300, 4, 3, 4), 1, {}),
-    "float64": (_mixture(800, 8, 5, 5).astype(np.float64), 20, {"dtype": "float64"}),
+    "ties-duplicates": (ties(), 8, {}),
+    "k1": (mixture(300, 4, 3, 4), 1, {}),
+    "float64": (mixture(800, 8, 5, 5).astype(np.float64), 20, {"dtype": "float64"}),
     "k-equals-n": (unstructured(n=40, d=3), 40, {}),
     # 30 groups of centres: rows are rescored against a few groups only
-    "many-groups": (_mixture(3000, 24, 40, 8), 300, {}),
-    "many-groups-blocks": (_mixture(2000, 24, 30, 9), 200, {"block_size": 300}),
+    "many-groups": (mixture(3000, 24, 40, 8), 300, {}),
+    "many-groups-blocks": (mixture(2000, 24, 30, 9), 200, {"block_size": 300}),
 }
 
 
@@ -422,10 +411,10 @@ def test_bounds_give_exactly_the_full_computation(case: str, init: str) -> None:
 
 
 SEEDING_CASES = {
-    "mixture-24d": (_mixture(3000, 24, 40, 8), 300, {}),
-    "mixture-blocks": (_mixture(2000, 24, 30, 9), 200, {"block_size": 300}),
-    "ties-duplicates": (_ties(), 40, {}),  # more centres than distinct points
-    "float64": (_mixture(2000, 8, 30, 5).astype(np.float64), 150, {"dtype": "float64"}),
+    "mixture-24d": (mixture(3000, 24, 40, 8), 300, {}),
+    "mixture-blocks": (mixture(2000, 24, 30, 9), 200, {"block_size": 300}),
+    "ties-duplicates": (ties(), 40, {}),  # more centres than distinct points
+    "float64": (mixture(2000, 8, 30, 5).astype(np.float64), 150, {"dtype": "float64"}),
 }
 
 
@@ -487,28 +476,13 @@ def test_a_greedy_seeding_step_on_cuda_synchronises_at_most_twice(
 ) -> None:
     """The same as the host reads above, counted by CUDA itself (sync debug mode), for the
     plain step (the fused steps: tests/test_seeding_kernel.py)."""
-    import warnings
-
     monkeypatch.setattr(GreedySeeding, "fused", lambda *args: False)
-
     x, k, _ = SEEDING_CASES["mixture-24d"]
-    rows = torch.from_numpy(x).cuda()
-    per_step: list[int] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-
-        def count(state: KMeansState) -> None:
-            if state.phase == "init":
-                torch.cuda.set_sync_debug_mode("default")
-                per_step.append(len(caught))
-                caught.clear()
-                torch.cuda.set_sync_debug_mode("warn")
-
-        try:
-            KMeans(k, n_iters=0, random_state=5, device="cuda").fit(rows, callback=count)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    assert len(per_step) == k and max(per_step[2:]) <= 2
+    with CudaSyncsPerCallback() as syncs:
+        KMeans(k, n_iters=0, random_state=5, device="cuda").fit(
+            torch.from_numpy(x).cuda(), callback=syncs
+        )
+    assert len(syncs.counts) == k and max(syncs.counts[2:]) <= 2
 
 
 def test_resume_mid_seeding_with_bounds_gives_the_same_result() -> None:
@@ -532,7 +506,7 @@ def test_resume_mid_seeding_with_bounds_gives_the_same_result() -> None:
 
 
 def test_rescoring_in_small_batches_gives_the_same_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    x = _mixture(2500, 16, 30, 10)
+    x = mixture(2500, 16, 30, 10)
     ref = KMeans(250, n_iters=12, random_state=2).fit(x)
     assert any(0 < r < len(x) for r in ref.n_recomputed_[1:])  # some rows rescored, not all
     monkeypatch.setattr(km_bounds, "_RESCORE_ROWS", 37)  # many flushes, across blocks
@@ -552,7 +526,7 @@ def test_moved_down_never_exceeds_the_exact_difference() -> None:
     assert float((exact - got).max()) < 1e-4  # and only an ulp or two below
 
 
-def test_bounds_with_duplicate_centres_keep_the_first_on_ties() -> None:
+def test_bounds_with_duplicate_centres_keep_the_first_onties() -> None:
     x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]], np.float32)
     centers = [[1.0], [1.0], [10.0], [10.0], [50.0]]  # two exact duplicates, one far away
     first = KMeans(5, n_iters=0).fit(x, state=lloyd_state(x, centers))
@@ -568,7 +542,7 @@ def test_bounds_with_duplicate_centres_keep_the_first_on_ties() -> None:
 
 
 def test_bounds_skip_most_rows_in_late_iterations() -> None:
-    x = _mixture(4000, 16, 10, 7)
+    x = mixture(4000, 16, 10, 7)
     km = KMeans(10, n_iters=20, random_state=1).fit(x)
     assert km.n_recomputed_[0] == len(x)  # the first pass computes everything
     late = km.n_recomputed_[-5:]
@@ -608,7 +582,7 @@ def test_score_error_factor() -> None:
     f64 = km_bounds.score_error_factor(torch.float64, 384, torch.device("cpu"))
     assert 384 * 2**-24 < f32 < 1e-4 and f64 < 1e-13
     assert km_bounds.score_error_factor(torch.bfloat16, 384, torch.device("cpu")) is None
-    x = _mixture(200, 8, 3, 9).astype(np.float16)
+    x = mixture(200, 8, 3, 9).astype(np.float16)
     km = KMeans(4, n_iters=3, random_state=0, dtype="float16").fit(x)
     assert km.n_recomputed_ == []  # 16-bit compute dtypes are not pruned
 

@@ -15,32 +15,21 @@ import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from astrocurate.algorithms.kmeans.estimator import KMeans, KMeansState
+from astrocurate.algorithms.kmeans.estimator import KMeans
+from host_reads import CudaSyncsPerCallback
+from kmeans_data import mixture, ties
 
 pytest.importorskip("triton")
 
 K = 40
 
 
-def _mixture(n: int, d: int, components: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    means = rng.normal(scale=3.0, size=(components, d))
-    return (means[rng.integers(components, size=n)] + rng.normal(size=(n, d))).astype(np.float32)
-
-
-def _ties() -> np.ndarray:
-    """36 distinct grid points, many repeated: 40 centres exhaust the potential."""
-    grid = np.array([[i, j] for i in range(6) for j in range(6)], np.float32)
-    return np.concatenate([grid, grid[::3], grid[::5], np.zeros((7, 2), np.float32)])
-
-
-CASES = {"mixture": lambda: _mixture(700, 24, 12, 8), "ties": _ties}
+CASES = {"mixture": lambda: mixture(700, 24, 12, 8), "ties": ties}
 
 INTERPRETED = textwrap.dedent(
     """
@@ -262,25 +251,13 @@ def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu(tmp_path) -> No
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fused_seeding_on_cuda_chooses_the_plain_rows_and_waits_once_per_batch() -> None:
-    x = _mixture(20_000, 32, 50, 4)
+    x = mixture(20_000, 32, 50, 4)
     k = 300
     plain = KMeans(k, n_iters=0, random_state=5).fit(x)
-    rows = torch.from_numpy(x).cuda()
-    syncs: list[int] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-
-        def count(state: KMeansState) -> None:
-            if state.phase == "init":
-                torch.cuda.set_sync_debug_mode("default")
-                syncs.append(len(caught))
-                caught.clear()
-                torch.cuda.set_sync_debug_mode("warn")
-
-        try:
-            fused = KMeans(k, n_iters=0, random_state=5, device="cuda").fit(rows, callback=count)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    with CudaSyncsPerCallback() as syncs:
+        fused = KMeans(k, n_iters=0, random_state=5, device="cuda").fit(
+            torch.from_numpy(x).cuda(), callback=syncs
+        )
     np.testing.assert_array_equal(fused.init_indices_, plain.init_indices_)
-    assert len(syncs) == 1 + -(-(k - 1) // 64)  # the first centre, then batches of 64
-    assert max(syncs[2:]) <= 1
+    assert len(syncs.counts) == 1 + -(-(k - 1) // 64)  # the first centre, then batches of 64
+    assert max(syncs.counts[2:]) <= 1

@@ -13,6 +13,7 @@ Usage::
     python benchmarks/cutouts.py                       # 8 mosaics of 8192 px (~2.1 GB)
     python benchmarks/cutouts.py --mosaics 2 --size 2048 --workdir /tmp/bench   # quick look
     python benchmarks/cutouts.py --baseline ca012ff   # also astrocurate as of a commit
+    python benchmarks/cutouts.py --cold --read-ratio 4   # the virtual run against one read
 
 Prints cutouts/s, MB/s, files written and peak memory per variant, the ratios
 between them, the load average before and after, the disk's synced sequential write
@@ -248,6 +249,32 @@ def _load(averages: tuple[float, float, float]) -> str:
     return " ".join(f"{a:.2f}" for a in averages)
 
 
+def read_ratios(
+    args: argparse.Namespace, survey: Path, workdir: Path, files: list[Path], env: dict
+) -> None:
+    """Time reading ``files`` once, then the virtual run, ``args.read_ratio`` times in turn.
+
+    The goal (virtual run within 1.5x of one read) depends on the disk of the moment, so
+    several turns show its spread; with ``--cold`` each read and each run starts from an
+    empty page cache.
+    """
+    print(f"load average before: {_load(os.getloadavg())}; {os.cpu_count()} cores")
+    for turn in range(args.read_ratio):
+        cold = args.cold and drop_page_cache()
+        read_once = read_once_seconds(files)
+        if cold:
+            drop_page_cache()
+        out = workdir / "out-virtual"
+        run = measure("virtual", survey, out, args.window, args.overlap, env, ROOT / "src")
+        print(
+            f"turn {turn + 1}: read {len(files)} files once {read_once:.2f} s "
+            f"({'from the disk' if cold else 'page cache warm'}), virtual run "
+            f"{run['seconds']:.2f} s: {run['seconds'] / read_once:.2f}x (goal <= 1.5)",
+            flush=True,
+        )
+    print(f"load average after: {_load(os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="keeps the survey between runs")
@@ -260,6 +287,13 @@ def main() -> None:
         "--cold",
         action="store_true",
         help="drop the page cache (root) before the read-once time and before every variant",
+    )
+    parser.add_argument(
+        "--read-ratio",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the virtual store against reading its files once, N times in turn",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)
@@ -292,6 +326,9 @@ def main() -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"}
     os.environ.update({"MLFLOW_TRACKING_URI": store_uri, "MLFLOW_EXPERIMENT_NAME": "benchmarks"})
 
+    if args.read_ratio:
+        read_ratios(args, survey, workdir, read_by_a_cut, env)
+        return
     load_before = os.getloadavg()
     disk = sequential_write_mb_s(workdir)
     sources = {"": ROOT / "src"}

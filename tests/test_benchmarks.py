@@ -17,10 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_benchmark(script: str, *args: str, tmp_path: Path, status: int = 0) -> str:
+def run_benchmark(
+    script: str, *args: str, tmp_path: Path, status: int = 0, threads: bool = True
+) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    one_thread = ["--threads", "1"] if threads else []
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), "--threads", "1", *args],
+        [sys.executable, str(ROOT / "benchmarks" / script), *one_thread, *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -137,6 +140,16 @@ def test_features_benchmark_times_each_part_of_the_pipeline(tmp_path: Path) -> N
     )
     for column in ("pipeline", "loader", "prep+model", "model_only", "pipe/model"):
         assert float(values[column]) > 0, (column, row)
+
+
+def test_cutting_benchmark_times_the_virtual_run_against_one_read(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "cutouts.py", "--mosaics", "1", "--size", "512", "--read-ratio", "2",
+        "--workdir", str(tmp_path / "work"), tmp_path=tmp_path, threads=False,
+    )  # fmt: skip
+    turns = [line for line in out.splitlines() if line.startswith("turn ")]
+    assert len(turns) == 2 and all("(goal <= 1.5)" in line for line in turns), out
+    assert "read 2 files once" in turns[0]  # the mosaic and its rms map
 
 
 def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@
 #   bash benchmarks/gpu_kmeans.sh features    the percentiles (top-k vs sort), then the feature
 #                                             pipeline against the model alone
 #   bash benchmarks/gpu_kmeans.sh pretraining SimCLR/BYOL throughput against the bare step
+#   bash benchmarks/gpu_kmeans.sh pending     tests, seeding, features, pretraining in turn, each
+#                                             under its own time limit (about 9 minutes in all:
+#                                             one device call); then config-a in the next calls
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -54,8 +57,14 @@ case "${1:-}" in
     pretraining)
         python3 benchmarks/evaluation.py --throughput --device cuda 2>&1 | tee "$out/pretraining.log"
         ;;
+    pending)
+        for part in tests:120 seeding:150 features:150 pretraining:120; do
+            timeout "${part#*:}" bash "$0" "${part%%:*}"
+            echo "== ${part%%:*}: exit $?" | tee -a "$out/pending.log"
+        done
+        ;;
     *)
-        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a|seeding|features|pretraining" >&2
+        echo "usage: bash benchmarks/gpu_kmeans.sh tests|iteration|config-a|seeding|features|pretraining|pending" >&2
         exit 2
         ;;
 esac

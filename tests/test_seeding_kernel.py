@@ -29,7 +29,18 @@ pytest.importorskip("triton")
 K = 40
 
 
-CASES = {"mixture": lambda: mixture(700, 24, 12, 8), "ties": ties}
+def _repeated() -> np.ndarray:
+    """60 distinct points, each three times: 70 centres exhaust the potential (small
+    integers, so that a copy's squared distance to its chosen twin is exactly 0)."""
+    return np.repeat(np.round(mixture(60, 8, 5, 2) * 4), 3, axis=0)
+
+
+#: name: (rows, centres)
+CASES = {
+    "mixture": (lambda: mixture(700, 24, 12, 8), K),
+    "ties": (ties, K),
+    "repeated": (_repeated, 70),
+}
 
 INTERPRETED = textwrap.dedent(
     """
@@ -52,18 +63,24 @@ INTERPRETED = textwrap.dedent(
     seeding.GreedySeeding.fused_steps = counted_fused
     seeding.GreedySeeding.step = counted_plain
 
-    def fit(x, **kw):
+    def fit(x, k=K, **kw):
         calls.update(fused=0, plain=0)
         callbacks = []
-        km = KMeans(K, n_iters=0, random_state=3).fit(
+        km = KMeans(k, n_iters=0, random_state=3).fit(
             x, callback=lambda s: callbacks.append(s.step) if s.phase == "init" else None, **kw)
         return {"init": km.init_indices_.tolist(), "centers": km.cluster_centers_.tolist(),
                 "callbacks": callbacks, **calls}
 
-    out = {name: fit(make()) for name, make in CASES.items()}
-    out["column_major"] = fit(torch.from_numpy(np.asfortranarray(CASES["mixture"]())))
+    mixture = CASES["mixture"][0]
+    out = {name: fit(make(), k) for name, (make, k) in CASES.items()}
+    seeding_kernel._INTERPRETER_BLOCK_ROWS = 64  # the GPU's: many programs per launch
+    out["gpu_blocks"] = {name: fit(make(), k) for name, (make, k) in CASES.items()}
+    seeding_kernel._INTERPRETER_BLOCK_ROWS = 1024
+    out["column_major"] = fit(torch.from_numpy(np.asfortranarray(mixture())))
     seeding.FUSED_BATCH = 7
-    out["batches_of_7"] = fit(CASES["mixture"]())
+    out["batches_of_7"] = fit(mixture())
+    repeated = fit(CASES["repeated"][0](), 70)
+    out["batches_of_7_repeated"] = {**repeated, "same": repeated["init"] == out["repeated"]["init"]}
     saved = {}
     class Stop(Exception):
         pass
@@ -72,11 +89,11 @@ INTERPRETED = textwrap.dedent(
             saved.update(state.state_dict())
             raise Stop
     try:
-        KMeans(K, n_iters=0, random_state=3).fit(CASES["mixture"](), callback=stop)
+        KMeans(K, n_iters=0, random_state=3).fit(mixture(), callback=stop)
     except Stop:
         pass
     out["resumed_at"] = saved["step"]
-    out["resumed"] = fit(CASES["mixture"](), state=KMeansState.from_state_dict(saved))
+    out["resumed"] = fit(mixture(), state=KMeansState.from_state_dict(saved))
 
     # the kernels alone, against torch on the same inputs
     gen = torch.Generator().manual_seed(0)
@@ -151,15 +168,19 @@ def interpreted() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _plain(x: np.ndarray) -> KMeans:
-    return KMeans(K, n_iters=0, random_state=3).fit(x)
+def _plain(case: str) -> KMeans:
+    make, k = CASES[case]
+    return KMeans(k, n_iters=0, random_state=3).fit(make())
 
 
+@pytest.mark.parametrize("blocks", ["interpreter", "gpu"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_fused_seeding_chooses_the_rows_of_the_plain_cpu_seeding(
-    interpreted: dict, case: str
+    interpreted: dict, case: str, blocks: str
 ) -> None:
-    ref, got = _plain(CASES[case]()), interpreted[case]
+    """With the interpreter's 1024 rows per program and with the GPU's 64."""
+    ref = _plain(case)
+    got = interpreted[case] if blocks == "interpreter" else interpreted["gpu_blocks"][case]
     np.testing.assert_array_equal(got["init"], ref.init_indices_)
     np.testing.assert_array_equal(np.asarray(got["centers"], np.float32), ref.cluster_centers_)
 
@@ -182,16 +203,17 @@ def test_fused_steps_run_in_batches_with_one_callback_each(interpreted: dict) ->
 
 def test_a_zero_potential_hands_the_remaining_steps_to_the_plain_path(interpreted: dict) -> None:
     """36 distinct points, 40 centres: the fused batch keeps 35 (36 centres in all), the
-    steps after are undone and chosen by the plain step, as on the CPU."""
+    steps after are undone and chosen by the plain step, as on the CPU. With 60 distinct
+    points and 70 centres the batch after the zero is not tried: plain steps to the end."""
     got = interpreted["ties"]
     assert got["fused"] == 1 and got["plain"] == K - 36
+    repeated = interpreted["batches_of_7_repeated"]
+    assert repeated["fused"] == 9 and repeated["plain"] == 70 - 60 and repeated["same"]
 
 
 def test_fused_seeding_resumes_from_a_saved_batch(interpreted: dict) -> None:
     assert interpreted["resumed_at"] == 15  # saved at the end of the third batch of 7
-    np.testing.assert_array_equal(
-        interpreted["resumed"]["init"], _plain(CASES["mixture"]()).init_indices_
-    )
+    np.testing.assert_array_equal(interpreted["resumed"]["init"], _plain("mixture").init_indices_)
 
 
 def test_the_kernels_score_and_move_exactly_the_rows_the_bounds_keep(interpreted: dict) -> None:
@@ -217,12 +239,12 @@ COMPILED = textwrap.dedent(
     score = signature(sk._score_kernel, {
         "x_ptr": f32, "x_sq_ptr": f32, "d2_ptr": f32, "nearest_ptr": i64, "closest_ptr": f32,
         "largest_ptr": f64, "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "gains_ptr": f64,
-        "n": i32, "d": i32, "n_cand": i32, "rho20": "fp32", "stride_x": i32, "stride_c": i32})
+        "n": i32, "d": i32, "n_cand": i32, "rho20": "fp64", "stride_x": i32, "stride_c": i32})
     move = signature(sk._move_kernel, {
         "d2_ptr": f32, "nearest_ptr": i64, "closest_ptr": f32, "largest_ptr": f64,
         "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "best_ptr": i64, "cand_ptr": i64,
         "total_ptr": f64, "centers_ptr": f32, "c_sq_ptr": f32, "chosen_ptr": f64,
-        "totals_ptr": f64, "n": i32, "d": i32, "n_cand": i32, "rho20": "fp32", "step": i32,
+        "totals_ptr": f64, "n": i32, "d": i32, "n_cand": i32, "rho20": "fp64", "step": i32,
         "t": i32, "stride_c": i32, "stride_centers": i32})
     tiles = {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}
     for arch in (80, 90):
@@ -250,7 +272,7 @@ def test_the_kernels_compile_for_ampere_and_hopper_without_a_gpu(tmp_path) -> No
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_fused_seeding_on_cuda_chooses_the_plain_rows_and_waits_once_per_batch() -> None:
+def test_fused_seeding_on_cuda_chooses_the_plain_rows_and_waits_twice_per_batch() -> None:
     x = mixture(20_000, 32, 50, 4)
     k = 300
     plain = KMeans(k, n_iters=0, random_state=5).fit(x)
@@ -260,4 +282,4 @@ def test_fused_seeding_on_cuda_chooses_the_plain_rows_and_waits_once_per_batch()
         )
     np.testing.assert_array_equal(fused.init_indices_, plain.init_indices_)
     assert len(syncs.counts) == 1 + -(-(k - 1) // 64)  # the first centre, then batches of 64
-    assert max(syncs.counts[2:]) <= 1
+    assert max(syncs.counts[2:]) <= 2  # is the potential zero? then the batch's results

@@ -21,6 +21,7 @@ running minimum only when strictly lower, so the first nearest centroid wins, as
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any
@@ -39,6 +40,14 @@ _GPU_TILES = [
 ]
 #: The one tile used by the interpreter (smallest shapes ``tl.dot`` accepts).
 _INTERPRETER_TILE = (16, 16, 16)
+
+
+def launching_on(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make ``tensor``'s GPU the current device while kernels are launched.
+
+    Triton launches on the current device's stream, whichever device the tensors are on.
+    """
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
 def interpreting() -> bool:
@@ -139,5 +148,6 @@ def nearest(x: torch.Tensor, centers: torch.Tensor, c_sq: torch.Tensor) -> torch
         bm, bn, bk = _INTERPRETER_TILE
         _nearest_kernel[(triton.cdiv(n, bm),)](*args, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
     else:
-        _tuned_kernel()[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)](*args)
+        with launching_on(x):
+            _tuned_kernel()[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)](*args)
     return labels

@@ -119,9 +119,10 @@ class GreedySeeding:
         """Choose the next centre, or up to :data:`FUSED_BATCH` where :meth:`fused` holds.
 
         Either way ``state`` is complete on return (host side included), so a callback
-        may save it.
+        may save it. Once the potential is zero (every row on a chosen centre) it stays
+        zero, and the plain steps choose the rest.
         """
-        if not self.fused(local, comm, state):
+        if not self.fused(local, comm, state) or not bool(state.min_sq_distances.any()):
             self.step(rows, local, comm, state)
             return
         left = min(FUSED_BATCH, self.n_clusters - state.step)
@@ -162,6 +163,7 @@ class GreedySeeding:
             The centres kept: ``count``, or fewer where the potential fell to zero.
         """
         from astrocurate.algorithms.kmeans import seeding_kernel as kernels
+        from astrocurate.algorithms.kmeans.nearest_kernel import launching_on
 
         x, first, k, rng = local.full, state.step, n_candidates(self.n_clusters), state.rng
         d2, nearest, centers = state.min_sq_distances, state.nearest_centers, state.centers
@@ -169,23 +171,24 @@ class GreedySeeding:
         x_sq = local.sq_norms(block_rows)
         batch = _FusedBatch.allocate(local, state, count, k, block_rows)
         drawn, generator_states = batch.draws.numpy(), []
-        for t in range(count):
-            step = first + t
-            generator_states.append(rng.bit_generator.state)
-            drawn[t] = rng.random(k)
-            cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
-            cand, total = self.draw(cums, batch.draws[t], comm)
-            cx = torch.index_select(x, 0, cand)
-            cx_sq = (cx * cx).sum(dim=1)
-            c_sq = batch.c_sq[:step]
-            gaps = torch.addmm(c_sq, cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
-            closest = gaps.min(dim=0).values
-            bounds = (d2, nearest, closest, batch.largest[t:], rho)
-            gains = kernels.score_candidates(x, x_sq, *bounds, cx, cx_sq, batch.new)
-            best = gains.argmax().view(1)
-            kernels.move_rows(
-                *bounds, cx, cx_sq, batch.new, best, cand, total, batch.record, step, t
-            )
+        with launching_on(x):  # Triton launches on the current device
+            for t in range(count):
+                step = first + t
+                generator_states.append(rng.bit_generator.state)
+                drawn[t] = rng.random(k)
+                cums = torch.cumsum(d2, dim=0, dtype=torch.float64)
+                cand, total = self.draw(cums, batch.draws[t], comm)
+                cx = torch.index_select(x, 0, cand)
+                cx_sq = (cx * cx).sum(dim=1)
+                c_sq = batch.c_sq[:step]
+                gaps = torch.addmm(c_sq, cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
+                closest = gaps.min(dim=0).values
+                bounds = (d2, nearest, closest, batch.largest[t:], rho)
+                gains = kernels.score_candidates(x, x_sq, *bounds, cx, cx_sq, batch.new)
+                best = gains.argmax().view(1)
+                kernels.move_rows(
+                    *bounds, cx, cx_sq, batch.new, best, cand, total, batch.record, step, t
+                )
         kept = batch.kept(state)
         if kept < count:
             rng.bit_generator.state = generator_states[kept]

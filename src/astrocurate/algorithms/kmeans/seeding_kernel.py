@@ -57,7 +57,7 @@ def _kept(d2_ptr, nearest_ptr, closest_ptr, largest_ptr, cx_sq_ptr, n_cand, rho2
     return d2, near, ok & (gap < 4.0 * d2.to(tl.float64) + err5)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["largest_ptr"])  # the batch's buffer at step t
 def _score_kernel(
     x_ptr,
     x_sq_ptr,
@@ -72,7 +72,7 @@ def _score_kernel(
     n,
     d,
     n_cand,
-    rho20,
+    rho20: tl.float64,
     stride_x,
     stride_c,
     BLOCK_M: tl.constexpr,  # noqa: N803
@@ -124,7 +124,9 @@ def _score_kernel(
     tl.store(gains_ptr + pid * BLOCK_N + cols, gains)
 
 
-@triton.jit(do_not_specialize=["step", "t"])  # one compiled kernel for every step
+@triton.jit(  # one compiled kernel for every step
+    do_not_specialize=["step", "t"], do_not_specialize_on_alignment=["largest_ptr"]
+)
 def _move_kernel(
     d2_ptr,
     nearest_ptr,
@@ -143,7 +145,7 @@ def _move_kernel(
     n,
     d,
     n_cand,
-    rho20,
+    rho20: tl.float64,
     step,
     t,
     stride_c,
@@ -182,14 +184,14 @@ def _move_kernel(
     winner = tl.load(cand_ptr + best)
     chosen = rows == winner
     total = tl.load(total_ptr)
-    drawn = tl.load(total_ptr + rows * 0) > 0  # one value, read per row (a block of bools)
+    drawn = tl.load(total_ptr + rows * 0) != 0  # one value, read per row (a block of bools)
     tl.store(d2_ptr + rows, tl.where(chosen, 0.0, moved_d2), mask=moved | chosen)
     tl.store(nearest_ptr + rows, tl.zeros_like(near) + step, mask=moved | (chosen & drawn))
     if pid == 0:
         for f0 in range(0, d, BLOCK_K):
             f = f0 + tl.arange(0, BLOCK_K)
             row = tl.load(cx_ptr + best * stride_c + f, mask=f < d)
-            tl.store(centers_ptr + step * stride_centers + f, row, mask=f < d)
+            tl.store(centers_ptr + step.to(tl.int64) * stride_centers + f, row, mask=f < d)
         c_sq = tl.load(cx_sq_ptr + best)
         tl.store(c_sq_ptr + step, c_sq)
         tl.store(largest_ptr + 1, tl.maximum(tl.load(largest_ptr), c_sq.to(tl.float64)))
@@ -220,6 +222,8 @@ def score_candidates(
     new: torch.Tensor,
 ) -> torch.Tensor:
     """Gains of each candidate over the rows the bounds keep, shape (n_candidates,), float64.
+
+    Both kernels launch on the current CUDA device (``nearest_kernel.launching_on``).
 
     Parameters
     ----------

@@ -257,7 +257,7 @@ class KMeans:
     with float32 rows held whole on CUDA, the steps after the first run in two Triton
     kernels (:mod:`~astrocurate.algorithms.kmeans.seeding_kernel`: the bounds test, the
     scoring and the update of ``D^2``) with the winner chosen on the device, so the host
-    reads the device once per batch of 64 centres instead of twice per centre. A Lloyd
+    reads the device twice per batch of 64 centres instead of twice per centre. A Lloyd
     iteration is one pass whose cost is the ``n x k x d`` matrix product, done in blocks.
     With ``bounds`` (Yinyang-style: centres in ``min(64, k // 10)`` groups, one lower
     bound per row and group, 4 bytes each) only the rows whose bounds do not prove their

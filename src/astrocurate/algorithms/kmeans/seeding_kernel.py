@@ -2,13 +2,14 @@
 
 The plain step (:meth:`~astrocurate.algorithms.kmeans.seeding.GreedySeeding.add_center`)
 finds the rows its bounds keep with ``torch.nonzero`` (the host waits for the device),
-gathers them, scores them against the candidates and reads the gains back to choose: some
-65 small operators and two waits per centre, which on an H100 cost 1.2-1.5 ms per centre
-whatever the row count (BENCHMARKS.md). Here one kernel tests the bounds of every row,
+gathers them, scores them against the candidates and reads the gains back to choose:
+about 47 small operators and two waits per centre, which on an H100 cost 1.2-1.5 ms per
+centre whatever the row count (BENCHMARKS.md). Here one kernel tests the bounds of every row,
 scores the kept ones against all candidates and writes each block's gains; the winner is
 taken on the device (``argmax``); a second kernel moves the kept rows' ``D^2`` and nearest
-centre to it. Nothing is read on the host, so the host queues the next steps while the
-device works (:meth:`~astrocurate.algorithms.kmeans.seeding.GreedySeeding.fused_steps`).
+centre to it. Nothing is read on the host within a batch of steps, so the host queues the
+next steps while the device works
+(:meth:`~astrocurate.algorithms.kmeans.seeding.GreedySeeding.fused_steps`).
 
 Rows the bounds leave out are never loaded; a block with none kept writes zero gains and
 stops. The scores are ``|c|^2 - 2 x.c + |x|^2`` as in the plain step, with the products

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
+from astrocurate.io import atomic, cutout_store
 from astrocurate.io import mosaics as mosaic_io
 from astrocurate.io.cutout_store import (
     COMPANION_COLUMNS,
@@ -63,6 +64,46 @@ def test_npy_stack_writer_converts_to_little_endian_float32(tmp_path: Path) -> N
     writer.append(data.astype(">f8"))
     writer.close()
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), data.astype(np.float32))
+
+
+def test_npy_stack_writer_starts_writing_out_each_range_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is written goes to disk in consecutive ranges while more is written, not all
+    at the final fsync; the file is the same."""
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(cutout_store, "WRITEBACK_BYTES", 1000)
+    monkeypatch.setattr(cutout_store, "start_writeback", lambda fd, o, n: started.append((o, n)))
+    writer = NpyStackWriter(tmp_path / "a.npy", 5)
+    stacks = [RNG.normal(size=(n, 5, 5)).astype(np.float32) for n in (3, 9, 1, 12, 20)]
+    for stack in stacks:
+        writer.append(stack)
+    writer.close()
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.concatenate(stacks))
+    assert started and started[0][0] == 0 and all(n >= 1000 for _, n in started)
+    ends = [o + n for o, n in started]
+    assert [o for o, _ in started[1:]] == ends[:-1]  # consecutive, none twice
+    assert ends[-1] <= 128 + 45 * 25 * 4
+
+
+def test_start_writeback_binds_linux_sync_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 100_000)
+        handle.flush()
+        function = atomic._sync_file_range()
+        assert function is not None  # Linux
+        assert function(handle.fileno(), 0, 100_000, atomic._SYNC_FILE_RANGE_WRITE) == 0
+        atomic.start_writeback(handle.fileno(), 0, 100_000)
+    atomic._sync_file_range.cache_clear()
+    monkeypatch.setattr(atomic.sys, "platform", "darwin")
+    try:
+        assert atomic._sync_file_range() is None
+        atomic.start_writeback(0, 0, 10)  # nothing to call: nothing happens
+    finally:
+        atomic._sync_file_range.cache_clear()
 
 
 def test_npy_stack_writer_abort_leaves_nothing(tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 
 from astrocurate.algorithms.catalogue_match import CATALOGUE_COLUMNS
 from astrocurate.errors import AstrocurateError
-from astrocurate.io.atomic import atomic_path, temporary_path
+from astrocurate.io.atomic import atomic_path, start_writeback, temporary_path
 
 if TYPE_CHECKING:  # pandas is imported where a table is read: counting rows needs none
     import pandas as pd
@@ -107,6 +107,8 @@ MANIFEST_TYPES: dict[str, pa.DataType] = {
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(MANIFEST_TYPES)
 
 _NPY_HEADER_BYTES = 128
+#: Bytes of cutouts after which :class:`NpyStackWriter` starts their write-out to disk.
+WRITEBACK_BYTES = 64 << 20
 #: Rows decoded at a time by :func:`read_manifest_rows`.
 _BATCH_ROWS = 65536
 
@@ -250,7 +252,8 @@ class NpyStackWriter:
 
     Data go after a fixed 128-byte header; :meth:`close` writes the header with the
     final shape and renames the file into place, so a reader never sees a partial
-    array under the final name.
+    array under the final name. Every :data:`WRITEBACK_BYTES` written start going to disk
+    while the next are written, so the final fsync waits for little.
 
     Parameters
     ----------
@@ -267,6 +270,7 @@ class NpyStackWriter:
         self._tmp = temporary_path(self.path)
         self._handle = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._handle.write(b"\0" * _NPY_HEADER_BYTES)
+        self._written_out = 0  # bytes whose write-out to disk has started
 
     def append(self, stack: np.ndarray) -> None:
         """Append cutouts of shape (n, w, w), converted to little-endian float32."""
@@ -277,6 +281,11 @@ class NpyStackWriter:
             )
         self._handle.write(data.data)
         self.count += len(data)
+        written = self._handle.tell()
+        if written - self._written_out >= WRITEBACK_BYTES:
+            self._handle.flush()
+            start_writeback(self._handle.fileno(), self._written_out, written - self._written_out)
+            self._written_out = written
 
     def close(self) -> Path:
         """Write the header, flush to disk, and rename the file to its final name."""

@@ -109,8 +109,9 @@ INTERPRETED = textwrap.dedent(
     cx_sq = (cx * cx).sum(1)
     largest = torch.tensor([x_sq.max(), -1.0, 0.0], dtype=torch.float64)
     new = torch.full((n, seeding_kernel.candidate_columns(L)), float("nan"))
+    kept = torch.full((n,), 7, dtype=torch.int8)
     gains = seeding_kernel.score_candidates(
-        x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, new)
+        x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, (new, kept))
     err5 = 20 * rho * max(float(x_sq.max()), float(cx_sq.max()))
     keep = closest.double()[nearest] < 4 * d2.double() + err5
     ref = (torch.addmm(cx_sq, x, cx.T, alpha=-2) + x_sq[:, None]).clamp(min=0)
@@ -122,7 +123,7 @@ INTERPRETED = textwrap.dedent(
     chosen, totals = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
     record = (centers, c_sq, chosen, totals)
     d2_out, nearest_out = d2.clone(), nearest.clone()
-    seeding_kernel.move_rows(d2_out, nearest_out, closest, largest, rho, cx, cx_sq, new, best,
+    seeding_kernel.move_rows(d2_out, nearest_out, largest, cx, cx_sq, (new, kept), best,
                              cand, total, record, 77, 0)
     b = int(best)
     moved = keep & (ref[:, b] < d2)
@@ -131,10 +132,11 @@ INTERPRETED = textwrap.dedent(
     want_nearest = torch.where(moved, 77, nearest)
     want_nearest[cand[b]] = 77
     stay_d2, stay_nearest = torch.zeros_like(d2), nearest.clone()  # a zero total: all stays
-    seeding_kernel.move_rows(stay_d2, stay_nearest, closest, largest[1:], rho, cx, cx_sq, new,
+    seeding_kernel.move_rows(stay_d2, stay_nearest, largest[1:], cx, cx_sq, (new, kept),
                              best, cand, total * 0, record, 5, 1)
     out["kernels"] = {
         "kept": int(keep.sum()),
+        "keep_marked": bool(torch.equal(kept, keep.to(torch.int8))),
         "unwritten_nan": bool(new[~keep].isnan().all()),
         "written": bool(not new[keep][:, :L].isnan().any()),
         "new_error": float((new[keep][:, :L] - ref[keep]).abs().max()),
@@ -219,7 +221,7 @@ def test_fused_seeding_resumes_from_a_saved_batch(interpreted: dict) -> None:
 def test_the_kernels_score_and_move_exactly_the_rows_the_bounds_keep(interpreted: dict) -> None:
     got = interpreted["kernels"]
     assert 0 < got["kept"] < 3000  # the bounds keep some rows and leave others out
-    assert got["unwritten_nan"] and got["written"]
+    assert got["keep_marked"] and got["unwritten_nan"] and got["written"]
     assert got["new_error"] < 1e-3 and got["gain_error"] < 1e-6
     assert got["argmax_equal"] and got["d2_equal"] and got["nearest_equal"]
     assert got["zero_total_unchanged"] and got["recorded"]
@@ -238,14 +240,15 @@ COMPILED = textwrap.dedent(
     f32, f64, i32, i64 = "*fp32", "*fp64", "i32", "*i64"
     score = signature(sk._score_kernel, {
         "x_ptr": f32, "x_sq_ptr": f32, "d2_ptr": f32, "nearest_ptr": i64, "closest_ptr": f32,
-        "largest_ptr": f64, "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "gains_ptr": f64,
-        "n": i32, "d": i32, "n_cand": i32, "rho20": "fp64", "stride_x": i32, "stride_c": i32})
+        "largest_ptr": f64, "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "keep_ptr": "*i8",
+        "gains_ptr": f64, "n": i32, "d": i32, "n_cand": i32, "rho20": "fp64", "stride_x": i32,
+        "stride_c": i32})
     move = signature(sk._move_kernel, {
-        "d2_ptr": f32, "nearest_ptr": i64, "closest_ptr": f32, "largest_ptr": f64,
-        "cx_ptr": f32, "cx_sq_ptr": f32, "new_ptr": f32, "best_ptr": i64, "cand_ptr": i64,
+        "d2_ptr": f32, "nearest_ptr": i64, "largest_ptr": f64, "cx_ptr": f32,
+        "cx_sq_ptr": f32, "new_ptr": f32, "keep_ptr": "*i8", "best_ptr": i64, "cand_ptr": i64,
         "total_ptr": f64, "centers_ptr": f32, "c_sq_ptr": f32, "chosen_ptr": f64,
-        "totals_ptr": f64, "n": i32, "d": i32, "n_cand": i32, "rho20": "fp64", "step": i32,
-        "t": i32, "stride_c": i32, "stride_centers": i32})
+        "totals_ptr": f64, "n": i32, "d": i32, "step": i32, "t": i32, "stride_c": i32,
+        "stride_centers": i32})
     tiles = {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 32}
     for arch in (80, 90):
         target = GPUTarget("cuda", arch, 32)

@@ -183,12 +183,15 @@ class GreedySeeding:
                 c_sq = batch.c_sq[:step]
                 gaps = torch.addmm(c_sq, cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
                 closest = gaps.min(dim=0).values
-                bounds = (d2, nearest, closest, batch.largest[t:], rho)
-                gains = kernels.score_candidates(x, x_sq, *bounds, cx, cx_sq, batch.new)
+                largest = batch.largest[t:]
+                gains = kernels.score_candidates(
+                    x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, batch.scored
+                )
                 best = gains.argmax().view(1)
                 kernels.move_rows(
-                    *bounds, cx, cx_sq, batch.new, best, cand, total, batch.record, step, t
-                )
+                    d2, nearest, largest, cx, cx_sq, batch.scored, best, cand, total,
+                    batch.record, step, t,
+                )  # fmt: skip
         kept = batch.kept(state)
         if kept < count:
             rng.bit_generator.state = generator_states[kept]
@@ -360,13 +363,13 @@ class _FusedBatch:
     ``record`` is what the second kernel writes at each step: the centres and their
     ``|c|^2`` (indexed by step), the chosen rows and the totals drawn from (by the step's
     place ``t`` in the batch); ``largest[t]`` is the largest ``|x|^2`` of a row or a centre
-    chosen before step ``t``; ``new`` the kept rows' ``D^2`` with each candidate; ``draws``
-    the uniform draws, in pinned memory on CUDA.
+    chosen before step ``t``; ``scored`` the kept rows' ``D^2`` with each candidate and
+    which rows the bounds keep; ``draws`` the uniform draws, in pinned memory on CUDA.
     """
 
     record: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
     largest: torch.Tensor
-    new: torch.Tensor
+    scored: tuple[torch.Tensor, torch.Tensor]
     draws: torch.Tensor
     first: int
 
@@ -395,7 +398,10 @@ class _FusedBatch:
                 torch.empty(count, dtype=torch.float64, device=dev),  # totals drawn from
             ),
             largest=largest,
-            new=torch.empty((local.n, candidate_columns(n_cand)), dtype=d2.dtype, device=dev),
+            scored=(
+                torch.empty((local.n, candidate_columns(n_cand)), dtype=d2.dtype, device=dev),
+                torch.empty(local.n, dtype=torch.int8, device=dev),
+            ),
             draws=torch.empty((count, n_cand), dtype=torch.float64, pin_memory=dev.type == "cuda"),
             first=first,
         )

@@ -43,21 +43,6 @@ def candidate_columns(n_candidates: int) -> int:
     return max(16, triton.next_power_of_2(n_candidates))
 
 
-@triton.jit
-def _kept(d2_ptr, nearest_ptr, closest_ptr, largest_ptr, cx_sq_ptr, n_cand, rho20, rows, ok, cols):
-    """Rows a candidate may bring closer: ``closest[nearest] < 4 D^2 + 5 E`` (float64).
-
-    ``E = 4 rho L`` bounds a computed squared distance's rounding error, ``L`` the largest
-    squared norm of a row, a chosen centre or a candidate (``largest`` holds the first two).
-    """
-    cx_sq = tl.load(cx_sq_ptr + cols, mask=cols < n_cand, other=0.0).to(tl.float64)
-    err5 = rho20 * tl.maximum(tl.load(largest_ptr), tl.max(cx_sq, axis=0))
-    d2 = tl.load(d2_ptr + rows, mask=ok, other=0.0)
-    near = tl.load(nearest_ptr + rows, mask=ok, other=0)
-    gap = tl.load(closest_ptr + near, mask=ok, other=0.0).to(tl.float64)
-    return d2, near, ok & (gap < 4.0 * d2.to(tl.float64) + err5)
-
-
 @triton.jit(do_not_specialize_on_alignment=["largest_ptr"])  # the batch's buffer at step t
 def _score_kernel(
     x_ptr,
@@ -69,6 +54,7 @@ def _score_kernel(
     cx_ptr,
     cx_sq_ptr,
     new_ptr,
+    keep_ptr,
     gains_ptr,
     n,
     d,
@@ -83,25 +69,24 @@ def _score_kernel(
 ):
     """Score one block's kept rows against the candidates; write their new ``D^2`` and gains.
 
-    ``new[row, j] = min(D^2(row), max(|c_j|^2 - 2 x.c_j + |x|^2, 0))`` for kept rows (the
-    others are not written) and ``gains[block, j]``, the float64 sum of
+    ``keep[row]``: whether the bounds keep the row (1) or prove that no candidate brings
+    it closer (0); ``new[row, j] = min(D^2(row), max(|c_j|^2 - 2 x.c_j + |x|^2, 0))`` for
+    kept rows (the others are not written) and ``gains[block, j]``, the float64 sum of
     ``D^2 - new[:, j]`` over the block's kept rows.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
-    d2, _, keep = _kept(
-        d2_ptr,
-        nearest_ptr,
-        closest_ptr,
-        largest_ptr,
-        cx_sq_ptr,
-        n_cand,
-        rho20,
-        rows,
-        rows < n,
-        cols,
-    )
+    ok = rows < n
+    # the bounds: closest[nearest] < 4 D^2 + 5 E, E = 4 rho L, L the largest squared norm
+    # of a row, a chosen centre (both in largest[0]) or a candidate
+    c_sq = tl.load(cx_sq_ptr + cols, mask=cols < n_cand, other=0.0)
+    err5 = rho20 * tl.maximum(tl.load(largest_ptr), tl.max(c_sq.to(tl.float64), axis=0))
+    d2 = tl.load(d2_ptr + rows, mask=ok, other=0.0)
+    near = tl.load(nearest_ptr + rows, mask=ok, other=0)
+    gap = tl.load(closest_ptr + near, mask=ok, other=0.0).to(tl.float64)
+    keep = ok & (gap < 4.0 * d2.to(tl.float64) + err5)
+    tl.store(keep_ptr + rows, keep.to(tl.int8), mask=ok)
     gains = tl.zeros((BLOCK_N,), dtype=tl.float64)
     if tl.max(keep.to(tl.int32), axis=0) > 0:
         x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_x
@@ -115,7 +100,6 @@ def _score_kernel(
             )
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
         x_sq = tl.load(x_sq_ptr + rows, mask=keep, other=0.0)
-        c_sq = tl.load(cx_sq_ptr + cols, mask=cols < n_cand, other=0.0)
         new = tl.maximum(c_sq[None, :] - 2.0 * acc + x_sq[:, None], 0.0)
         new = tl.minimum(new, d2[:, None])
         stored = keep[:, None] & (cols[None, :] < n_cand)
@@ -131,11 +115,11 @@ def _score_kernel(
 def _move_kernel(
     d2_ptr,
     nearest_ptr,
-    closest_ptr,
     largest_ptr,
     cx_ptr,
     cx_sq_ptr,
     new_ptr,
+    keep_ptr,
     best_ptr,
     cand_ptr,
     total_ptr,
@@ -145,8 +129,6 @@ def _move_kernel(
     totals_ptr,
     n,
     d,
-    n_cand,
-    rho20: tl.float64,
     step,
     t,
     stride_c,
@@ -157,28 +139,16 @@ def _move_kernel(
 ):
     """Give the kept rows their ``D^2`` with the winner, ``step`` as nearest where it moved.
 
-    The winner's own row gets ``D^2 = 0`` and, when the potential drawn from was not zero,
-    ``step`` as its nearest centre. The bounds test is :func:`_kept`'s on the same inputs,
-    so it keeps the same rows as the scoring kernel. The first program also records the
-    step: the winner as centre ``step`` (and its ``|c|^2``), its row in ``chosen[t]``, the
-    total in ``totals[t]``, and ``largest[1]`` for the next step (``largest[0]`` is what
-    every program reads).
+    The rows kept are those the scoring kernel marked in ``keep``. The winner's own row
+    gets ``D^2 = 0`` and, when the potential drawn from was not zero, ``step`` as its
+    nearest centre. The first program also records the step: the winner as centre
+    ``step`` (and its ``|c|^2``), its row in ``chosen[t]``, the total in ``totals[t]``, and
+    ``largest[1]`` for the next step.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    d2, near, keep = _kept(
-        d2_ptr,
-        nearest_ptr,
-        closest_ptr,
-        largest_ptr,
-        cx_sq_ptr,
-        n_cand,
-        rho20,
-        rows,
-        rows < n,
-        cols,
-    )
+    keep = tl.load(keep_ptr + rows, mask=rows < n, other=0) != 0
+    d2 = tl.load(d2_ptr + rows, mask=keep, other=0.0)
     best = tl.load(best_ptr)
     moved_d2 = tl.load(new_ptr + rows.to(tl.int64) * BLOCK_N + best, mask=keep, other=0.0)
     moved = keep & (moved_d2 < d2)
@@ -187,7 +157,8 @@ def _move_kernel(
     total = tl.load(total_ptr)
     drawn = tl.load(total_ptr + rows * 0) != 0  # one value, read per row (a block of bools)
     tl.store(d2_ptr + rows, tl.where(chosen, 0.0, moved_d2), mask=moved | chosen)
-    tl.store(nearest_ptr + rows, tl.zeros_like(near) + step, mask=moved | (chosen & drawn))
+    steps = tl.zeros((BLOCK_M,), dtype=tl.int64) + step
+    tl.store(nearest_ptr + rows, steps, mask=moved | (chosen & drawn))
     if pid == 0:
         for f0 in range(0, d, BLOCK_K):
             f = f0 + tl.arange(0, BLOCK_K)
@@ -220,7 +191,7 @@ def score_candidates(
     rho: float,
     cx: torch.Tensor,
     cx_sq: torch.Tensor,
-    new: torch.Tensor,
+    scored: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """Gains of each candidate over the rows the bounds keep, shape (n_candidates,), float64.
 
@@ -248,15 +219,18 @@ def score_candidates(
         The candidates.
     cx_sq : torch.Tensor, shape (n_candidates,), float32
         ``|c|^2`` of every candidate.
-    new : torch.Tensor, shape (n, candidate_columns(n_candidates)), float32
-        Receives the kept rows' new ``D^2`` with each candidate (other rows untouched).
+    scored : (torch.Tensor, torch.Tensor)
+        ``(new, keep)``: ``new``, shape (n, candidate_columns(n_candidates)), float32,
+        receives the kept rows' new ``D^2`` with each candidate (other rows untouched);
+        ``keep``, shape (n,), int8, receives 1 for the rows the bounds keep, 0 for the
+        others.
 
     Returns
     -------
     torch.Tensor, shape (n_candidates,), float64
         The sum over the kept rows of ``D^2 - new``, per candidate.
     """
-    n, d = x.shape
+    (n, d), (new, keep) = x.shape, scored
     n_cand, cols = cx.shape[0], new.shape[1]
     block_rows = _block_rows()
     blocks = triton.cdiv(n, block_rows)
@@ -271,6 +245,7 @@ def score_candidates(
         cx,
         cx_sq,
         new,
+        keep,
         gains,
         n,
         d,
@@ -290,12 +265,10 @@ def score_candidates(
 def move_rows(
     d2: torch.Tensor,
     nearest: torch.Tensor,
-    closest: torch.Tensor,
     largest: torch.Tensor,
-    rho: float,
     cx: torch.Tensor,
     cx_sq: torch.Tensor,
-    new: torch.Tensor,
+    scored: tuple[torch.Tensor, torch.Tensor],
     best: torch.Tensor,
     cand: torch.Tensor,
     total: torch.Tensor,
@@ -305,22 +278,22 @@ def move_rows(
 ) -> None:
     """Move the rows to winner ``best`` and record the step, in place (:func:`_move_kernel`).
 
-    ``best`` (int64, one element) indexes ``cand`` (the candidates' rows); ``total`` (one
-    element) is the potential they were drawn from; ``record`` is ``(centers, c_sq,
-    chosen, totals)``, written at ``step`` (the first two) and ``t`` (the others), and
-    ``largest[1]`` is written. The other arguments are those given to
-    :func:`score_candidates`, whose ``new`` this reads.
+    ``scored`` is ``(new, keep)`` as :func:`score_candidates` left them; ``best`` (int64,
+    one element) indexes ``cand`` (the candidates' rows); ``total`` (one element) is the
+    potential they were drawn from; ``record`` is ``(centers, c_sq, chosen, totals)``,
+    written at ``step`` (the first two) and ``t`` (the others), and ``largest[1]`` is
+    written. The other arguments are those given to :func:`score_candidates`.
     """
-    centers, c_sq, chosen, totals = record
+    (new, keep), (centers, c_sq, chosen, totals) = scored, record
     n, block_rows = d2.shape[0], _block_rows()
     _move_kernel[(triton.cdiv(n, block_rows),)](
         d2,
         nearest,
-        closest,
         largest,
         cx,
         cx_sq,
         new,
+        keep,
         best,
         cand,
         total,
@@ -330,8 +303,6 @@ def move_rows(
         totals,
         n,
         cx.shape[1],
-        cx.shape[0],
-        20 * rho,
         step,
         t,
         cx.stride(0),

@@ -275,6 +275,13 @@ def read_ratios(
     print(f"load average after: {_load(os.getloadavg())}")
 
 
+def _turns(text: str) -> int:
+    """``--read-ratio``'s value: a positive number of turns."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of turns, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=None, help="keeps the survey between runs")
@@ -290,7 +297,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--read-ratio",
-        type=int,
+        type=_turns,
         default=0,
         metavar="N",
         help="only the virtual store against reading its files once, N times in turn",

@@ -150,6 +150,15 @@ def test_cutting_benchmark_times_the_virtual_run_against_one_read(tmp_path: Path
     turns = [line for line in out.splitlines() if line.startswith("turn ")]
     assert len(turns) == 2 and all("(goal <= 1.5)" in line for line in turns), out
     assert "read 2 files once" in turns[0]  # the mosaic and its rms map
+    for bad in ("0", "-1", "two"):
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "cutouts.py"), "--read-ratio", bad],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2
+        assert f"--read-ratio: expected a positive number of turns, got '{bad}'" in result.stderr
 
 
 def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:

@@ -29,7 +29,14 @@ from astrocurate.algorithms.kmeans.rows import (
     spans,
 )
 
-__all__ = ["FUSED_BATCH", "GreedySeeding", "SeedingState", "n_candidates", "seeding_blocks"]
+__all__ = [
+    "FUSED_BATCH",
+    "GreedySeeding",
+    "SeedingState",
+    "closest_candidate",
+    "n_candidates",
+    "seeding_blocks",
+]
 
 #: Greedy k-means++ scores only the rows its bounds keep while they are at most this
 #: fraction of the rows; above it a plain pass over all rows (no gathering) costs less.
@@ -58,6 +65,18 @@ def n_candidates(n_clusters: int) -> int:
         The number of candidates evaluated for each new centre.
     """
     return 2 + int(math.log(n_clusters))
+
+
+def closest_candidate(
+    cx: torch.Tensor, cx_sq: torch.Tensor, centers: torch.Tensor, c_sq: torch.Tensor
+) -> torch.Tensor:
+    """Squared distance (as computed) from each chosen centre to its nearest candidate.
+
+    ``cx`` and ``centers`` are the candidates and the chosen centres, ``cx_sq`` and
+    ``c_sq`` their squared norms; the result has one value per centre.
+    """
+    gaps = torch.addmm(c_sq, cx, centers.T, alpha=-2).add_(cx_sq[:, None])
+    return gaps.min(dim=0).values
 
 
 def seeding_blocks(
@@ -181,8 +200,7 @@ class GreedySeeding:
                 cx = torch.index_select(x, 0, cand)
                 cx_sq = (cx * cx).sum(dim=1)
                 c_sq = batch.c_sq[:step]
-                gaps = torch.addmm(c_sq, cx, centers[:step].T, alpha=-2).add_(cx_sq[:, None])
-                closest = gaps.min(dim=0).values
+                closest = closest_candidate(cx, cx_sq, centers[:step], c_sq)
                 largest = batch.largest[t:]
                 gains = kernels.score_candidates(
                     x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, batch.scored
@@ -337,11 +355,10 @@ class GreedySeeding:
             return None
         centers = state.centers[: state.step].to(cx.dtype)
         c_sq = (centers * centers).sum(dim=1)
-        gaps = torch.addmm(c_sq, cx, centers.T, alpha=-2).add_(cx_sq[:, None])
         norms = [local.largest_sq_norm(block_rows), c_sq.max(), cx_sq.max()]
         largest_sq = torch.stack(norms).max().double()
         err = 4 * rho * largest_sq  # rho (|x| + |c|)^2 <= rho (2 max norm)^2
-        closest = gaps.min(dim=0).values.double()  # nearest candidate to each centre
+        closest = closest_candidate(cx, cx_sq, centers, c_sq).double()
         keep = closest[nearest] < 4 * d2.double() + 5 * err  # d2.double() may be d2
         scored = torch.nonzero(keep).squeeze(1)
         return None if len(scored) > _GATHER_FRACTION * local.n else scored

@@ -228,6 +228,8 @@ def test_sbatch_refusal_stops_run_sh_loudly_and_the_corrected_rerun_works(
     assert "sbatch refused the job of level 2" in refused.stderr
     cancelled = re.search(r"cancelled the jobs already submitted: (\d+)\)", refused.stderr)
     assert cancelled, refused.stderr
+    # a job cancelled while it runs shows COMPLETING until its processes are gone
+    cluster.wait_for_jobs([cancelled.group(1)], timeout=60)
     assert cluster.job_info(cancelled.group(1))["JobState"] == "CANCELLED"
     assert not (directory / "level_1" / "level.json").exists()
     assert get_run(directory.name).status != "FINISHED"

@@ -490,6 +490,23 @@ def test_block_sums_are_those_with_blanks_zeroed_first(nx):
         assert s1[1, 0] == _added_in_order(d)
 
 
+@pytest.mark.parametrize("elements", [1, 37, 300, 1 << 20], ids=["row", "part-row", "rows", "all"])
+def test_block_sums_do_not_depend_on_the_chunks_a_block_is_cut_into(monkeypatch, elements):
+    """Running sums continue down each column in row order, whatever the chunk size."""
+    image = (RNG.normal(0, 1, (90, 37)) * np.exp(RNG.normal(0, 6, (90, 37)))).astype(np.float32)
+    image[RNG.random(image.shape) < 0.03] = np.nan
+    breaks = np.array([0, 7, 40, 45, 90])
+    monkeypatch.setattr(windows, "_BLOCK_ELEMENTS", elements)
+    count, s1, s2, vmax = windows._block_columns(image, breaks, 0.25)
+    expected = _sums_blanks_zeroed(image, breaks, 0.25)
+    for got, want in zip((count, s1, s2), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(vmax[3], np.nanmax(image[45:90], axis=0))
+    d = image[45:90, 5].astype(np.float64) - 0.25
+    assert s1[3, 5] == _added_in_order(d)
+    assert s2[3, 5] == _added_in_order(d * d)
+
+
 def _added_in_order(values):
     total = 0.0
     for v in values[~np.isnan(values)]:

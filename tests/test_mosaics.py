@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.wcs import WCS
 
+from astrocurate.io import fits_image
 from astrocurate.io.fits_image import InvalidMosaicError, UnsupportedCubeError
 from astrocurate.io.mosaic_names import FITS_SUFFIXES, mosaic_name
 from astrocurate.io.mosaics import (
@@ -592,6 +593,42 @@ def test_reading_a_band_does_not_load_the_whole_image(tmp_path, fmt):
     np.testing.assert_array_equal(band, data[100:104])
     # whole-image decoding would allocate at least data.nbytes (tile index arrays: ~80 KiB)
     assert peak < data.nbytes // 2, f"peak {peak} B for a 4-row band of a {data.nbytes} B image"
+
+
+def _mapped_file_kb() -> int:
+    """Resident pages of mapped files in this process, in KiB (Linux)."""
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("RssFile:")).split()[1])
+
+
+def _read_every_band(mosaic, data: np.ndarray, rows: int) -> None:
+    out = np.empty((rows, data.shape[1]), np.float32)
+    for y0 in range(0, data.shape[0], rows):
+        assert mosaic.read_rows(y0, y0 + rows, out=out) is out
+        np.testing.assert_array_equal(out, data[y0 : y0 + rows])
+
+
+@pytest.mark.skipif(
+    not hasattr(fits_image.mmap.mmap, "madvise") or not Path("/proc/self/status").is_file(),
+    reason="needs madvise and /proc (Linux)",
+)
+def test_a_full_pass_over_a_plain_file_leaves_only_a_band_mapped(tmp_path):
+    """Each band's pages are dropped once copied: a pass does not map the whole file."""
+    data = image((4096, 2048))  # 32 MiB
+    path = write(tmp_path / "big.fits", [fits.PrimaryHDU(data)])
+    with open_mosaic(path) as mosaic:
+        before = _mapped_file_kb()
+        _read_every_band(mosaic, data, rows=128)  # 1 MiB a band
+        grown = _mapped_file_kb() - before
+    assert grown < 8 * 1024, f"{grown} KiB of the 32 MiB file still mapped after a pass"
+
+
+def test_plain_rows_are_right_where_madvise_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(fits_image, "_MADV_DONTNEED", None)
+    monkeypatch.setattr(fits_image, "_MADV_WILLNEED", None)
+    data = image((64, 48))
+    with open_mosaic(write(tmp_path / "a.fits", [fits.PrimaryHDU(data)])) as mosaic:
+        _read_every_band(mosaic, data, rows=16)
 
 
 # -- coordinates --------------------------------------------------------------------------

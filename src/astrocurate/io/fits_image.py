@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import math
+import mmap
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +24,10 @@ from astrocurate.errors import AstrocurateError
 
 __all__ = [
     "BITPIX_DTYPES",
+    "GzipRows",
     "ImageChoice",
     "InvalidMosaicError",
-    "RowReader",
+    "MappedRows",
     "Scaling",
     "UnsupportedCubeError",
     "check_plain_size",
@@ -127,33 +130,27 @@ class Scaling:
         return out
 
 
-class RowReader:
-    """Read rows of a plain (not tile-compressed) image from a stream, by position.
+class GzipRows:
+    """Read rows of a plain image inside a gzip file, by position in the stream.
 
-    Works on a raw file and on a gzip stream (forward seeks decompress and skip; a
-    backward seek restarts the stream). Length-1 axes do not change the byte layout, so
-    row ``y`` of the squeezed ``(ny, nx)`` image is ``nx`` values at ``y * nx`` from the
-    start of the data.
+    A forward seek decompresses and skips; a backward seek restarts the stream. Length-1
+    axes do not change the byte layout, so row ``y`` of the squeezed ``(ny, nx)`` image is
+    ``nx`` values at ``y * nx`` from the start of the data.
     """
 
-    def __init__(self, path: Path, gzipped: bool, data_offset: int, nx: int, dtype: str):
-        opener = gzip.open if gzipped else open
-        self._fh = opener(path, "rb")  # closed by close()
+    def __init__(self, path: Path, data_offset: int, nx: int, dtype: str):
+        self._fh = gzip.open(path, "rb")  # noqa: SIM115 (closed by close())
         self._offset = data_offset
         self._nx = nx
         self._dtype = np.dtype(dtype)
         self._row_bytes = nx * self._dtype.itemsize
 
-    def __call__(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Read the stored values of rows y0:y1 into ``out`` or a new array (y1 - y0, nx).
-
-        ``out``, if given, is C-contiguous with the stored dtype and that shape.
-        """
+    def __call__(self, y0: int, y1: int) -> np.ndarray:
+        """Read the stored values of rows y0:y1 into a new array (y1 - y0, nx)."""
         start = self._offset + y0 * self._row_bytes
         if self._fh.tell() != start:
             self._fh.seek(start)
-        if out is None:
-            out = np.empty((y1 - y0, self._nx), dtype=self._dtype)
+        out = np.empty((y1 - y0, self._nx), dtype=self._dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
         filled = 0
         while filled < len(view):
@@ -167,6 +164,77 @@ class RowReader:
     def close(self) -> None:
         """Close the stream."""
         self._fh.close()
+
+
+class MappedRows:
+    """Read rows of a plain (uncompressed, unzipped) image from a memory map of the file.
+
+    A band is copied out of the map in one pass, its byte order converted on the way when
+    the caller's array is native (:meth:`__call__` with ``out``): no read into a buffer
+    and swap afterwards. The pages of the band are then dropped from the process
+    (``MADV_DONTNEED``; they stay in the page cache), so resident memory stays bounded by
+    the caller's band rather than growing to the whole file, and the pages of the next
+    band of the same height are asked for (``MADV_WILLNEED``), so a disk reads them while
+    the caller works on this one. Row ``y`` of the squeezed ``(ny, nx)`` image is ``nx``
+    values at ``y * nx`` from the start of the data.
+    """
+
+    def __init__(self, path: Path, data_offset: int, nx: int, dtype: str):
+        self._file = open(path, "rb")  # noqa: SIM115 (closed by close())
+        try:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            self._file.close()
+            raise
+        self._offset = data_offset
+        self._nx = nx
+        self._dtype = np.dtype(dtype)
+        self._row_bytes = nx * self._dtype.itemsize
+
+    def __call__(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Copy the stored values of rows y0:y1 into ``out`` or a new array (y1 - y0, nx).
+
+        ``out``, if given, has that shape and a dtype the stored one casts to safely (the
+        native float32 of ``>f4``, say); a new array has the stored dtype.
+
+        Raises
+        ------
+        EOFError
+            If the file has been cut short since it was opened (checked before the pages
+            are touched: touching a page past the end of a mapped file kills the process).
+        """
+        start = self._offset + y0 * self._row_bytes
+        end = start + (y1 - y0) * self._row_bytes
+        size = os.fstat(self._file.fileno()).st_size
+        if size < end:
+            raise EOFError(f"data ended {end - size} bytes early in rows {y0}:{y1}")
+        stored = np.frombuffer(self._map, self._dtype, (y1 - y0) * self._nx, start)
+        try:
+            stored = stored.reshape(y1 - y0, self._nx)
+            if out is None:
+                out = stored.copy()
+            else:
+                np.copyto(out, stored, casting="safe")
+        finally:
+            del stored  # an array over the map would keep it from closing
+        self._advise(start, end, _MADV_DONTNEED)
+        self._advise(end, min(len(self._map), 2 * end - start), _MADV_WILLNEED)
+        return out
+
+    def _advise(self, start: int, end: int, advice: int | None) -> None:
+        """Give ``advice`` for the pages holding bytes start:end (where madvise exists)."""
+        first = start - start % mmap.PAGESIZE
+        if advice is not None and end > first:
+            self._map.madvise(advice, first, end - first)
+
+    def close(self) -> None:
+        """Unmap and close the file."""
+        self._map.close()
+        self._file.close()
+
+
+_MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None) if hasattr(mmap.mmap, "madvise") else None
+_MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None) if hasattr(mmap.mmap, "madvise") else None
 
 
 def open_image_hdu(path: Path) -> tuple[fits.HDUList, ImageChoice, list[str]]:

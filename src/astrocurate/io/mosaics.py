@@ -49,9 +49,10 @@ from astropy.io import fits
 
 from astrocurate.io.fits_image import (
     BITPIX_DTYPES,
+    GzipRows,
     ImageChoice,
     InvalidMosaicError,
-    RowReader,
+    MappedRows,
     Scaling,
     check_plain_size,
     corrupt_message,
@@ -283,7 +284,7 @@ class Mosaic:
         self._scaling = Scaling.from_header(hdu.header)
         self._cache: tuple[int, int, np.ndarray] | None = None  # last band (gzip / tile)
         self._reading = threading.Lock()  # one stream position and cache: one read at a time
-        self._row_reader: RowReader | None = None
+        self._row_reader: MappedRows | GzipRows | None = None
         self._memmap: np.ndarray | None = None  # plain files: for read_region
         self._read_raw = self._make_raw_reader(hdu)
 
@@ -292,17 +293,18 @@ class Mosaic:
     def _make_raw_reader(self, hdu: Any) -> Callable[..., np.ndarray]:
         """Build the function (y0, y1) -> stored values of rows y0:y1, shape (y1 - y0, nx).
 
-        For plain files it is a :class:`RowReader`, which also reads into a given array.
+        For plain files it is a :class:`MappedRows`, which also copies into a given array; in
+        gzip a :class:`GzipRows`.
         """
         ny, nx = self.shape
         if isinstance(hdu, fits.CompImageHDU):
             return self._read_section
-        # Plain image, raw or in gzip: read bands by position into a new buffer (memory
-        # stays bounded by the band; a memory map would keep every page read resident).
         offset = int(hdu.fileinfo()["datLoc"])
-        gzipped = self.compression == "gzip"
-        self._row_reader = RowReader(self.path, gzipped, offset, nx, self.stored_dtype.str)
-        if not gzipped:  # opened with memmap=True and without scaling: a view, no read
+        if self.compression == "gzip":
+            self._row_reader = GzipRows(self.path, offset, nx, self.stored_dtype.str)
+        else:
+            self._row_reader = MappedRows(self.path, offset, nx, self.stored_dtype.str)
+            # opened with memmap=True and without scaling: a view, no read
             self._memmap = hdu.data.reshape(ny, nx)
         return self._row_reader
 
@@ -316,20 +318,25 @@ class Mosaic:
 
     def _read_band(self, y0: int, y1: int) -> np.ndarray:
         """Rows y0:y1 as float32, reusing the cached previous band for compressed files."""
+        if self._plain_float32:
+            return self._read_raw(y0, y1, np.empty((y1 - y0, self.shape[1]), np.float32))
         if self.compression is None:
             return self._scaling.apply(self._read_raw(y0, y1), owned=True)
         return self._read_compressed(y0, y1)
 
     def _read_into(self, y0: int, y1: int, out: np.ndarray) -> np.ndarray:
-        """Rows y0:y1 as float32 into ``out``: read in place for plain float32 files."""
-        stored = self.stored_dtype
-        scaling = self._scaling
-        plain = scaling.bscale == 1.0 and scaling.bzero == 0.0 and self.compression is None
-        if plain and stored.kind == "f" and stored.itemsize == 4:
-            scaling.apply(self._read_raw(y0, y1, out.view(stored)), owned=True)  # swaps in place
-        else:
-            np.copyto(out, self._read_band(y0, y1))
+        """Rows y0:y1 as float32 into ``out``: copied straight in for plain float32 files."""
+        if self._plain_float32:
+            return self._read_raw(y0, y1, out)  # the copy from the map swaps the bytes
+        np.copyto(out, self._read_band(y0, y1))
         return out
+
+    @property
+    def _plain_float32(self) -> bool:
+        """Uncompressed float32 without scaling: the stored values are the pixels."""
+        stored, scaling = self.stored_dtype, self._scaling
+        unscaled = scaling.bscale == 1.0 and scaling.bzero == 0.0
+        return unscaled and self.compression is None and stored == np.dtype(">f4")
 
     def _read_compressed(self, y0: int, y1: int) -> np.ndarray:
         """Rows y0:y1 of a gzip or tile-compressed file, reusing the cached previous band."""

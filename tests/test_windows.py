@@ -418,6 +418,29 @@ def test_window_statistics_far_from_the_reference_level(monkeypatch):
     np.testing.assert_allclose(stats["std"][bright], 1.0, rtol=0.2)
 
 
+@pytest.mark.parametrize("pad", [0.0, 37.25], ids=["zeros", "constant"])
+def test_constant_windows_are_exact_without_a_second_pass(monkeypatch, pad):
+    """Zero-padded borders: mean and std as the two passes give them, without the passes."""
+    image = _image((96, 128), level=500.0, noise=3.0)
+    image[:, :48] = pad  # every window left of column 48 is constant
+    image[70:, 100:] = np.nan
+    x0, y0 = window_origins(image.shape, 16, 0.5)
+    redone = []
+    two_pass = windows._moments_two_pass
+    monkeypatch.setattr(
+        windows, "_moments_two_pass", lambda x: redone.append(len(x)) or two_pass(x)
+    )
+    stats = window_statistics(image, x0, y0, 16)
+    constant = x0 + 16 <= 48
+    assert not redone
+    monkeypatch.undo()
+    reference = cutout_statistics(extract_windows(image, x0, y0, 16))
+    for key in ("mean", "std"):
+        np.testing.assert_array_equal(stats[key][constant], reference[key][constant])
+    assert (stats["mean"][constant] == pad).all() and (stats["std"][constant] == 0).all()
+    _assert_same_statistics(image, x0, y0, 16)
+
+
 def test_window_statistics_of_integers_and_float64():
     x0, y0 = window_origins((30, 30), 6, 0.5)
     ints = RNG.integers(-50, 50, size=(30, 30))
@@ -480,7 +503,7 @@ def test_block_sums_are_those_with_blanks_zeroed_first(nx):
     image[RNG.random(image.shape) < 0.03] = np.nan
     image[:, nx // 2 :][40:50] = np.nan  # blank rows in some columns
     breaks = np.array([0, 7, 40, 45, 90])
-    count, s1, s2, vmax = windows._block_columns(image, breaks, 0.25)
+    count, s1, s2, vmax, _ = windows._block_columns(image, breaks, 0.25)
     expected = _sums_blanks_zeroed(image, breaks, 0.25)
     for got, want in zip((count, s1, s2), expected, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -497,7 +520,7 @@ def test_block_sums_do_not_depend_on_the_chunks_a_block_is_cut_into(monkeypatch,
     image[RNG.random(image.shape) < 0.03] = np.nan
     breaks = np.array([0, 7, 40, 45, 90])
     monkeypatch.setattr(windows, "_BLOCK_ELEMENTS", elements)
-    count, s1, s2, vmax = windows._block_columns(image, breaks, 0.25)
+    count, s1, s2, vmax, _ = windows._block_columns(image, breaks, 0.25)
     expected = _sums_blanks_zeroed(image, breaks, 0.25)
     for got, want in zip((count, s1, s2), expected, strict=True):
         np.testing.assert_array_equal(got, want)

@@ -455,14 +455,17 @@ def window_moments(
     if x0.size == 0:
         return {key: np.empty(0) for key in ("nan_fraction", "mean", "std", "max")}
     level = _reference_level(image)
-    count, s1, s2, vmax = _window_sums(image, x0, y0, w, level)
+    count, s1, s2, vmax, vmin = _window_sums(image, x0, y0, w, level)
     with np.errstate(invalid="ignore", divide="ignore"):
         m1, m2 = s1 / count, s2 / count
         var = m2 - m1 * m1
         mean = level + m1
-        # the one-pass variance keeps at least 10 digits where var > 1e-6 * E[(v - c)^2]
-        redo = (count > 0) & ~(var * _WELL_CONDITIONED > m2)
         std = np.sqrt(np.maximum(var, 0.0))
+        # a constant window (zero-padded borders): exactly what the two passes give
+        constant = (vmin == vmax) & np.isfinite(vmax)
+        mean[constant], std[constant] = vmax[constant], 0.0
+        # the one-pass variance keeps at least 10 digits where var > 1e-6 * E[(v - c)^2]
+        redo = (count > 0) & ~(var * _WELL_CONDITIONED > m2) & ~constant
     if redo.any():
         _, mean[redo], std[redo] = _moments_two_pass(
             extract_windows(image, x0[redo], y0[redo], w).reshape(int(redo.sum()), -1)
@@ -548,7 +551,7 @@ def _reference_level(image: np.ndarray) -> float:
 def _window_sums(
     image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, level: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return each window's valid count, sums of ``v - level`` and its square, and max.
+    """Return each window's valid count, sums of ``v - level`` and its square, max and min.
 
     Rows are cut into blocks at every window's top and bottom edge; each block is
     reduced to per-column values once; a window row's columns sum its blocks. Columns
@@ -556,7 +559,7 @@ def _window_sums(
     """
     rows, row_of = np.unique(y0, return_inverse=True)
     ybreaks = np.unique(np.concatenate([rows, rows + w]))
-    blocks = _block_columns(image, ybreaks, level)  # 4 arrays of (n_blocks, nx)
+    blocks = _block_columns(image, ybreaks, level)  # 5 arrays of (n_blocks, nx)
     first = np.searchsorted(ybreaks, rows)
     stop = np.searchsorted(ybreaks, rows + w)
     bands = [_range_reduce(b, first, stop, op) for b, op in zip(blocks, _OPS, strict=True)]
@@ -569,21 +572,21 @@ def _window_sums(
     ]
     first = row_of * n_seg + np.searchsorted(xbreaks, x0)
     stop = row_of * n_seg + np.searchsorted(xbreaks, x0 + w)
-    count, s1, s2, vmax = (
+    count, s1, s2, vmax, vmin = (
         _range_reduce(s, first, stop, op) for s, op in zip(segs, _OPS, strict=True)
     )
-    return count, s1, s2, vmax.astype(np.float64)
+    return count, s1, s2, vmax.astype(np.float64), vmin.astype(np.float64)
 
 
-_OPS = (np.add, np.add, np.add, np.fmax)
+_OPS = (np.add, np.add, np.add, np.fmax, np.fmin)
 
 
 def _block_columns(image: np.ndarray, breaks: np.ndarray, level: float) -> list[np.ndarray]:
-    """Per-column count, sum, sum of squares (of ``v - level``) and max of row blocks.
+    """Per-column count, sum, sum of squares (of ``v - level``), max and min of row blocks.
 
     Block ``i`` is rows ``breaks[i]:breaks[i + 1]``, reduced :data:`_BLOCK_ELEMENTS` pixels
-    at a time. Returns four arrays of shape ``(len(breaks) - 1, nx)``: float64 for the first
-    three, the image dtype for max.
+    at a time. Returns five arrays of shape ``(len(breaks) - 1, nx)``: float64 for the first
+    three, the image dtype for max and min.
     """
     nx = image.shape[1]
     n_blocks = len(breaks) - 1
@@ -591,39 +594,44 @@ def _block_columns(image: np.ndarray, breaks: np.ndarray, level: float) -> list[
     s1 = np.zeros((n_blocks, nx))
     s2 = np.zeros((n_blocks, nx))
     vmax = np.full((n_blocks, nx), np.nan, dtype=image.dtype)
+    vmin = np.full((n_blocks, nx), np.nan, dtype=image.dtype)
     step = max(1, _BLOCK_ELEMENTS // max(nx, 1))
     scratch = np.empty((min(step, image.shape[0]), nx))
     for i in range(n_blocks):
         b0, b1 = int(breaks[i]), int(breaks[i + 1])
         for a in range(b0, b1, step):
             rows = image[a : min(a + step, b1)]
-            _add_columns(rows, level, scratch[: len(rows)], (count[i], s1[i], s2[i], vmax[i]))
-    return [count, s1, s2, vmax]
+            columns = (count[i], s1[i], s2[i], vmax[i], vmin[i])
+            _add_columns(rows, level, scratch[: len(rows)], columns)
+    return [count, s1, s2, vmax, vmin]
 
 
 def _add_columns(
     rows: np.ndarray,
     level: float,
     scratch: np.ndarray,
-    columns: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    columns: tuple[np.ndarray, ...],
 ) -> None:
-    """Add the valid count, sum and sum of squares of ``rows - level`` and the max, by column.
+    """Add the valid count, sum and sum of squares of ``rows - level``, max and min by column.
 
-    ``columns`` are the running ``(count, s1, s2, vmax)`` of one block, updated in place;
+    ``columns`` are the running ``(count, s1, s2, vmax, vmin)`` of one block, updated in place;
     ``scratch`` is a float64 array of the shape of ``rows``. Sums run down each column in
     row order in float64, blanks (NaN) as zeros, continuing from the running values (the
     running sum is folded into the first row), so they do not depend on how a block is cut
     into chunks. Blanks are looked for only where the column maximum says there are some.
     """
-    count, s1, s2, vmax = columns
+    count, s1, s2, vmax, vmin = columns
     top = np.maximum.reduce(rows, axis=0)  # NaN in the columns that hold a blank
     d = np.subtract(rows, level, out=scratch, dtype=np.float64)
     if np.isnan(top).any():
         blank = np.isnan(rows)
         np.copyto(d, 0.0, where=blank)
         count -= np.add.reduce(blank.view(np.uint8), axis=0, dtype=np.int32)
-        top = np.fmax.reduce(rows, axis=0)
+        top, bottom = np.fmax.reduce(rows, axis=0), np.fmin.reduce(rows, axis=0)
+    else:
+        bottom = np.minimum.reduce(rows, axis=0)
     np.fmax(vmax, top, out=vmax)
+    np.fmin(vmin, bottom, out=vmin)
     count += len(rows)
     first_squared = np.square(d[0])
     d[0] += s1

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -159,6 +161,25 @@ def test_cutting_benchmark_times_the_virtual_run_against_one_read(tmp_path: Path
         )
         assert result.returncode == 2
         assert f"--read-ratio: expected a positive number of turns, got '{bad}'" in result.stderr
+
+
+def test_cutting_benchmark_on_zero_padded_mosaics(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    out = run_benchmark(
+        "cutouts.py", "--mosaics", "1", "--size", "512", "--read-ratio", "1", "--zero-blanks",
+        "--workdir", str(work), tmp_path=tmp_path, threads=False,
+    )  # fmt: skip
+    assert "blank pixels as zeros" in out and "turn 1:" in out, out
+    originals = sorted((work / "survey-1x512").rglob("*.fits"))
+    copies = sorted((work / "survey-1x512-zeros").rglob("*.fits"))
+    assert len(copies) == len(originals) == 2 and not (work / "survey-1x512-zeros.partial").exists()
+    for original, copy in zip(originals, copies, strict=True):
+        before, after = fits.getdata(original), fits.getdata(copy)
+        assert np.isnan(before).any()
+        if original.name == "mosaic-blanked.fits":
+            np.testing.assert_array_equal(after, np.nan_to_num(before, nan=0.0))
+        else:  # the rms map is left as it was
+            np.testing.assert_array_equal(after, before)
 
 
 def test_batch_invariance_benchmark_compares_every_backbone(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests of the cutting step's worker set-up (astrocurate.stages.cutting_out.run)."""
+"""Tests of the cutting step's workers (astrocurate.stages.cutting_out: run, cutting)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 _ALLOCATE_AND_FREE = """
 import ctypes, json
 import numpy as np
-from astrocurate.stages.cutting_out import run
+from astrocurate.stages.cutting_out import cutting
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -24,7 +24,7 @@ class MallInfo2(ctypes.Structure):
 mallinfo2 = ctypes.CDLL(None).mallinfo2
 mallinfo2.restype = MallInfo2
 if {tuned}:
-    run._keep_freed_memory()
+    cutting.keep_freed_memory()
 band = np.ones(1 << 22)  # 32 MiB, as a band read at once
 mapped_alone = mallinfo2().hblkhd
 del band

@@ -25,5 +25,9 @@ class InvalidArgumentError(AstrocurateError, ValueError):
     """A parameter given by the user is out of range or malformed."""
 
 
+class WorkerDiedError(AstrocurateError, RuntimeError):
+    """A worker process ended abruptly (out of memory, a signal); rerunning resumes."""
+
+
 class StepInterrupted(KeyboardInterrupt):
     """A step received SIGTERM or SIGINT; its run is marked KILLED."""

@@ -8,6 +8,8 @@
   (``run.sh`` and the level jobs of a clustering, the cutouts job array, the features job
   array and its finishing job), the bash functions that submit jobs, sbatch's log paths.
 - :mod:`~astrocurate.launch.shards`: the ``K/N`` parser of ``--shard``.
+- :mod:`~astrocurate.launch.workers`: the one process pool of the steps that fan out by
+  file on one machine (cutting, source finding); a worker that dies stops it in one line.
 
 The launch layer knows no stage: the stages describe their scripts and call it.
 """

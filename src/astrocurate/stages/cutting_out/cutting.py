@@ -259,3 +259,31 @@ def _mosaic_info(mosaic, task: MosaicTask) -> dict:
 
 def _empty_rows() -> Columns:
     return {c: np.empty(0) for c in ("x0", "y0", "ra", "dec", "nan_fraction")}
+
+
+#: glibc's ``mallopt`` parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Arrays up to this size come from the heap (a band read at once: 32 MiB).
+_FROM_HEAP = 1 << 27
+#: Freed memory a worker keeps for reuse (the statistics' temporaries: 4-16 MiB each).
+_KEEP_FREED = 1 << 30
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep the memory a worker frees, to reuse it (no-op on other C libraries).
+
+    By default glibc maps arrays of 32 MiB and more (a band of a mosaic and of its rms map,
+    two buffers each) afresh and unmaps them when they are freed, and gives freed memory
+    back above a threshold, so a worker paid 35-46k page faults of zeroed pages per mosaic
+    of 8192 px, 0.1-0.15 s of system time (a third of its CPU time). Served from the heap
+    and kept there, they cost none; the worker's resident memory stays at its peak
+    instead of dropping between mosaics.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
+    except (OSError, AttributeError):  # no mallopt (macOS): nothing to tune
+        return
+    if mallopt(_M_MMAP_THRESHOLD, _FROM_HEAP):
+        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED)

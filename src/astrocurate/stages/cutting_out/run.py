@@ -20,17 +20,12 @@ mosaic, so the result does not depend on ``workers`` or on interruptions.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +33,7 @@ from astrocurate import steps
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io import mosaic_files
+from astrocurate.launch.workers import map_in_workers, start_forkserver
 from astrocurate.stages.cutting_out import companions
 from astrocurate.tracking import StepRun, require_run, tracked_step
 
@@ -135,7 +131,7 @@ def make_cutouts(
 
     def before_work() -> None:
         if workers > 1 and len(found) > 1:
-            _start_forkserver()  # its imports overlap checking companions, opening the store
+            start_forkserver([_WORKER_MODULE])  # imports overlap checking companions
         companions.check_companions(found, beside)
 
     with tracked_step(
@@ -392,79 +388,15 @@ def _cut_all(tasks: list, workers: int, progress: bool) -> None:
         results = map(cutting.cut_mosaic, todo)
         _drain(results, bar)
         return
-    context = _start_forkserver()
-    lifeline, keep_alive = context.Pipe(duplex=False)
-    try:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)),
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(lifeline,),
-        ) as pool:
-            _drain(pool.map(cutting.cut_mosaic, todo), bar)
-    finally:
-        keep_alive.close()
-        lifeline.close()
-
-
-def _start_forkserver() -> Any:
-    """Start the fork server that workers are forked from, with the worker module imported.
-
-    Starting it early lets its imports (astropy, pandas) run in another process while
-    this one opens the tracking store. Returns the multiprocessing context.
-    """
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([_WORKER_MODULE])  # workers start with it imported
-    from multiprocessing import forkserver
-
-    forkserver.ensure_running()
-    return context
-
-
-def _init_worker(lifeline: Connection) -> None:
-    """Make a worker exit as soon as the main process is gone.
-
-    Only the main process holds the writing end of ``lifeline``; when it dies (even by
-    SIGKILL) the pipe reports end-of-file and the worker exits. Without this, pool
-    workers of a killed run would wait forever, and could still be writing into the run
-    directory while a rerun resumes it.
-    """
-    threading.Thread(target=_exit_with_main, args=(lifeline,), daemon=True).start()
-    _keep_freed_memory()
-
-
-#: glibc's ``mallopt`` parameters: M_TRIM_THRESHOLD, M_MMAP_THRESHOLD.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: Arrays up to this size come from the heap (a band read at once: 32 MiB).
-_FROM_HEAP = 1 << 27
-#: Freed memory a worker keeps for reuse (the statistics' temporaries: 4-16 MiB each).
-_KEEP_FREED = 1 << 30
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep the memory a worker frees, to reuse it (no-op on other C libraries).
-
-    By default glibc maps arrays of 32 MiB and more (a band of a mosaic and of its rms map,
-    two buffers each) afresh and unmaps them when they are freed, and gives freed memory
-    back above a threshold, so a worker paid 35-46k page faults of zeroed pages per mosaic
-    of 8192 px, 0.1-0.15 s of system time (a third of its CPU time). Served from the heap
-    and kept there, they cost none; the worker's resident memory stays at its peak
-    instead of dropping between mosaics.
-    """
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process runs on
-    except (OSError, AttributeError):  # no mallopt (macOS): nothing to tune
-        return
-    if mallopt(_M_MMAP_THRESHOLD, _FROM_HEAP):
-        mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED)
-
-
-def _exit_with_main(lifeline: Connection) -> None:
-    with contextlib.suppress(EOFError, OSError):
-        lifeline.recv()  # nothing is ever sent: returns only at end-of-file
-    os._exit(1)
+    map_in_workers(
+        cutting.cut_mosaic,
+        todo,
+        workers=workers,
+        preload=[_WORKER_MODULE],
+        consume=lambda results: _drain(results, bar),
+        what="cutting the mosaics",
+        setup=cutting.keep_freed_memory,
+    )
 
 
 def _drain(results: Iterable[dict], bar: Any) -> None:

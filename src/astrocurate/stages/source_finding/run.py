@@ -26,18 +26,14 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +45,7 @@ from astrocurate.errors import InvalidArgumentError
 from astrocurate.io import mosaics as mosaic_io
 from astrocurate.io.atomic import fsync_file, write_json
 from astrocurate.io.cutout_store import write_parquet_atomic
+from astrocurate.launch.workers import map_in_workers
 from astrocurate.stages.source_finding import outputs
 from astrocurate.tracking import StepRun, default_output_root, tracked_step
 from astrocurate.validation import check_int, check_real
@@ -409,31 +406,14 @@ def _find_all(tasks: list[_MosaicTask], workers: int, progress: bool) -> None:
     if workers == 1 or len(todo) <= 1:
         _drain(map(find_in_mosaic, todo), bar)
         return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "bdsf"])  # workers start with them imported
-    lifeline, keep_alive = context.Pipe(duplex=False)
-    try:
-        with ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)),
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(lifeline,),
-        ) as pool:
-            _drain(pool.map(find_in_mosaic, todo), bar)
-    finally:
-        keep_alive.close()
-        lifeline.close()
-
-
-def _init_worker(lifeline: Connection) -> None:
-    """Make a worker exit as soon as the main process is gone (end-of-file on the pipe)."""
-    threading.Thread(target=_exit_with_main, args=(lifeline,), daemon=True).start()
-
-
-def _exit_with_main(lifeline: Connection) -> None:
-    with contextlib.suppress(EOFError, OSError):
-        lifeline.recv()  # nothing is ever sent: returns only at end-of-file
-    os._exit(1)
+    map_in_workers(
+        find_in_mosaic,
+        todo,
+        workers=workers,
+        preload=[__name__, "bdsf"],  # workers start with them imported
+        consume=lambda results: _drain(results, bar),
+        what="finding sources",
+    )
 
 
 def _drain(results: Iterable[dict], bar: Any) -> None:

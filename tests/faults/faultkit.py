@@ -68,9 +68,12 @@ class At:
     nth: int = 1
     when: str = "after"
     signal: str = "SIGKILL"
+    #: Fire in a worker process forked by the command (a pool worker), not in the command.
+    in_worker: bool = False
 
     def describe(self) -> str:
-        return f"{self.signal} {self.when} rename #{self.nth} onto {self.pattern}"
+        where = " in a worker" if self.in_worker else ""
+        return f"{self.signal}{where} {self.when} rename #{self.nth} onto {self.pattern}"
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ class Runner:
         if isinstance(fault, At):
             env["ASTROCURATE_FAULT_HOOK"] = json.dumps(
                 {"pattern": fault.pattern, "nth": fault.nth, "when": fault.when,
-                 "signal": fault.signal}
+                 "signal": fault.signal, "in_worker": fault.in_worker}
             )  # fmt: skip
         started = time.monotonic()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:

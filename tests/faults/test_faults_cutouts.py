@@ -114,3 +114,35 @@ def test_cutouts_killed_at_seeded_points_resume_to_the_same_result(fault_inputs,
     assert final.stdout.strip() == runs[0].run_id
     check_finished_runs(experiment)
     assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")
+
+
+def test_a_killed_cutting_worker_stops_the_run_in_one_line_and_the_rerun_resumes(
+    fault_inputs, fault_env
+):
+    """A worker process dies (the system's out-of-memory killer, say) while the step runs."""
+    output = fault_env.work / "cut"
+    fault_env.use("reference")
+    catalogue = _catalogue(fault_inputs.survey, fault_env.work)
+    reference = make_cutouts(
+        fault_inputs.survey, output, CutoutOptions(WINDOW, catalogue=catalogue), workers=1
+    )
+    runner = fault_env.runner("faulted")
+    experiment = fault_env.use("faulted")
+    argv = _argv(fault_inputs.survey, output, catalogue)
+    argv[argv.index("--workers") + 1] = "2"
+    attempt = runner.run(argv, At("*/parts/*.json", when="before", in_worker=True))
+    assert attempt.fired and attempt.returncode == 1, attempt.where()
+    error = attempt.stderr.strip().splitlines()[-1]
+    assert error.startswith("cutouts.py: error: a worker process cutting the mosaics ended"), (
+        attempt.where()
+    )
+    assert "Traceback" not in attempt.stderr, attempt.where()
+    assert [r.status for r in runs_of(experiment, "cutting_out")] == ["FAILED"], runner.summary()
+
+    final = runner.run(argv)
+    assert final.returncode == 0, final.where()
+    assert said_resumed_or_reused(final.stderr), final.where()
+    runs = runs_of(experiment, "cutting_out")
+    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
+    check_finished_runs(experiment)
+    assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")

@@ -12,6 +12,8 @@ renaming a temporary file) whose destination matches ``pattern`` (fnmatch on the
 
 Only the first Python process of the command arms the hook (``run.sh`` execs Python, so
 that is the step itself); its child processes inherit the environment and stay unarmed.
+With ``"in_worker": true`` every Python process installs it but only a process forked from
+one (a pool worker forked by a fork server) fires: each worker counts its own renames.
 The tests put this directory first on ``PYTHONPATH``; any other ``sitecustomize`` on
 the path is still imported.
 """
@@ -34,6 +36,7 @@ def _install(spec: dict) -> None:
     when = spec.get("when", "after")
     signum = getattr(signal, spec.get("signal", "SIGKILL"))
     armed_pid = os.getpid()
+    in_worker = bool(spec.get("in_worker"))
     real_replace = os.replace
     seen = [0]
 
@@ -46,7 +49,8 @@ def _install(spec: dict) -> None:
 
     def replace(src, dst, *args, **kwargs):
         target = os.fsdecode(dst)
-        if os.getpid() != armed_pid or not fnmatch.fnmatch(target, pattern):
+        forked = os.getpid() != armed_pid
+        if forked != in_worker or not fnmatch.fnmatch(target, pattern):
             return real_replace(src, dst, *args, **kwargs)
         seen[0] += 1
         if seen[0] != nth:
@@ -78,7 +82,7 @@ def _chain() -> None:
 
 
 _spec = os.environ.get(_SPEC_ENV)
-if _spec and not os.environ.get(_ARMED_ENV):
+if _spec and (not os.environ.get(_ARMED_ENV) or json.loads(_spec).get("in_worker")):
     os.environ[_ARMED_ENV] = str(os.getpid())
     _install(json.loads(_spec))
 _chain()

@@ -201,7 +201,8 @@ class MappedRows:
         ------
         EOFError
             If the file has been cut short since it was opened (checked before the pages
-            are touched: touching a page past the end of a mapped file kills the process).
+            are touched: touching a page past the end of a mapped file kills the process
+            with SIGBUS, so a file cut during the copy still does; a rerun resumes).
         """
         start = self._offset + y0 * self._row_bytes
         end = start + (y1 - y0) * self._row_bytes

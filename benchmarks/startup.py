@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         variants = {"baseline": baseline_tree, "current": ROOT}
         workdirs = {name: scratch / name for name in variants}
-        reruns = {n: prepare(tree, workdirs[n], survey, env) for n, tree in variants.items()}
+        # the variant's package for the step's own worker processes too: a fork server
+        # starts from the interpreter's path, where the installed package is this tree's
+        envs = {n: {**env, "PYTHONPATH": str(tree / "src")} for n, tree in variants.items()}
+        reruns = {n: prepare(tree, workdirs[n], survey, envs[n]) for n, tree in variants.items()}
 
         def commands(name: str) -> dict[str, list[str]]:
             tree, workdir = variants[name], workdirs[name]
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name in variants:
                     if label.startswith("import") and name == "baseline":
                         continue  # the same library either way
-                    measured = timed(commands(name)[label], workdirs[name], env)
+                    measured = timed(commands(name)[label], workdirs[name], envs[name])
                     results.setdefault((label, name), []).append(measured)
         load_end = os.getloadavg()[0]
     finally:

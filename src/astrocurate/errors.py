@@ -28,6 +28,15 @@ class InvalidArgumentError(AstrocurateError, ValueError):
 class WorkerDiedError(AstrocurateError, RuntimeError):
     """A worker process ended abruptly (out of memory, a signal); rerunning resumes."""
 
+    @classmethod
+    def doing(cls, what: str) -> WorkerDiedError:
+        """Return the one-line error for a worker that died ``what`` ("cutting the mosaics")."""
+        return cls(
+            f"a worker process {what} ended abruptly (killed by the system, e.g. when memory "
+            "ran out, or by a signal); what finished is kept: rerun the same command to "
+            "resume, with fewer --workers if memory is short"
+        )
+
 
 class StepInterrupted(KeyboardInterrupt):
     """A step received SIGTERM or SIGINT; its run is marked KILLED."""

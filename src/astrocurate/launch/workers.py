@@ -87,11 +87,7 @@ def map_in_workers(
             try:
                 consume(pool.map(fn, tasks))
             except BrokenProcessPool as exc:
-                raise WorkerDiedError(
-                    f"a worker process {what} ended abruptly (killed by the system, e.g. when "
-                    "memory ran out, or by a signal); what finished is kept: rerun the same "
-                    "command to resume, with fewer --workers if memory is short"
-                ) from exc
+                raise WorkerDiedError.doing(what) from exc
     finally:
         keep_alive.close()
         lifeline.close()

@@ -17,6 +17,7 @@ The run's lifecycle is elsewhere: one process records it with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -33,7 +34,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from astrocurate.algorithms.normalization import normalize
 from astrocurate.algorithms.normalization_config import NormalizationConfig
-from astrocurate.errors import InvalidRunError
+from astrocurate.errors import InvalidRunError, WorkerDiedError
 from astrocurate.io.atomic import atomic_path, write_text
 from astrocurate.io.cutout_store import CutoutReader, read_manifest
 from astrocurate.stages.feature_extraction.outputs import FEATURES, SIDECAR, load_features
@@ -246,21 +247,39 @@ def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress:
     bar = _progress_bar(total, done, progress)
     model = feature_model(plan)
     computed = 0
-    for start in todo:
-        rows = np.arange(start, start + _block_len(start, block_rows, plan.n_rows))
-        batches = plan_batches(window_sizes, rows, plan.batch_size)
-        features = _features_of(merged_dir, batches, model, plan.options, plan.workers, plan.device)
-        for ids, feats in features:
-            matrix[ids] = feats.astype(plan.options.output_dtype)
-            computed += len(ids)
-            if bar is not None:
-                bar.update(len(ids))
-        matrix.flush()
-        _touch_atomic(_marker(out_dir, start))
+    with _loader_workers_dying_in_one_line():
+        for start in todo:
+            rows = np.arange(start, start + _block_len(start, block_rows, plan.n_rows))
+            batches = plan_batches(window_sizes, rows, plan.batch_size)
+            features = _features_of(
+                merged_dir, batches, model, plan.options, plan.workers, plan.device
+            )
+            for ids, feats in features:
+                matrix[ids] = feats.astype(plan.options.output_dtype)
+                computed += len(ids)
+                if bar is not None:
+                    bar.update(len(ids))
+            matrix.flush()
+            _touch_atomic(_marker(out_dir, start))
     if bar is not None:
         bar.close()
     del matrix
     return computed
+
+
+@contextlib.contextmanager
+def _loader_workers_dying_in_one_line() -> Iterator[None]:
+    """Turn torch's error for a DataLoader worker that died into :class:`WorkerDiedError`.
+
+    torch raises it (a RuntimeError starting "DataLoader worker") from its SIGCHLD handler
+    or its queue, wherever the main thread is at that moment.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        if not str(exc).startswith("DataLoader worker"):
+            raise
+        raise WorkerDiedError.doing("reading the cutouts (a DataLoader worker)") from exc
 
 
 def _block_len(start: int, block_rows: int, n_rows: int) -> int:

@@ -287,3 +287,31 @@ def test_wrong_architecture_weights(env, capsys, tmp_path) -> None:
     )
     err = capsys.readouterr().err
     assert status == 1 and str(weights) in err
+
+
+@pytest.mark.parametrize("memory", ["host", "gpu", "other error"])
+def test_running_out_of_memory_ends_in_one_line(env, monkeypatch, capsys, memory) -> None:
+    from astrocurate.stages.feature_extraction import run as feature_run
+
+    _, merged_run = env
+    error = {
+        "host": MemoryError(),
+        "gpu": torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 79.1 GiB in all.\nMore"
+        ),
+        "other error": RuntimeError("not about memory"),
+    }[memory]
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(feature_run, "extract_features", fails)
+    if memory == "other error":  # a bug keeps its traceback
+        with pytest.raises(RuntimeError, match="not about memory"):
+            main(["features", "--merged-cutouts-id", merged_run.run_id])
+        return
+    assert main(["features", "--merged-cutouts-id", merged_run.run_id]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    which = "GPU memory (CUDA out of memory. Tried" if memory == "gpu" else "memory (MemoryError)"
+    assert len(lines) == 1 and lines[0].startswith(f"astrocurate features: error: out of {which}")
+    assert "rerun the same command to resume, with a smaller --batch-size" in lines[0]

@@ -112,9 +112,29 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except OSError as exc:  # a full disk, a vanished or unwritable file: no traceback
         print(f"{name}: error: {exc}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise
+        print(f"{name}: error: {_out_of_memory_message(exc)}", file=sys.stderr)
+        return 1
     except (StepInterrupted, KeyboardInterrupt) as exc:
         print(f"{name}: {exc or 'interrupted'}; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out: the host's, or a GPU's (torch.OutOfMemoryError)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _out_of_memory_message(exc: BaseException) -> str:
+    """One line: which memory ran out, and what to do."""
+    where = "GPU memory" if type(exc).__name__ == "OutOfMemoryError" else "memory"
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"out of {where} ({detail[:200]}); what finished is kept: rerun the same command "
+        "to resume, with a smaller --batch-size or fewer --workers where the step has them"
+    )
 
 
 def run_script(command_name: str, script: str) -> None:

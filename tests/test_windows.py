@@ -530,6 +530,20 @@ def test_block_sums_do_not_depend_on_the_chunks_a_block_is_cut_into(monkeypatch,
     assert s2[3, 5] == _added_in_order(d * d)
 
 
+@pytest.mark.parametrize("nx", [1, 3], ids=["1-column", "3-columns"])
+def test_block_counts_of_tall_narrow_blocks_with_more_than_255_blanks(nx):
+    """Chunks hold at most 255 rows, so a column's blanks in one chunk fit in a byte."""
+    image = RNG.normal(0, 1, (700, nx)).astype(np.float32)
+    image[:600:2] = np.nan  # 300 blanks in each column of the first block
+    breaks = np.array([0, 640, 700])
+    count, s1, s2, _, _ = windows._block_columns(image, breaks, 0.0)
+    expected = _sums_blanks_zeroed(image, breaks, 0.0)
+    np.testing.assert_array_equal(count[0], np.full(nx, 640 - 300))
+    np.testing.assert_array_equal(count, expected[0])
+    for got, want in zip((s1, s2), expected[1:], strict=True):  # a column's own order
+        np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
 def _added_in_order(values):
     total = 0.0
     for v in values[~np.isnan(values)]:

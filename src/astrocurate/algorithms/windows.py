@@ -511,6 +511,8 @@ def add_robust_statistics(
 _WELL_CONDITIONED = 1e6
 #: Pixels reduced at once by :func:`_block_columns` (512 KiB of float64: they stay in cache).
 _BLOCK_ELEMENTS = 1 << 16
+#: Rows reduced at once at most: a column's count of blanks in a chunk fits in a byte.
+_MAX_CHUNK_ROWS = 255
 
 
 def _float_image_and_windows(
@@ -595,7 +597,7 @@ def _block_columns(image: np.ndarray, breaks: np.ndarray, level: float) -> list[
     s2 = np.zeros((n_blocks, nx))
     vmax = np.full((n_blocks, nx), np.nan, dtype=image.dtype)
     vmin = np.full((n_blocks, nx), np.nan, dtype=image.dtype)
-    step = max(1, _BLOCK_ELEMENTS // max(nx, 1))
+    step = min(_MAX_CHUNK_ROWS, max(1, _BLOCK_ELEMENTS // max(nx, 1)))
     scratch = np.empty((min(step, image.shape[0]), nx))
     for i in range(n_blocks):
         b0, b1 = int(breaks[i]), int(breaks[i + 1])
@@ -616,9 +618,10 @@ def _add_columns(
 
     ``columns`` are the running ``(count, s1, s2, vmax, vmin)`` of one block, updated in place;
     ``scratch`` is a float64 array of the shape of ``rows``. Sums run down each column in
-    row order in float64, blanks (NaN) as zeros, continuing from the running values (the
-    running sum is folded into the first row), so they do not depend on how a block is cut
-    into chunks. Blanks are looked for only where the column maximum says there are some.
+    row order in float64 (numpy's order for an array of several columns), blanks (NaN) as
+    zeros, continuing from the running values (the running sum is folded into the first
+    row), so they do not depend on how a block is cut into chunks. Blanks are looked for
+    only where the column maximum says there are some.
     """
     count, s1, s2, vmax, vmin = columns
     top = np.maximum.reduce(rows, axis=0)  # NaN in the columns that hold a blank
@@ -626,7 +629,7 @@ def _add_columns(
     if np.isnan(top).any():
         blank = np.isnan(rows)
         np.copyto(d, 0.0, where=blank)
-        count -= np.add.reduce(blank.view(np.uint8), axis=0, dtype=np.int32)
+        count -= np.add.reduce(blank.view(np.uint8), axis=0, dtype=np.uint8)  # < 256 rows
         top, bottom = np.fmax.reduce(rows, axis=0), np.fmin.reduce(rows, axis=0)
     else:
         bottom = np.minimum.reduce(rows, axis=0)

@@ -363,6 +363,23 @@ def said_resumed_or_reused(text: str) -> bool:
     )
 
 
+def rerun_to_the_end(
+    runner: Runner, argv: Sequence[str], experiment: str, step: str
+) -> tuple[Attempt, Any]:
+    """Rerun ``argv`` without a fault; return the attempt and the one run of ``step`` it left.
+
+    The rerun must succeed, say that it continued (or reused) a run, and leave exactly one
+    FINISHED ``step`` run in ``experiment``, with every finished run intact.
+    """
+    final = runner.run(argv)
+    assert final.returncode == 0, final.where()
+    assert said_resumed_or_reused(final.stderr), final.where()
+    runs = runs_of(experiment, step)
+    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
+    check_finished_runs(experiment)
+    return final, runs[0]
+
+
 # --------------------------------------------------------------------------- a full disk
 
 #: Size of the small disk (a tmpfs) of the full-disk tests.

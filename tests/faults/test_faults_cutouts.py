@@ -22,9 +22,9 @@ from faultkit import (
     At,
     assert_same_outputs,
     check_finished_runs,
+    rerun_to_the_end,
     rng,
     runs_of,
-    said_resumed_or_reused,
 )
 
 from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
@@ -106,14 +106,9 @@ def test_cutouts_killed_at_seeded_points_resume_to_the_same_result(fault_inputs,
             assert runs[0].status == "RUNNING", runner.summary()
         check_finished_runs(experiment)
 
-    final = runner.run(argv)
-    assert final.returncode == 0, final.where()
-    assert said_resumed_or_reused(final.stderr), final.where()
-    runs = runs_of(experiment, "cutting_out")
-    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
-    assert final.stdout.strip() == runs[0].run_id
-    check_finished_runs(experiment)
-    assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")
+    final, run = rerun_to_the_end(runner, argv, experiment, "cutting_out")
+    assert final.stdout.strip() == run.run_id
+    assert_same_outputs(reference.output_dir, run.output_dir, context=f"\n{runner.summary()}")
 
 
 def test_a_killed_cutting_worker_stops_the_run_in_one_line_and_the_rerun_resumes(
@@ -139,10 +134,5 @@ def test_a_killed_cutting_worker_stops_the_run_in_one_line_and_the_rerun_resumes
     assert "Traceback" not in attempt.stderr, attempt.where()
     assert [r.status for r in runs_of(experiment, "cutting_out")] == ["FAILED"], runner.summary()
 
-    final = runner.run(argv)
-    assert final.returncode == 0, final.where()
-    assert said_resumed_or_reused(final.stderr), final.where()
-    runs = runs_of(experiment, "cutting_out")
-    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
-    check_finished_runs(experiment)
-    assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")
+    _, run = rerun_to_the_end(runner, argv, experiment, "cutting_out")
+    assert_same_outputs(reference.output_dir, run.output_dir, context=f"\n{runner.summary()}")

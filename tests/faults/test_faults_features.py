@@ -23,9 +23,9 @@ from faultkit import (
     Watch,
     assert_same_outputs,
     check_finished_runs,
+    rerun_to_the_end,
     rng,
     runs_of,
-    said_resumed_or_reused,
 )
 
 pytestmark = pytest.mark.slow
@@ -112,13 +112,8 @@ def test_features_killed_at_seeded_points_resume_to_the_same_result(
         assert attempt.returncode == -9, runner.summary()
         check_finished_runs(experiment)
 
-    final = runner.run(argv)
-    assert final.returncode == 0, final.where()
-    assert said_resumed_or_reused(final.stderr), final.where()
-    runs = runs_of(experiment, "feature_extraction")
-    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
-    check_finished_runs(experiment)
-    assert_same_outputs(reference.output_dir, runs[0].output_dir, context=f"\n{runner.summary()}")
+    _, run = rerun_to_the_end(runner, argv, experiment, "feature_extraction")
+    assert_same_outputs(reference.output_dir, run.output_dir, context=f"\n{runner.summary()}")
 
 
 def test_features_killed_between_final_rename_and_marker_cleanup(

@@ -20,10 +20,9 @@ from faultkit import (
     Watch,
     assert_same_outputs,
     check_finished_runs,
+    rerun_to_the_end,
     result_files,
     rng,
-    runs_of,
-    said_resumed_or_reused,
 )
 
 from astrocurate.stages.curated_sampling.run import SamplingOptions, curated_sample
@@ -101,15 +100,10 @@ def test_sampling_with_export_killed_at_seeded_points_resumes_to_the_same_result
         assert attempt.fired and attempt.returncode == -9, runner.summary()
         check_finished_runs(experiment)
 
-    final = runner.run(argv)
-    assert final.returncode == 0, final.where()
-    assert said_resumed_or_reused(final.stderr), final.where()
-    runs = runs_of(experiment, "curated_sampling")
-    assert [r.status for r in runs] == ["FINISHED"], runner.summary()
-    check_finished_runs(experiment)
+    _, run = rerun_to_the_end(runner, argv, experiment, "curated_sampling")
     assert_same_outputs(
         reference.output_dir,
-        runs[0].output_dir,
+        run.output_dir,
         exclude=NOT_RESULTS,
         context=f"\n{runner.summary()}",
     )

@@ -53,12 +53,14 @@ def map_in_workers(
 ) -> None:
     """Hand ``consume`` the results of ``fn`` over ``tasks``, in order, from worker processes.
 
+    With one worker, or at most one task, ``fn`` runs in this process (no fork server).
+
     Parameters
     ----------
     fn : callable
         A module-level function of one task (it and the tasks are pickled).
     tasks : sequence
-        The tasks, at least one.
+        The tasks.
     workers : int
         Processes at most (no more than there are tasks).
     preload : sequence of str
@@ -68,13 +70,17 @@ def map_in_workers(
     what : str
         What the workers do, for the message if one dies ("cutting the mosaics").
     setup : callable, optional
-        A module-level function each worker calls when it starts.
+        A module-level function each worker process calls when it starts (not called
+        when ``fn`` runs in this process).
 
     Raises
     ------
     WorkerDiedError
         If a worker process ends abruptly (out of memory, a signal).
     """
+    if workers <= 1 or len(tasks) <= 1:
+        consume(map(fn, tasks))
+        return
     context = start_forkserver(preload)
     lifeline, keep_alive = context.Pipe(duplex=False)
     try:

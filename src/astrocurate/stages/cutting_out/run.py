@@ -384,10 +384,6 @@ def _cut_all(tasks: list, workers: int, progress: bool) -> None:
     if len(todo) < len(tasks):
         log.info("resuming: %d of %d mosaics already cut", len(tasks) - len(todo), len(tasks))
     bar = _progress_bar(len(tasks), len(tasks) - len(todo), progress)
-    if workers == 1 or len(todo) <= 1:
-        results = map(cutting.cut_mosaic, todo)
-        _drain(results, bar)
-        return
     map_in_workers(
         cutting.cut_mosaic,
         todo,

@@ -403,9 +403,6 @@ def _find_all(tasks: list[_MosaicTask], workers: int, progress: bool) -> None:
     if len(todo) < len(tasks):
         log.info("resuming: %d of %d mosaics already done", len(tasks) - len(todo), len(tasks))
     bar = _progress_bar(len(tasks), len(tasks) - len(todo), progress)
-    if workers == 1 or len(todo) <= 1:
-        _drain(map(find_in_mosaic, todo), bar)
-        return
     map_in_workers(
         find_in_mosaic,
         todo,

@@ -2,8 +2,10 @@
 
 Speed (``--speed``), per backbone and input size, side by side in one run:
 
-- pipeline: the stage's own loop (DataLoader over the memory-mapped cutouts,
-  batched preprocessing on the device, model, rows written to a memmap), in steady state:
+- pipeline: the stage's own loop over its resumable blocks of ``--shard-rows`` rows
+  (:func:`~astrocurate.stages.feature_extraction.extraction.write_blocks`: one DataLoader
+  over the memory-mapped cutouts, batched preprocessing on the device, model, rows written
+  into the matrix, each block synced and marked done), in steady state:
   images/s after the first wave of batches (one per worker). The seconds to the end of
   that wave (``start s``: the loader's ``--workers`` processes start, their batches go
   through) are printed apart, and so is the rate over the whole run, start-up included
@@ -60,8 +62,9 @@ from astrocurate.stages.feature_extraction.extraction import (  # noqa: E402
     _features_of,
     cutout_loader,
     plan_batches,
+    write_blocks,
 )
-from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL  # noqa: E402
+from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL, FeatureOptions  # noqa: E402
 
 QUALITY_MODELS = (
     "scattering",
@@ -126,8 +129,9 @@ def time_pipeline(
     workers: int,
     device: torch.device,
     n_rows: int,
+    shard_rows: int,
 ) -> tuple[float, float, float]:
-    """Time the stage's inner loop, writing rows into a memmap like the stage does.
+    """Time the stage's loop over its blocks of ``shard_rows`` rows, markers included.
 
     Returns
     -------
@@ -142,23 +146,23 @@ def time_pipeline(
     whole : float
         Images/s over the whole run, start-up included (the figure given before).
     """
-    from astrocurate.stages.feature_extraction.run import FeatureOptions
-
-    batches = _batches(directory, batch_size, n_rows)
+    rows = np.arange(sum(map(len, _batches(directory, batch_size, n_rows))))
+    blocks = [rows[s : s + shard_rows] for s in range(0, len(rows), shard_rows)]
     with tempfile.TemporaryDirectory() as tmp:
-        out = np.lib.format.open_memmap(
-            Path(tmp) / "f.npy",
-            mode="w+",
-            dtype=np.float32,
-            shape=(sum(map(len, batches)), model_dim(model)),
-        )
+        matrix = Path(tmp) / "features.npy.partial"
+        np.lib.format.open_memmap(
+            matrix, mode="w+", dtype=np.float32, shape=(len(rows), model_dim(model))
+        ).flush()
+        markers = [Path(tmp) / f"{b[0]:012d}.done" for b in blocks]
         options = FeatureOptions(precision="bf16" if device.type == "cuda" else "fp32")
-        for _ in _features_of(directory, batches[:3], model, options, 0, device):  # warm-up
+        warm_up = _batches(directory, batch_size, 3 * batch_size)
+        for _ in _features_of(directory, warm_up, model, options, 0, device):
             pass
 
         def written() -> Iterator[int]:
-            for ids, feats in _features_of(directory, batches, model, options, workers, device):
-                out[ids] = feats
+            for ids in write_blocks(
+                directory, blocks, matrix, markers, model, options, batch_size, workers, device
+            ):
                 yield len(ids)
 
         return _steady_rate(written(), workers, device)
@@ -326,7 +330,7 @@ def speed(args, directory: Path, device: torch.device) -> None:
     for name, size, kymatio in cases:
         model = build(name, size, device, pretrained=False, kymatio=kymatio)
         startup, pipeline, whole = time_pipeline(
-            directory, model, args.batch_size, args.workers, device, args.rows
+            directory, model, args.batch_size, args.workers, device, args.rows, args.shard_rows
         )
         loader = time_loader_only(directory, args.batch_size, args.workers, device, args.rows)
         prepared = time_model_only(directory, model, args.batch_size, device, args.rows, True)
@@ -357,7 +361,6 @@ def speed(args, directory: Path, device: torch.device) -> None:
 
 def features_of(directory: Path, model: FeatureModel, device: torch.device) -> np.ndarray:
     from astrocurate.io.cutout_store import read_manifest
-    from astrocurate.stages.feature_extraction.run import FeatureOptions
 
     sizes = read_manifest(directory, ["window_size"])["window_size"].to_numpy()
     batches = plan_batches(sizes, np.arange(len(sizes)), 128)
@@ -442,6 +445,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--rows", type=int, default=4096, help="cutouts timed per case")
+    parser.add_argument(
+        "--shard-rows",
+        type=int,
+        default=FeatureOptions.shard_rows,
+        help="rows per resumable block (default: the stage's)",
+    )
     parser.add_argument("--naive-rows", type=int, default=200)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()

@@ -131,7 +131,7 @@ def test_features_benchmark_times_each_part_of_the_pipeline(tmp_path: Path) -> N
     """The columns that tell, on a GPU, whether reading, preparing or the model limits."""
     out = run_benchmark(
         "features.py", "--speed", "--default-only", "--synthetic", "600", "--rows", "512",
-        "--batch-size", "64", "--workers", "1", "--naive-rows", "4",
+        "--batch-size", "64", "--workers", "1", "--naive-rows", "4", "--shard-rows", "128",
         "--workdir", str(tmp_path / "work"), tmp_path=tmp_path,
     )  # fmt: skip
     header = next(line for line in out.splitlines() if line.startswith("model "))

@@ -16,7 +16,9 @@ from astrocurate.stages.feature_extraction.extraction import (
     FeatureModel,
     _features_of,
     _lagging,
+    cutout_loader,
     plan_batches,
+    write_blocks,
 )
 
 
@@ -118,3 +120,82 @@ def test_normalizing_a_batch_on_cuda_never_waits_for_the_device() -> None:
         normalize(batch, NormalizationConfig())
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def _small_model() -> FeatureModel:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1))
+    prep = SimpleNamespace(in_chans=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    backbone = SimpleNamespace(module=module, preprocessing=prep)
+    return FeatureModel(backbone, 16, NormalizationConfig()).eval()
+
+
+def _folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _blocks_of(n: int, block_rows: int) -> list[np.ndarray]:
+    return [np.arange(s, min(s + block_rows, n)) for s in range(0, n, block_rows)]
+
+
+def _write(directory: Path, tmp_path: Path, blocks, workers: int = 0):
+    """Run :func:`write_blocks` into a new zero matrix; return it, the markers, the generator."""
+    matrix = tmp_path / "features.npy.partial"
+    np.lib.format.open_memmap(matrix, mode="w+", dtype=np.float32, shape=(23, 8)).flush()
+    (tmp_path / "progress").mkdir()
+    markers = [tmp_path / "progress" / f"{b[0]:012d}.done" for b in blocks]
+    options = SimpleNamespace(precision="fp32", output_dtype="float32")
+    written = write_blocks(
+        directory, blocks, matrix, markers, _small_model(), options, 4, workers, torch.device("cpu")
+    )
+    return matrix, markers, written
+
+
+def test_every_block_is_written_through_one_loader_and_marked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import astrocurate.stages.feature_extraction.extraction as extraction
+
+    loaders = []
+
+    def counted(*args, **kwargs):
+        loaders.append(args)
+        return cutout_loader(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "cutout_loader", counted)
+    directory = _store(_folder(tmp_path / "store"), 23, 20)
+    blocks = _blocks_of(23, 6)
+    matrix, markers, written = _write(directory, tmp_path, blocks, workers=2)
+    assert np.concatenate(list(written)).tolist() == list(range(23))
+    assert len(loaders) == 1, "the loader's workers start once for all the blocks"
+    assert all(m.is_file() for m in markers)
+    model = _small_model()
+    raw = torch.from_numpy(np.load(directory / "pixels.npy"))
+    batches = [b for rows in blocks for b in plan_batches(np.full(23, 20), rows, 4)]
+    with torch.inference_mode():  # the model's kernels may differ with the batch size
+        expected = np.concatenate([model(model.prepare(raw[b])).numpy() for b in batches])
+    assert np.load(matrix).tobytes() == expected.tobytes()
+
+
+def test_blocks_written_before_the_loop_stops_are_marked_and_no_others(tmp_path: Path) -> None:
+    directory = _store(_folder(tmp_path / "store"), 23, 20)
+    blocks = _blocks_of(23, 6)  # batches of 4: rows 0-3, 4-5 | 6-9, 10-11 | ...
+    matrix, markers, written = _write(directory, tmp_path, blocks)
+    for _ in range(3):
+        next(written)
+    written.close()  # the consumer stops, as on an interrupt
+    assert [m.is_file() for m in markers] == [True, False, False, False]
+    rows = np.load(matrix)
+    assert np.abs(rows[:10]).sum(axis=1).all() and not rows[10:].any()
+
+
+def test_a_marker_that_cannot_be_made_fails_the_loop(tmp_path: Path) -> None:
+    """A sync or marker fails on the thread beside the loop: the loop raises it."""
+    directory = _store(_folder(tmp_path / "store"), 23, 20)
+    blocks = _blocks_of(23, 6)
+    _, markers, written = _write(directory, tmp_path, blocks)
+    (tmp_path / "progress").rmdir()  # the markers' folder is gone
+    with pytest.raises(FileNotFoundError, match="progress"):
+        list(written)
+    assert not any(m.is_file() for m in markers)

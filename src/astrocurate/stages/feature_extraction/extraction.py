@@ -2,9 +2,11 @@
 
 Work is done in blocks of ``shard_rows`` rows. The matrix is pre-allocated as
 ``features.npy.partial`` and the sidecar written as ``progress/sidecar.json``; after
-a block's rows are written and flushed, an empty marker ``progress/<start>.done`` is
-created atomically. A rerun of the same command after an interruption skips the
-finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
+a block's rows are written and synced to disk, an empty marker ``progress/<start>.done``
+is created atomically. One loader reads every block a process computes, so the device
+never waits for workers to start again between blocks, and the syncs and markers run
+on a thread beside the loop. A rerun of the same command after an interruption skips
+the finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
 ``features.json``) only when every block is done. Each cutout is preprocessed on its
 own (normalised, resized) so its features do not depend on the batch it is in, on the
 number of loader workers, or on which process computed its block.
@@ -25,6 +27,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +211,7 @@ def _ensure_matrix(out_dir: Path, n_rows: int, dim: int, dtype: str) -> None:
 def _reserve_disk(path: Path) -> None:
     """Allocate every block of a new sparse file now, so a full disk fails here with ENOSPC.
 
-    Writing into an unallocated block of a memory map on a full disk kills the process
-    with SIGBUS instead, leaving no error and a run still marked RUNNING.
+    A full disk then stops the run before any cutout is computed, not after hours of work.
     """
     with open(path, "r+b") as handle:
         try:
@@ -231,40 +233,134 @@ def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress:
     """Compute the blocks of ``starts`` that are not done yet; return the cutouts computed.
 
     The matrix must exist (:func:`prepare_output`). Each block's rows are written and
-    flushed before its marker is created, so a block is either done or computed again.
+    synced before its marker is created, so a block is either done or computed again.
     """
-    merged_dir = plan.merged.output_dir
-    window_sizes = read_manifest(merged_dir, ["window_size"])["window_size"].to_numpy()
     block_rows = plan.options.shard_rows
     todo = [s for s in starts if not _marker(out_dir, s).is_file()]
     if len(todo) < len(starts):
         log.info("resuming: %d of %d blocks already done", len(starts) - len(todo), len(starts))
     if not todo:
         return 0
-    matrix = np.load(out_dir / (FEATURES + ".partial"), mmap_mode="r+")
     total = sum(_block_len(s, block_rows, plan.n_rows) for s in starts)
     done = total - sum(_block_len(s, block_rows, plan.n_rows) for s in todo)
     bar = _progress_bar(total, done, progress)
-    model = feature_model(plan)
+    blocks = [np.arange(s, s + _block_len(s, block_rows, plan.n_rows)) for s in todo]
     computed = 0
     with _loader_workers_dying_in_one_line():
-        for start in todo:
-            rows = np.arange(start, start + _block_len(start, block_rows, plan.n_rows))
-            batches = plan_batches(window_sizes, rows, plan.batch_size)
-            features = _features_of(
-                merged_dir, batches, model, plan.options, plan.workers, plan.device
-            )
-            for ids, feats in features:
-                matrix[ids] = feats.astype(plan.options.output_dtype)
-                computed += len(ids)
-                if bar is not None:
-                    bar.update(len(ids))
-            matrix.flush()
-            _touch_atomic(_marker(out_dir, start))
+        for ids in write_blocks(
+            plan.merged.output_dir,
+            blocks,
+            out_dir / (FEATURES + ".partial"),
+            [_marker(out_dir, s) for s in todo],
+            feature_model(plan),
+            plan.options,
+            plan.batch_size,
+            plan.workers,
+            plan.device,
+        ):
+            computed += len(ids)
+            if bar is not None:
+                bar.update(len(ids))
     if bar is not None:
         bar.close()
-    del matrix
     return computed
+
+
+def write_blocks(
+    merged_dir: Path,
+    blocks: list[np.ndarray],
+    matrix_path: Path,
+    markers: list[Path],
+    model: FeatureModel,
+    options: Any,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+) -> Iterator[np.ndarray]:
+    """Write the features of ``blocks`` into the matrix; yield each batch's rows once written.
+
+    Parameters
+    ----------
+    merged_dir : Path
+        The cutout or merge run directory the cutouts are read from.
+    blocks : list of ndarray of int
+        Consecutive increasing rows of each block, blocks in increasing order.
+    matrix_path : Path
+        An existing ``.npy`` matrix of every row; the blocks' rows are written in place.
+    markers : list of Path
+        One per block: created (empty, atomically) once the block's rows are on disk.
+    model, options, batch_size, workers, device
+        As for :func:`_features_of`; ``batch_size`` rows at most per batch.
+
+    Notes
+    -----
+    One loader reads the batches of all the blocks, so its workers start once. A block's
+    sync and marker run on a thread while the next blocks are computed; every block
+    whose rows were all written is marked before this returns or raises.
+    """
+    window_sizes = read_manifest(merged_dir, ["window_size"])["window_size"].to_numpy()
+    batches = [b for rows in blocks for b in plan_batches(window_sizes, rows, batch_size)]
+    left = deque((marker, len(rows)) for marker, rows in zip(markers, blocks, strict=True))
+    with _MatrixRows(matrix_path, options.output_dtype) as matrix:
+        for ids, feats in _features_of(merged_dir, batches, model, options, workers, device):
+            matrix.write(ids, feats)
+            marker, rows_left = left.popleft()
+            if rows_left > len(ids):  # a batch never spans two blocks
+                left.appendleft((marker, rows_left - len(ids)))
+            else:
+                matrix.mark_when_synced(marker)
+            yield ids
+
+
+class _MatrixRows:
+    """Rows written into an ``.npy`` matrix in place; markers created once they are on disk.
+
+    Rows go in with ``pwrite``. :meth:`mark_when_synced` hands a marker to one thread that
+    syncs the file (``fsync``, which releases the GIL, unlike a memory map's flush) and
+    then creates the marker, so the feature loop goes on meanwhile. A failed sync is
+    raised by the next call, or on leaving the ``with`` block, which waits for every
+    marker handed over, even when the block raises.
+    """
+
+    def __init__(self, path: Path, dtype: str) -> None:
+        header = np.load(path, mmap_mode="r")  # made by _ensure_matrix: 2-D, of ``dtype``
+        self._offset, self._row_bytes = header.offset, header.strides[0]
+        self._dtype = np.dtype(dtype)
+        del header
+        self._fd = os.open(path, os.O_WRONLY)
+        self._syncs = ThreadPoolExecutor(1, thread_name_prefix="feature-sync")
+        self._pending: deque[Future[None]] = deque()
+
+    def write(self, ids: np.ndarray, feats: np.ndarray) -> None:
+        """Write ``feats`` (B, D) as the consecutive rows ``ids`` (B >= 1)."""
+        if int(ids[-1]) - int(ids[0]) != len(ids) - 1:
+            raise ValueError("a batch's rows must be consecutive")
+        view = memoryview(np.ascontiguousarray(feats, dtype=self._dtype)).cast("B")
+        position = self._offset + int(ids[0]) * self._row_bytes
+        while view:  # a regular file takes it all at once, short of a signal
+            written = os.pwrite(self._fd, view, position)
+            view, position = view[written:], position + written
+
+    def mark_when_synced(self, marker: Path) -> None:
+        """Create ``marker`` once every row written so far is on disk."""
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()  # raises a failed sync
+        self._pending.append(self._syncs.submit(self._sync_then_mark, marker))
+
+    def _sync_then_mark(self, marker: Path) -> None:
+        os.fsync(self._fd)
+        _touch_atomic(marker)
+
+    def __enter__(self) -> _MatrixRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._syncs.shutdown()
+            os.close(self._fd)
 
 
 @contextlib.contextmanager

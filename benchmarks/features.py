@@ -3,16 +3,17 @@
 Speed (``--speed``), per backbone and input size, side by side in one run:
 
 - pipeline: the stage's own loop over its resumable blocks of ``--shard-rows`` rows
-  (:func:`~astrocurate.stages.feature_extraction.extraction.write_blocks`: one DataLoader
-  over the memory-mapped cutouts, batched preprocessing on the device, model, rows written
-  into the matrix, each block synced and marked done), in steady state:
+  (:func:`~astrocurate.stages.feature_extraction.extraction.write_blocks`: one loader whose
+  ``--workers`` threads read the memory-mapped cutouts ahead, batched preprocessing on the
+  device, model, rows written into the matrix, each block synced and marked done), in
+  steady state:
   images/s after the first wave of batches (one per worker). The seconds to the end of
-  that wave (``start s``: the loader's ``--workers`` processes start, their batches go
+  that wave (``start s``: the loader's ``--workers`` threads start, their batches go
   through) are printed apart, and so is the rate over the whole run, start-up included
   (``whole run``, the figure given before): a short run pays the start-up once, a run over
   millions of cutouts hardly at all. ``pipe/model`` and ``pipe/naive`` are of the steady state;
-- loader: the stage's loader alone (workers read the batches, pinned, copied to the device),
-  steady images/s: the most the pipeline can get from reading;
+- loader: the stage's loader alone (threads read the batches into pinned memory, copied to
+  the device), steady images/s: the most the pipeline can get from reading;
 - prep+model: raw cutouts already on the device, prepared (normalised, resized,
   standardised) and run through the model: the most the pipeline can get on the device;
 - model only: the same model on preprocessed images already in memory (the compute limit);
@@ -137,7 +138,7 @@ def time_pipeline(
     -------
     startup : float
         Seconds to the end of the first wave, one batch per worker (one batch without
-        workers): the workers start (a process each, opening the store), read their first
+        workers): the reader threads start (each opening the store), read their first
         batch, and the wave goes through.
     steady : float
         Images/s after the first wave: the rows after it over the time after it, what a run

@@ -276,6 +276,33 @@ def test_virtual_reader_fills_blanks_and_limits_open_files(tmp_path: Path) -> No
     np.testing.assert_array_equal(reader[4][1:], images[4, 4:7, 2:6])
 
 
+def test_a_batch_read_equals_its_cutouts_read_one_by_one(tmp_path: Path) -> None:
+    """Rows of several mosaics and pixel files, out of order: grouped reads, same pixels."""
+    _, images = _virtual_store(tmp_path, 3)
+    virtual = read_manifest(tmp_path)
+    pixels = RNG.normal(size=(4, 4, 4)).astype(np.float32)
+    np.save(tmp_path / "copied.npy", pixels)
+    copied = _manifest_frame(4)
+    copied["array_file"], copied["array_row"] = "copied.npy", [3, 0, 2, 1]
+    manifest = pd.concat([virtual, copied], ignore_index=True)
+    manifest["cutout_id"] = np.arange(len(manifest))
+    manifest.loc[1, "nan_fraction"] = 0.0  # a blank kept as NaN: no fill asked for
+    reader = CutoutReader(manifest, tmp_path, max_open=2)
+    order = [5, 0, 3, 1, 6, 2, 4, 5]
+    batch = reader.read(order)
+    assert batch.dtype == np.float32 and batch.shape == (8, 4, 4)
+    for got, i in zip(batch, order, strict=True):
+        np.testing.assert_array_equal(got, reader[i])
+    assert np.isnan(batch[3]).sum() == 1 and not np.isnan(batch[[1, 5]]).any()
+    np.testing.assert_array_equal(batch[2], pixels[3])
+    np.testing.assert_array_equal(batch[3], images[1, 3:7, 2:6])
+    into = np.full((3, 4, 4), -1.0, dtype=np.float32)
+    assert reader.read([4, 5, 6], out=into) is into
+    np.testing.assert_array_equal(into, pixels[[0, 2, 1]])
+    with pytest.raises(IndexError, match="cutout_id 7 out of range"):
+        reader.read([0, 7])
+
+
 @pytest.mark.parametrize("change", ["rewritten", "deleted"])
 def test_virtual_reader_refuses_a_changed_mosaic(tmp_path: Path, change: str) -> None:
     paths, images = _virtual_store(tmp_path, 2)

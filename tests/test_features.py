@@ -119,36 +119,6 @@ def test_timm_weights_file_is_loaded_and_hashed(env, tmp_path) -> None:
     assert load_features(run.output_dir).shape[1] == 512
 
 
-def test_a_loader_worker_that_dies_stops_the_run_in_one_line_and_the_rerun_finishes(
-    env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A DataLoader worker killed (by the system's out-of-memory killer, say) mid-run."""
-    from astrocurate.errors import WorkerDiedError
-    from astrocurate.stages.feature_extraction import extraction
-    from astrocurate.tracking import find_runs
-
-    _, merged_run = env
-    options = FeatureOptions(resize=48)  # parameters no other test uses: a run of its own
-    read, parent = extraction.CutoutBatches.__getitem__, os.getpid()
-
-    def killed_at_the_third_batch(self, i):
-        if os.getpid() != parent and i == 2:  # in a worker forked by the DataLoader
-            os.kill(os.getpid(), signal.SIGKILL)
-        return read(self, i)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(extraction.CutoutBatches, "__getitem__", killed_at_the_third_batch)
-        with pytest.raises(WorkerDiedError) as info:
-            extract_features(merged_run.run_id, options, batch_size=5, workers=2)
-    assert "\n" not in str(info.value)
-    assert str(info.value).startswith("a worker process reading the cutouts")
-    failed = find_runs("feature_extraction", include_unfinished=True)
-    assert [r.status for r in failed if r.params.get("resize") == "48"] == ["FAILED"]
-    rerun = extract_features(merged_run.run_id, options, batch_size=5, workers=2)
-    fresh = extract_features(merged_run.run_id, options, batch_size=5, workers=0, force=True)
-    assert get_run(rerun.run_id).finished and _bytes(rerun) == _bytes(fresh)
-
-
 @pytest.mark.full  # tests/faults kills this step at seeded points too
 def test_kill_and_resume_is_bitwise_identical(env, tmp_path) -> None:
     _, merged_run = env

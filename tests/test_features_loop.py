@@ -199,3 +199,24 @@ def test_a_marker_that_cannot_be_made_fails_the_loop(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="progress"):
         list(written)
     assert not any(m.is_file() for m in markers)
+
+
+def test_reader_threads_give_every_batch_in_order_and_raise_what_a_read_raises(
+    tmp_path: Path,
+) -> None:
+    from astrocurate.io.cutout_store import CutoutStoreError
+
+    directory = _store(_folder(tmp_path / "store"), 23, 20)
+    batches = plan_batches(np.full(23, 20), np.arange(23), 2)
+    cpu = torch.device("cpu")
+    alone = [(i.tolist(), r.numpy()) for i, r in cutout_loader(directory, batches, 0, cpu)]
+    threads = [(i.tolist(), r.numpy()) for i, r in cutout_loader(directory, batches, 3, cpu)]
+    assert [i for i, _ in threads] == [b.tolist() for b in batches] == [i for i, _ in alone]
+    for (_, got), (_, expected) in zip(threads, alone, strict=True):
+        assert got.tobytes() == expected.tobytes()
+    pixels = np.load(directory / "pixels.npy")
+    assert np.concatenate([r for _, r in threads]).tobytes() == pixels.tobytes()
+
+    (directory / "pixels.npy").rename(directory / "moved.npy")
+    with pytest.raises(CutoutStoreError, match=r"pixels\.npy: cutout pixel file is missing"):
+        list(cutout_loader(directory, batches, 3, cpu))

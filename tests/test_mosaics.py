@@ -561,6 +561,33 @@ def test_read_region(tmp_path, fmt):
             mosaic.read_region(0, 5, 10, 18)
 
 
+@pytest.mark.parametrize("fmt", [*FORMATS, "scaled-int16-blank"])
+def test_read_windows_equals_each_region(tmp_path, fmt):
+    """A batch of windows in one gather: the values, in the order asked, of each region."""
+    data = image((25, 17))
+    if fmt == "scaled-int16-blank":
+        stored = np.round(data * 1000).astype(np.int16)
+        stored[3, 4] = -999
+        hdu = fits.PrimaryHDU(stored)
+        hdu.header.update(BSCALE=0.001, BZERO=0.5, BLANK=-999)
+        path = write(tmp_path / "s.fits", [hdu])
+        data = (stored.astype(np.float64) * 0.001 + 0.5).astype(np.float32)
+        data[3, 4] = np.nan
+    else:
+        path = _formats(tmp_path, data)[fmt]
+    y0, x0 = np.array([12, 0, 3, 20, 3]), np.array([5, 0, 2, 12, 2])
+    with open_mosaic(path) as mosaic:
+        windows = mosaic.read_windows(y0, x0, 5)
+        assert windows.shape == (5, 5, 5) and windows.dtype == np.float32
+        for window, y, x in zip(windows, y0, x0, strict=True):
+            np.testing.assert_array_equal(window, mosaic.read_region(y, y + 5, x, x + 5))
+            np.testing.assert_array_equal(window, data[y : y + 5, x : x + 5])
+        assert mosaic.read_windows(y0[:0], x0[:0], 5).shape == (0, 5, 5)
+        for bad_y, bad_x in ((-1, 0), (21, 0), (0, 13)):
+            with pytest.raises(IndexError, match="outside"):
+                mosaic.read_windows(np.array([0, bad_y]), np.array([0, bad_x]), 5)
+
+
 @pytest.mark.parametrize(("y0", "y1"), [(-1, 3), (5, 4), (0, 26)], ids=["neg", "reversed", "past"])
 def test_read_rows_outside_the_image(tmp_path, y0, y1):
     path = write(tmp_path / "a.fits", [fits.PrimaryHDU(image((25, 17)))])

@@ -58,7 +58,9 @@ def _features_arguments(parser: argparse.ArgumentParser) -> None:
         default=8192,
         help="rows per resumable block, the unit of resuming and of --shard (default 8192)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="threads reading the cutouts ahead of the model"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--output_path", "--output-path", default=None)
     _features_shard_arguments(parser)

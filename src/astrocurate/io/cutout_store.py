@@ -379,43 +379,88 @@ class CutoutReader:
         return len(self._store)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle without open files (for DataLoader workers started by spawn)."""
+        """Pickle or copy without open files (worker processes, reader threads)."""
         state = self.__dict__.copy()
         state["_open"] = {}
         return state
 
     def __getitem__(self, index: int) -> np.ndarray:
         """Return cutout ``index`` as a new (w, w) float32 array."""
-        if os.getpid() != self._pid:  # forked into a DataLoader worker: reopen files
-            self._open, self._pid = {}, os.getpid()
-        if not 0 <= index < len(self):
-            raise IndexError(f"cutout_id {index} out of range 0..{len(self) - 1}")
+        self._check_rows(np.array([index]))
         if self._store[index] == "virtual":
             return self._read_virtual(index)
-        name = str(self._array_file[index])
-        array = self._handle(name, lambda: self._load_array(name))
-        return np.array(array[self._array_row[index]], dtype=np.float32)
+        row = self._array(str(self._array_file[index]))[self._array_row[index]]
+        return np.array(row, dtype=np.float32)
 
-    def read(self, indices: Sequence[int]) -> np.ndarray:
+    def window_size(self, index: int) -> int:
+        """Return the side, in pixels, of cutout ``index``."""
+        return int(self._size[index])
+
+    def read(self, indices: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
         """Return cutouts as an (n, w, w) float32 array (all must share one window size).
 
-        Consecutive rows of one copied pixel file are read as a single slice.
+        Consecutive rows of one copied pixel file are one slice; the other rows are read
+        per pixel file and per mosaic, each group in one gather
+        (:meth:`~astrocurate.io.mosaics.Mosaic.read_windows` for a virtual store). The
+        copies release the GIL, so threads with a reader each read in parallel.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Rows of the manifest.
+        out : ndarray, optional
+            C-contiguous float32 array of shape (n, w, w) to read into (pinned memory,
+            say); a new array by default.
         """
-        if not len(indices):
-            return np.empty((0, 0, 0), dtype=np.float32)
         ids = np.asarray(indices, dtype=np.int64)
+        if not len(ids):
+            return np.empty((0, 0, 0), dtype=np.float32) if out is None else out
+        self._check_rows(ids)
+        w = int(self._size[ids[0]])
+        if (self._size[ids] != w).any():
+            raise ValueError("cutouts read together must share one window size")
+        if out is None:
+            out = np.empty((len(ids), w, w), dtype=np.float32)
         if self._contiguous_copy(ids):
-            self[int(ids[0])]  # checks the range, opens the file, handles forks
-            name = str(self._array_file[ids[0]])
             start = int(self._array_row[ids[0]])
-            array = self._handle(name, lambda: self._load_array(name))
-            return np.array(array[start : start + len(ids)], dtype=np.float32)
-        return np.stack([self[int(i)] for i in ids])
+            np.copyto(out, self._array(str(self._array_file[ids[0]]))[start : start + len(ids)])
+            return out
+        virtual = self._store[ids] == "virtual"
+        files = np.where(virtual, self._mosaic_path[ids], self._array_file[ids])
+        names, group = np.unique(files.astype(str), return_inverse=True)
+        for g, name in enumerate(names):
+            at = np.flatnonzero(group == g)
+            rows = ids[at]
+            if virtual[at[0]]:
+                mosaic = self._handle(name, lambda name=name: self._open_mosaic(name))
+                out[at] = mosaic.read_windows(self._y0[rows], self._x0[rows], w)
+                self._fill_blanks(out, at, rows)
+            else:
+                out[at] = self._array(name)[self._array_row[rows]]
+        return out
+
+    def _check_rows(self, ids: np.ndarray) -> None:
+        """Refuse rows outside the manifest; drop the files a parent process opened."""
+        if os.getpid() != self._pid:  # forked into a worker process: reopen files
+            self._open, self._pid = {}, os.getpid()
+        bad = ids[(ids < 0) | (ids >= len(self))]
+        if len(bad):
+            raise IndexError(f"cutout_id {bad[0]} out of range 0..{len(self) - 1}")
+
+    def _array(self, name: str) -> np.ndarray:
+        return self._handle(name, lambda: self._load_array(name))
+
+    def _fill_blanks(self, out: np.ndarray, at: np.ndarray, rows: np.ndarray) -> None:
+        """Set the blank pixels of virtual cutouts that have any to the fill value."""
+        if self._nan_fill is None or not self._nan_fill[rows].any():
+            return
+        flagged = at[self._nan_fill[rows]]
+        windows = out[flagged]
+        windows[np.isnan(windows)] = NAN_FILL_VALUE
+        out[flagged] = windows
 
     def _contiguous_copy(self, ids: np.ndarray) -> bool:
         """Whether ``ids`` are consecutive rows of one copied pixel file."""
-        if ids.min() < 0 or ids.max() >= len(self):
-            return False
         rows = self._array_row[ids]
         return bool(
             (self._store[ids] == "copy").all()

@@ -423,6 +423,42 @@ class Mosaic:
             return self._scaling.apply(self._memmap[y0:y1, int(x0) : int(x1)])
         return np.ascontiguousarray(self.read_rows(y0, y1)[:, int(x0) : int(x1)])
 
+    def read_windows(self, y0: np.ndarray, x0: np.ndarray, w: int) -> np.ndarray:
+        """Read the windows ``data[y0[i]:y0[i] + w, x0[i]:x0[i] + w]`` as float32.
+
+        An uncompressed file gives them in one gather from its memory map; a compressed one
+        decompresses the band of rows they span once (see :meth:`read_rows`), so windows
+        close together (a batch of a sliding-window manifest) cost one band.
+
+        Parameters
+        ----------
+        y0, x0 : array_like of int, shape (n,)
+            Top-left corners.
+        w : int
+            Side of the windows.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape ``(n, w, w)``, a new array.
+
+        Raises
+        ------
+        IndexError
+            If a window is not inside the image.
+        """
+        y0, x0, w = np.asarray(y0, np.int64), np.asarray(x0, np.int64), int(w)
+        ny, nx = self.shape
+        if not len(y0):
+            return np.empty((0, w, w), np.float32)
+        if y0.min() < 0 or x0.min() < 0 or y0.max() + w > ny or x0.max() + w > nx:
+            raise IndexError(f"windows of {w} px outside {ny}x{nx} pixels of mosaic {self.name}")
+        view = np.lib.stride_tricks.sliding_window_view
+        if self._memmap is not None:
+            return self._scaling.apply(view(self._memmap, (w, w))[y0, x0], owned=True)
+        top = int(y0.min())
+        return view(self.read_rows(top, int(y0.max()) + w), (w, w))[y0 - top, x0]
+
     # -- coordinates --------------------------------------------------------------------
 
     def pixel_to_icrs(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -3,9 +3,9 @@
 Work is done in blocks of ``shard_rows`` rows. The matrix is pre-allocated as
 ``features.npy.partial`` and the sidecar written as ``progress/sidecar.json``; after
 a block's rows are written and synced to disk, an empty marker ``progress/<start>.done``
-is created atomically. One loader reads every block a process computes, so the device
-never waits for workers to start again between blocks, and the syncs and markers run
-on a thread beside the loop. A rerun of the same command after an interruption skips
+is created atomically. One loader reads every block a process computes, in threads
+ahead of the device (:func:`cutout_loader`), and the syncs and markers run on a thread
+beside the loop. A rerun of the same command after an interruption skips
 the finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
 ``features.json``) only when every block is done. Each cutout is preprocessed on its
 own (normalised, resized) so its features do not depend on the batch it is in, on the
@@ -19,12 +19,13 @@ The run's lifecycle is elsewhere: one process records it with
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import errno
 import json
 import logging
 import os
 import sys
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,7 +38,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
 from astrocurate.algorithms.normalization import normalize
 from astrocurate.algorithms.normalization_config import NormalizationConfig
-from astrocurate.errors import InvalidRunError, WorkerDiedError
+from astrocurate.errors import InvalidRunError
 from astrocurate.io.atomic import atomic_path, write_text
 from astrocurate.io.cutout_store import CutoutReader, read_manifest
 from astrocurate.stages.feature_extraction.outputs import FEATURES, SIDECAR, load_features
@@ -50,43 +51,6 @@ PENDING_SIDECAR = "sidecar.json"
 
 
 # --------------------------------------------------------------------------- data
-
-
-class CutoutBatches(torch.utils.data.Dataset):
-    """Raw cutouts served a whole batch at a time: item ``i`` is batch ``i``.
-
-    Parameters
-    ----------
-    directory : Path
-        A cutout or merge run directory.
-    batches : list of ndarray of int
-        Row indices of each batch; all rows of a batch share one window size.
-
-    Notes
-    -----
-    The reader is opened lazily in each DataLoader worker. Consecutive rows of a
-    copied store are read as one slice.
-    """
-
-    def __init__(self, directory: Path, batches: list[np.ndarray]) -> None:
-        self.directory = Path(directory)
-        self.batches = batches
-        self._reader: CutoutReader | None = None
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (cutout ids (B,), raw cutouts (B, w, w) float32)."""
-        if self._reader is None:
-            self._reader = CutoutReader.from_directory(self.directory)
-        ids = self.batches[i]
-        return torch.from_numpy(ids), torch.from_numpy(self._reader.read(ids))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_reader"] = None  # each worker opens its own files
-        return state
 
 
 def plan_batches(window_sizes: np.ndarray, rows: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -246,21 +210,20 @@ def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress:
     bar = _progress_bar(total, done, progress)
     blocks = [np.arange(s, s + _block_len(s, block_rows, plan.n_rows)) for s in todo]
     computed = 0
-    with _loader_workers_dying_in_one_line():
-        for ids in write_blocks(
-            plan.merged.output_dir,
-            blocks,
-            out_dir / (FEATURES + ".partial"),
-            [_marker(out_dir, s) for s in todo],
-            feature_model(plan),
-            plan.options,
-            plan.batch_size,
-            plan.workers,
-            plan.device,
-        ):
-            computed += len(ids)
-            if bar is not None:
-                bar.update(len(ids))
+    for ids in write_blocks(
+        plan.merged.output_dir,
+        blocks,
+        out_dir / (FEATURES + ".partial"),
+        [_marker(out_dir, s) for s in todo],
+        feature_model(plan),
+        plan.options,
+        plan.batch_size,
+        plan.workers,
+        plan.device,
+    ):
+        computed += len(ids)
+        if bar is not None:
+            bar.update(len(ids))
     if bar is not None:
         bar.close()
     return computed
@@ -294,7 +257,7 @@ def write_blocks(
 
     Notes
     -----
-    One loader reads the batches of all the blocks, so its workers start once. A block's
+    One loader reads the batches of all the blocks, ahead of the device. A block's
     sync and marker run on a thread while the next blocks are computed; every block
     whose rows were all written is marked before this returns or raises.
     """
@@ -363,39 +326,59 @@ class _MatrixRows:
             os.close(self._fd)
 
 
-@contextlib.contextmanager
-def _loader_workers_dying_in_one_line() -> Iterator[None]:
-    """Turn torch's error for a DataLoader worker that died into :class:`WorkerDiedError`.
-
-    torch raises it (a RuntimeError starting "DataLoader worker") from its SIGCHLD handler
-    or its queue, wherever the main thread is at that moment.
-    """
-    try:
-        yield
-    except RuntimeError as exc:
-        if not str(exc).startswith("DataLoader worker"):
-            raise
-        raise WorkerDiedError.doing("reading the cutouts (a DataLoader worker)") from exc
-
-
 def _block_len(start: int, block_rows: int, n_rows: int) -> int:
     return min(block_rows, n_rows - start)
 
 
 def cutout_loader(
     merged_dir: Path, batches: list[np.ndarray], workers: int, device: torch.device
-) -> torch.utils.data.DataLoader:
-    """Return the stage's loader: ``(ids, raw cutouts)`` per batch, read by ``workers``.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(cutout ids, raw cutouts (B, w, w) float32)`` of each batch, in order.
 
-    Batches come in order, four per worker read ahead, in pinned memory for CUDA.
+    ``workers`` threads read ahead, two batches each, every thread with its own open files
+    (a copy of one :class:`~astrocurate.io.cutout_store.CutoutReader`; with 0, this thread
+    reads). A
+    batch is one copy from the memory-mapped files (a slice, or a gather per file), which
+    releases the GIL, straight into pinned memory for CUDA: no worker processes to start,
+    no copy through shared memory, no pinning thread.
     """
-    return torch.utils.data.DataLoader(
-        CutoutBatches(merged_dir, batches),
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
+    store = CutoutReader.from_directory(merged_dir)  # the manifest, read once
+    local, opened = threading.local(), [store]
+    pinned = device.type == "cuda"
+    cuda_index = None
+    if pinned:
+        cuda_index = torch.cuda.current_device() if device.index is None else device.index
+
+    def read(ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if not hasattr(local, "reader"):
+            if pinned:  # pin in this device's context, not device 0's (a new thread's)
+                torch.cuda.set_device(cuda_index)
+            local.reader = store if workers == 0 else copy.copy(store)  # files of its own
+            opened.append(local.reader)
+        w = local.reader.window_size(ids[0])
+        raw = torch.empty((len(ids), w, w), dtype=torch.float32, pin_memory=pinned)
+        local.reader.read(ids, out=raw.numpy())
+        return torch.from_numpy(ids), raw
+
+    try:
+        if workers == 0:
+            yield from map(read, batches)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="cutout-reader") as pool:
+            ahead: deque[Future[tuple[torch.Tensor, torch.Tensor]]] = deque()
+            try:
+                for ids in batches:
+                    ahead.append(pool.submit(read, ids))
+                    if len(ahead) > 2 * workers:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
+                    future.cancel()
+    finally:
+        for reader in opened:
+            reader.close()
 
 
 def _features_of(merged_dir, batches, model, options, workers, device):

@@ -131,7 +131,7 @@ class FeatureOptions:
 
 
 def default_workers(device: Any) -> int:
-    """Return loader workers that leave the CPU cores to the model on CPU, feed a GPU."""
+    """Return reader threads that leave the CPU cores to the model on CPU, feed a GPU."""
     cores = usable_cpus()
     if device.type == "cuda":
         return min(8, cores)
@@ -163,7 +163,7 @@ class Extraction:
     requested_device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as asked.
     requested_workers : int, optional
-        DataLoader workers as asked (they never change the features); None: the default.
+        Reader threads as asked (they never change the features); None: the default.
     root : Path
         Parent of the ``feature_extraction`` run directories.
     """
@@ -188,7 +188,7 @@ class Extraction:
 
     @property
     def workers(self) -> int:
-        """DataLoader worker processes."""
+        """Threads reading the cutouts ahead of the model (0: read in the loop)."""
         if self.requested_workers is not None:
             return self.requested_workers
         return default_workers(self.device)

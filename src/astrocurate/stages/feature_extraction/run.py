@@ -77,7 +77,7 @@ def extract_features(
         Cutouts per forward pass. It can change the features at float rounding (timm CNNs
         on the CPU), so an unfinished run resumes only with its own (:data:`RESUME_PARAMS`).
     workers : int, optional
-        DataLoader worker processes; default :func:`default_workers`.
+        Threads reading the cutouts ahead of the model; default :func:`default_workers`.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
     output_path : Path, optional

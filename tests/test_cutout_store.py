@@ -288,9 +288,9 @@ def test_a_batch_read_equals_its_cutouts_read_one_by_one(tmp_path: Path) -> None
     manifest["cutout_id"] = np.arange(len(manifest))
     manifest.loc[1, "nan_fraction"] = 0.0  # a blank kept as NaN: no fill asked for
     reader = CutoutReader(manifest, tmp_path, max_open=2)
-    order = [5, 0, 3, 1, 6, 2, 4, 5]
+    order = [5, 0, 3, 1, 6, 2, 4, 5, 0]  # mosaic 0 twice, apart; mosaics 1 and 2 once
     batch = reader.read(order)
-    assert batch.dtype == np.float32 and batch.shape == (8, 4, 4)
+    assert batch.dtype == np.float32 and batch.shape == (9, 4, 4)
     for got, i in zip(batch, order, strict=True):
         np.testing.assert_array_equal(got, reader[i])
     assert np.isnan(batch[3]).sum() == 1 and not np.isnan(batch[[1, 5]]).any()

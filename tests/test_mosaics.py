@@ -582,6 +582,9 @@ def test_read_windows_equals_each_region(tmp_path, fmt):
         for window, y, x in zip(windows, y0, x0, strict=True):
             np.testing.assert_array_equal(window, mosaic.read_region(y, y + 5, x, x + 5))
             np.testing.assert_array_equal(window, data[y : y + 5, x : x + 5])
+        into = np.full((5, 5, 5), -1.0, dtype=np.float32)
+        assert mosaic.read_windows(y0, x0, 5, out=into) is into
+        np.testing.assert_array_equal(into, windows)
         assert mosaic.read_windows(y0[:0], x0[:0], 5).shape == (0, 5, 5)
         for bad_y, bad_x in ((-1, 0), (21, 0), (0, 13)):
             with pytest.raises(IndexError, match="outside"):

@@ -433,7 +433,11 @@ class CutoutReader:
             rows = ids[at]
             if virtual[at[0]]:
                 mosaic = self._handle(name, lambda name=name: self._open_mosaic(name))
-                out[at] = mosaic.read_windows(self._y0[rows], self._x0[rows], w)
+                corners = self._y0[rows], self._x0[rows]
+                if at[-1] - at[0] == len(at) - 1:  # next to each other: read in place
+                    mosaic.read_windows(*corners, w, out=out[at[0] : at[-1] + 1])
+                else:
+                    out[at] = mosaic.read_windows(*corners, w)
                 self._fill_blanks(out, at, rows)
             else:
                 out[at] = self._array(name)[self._array_row[rows]]

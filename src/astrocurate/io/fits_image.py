@@ -111,13 +111,18 @@ class Scaling:
             blank=int(blank) if blank is not None and is_int else None,
         )
 
+    @property
+    def is_identity(self) -> bool:
+        """Whether stored values are the pixels (BSCALE 1, BZERO 0)."""
+        return self.bscale == 1.0 and self.bzero == 0.0
+
     def apply(self, raw: np.ndarray, owned: bool = False) -> np.ndarray:
         """Convert stored values (any dtype) to a new float32 array with blanks as NaN.
 
         With ``owned=True`` (``raw`` is a new array nobody else holds) float32 values are
         byte-swapped in place and returned: no second band-sized allocation.
         """
-        if self.bscale == 1.0 and self.bzero == 0.0:
+        if self.is_identity:
             if owned and raw.dtype.kind == "f" and raw.dtype.itemsize == 4:
                 if raw.dtype.isnative:
                     return raw

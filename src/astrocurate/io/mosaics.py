@@ -336,9 +336,8 @@ class Mosaic:
     @property
     def _plain_float32(self) -> bool:
         """Uncompressed float32 without scaling: the stored values are the pixels."""
-        stored, scaling = self.stored_dtype, self._scaling
-        unscaled = scaling.bscale == 1.0 and scaling.bzero == 0.0
-        return unscaled and self.compression is None and stored == np.dtype(">f4")
+        stored = self.stored_dtype
+        return self._scaling.is_identity and self.compression is None and stored == np.dtype(">f4")
 
     def _read_compressed(self, y0: int, y1: int) -> np.ndarray:
         """Rows y0:y1 of a gzip or tile-compressed file, reusing the cached previous band."""
@@ -423,12 +422,15 @@ class Mosaic:
             return self._scaling.apply(self._memmap[y0:y1, int(x0) : int(x1)])
         return np.ascontiguousarray(self.read_rows(y0, y1)[:, int(x0) : int(x1)])
 
-    def read_windows(self, y0: np.ndarray, x0: np.ndarray, w: int) -> np.ndarray:
+    def read_windows(
+        self, y0: np.ndarray, x0: np.ndarray, w: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Read the windows ``data[y0[i]:y0[i] + w, x0[i]:x0[i] + w]`` as float32.
 
-        An uncompressed file gives them in one gather from its memory map; a compressed one
-        decompresses the band of rows they span once (see :meth:`read_rows`), so windows
-        close together (a batch of a sliding-window manifest) cost one band.
+        An uncompressed float file copies each window out of its memory map, converting
+        as it copies; scaled integers are gathered and scaled; a compressed file
+        decompresses the band of rows the windows span once (see :meth:`read_rows`), so
+        windows close together (a batch of a sliding-window manifest) cost one band.
 
         Parameters
         ----------
@@ -436,11 +438,13 @@ class Mosaic:
             Top-left corners.
         w : int
             Side of the windows.
+        out : numpy.ndarray, optional
+            C-contiguous float32 array of shape ``(n, w, w)`` to read into.
 
         Returns
         -------
         numpy.ndarray
-            float32, shape ``(n, w, w)``, a new array.
+            float32, shape ``(n, w, w)``: ``out``, or a new array.
 
         Raises
         ------
@@ -449,15 +453,23 @@ class Mosaic:
         """
         y0, x0, w = np.asarray(y0, np.int64), np.asarray(x0, np.int64), int(w)
         ny, nx = self.shape
+        if out is None:
+            out = np.empty((len(y0), w, w), np.float32)
         if not len(y0):
-            return np.empty((0, w, w), np.float32)
+            return out
         if y0.min() < 0 or x0.min() < 0 or y0.max() + w > ny or x0.max() + w > nx:
             raise IndexError(f"windows of {w} px outside {ny}x{nx} pixels of mosaic {self.name}")
         view = np.lib.stride_tricks.sliding_window_view
-        if self._memmap is not None:
-            return self._scaling.apply(view(self._memmap, (w, w))[y0, x0], owned=True)
-        top = int(y0.min())
-        return view(self.read_rows(top, int(y0.max()) + w), (w, w))[y0 - top, x0]
+        mapped, scaling = self._memmap, self._scaling
+        if mapped is not None and self.stored_dtype.kind == "f" and scaling.is_identity:
+            for window, y, x in zip(out, y0.tolist(), x0.tolist(), strict=True):
+                np.copyto(window, mapped[y : y + w, x : x + w])  # one pass: swap and copy
+        elif mapped is not None:
+            np.copyto(out, scaling.apply(view(mapped, (w, w))[y0, x0], owned=True))
+        else:
+            top = int(y0.min())
+            np.copyto(out, view(self.read_rows(top, int(y0.max()) + w), (w, w))[y0 - top, x0])
+        return out
 
     # -- coordinates --------------------------------------------------------------------
 

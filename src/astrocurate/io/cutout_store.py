@@ -400,9 +400,9 @@ class CutoutReader:
         """Return cutouts as an (n, w, w) float32 array (all must share one window size).
 
         Consecutive rows of one copied pixel file are one slice; the other rows are read
-        per pixel file and per mosaic, each group in one gather
-        (:meth:`~astrocurate.io.mosaics.Mosaic.read_windows` for a virtual store). The
-        copies release the GIL, so threads with a reader each read in parallel.
+        per pixel file (one gather) and per mosaic of a virtual store
+        (:meth:`~astrocurate.io.mosaics.Mosaic.read_windows`). The copies release the
+        GIL, so threads with a reader each read in parallel.
 
         Parameters
         ----------

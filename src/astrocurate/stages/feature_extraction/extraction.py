@@ -9,7 +9,7 @@ beside the loop. A rerun of the same command after an interruption skips
 the finished blocks; the matrix is renamed to ``features.npy`` (and the sidecar to
 ``features.json``) only when every block is done. Each cutout is preprocessed on its
 own (normalised, resized) so its features do not depend on the batch it is in, on the
-number of loader workers, or on which process computed its block.
+number of reader threads, or on which process computed its block.
 
 The plan (options, backbone card, device) is :mod:`~astrocurate.stages.feature_extraction.plan`.
 The run's lifecycle is elsewhere: one process records it with
@@ -337,10 +337,10 @@ def cutout_loader(
 
     ``workers`` threads read ahead, two batches each, every thread with its own open files
     (a copy of one :class:`~astrocurate.io.cutout_store.CutoutReader`; with 0, this thread
-    reads). A
-    batch is one copy from the memory-mapped files (a slice, or a gather per file), which
-    releases the GIL, straight into pinned memory for CUDA: no worker processes to start,
-    no copy through shared memory, no pinning thread.
+    reads). A batch is one copy from the memory-mapped files (a slice of a copied store,
+    a window at a time from a virtual store's mosaic), which releases the GIL, straight
+    into pinned memory for CUDA: no worker processes to start, no copy through shared
+    memory, no pinning thread.
     """
     store = CutoutReader.from_directory(merged_dir)  # the manifest, read once
     local, opened = threading.local(), [store]

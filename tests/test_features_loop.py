@@ -220,3 +220,18 @@ def test_reader_threads_give_every_batch_in_order_and_raise_what_a_read_raises(
     (directory / "pixels.npy").rename(directory / "moved.npy")
     with pytest.raises(CutoutStoreError, match=r"pixels\.npy: cutout pixel file is missing"):
         list(cutout_loader(directory, batches, 3, cpu))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_reader_threads_fill_pinned_batches_in_order(tmp_path: Path) -> None:
+    """Each thread pins in the model's device context; the batches are the CPU reads."""
+    directory = _store(_folder(tmp_path / "store"), 23, 20)
+    batches = plan_batches(np.full(23, 20), np.arange(23), 4)
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    cpu = list(cutout_loader(directory, batches, 0, torch.device("cpu")))
+    cuda = list(cutout_loader(directory, batches, 3, device))
+    assert [i.tolist() for i, _ in cuda] == [i.tolist() for i, _ in cpu]
+    for (_, got), (_, expected) in zip(cuda, cpu, strict=True):
+        assert got.is_pinned() and got.numpy().tobytes() == expected.numpy().tobytes()
+        on_device = got.to(device, non_blocking=True)  # blank pixels are NaN: compare bytes
+        assert on_device.cpu().numpy().tobytes() == expected.numpy().tobytes()

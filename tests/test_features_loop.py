@@ -168,7 +168,7 @@ def test_every_block_is_written_through_one_loader_and_marked(
     blocks = _blocks_of(23, 6)
     matrix, markers, written = _write(directory, tmp_path, blocks, workers=2)
     assert np.concatenate(list(written)).tolist() == list(range(23))
-    assert len(loaders) == 1, "the loader's workers start once for all the blocks"
+    assert len(loaders) == 1, "one loader, its threads started once, for all the blocks"
     assert all(m.is_file() for m in markers)
     model = _small_model()
     raw = torch.from_numpy(np.load(directory / "pixels.npy"))

@@ -563,7 +563,7 @@ def test_read_region(tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", [*FORMATS, "scaled-int16-blank"])
 def test_read_windows_equals_each_region(tmp_path, fmt):
-    """A batch of windows in one gather: the values, in the order asked, of each region."""
+    """A batch of windows read at once: the values, in the order asked, of each region."""
     data = image((25, 17))
     if fmt == "scaled-int16-blank":
         stored = np.round(data * 1000).astype(np.int16)

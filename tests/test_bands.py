@@ -80,6 +80,29 @@ def test_bands_read_ahead_equal_rows_read_directly(tmp_path, kind):
         assert sum(len(b) for b in seen) >= SHAPE[0] - 8
 
 
+@pytest.mark.parametrize("kind", list(WRITERS), ids=list(WRITERS))
+@pytest.mark.parametrize("step", [2, 4, 8])
+def test_a_source_read_one_row_in_step_gets_those_rows_of_each_band(tmp_path, kind, step):
+    """The rms map's robust-grid rows only: the rows a band shares are kept, the rest read."""
+    data = RNG.normal(size=SHAPE).astype(np.float32)
+    data[3:9, 4] = np.nan
+    image = _plain(tmp_path / "image.fits", data)
+    rms = WRITERS[kind](tmp_path / "rms.fits", np.abs(data[::-1]))
+    _, y0 = window_origins(SHAPE, 16, 0.5)  # windows every 8 rows
+    spans = row_bands(y0, 16, 30)
+    assert any(b1 > c0 for (_, b1), (c0, _) in itertools.pairwise(spans))
+    with open_mosaic(image) as mosaic, open_mosaic(rms) as rms_map:
+        full = rms_map.read_rows(0, SHAPE[0])
+        for (b0, b1), (band, rms_band) in zip(
+            spans, read_ahead([mosaic, rms_map], spans, [1, step]), strict=True
+        ):
+            np.testing.assert_array_equal(band, mosaic.read_rows(b0, b1))
+            np.testing.assert_array_equal(rms_band, full[b0:b1:step])
+            np.testing.assert_array_equal(rms_band, rms_map.read_rows(b0, b1, step=step))
+        with pytest.raises(ValueError, match="multiple of the row steps"):
+            next(read_ahead([rms_map], [(3, 20)], [2]))
+
+
 @pytest.mark.parametrize("kind", ["float32", "gzip"])
 def test_rows_read_from_two_threads_at_once_are_right(tmp_path, kind):
     # One stream position per mosaic: reads from two threads must take turns, not

@@ -319,6 +319,27 @@ def _assert_reference(stats: dict[str, np.ndarray], stack: np.ndarray) -> None:
             assert stats[key][i] == pytest.approx(value, rel=rtol, abs=0), (i, key)
 
 
+@pytest.mark.parametrize("w", [64, 96, 128, 200])
+def test_medians_from_the_grid_rows_alone_are_the_same(w):
+    """A smooth map read one row in k (its robust-grid rows) gives the same medians."""
+    k = windows.robust_step(w)
+    image = RNG.normal(1.0, 0.1, size=(3 * w + 5, 2 * w + 3)).astype(np.float32)
+    image[w : w + 9, 5:40] = np.nan
+    rows = np.arange(0, image.shape[0] - w + 1, k)
+    y0, x0 = np.repeat(rows, 3), np.tile([0, 7, w + 3], len(rows))
+    expected = windows.window_medians(image, x0, y0, w)
+    got = windows.window_medians(image[::k], x0, y0, w, row_step=k)
+    assert got.tobytes() == expected.tobytes()
+    with pytest.raises(ValueError, match="row_step"):
+        windows.window_medians(image[::k], x0, y0 + 1, w, row_step=k)  # off the grid rows
+    with pytest.raises(ValueError, match="row_step"):
+        windows.window_medians(image[:: k + 1], x0, y0, w, row_step=k + 1)
+    needed = y0.max() // k + len(range(0, w, k))  # grid rows up to the last window's end
+    assert windows.window_medians(image[::k][:needed], x0, y0, w, row_step=k).size == len(x0)
+    with pytest.raises(ValueError, match="outside"):
+        windows.window_medians(image[::k][: needed - 1], x0, y0, w, row_step=k)
+
+
 def test_large_cutouts_take_median_and_noise_on_the_grid():
     stack = RNG.normal(0.0, 1e-4, size=(6, 128, 100)).astype(np.float32)
     stack[1, :40, :] = np.nan

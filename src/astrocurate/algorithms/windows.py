@@ -527,8 +527,10 @@ def _float_image_and_windows(
     return image, x0, y0, w
 
 
-def _check_origins(image: np.ndarray, x0: Any, y0: Any, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate window origins against a 2-D image; return them as int64 arrays."""
+def _check_origins(
+    image: np.ndarray, x0: Any, y0: Any, w: int, height: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate origins of windows ``w`` wide, ``height`` (default ``w``) tall; as int64."""
     if image.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {image.shape}")
     x0 = np.asarray(x0, dtype=np.int64)
@@ -536,7 +538,8 @@ def _check_origins(image: np.ndarray, x0: Any, y0: Any, w: int) -> tuple[np.ndar
     if x0.shape != y0.shape or x0.ndim != 1:
         raise ValueError(f"x0 and y0 must be 1-D of equal length, got {x0.shape}, {y0.shape}")
     ny, nx = image.shape
-    if x0.size and (x0.min() < 0 or y0.min() < 0 or x0.max() + w > nx or y0.max() + w > ny):
+    h = w if height is None else height
+    if x0.size and (x0.min() < 0 or y0.min() < 0 or x0.max() + w > nx or y0.max() + h > ny):
         raise ValueError(f"windows of size {w} fall outside the image of shape {image.shape}")
     return x0, y0
 
@@ -681,7 +684,7 @@ def _robust_of_windows(
 
 
 def window_medians(
-    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, window_size: int
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, window_size: int, *, row_step: int = 1
 ) -> np.ndarray:
     """Median of each square window of an image on the robust grid, NaN pixels ignored.
 
@@ -697,6 +700,10 @@ def window_medians(
         Window origins, shape ``(n,)``; each window must lie inside ``image``.
     window_size : int
         Window side ``w``.
+    row_step : int
+        1, or ``k`` when ``image`` holds only every ``k``-th row of the image (its row
+        ``i`` is row ``i * k``), all a window's median needs; ``y0`` are then rows of the
+        whole image, multiples of ``k``. The medians are the same.
 
     Returns
     -------
@@ -706,25 +713,40 @@ def window_medians(
     Raises
     ------
     ValueError
-        If ``image`` is not 2-D or a window falls outside it.
+        If ``image`` is not 2-D, a window falls outside it, or ``row_step`` is neither
+        1 nor ``k`` or does not divide every ``y0``.
     """
-    image, x0, y0, w = _float_image_and_windows(image, x0, y0, window_size)
+    w = _check_window_size(window_size)
+    k, y0 = robust_step(w), np.asarray(y0, dtype=np.int64)
+    if row_step not in (1, k) or np.any(y0 % row_step):
+        raise ValueError(f"row_step {row_step}: expected 1, or {k} dividing every y0")
+    image = np.asarray(image)
+    if image.dtype.kind != "f":
+        image = image.astype(np.float64)
+    height = w if row_step == 1 else len(range(0, w, k))  # rows of ``image`` a window spans
+    x0, rows = _check_origins(image, x0, y0 // row_step, w, height)
     medians = [np.empty(0, dtype=np.float64)]
-    for _, grid in _grid_chunks(image, x0, y0, w):
+    for _, grid in _grid_chunks(image, x0, rows, w, row_step):
         medians.append(median_rows(grid))
     return np.concatenate(medians).astype(np.float64)
 
 
 def _grid_chunks(
-    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int
+    image: np.ndarray, x0: np.ndarray, y0: np.ndarray, w: int, row_step: int = 1
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield the robust-grid pixels of the windows, a bounded chunk of windows at a time.
 
     Each item: the windows' slice of ``x0`` and their grid pixels, ``(chunk, side**2)``.
+    With ``row_step`` = ``k``, ``image`` holds the grid rows only and ``y0`` are its rows
+    (see :func:`window_medians`).
     """
     k = robust_step(w)
-    grid_views = np.lib.stride_tricks.sliding_window_view(image, (w, w))[:, :, ::k, ::k]
-    side = grid_views.shape[2]
+    side = len(range(0, w, k))
+    view = np.lib.stride_tricks.sliding_window_view
+    if row_step == 1:
+        grid_views = view(image, (w, w))[:, :, ::k, ::k]
+    else:
+        grid_views = view(image, (side, w))[:, :, :, ::k]
     chunk = max(1, _CHUNK_ELEMENTS // (side * side))
     for i in range(0, len(x0), chunk):
         sl = slice(i, i + chunk)

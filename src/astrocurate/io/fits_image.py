@@ -196,11 +196,14 @@ class MappedRows:
         self._dtype = np.dtype(dtype)
         self._row_bytes = nx * self._dtype.itemsize
 
-    def __call__(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Copy the stored values of rows y0:y1 into ``out`` or a new array (y1 - y0, nx).
+    def __call__(
+        self, y0: int, y1: int, out: np.ndarray | None = None, step: int = 1
+    ) -> np.ndarray:
+        """Copy the stored values of rows ``y0:y1:step`` into ``out`` or a new array.
 
-        ``out``, if given, has that shape and a dtype the stored one casts to safely (the
-        native float32 of ``>f4``, say); a new array has the stored dtype.
+        ``out``, if given, has their shape ``(len(range(y0, y1, step)), nx)`` and a dtype
+        the stored one casts to safely (the native float32 of ``>f4``, say); a new array
+        has the stored dtype. Only the pages of the rows taken are copied from.
 
         Raises
         ------
@@ -216,7 +219,7 @@ class MappedRows:
             raise EOFError(f"data ended {end - size} bytes early in rows {y0}:{y1}")
         stored = np.frombuffer(self._map, self._dtype, (y1 - y0) * self._nx, start)
         try:
-            stored = stored.reshape(y1 - y0, self._nx)
+            stored = stored.reshape(y1 - y0, self._nx)[::step]
             if out is None:
                 out = stored.copy()
             else:

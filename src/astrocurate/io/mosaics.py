@@ -326,11 +326,11 @@ class Mosaic:
             return self._scaling.apply(self._read_raw(y0, y1), owned=True)
         return self._read_compressed(y0, y1)
 
-    def _read_into(self, y0: int, y1: int, out: np.ndarray) -> np.ndarray:
-        """Rows y0:y1 as float32 into ``out``: copied straight in for plain float32 files."""
+    def _read_into(self, y0: int, y1: int, out: np.ndarray, step: int = 1) -> np.ndarray:
+        """Rows y0:y1:step as float32 into ``out``: straight from the map for plain float32."""
         if self._plain_float32:
-            return self._read_raw(y0, y1, out)  # the copy from the map swaps the bytes
-        np.copyto(out, self._read_band(y0, y1))
+            return self._read_raw(y0, y1, out, step)  # the copy from the map swaps the bytes
+        np.copyto(out, self._read_band(y0, y1)[::step])
         return out
 
     @property
@@ -360,8 +360,10 @@ class Mosaic:
             raise IndexError(f"rows {y0}:{y1} outside 0:{ny} of mosaic {self.name}")
         return y0, y1
 
-    def read_rows(self, y0: int, y1: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Read a band of rows at full width.
+    def read_rows(
+        self, y0: int, y1: int, out: np.ndarray | None = None, step: int = 1
+    ) -> np.ndarray:
+        """Read a band of rows at full width, or every ``step``-th row of it.
 
         Only these rows are read from an uncompressed file; gzip and tile-compressed files
         decompress what they must (see the module notes). Threads may call it at once:
@@ -373,13 +375,16 @@ class Mosaic:
         y0, y1 : int
             Row range, ``0 <= y0 <= y1 <= ny``.
         out : numpy.ndarray, optional
-            C-contiguous float32 array of shape ``(y1 - y0, nx)`` to read into (an
-            uncompressed float32 file is read straight into it, without a new array).
+            C-contiguous float32 array of shape ``(n, nx)`` to read into (an uncompressed
+            float32 file is read straight into it, without a new array).
+        step : int
+            Read rows ``y0, y0 + step, ...`` below ``y1`` only: ``n = len(range(y0, y1,
+            step))`` rows (an uncompressed float32 file copies only those).
 
         Returns
         -------
         numpy.ndarray
-            float32, shape ``(y1 - y0, nx)``: ``out``, or a new array owned by the caller.
+            float32, shape ``(n, nx)``: ``out``, or a new array owned by the caller.
 
         Raises
         ------
@@ -391,9 +396,13 @@ class Mosaic:
         y0, y1 = self._check_rows(y0, y1)
         if self._hdul is None:
             raise ValueError(f"mosaic {self.name} is closed")
+        if step != 1 and out is None:
+            out = np.empty((len(range(y0, y1, step)), self.shape[1]), np.float32)
         try:
             with self._reading:
-                return self._read_band(y0, y1) if out is None else self._read_into(y0, y1, out)
+                if out is None:
+                    return self._read_band(y0, y1)
+                return self._read_into(y0, y1, out, step)
         except _READ_ERRORS as exc:
             raise InvalidMosaicError(
                 f"{self.path}: cannot read rows {y0}:{y1} ({type(exc).__name__}: {exc})"

@@ -175,15 +175,19 @@ def digest(found: list[Companions]) -> str | None:
 # --------------------------------------------------------------------------- in the workers
 
 
-def rms_columns(rms_band: np.ndarray, xs: np.ndarray, ys: np.ndarray, w: int, stats: dict) -> dict:
+def rms_columns(
+    rms_band: np.ndarray, xs: np.ndarray, ys: np.ndarray, w: int, stats: dict, row_step: int = 1
+) -> dict:
     """``rms_map`` and ``peak_snr_map`` of the windows of one band of rows.
 
     ``stats`` are the windows' :func:`~astrocurate.algorithms.windows.window_statistics`
-    (``max``, ``median``) from the image band with the same rows.
+    (``max``, ``median``) from the image band with the same rows; ``rms_band`` may hold
+    every ``row_step``-th of those rows only (see
+    :func:`~astrocurate.algorithms.windows.window_medians`).
     """
     from astrocurate.algorithms import windows
 
-    rms = windows.window_medians(rms_band, xs, ys, w)
+    rms = windows.window_medians(rms_band, xs, ys, w, row_step=row_step)
     with np.errstate(invalid="ignore", divide="ignore"):
         snr = np.where(rms > 0, (stats["max"] - stats["median"]) / rms, np.nan)
     return {"rms_map": rms, "peak_snr_map": snr}

@@ -174,13 +174,21 @@ def _cut_bands(
     opts: Any,
     writer: NpyStackWriter | None,
 ) -> list[Columns]:
-    """Cut a mosaic's windows band by band (the next band read meanwhile); their rows."""
+    """Cut a mosaic's windows band by band (the next band read meanwhile); their rows.
+
+    Of the rms map only the rows of the windows' robust grids are read, when every window
+    starts on one (the usual strides: a multiple of :func:`~.windows.robust_step`).
+    """
     spans = windows.row_bands(y0, w, _band_rows(mosaic.shape[1], w))
-    sources = [mosaic] if rms is None else [mosaic, rms]
+    sources, steps = [mosaic], [1]
+    if rms is not None:
+        k = windows.robust_step(w)
+        sources.append(rms)
+        steps.append(k if not np.any(y0 % k) else 1)
     tables = []
-    for (b0, b1), read in zip(spans, bands.read_ahead(sources, spans), strict=True):
+    for (b0, b1), read in zip(spans, bands.read_ahead(sources, spans, steps), strict=True):
         inside = (y0 >= b0) & (y0 + w <= b1)
-        rms_band = read[1] if rms is not None else None
+        rms_band = (read[1], steps[1]) if rms is not None else None
         xs, ys = x0[inside], y0[inside] - b0
         tables.append(_cut_band(read[0], rms_band, xs, ys, b0, w, opts, writer))
     return tables
@@ -193,7 +201,7 @@ def _band_rows(nx: int, w: int) -> int:
 
 def _cut_band(
     band: np.ndarray,
-    rms_band: np.ndarray | None,
+    rms_band: tuple[np.ndarray, int] | None,
     xs: np.ndarray,
     ys: np.ndarray,
     band_y0: int,
@@ -204,7 +212,8 @@ def _cut_band(
     """Cut the windows of one band of rows; write the kept ones; return their rows.
 
     ``xs``, ``ys`` are window origins relative to the band, whose first row is row
-    ``band_y0`` of the mosaic; ``rms_band`` holds the same rows of its rms map, if any.
+    ``band_y0`` of the mosaic; ``rms_band``, if any, holds every ``step``-th of the same
+    rows of its rms map, and that step.
     Statistics come straight from the band: the blank fraction of every window, the rest
     for the kept windows only; only kept windows of a copied store are copied, a bounded
     number at a time.
@@ -216,7 +225,8 @@ def _cut_band(
     kept = {key: values[keep] for key, values in moments.items()}
     stats = windows.add_robust_statistics(band, xs, ys, w, kept)
     if rms_band is not None:
-        stats.update(companions.rms_columns(rms_band, xs, ys, w, stats))
+        rms, step = rms_band
+        stats.update(companions.rms_columns(rms, xs, ys, w, stats, step))
     if writer is not None:
         _write_windows(band, xs, ys, w, opts, writer)
     return {"x0": xs.astype(np.int64), "y0": ys.astype(np.int64) + band_y0, **stats}

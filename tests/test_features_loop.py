@@ -235,3 +235,32 @@ def test_cuda_reader_threads_fill_pinned_batches_in_order(tmp_path: Path) -> Non
         assert got.is_pinned() and got.numpy().tobytes() == expected.numpy().tobytes()
         on_device = got.to(device, non_blocking=True)  # blank pixels are NaN: compare bytes
         assert on_device.cpu().numpy().tobytes() == expected.numpy().tobytes()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc")
+def test_reader_threads_together_hold_no_more_files_open_than_one_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads share one reader's budget: a survey of many mosaics cannot run out of files."""
+    from astropy.io import fits
+
+    from astrocurate.io import cutout_store
+
+    n = 40
+    directory = _folder(tmp_path / "virtual")
+    for i in range(n):
+        fits.PrimaryHDU(np.full((6, 6), i, dtype=np.float32)).writeto(directory / f"m{i}.fits")
+    columns = {"cutout_id": np.arange(n), "store": "virtual", "array_file": None}
+    columns |= {"array_row": -1, "mosaic_path": [str(directory / f"m{i}.fits") for i in range(n)]}
+    columns |= {"x0": 1, "y0": 1, "window_size": 4, "nan_fraction": 0.0}
+    pd.DataFrame(columns).to_parquet(directory / MANIFEST)
+    monkeypatch.setattr(cutout_store, "MAX_OPEN", 8)  # 2 per thread for 4 threads
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    most = 0
+    batches = [np.array([i]) for i in range(n)]
+    for ids, raw in cutout_loader(directory, batches, 4, torch.device("cpu")):
+        assert float(raw[0, 0, 0]) == ids[0]
+        most = max(most, len(list(Path("/proc/self/fd").iterdir())) - before)
+    per_mosaic = 4  # astropy's file, the map's file and its mmap, ...
+    # 8 mosaics open at most (41 files here); a budget per thread opened 32 (126 files)
+    assert most <= 16 * per_mosaic, f"{most} files open for at most 8 mosaics"

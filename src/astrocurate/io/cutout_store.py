@@ -315,6 +315,9 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
 
 # --------------------------------------------------------------------------- reading
 
+MAX_OPEN = 64
+"""Pixel files and mosaics a reader holds open at most (an open mosaic takes ~4 files)."""
+
 
 class CutoutReader:
     """Random access to cutout pixels by row of a manifest.
@@ -344,7 +347,7 @@ class CutoutReader:
         manifest: pd.DataFrame,
         base_dir: Path | None = None,
         mosaics: pd.DataFrame | None = None,
-        max_open: int = 64,
+        max_open: int = MAX_OPEN,
     ) -> None:
         if max_open < 1:
             raise ValueError(f"max_open={max_open} must be >= 1")
@@ -366,7 +369,7 @@ class CutoutReader:
         self._pid = os.getpid()
 
     @classmethod
-    def from_directory(cls, directory: Path, max_open: int = 64) -> CutoutReader:
+    def from_directory(cls, directory: Path, max_open: int = MAX_OPEN) -> CutoutReader:
         """Open the store of a cutout or merge run directory."""
         import pandas as pd
 

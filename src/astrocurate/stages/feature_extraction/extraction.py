@@ -39,6 +39,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from astrocurate.algorithms.normalization import normalize
 from astrocurate.algorithms.normalization_config import NormalizationConfig
 from astrocurate.errors import InvalidRunError
+from astrocurate.io import cutout_store
 from astrocurate.io.atomic import atomic_path, write_text
 from astrocurate.io.cutout_store import CutoutReader, read_manifest
 from astrocurate.stages.feature_extraction.outputs import FEATURES, SIDECAR, load_features
@@ -337,12 +338,14 @@ def cutout_loader(
 
     ``workers`` threads read ahead, two batches each, every thread with its own open files
     (a copy of one :class:`~astrocurate.io.cutout_store.CutoutReader`; with 0, this thread
-    reads). A batch is one copy from the memory-mapped files (a slice of a copied store,
-    a window at a time from a virtual store's mosaic), which releases the GIL, straight
-    into pinned memory for CUDA: no worker processes to start, no copy through shared
-    memory, no pinning thread.
+    reads), together no more than one reader's (a thread goes through the manifest in
+    order, so it needs few at a time). A batch is one copy from the memory-mapped files
+    (a slice of a copied store, a window at a time from a virtual store's mosaic), which
+    releases the GIL, straight into pinned memory for CUDA: no worker processes to start,
+    no copy through shared memory, no pinning thread.
     """
-    store = CutoutReader.from_directory(merged_dir)  # the manifest, read once
+    budget = max(2, cutout_store.MAX_OPEN // max(1, workers))  # open files, shared out
+    store = CutoutReader.from_directory(merged_dir, budget)  # the manifest, read once
     local, opened = threading.local(), [store]
     pinned = device.type == "cuda"
     cuda_index = None

@@ -54,7 +54,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -389,11 +389,10 @@ class CutoutReader:
 
     def __getitem__(self, index: int) -> np.ndarray:
         """Return cutout ``index`` as a new (w, w) float32 array."""
-        self._check_rows(np.array([index]))
-        if self._store[index] == "virtual":
-            return self._read_virtual(index)
-        row = self._array(str(self._array_file[index]))[self._array_row[index]]
-        return np.array(row, dtype=np.float32)
+        w = self.window_size(index) if 0 <= index < len(self) else 0  # else read() refuses it
+        out = np.empty((w, w), dtype=np.float32)
+        self.read([index], out=out[None])
+        return out
 
     def window_size(self, index: int) -> int:
         """Return the side, in pixels, of cutout ``index``."""
@@ -429,10 +428,7 @@ class CutoutReader:
             np.copyto(out, self._array(str(self._array_file[ids[0]]))[start : start + len(ids)])
             return out
         virtual = self._store[ids] == "virtual"
-        files = np.where(virtual, self._mosaic_path[ids], self._array_file[ids])
-        names, group = np.unique(files.astype(str), return_inverse=True)
-        for g, name in enumerate(names):
-            at = np.flatnonzero(group == g)
+        for name, at in _groups(np.where(virtual, self._mosaic_path[ids], self._array_file[ids])):
             rows = ids[at]
             if virtual[at[0]]:
                 mosaic = self._handle(name, lambda name=name: self._open_mosaic(name))
@@ -506,14 +502,15 @@ class CutoutReader:
         self._verified.add(name)
         return mosaic
 
-    def _read_virtual(self, index: int) -> np.ndarray:
-        name = str(self._mosaic_path[index])
-        mosaic = self._handle(name, lambda: self._open_mosaic(name))
-        x0, y0, w = self._x0[index], self._y0[index], self._size[index]
-        window = np.array(mosaic.read_region(y0, y0 + w, x0, x0 + w), dtype=np.float32)
-        if self._nan_fill is not None and self._nan_fill[index]:
-            window[np.isnan(window)] = NAN_FILL_VALUE
-        return window
+
+def _groups(files: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield each distinct file and the positions where it is (one file: no sort)."""
+    if (files == files[0]).all():
+        yield str(files[0]), np.arange(len(files))
+        return
+    names, group = np.unique(files.astype(str), return_inverse=True)
+    for g, name in enumerate(names):
+        yield str(name), np.flatnonzero(group == g)
 
 
 def _close(handle: Any) -> None:

@@ -12,7 +12,9 @@ from astropy.io import fits
 from astropy.table import Table
 
 from astrocurate import cli, tracking
+from astrocurate.algorithms.windows import window_medians
 from astrocurate.io.cutout_store import read_manifest
+from astrocurate.io.mosaics import open_mosaic
 from astrocurate.stages.cutting_out.run import CutoutOptions, make_cutouts
 from astrocurate.synthetic.survey import load_truth_catalogue, make_survey
 from script_imports import heavy_loaded, run_script
@@ -70,6 +72,14 @@ def test_cutouts_read_the_rms_map_beside_each_mosaic(store: Path, survey) -> Non
     r2 = (centre**2).sum(axis=1) / survey.footprint_radius_px**2
     expected = 1e-4 * (1.0 + 2.0 * r2)
     np.testing.assert_allclose(manifest["rms_map"], expected, rtol=0.12)
+    # only the map's grid rows were read (one in 2 at 64 px): the medians of the whole map
+    for path, rows in manifest.groupby("mosaic_path"):
+        beside = (Path(path).with_name("mosaic.rms.fits"), Path(path).with_suffix(".rms.fits"))
+        rms_path = next(p for p in beside if p.is_file())
+        with open_mosaic(rms_path) as rms:
+            full = rms.read_rows(0, rms.shape[0])
+        medians = window_medians(full, rows["x0"].to_numpy(), rows["y0"].to_numpy(), W)
+        assert rows["rms_map"].to_numpy().tobytes() == medians.tobytes()
     median = manifest["max"] - manifest["peak_snr"] * manifest["noise_mad"]
     np.testing.assert_allclose(
         manifest["peak_snr_map"], (manifest["max"] - median) / manifest["rms_map"], rtol=1e-9

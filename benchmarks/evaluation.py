@@ -22,7 +22,9 @@ Usage::
 ``--throughput`` times pretraining alone on random images (SimCLR and BYOL, 64 and 128 px):
 ``pretrain`` (augmentations, two views, loss, optimiser) side by side with the bare
 training step of the same networks on ready-made views, so the ratio is the share of the
-time the augmentations and the loop cost.
+time the augmentations and the loop cost. Then the host's time per step for what it once
+did every step: a permutation of ``--order-images`` images (now one per epoch), and the
+noise of two views drawn on the host (now on the device, off the CPU).
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--throughput", action="store_true", help="time pretraining only")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (--throughput)")
+    parser.add_argument(
+        "--order-images",
+        type=int,
+        default=1_000_000,
+        help="images whose order a step picks its batch from, for the host costs (--throughput)",
+    )
     return parser.parse_args()
 
 
@@ -90,6 +98,51 @@ def _throughput(args: argparse.Namespace) -> None:
             model = (_SimCLR if method == "simclr" else _BYOL)(config).to(device)
             bare = _bare_steps(model, args.batch_size, size, args.steps, device)
             print(f"{method:<8} {size:>5} {full:>15.0f} {bare:>16.0f} {full / bare:>6.2f}")
+    _host_costs(args.batch_size, args.order_images, device)
+
+
+def _host_costs(batch: int, n: int, device) -> None:
+    """Print the host's own time per training step for what it used to do every step.
+
+    The batch's images: a permutation of ``n`` drawn every step (before) against once per
+    epoch (``_EpochOrders``); the noise of two views of ``batch`` images at 128 px: drawn
+    on the host and copied over (before) against drawn on the device (off the CPU).
+    """
+    import torch
+
+    from astrocurate.algorithms.ssl.augment import _noise
+    from astrocurate.algorithms.ssl.training import _EpochOrders
+
+    steps, per_epoch = 20, max(1, n // batch)
+    started = time.perf_counter()
+    for step in range(steps):
+        epoch, position = divmod(step, per_epoch)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        order[(position * batch + torch.arange(batch)) % n]
+    per_step = (time.perf_counter() - started) / steps
+    orders = _EpochOrders(0, n)
+    orders.batch(0, batch, per_epoch)  # the epoch's draw, once
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        orders.batch(step, batch, per_epoch)
+    cached = (time.perf_counter() - started) / steps
+    print(
+        f"host, batch of {n:,} images: {per_step * 1e3:.2f} ms per step with a permutation "
+        f"per step, {cached * 1e3:.3f} ms with one per epoch ({per_step / cached:.0f}x)"
+    )
+    size = (batch, 1, 128, 128)
+    timings = {}
+    for where, target in (("host", torch.device("cpu")), ("device", device)):
+        generator = torch.Generator().manual_seed(0)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(2 * steps):
+            _noise(size, target, generator).to(device, non_blocking=True)
+        timings[where] = (time.perf_counter() - started) / steps  # host time, two views
+    print(
+        f"host, noise of two views of {batch} at 128 px: {timings['host'] * 1e3:.1f} ms per step "
+        f"drawn on the host, {timings['device'] * 1e3:.1f} ms drawn on {device.type}"
+    )
 
 
 def _sync(device) -> None:

@@ -12,6 +12,7 @@ from astrocurate.algorithms.backbones.weights import WeightsError
 from astrocurate.algorithms.ssl import (
     AugmentConfig,
     PretrainConfig,
+    augment,
     build_encoder,
     embed,
     encoder_checkpoint,
@@ -200,13 +201,13 @@ def test_losses_are_read_once_per_epoch_in_order_before_its_checkpoint(monkeypat
     images = _images(40)
     config = PretrainConfig(images_seen=96, batch_size=16, augment=SMALL)
     events: list[tuple[str, int]] = []
-    batch_indices = training._batch_indices
+    batch_of = training._EpochOrders.batch
 
-    def logged(seed, step, *args):
+    def logged(self, step, *args):
         events.append(("batch", step))
-        return batch_indices(seed, step, *args)
+        return batch_of(self, step, *args)
 
-    monkeypatch.setattr(training, "_batch_indices", logged)
+    monkeypatch.setattr(training._EpochOrders, "batch", logged)
     pretrain(
         images,
         robust_rms(images),
@@ -220,6 +221,44 @@ def test_losses_are_read_once_per_epoch_in_order_before_its_checkpoint(monkeypat
         return [*batches, *losses, ("checkpoint", steps.stop)]
 
     assert events == epoch(range(3)) + epoch(range(3, 6))  # 40 images / 16: 3 steps an epoch
+
+
+def test_each_epoch_order_is_drawn_once_and_batches_are_its_slices(monkeypatch):
+    """The images' permutation is drawn once per epoch, not once per step (a host cost of
+    ~15 ms per step on a million images), and every batch is the slice of its epoch's
+    permutation that the seed and the step name, wrapping at the end."""
+    from astrocurate.algorithms.ssl import training
+
+    n, batch, per_epoch = 10, 4, 3  # the third batch of an epoch wraps around
+    drawn = []
+    randperm = torch.randperm
+
+    def counted(*args, **kwargs):
+        drawn.append(args[0])
+        return randperm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "randperm", counted)
+    orders = training._EpochOrders(seed=7, n=n)
+    batches = [orders.batch(step, batch, per_epoch) for step in range(3 * per_epoch)]
+    assert drawn == [n, n, n]
+    for step, got in enumerate(batches):
+        epoch, position = divmod(step, per_epoch)
+        order = randperm(n, generator=torch.Generator().manual_seed(7 * 1_000_003 + epoch))
+        assert torch.equal(got, order[[(position * batch + i) % n for i in range(batch)]])
+
+
+def test_noise_comes_from_the_generator_on_the_cpu_and_from_a_seed_it_draws_elsewhere():
+    """On the CPU the noise is the generator's own next draw, as before (results recorded
+    on the CPU stay reproducible); on a GPU it is drawn there, seeded by one draw."""
+    size = (4, 1, 8, 8)
+    noise = augment._noise(size, torch.device("cpu"), torch.Generator().manual_seed(3))
+    assert torch.equal(noise, torch.randn(size, generator=torch.Generator().manual_seed(3)))
+    if torch.cuda.is_available():
+        on_gpu = augment._noise(size, torch.device("cuda"), torch.Generator().manual_seed(3))
+        seed = int(torch.randint(1 << 62, (1,), generator=torch.Generator().manual_seed(3)))
+        device_generator = torch.Generator("cuda").manual_seed(seed)
+        assert on_gpu.is_cuda
+        assert torch.equal(on_gpu, torch.randn(size, generator=device_generator, device="cuda"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -92,15 +92,62 @@ def test_interpreted_fit_equals_plain_cpu_fit(interpreted: dict) -> None:
 
 
 def test_fused_assignment_only_for_float32_tf32_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On GPUs with TF32 tensor cores (compute capability 8.0 on); older ones take cuBLAS."""
+    from astrocurate.algorithms.kmeans import assignment
+
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert fused_assignment(cuda, torch.float32, "tf32")
+    for capability, fused in (((7, 0), False), ((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        assignment._has_tf32_cores.cache_clear()
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        assert fused_assignment(cuda, torch.float32, "tf32") is fused
+    assignment._has_tf32_cores.cache_clear()
     assert not fused_assignment(cuda, torch.float32, "highest")
     assert not fused_assignment(cuda, torch.float64, "tf32")
     assert not fused_assignment(cpu, torch.float32, "tf32")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert fused_assignment(cpu, torch.float32, "highest")
     assert not fused_assignment(cpu, torch.float64, "highest")
+
+
+COMPILED = textwrap.dedent(
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from astrocurate.algorithms.kmeans import nearest_kernel as nk
+
+    types = {"x_ptr": "*fp32", "c_ptr": "*fp32", "c_sq_ptr": "*fp32", "labels_ptr": "*i64",
+             "n": "i32", "k": "i32", "d": "i32", "stride_x": "i32", "stride_c": "i32"}
+    signature = {name: types.get(name, "constexpr") for name in nk._nearest_kernel.arg_names}
+    limits = {80: 163 << 10, 86: 99 << 10, 90: 227 << 10}  # shared memory of a block, bytes
+    for arch, limit in limits.items():
+        for tried, (m, n, k, warps, stages) in enumerate(nk._GPU_TILES, 1):
+            tile = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}
+            options = {"num_warps": warps, "num_stages": stages}
+            src = ASTSource(nk._nearest_kernel, signature, tile)
+            kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+            if kernel.asm["cubin"] and kernel.metadata.shared <= limit:
+                print("sm_%d: tile %d fits" % (arch, tried))
+                break
+        else:
+            print("sm_%d: no tile fits" % arch)
+    """
+)
+
+
+def test_the_kernel_compiles_with_tiles_that_fit_every_tf32_gpu_without_a_gpu(tmp_path) -> None:
+    """The autotuner drops the tiles a GPU has too little shared memory for; on every GPU
+    with TF32 tensor cores (A100, A10 and RTX 30/40 with less, H100) one must be left."""
+    env = {**os.environ, "TRITON_CACHE_DIR": str(tmp_path)}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILED], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["sm_80", "sm_86", "sm_90"]
+    assert not [line for line in lines if "no tile" in line], lines
 
 
 def test_bounds_default_prunes_on_the_cpu() -> None:

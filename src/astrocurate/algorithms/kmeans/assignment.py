@@ -74,9 +74,20 @@ def _has_triton() -> bool:
 
 
 def fused_assignment(device: torch.device, dtype: torch.dtype, matmul_precision: str) -> bool:
-    """Whether Lloyd passes on ``device`` assign rows with the fused Triton kernel."""
-    tf32 = device.type == "cuda" and matmul_precision == "tf32"
+    """Whether Lloyd passes on ``device`` assign rows with the fused Triton kernel.
+
+    On CUDA under ``"tf32"`` on a GPU with TF32 tensor cores (compute capability 8.0 and
+    later), which the kernel is built around. Older GPUs (V100, T4) have none: there
+    ``"tf32"`` means float32 products, and cuBLAS's float32 GEMM of the plain path serves.
+    """
+    tf32 = device.type == "cuda" and matmul_precision == "tf32" and _has_tf32_cores(device)
     return dtype == torch.float32 and _has_triton() and (tf32 or _triton_interpreter(device))
+
+
+@functools.cache
+def _has_tf32_cores(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` has TF32 tensor cores (compute capability >= 8.0)."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def fused_seeding(device: torch.device, dtype: torch.dtype) -> bool:

@@ -150,6 +150,43 @@ def test_the_kernel_compiles_with_tiles_that_fit_every_tf32_gpu_without_a_gpu(tm
     assert not [line for line in lines if "no tile" in line], lines
 
 
+def test_a_kernel_that_cannot_build_hands_the_assignment_to_the_plain_steps(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No C compiler for Triton's launcher: the block is assigned by the plain product,
+    the fused kernels stay off (one warning). Other errors propagate."""
+    from astrocurate.algorithms.kmeans import (
+        assignment,
+        nearest_kernel,  # wrapped for the GPU: before the env
+    )
+
+    monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the fused kernel is wanted on the CPU
+    calls = []
+
+    def cannot_build(*args):
+        calls.append(len(calls))
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(nearest_kernel, "nearest", cannot_build)
+    gen = torch.Generator().manual_seed(4)
+    x, centers = torch.randn((300, 8), generator=gen), torch.randn((20, 8), generator=gen)
+    c_sq = (centers * centers).sum(dim=1)
+    expected = torch.cdist(x, centers).argmin(dim=1)
+    for _ in range(2):
+        assert torch.equal(assignment.nearest(x, centers, c_sq, centroid_block=7), expected)
+    assert calls == [0]
+    assert not assignment.fused_seeding(torch.device("cpu"), torch.float32)
+    warnings = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
+    assert len(warnings) == 1 and "RuntimeError: Failed to find C compiler" in warnings[0]
+
+    monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])
+    monkeypatch.setattr(nearest_kernel, "nearest", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        assignment.nearest(x, centers, c_sq, centroid_block=7)
+    assert assignment.fused_seeding(torch.device("cpu"), torch.float32)
+
+
 def test_bounds_default_prunes_on_the_cpu() -> None:
     rng = np.random.default_rng(3)
     x = (rng.normal(size=(500, 8)) + rng.integers(0, 6, size=(500, 1)) * 4).astype(np.float32)

@@ -187,6 +187,43 @@ def test_fused_seeding_chooses_the_rows_of_the_plain_cpu_seeding(
     np.testing.assert_array_equal(np.asarray(got["centers"], np.float32), ref.cluster_centers_)
 
 
+def test_kernels_that_cannot_build_hand_the_seeding_to_the_plain_steps(monkeypatch, caplog):
+    """A kernel that Triton cannot build here (``ptxas`` too old for it, say) fails its
+    first step before anything moved: the generator is rewound, the plain steps choose the
+    same rows, and the fused kernels stay off, with one warning. Other errors propagate."""
+    from triton.runtime.errors import PTXASError
+
+    from astrocurate.algorithms.kmeans import (
+        assignment,
+        seeding_kernel,  # wrapped for the GPU: before the env
+    )
+
+    monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the fused steps are wanted on the CPU
+    calls = []
+
+    def cannot_build(*args):
+        calls.append(len(calls))
+        raise PTXASError("ptxas fatal: Unsupported .version 9.0")
+
+    monkeypatch.setattr(seeding_kernel, "score_candidates", cannot_build)
+    x = mixture(700, 24, 12, 8)
+    got = KMeans(K, n_iters=0, random_state=3, bounds=True).fit(x)
+    assert calls == [0]  # tried once, then the plain steps for good
+    np.testing.assert_array_equal(got.init_indices_, _plain("mixture").init_indices_)
+    warnings = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
+    assert len(warnings) == 1 and "PTXASError: PTXAS error: ptxas fatal" in warnings[0]
+
+    monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])
+
+    def broken(*args):
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(seeding_kernel, "score_candidates", broken)
+    with pytest.raises(ValueError, match="a bug of ours"):
+        KMeans(K, n_iters=0, random_state=3, bounds=True).fit(x)
+
+
 def test_rows_not_contiguous_take_the_plain_steps(interpreted: dict) -> None:
     got = interpreted["column_major"]
     assert (got["fused"], got["plain"]) == (0, K - 1)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,10 +53,16 @@ __all__ = [
     "assign_pass",
     "fused_assignment",
     "fused_seeding",
+    "kernels_cannot_run",
     "nearest",
     "sq_dist_to",
     "update_centers",
 ]
+
+log = logging.getLogger(__name__)
+
+#: Why Triton's kernels cannot run in this process, once one failed to build or launch.
+_KERNEL_FAILURE: list[str] = []
 
 #: Threads summing column chunks of the centroid sums on the CPU (created on first use).
 _ACCUMULATORS: ThreadPoolExecutor | None = None
@@ -73,6 +81,33 @@ def _has_triton() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+def _triton_usable() -> bool:
+    """Whether Triton is installed and none of its kernels has failed to build here."""
+    return _has_triton() and not _KERNEL_FAILURE
+
+
+def kernels_cannot_run(exc: BaseException) -> bool:
+    """Whether ``exc`` says that Triton cannot build or launch its kernels on this machine.
+
+    Triton's or ``ptxas``'s compiler errors, too little shared memory, no working C
+    compiler for its launchers. If so, the fused kernels are off for the rest of the
+    process, with one warning, and k-means goes on with the plain torch steps.
+    """
+    from triton.errors import TritonError
+
+    no_compiler = isinstance(exc, RuntimeError) and str(exc).startswith("Failed to find C")
+    failures = (TritonError, subprocess.CalledProcessError, ImportError)
+    if not (isinstance(exc, failures) or no_compiler):
+        return False
+    if not _KERNEL_FAILURE:
+        _KERNEL_FAILURE.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        log.warning(
+            "Triton's kernels cannot run here (%s): k-means goes on with the plain torch steps",
+            _KERNEL_FAILURE[0],
+        )
+    return True
+
+
 def fused_assignment(device: torch.device, dtype: torch.dtype, matmul_precision: str) -> bool:
     """Whether Lloyd passes on ``device`` assign rows with the fused Triton kernel.
 
@@ -81,7 +116,7 @@ def fused_assignment(device: torch.device, dtype: torch.dtype, matmul_precision:
     ``"tf32"`` means float32 products, and cuBLAS's float32 GEMM of the plain path serves.
     """
     tf32 = device.type == "cuda" and matmul_precision == "tf32" and _has_tf32_cores(device)
-    return dtype == torch.float32 and _has_triton() and (tf32 or _triton_interpreter(device))
+    return dtype == torch.float32 and _triton_usable() and (tf32 or _triton_interpreter(device))
 
 
 @functools.cache
@@ -97,7 +132,7 @@ def fused_seeding(device: torch.device, dtype: torch.dtype) -> bool:
     them), and float32 on the CPU under the Triton interpreter.
     """
     on_device = device.type == "cuda" or _triton_interpreter(device)
-    return dtype == torch.float32 and _has_triton() and on_device
+    return dtype == torch.float32 and _triton_usable() and on_device
 
 
 def _triton_interpreter(device: torch.device) -> bool:
@@ -129,7 +164,11 @@ def nearest(
     if _fused_wanted(xb, centers):
         from astrocurate.algorithms.kmeans import nearest_kernel
 
-        return nearest_kernel.nearest(xb, centers, c_sq)
+        try:
+            return nearest_kernel.nearest(xb, centers, c_sq)
+        except Exception as exc:  # re-raised unless kernels_cannot_run says so
+            if not kernels_cannot_run(exc):
+                raise
     b, k = xb.shape[0], centers.shape[0]
     best_val = best_idx = None
     for c0 in range(0, k, centroid_block):

@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from astrocurate.algorithms.kmeans.assignment import fused_seeding
+from astrocurate.algorithms.kmeans.assignment import fused_seeding, kernels_cannot_run
 from astrocurate.algorithms.kmeans.bounds import score_error_factor
 from astrocurate.algorithms.kmeans.distributed import Comm
 from astrocurate.algorithms.kmeans.rows import (
@@ -179,7 +179,9 @@ class GreedySeeding:
         Returns
         -------
         int
-            The centres kept: ``count``, or fewer where the potential fell to zero.
+            The centres kept: ``count``, or fewer where the potential fell to zero; 0 where
+            Triton cannot build or launch the kernels here
+            (:func:`~astrocurate.algorithms.kmeans.assignment.kernels_cannot_run`).
         """
         from astrocurate.algorithms.kmeans import seeding_kernel as kernels
         from astrocurate.algorithms.kmeans.nearest_kernel import launching_on
@@ -202,14 +204,20 @@ class GreedySeeding:
                 c_sq = batch.c_sq[:step]
                 closest = closest_candidate(cx, cx_sq, centers[:step], c_sq)
                 largest = batch.largest[t:]
-                gains = kernels.score_candidates(
-                    x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, batch.scored
-                )
-                best = gains.argmax().view(1)
-                kernels.move_rows(
-                    d2, nearest, largest, cx, cx_sq, batch.scored, best, cand, total,
-                    batch.record, step, t,
-                )  # fmt: skip
+                try:
+                    gains = kernels.score_candidates(
+                        x, x_sq, d2, nearest, closest, largest, rho, cx, cx_sq, batch.scored
+                    )
+                    best = gains.argmax().view(1)
+                    kernels.move_rows(
+                        d2, nearest, largest, cx, cx_sq, batch.scored, best, cand, total,
+                        batch.record, step, t,
+                    )  # fmt: skip
+                except Exception as exc:  # re-raised unless kernels_cannot_run says so
+                    if t or not kernels_cannot_run(exc):
+                        raise
+                    rng.bit_generator.state = generator_states[0]
+                    return 0  # nothing moved yet: the plain steps take over
         kept = batch.kept(state)
         if kept < count:
             rng.bit_generator.state = generator_states[kept]

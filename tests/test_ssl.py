@@ -247,7 +247,7 @@ def test_each_epoch_order_is_drawn_once_and_batches_are_its_slices(monkeypatch):
         assert torch.equal(got, order[[(position * batch + i) % n for i in range(batch)]])
 
 
-def test_noise_comes_from_the_generator_on_the_cpu_and_from_a_seed_it_draws_elsewhere():
+def test_noise_comes_from_the_generator_on_the_cpu_and_from_a_seed_it_draws_on_cuda():
     """On the CPU the noise is the generator's own next draw, as before (results recorded
     on the CPU stay reproducible); on a GPU it is drawn there, seeded by one draw."""
     size = (4, 1, 8, 8)

@@ -23,6 +23,7 @@ from astrocurate.algorithms.kmeans.assignment import fused_assignment
 from astrocurate.algorithms.kmeans.bounds import score_error_factor
 from astrocurate.algorithms.kmeans.estimator import KMeans
 from astrocurate.algorithms.kmeans.hierarchical import HierarchicalKMeans
+from triton_kernels import kernel_cannot_build, kernel_warnings
 
 pytest.importorskip("triton")
 
@@ -155,20 +156,10 @@ def test_a_kernel_that_cannot_build_hands_the_assignment_to_the_plain_steps(
 ) -> None:
     """No C compiler for Triton's launcher: the block is assigned by the plain product,
     the fused kernels stay off (one warning). Other errors propagate."""
-    from astrocurate.algorithms.kmeans import (
-        assignment,
-        nearest_kernel,  # wrapped for the GPU: before the env
-    )
+    from astrocurate.algorithms.kmeans import assignment, nearest_kernel
 
-    monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the fused kernel is wanted on the CPU
-    calls = []
-
-    def cannot_build(*args):
-        calls.append(len(calls))
-        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
-
-    monkeypatch.setattr(nearest_kernel, "nearest", cannot_build)
+    error = RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+    calls = kernel_cannot_build(monkeypatch, "nearest_kernel", "nearest", error)
     gen = torch.Generator().manual_seed(4)
     x, centers = torch.randn((300, 8), generator=gen), torch.randn((20, 8), generator=gen)
     c_sq = (centers * centers).sum(dim=1)
@@ -177,7 +168,7 @@ def test_a_kernel_that_cannot_build_hands_the_assignment_to_the_plain_steps(
         assert torch.equal(assignment.nearest(x, centers, c_sq, centroid_block=7), expected)
     assert calls == [0]
     assert not assignment.fused_seeding(torch.device("cpu"), torch.float32)
-    warnings = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
+    warnings = kernel_warnings(caplog)
     assert len(warnings) == 1 and "RuntimeError: Failed to find C compiler" in warnings[0]
 
     monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])

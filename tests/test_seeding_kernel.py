@@ -23,6 +23,7 @@ import torch
 from astrocurate.algorithms.kmeans.estimator import KMeans
 from host_reads import CudaSyncsPerCallback
 from kmeans_data import mixture, ties
+from triton_kernels import kernel_cannot_build, kernel_warnings
 
 pytest.importorskip("triton")
 
@@ -193,25 +194,15 @@ def test_kernels_that_cannot_build_hand_the_seeding_to_the_plain_steps(monkeypat
     same rows, and the fused kernels stay off, with one warning. Other errors propagate."""
     from triton.runtime.errors import PTXASError
 
-    from astrocurate.algorithms.kmeans import (
-        assignment,
-        seeding_kernel,  # wrapped for the GPU: before the env
-    )
+    from astrocurate.algorithms.kmeans import assignment, seeding_kernel
 
-    monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the fused steps are wanted on the CPU
-    calls = []
-
-    def cannot_build(*args):
-        calls.append(len(calls))
-        raise PTXASError("ptxas fatal: Unsupported .version 9.0")
-
-    monkeypatch.setattr(seeding_kernel, "score_candidates", cannot_build)
+    error = PTXASError("ptxas fatal: Unsupported .version 9.0")
+    calls = kernel_cannot_build(monkeypatch, "seeding_kernel", "score_candidates", error)
     x = mixture(700, 24, 12, 8)
     got = KMeans(K, n_iters=0, random_state=3, bounds=True).fit(x)
     assert calls == [0]  # tried once, then the plain steps for good
     np.testing.assert_array_equal(got.init_indices_, _plain("mixture").init_indices_)
-    warnings = [r.getMessage() for r in caplog.records if "cannot run here" in r.getMessage()]
+    warnings = kernel_warnings(caplog)
     assert len(warnings) == 1 and "PTXASError: PTXAS error: ptxas fatal" in warnings[0]
 
     monkeypatch.setattr(assignment, "_KERNEL_FAILURE", [])

@@ -14,8 +14,10 @@ from astrocurate.algorithms.normalization_config import NormalizationConfig
 from astrocurate.io.cutout_store import MANIFEST, NpyStackWriter
 from astrocurate.stages.feature_extraction.extraction import (
     FeatureModel,
+    _ensure_matrix,
     _features_of,
     _lagging,
+    _MatrixRows,
     cutout_loader,
     plan_batches,
     write_blocks,
@@ -264,3 +266,18 @@ def test_reader_threads_together_hold_no_more_files_open_than_one_reader(
     per_mosaic = 4  # astropy's file, the map's file and its mmap, ...
     # 8 mosaics open at most (41 files here); a budget per thread opened 32 (126 files)
     assert most <= 16 * per_mosaic, f"{most} files open for at most 8 mosaics"
+
+
+def test_the_matrix_is_made_where_the_system_has_no_posix_fallocate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no ``os.posix_fallocate``: the matrix is made sparse, and rows go in."""
+    import os
+
+    monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    _ensure_matrix(tmp_path, 10, 4, "float32")
+    path = tmp_path / "features.npy.partial"
+    with _MatrixRows(path, "float32") as matrix:
+        matrix.write(np.arange(2, 5), np.ones((3, 4), dtype=np.float32))
+    written = np.load(path)
+    assert written.shape == (10, 4) and written[2:5].sum() == 12 and written.sum() == 12

@@ -177,10 +177,14 @@ def _reserve_disk(path: Path) -> None:
     """Allocate every block of a new sparse file now, so a full disk fails here with ENOSPC.
 
     A full disk then stops the run before any cutout is computed, not after hours of work.
+    Where the system has no ``posix_fallocate`` (macOS), the file stays sparse.
     """
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        return
     with open(path, "r+b") as handle:
         try:
-            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            allocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it
                 return

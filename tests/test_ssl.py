@@ -297,6 +297,27 @@ def test_pretraining_steps_on_cuda_wait_for_the_device_once_per_epoch_at_most():
     assert syncs[1] - syncs[0] <= 2, syncs
 
 
+def test_images_too_large_for_the_gpu_stay_on_the_host_and_train_the_same(monkeypatch):
+    """Above half the GPU's free memory the images stay in host memory and each batch is
+    gathered there and copied over; the training is the same, weight for weight."""
+    from astrocurate.algorithms.ssl import training
+
+    frees = iter([10_000, 5_000])
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (next(frees), 20_000))
+    images = torch.empty(1_000)  # 4,000 bytes
+    cuda = torch.device("cuda")
+    assert not training._images_stay_on_host(images, cuda)  # 4,000 <= 5,000
+    assert training._images_stay_on_host(images, cuda)  # 4,000 > 2,500
+    assert not training._images_stay_on_host(images, torch.device("cpu"))
+
+    images = _images(20)
+    config = PretrainConfig(images_seen=64, batch_size=16, augment=SMALL)
+    on_device = pretrain(images, robust_rms(images), config)
+    monkeypatch.setattr(training, "_images_stay_on_host", lambda images, device: True)
+    on_host = pretrain(images, robust_rms(images), config)
+    assert _same(on_device.state_dict(), on_host.state_dict())
+
+
 def test_a_checkpoint_of_another_configuration_is_refused():
     images = _images(20)
     rms = robust_rms(images)

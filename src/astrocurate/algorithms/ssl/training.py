@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -24,6 +25,13 @@ from astrocurate.algorithms.ssl.augment import eval_view, radio_views
 from astrocurate.algorithms.ssl.config import FEATURE_DIM, AugmentConfig, PretrainConfig
 from astrocurate.algorithms.ssl.encoders import build_encoder
 from astrocurate.errors import InvalidArgumentError
+
+log = logging.getLogger(__name__)
+
+#: Share of a GPU's free memory that the training images may take on it. Above it they
+#: stay in host memory and each batch is copied over: the model, its optimiser and the
+#: activations of two views need the rest.
+_DEVICE_SHARE = 0.5
 
 #: Share of the steps spent warming the learning rate up linearly (then cosine decay).
 WARMUP_SHARE = 0.1
@@ -109,6 +117,18 @@ class _EpochOrders:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(self.n, generator=generator)
         return self._order[(position * batch + torch.arange(batch)) % self.n]
+
+
+def _images_stay_on_host(images: Tensor, device: torch.device) -> bool:
+    """Whether ``images`` are too large for the GPU ``device`` beside training.
+
+    True when they would take more than :data:`_DEVICE_SHARE` of its free memory; never
+    off CUDA.
+    """
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.element_size() * images.numel() > _DEVICE_SHARE * free
 
 
 def _world() -> tuple[int, int]:
@@ -198,7 +218,17 @@ def _train_steps(
         ids = [device.index] if device.type == "cuda" else None
         network = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loss_of = _simclr_loss(config, world) if config.method == "simclr" else _byol_loss(model)
-    images, rms = images.to(device), rms.to(device)
+    on_host = _images_stay_on_host(images, device)
+    if on_host:
+        log.info(
+            "the %d training images (%.1f GB) stay in host memory; each batch is copied to %s",
+            n,
+            images.element_size() * images.numel() / 1e9,
+            device,
+        )
+    else:
+        images = images.to(device)
+    rms = rms.to(device)
     precision = _precision(device, config.bf16)
     model.train()
     losses: list[tuple[int, Tensor]] = []  # read on the host at epoch ends, not every step
@@ -208,8 +238,9 @@ def _train_steps(
             group["lr"] = _learning_rate(step, total, config.learning_rate)
         index = orders.batch(step, batch, per_epoch).tensor_split(world)[rank]
         generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 64 + rank)
+        x = _gathered(images, index, device) if on_host else None
         index = index.to(device, non_blocking=True)
-        x, r = images[index], rms[index]
+        x, r = images[index] if x is None else x, rms[index]
         views = [radio_views(x, r, config.augment, generator) for _ in range(2)]
         loss = loss_of(network, views, step, total, precision)
         optimizer.zero_grad(set_to_none=True)
@@ -229,6 +260,17 @@ def _train_steps(
                     "config": _config_record(config),
                 }
             )
+
+
+def _gathered(images: Tensor, index: Tensor, device: torch.device) -> Tensor:
+    """Return ``images[index]`` gathered on the host and sent to ``device`` without a wait.
+
+    On CUDA the rows are gathered into pinned memory, so the copy is asynchronous.
+    """
+    shape = (len(index), *images.shape[1:])
+    batch = torch.empty(shape, dtype=images.dtype, pin_memory=device.type == "cuda")
+    torch.index_select(images, 0, index, out=batch)
+    return batch.to(device, non_blocking=True)
 
 
 def _report_losses(losses: list[tuple[int, Tensor]], on_step: Callable | None) -> None:

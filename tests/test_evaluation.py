@@ -187,6 +187,20 @@ def test_bad_options_are_refused_naming_the_option(change, flag):
         EvaluationOptions(**{**TINY.__dict__, **change}).validate()
 
 
+def test_loading_pixels_by_window_size_warns_of_nothing(curation_pipeline):
+    """The rows of each window size come from pandas as a read-only array; indexing the
+    images with it made torch warn that the array is not writable, in every run."""
+    import warnings
+
+    from astrocurate.stages.evaluation.labelled import load_pixels
+
+    rows = np.arange(0, len(curation_pipeline.manifest), 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        images, rms = load_pixels(curation_pipeline.merged.output_dir, rows, 32)
+    assert images.shape == (len(rows), 32, 32) and torch.isfinite(rms).all()
+
+
 def test_summary_flags_curated_ahead_only_beyond_both_spreads():
     rows = []
     for seed, (cur, ran) in enumerate([(0.80, 0.60), (0.82, 0.62), (0.78, 0.58)]):

@@ -202,7 +202,7 @@ def load_pixels(
     reader = CutoutReader(table, merged_dir, mosaics)
     images = torch.empty((len(rows), image_size, image_size), dtype=torch.float32)
     for _, group in table.groupby("window_size", sort=True):
-        positions = group.index.to_numpy()
+        positions = group.index.to_numpy(copy=True)  # writable: pandas' own view is not
         for start in range(0, len(positions), chunk):
             part = positions[start : start + chunk]
             images[part] = resize_raw(torch.tensor(reader.read(part)), image_size)

@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/evaluation.py                         # 8 x 2048 px, 3000 cutouts, 3 seeds
     python benchmarks/evaluation.py --images-seen 30000 --device cuda
+    python benchmarks/evaluation.py --outliers exclude --outlier-share 0.035   # quality curation
     python benchmarks/evaluation.py --mosaics 2 --mosaic-size 1024 --num-samples 300 \\
         --images-seen 600 --seeds 2                         # a quick look
     python benchmarks/evaluation.py --throughput --device cuda   # pretraining images/s only
@@ -48,6 +49,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--window-size", type=int, default=64)
     parser.add_argument("--config", default="demo_3lvl_100_20_5.yaml", help="clustering config")
     parser.add_argument("--num-samples", type=int, default=3000)
+    parser.add_argument(
+        "--outliers",
+        choices=["none", "exclude"],
+        default="none",
+        help="leave the isolation forest's top --outlier-share out of the curated sample",
+    )
+    parser.add_argument("--outlier-share", type=float, default=0.01)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--images-seen", type=int, default=9000)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -225,7 +233,10 @@ def _pipeline(args: argparse.Namespace, work: Path) -> tuple[str, dict[str, floa
 
     clustering_id, seconds = survey_clustering(args, work)
     started = time.perf_counter()
-    sample = curated_sample(clustering_id, SamplingOptions(args.num_samples), report=False)
+    options = SamplingOptions(
+        args.num_samples, outliers=args.outliers, outlier_share=args.outlier_share
+    )
+    sample = curated_sample(clustering_id, options, report=False)
     seconds["sampling"] = time.perf_counter() - started
     return sample.run_id, seconds
 
@@ -315,6 +326,7 @@ def main() -> None:
         f"survey {args.mosaics} x {args.mosaic_size} px, windows {args.window_size} px, sample "
         f"{args.num_samples}, {args.method} ResNet-18, {args.images_seen} images seen per arm "
         f"and seed, {args.seeds} seeds"
+        + (f", outliers excluded (top {args.outlier_share:g})" if args.outliers != "none" else "")
     )
     print(", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(_table(metrics, info, timings))

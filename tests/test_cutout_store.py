@@ -319,6 +319,22 @@ def test_virtual_reader_refuses_a_changed_mosaic(tmp_path: Path, change: str) ->
     assert str(paths[1]) in str(info.value)
 
 
+def test_a_reader_dropped_without_close_closes_its_files(tmp_path: Path) -> None:
+    """Its open mosaics are closed when it goes, not left to the garbage collector, which
+    warned of an unclosed file in whichever test happened to run then."""
+    import gc
+    import warnings
+
+    _virtual_store(tmp_path, 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = CutoutReader.from_directory(tmp_path)
+        reader.read([0, 1])
+        del reader
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
 @pytest.mark.parametrize("batch_rows", [3, 65536])
 def test_read_manifest_rows_reads_row_groups_in_any_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_rows: int

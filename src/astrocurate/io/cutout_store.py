@@ -51,6 +51,7 @@ the size and fingerprint recorded when the cutouts were made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -475,6 +476,11 @@ class CutoutReader:
         """Close every open file (the reader reopens them when read again)."""
         while self._open:
             _close(self._open.pop(next(iter(self._open))))
+
+    def __del__(self) -> None:
+        """Close the files of a reader dropped without :meth:`close`."""
+        with contextlib.suppress(Exception):  # also half-built, or at interpreter exit
+            self.close()
 
     def _handle(self, key: str, opener: Any) -> Any:
         """Return the open file ``key``, opening it (and closing the oldest) if needed."""

@@ -516,14 +516,17 @@ _MAX_CHUNK_ROWS = 255
 
 
 def _float_image_and_windows(
-    image: Any, x0: Any, y0: Any, window_size: Any
+    image: Any, x0: Any, y0: Any, window_size: Any, height: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Validate an image and its windows; return a float image, int64 origins and ``w``."""
+    """Validate an image and its windows; return a float image, int64 origins and ``w``.
+
+    Windows are ``w`` wide and ``height`` rows of the image tall (default ``w``).
+    """
     w = _check_window_size(window_size)
     image = np.asarray(image)
     if image.dtype.kind != "f":
         image = image.astype(np.float64)
-    x0, y0 = _check_origins(image, x0, y0, w)
+    x0, y0 = _check_origins(image, x0, y0, w, height)
     return image, x0, y0, w
 
 
@@ -720,11 +723,8 @@ def window_medians(
     k, y0 = robust_step(w), np.asarray(y0, dtype=np.int64)
     if row_step not in (1, k) or np.any(y0 % row_step):
         raise ValueError(f"row_step {row_step}: expected 1, or {k} dividing every y0")
-    image = np.asarray(image)
-    if image.dtype.kind != "f":
-        image = image.astype(np.float64)
     height = w if row_step == 1 else len(range(0, w, k))  # rows of ``image`` a window spans
-    x0, rows = _check_origins(image, x0, y0 // row_step, w, height)
+    image, x0, rows, w = _float_image_and_windows(image, x0, y0 // row_step, w, height)
     medians = [np.empty(0, dtype=np.float64)]
     for _, grid in _grid_chunks(image, x0, rows, w, row_step):
         medians.append(median_rows(grid))

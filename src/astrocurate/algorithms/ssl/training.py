@@ -238,9 +238,9 @@ def _train_steps(
             group["lr"] = _learning_rate(step, total, config.learning_rate)
         index = orders.batch(step, batch, per_epoch).tensor_split(world)[rank]
         generator = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 64 + rank)
-        x = _gathered(images, index, device) if on_host else None
-        index = index.to(device, non_blocking=True)
-        x, r = images[index] if x is None else x, rms[index]
+        on_device = index.to(device, non_blocking=True)
+        x = _gathered(images, index, device) if on_host else images[on_device]
+        r = rms[on_device]
         views = [radio_views(x, r, config.augment, generator) for _ in range(2)]
         loss = loss_of(network, views, step, total, precision)
         optimizer.zero_grad(set_to_none=True)

@@ -188,9 +188,9 @@ def _cut_bands(
     tables = []
     for (b0, b1), read in zip(spans, bands.read_ahead(sources, spans, steps), strict=True):
         inside = (y0 >= b0) & (y0 + w <= b1)
-        rms_band = (read[1], steps[1]) if rms is not None else None
+        rms_band = read[1] if rms is not None else None
         xs, ys = x0[inside], y0[inside] - b0
-        tables.append(_cut_band(read[0], rms_band, xs, ys, b0, w, opts, writer))
+        tables.append(_cut_band(read[0], rms_band, xs, ys, b0, w, opts, writer, steps[-1]))
     return tables
 
 
@@ -201,19 +201,20 @@ def _band_rows(nx: int, w: int) -> int:
 
 def _cut_band(
     band: np.ndarray,
-    rms_band: tuple[np.ndarray, int] | None,
+    rms_band: np.ndarray | None,
     xs: np.ndarray,
     ys: np.ndarray,
     band_y0: int,
     w: int,
     opts: Any,
     writer: NpyStackWriter | None,
+    rms_step: int = 1,
 ) -> Columns:
     """Cut the windows of one band of rows; write the kept ones; return their rows.
 
     ``xs``, ``ys`` are window origins relative to the band, whose first row is row
-    ``band_y0`` of the mosaic; ``rms_band``, if any, holds every ``step``-th of the same
-    rows of its rms map, and that step.
+    ``band_y0`` of the mosaic; ``rms_band``, if any, holds every ``rms_step``-th of the
+    same rows of its rms map.
     Statistics come straight from the band: the blank fraction of every window, the rest
     for the kept windows only; only kept windows of a copied store are copied, a bounded
     number at a time.
@@ -225,8 +226,7 @@ def _cut_band(
     kept = {key: values[keep] for key, values in moments.items()}
     stats = windows.add_robust_statistics(band, xs, ys, w, kept)
     if rms_band is not None:
-        rms, step = rms_band
-        stats.update(companions.rms_columns(rms, xs, ys, w, stats, step))
+        stats.update(companions.rms_columns(rms_band, xs, ys, w, stats, rms_step))
     if writer is not None:
         _write_windows(band, xs, ys, w, opts, writer)
     return {"x0": xs.astype(np.int64), "y0": ys.astype(np.int64) + band_y0, **stats}

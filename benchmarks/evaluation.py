@@ -72,7 +72,12 @@ def _arguments() -> argparse.Namespace:
         default=1_000_000,
         help="images whose order a step picks its batch from, for the host costs (--throughput)",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.order_images < 1:
+        parser.error(f"--order-images: expected a whole number >= 1, got {args.order_images}")
+    if not 0 < args.outlier_share <= 0.5:
+        parser.error(f"--outlier-share: expected a share in (0, 0.5], got {args.outlier_share}")
+    return args
 
 
 def _throughput(args: argparse.Namespace) -> None:

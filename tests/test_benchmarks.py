@@ -215,6 +215,8 @@ def test_evaluation_throughput_benchmark_compares_pretrain_with_the_bare_step(
         ("simclr", "64"), ("simclr", "128"), ("byol", "64"), ("byol", "128")
     ], out  # fmt: skip
     assert all(float(r[4]) > 0 for r in rows)
+    assert "ms per step with a permutation per step" in out and "with one per epoch" in out
+    assert "ms per step drawn on the host" in out, out
 
 
 def test_duplicates_benchmark_compares_with_the_plain_way(tmp_path: Path) -> None:

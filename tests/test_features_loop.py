@@ -14,6 +14,7 @@ from astrocurate.algorithms.normalization_config import NormalizationConfig
 from astrocurate.io.cutout_store import MANIFEST, NpyStackWriter
 from astrocurate.stages.feature_extraction.extraction import (
     FeatureModel,
+    _DeviceBatch,
     _ensure_matrix,
     _features_of,
     _lagging,
@@ -92,7 +93,7 @@ def test_cpu_features_are_the_models_output_bit_for_bit(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_features_come_back_in_order_equal_to_the_cpu_ones(tmp_path: Path) -> None:
-    """The lagged copies through pinned memory give every batch, in order, the CPU's values."""
+    """Copies to and from the device, lagged, give every batch, in order, the CPU's values."""
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(1))
     prep = SimpleNamespace(in_chans=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
@@ -103,10 +104,31 @@ def test_cuda_features_come_back_in_order_equal_to_the_cpu_ones(tmp_path: Path) 
     batches = plan_batches(np.full(11, 20), np.arange(11), 4)
     options = SimpleNamespace(precision="fp32")
     cpu = list(_features_of(directory, batches, model.eval(), options, 0, torch.device("cpu")))
-    cuda = list(_features_of(directory, batches, model.cuda(), options, 0, torch.device("cuda")))
-    assert [ids.tolist() for ids, _ in cuda] == [ids.tolist() for ids, _ in cpu]
-    for (_, got), (_, expected) in zip(cuda, cpu, strict=True):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    model = model.cuda()
+    for workers in (0, 3):  # this thread's copies, then reader threads' pinned batches
+        cuda = list(_features_of(directory, batches, model, options, workers, torch.device("cuda")))
+        assert [ids.tolist() for ids, _ in cuda] == [ids.tolist() for ids, _ in cpu]
+        for (_, got), (_, expected) in zip(cuda, cpu, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_are_copied_beside_the_computing_stream_and_waited_for_there() -> None:
+    """The copy runs on its own stream, the host never waits, the computation sees it all."""
+    device = torch.device("cuda")
+    copies = torch.cuda.Stream(device)
+    raw = torch.randn(256, 128, 128).pin_memory()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        staged = _DeviceBatch(torch.arange(256), raw, device, copies)
+        ids, on_device = staged.result()
+        doubled = on_device * 2  # queued on the computing stream, after the copy
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert copies != torch.cuda.current_stream(device)
+    assert ids.tolist() == list(range(256)) and on_device.device.type == "cuda"
+    assert torch.equal(doubled.cpu(), raw * 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ from astrocurate.tracking import StepRun
 log = logging.getLogger(__name__)
 
 PENDING_SIDECAR = "sidecar.json"
+
+_Result = TypeVar("_Result", covariant=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -391,32 +393,76 @@ def cutout_loader(
 def _features_of(merged_dir, batches, model, options, workers, device):
     """Yield (cutout ids, features as float32 numpy) batch by batch, in order.
 
-    On CUDA a batch's features are yielded once the next batch is queued on the device,
-    so the device never waits for the host to copy them back (:class:`_HostFeatures`).
+    On CUDA the copy of the next batch to the device is started before this one is
+    computed, on a stream of its own, so copies overlap computation (:class:`_DeviceBatch`);
+    a batch's features are yielded once the next batch is queued on the device, so the
+    device never waits for the host to copy them back (:class:`_HostFeatures`).
     """
     loader = cutout_loader(merged_dir, batches, workers, device)
     autocast = _autocast(device, options.precision)
+    lag = 1 if device.type == "cuda" else 0
+    copies = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def computed() -> Iterator[_HostFeatures]:
-        for ids, raw in loader:
-            images = model.prepare(raw.to(device, non_blocking=True))
+        staged = (_DeviceBatch(ids, raw, device, copies) for ids, raw in loader)
+        for ids, raw in _lagging(staged, lag):
+            images = model.prepare(raw)
             with autocast:
                 feats = model(images)
             yield _HostFeatures(ids, feats)
 
     with torch.inference_mode():
-        yield from _lagging(computed(), lag=1 if device.type == "cuda" else 0)
+        yield from _lagging(computed(), lag)
 
 
-def _lagging(items: Iterable[_HostFeatures], lag: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+class _Pending(Protocol[_Result]):
+    """Work started on the device whose result the host takes later."""
+
+    def result(self) -> _Result: ...
+
+
+def _lagging(items: Iterable[_Pending[_Result]], lag: int) -> Iterator[_Result]:
     """Yield each item's result once ``lag`` more items are started, the last ones at the end."""
-    pending: deque[_HostFeatures] = deque()
+    pending: deque[_Pending[_Result]] = deque()
     for item in items:
         pending.append(item)
         if len(pending) > lag:
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+class _DeviceBatch:
+    """One batch of raw cutouts on its way to the device.
+
+    On CUDA the copy from pinned memory runs on ``stream``, beside the stream that
+    computes, and :meth:`result` makes the computing stream wait for it; on the CPU
+    there is nothing to copy.
+    """
+
+    def __init__(
+        self,
+        ids: torch.Tensor,
+        raw: torch.Tensor,
+        device: torch.device,
+        stream: torch.cuda.Stream | None,
+    ) -> None:
+        self._ids = ids
+        self._copied: torch.cuda.Event | None = None
+        if stream is None:
+            self._raw = raw.to(device)
+            return
+        with torch.cuda.stream(stream):
+            self._raw = raw.to(device, non_blocking=True)
+            self._copied = stream.record_event()
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (cutout ids, raw cutouts on the device), ready for the current stream."""
+        if self._copied is not None:
+            computing = torch.cuda.current_stream(self._raw.device)
+            computing.wait_event(self._copied)
+            self._raw.record_stream(computing)  # not reused before it is computed on
+        return self._ids, self._raw
 
 
 class _HostFeatures:

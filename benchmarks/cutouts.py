@@ -280,22 +280,36 @@ def read_ratios(
 
     The goal (virtual run within 1.5x of one read) depends on the disk of the moment, so
     several turns show its spread; with ``--cold`` each read and each run starts from an
-    empty page cache.
+    empty page cache. With ``--baseline`` each turn also runs that revision's virtual
+    store, right after this one's, and prints the ratio of their times.
     """
     print(f"load average before: {_load(os.getloadavg())}; {os.cpu_count()} cores")
+    sources = {"": ROOT / "src"}
+    if args.baseline:
+        sources[args.baseline] = baseline_source(args.baseline, workdir)
     for turn in range(args.read_ratio):
         cold = args.cold and drop_page_cache()
         read_once = read_once_seconds(files)
-        if cold:
-            drop_page_cache()
-        out = workdir / "out-virtual"
-        run = measure("virtual", survey, out, args.window, args.overlap, env, ROOT / "src")
+        seconds = {}
+        for revision, src in sources.items():
+            if cold:
+                drop_page_cache()
+            out = workdir / f"out-virtual{'-' * bool(revision)}{revision}"
+            run = measure("virtual", survey, out, args.window, args.overlap, env, src)
+            seconds[revision] = run["seconds"]
         print(
             f"turn {turn + 1}: read {len(files)} files once {read_once:.2f} s "
             f"({'from the disk' if cold else 'page cache warm'}), virtual run "
-            f"{run['seconds']:.2f} s: {run['seconds'] / read_once:.2f}x (goal <= 1.5)",
+            f"{seconds['']:.2f} s: {seconds[''] / read_once:.2f}x (goal <= 1.5)",
             flush=True,
         )
+        if args.baseline:
+            old = seconds[args.baseline]
+            print(
+                f"  virtual@{args.baseline} {old:.2f} s: {old / read_once:.2f}x; "
+                f"this revision {old / seconds['']:.2f}x as fast",
+                flush=True,
+            )
     print(f"load average after: {_load(os.getloadavg())}")
 
 

@@ -31,6 +31,7 @@ noise of two views drawn on the host (now on the device, off the CPU).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -63,6 +64,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--max-per-category", type=int, default=200)
     parser.add_argument("--arms", nargs="+", default=["curated", "random"])
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "both"],
+        default="auto",
+        help="auto: bf16 on CUDA, fp32 on the CPU; both (--throughput): fp32 and bf16 side by side",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--throughput", action="store_true", help="time pretraining only")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (--throughput)")
@@ -77,6 +84,8 @@ def _arguments() -> argparse.Namespace:
         parser.error(f"--order-images: expected a whole number >= 1, got {args.order_images}")
     if not 0 < args.outlier_share <= 0.5:
         parser.error(f"--outlier-share: expected a share in (0, 0.5], got {args.outlier_share}")
+    if args.precision == "both" and not args.throughput:
+        parser.error("--precision both: only with --throughput (one evaluation, one precision)")
     return args
 
 
@@ -85,32 +94,50 @@ def _throughput(args: argparse.Namespace) -> None:
     import torch
 
     from astrocurate.algorithms.kmeans.rows import resolve_device
+    from astrocurate.algorithms.precision import autocast, computed_in
     from astrocurate.algorithms.ssl import AugmentConfig, PretrainConfig, pretrain, robust_rms
     from astrocurate.algorithms.ssl.training import _BYOL, _SimCLR
 
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU x{os.cpu_count()}"
     print(f"pretraining throughput on {name}, batch {args.batch_size}, {args.steps} steps")
-    print(f"{'method':<8} {'size':>5} {'pretrain img/s':>15} {'bare step img/s':>16} {'ratio':>6}")
-    for method in ("simclr", "byol"):
-        for size in (64, 128):
-            images = torch.randn(args.batch_size * 4, size, size) * 1e-4
-            config = PretrainConfig(
-                method=method,
-                images_seen=args.batch_size * args.steps,
-                batch_size=args.batch_size,
-                augment=AugmentConfig(image_size=size),
-            )
-            warm = PretrainConfig(**{**config.__dict__, "images_seen": args.batch_size * 2})
-            pretrain(images, robust_rms(images), warm, device=device)
-            _sync(device)
-            started = time.perf_counter()
-            pretrain(images, robust_rms(images), config, device=device)
-            _sync(device)
-            full = args.batch_size * args.steps / (time.perf_counter() - started)
-            model = (_SimCLR if method == "simclr" else _BYOL)(config).to(device)
-            bare = _bare_steps(model, args.batch_size, size, args.steps, device)
-            print(f"{method:<8} {size:>5} {full:>15.0f} {bare:>16.0f} {full / bare:>6.2f}")
+    print(
+        f"{'method':<8} {'size':>5} {'precision':>10} {'pretrain img/s':>15} "
+        f"{'bare step img/s':>16} {'ratio':>6}"
+    )
+    wanted = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    rates = {}
+    for method, size, asked in itertools.product(("simclr", "byol"), (64, 128), wanted):
+        images = torch.randn(args.batch_size * 4, size, size) * 1e-4
+        config = PretrainConfig(
+            method=method,
+            images_seen=args.batch_size * args.steps,
+            batch_size=args.batch_size,
+            augment=AugmentConfig(image_size=size),
+            precision=asked,
+        )
+        warm = PretrainConfig(**{**config.__dict__, "images_seen": args.batch_size * 2})
+        pretrain(images, robust_rms(images), warm, device=device)
+        _sync(device)
+        started = time.perf_counter()
+        pretrain(images, robust_rms(images), config, device=device)
+        _sync(device)
+        full = args.batch_size * args.steps / (time.perf_counter() - started)
+        model = (_SimCLR if method == "simclr" else _BYOL)(config).to(device)
+        context = autocast(device, asked)
+        bare = _bare_steps(model, args.batch_size, size, args.steps, device, context)
+        used = computed_in(device, asked)
+        rates[method, size, asked] = full, bare
+        print(f"{method:<8} {size:>5} {used:>10} {full:>15.0f} {bare:>16.0f} {full / bare:>6.2f}")
+    for method, size in itertools.product(("simclr", "byol"), (64, 128)) if len(wanted) > 1 else ():
+        (full, bare), (old_full, old_bare) = (
+            rates[method, size, "bf16"],
+            rates[method, size, "fp32"],
+        )
+        print(
+            f"{method} {size} px, bf16 / fp32: pretrain {full / old_full:.2f}x, "
+            f"bare step {bare / old_bare:.2f}x"
+        )
     _host_costs(args.batch_size, args.order_images, device)
 
 
@@ -165,18 +192,17 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _bare_steps(model, batch: int, size: int, steps: int, device) -> float:
+def _bare_steps(model, batch: int, size: int, steps: int, device, autocast) -> float:
     """Images/s of forward, backward and AdamW on two fixed views (the model alone)."""
     import torch
 
     views = [torch.randn(batch, 1, size, size, device=device) for _ in range(2)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    autocast = device.type == "cuda"
     for step in range(steps + 2):
         if step == 2:
             _sync(device)
             started = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        with autocast:
             a, b = model(views[0]), model(views[1])
             if hasattr(model, "target"):  # BYOL's momentum branch
                 model.target(views[0]), model.target(views[1])
@@ -312,6 +338,7 @@ def main() -> None:
         batch_size=args.batch_size,
         max_per_category=args.max_per_category,
         device=args.device,
+        precision=args.precision,
     )
     started = time.perf_counter()
     run = evaluate(sampling_id, options)

@@ -23,6 +23,10 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
   the most images/s any implementation gets, and so the most that batching can gain over
   the naive loop (``ceil/naive``). Not given for the FFT-based scattering.
 
+With ``--precision both`` the networks (not the FFT-based scattering) run in fp32 and in bf16
+autocast side by side (on the CPU, bf16 only where it has bf16 instructions: otherwise the
+stage computes in fp32), and the ratios are printed; ``--vit`` adds ViT-S/14 on the CPU.
+
 With ``--kymatio`` the default backbone also runs with kymatio's own scattering transform in
 place of astrocurate's (same filters, same features to float32 rounding), on the same
 cutouts in the same run, and the ratio of the two is printed.
@@ -37,11 +41,13 @@ Usage::
     python benchmarks/features.py --speed --quality            # CPU, on the demo survey
     python benchmarks/features.py --speed --device cuda --synthetic 200000   # GPU
     python benchmarks/features.py --speed --kymatio --synthetic 4096 --rows 1024  # vs kymatio
+    python benchmarks/features.py --speed --precision both --vit --synthetic 4096 --rows 1024
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -58,6 +64,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from astrocurate.algorithms.backbones.registry import create_backbone  # noqa: E402
 from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E402
+from astrocurate.algorithms.precision import autocast as autocast_for  # noqa: E402
 from astrocurate.stages.feature_extraction.extraction import (  # noqa: E402
     FeatureModel,
     _features_of,
@@ -131,6 +138,7 @@ def time_pipeline(
     device: torch.device,
     n_rows: int,
     shard_rows: int,
+    precision: str,
 ) -> tuple[float, float, float]:
     """Time the stage's loop over its blocks of ``shard_rows`` rows, markers included.
 
@@ -155,7 +163,7 @@ def time_pipeline(
             matrix, mode="w+", dtype=np.float32, shape=(len(rows), model_dim(model))
         ).flush()
         markers = [Path(tmp) / f"{b[0]:012d}.done" for b in blocks]
-        options = FeatureOptions(precision="bf16" if device.type == "cuda" else "fp32")
+        options = FeatureOptions(precision=precision)
         warm_up = _batches(directory, batch_size, 3 * batch_size)
         for _ in _features_of(directory, warm_up, model, options, 0, device):
             pass
@@ -221,7 +229,9 @@ def model_dim(model: FeatureModel) -> int:
         return int(model(model.prepare(probe)).shape[1])
 
 
-def time_model_only(directory, model, batch_size, device, n_rows, prepare=False) -> float:
+def time_model_only(
+    directory, model, batch_size, device, n_rows, precision, prepare=False
+) -> float:
     """Images/s of the model on images already on the device: prepared ones, or raw cutouts
     prepared in the loop (``prepare``: normalisation, resizing, standardisation)."""
     from astrocurate.io.cutout_store import CutoutReader
@@ -229,7 +239,7 @@ def time_model_only(directory, model, batch_size, device, n_rows, prepare=False)
     reader = CutoutReader.from_directory(directory)
     n = min(n_rows, len(reader), 20 * batch_size)
     raw = torch.from_numpy(reader.read(np.arange(min(batch_size, n)))).to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = autocast_for(device, precision)
     with torch.inference_mode():
         images = model.prepare(raw)
 
@@ -316,8 +326,13 @@ def speed(args, directory: Path, device: torch.device) -> None:
         cases.append((DEFAULT_MODEL, 64, True))
     if not args.default_only:
         cases += [("timm:resnet18", 64, False), ("timm:resnet18", 128, False)]
-    if device.type == "cuda" and not args.default_only:
+    if (device.type == "cuda" or args.vit) and not args.default_only:
         cases.append(("timm:vit_small_patch14_reg4_dinov2", 126, False))
+    precisions = [args.precision]
+    if args.precision == "both":
+        precisions = ["fp32", "bf16"]
+    elif args.precision == "auto":
+        precisions = ["bf16" if device.type == "cuda" else "fp32"]
     print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")
     gemm = gemm_flops_per_second(device)
     print(f"dense matrix multiply: {gemm / 1e9:.0f} GFLOP/s")
@@ -328,14 +343,24 @@ def speed(args, directory: Path, device: torch.device) -> None:
         f"{'GFLOP/img':>10}{'ceiling':>9}{'ceil/naive':>11}"
     )
     rates = {}
-    for name, size, kymatio in cases:
+    for (name, size, kymatio), precision in itertools.product(cases, precisions):
+        if precision != "fp32" and name.startswith("scattering"):
+            continue  # FFTs: no lower precision
         model = build(name, size, device, pretrained=False, kymatio=kymatio)
         startup, pipeline, whole = time_pipeline(
-            directory, model, args.batch_size, args.workers, device, args.rows, args.shard_rows
+            directory,
+            model,
+            args.batch_size,
+            args.workers,
+            device,
+            args.rows,
+            args.shard_rows,
+            precision,
         )
         loader = time_loader_only(directory, args.batch_size, args.workers, device, args.rows)
-        prepared = time_model_only(directory, model, args.batch_size, device, args.rows, True)
-        alone = time_model_only(directory, model, args.batch_size, device, args.rows)
+        timed = (directory, model, args.batch_size, device, args.rows, precision)
+        prepared = time_model_only(*timed, prepare=True)
+        alone = time_model_only(*timed)
         naive = time_naive(directory, model, device, args.naive_rows)
         # FFT-based scattering: torch's counter sees no FFT FLOPs, so no ceiling is given
         flops = 0.0 if name.startswith("scattering") else model_flops_per_image(model, device)
@@ -343,16 +368,27 @@ def speed(args, directory: Path, device: torch.device) -> None:
         if flops:
             ceiling = f"{flops / 1e9:>10.3f}{gemm / flops:>9.0f}{gemm / flops / naive:>11.1f}"
         label = f"{name} (kymatio)" if kymatio else name
-        rates[label] = pipeline, alone
+        rates[label, size, precision] = pipeline, alone
+        label += f" {precision}" * (len(precisions) > 1)
         print(
             f"{label:<40}{size:>5}{pipeline:>10.0f}{startup:>9.2f}{whole:>11.0f}"
             f"{loader:>9.0f}{prepared:>12.0f}{alone:>12.0f}{naive:>9.0f}"
             f"{pipeline / alone:>11.2f}{pipeline / naive:>11.1f}{ceiling}"
         )
+    for name, size, _ in cases if len(precisions) > 1 else ():
+        if not name.startswith("scattering"):
+            (pipe, alone), (old_pipe, old_alone) = (
+                rates[name, size, "bf16"],
+                rates[name, size, "fp32"],
+            )
+            print(
+                f"{name} {size} px, bf16 / fp32: pipeline {pipe / old_pipe:.2f}x, "
+                f"model only {alone / old_alone:.2f}x"
+            )
     if args.kymatio:
         (pipe, alone), (old_pipe, old_alone) = (
-            rates[DEFAULT_MODEL],
-            rates[f"{DEFAULT_MODEL} (kymatio)"],
+            rates[DEFAULT_MODEL, 64, precisions[0]],
+            rates[f"{DEFAULT_MODEL} (kymatio)", 64, precisions[0]],
         )
         print(
             f"{DEFAULT_MODEL}, astrocurate's transform / kymatio's: "
@@ -453,6 +489,13 @@ def main() -> None:
         help="rows per resumable block (default: the stage's)",
     )
     parser.add_argument("--naive-rows", type=int, default=200)
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "both"],
+        default="auto",
+        help="auto: bf16 on CUDA, fp32 on the CPU; both: fp32 and bf16 side by side",
+    )
+    parser.add_argument("--vit", action="store_true", help="time ViT-S/14 on the CPU too")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     if args.threads:

@@ -144,14 +144,32 @@ def test_features_benchmark_times_each_part_of_the_pipeline(tmp_path: Path) -> N
         assert float(values[column]) > 0, (column, row)
 
 
+def test_features_benchmark_times_networks_in_fp32_and_bf16_side_by_side(tmp_path: Path) -> None:
+    out = run_benchmark(
+        "features.py", "--speed", "--precision", "both", "--synthetic", "300", "--rows", "128",
+        "--batch-size", "64", "--naive-rows", "2", "--workdir", str(tmp_path / "work"),
+        tmp_path=tmp_path,
+    )  # fmt: skip
+    cases = [line.split()[:3] for line in out.splitlines() if line.startswith(("timm", "scat"))]
+    assert [case for case in cases if len(case) == 3 and case[2].isdigit()] == [
+        ["scattering-j4-rot-renorm-max", "fp32", "64"],  # FFTs: in fp32 only
+        ["timm:resnet18", "fp32", "64"], ["timm:resnet18", "bf16", "64"],
+        ["timm:resnet18", "fp32", "128"], ["timm:resnet18", "bf16", "128"],
+    ], out  # fmt: skip
+    assert "timm:resnet18 64 px, bf16 / fp32: pipeline" in out
+    assert "timm:resnet18 128 px, bf16 / fp32: pipeline" in out
+
+
 def test_cutting_benchmark_times_the_virtual_run_against_one_read(tmp_path: Path) -> None:
     out = run_benchmark(
-        "cutouts.py", "--mosaics", "1", "--size", "512", "--read-ratio", "2",
+        "cutouts.py", "--mosaics", "1", "--size", "512", "--read-ratio", "2", "--baseline", "HEAD",
         "--workdir", str(tmp_path / "work"), tmp_path=tmp_path, threads=False,
     )  # fmt: skip
     turns = [line for line in out.splitlines() if line.startswith("turn ")]
     assert len(turns) == 2 and all("(goal <= 1.5)" in line for line in turns), out
     assert "read 2 files once" in turns[0]  # the mosaic and its rms map
+    beside = [line for line in out.splitlines() if line.startswith("  virtual@HEAD ")]
+    assert len(beside) == 2 and all("as fast" in line for line in beside), out
     for bad in ("0", "-1", "two"):
         result = subprocess.run(
             [sys.executable, str(ROOT / "benchmarks" / "cutouts.py"), "--read-ratio", bad],
@@ -208,13 +226,16 @@ def test_evaluation_throughput_benchmark_compares_pretrain_with_the_bare_step(
 ) -> None:
     out = run_benchmark(
         "evaluation.py", "--throughput", "--steps", "1", "--batch-size", "4", "--device", "cpu",
-        tmp_path=tmp_path,
+        "--precision", "both", tmp_path=tmp_path,
     )  # fmt: skip
-    rows = [line.split() for line in out.splitlines() if line.startswith(("simclr", "byol"))]
+    lines = [line for line in out.splitlines() if line.startswith(("simclr", "byol"))]
+    rows = [line.split() for line in lines if "bf16 / fp32" not in line]
     assert [(r[0], r[1]) for r in rows] == [
-        ("simclr", "64"), ("simclr", "128"), ("byol", "64"), ("byol", "128")
+        (method, size) for method in ("simclr", "byol") for size in ("64", "128") for _ in "ab"
     ], out  # fmt: skip
-    assert all(float(r[4]) > 0 for r in rows)
+    assert all(r[2] in ("fp32", "bf16") and float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+    ratios = [line for line in lines if "bf16 / fp32: pretrain" in line]
+    assert len(ratios) == 4, out
     assert "ms per step with a permutation per step" in out and "with one per epoch" in out
     assert "ms per step drawn on the host" in out, out
 

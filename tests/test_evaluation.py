@@ -9,6 +9,7 @@ file, weights trained elsewhere, reuse, the report, and the refusals.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from astrocurate.stages.evaluation.outputs import (
     LABELS,
     METRICS,
     SCORES,
+    TIMING,
 )
 from astrocurate.stages.evaluation.results import summarise
 from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
@@ -87,6 +89,18 @@ def test_evaluation_scores_both_arms_over_seeds_and_writes_its_report(evaluation
 def test_the_same_command_reuses_the_finished_run(sampling_id, evaluation):
     again = evaluate(sampling_id, TINY)
     assert again.reused and again.run_id == evaluation.run_id
+
+
+def test_a_finished_run_is_reused_whatever_the_precision_and_says_what_it_computed_in(
+    sampling_id, evaluation
+):
+    """Like the device, the precision is not in the run's key; each timing records it."""
+    timings = (evaluation.output_dir / ARMS_DIR).rglob(TIMING)
+    assert [json.loads(path.read_text())["precision"] for path in timings] == ["fp32"] * 4
+    again = evaluate(sampling_id, replace(TINY, precision="bf16"))
+    assert again.reused and again.run_id == evaluation.run_id
+    with pytest.raises(InvalidArgumentError, match="--precision"):
+        evaluate(sampling_id, replace(TINY, precision="fp16"))
 
 
 def test_the_rerun_script_imports_no_torch_sklearn_or_pandas(sampling_id, evaluation):

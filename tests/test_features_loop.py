@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from astrocurate.algorithms import precision
 from astrocurate.algorithms.normalization_config import NormalizationConfig
 from astrocurate.io.cutout_store import MANIFEST, NpyStackWriter
 from astrocurate.stages.feature_extraction.extraction import (
@@ -89,6 +90,29 @@ def test_cpu_features_are_the_models_output_bit_for_bit(tmp_path: Path) -> None:
             expected = model(model.prepare(raw[ids])).numpy()
         assert feats.dtype == np.float32 and feats.shape == (len(ids), 8)
         assert feats.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("has_bf16", [True, False], ids=["bf16-units", "no-bf16-units"])
+def test_cpu_features_in_bf16_only_where_the_cpu_has_bf16_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_bf16: bool
+) -> None:
+    """bf16 features near the float32 ones; without bf16 units, the float32 ones exactly."""
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    directory = _store(tmp_path, 11, 20)
+    batches = plan_batches(np.full(11, 20), np.arange(11), 4)
+    cpu = torch.device("cpu")
+    runs = {
+        wanted: np.concatenate(
+            [f for _, f in _features_of(directory, batches, _small_model(), opts, 0, cpu)]
+        )
+        for wanted, opts in ((w, SimpleNamespace(precision=w)) for w in ("fp32", "bf16"))
+    }
+    assert runs["bf16"].dtype == np.float32
+    if has_bf16:
+        assert not np.array_equal(runs["bf16"], runs["fp32"])
+        np.testing.assert_allclose(runs["bf16"], runs["fp32"], rtol=0.02, atol=0.02)
+    else:
+        assert runs["bf16"].tobytes() == runs["fp32"].tobytes()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -118,6 +118,7 @@ def test_bad_augmentations_are_refused_naming_the_field(config, option):
         ({"batch_size": 1}, "--batch-size"),
         ({"learning_rate": 0.0}, "--learning-rate"),
         ({"momentum": (0.99, 1.5)}, "momentum"),
+        ({"precision": "fp16"}, "--precision"),
     ],
 )
 def test_bad_pretraining_options_are_refused_naming_the_option(change, option):
@@ -316,6 +317,21 @@ def test_images_too_large_for_the_gpu_stay_on_the_host_and_train_the_same(monkey
     monkeypatch.setattr(training, "_images_stay_on_host", lambda images, device: True)
     on_host = pretrain(images, robust_rms(images), config)
     assert _same(on_device.state_dict(), on_host.state_dict())
+
+
+@pytest.mark.parametrize("has_bf16", [True, False], ids=["bf16-units", "no-bf16-units"])
+def test_pretraining_on_the_cpu_in_bf16_only_where_it_has_bf16_units(monkeypatch, has_bf16):
+    """auto is float32 on the CPU; bf16 trains other weights where the CPU has bf16 units."""
+    from astrocurate.algorithms import precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    images = _images(20)
+    weights = {}
+    for wanted in ("fp32", "auto", "bf16"):
+        config = PretrainConfig(images_seen=32, batch_size=16, augment=SMALL, precision=wanted)
+        weights[wanted] = pretrain(images, robust_rms(images), config).state_dict()
+    assert _same(weights["auto"], weights["fp32"])
+    assert _same(weights["bf16"], weights["fp32"]) is not has_bf16
 
 
 def test_a_checkpoint_of_another_configuration_is_refused():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from astrocurate.algorithms.ssl.config import PRETRAIN_PRECISIONS
 from astrocurate.cli.base import announce, command, optional_path, positive_int
 
 
@@ -63,6 +64,13 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--knn-k", type=positive_int, default=20, help="kNN neighbours (20)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument(
+        "--precision",
+        choices=PRETRAIN_PRECISIONS,
+        default="auto",
+        help="auto (default): bf16 autocast on a GPU, fp32 on the CPU; bf16 also on a CPU with "
+        "bf16 instructions (AVX512-BF16, AMX), where pretraining is 1.5-2x as fast",
+    )
+    parser.add_argument(
         "--shard",
         default=None,
         metavar="K/N|auto",
@@ -101,6 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         folds=args.folds,
         knn_k=args.knn_k,
         device=args.device,
+        precision=args.precision,
     )
     run = evaluate(
         args.sampling_id,

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from astrocurate.algorithms.precision import PRECISIONS
 from astrocurate.cli.base import (
     announce,
     command,
@@ -49,7 +50,13 @@ def _features_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sigma", type=float, default=defaults["sigma"])
     parser.add_argument("--norm-mean", type=float, default=0.0, help="for 'fixed'")
     parser.add_argument("--norm-std", type=float, default=1.0, help="for 'fixed'")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default); bf16 or fp16 autocast on a GPU; bf16 also on a CPU with bf16 "
+        "instructions (AVX512-BF16, AMX), where it is 1.5-2.8x as fast for CNNs and ViTs",
+    )
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument(

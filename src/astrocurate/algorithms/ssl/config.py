@@ -19,6 +19,8 @@ __all__ = ["ENCODERS", "FEATURE_DIM", "METHODS", "AugmentConfig", "PretrainConfi
 ENCODERS: tuple[str, ...] = ("resnet18",)
 FEATURE_DIM: dict[str, int] = {"resnet18": 512}
 METHODS: tuple[str, ...] = ("simclr", "byol")
+#: ``auto``: bf16 autocast on CUDA, float32 on the CPU.
+PRETRAIN_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,10 @@ class PretrainConfig:
         Output of the projection head.
     seed : int
     augment : AugmentConfig
-    bf16 : bool
-        bf16 autocast on CUDA (the CPU always computes in float32).
+    precision : {'auto', 'fp32', 'bf16'}
+        What the networks compute in: ``auto`` is bf16 autocast on CUDA and float32 on
+        the CPU; ``bf16`` autocasts on the CPU too where it has bf16 instructions
+        (:mod:`~astrocurate.algorithms.precision`).
     """
 
     method: str = "simclr"
@@ -100,7 +104,7 @@ class PretrainConfig:
     projection_dim: int = 128
     seed: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    bf16: bool = True
+    precision: str = "auto"
 
     def validate(self) -> PretrainConfig:
         """Return ``self``; raise a one-line error naming a bad option."""
@@ -115,6 +119,7 @@ class PretrainConfig:
             check_real("momentum", value, 0.0, 1.0, low_open=False, high_open=False)
         check_int("projection_dim", self.projection_dim, 1)
         check_int("seed", self.seed, 0)
+        check_choice("--precision", self.precision, PRETRAIN_PRECISIONS)
         self.augment.validate()
         return self
 

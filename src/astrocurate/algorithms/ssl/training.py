@@ -10,7 +10,6 @@ global batch and the gradients are averaged (DistributedDataParallel).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from collections.abc import Callable
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from astrocurate.algorithms import precision
 from astrocurate.algorithms.ssl.augment import eval_view, radio_views
 from astrocurate.algorithms.ssl.config import FEATURE_DIM, AugmentConfig, PretrainConfig
 from astrocurate.algorithms.ssl.encoders import build_encoder
@@ -229,7 +229,7 @@ def _train_steps(
     else:
         images = images.to(device)
     rms = rms.to(device)
-    precision = _precision(device, config.bf16)
+    autocast = precision.autocast(device, config.precision)
     model.train()
     losses: list[tuple[int, Tensor]] = []  # read on the host at epoch ends, not every step
     orders = _EpochOrders(config.seed, n)
@@ -242,7 +242,7 @@ def _train_steps(
         x = _gathered(images, index, device) if on_host else images[on_device]
         r = rms[on_device]
         views = [radio_views(x, r, config.augment, generator) for _ in range(2)]
-        loss = loss_of(network, views, step, total, precision)
+        loss = loss_of(network, views, step, total, autocast)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -286,20 +286,13 @@ def _report_losses(losses: list[tuple[int, Tensor]], on_step: Callable | None) -
     losses.clear()
 
 
-def _precision(device: torch.device, bf16: bool) -> Callable[[], Any]:
-    """Return a context factory: bf16 autocast on CUDA when asked, else float32."""
-    if device.type == "cuda" and bf16:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
 def _simclr_loss(config: PretrainConfig, world: int) -> Callable:
     from lightly.loss import NTXentLoss
 
     criterion = NTXentLoss(temperature=config.temperature, gather_distributed=world > 1)
 
-    def loss(network: nn.Module, views: list, step: int, total: int, precision: Any) -> Tensor:
-        with precision():
+    def loss(network: nn.Module, views: list, step: int, total: int, autocast: Any) -> Tensor:
+        with autocast:
             z0, z1 = network(views[0]), network(views[1])
         return criterion(z0.float(), z1.float())  # the loss in float32, outside autocast
 
@@ -312,10 +305,10 @@ def _byol_loss(model: _BYOL) -> Callable:
 
     criterion = NegativeCosineSimilarity()
 
-    def loss(network: nn.Module, views: list, step: int, total: int, precision: Any) -> Tensor:
+    def loss(network: nn.Module, views: list, step: int, total: int, autocast: Any) -> Tensor:
         first, last = model.momentum_range
         model.update_momentum(cosine_schedule(step, total, first, last))
-        with precision():
+        with autocast:
             p0, p1 = network(views[0]), network(views[1])
             z0, z1 = model.target(views[0]), model.target(views[1])
         p0, p1, z0, z1 = (t.float() for t in (p0, p1, z0, z1))  # the loss in float32

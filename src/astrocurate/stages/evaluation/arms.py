@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from astrocurate.algorithms import precision
 from astrocurate.algorithms.probes import cross_validate_probes
 from astrocurate.algorithms.ssl import (
     PretrainConfig,
@@ -196,6 +197,7 @@ def _train(context: ArmContext, arm: Arm, seed: int, directory: Path) -> torch.n
             "images": trained,
             "images_per_second": trained / seconds if seconds > 0 else float("nan"),
             "device": str(context.device),
+            "precision": precision.computed_in(context.device, config.precision),
             "resumed_at_step": first_step,
         },
     )

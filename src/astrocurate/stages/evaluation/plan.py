@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 STEP = steps.EVALUATION
 #: Parameters left out of the reuse key, and those an unfinished run resumes only with.
-VOLATILE_PARAMS = ("device",)
-RESUME_PARAMS = {"device": "--device"}
+VOLATILE_PARAMS = ("device", "precision")
+RESUME_PARAMS = {"device": "--device", "precision": "--precision"}
 ARMS = ("curated", "random", "pool")
 PROBES = ("knn", "linear")
 
@@ -63,6 +63,9 @@ class EvaluationOptions:
         Neighbours of the kNN probe.
     device : str
         ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    precision : {'auto', 'fp32', 'bf16'}
+        What pretraining computes in: ``auto`` is bf16 autocast on CUDA and float32 on
+        the CPU; ``bf16`` autocasts on the CPU too where it has bf16 instructions.
     """
 
     arms: tuple[str, ...] = ("curated", "random")
@@ -76,6 +79,7 @@ class EvaluationOptions:
     folds: int = 5
     knn_k: int = 20
     device: str = "auto"
+    precision: str = "auto"
 
     def validate(self) -> EvaluationOptions:
         """Return a copy with the arms in canonical order; refuse bad values in one line."""
@@ -98,6 +102,7 @@ class EvaluationOptions:
             learning_rate=self.learning_rate,
             seed=seed,
             augment=AugmentConfig(image_size=self.image_size),
+            precision=self.precision,
         ).validate()
 
     def params(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 
+from astrocurate.algorithms import precision
 from astrocurate.algorithms.normalization import normalize
 from astrocurate.algorithms.normalization_config import NormalizationConfig
 from astrocurate.errors import InvalidRunError
@@ -399,7 +400,7 @@ def _features_of(merged_dir, batches, model, options, workers, device):
     device never waits for the host to copy them back (:class:`_HostFeatures`).
     """
     loader = cutout_loader(merged_dir, batches, workers, device)
-    autocast = _autocast(device, options.precision)
+    autocast = precision.autocast(device, options.precision)
     lag = 1 if device.type == "cuda" else 0
     copies = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -489,15 +490,6 @@ class _HostFeatures:
         if self._copied is not None:
             self._copied.synchronize()
         return self.ids, self._host.numpy()
-
-
-def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        if precision != "fp32":
-            log.warning("--precision %s applies on GPU only; computing in fp32", precision)
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def _marker(out_dir: Path, start: int) -> Path:

@@ -19,6 +19,7 @@ from astrocurate import steps
 from astrocurate.algorithms.backbones.describe import describe_backbone
 from astrocurate.algorithms.backbones.spec import BackboneCard
 from astrocurate.algorithms.normalization_config import NormalizationConfig
+from astrocurate.algorithms.precision import PRECISIONS
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.cutout_store import manifest_row_count
@@ -45,7 +46,6 @@ SOURCE_STEP = steps.source_of(STEP)
 #: Chosen by kNN balanced accuracy on the demo classes with folds by sky patch
 #: (BENCHMARKS.md, "Quality"): the best of the offline backbones at every patch size.
 DEFAULT_MODEL = "scattering-j4-rot-renorm-max"
-PRECISIONS = ("fp32", "bf16", "fp16")
 OUTPUT_DTYPES = ("float32", "float16")
 #: Parameters left out of the run key: a finished run is reused whatever their values.
 VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type")
@@ -79,7 +79,8 @@ class FeatureOptions:
     normalization : NormalizationConfig
         Per-cutout intensity normalisation.
     precision : str
-        ``fp32``, or ``bf16``/``fp16`` autocast on GPU.
+        ``fp32``, or ``bf16``/``fp16`` autocast on GPU; ``bf16`` also on a CPU with bf16
+        instructions (:mod:`~astrocurate.algorithms.precision`).
     output_dtype : str
         ``float32`` or ``float16`` feature matrix.
     shard_rows : int

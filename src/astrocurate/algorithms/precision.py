@@ -1,0 +1,73 @@
+"""The precision a network computes in: autocast on CUDA, and on CPUs with bf16 units.
+
+``bf16`` pays on the CPU only where it has bf16 instructions (AVX512-BF16, AMX: Intel
+Xeon since Sapphire Rapids, AMD since Zen 4): on the 2-core Xeon of BENCHMARKS.md a
+timm ResNet-18 infers 1.5-1.6x as fast as in float32, a ViT-S/14 2.8x, and trains
+1.5-2x as fast. Elsewhere torch emulates it, more slowly than float32, so there the
+network computes in float32 and a warning says so. ``fp16`` autocasts on CUDA only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+#: The precisions a step accepts (this module imports torch only when it computes).
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as torch sees it."""
+    import torch
+
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def computed_in(device: torch.device, wanted: str) -> str:
+    """Return the precision ``wanted`` computes in on ``device``: fp32, bf16 or fp16.
+
+    ``auto`` is bf16 on CUDA and fp32 elsewhere; bf16 and fp16 apply on CUDA, and bf16
+    on a CPU with bf16 instructions; anything else computes in fp32.
+    """
+    if wanted == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if wanted == "fp32" or device.type == "cuda":
+        return wanted
+    return "bf16" if wanted == "bf16" and device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def autocast(device: torch.device, wanted: str, option: str = "--precision") -> Any:
+    """Return the context a network computes in, for the precision ``wanted`` on ``device``.
+
+    Parameters
+    ----------
+    device : torch.device
+    wanted : {'auto', 'fp32', 'bf16', 'fp16'}
+    option : str
+        The option named in the warning where ``wanted`` cannot apply.
+
+    Returns
+    -------
+    context manager
+        ``torch.autocast`` to :func:`computed_in`'s bf16 or fp16, or one that changes
+        nothing (fp32), after a warning if ``wanted`` was not fp32 or auto. It can be
+        entered again and again.
+    """
+    import torch
+
+    used = computed_in(device, wanted)
+    if used != wanted and wanted != "auto":
+        reason = "it applies on a GPU only"
+        if wanted == "bf16" and device.type == "cpu":
+            reason = "this CPU has no bf16 instructions (AVX512-BF16 or AMX) and emulates it slowly"
+        log.warning("%s %s: %s; computing in fp32", option, wanted, reason)
+    if used == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if used == "bf16" else torch.float16)

@@ -1,0 +1,111 @@
+"""The precision networks compute in: autocast on CUDA, bf16 on CPUs that have it."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from astrocurate.algorithms import precision
+
+CPU = torch.device("cpu")
+
+
+def _product_dtype(context) -> torch.dtype:
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    with context:
+        return (a @ b).dtype
+
+
+def test_fp32_changes_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert _product_dtype(precision.autocast(CPU, "fp32")) == torch.float32
+    assert not caplog.records
+
+
+def test_bf16_on_a_cpu_with_bf16_units_autocasts_each_time_it_is_entered(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING):
+        context = precision.autocast(CPU, "bf16")
+        assert [_product_dtype(context) for _ in range(2)] == [torch.bfloat16] * 2
+    assert not caplog.records
+    assert _product_dtype(torch.autocast("cpu", enabled=False)) == torch.float32  # left
+
+
+@pytest.mark.parametrize(
+    ("wanted", "has_bf16", "reason"),
+    [
+        (
+            "bf16",
+            False,
+            "this CPU has no bf16 instructions (AVX512-BF16 or AMX) and emulates it slowly",
+        ),
+        ("fp16", True, "it applies on a GPU only"),
+    ],
+    ids=["bf16-without-units", "fp16"],
+)
+def test_a_precision_the_cpu_cannot_use_computes_in_fp32_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    wanted: str,
+    has_bf16: bool,
+    reason: str,
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    with caplog.at_level(logging.WARNING):
+        context = precision.autocast(CPU, wanted, "--the-option")
+    assert _product_dtype(context) == torch.float32
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--the-option {wanted}: {reason}; computing in fp32"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(False, False, False), (True, False, True), (False, True, True)],
+    ids=["neither", "avx512-bf16", "amx"],
+)
+def test_bf16_units_are_those_torch_finds(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert precision.cpu_has_bf16() is expected
+
+
+def test_an_older_torch_without_the_probes_has_no_bf16_units(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert precision.cpu_has_bf16() is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("wanted", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_cuda_autocasts_to_the_precision_asked(wanted: str, dtype: torch.dtype) -> None:
+    a, b = torch.randn(8, 8, device="cuda"), torch.randn(8, 8, device="cuda")
+    with precision.autocast(torch.device("cuda"), wanted):
+        assert (a @ b).dtype == dtype
+
+
+@pytest.mark.parametrize(
+    ("device", "wanted", "has_bf16", "expected"),
+    [
+        ("cuda", "auto", False, "bf16"),
+        ("cpu", "auto", True, "fp32"),
+        ("cuda", "fp16", False, "fp16"),
+        ("cpu", "fp16", True, "fp32"),
+        ("cpu", "bf16", True, "bf16"),
+        ("cpu", "bf16", False, "fp32"),
+        ("cpu", "fp32", True, "fp32"),
+    ],
+)
+def test_what_each_precision_computes_in(
+    monkeypatch: pytest.MonkeyPatch, device: str, wanted: str, has_bf16: bool, expected: str
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    assert precision.computed_in(torch.device(device), wanted) == expected

@@ -257,6 +257,20 @@ def time_model_only(
     return max(1, n // len(images)) * len(images) / (time.perf_counter() - start)
 
 
+def bf16_agreement(directory: Path, model: FeatureModel, batch_size: int, device) -> float:
+    """Lowest cosine similarity between a cutout's features in bf16 and in fp32 (one batch)."""
+    from astrocurate.io.cutout_store import CutoutReader
+
+    reader = CutoutReader.from_directory(directory)
+    raw = torch.from_numpy(reader.read(np.arange(min(batch_size, len(reader))))).to(device)
+    with torch.inference_mode():
+        images = model.prepare(raw)
+        fp32 = model(images).float()
+        with autocast_for(device, "bf16"):
+            bf16 = model(images).float()
+    return float(torch.nn.functional.cosine_similarity(fp32, bf16).min())
+
+
 def time_naive(directory, model, device, n: int) -> float:
     """Images/s of a per-image loop: read, normalise, resize and forward one cutout at a time."""
     from astrocurate.io.cutout_store import CutoutReader
@@ -381,9 +395,12 @@ def speed(args, directory: Path, device: torch.device) -> None:
                 rates[name, size, "bf16"],
                 rates[name, size, "fp32"],
             )
+            model = build(name, size, device, pretrained=False)
+            cosine = bf16_agreement(directory, model, args.batch_size, device)
             print(
                 f"{name} {size} px, bf16 / fp32: pipeline {pipe / old_pipe:.2f}x, "
-                f"model only {alone / old_alone:.2f}x"
+                f"model only {alone / old_alone:.2f}x; lowest cosine of a cutout's two "
+                f"feature vectors {cosine:.6f}"
             )
     if args.kymatio:
         (pipe, alone), (old_pipe, old_alone) = (

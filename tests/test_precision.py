@@ -56,10 +56,10 @@ def test_a_precision_the_cpu_cannot_use_computes_in_fp32_and_says_why(
 ) -> None:
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     with caplog.at_level(logging.WARNING):
-        context = precision.autocast(CPU, wanted, "--the-option")
+        context = precision.autocast(CPU, wanted)
     assert _product_dtype(context) == torch.float32
     assert [r.getMessage() for r in caplog.records] == [
-        f"--the-option {wanted}: {reason}; computing in fp32"
+        f"--precision {wanted}: {reason}; computing in fp32"
     ]
 
 

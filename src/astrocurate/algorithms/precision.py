@@ -1,10 +1,11 @@
 """The precision a network computes in: autocast on CUDA, and on CPUs with bf16 units.
 
 ``bf16`` pays on the CPU only where it has bf16 instructions (AVX512-BF16, AMX: Intel
-Xeon since Sapphire Rapids, AMD since Zen 4): on the 2-core Xeon of BENCHMARKS.md a
-timm ResNet-18 infers 1.5-1.6x as fast as in float32, a ViT-S/14 2.8x, and trains
-1.5-2x as fast. Elsewhere torch emulates it, more slowly than float32, so there the
-network computes in float32 and a warning says so. ``fp16`` autocasts on CUDA only.
+Xeon since Sapphire Rapids, AMD since Zen 4): on the 2-core Xeon of BENCHMARKS.md the
+feature pipeline of a timm ResNet-18 runs 1.4-1.7x as fast as in float32, of a ViT-S/14
+2.5x, and SimCLR or BYOL pretraining 1.3-2.2x. Elsewhere torch emulates it, more slowly
+than float32, so there the network computes in float32 and a warning says so. ``fp16``
+autocasts on CUDA only.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ def computed_in(device: torch.device, wanted: str) -> str:
     return "bf16" if wanted == "bf16" and device.type == "cpu" and cpu_has_bf16() else "fp32"
 
 
-def autocast(device: torch.device, wanted: str, option: str = "--precision") -> Any:
+def autocast(device: torch.device, wanted: str) -> Any:
     """Return the context a network computes in, for the precision ``wanted`` on ``device``.
 
     Parameters
     ----------
     device : torch.device
     wanted : {'auto', 'fp32', 'bf16', 'fp16'}
-    option : str
-        The option named in the warning where ``wanted`` cannot apply.
+        The value of the step's ``--precision``.
 
     Returns
     -------
@@ -67,7 +67,7 @@ def autocast(device: torch.device, wanted: str, option: str = "--precision") -> 
         reason = "it applies on a GPU only"
         if wanted == "bf16" and device.type == "cpu":
             reason = "this CPU has no bf16 instructions (AVX512-BF16 or AMX) and emulates it slowly"
-        log.warning("%s %s: %s; computing in fp32", option, wanted, reason)
+        log.warning("--precision %s: %s; computing in fp32", wanted, reason)
     if used == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if used == "bf16" else torch.float16)

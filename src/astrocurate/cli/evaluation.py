@@ -68,7 +68,7 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRETRAIN_PRECISIONS,
         default="auto",
         help="auto (default): bf16 autocast on a GPU, fp32 on the CPU; bf16 also on a CPU with "
-        "bf16 instructions (AVX512-BF16, AMX), where pretraining is 1.5-2x as fast",
+        "bf16 instructions (AVX512-BF16, AMX), where pretraining is 1.3-2.2x as fast",
     )
     parser.add_argument(
         "--shard",

@@ -55,7 +55,7 @@ def _features_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="fp32",
         help="fp32 (default); bf16 or fp16 autocast on a GPU; bf16 also on a CPU with bf16 "
-        "instructions (AVX512-BF16, AMX), where it is 1.5-2.8x as fast for CNNs and ViTs",
+        "instructions (AVX512-BF16, AMX), where CNNs and ViTs run 1.4-2.5x as fast",
     )
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     parser.add_argument("--batch-size", type=int, default=128)

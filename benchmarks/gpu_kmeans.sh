@@ -5,8 +5,8 @@
 # scattering filters) can be put on PYTHONPATH, which is kept.
 #
 #   bash benchmarks/gpu_kmeans.sh tests       CUDA tests: CPU/CUDA agreement, the fused kernels,
-#                                             the feature loop's lagged copies, no wait in normalize
-#                                             or in pretraining steps
+#                                             the feature loop's copies (side stream, lagged), no
+#                                             wait in normalize or in pretraining steps, autocast
 #   bash benchmarks/gpu_kmeans.sh iteration   one Lloyd iteration, 3M x 384, k=60k: ours (TF32,
 #                                             fused) vs the plain torch loop in FP32 and TF32
 #   bash benchmarks/gpu_kmeans.sh config-a    the whole of config A on 3M points, timed (exit 3:
@@ -29,6 +29,7 @@ case "${1:-}" in
         nvidia-smi -L | tee "$out/tests.log"
         python3 -m pytest -q -p no:cacheprovider tests/test_nearest_kernel.py tests/test_backbones.py \
             tests/test_kmeans.py tests/test_seeding_kernel.py tests/test_features_loop.py tests/test_ssl.py \
+            tests/test_precision.py \
             -k "cuda or nearest" 2>&1 | tee -a "$out/tests.log"
         ;;
     iteration)

@@ -100,13 +100,11 @@ def test_cpu_features_in_bf16_only_where_the_cpu_has_bf16_units(
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     directory = _store(tmp_path, 11, 20)
     batches = plan_batches(np.full(11, 20), np.arange(11), 4)
-    cpu = torch.device("cpu")
-    runs = {
-        wanted: np.concatenate(
-            [f for _, f in _features_of(directory, batches, _small_model(), opts, 0, cpu)]
-        )
-        for wanted, opts in ((w, SimpleNamespace(precision=w)) for w in ("fp32", "bf16"))
-    }
+    runs = {}
+    for wanted in ("fp32", "bf16"):
+        options, cpu = SimpleNamespace(precision=wanted), torch.device("cpu")
+        batches_out = _features_of(directory, batches, _small_model(), options, 0, cpu)
+        runs[wanted] = np.concatenate([features for _, features in batches_out])
     assert runs["bf16"].dtype == np.float32
     if has_bf16:
         assert not np.array_equal(runs["bf16"], runs["fp32"])

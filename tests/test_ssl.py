@@ -334,6 +334,20 @@ def test_pretraining_on_the_cpu_in_bf16_only_where_it_has_bf16_units(monkeypatch
     assert _same(weights["bf16"], weights["fp32"]) is not has_bf16
 
 
+def test_a_checkpoint_written_before_precision_existed_resumes_to_the_same_weights():
+    """Checkpoints recorded bf16=True (bf16 on CUDA, float32 on the CPU): precision 'auto'."""
+    images = _images(20)
+    rms = robust_rms(images)
+    config = PretrainConfig(images_seen=64, batch_size=16, augment=SMALL)
+    states = []
+    whole = pretrain(images, rms, config, on_checkpoint=states.append)
+    old = {k: v for k, v in states[0]["config"].items() if k != "precision"}
+    resumed = pretrain(images, rms, config, state={**states[0], "config": old | {"bf16": "True"}})
+    assert _same(whole.state_dict(), resumed.state_dict())
+    with pytest.raises(InvalidArgumentError, match="another pretraining configuration"):
+        pretrain(images, rms, config, state={**states[0], "config": old | {"bf16": "False"}})
+
+
 def test_a_checkpoint_of_another_configuration_is_refused():
     images = _images(20)
     rms = robust_rms(images)

@@ -90,6 +90,19 @@ def _config_record(config: PretrainConfig) -> dict[str, Any]:
     return {k: repr(v) for k, v in asdict(config).items()}
 
 
+def _recorded_config(state: dict) -> dict[str, Any] | None:
+    """Return a checkpoint's configuration record, as this version writes it.
+
+    Checkpoints written before ``precision`` recorded ``bf16=True``: bf16 on CUDA, float32
+    on the CPU, which is ``precision='auto'``; so a run interrupted before the upgrade
+    resumes after it.
+    """
+    record = state.get("config")
+    if record is not None and record.get("bf16") == "True" and "precision" not in record:
+        record = {k: v for k, v in record.items() if k != "bf16"} | {"precision": "'auto'"}
+    return record
+
+
 def _learning_rate(step: int, total: int, base: float) -> float:
     warmup = max(1, int(WARMUP_SHARE * total))
     if step < warmup:
@@ -183,7 +196,7 @@ def pretrain(
     )
     start = 0
     if state is not None:
-        if state.get("config") != _config_record(config):
+        if _recorded_config(state) != _config_record(config):
             raise InvalidArgumentError("checkpoint: written by another pretraining configuration")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

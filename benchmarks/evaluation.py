@@ -19,6 +19,7 @@ Usage::
     python benchmarks/evaluation.py --mosaics 2 --mosaic-size 1024 --num-samples 300 \\
         --images-seen 600 --seeds 2                         # a quick look
     python benchmarks/evaluation.py --throughput --device cuda   # pretraining images/s only
+    python benchmarks/evaluation.py --throughput --device cpu --precision both  # fp32 vs bf16
 
 ``--throughput`` times pretraining alone on random images (SimCLR and BYOL, 64 and 128 px):
 ``pretrain`` (augmentations, two views, loss, optimiser) side by side with the bare

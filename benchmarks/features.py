@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from astrocurate.algorithms.backbones.registry import create_backbone  # noqa: E402
 from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E402
 from astrocurate.algorithms.precision import autocast as autocast_for  # noqa: E402
+from astrocurate.algorithms.precision import computed_in  # noqa: E402
 from astrocurate.stages.feature_extraction.extraction import (  # noqa: E402
     FeatureModel,
     _features_of,
@@ -341,11 +342,8 @@ def speed(args, directory: Path, device: torch.device) -> None:
         cases += [("timm:resnet18", 64, False), ("timm:resnet18", 128, False)]
     if (device.type == "cuda" or args.vit) and not args.default_only:
         cases.append(("timm:vit_small_patch14_reg4_dinov2", 126, False))
-    precisions = [args.precision]
-    if args.precision == "both":
-        precisions = ["fp32", "bf16"]
-    elif args.precision == "auto":
-        precisions = ["bf16" if device.type == "cuda" else "fp32"]
+    both = args.precision == "both"
+    precisions = ["fp32", "bf16"] if both else [computed_in(device, args.precision)]
     print(f"\nspeed on {device} ({torch.get_num_threads()} threads), batch {args.batch_size}")
     gemm = gemm_flops_per_second(device)
     print(f"dense matrix multiply: {gemm / 1e9:.0f} GFLOP/s")

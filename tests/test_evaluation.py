@@ -103,6 +103,16 @@ def test_a_finished_run_is_reused_whatever_the_precision_and_says_what_it_comput
         evaluate(sampling_id, replace(TINY, precision="fp16"))
 
 
+def test_an_unfinished_run_is_joined_only_with_the_precision_it_started_with(sampling_id, tmp_path):
+    """Encoders in fp32 and in bf16 are not mixed in one run: one line names the flag."""
+    first = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(0, 2), report=False)
+    other = replace(TINY, precision="bf16")
+    with pytest.raises(InvalidArgumentError, match=r"--precision bf16: .* precision=auto"):
+        evaluate(sampling_id, other, output_path=tmp_path, shard=(1, 2), report=False)
+    done = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(1, 2), report=False)
+    assert done.run_id == first.run_id
+
+
 def test_the_rerun_script_imports_no_torch_sklearn_or_pandas(sampling_id, evaluation):
     """Rerunning the guide's script finds the finished run from its key alone."""
     options = ["--seeds", "2", "--images-seen", "48", "--batch-size", "16", "--image-size", "32"]

@@ -113,6 +113,25 @@ def test_cpu_features_in_bf16_only_where_the_cpu_has_bf16_units(
         assert runs["bf16"].tobytes() == runs["fp32"].tobytes()
 
 
+def test_the_default_scattering_backbone_gives_the_same_features_in_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its FFTs do not autocast: --precision bf16 leaves its features as they are in fp32."""
+    from astrocurate.algorithms.backbones.registry import create_backbone
+    from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    model = FeatureModel(create_backbone(DEFAULT_MODEL), 64, NormalizationConfig()).eval()
+    directory = _store(tmp_path, 9, 32)
+    batches = plan_batches(np.full(9, 32), np.arange(9), 4)
+    runs = {}
+    for wanted in ("fp32", "bf16"):
+        options, cpu = SimpleNamespace(precision=wanted), torch.device("cpu")
+        batches_out = _features_of(directory, batches, model, options, 0, cpu)
+        runs[wanted] = np.concatenate([features for _, features in batches_out])
+    assert runs["bf16"].tobytes() == runs["fp32"].tobytes()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_features_come_back_in_order_equal_to_the_cpu_ones(tmp_path: Path) -> None:
     """Copies to and from the device, lagged, give every batch, in order, the CPU's values."""

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,8 +50,6 @@ from astrocurate.tracking import StepRun
 log = logging.getLogger(__name__)
 
 PENDING_SIDECAR = "sidecar.json"
-
-_Result = TypeVar("_Result", covariant=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -416,15 +414,12 @@ def _features_of(merged_dir, batches, model, options, workers, device):
         yield from _lagging(computed(), lag)
 
 
-class _Pending(Protocol[_Result]):
-    """Work started on the device whose result the host takes later."""
+def _lagging(items: Iterable[Any], lag: int) -> Iterator[Any]:
+    """Yield each item's ``result()`` once ``lag`` more items are started, the last at the end.
 
-    def result(self) -> _Result: ...
-
-
-def _lagging(items: Iterable[_Pending[_Result]], lag: int) -> Iterator[_Result]:
-    """Yield each item's result once ``lag`` more items are started, the last ones at the end."""
-    pending: deque[_Pending[_Result]] = deque()
+    The items are work started on the device (:class:`_DeviceBatch`, :class:`_HostFeatures`).
+    """
+    pending: deque[Any] = deque()
     for item in items:
         pending.append(item)
         if len(pending) > lag:

@@ -188,7 +188,8 @@ def test_the_run_key_holds_the_parameters_it_always_held(env) -> None:
     _, merged_run = env
     plan = plan_extraction(merged_run.run_id)
     assert set(plan.key_params) - set(VOLATILE_PARAMS) == KEY_PARAMS_OF_09F84E3
-    assert set(plan.params) - set(plan.key_params) == {"workers", "device", "device_type"}
+    resolved = {"workers", "device", "device_type", "computed_precision"}
+    assert set(plan.params) - set(plan.key_params) == resolved
 
 
 def test_rerun_of_a_finished_run_imports_no_torch(env) -> None:

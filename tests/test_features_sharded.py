@@ -516,3 +516,71 @@ def test_features_finish_refuses_other_runs(inputs: Inputs, tracking_db, monkeyp
     assert "is a 'merge_cutouts' run, expected 'feature_extraction'" in capsys.readouterr().err
     assert main(["features-finish", "0" * 32]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_run_is_resumed_only_where_it_computes_in_the_precision_it_started_in(
+    experiment: str, inputs: Inputs, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """``--precision bf16`` is fp32 on a CPU without bf16 units: an array over mixed CPUs
+    must not write both into one matrix."""
+    from astrocurate.algorithms import precision
+
+    output = tmp_path / "out"
+    common = ["features", "--merged-cutouts-id", inputs.merged_id, "--shard-rows"]
+    common += [str(BLOCK_ROWS), "--workers", "0", "--output_path", str(output)]
+    common += [*_model_args("cnn", tmp_path), "--precision", "bf16"]
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert main([*common, "--shard", "0/2"]) == 0  # half the blocks, computed in bf16
+    run_id = capsys.readouterr().out.strip()
+    assert get_run(run_id).params["computed_precision"] == "bf16"
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    for argv in (["--shard", "1/2"], []):  # another shard, and a plain resume
+        assert main([*common, *argv]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1, err
+        assert f"--precision: feature_extraction run {run_id} is unfinished" in err
+        assert "started with computed_precision=bf16, here it would be fp32" in err
+        assert "resume it where --precision computes in bf16" in err
+    assert not get_run(run_id).finished
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert main([*common, "--shard", "1/2"]) == 0
+    assert capsys.readouterr().out.strip() == run_id
+    assert get_run(run_id).finished
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert main(common) == 0  # a finished run is reused wherever: it mixes nothing
+    assert capsys.readouterr().out.strip() == run_id
+
+
+def test_a_run_started_before_the_precision_was_recorded_computed_in_fp32_on_the_cpu(
+    experiment: str, inputs: Inputs, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Earlier versions autocast on CUDA only and recorded no ``computed_precision``."""
+    from astrocurate.algorithms import precision
+    from astrocurate.stages.feature_extraction.plan import Extraction
+
+    output = tmp_path / "out"
+    common = ["features", "--merged-cutouts-id", inputs.merged_id, "--shard-rows"]
+    common += [str(BLOCK_ROWS), "--workers", "0", "--output_path", str(output)]
+    common += [*_model_args("cnn", tmp_path), "--precision", "bf16"]
+    recorded = Extraction.device_params
+
+    def as_before(self: Extraction) -> dict:
+        return {k: v for k, v in recorded(self).items() if k != "computed_precision"}
+
+    with monkeypatch.context() as old_version:
+        old_version.setattr(Extraction, "device_params", as_before)
+        old_version.setattr(precision, "cpu_has_bf16", lambda: False)  # it computed in fp32
+        assert main([*common, "--shard", "0/2"]) == 0
+    run_id = capsys.readouterr().out.strip()
+    assert "computed_precision" not in get_run(run_id).params
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert main(common) == 1
+    err = capsys.readouterr().err
+    assert "started with computed_precision=fp32, here it would be bf16" in err
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert main(common) == 0
+    assert capsys.readouterr().out.strip() == run_id
+    assert get_run(run_id).finished

@@ -50,6 +50,7 @@ from astrocurate.tracking.fingerprints import (
     sample_offsets,
 )
 from astrocurate.tracking.lifecycle import (
+    DerivedParam,
     StepRun,
     check_resume_params,
     create_run_record,
@@ -116,6 +117,7 @@ __all__ = [
     "TAG_USER",
     "TAG_VERSION",
     "VOLATILE_DIRS",
+    "DerivedParam",
     "DirectoryLock",
     "PreparedRun",
     "ProgressCallback",

@@ -204,7 +204,7 @@ def tracked_step(
     seed: int | None = None,
     output_root: Path | None = None,
     volatile_params: Iterable[str] = (),
-    resume_params: Mapping[str, str] | None = None,
+    resume_params: Mapping[str, str | DerivedParam] | None = None,
     force: bool = False,
     before_work: Callable[[], Mapping[str, Any] | None] | None = None,
 ) -> Iterator[StepRun]:
@@ -228,11 +228,12 @@ def tracked_step(
         Parent of the step directories; default :func:`default_output_root`.
     volatile_params : iterable of str
         Parameters left out of the reuse key (workers, progress display): logged only.
-    resume_params : mapping of str to str, optional
+    resume_params : mapping of str to str or DerivedParam, optional
         Volatile parameters that may still change the outputs' bytes at float rounding
-        (the batch size), with their command-line flag: a finished run is reused whatever
-        their value, but an unfinished one is resumed only with the values it started
-        with (:func:`check_resume_params`), so that no output mixes two of them.
+        (the batch size), with their command-line flag or a :class:`DerivedParam`: a
+        finished run is reused whatever their value, but an unfinished one is resumed only
+        with the values it started with (:func:`check_resume_params`), so that no output
+        mixes two of them.
     force : bool
         Never reuse a finished run: compute into a new one.
     before_work : callable, optional
@@ -285,7 +286,9 @@ def _late_params(before_work: Callable | None, volatile: set[str]) -> dict[str, 
 
 
 def _check_previous(
-    previous: RunRecord | None, params: Mapping[str, Any], resume_params: Mapping[str, str]
+    previous: RunRecord | None,
+    params: Mapping[str, Any],
+    resume_params: Mapping[str, str | DerivedParam],
 ) -> None:
     """Refuse to resume ``previous`` with other byte-changing parameters; warn if it is gone."""
     if previous is None:
@@ -337,10 +340,30 @@ def _open_run(
     return StepRun(run_id, step, out)
 
 
+@dataclass(frozen=True)
+class DerivedParam:
+    """A resume-guarded parameter that no flag sets: what the machine makes of a flag.
+
+    Attributes
+    ----------
+    flag : str
+        The flag it follows from, e.g. ``--precision`` for the precision computed in.
+    remedy : str
+        How to resume the run, ``{value}`` being the value it started with.
+    implied : callable, optional
+        The value a run recorded before the parameter existed started with, from its
+        other parameters; None: such a run is not checked.
+    """
+
+    flag: str
+    remedy: str
+    implied: Callable[[Mapping[str, str]], str] | None = None
+
+
 def check_resume_params(
     record: RunRecord,
     params: Mapping[str, Any],
-    flags: Mapping[str, str],
+    flags: Mapping[str, str | DerivedParam],
     otherwise: str = "or --force for a new run",
 ) -> None:
     """Refuse to add to an unfinished run with other values of byte-changing parameters.
@@ -351,8 +374,9 @@ def check_resume_params(
         The unfinished run about to be resumed or joined.
     params : mapping
         This process's parameters.
-    flags : mapping of str to str
-        Parameter name to command-line flag, e.g. ``{"batch_size": "--batch-size"}``.
+    flags : mapping of str to str or DerivedParam
+        Parameter name to command-line flag, e.g. ``{"batch_size": "--batch-size"}``, or
+        to a :class:`DerivedParam` for a parameter that no flag sets.
     otherwise : str
         The other way out, ending the message.
 
@@ -362,16 +386,32 @@ def check_resume_params(
         Naming the flag, this value, the run and the value it started with.
     """
     for name, flag in flags.items():
-        if name not in record.params or name not in params:
+        theirs = _started_with(record.params, name, flag)
+        if theirs is None or name not in params:
             continue
-        ours, theirs = param_text(params[name]), record.params[name]
-        if ours != theirs:
+        ours = param_text(params[name])
+        if ours == theirs:
+            continue
+        started = f"{record.step} run {record.run_id} is unfinished and was started with"
+        mixed = f"may differ at float rounding with another {name}, so they cannot be mixed"
+        if isinstance(flag, DerivedParam):
             raise InvalidArgumentError(
-                f"{flag} {ours}: {record.step} run {record.run_id} is unfinished and was "
-                f"started with {name}={theirs}; its outputs may differ at float rounding "
-                f"with another {name}, so they cannot be mixed in one run: rerun with "
-                f"{flag} {theirs} to resume it ({otherwise})"
+                f"{flag.flag}: {started} {name}={theirs}, here it would be {ours}; its "
+                f"outputs {mixed} in one run: {flag.remedy.format(value=theirs)} ({otherwise})"
             )
+        raise InvalidArgumentError(
+            f"{flag} {ours}: {started} {name}={theirs}; its outputs {mixed} in one run: "
+            f"rerun with {flag} {theirs} to resume it ({otherwise})"
+        )
+
+
+def _started_with(recorded: Mapping[str, str], name: str, flag: str | DerivedParam) -> str | None:
+    """Return the value of ``name`` a run started with (implied for older runs), if known."""
+    if name in recorded:
+        return recorded[name]
+    if isinstance(flag, DerivedParam) and flag.implied is not None:
+        return flag.implied(recorded)
+    return None
 
 
 def _finished_meanwhile(mlflow_client: Any, run_id: str) -> bool:

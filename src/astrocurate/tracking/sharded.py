@@ -25,6 +25,7 @@ from astrocurate.errors import InvalidRunError, StepInterrupted
 from astrocurate.io.leases import lease
 from astrocurate.tracking.checks import check_reusable
 from astrocurate.tracking.lifecycle import (
+    DerivedParam,
     StepRun,
     check_resume_params,
     create_run_record,
@@ -109,7 +110,7 @@ class SharedRun:
         params: Mapping[str, Any],
         input_run_ids: Sequence[str],
         *,
-        resume_params: Mapping[str, str] | None = None,
+        resume_params: Mapping[str, str | DerivedParam] | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> StepRun:
         """Find or create the run (call under :meth:`lease`).

@@ -10,6 +10,7 @@ reuses a finished run never imports torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,11 +20,11 @@ from astrocurate import steps
 from astrocurate.algorithms.backbones.describe import describe_backbone
 from astrocurate.algorithms.backbones.spec import BackboneCard
 from astrocurate.algorithms.normalization_config import NormalizationConfig
-from astrocurate.algorithms.precision import PRECISIONS
+from astrocurate.algorithms.precision import PRECISIONS, computed_in
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.cutout_store import manifest_row_count
-from astrocurate.tracking import RunRecord, require_run, run_key
+from astrocurate.tracking import DerivedParam, RunRecord, require_run, run_key
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -48,12 +49,34 @@ SOURCE_STEP = steps.source_of(STEP)
 DEFAULT_MODEL = "scattering-j4-rot-renorm-max"
 OUTPUT_DTYPES = ("float32", "float16")
 #: Parameters left out of the run key: a finished run is reused whatever their values.
-VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type")
+VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type", "computed_precision")
+
+
+def _computed_before_recorded(recorded: Mapping[str, str]) -> str:
+    """Return the precision a run computed in if it started before it was recorded.
+
+    Those versions autocast on CUDA only: ``--precision bf16`` computed in fp32 on a CPU.
+    """
+    on_cuda = recorded.get("device_type") == "cuda"
+    return recorded.get("precision", "fp32") if on_cuda else "fp32"
+
+
 #: Of those, the ones that can change the features' bytes at float rounding (on the CPU
 #: the default backbone differs by up to 4.8e-7 between batch sizes 1 and 33, a timm CNN by
 #: 1.2e-7; benchmarks/batch_invariance.py): an unfinished run is resumed or joined only
-#: with the values it started with, so that no matrix mixes two of them.
-RESUME_PARAMS = {"batch_size": "--batch-size", "device_type": "--device"}
+#: with the values it started with, so that no matrix mixes two of them. The precision a
+#: process computes in follows from ``--precision`` and the machine: ``bf16`` is fp32 on a
+#: CPU without bf16 instructions, so a SLURM array over mixed CPUs cannot mix the two.
+RESUME_PARAMS: dict[str, str | DerivedParam] = {
+    "batch_size": "--batch-size",
+    "device_type": "--device",
+    "computed_precision": DerivedParam(
+        "--precision",
+        "resume it where --precision computes in {value} (bf16: on a GPU, or on a CPU with "
+        "AVX512-BF16 or AMX instructions; fp32: on a CPU without them)",
+        implied=_computed_before_recorded,
+    ),
+}
 #: What ``--device`` accepts; whether CUDA is there is checked when the device is used.
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -225,11 +248,15 @@ class Extraction:
         return params
 
     def device_params(self) -> dict[str, Any]:
-        """Return the device parameters (resolving the device): workers, device, its type."""
+        """Return the parameters known once the device is resolved.
+
+        The reader threads, the device, its type and the precision computed in there.
+        """
         return {
             "workers": self.workers,
             "device": str(self.device),
             "device_type": self.device.type,  # cuda:0 and cuda:1 compute alike
+            "computed_precision": computed_in(self.device, self.options.precision),
         }
 
     @property

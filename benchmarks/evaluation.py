@@ -24,7 +24,9 @@ Usage::
 ``--throughput`` times pretraining alone on random images (SimCLR and BYOL, 64 and 128 px):
 ``pretrain`` (augmentations, two views, loss, optimiser) side by side with the bare
 training step of the same networks on ready-made views, so the ratio is the share of the
-time the augmentations and the loop cost. Then the host's time per step for what it once
+time the augmentations and the loop cost. Where bf16 convolutions run channels-last (on a
+CPU with bf16 instructions), the bare step is also timed in the default NCHW layout and the
+ratio printed. Then the host's time per step for what it once
 did every step: a permutation of ``--order-images`` images (now one per epoch), and the
 noise of two views drawn on the host (now on the device, off the CPU).
 """
@@ -95,7 +97,7 @@ def _throughput(args: argparse.Namespace) -> None:
     import torch
 
     from astrocurate.algorithms.kmeans.rows import resolve_device
-    from astrocurate.algorithms.precision import autocast, computed_in
+    from astrocurate.algorithms.precision import autocast, channels_last_pays, computed_in
     from astrocurate.algorithms.ssl import AugmentConfig, PretrainConfig, pretrain, robust_rms
     from astrocurate.algorithms.ssl.training import _BYOL, _SimCLR
 
@@ -107,7 +109,7 @@ def _throughput(args: argparse.Namespace) -> None:
         f"{'bare step img/s':>16} {'ratio':>6}"
     )
     wanted = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    rates = {}
+    rates, layouts = {}, {}
     for method, size, asked in itertools.product(("simclr", "byol"), (64, 128), wanted):
         images = torch.randn(args.batch_size * 4, size, size) * 1e-4
         config = PretrainConfig(
@@ -127,9 +129,16 @@ def _throughput(args: argparse.Namespace) -> None:
         model = (_SimCLR if method == "simclr" else _BYOL)(config).to(device)
         context = autocast(device, asked)
         bare = _bare_steps(model, args.batch_size, size, args.steps, device, context)
+        if channels_last_pays(device, asked, model):  # as pretrain() does; NCHW beside it
+            nchw = bare
+            model.to(memory_format=torch.channels_last)
+            bare = _bare_steps(model, args.batch_size, size, args.steps, device, context)
+            layouts[method, size] = bare / nchw
         used = computed_in(device, asked)
         rates[method, size, asked] = full, bare
         print(f"{method:<8} {size:>5} {used:>10} {full:>15.0f} {bare:>16.0f} {full / bare:>6.2f}")
+    for (method, size), ratio in layouts.items():
+        print(f"{method} {size} px, bf16 bare step, channels-last / NCHW: {ratio:.2f}x")
     for method, size in itertools.product(("simclr", "byol"), (64, 128)) if len(wanted) > 1 else ():
         (full, bare), (old_full, old_bare) = (
             rates[method, size, "bf16"],

@@ -26,6 +26,8 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
 With ``--precision both`` the networks (not the FFT-based scattering) run in fp32 and in bf16
 autocast side by side (on the CPU, bf16 only where it has bf16 instructions: otherwise the
 stage computes in fp32), and the ratios are printed; ``--vit`` adds ViT-S/14 on the CPU.
+Where bf16 runs channels-last (convolutions on a CPU), the model alone is also timed in
+bf16 in the default NCHW layout, and the ratio of the two layouts printed.
 
 With ``--kymatio`` the default backbone also runs with kymatio's own scattering transform in
 place of astrocurate's (same filters, same features to float32 rounding), on the same
@@ -230,16 +232,22 @@ def model_dim(model: FeatureModel) -> int:
 
 
 def time_model_only(
-    directory, model, batch_size, device, n_rows, precision, prepare=False
+    directory, model, batch_size, device, n_rows, precision, prepare=False, nchw=False
 ) -> float:
     """Images/s of the model on images already on the device: prepared ones, or raw cutouts
-    prepared in the loop (``prepare``: normalisation, resizing, standardisation)."""
+    prepared in the loop (``prepare``: normalisation, resizing, standardisation).
+
+    The model computes in the memory layout the stage gives it for ``precision``, or in
+    the default (NCHW) one with ``nchw``.
+    """
     from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     n = min(n_rows, len(reader), 20 * batch_size)
     raw = torch.from_numpy(reader.read(np.arange(min(batch_size, n)))).to(device)
-    autocast = autocast_for(device, precision)
+    autocast = model.computing_in(device, "fp32" if nchw else precision)
+    if nchw:
+        autocast = autocast_for(device, precision)
     with torch.inference_mode():
         images = model.prepare(raw)
 
@@ -265,19 +273,21 @@ def bf16_agreement(directory: Path, model: FeatureModel, batch_size: int, device
     raw = torch.from_numpy(reader.read(np.arange(min(batch_size, len(reader))))).to(device)
     with torch.inference_mode():
         images = model.prepare(raw)
-        fp32 = model(images).float()
-        with autocast_for(device, "bf16"):
+        with model.computing_in(device, "fp32"):
+            fp32 = model(images).float()
+        with model.computing_in(device, "bf16"):
             bf16 = model(images).float()
     return float(torch.nn.functional.cosine_similarity(fp32, bf16).min())
 
 
 def time_naive(directory, model, device, n: int) -> float:
-    """Images/s of a per-image loop: read, normalise, resize and forward one cutout at a time."""
+    """Images/s of a per-image loop: read, normalise, resize and forward one cutout at a time
+    (in float32 and the default layout, as a simple script would)."""
     from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), model.computing_in(device, "fp32"):
         for i in range(min(n, len(reader))):
             image = torch.from_numpy(reader[i])[None].to(device)
             model(model.prepare(image)).cpu()
@@ -402,6 +412,12 @@ def speed(args, directory: Path, device: torch.device) -> None:
                 f"model only {alone / old_alone:.2f}x; lowest cosine of a cutout's two "
                 f"feature vectors {cosine:.6f}"
             )
+            if model.memory_format == torch.channels_last:  # the layout bf16 runs in here
+                timed = (directory, model, args.batch_size, device, args.rows, "bf16")
+                print(
+                    f"{name} {size} px, bf16 model only, channels-last / NCHW: "
+                    f"{time_model_only(*timed) / time_model_only(*timed, nchw=True):.2f}x"
+                )
     if args.kymatio:
         (pipe, alone), (old_pipe, old_alone) = (
             rates[DEFAULT_MODEL, 64, "fp32"],

@@ -158,6 +158,10 @@ def test_features_benchmark_times_networks_in_fp32_and_bf16_side_by_side(tmp_pat
     ], out  # fmt: skip
     assert "timm:resnet18 64 px, bf16 / fp32: pipeline" in out and "lowest cosine" in out
     assert "timm:resnet18 128 px, bf16 / fp32: pipeline" in out
+    from astrocurate.algorithms.precision import cpu_has_bf16
+
+    layouts = [line for line in out.splitlines() if "channels-last / NCHW" in line]
+    assert len(layouts) == (2 if cpu_has_bf16() else 0), out  # where bf16 is channels-last
 
 
 def test_cutting_benchmark_times_the_virtual_run_against_one_read(tmp_path: Path) -> None:
@@ -229,13 +233,17 @@ def test_evaluation_throughput_benchmark_compares_pretrain_with_the_bare_step(
         "--precision", "both", tmp_path=tmp_path,
     )  # fmt: skip
     lines = [line for line in out.splitlines() if line.startswith(("simclr", "byol"))]
-    rows = [line.split() for line in lines if "bf16 / fp32" not in line]
+    rows = [line.split() for line in lines if " px, " not in line]
     assert [(r[0], r[1]) for r in rows] == [
         (method, size) for method in ("simclr", "byol") for size in ("64", "128") for _ in "ab"
     ], out  # fmt: skip
     assert all(r[2] in ("fp32", "bf16") and float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
     ratios = [line for line in lines if "bf16 / fp32: pretrain" in line]
     assert len(ratios) == 4, out
+    from astrocurate.algorithms.precision import cpu_has_bf16
+
+    layouts = [line for line in lines if "bf16 bare step, channels-last / NCHW" in line]
+    assert len(layouts) == (4 if cpu_has_bf16() else 0), out
     assert "ms per step with a permutation per step" in out and "with one per epoch" in out
     assert "ms per step drawn on the host" in out, out
 

@@ -100,12 +100,16 @@ def test_cpu_features_in_bf16_only_where_the_cpu_has_bf16_units(
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     directory = _store(tmp_path, 11, 20)
     batches = plan_batches(np.full(11, 20), np.arange(11), 4)
-    runs = {}
+    runs, layouts = {}, {}
     for wanted in ("fp32", "bf16"):
-        options, cpu = SimpleNamespace(precision=wanted), torch.device("cpu")
-        batches_out = _features_of(directory, batches, _small_model(), options, 0, cpu)
+        options, cpu, model = SimpleNamespace(precision=wanted), torch.device("cpu"), _small_model()
+        batches_out = _features_of(directory, batches, model, options, 0, cpu)
         runs[wanted] = np.concatenate([features for _, features in batches_out])
+        weight = model.backbone[0].weight
+        layouts[wanted] = weight.is_contiguous(memory_format=torch.channels_last)
     assert runs["bf16"].dtype == np.float32
+    # bf16 convolutions run channels-last; fp32 keeps the default layout (and its bytes)
+    assert layouts == {"fp32": False, "bf16": has_bf16}
     if has_bf16:
         assert not np.array_equal(runs["bf16"], runs["fp32"])
         np.testing.assert_allclose(runs["bf16"], runs["fp32"], rtol=0.02, atol=0.02)

@@ -109,3 +109,28 @@ def test_what_each_precision_computes_in(
 ) -> None:
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     assert precision.computed_in(torch.device(device), wanted) == expected
+
+
+@pytest.mark.parametrize(
+    ("device", "wanted", "has_bf16", "convolutional", "expected"),
+    [
+        ("cpu", "bf16", True, True, True),
+        ("cpu", "bf16", True, False, False),  # no convolution: the FFT-based scattering
+        ("cpu", "bf16", False, True, False),  # computed in fp32
+        ("cpu", "fp32", True, True, False),  # fp32: the gain depends on the size
+        ("cpu", "auto", True, True, False),  # auto is fp32 on the CPU
+        ("cuda", "bf16", True, True, False),  # not measured on a GPU
+    ],
+)
+def test_channels_last_for_convolutions_in_bf16_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+    device: str,
+    wanted: str,
+    has_bf16: bool,
+    convolutional: bool,
+    expected: bool,
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    layer = torch.nn.Conv2d(3, 4, 3) if convolutional else torch.nn.Linear(3, 4)
+    module = torch.nn.Sequential(torch.nn.Identity(), layer)
+    assert precision.channels_last_pays(torch.device(device), wanted, module) is expected

@@ -326,12 +326,21 @@ def test_pretraining_on_the_cpu_in_bf16_only_where_it_has_bf16_units(monkeypatch
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     images = _images(20)
-    weights = {}
+    weights, trained_channels_last = {}, {}
     for wanted in ("fp32", "auto", "bf16"):
         config = PretrainConfig(images_seen=32, batch_size=16, augment=SMALL, precision=wanted)
-        weights[wanted] = pretrain(images, robust_rms(images), config).state_dict()
+        states: list[dict] = []
+        encoder = pretrain(images, robust_rms(images), config, on_checkpoint=states.append)
+        weights[wanted] = encoder.state_dict()
+        kernels = [v for v in states[-1]["model"].values() if v.ndim == 4]
+        trained_channels_last[wanted] = all(
+            k.is_contiguous(memory_format=torch.channels_last) for k in kernels
+        )
+        assert all(v.is_contiguous() for v in weights[wanted].values())  # handed back NCHW
     assert _same(weights["auto"], weights["fp32"])
     assert _same(weights["bf16"], weights["fp32"]) is not has_bf16
+    # bf16 convolutions on the CPU train channels-last; float32 in the default layout
+    assert trained_channels_last == {"fp32": False, "auto": False, "bf16": has_bf16}
 
 
 def test_a_checkpoint_written_before_precision_existed_resumes_to_the_same_weights():

@@ -1,11 +1,11 @@
 """The precision a network computes in: autocast on CUDA, and on CPUs with bf16 units.
 
 ``bf16`` pays on the CPU only where it has bf16 instructions (AVX512-BF16, AMX: Intel
-Xeon since Sapphire Rapids, AMD since Zen 4): on the 2-core Xeon of BENCHMARKS.md the
-feature pipeline of a timm ResNet-18 runs 1.4-1.7x as fast as in float32, of a ViT-S/14
-2.5x, and SimCLR or BYOL pretraining 1.3-2.2x. Elsewhere torch emulates it, more slowly
-than float32, so there the network computes in float32 and a warning says so. ``fp16``
-autocasts on CUDA only.
+Xeon since Sapphire Rapids, AMD since Zen 4). There the convolutions run channels-last
+(:func:`channels_last_pays`), and on the 2-core Xeon of BENCHMARKS.md the feature pipeline
+of a timm ResNet-18 runs 2.3-3.4x as fast as in float32, of a ViT-S/14 2.8x, and SimCLR or
+BYOL pretraining 1.6-3.1x. Elsewhere torch emulates it, more slowly than float32, so there
+the network computes in float32 and a warning says so. ``fp16`` autocasts on CUDA only.
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ def computed_in(device: torch.device, wanted: str) -> str:
     if wanted == "fp32" or device.type == "cuda":
         return wanted
     return "bf16" if wanted == "bf16" and device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def channels_last_pays(device: torch.device, wanted: str, module: torch.nn.Module) -> bool:
+    """Whether ``module`` computes faster with channels-last (NHWC) activations.
+
+    True for a network with convolutions (a ViT's patch embedding counts) computing in
+    bf16 on a CPU: oneDNN's bf16 convolutions work in that layout, and on the 2-core Xeon
+    of BENCHMARKS.md ResNets and ConvNeXts ran 1.1-2.3x as fast at 64-224 px, training
+    1.2-1.4x, and a ViT-S/14 as fast (1.0x). In float32 the gain depends on the size
+    (0.87x at 64 px), and on a GPU it is not measured, so there the layout stays as it is.
+    """
+    import torch
+
+    if device.type != "cpu" or computed_in(device, wanted) != "bf16":
+        return False
+    return any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
 
 
 def autocast(device: torch.device, wanted: str) -> Any:

@@ -190,6 +190,8 @@ def pretrain(
         raise InvalidArgumentError(f"pretraining needs at least 2 images, got {n}")
     device = torch.device(device)
     model = (_SimCLR if config.method == "simclr" else _BYOL)(config).to(device)
+    if precision.channels_last_pays(device, config.precision, model):
+        model.to(memory_format=torch.channels_last)  # the layout of bf16 convolutions there
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay
@@ -205,7 +207,7 @@ def pretrain(
     if _world()[1] > 1:  # rank 0's BatchNorm statistics (DDP broadcasts them at each forward)
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, 0)
-    return model.encoder.eval().cpu()
+    return model.encoder.eval().cpu().to(memory_format=torch.contiguous_format)
 
 
 def _train_steps(

@@ -94,6 +94,7 @@ class FeatureModel(torch.nn.Module):
         super().__init__()
         self.backbone = backbone.module
         self.size = int(size)
+        self.memory_format = torch.contiguous_format
         self.normalization = normalization
         prep = backbone.preprocessing
         self.in_chans = int(prep.in_chans)
@@ -112,7 +113,22 @@ class FeatureModel(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return features (B, D) for prepared images (B, C, S, S)."""
-        return self.backbone(images).flatten(1)
+        return self.backbone(images.contiguous(memory_format=self.memory_format)).flatten(1)
+
+    def computing_in(self, device: torch.device, wanted: str) -> Any:
+        """Return the autocast context of ``--precision wanted`` on ``device``.
+
+        The backbone is first put in the memory layout that goes with that precision
+        (:func:`~astrocurate.algorithms.precision.channels_last_pays`); features computed in
+        float32 keep the default layout, so their bytes are those of earlier versions.
+        """
+        wanted_format = torch.contiguous_format
+        if precision.channels_last_pays(device, wanted, self.backbone):
+            wanted_format = torch.channels_last
+        if wanted_format != self.memory_format:
+            self.backbone.to(memory_format=wanted_format)
+            self.memory_format = wanted_format
+        return precision.autocast(device, wanted)
 
 
 # --------------------------------------------------------------------------- stage
@@ -398,7 +414,7 @@ def _features_of(merged_dir, batches, model, options, workers, device):
     device never waits for the host to copy them back (:class:`_HostFeatures`).
     """
     loader = cutout_loader(merged_dir, batches, workers, device)
-    autocast = precision.autocast(device, options.precision)
+    autocast = model.computing_in(device, options.precision)
     lag = 1 if device.type == "cuda" else 0
     copies = torch.cuda.Stream(device) if device.type == "cuda" else None
 

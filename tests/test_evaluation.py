@@ -34,6 +34,7 @@ from astrocurate.stages.evaluation.outputs import (
 )
 from astrocurate.stages.evaluation.results import summarise
 from astrocurate.stages.evaluation.run import EvaluationOptions, evaluate
+from astrocurate.tracking import get_run
 from script_imports import heavy_loaded, run_script
 
 pytestmark = pytest.mark.xdist_group("curation")
@@ -111,6 +112,27 @@ def test_an_unfinished_run_is_joined_only_with_the_precision_it_started_with(sam
         evaluate(sampling_id, other, output_path=tmp_path, shard=(1, 2), report=False)
     done = evaluate(sampling_id, TINY, output_path=tmp_path, shard=(1, 2), report=False)
     assert done.run_id == first.run_id
+
+
+def test_a_shard_joins_only_where_it_computes_in_the_precision_the_run_started_in(
+    sampling_id, tmp_path, monkeypatch
+):
+    """``--precision bf16`` is fp32 on a CPU without bf16 units: no run mixes the two."""
+    from astrocurate.algorithms import precision
+
+    bf16 = replace(TINY, precision="bf16")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    first = evaluate(sampling_id, bf16, output_path=tmp_path, shard=(0, 2), report=False)
+    assert get_run(first.run_id).params["computed_precision"] == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    with pytest.raises(InvalidArgumentError) as refused:
+        evaluate(sampling_id, bf16, output_path=tmp_path, shard=(1, 2), report=False)
+    message = str(refused.value)
+    assert message.startswith(f"--precision: evaluation run {first.run_id} is unfinished")
+    assert "started with computed_precision=bf16, here it would be fp32" in message
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    done = evaluate(sampling_id, bf16, output_path=tmp_path, shard=(1, 2), report=False)
+    assert done.run_id == first.run_id and get_run(done.run_id).finished
 
 
 def test_the_rerun_script_imports_no_torch_sklearn_or_pandas(sampling_id, evaluation):
@@ -263,7 +285,7 @@ def sampling_without_baseline(sampling_id, curation_pipeline) -> str:
     """A sampling run as an older version wrote it: no ``baseline_random.npy``."""
     import shutil
 
-    from astrocurate.tracking import get_run, tracked_step
+    from astrocurate.tracking import tracked_step
 
     source = get_run(sampling_id).output_dir
     params = {"copy_of": sampling_id, "without": "baseline"}

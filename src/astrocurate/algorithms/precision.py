@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 #: The precisions a step accepts (this module imports torch only when it computes).
 PRECISIONS = ("fp32", "bf16", "fp16")
+#: Where ``--precision bf16`` computes in which: for the one line that refuses to mix them.
+WHERE_COMPUTED = (
+    "bf16: on a GPU, or on a CPU with AVX512-BF16 or AMX instructions; fp32: on a CPU without them"
+)
 
 
 def cpu_has_bf16() -> bool:

@@ -22,20 +22,31 @@ import numpy as np
 
 from astrocurate import steps
 from astrocurate.algorithms.backbones.spec import sha256
+from astrocurate.algorithms.precision import WHERE_COMPUTED, computed_in
 from astrocurate.algorithms.ssl.config import AugmentConfig, PretrainConfig
 from astrocurate.errors import InvalidArgumentError, InvalidRunError
 from astrocurate.stages.curated_sampling.outputs import BASELINE, SELECTED
 from astrocurate.stages.curated_sampling.outputs import INFO as SAMPLING_INFO
 from astrocurate.stages.evaluation.outputs import TRUTH
-from astrocurate.tracking import require_run
+from astrocurate.tracking import DerivedParam, require_run
 from astrocurate.validation import check_choice, check_int
 
 log = logging.getLogger(__name__)
 
 STEP = steps.EVALUATION
-#: Parameters left out of the reuse key, and those an unfinished run resumes only with.
-VOLATILE_PARAMS = ("device", "precision")
-RESUME_PARAMS = {"device": "--device", "precision": "--precision"}
+#: Parameters left out of the reuse key, and those an unfinished run resumes only with:
+#: as asked, and as this machine resolves them (``auto`` is a GPU on one node and the CPU
+#: on another; ``--precision bf16`` is fp32 on a CPU without bf16 instructions), so that
+#: no arm's pretraining is resumed, nor a shard joined, where it would compute otherwise.
+VOLATILE_PARAMS = ("device", "precision", "device_type", "computed_precision")
+RESUME_PARAMS: dict[str, str | DerivedParam] = {
+    "device": "--device",
+    "precision": "--precision",
+    "device_type": "--device",
+    "computed_precision": DerivedParam(
+        "--precision", f"resume it where --precision computes in {{value}} ({WHERE_COMPUTED})"
+    ),
+}
 ARMS = ("curated", "random", "pool")
 PROBES = ("knn", "linear")
 
@@ -213,20 +224,33 @@ class Plan:
 
         return resolve_device(self.options.device)
 
-    def prepare(self) -> None:
+    def prepare(self) -> dict[str, str]:
         """Load what the work needs, so that a bad input fails before any run is recorded.
 
         Resolves the device, reads the labelled cutouts and loads every ``--weights``
         encoder (weights of another architecture fail here in one line). Not needed to
         reuse a finished run.
+
+        Returns
+        -------
+        dict
+            :meth:`resolved_params`, to be logged with the run.
         """
         from astrocurate.algorithms.ssl import load_encoder
 
-        self.device  # noqa: B018 - resolves and checks it
+        resolved = self.resolved_params()  # resolves and checks the device
         for arm in self.arms:
             if arm.weights is not None:
                 load_encoder(arm.weights)
         self.labelled  # noqa: B018 - reads and checks the labels
+        return resolved
+
+    def resolved_params(self) -> dict[str, str]:
+        """Return the device type and the precision the pretraining computes in here."""
+        return {
+            "device_type": self.device.type,
+            "computed_precision": computed_in(self.device, self.options.precision),
+        }
 
     def jobs(self) -> list[tuple[int, Arm]]:
         """Every (seed, arm) to score, seed by seed: the order of the scores table."""

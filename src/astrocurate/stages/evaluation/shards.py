@@ -56,7 +56,8 @@ def evaluate_shard(plan: Plan, shard: tuple[int, int], *, report: bool = True) -
     shared = shared_run(plan)
     shared.prepare_root([plan.sampling.run_id])
     with shared.lease():
-        run = shared.join(plan.params, [plan.sampling.run_id], resume_params=RESUME_PARAMS)
+        params = plan.params | plan.resolved_params()
+        run = shared.join(params, [plan.sampling.run_id], resume_params=RESUME_PARAMS)
         if run.reused:
             log.info("shard %d/%d: run %s is already finished", k, n, run.run_id)
             return run

@@ -20,7 +20,7 @@ from astrocurate import steps
 from astrocurate.algorithms.backbones.describe import describe_backbone
 from astrocurate.algorithms.backbones.spec import BackboneCard
 from astrocurate.algorithms.normalization_config import NormalizationConfig
-from astrocurate.algorithms.precision import PRECISIONS, computed_in
+from astrocurate.algorithms.precision import PRECISIONS, WHERE_COMPUTED, computed_in
 from astrocurate.cpus import usable_cpus
 from astrocurate.errors import InvalidArgumentError
 from astrocurate.io.cutout_store import manifest_row_count
@@ -72,8 +72,7 @@ RESUME_PARAMS: dict[str, str | DerivedParam] = {
     "device_type": "--device",
     "computed_precision": DerivedParam(
         "--precision",
-        "resume it where --precision computes in {value} (bf16: on a GPU, or on a CPU with "
-        "AVX512-BF16 or AMX instructions; fp32: on a CPU without them)",
+        f"resume it where --precision computes in {{value}} ({WHERE_COMPUTED})",
         implied=_computed_before_recorded,
     ),
 }

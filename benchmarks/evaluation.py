@@ -24,9 +24,10 @@ Usage::
 ``--throughput`` times pretraining alone on random images (SimCLR and BYOL, 64 and 128 px):
 ``pretrain`` (augmentations, two views, loss, optimiser) side by side with the bare
 training step of the same networks on ready-made views, so the ratio is the share of the
-time the augmentations and the loop cost. Where bf16 convolutions run channels-last (on a
-CPU with bf16 instructions), the bare step is also timed in the default NCHW layout and the
-ratio printed. Then the host's time per step for what it once
+time the augmentations and the loop cost. In bf16 the bare step is timed in both memory
+layouts, channels-last and the default NCHW, and the ratio printed with the one pretraining
+picks on this device (channels-last for bf16 convolutions on a CPU; on a GPU the ratio says
+whether it should there). Then the host's time per step for what it once
 did every step: a permutation of ``--order-images`` images (now one per epoch), and the
 noise of two views drawn on the host (now on the device, off the CPU).
 """
@@ -128,17 +129,23 @@ def _throughput(args: argparse.Namespace) -> None:
         full = args.batch_size * args.steps / (time.perf_counter() - started)
         model = (_SimCLR if method == "simclr" else _BYOL)(config).to(device)
         context = autocast(device, asked)
-        bare = _bare_steps(model, args.batch_size, size, args.steps, device, context)
-        if channels_last_pays(device, asked, model):  # as pretrain() does; NCHW beside it
-            nchw = bare
+        stage = channels_last_pays(device, asked, model)  # the layout pretrain() picks
+        if stage:
             model.to(memory_format=torch.channels_last)
-            bare = _bare_steps(model, args.batch_size, size, args.steps, device, context)
-            layouts[method, size] = bare / nchw
+        bare = _bare_steps(model, args.batch_size, size, args.steps, device, context)
+        if computed_in(device, asked) == "bf16":  # the other layout beside it
+            model.to(memory_format=torch.contiguous_format if stage else torch.channels_last)
+            other = _bare_steps(model, args.batch_size, size, args.steps, device, context)
+            last, nchw = (bare, other) if stage else (other, bare)
+            layouts[method, size] = last / nchw, "channels-last" if stage else "NCHW"
         used = computed_in(device, asked)
         rates[method, size, asked] = full, bare
         print(f"{method:<8} {size:>5} {used:>10} {full:>15.0f} {bare:>16.0f} {full / bare:>6.2f}")
-    for (method, size), ratio in layouts.items():
-        print(f"{method} {size} px, bf16 bare step, channels-last / NCHW: {ratio:.2f}x")
+    for (method, size), (ratio, stage) in layouts.items():
+        print(
+            f"{method} {size} px, bf16 bare step, channels-last / NCHW: {ratio:.2f}x "
+            f"(pretraining computes in {stage} here)"
+        )
     for method, size in itertools.product(("simclr", "byol"), (64, 128)) if len(wanted) > 1 else ():
         (full, bare), (old_full, old_bare) = (
             rates[method, size, "bf16"],

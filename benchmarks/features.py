@@ -26,8 +26,9 @@ Speed (``--speed``), per backbone and input size, side by side in one run:
 With ``--precision both`` the networks (not the FFT-based scattering) run in fp32 and in bf16
 autocast side by side (on the CPU, bf16 only where it has bf16 instructions: otherwise the
 stage computes in fp32), and the ratios are printed; ``--vit`` adds ViT-S/14 on the CPU.
-Where bf16 runs channels-last (convolutions on a CPU), the model alone is also timed in
-bf16 in the default NCHW layout, and the ratio of the two layouts printed.
+The model alone is also timed in bf16 in both memory layouts, channels-last and the
+default NCHW, and the ratio printed with the layout the stage picks on this device
+(channels-last for convolutions on a CPU; on a GPU the ratio says whether it should there).
 
 With ``--kymatio`` the default backbone also runs with kymatio's own scattering transform in
 place of astrocurate's (same filters, same features to float32 rounding), on the same
@@ -65,7 +66,6 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from astrocurate.algorithms.backbones.registry import create_backbone  # noqa: E402
 from astrocurate.algorithms.normalization import NormalizationConfig  # noqa: E402
-from astrocurate.algorithms.precision import autocast as autocast_for  # noqa: E402
 from astrocurate.algorithms.precision import computed_in  # noqa: E402
 from astrocurate.stages.feature_extraction.extraction import (  # noqa: E402
     FeatureModel,
@@ -232,22 +232,22 @@ def model_dim(model: FeatureModel) -> int:
 
 
 def time_model_only(
-    directory, model, batch_size, device, n_rows, precision, prepare=False, nchw=False
+    directory, model, batch_size, device, n_rows, precision, prepare=False, layout=None
 ) -> float:
     """Images/s of the model on images already on the device: prepared ones, or raw cutouts
     prepared in the loop (``prepare``: normalisation, resizing, standardisation).
 
     The model computes in the memory layout the stage gives it for ``precision``, or in
-    the default (NCHW) one with ``nchw``.
+    ``layout`` (a ``torch.memory_format``) where given.
     """
     from astrocurate.io.cutout_store import CutoutReader
 
     reader = CutoutReader.from_directory(directory)
     n = min(n_rows, len(reader), 20 * batch_size)
     raw = torch.from_numpy(reader.read(np.arange(min(batch_size, n)))).to(device)
-    autocast = model.computing_in(device, "fp32" if nchw else precision)
-    if nchw:
-        autocast = autocast_for(device, precision)
+    autocast = model.computing_in(device, precision)
+    if layout is not None:
+        model.use_memory_format(layout)
     with torch.inference_mode():
         images = model.prepare(raw)
 
@@ -412,12 +412,9 @@ def speed(args, directory: Path, device: torch.device) -> None:
                 f"model only {alone / old_alone:.2f}x; lowest cosine of a cutout's two "
                 f"feature vectors {cosine:.6f}"
             )
-            if model.memory_format == torch.channels_last:  # the layout bf16 runs in here
-                timed = (directory, model, args.batch_size, device, args.rows, "bf16")
-                print(
-                    f"{name} {size} px, bf16 model only, channels-last / NCHW: "
-                    f"{time_model_only(*timed) / time_model_only(*timed, nchw=True):.2f}x"
-                )
+    for name, size, _ in cases if "bf16" in precisions else ():
+        if not name.startswith("scattering"):
+            print_layouts(args, directory, device, name, size)
     if args.kymatio:
         (pipe, alone), (old_pipe, old_alone) = (
             rates[DEFAULT_MODEL, 64, "fp32"],
@@ -427,6 +424,20 @@ def speed(args, directory: Path, device: torch.device) -> None:
             f"{DEFAULT_MODEL}, astrocurate's transform / kymatio's: "
             f"pipeline {pipe / old_pipe:.2f}x, model only {alone / old_alone:.2f}x"
         )
+
+
+def print_layouts(args, directory: Path, device: torch.device, name: str, size: int) -> None:
+    """Print the bf16 model alone in channels-last against NCHW, and the stage's choice."""
+    model = build(name, size, device, pretrained=False)
+    timed = (directory, model, args.batch_size, device, args.rows, "bf16")
+    model.computing_in(device, "bf16")
+    stage = "channels-last" if model.memory_format == torch.channels_last else "NCHW"
+    last = time_model_only(*timed, layout=torch.channels_last)
+    nchw = time_model_only(*timed, layout=torch.contiguous_format)
+    print(
+        f"{name} {size} px, bf16 model only, channels-last / NCHW: {last / nchw:.2f}x "
+        f"(the stage computes in {stage} here)"
+    )
 
 
 def features_of(directory: Path, model: FeatureModel, device: torch.device) -> np.ndarray:

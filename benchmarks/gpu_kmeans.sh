@@ -14,8 +14,10 @@
 #   bash benchmarks/gpu_kmeans.sh seeding     greedy k-means++ with its bounds, k=60k on 300k x
 #                                             384: plain steps against the fused kernels
 #   bash benchmarks/gpu_kmeans.sh features    the percentiles (top-k vs sort), then the feature
-#                                             pipeline against the model alone
-#   bash benchmarks/gpu_kmeans.sh pretraining SimCLR/BYOL throughput against the bare step
+#                                             pipeline against the model alone, and bf16 in
+#                                             channels-last against NCHW (not used on GPUs yet)
+#   bash benchmarks/gpu_kmeans.sh pretraining SimCLR/BYOL throughput against the bare step, and
+#                                             its two layouts in bf16
 #   bash benchmarks/gpu_kmeans.sh pending     tests, seeding, features, pretraining in turn, each
 #                                             under its own time limit (about 9 minutes in all:
 #                                             one device call); then config-a in the next calls

@@ -161,7 +161,8 @@ def test_features_benchmark_times_networks_in_fp32_and_bf16_side_by_side(tmp_pat
     from astrocurate.algorithms.precision import cpu_has_bf16
 
     layouts = [line for line in out.splitlines() if "channels-last / NCHW" in line]
-    assert len(layouts) == (2 if cpu_has_bf16() else 0), out  # where bf16 is channels-last
+    stage = "channels-last" if cpu_has_bf16() else "NCHW"  # the layout of bf16 on this CPU
+    assert len(layouts) == 2 and all(f"computes in {stage} here" in x for x in layouts), out
 
 
 def test_cutting_benchmark_times_the_virtual_run_against_one_read(tmp_path: Path) -> None:
@@ -243,7 +244,8 @@ def test_evaluation_throughput_benchmark_compares_pretrain_with_the_bare_step(
     from astrocurate.algorithms.precision import cpu_has_bf16
 
     layouts = [line for line in lines if "bf16 bare step, channels-last / NCHW" in line]
-    assert len(layouts) == (4 if cpu_has_bf16() else 0), out
+    stage = "channels-last" if cpu_has_bf16() else "NCHW"  # the layout of bf16 on this CPU
+    assert len(layouts) == 4 and all(f"computes in {stage} here" in x for x in layouts), out
     assert "ms per step with a permutation per step" in out and "with one per epoch" in out
     assert "ms per step drawn on the host" in out, out
 

@@ -122,13 +122,15 @@ class FeatureModel(torch.nn.Module):
         (:func:`~astrocurate.algorithms.precision.channels_last_pays`); features computed in
         float32 keep the default layout, so their bytes are those of earlier versions.
         """
-        wanted_format = torch.contiguous_format
-        if precision.channels_last_pays(device, wanted, self.backbone):
-            wanted_format = torch.channels_last
-        if wanted_format != self.memory_format:
-            self.backbone.to(memory_format=wanted_format)
-            self.memory_format = wanted_format
+        channels_last = precision.channels_last_pays(device, wanted, self.backbone)
+        self.use_memory_format(torch.channels_last if channels_last else torch.contiguous_format)
         return precision.autocast(device, wanted)
+
+    def use_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Compute in ``memory_format`` (the backbone's weights and its input images)."""
+        if memory_format != self.memory_format:
+            self.backbone.to(memory_format=memory_format)
+            self.memory_format = memory_format
 
 
 # --------------------------------------------------------------------------- stage

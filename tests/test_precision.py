@@ -134,3 +134,31 @@ def test_channels_last_for_convolutions_in_bf16_on_the_cpu(
     layer = torch.nn.Conv2d(3, 4, 3) if convolutional else torch.nn.Linear(3, 4)
     module = torch.nn.Sequential(torch.nn.Identity(), layer)
     assert precision.channels_last_pays(torch.device(device), wanted, module) is expected
+
+
+@pytest.mark.parametrize(
+    ("wanted", "has_bf16", "convolutional", "hinted"),
+    [
+        ("fp32", True, True, True),
+        ("auto", True, True, True),
+        ("bf16", True, True, False),  # asked for
+        ("fp32", False, True, False),  # no bf16 units: it would not pay
+        ("fp32", True, False, False),  # no convolution: the FFT-based scattering
+    ],
+)
+def test_bf16_is_suggested_once_where_it_would_pay(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    wanted: str,
+    has_bf16: bool,
+    convolutional: bool,
+    hinted: bool,
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(precision, "_HINTED", set())
+    layer = torch.nn.Conv2d(3, 4, 3) if convolutional else torch.nn.Linear(3, 4)
+    with caplog.at_level(logging.INFO, logger=precision.__name__):
+        for _ in range(3):
+            precision.hint_bf16(CPU, wanted, torch.nn.Sequential(layer))
+    said = [r.getMessage() for r in caplog.records if "--precision bf16 would" in r.getMessage()]
+    assert len(said) == int(hinted)

@@ -192,6 +192,7 @@ def pretrain(
     model = (_SimCLR if config.method == "simclr" else _BYOL)(config).to(device)
     if precision.channels_last_pays(device, config.precision, model):
         model.to(memory_format=torch.channels_last)  # the layout of bf16 convolutions there
+    precision.hint_bf16(device, config.precision, model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         trainable, lr=config.learning_rate, weight_decay=config.weight_decay

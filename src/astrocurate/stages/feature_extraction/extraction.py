@@ -233,13 +233,14 @@ def compute_blocks(plan: Extraction, out_dir: Path, starts: list[int], progress:
     done = total - sum(_block_len(s, block_rows, plan.n_rows) for s in todo)
     bar = _progress_bar(total, done, progress)
     blocks = [np.arange(s, s + _block_len(s, block_rows, plan.n_rows)) for s in todo]
-    computed = 0
+    computed, model = 0, feature_model(plan)
+    precision.hint_bf16(plan.device, plan.options.precision, model.backbone)
     for ids in write_blocks(
         plan.merged.output_dir,
         blocks,
         out_dir / (FEATURES + ".partial"),
         [_marker(out_dir, s) for s in todo],
-        feature_model(plan),
+        model,
         plan.options,
         plan.batch_size,
         plan.workers,

@@ -192,6 +192,32 @@ def test_the_run_key_holds_the_parameters_it_always_held(env) -> None:
     assert set(plan.params) - set(plan.key_params) == resolved
 
 
+@pytest.mark.parametrize(("model", "expected"), [("default", "fp32"), ("timm:resnet18", "bf16")])
+def test_the_scattering_backbones_are_recorded_computing_in_fp32_whatever_is_asked(
+    env, monkeypatch, tmp_path: Path, model: str, expected: str
+) -> None:
+    """Their FFTs do not autocast: bf16 and fp32 scattering rows may share a matrix."""
+    import timm
+    from safetensors.torch import save_file
+
+    from astrocurate.algorithms import precision
+    from astrocurate.stages.feature_extraction.plan import DEFAULT_MODEL, RESUME_PARAMS
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    _, merged_run = env
+    name, weights = DEFAULT_MODEL, None
+    if model != "default":
+        name, weights = model, str(tmp_path / "resnet18.safetensors")
+        module = timm.create_model("resnet18", pretrained=False, num_classes=0)
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, weights)
+    options = FeatureOptions(model=name, weights=weights, precision="bf16", resize=32)
+    plan = plan_extraction(merged_run.run_id, options, device="cpu")
+    assert plan.device_params()["computed_precision"] == expected
+    # runs started before it was recorded: bf16 on CUDA, except the scattering backbones
+    older = {"device_type": "cuda", "precision": "bf16", "model": name}
+    assert RESUME_PARAMS["computed_precision"].implied(older) == expected
+
+
 def test_rerun_of_a_finished_run_imports_no_torch(env) -> None:
     """The script reuses the run computed in-process, without torch, pandas or MLflow."""
     _, merged_run = env

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from astrocurate.algorithms.backbones.scattering_spec import scattering_card
+from astrocurate.algorithms.backbones.scattering_spec import is_scattering, scattering_card
 from astrocurate.algorithms.backbones.spec import BackboneCard, check_options
 
 __all__ = ["describe_backbone"]
@@ -36,6 +36,6 @@ def describe_backbone(name: Any, **options: Any) -> BackboneCard | None:
         backbone must be built to be described (weights, timm or transformers models).
     """
     name, checked = check_options(name, **options)
-    if name == "scattering" or name.startswith("scattering-"):
+    if is_scattering(name):
         return scattering_card(name, checked)
     return None

@@ -24,6 +24,7 @@ __all__ = [
     "SCATTERING_NAMES",
     "ScatteringLayout",
     "ScatteringSpec",
+    "is_scattering",
     "parse_scattering_name",
     "scattering_card",
     "scattering_layout",
@@ -85,6 +86,11 @@ _SCATTERING_FLAGS = {
     "max": "max_pool",
     "spatial": "spatial",
 }
+
+
+def is_scattering(name: str) -> bool:
+    """Whether ``name`` is a scattering backbone: weight-free, computed in float32 (FFTs)."""
+    return name == "scattering" or name.startswith("scattering-")
 
 
 def parse_scattering_name(name: str) -> ScatteringSpec:

@@ -18,6 +18,7 @@ from typing import Any
 
 from astrocurate import steps
 from astrocurate.algorithms.backbones.describe import describe_backbone
+from astrocurate.algorithms.backbones.scattering_spec import is_scattering
 from astrocurate.algorithms.backbones.spec import BackboneCard
 from astrocurate.algorithms.normalization_config import NormalizationConfig
 from astrocurate.algorithms.precision import PRECISIONS, WHERE_COMPUTED, computed_in
@@ -52,13 +53,23 @@ OUTPUT_DTYPES = ("float32", "float16")
 VOLATILE_PARAMS = ("batch_size", "workers", "device", "device_type", "computed_precision")
 
 
+def _computed_precision(model: str, device: Any, wanted: str) -> str:
+    """Return the precision backbone ``model`` computes in on ``device`` for ``wanted``.
+
+    The scattering backbones' FFTs compute in float32 whatever ``--precision``.
+    """
+    return "fp32" if is_scattering(model) else computed_in(device, wanted)
+
+
 def _computed_before_recorded(recorded: Mapping[str, str]) -> str:
     """Return the precision a run computed in if it started before it was recorded.
 
     Those versions autocast on CUDA only: ``--precision bf16`` computed in fp32 on a CPU.
     """
     on_cuda = recorded.get("device_type") == "cuda"
-    return recorded.get("precision", "fp32") if on_cuda else "fp32"
+    if not on_cuda or is_scattering(recorded.get("model", "")):
+        return "fp32"
+    return recorded.get("precision", "fp32")
 
 
 #: Of those, the ones that can change the features' bytes at float rounding (on the CPU
@@ -255,7 +266,9 @@ class Extraction:
             "workers": self.workers,
             "device": str(self.device),
             "device_type": self.device.type,  # cuda:0 and cuda:1 compute alike
-            "computed_precision": computed_in(self.device, self.options.precision),
+            "computed_precision": _computed_precision(
+                self.options.model, self.device, self.options.precision
+            ),
         }
 
     @property
